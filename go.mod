@@ -1,0 +1,3 @@
+module github.com/gosec-ipsec/gosec
+
+go 1.26

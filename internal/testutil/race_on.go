@@ -1,0 +1,7 @@
+//go:build race
+
+package testutil
+
+// RaceEnabled reports whether the binary was built with -race, under which
+// sync.Pool drops items at random and allocation counts are meaningless.
+const RaceEnabled = true
