@@ -94,3 +94,37 @@ func SetChecksum(hdr []byte) {
 	hdr[OffChecksum], hdr[OffChecksum+1] = 0, 0
 	binary.BigEndian.PutUint16(hdr[OffChecksum:], Checksum(hdr))
 }
+
+// Outer describes the IPv4 header that tunnel mode puts in front of the
+// ESP or AH packet.
+type Outer struct {
+	Src, Dst [4]byte
+	TOS      uint8
+	TTL      uint8  // 0 means 64
+	ID       uint16 // must be non-zero for AH: the kernel fills a zero ID after the ICV was computed
+	DF       bool
+}
+
+// PutIPv4 writes a 20-octet IPv4 header for o with protocol proto and total
+// length total into b[:20], checksum included.
+func PutIPv4(b []byte, o *Outer, proto uint8, total int) {
+	_ = b[IPv4MinLen-1]
+	b[0] = 0x45
+	b[OffTOS] = o.TOS
+	binary.BigEndian.PutUint16(b[OffTotalLen:], uint16(total))
+	binary.BigEndian.PutUint16(b[OffID:], o.ID)
+	if o.DF {
+		b[OffFlagsFrag], b[OffFlagsFrag+1] = 0x40, 0
+	} else {
+		b[OffFlagsFrag], b[OffFlagsFrag+1] = 0, 0
+	}
+	ttl := o.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	b[OffTTL] = ttl
+	b[OffProtocol] = proto
+	copy(b[OffSrc:], o.Src[:])
+	copy(b[OffDst:], o.Dst[:])
+	SetChecksum(b[:IPv4MinLen])
+}

@@ -1,0 +1,50 @@
+# gosec: a userspace IPsec stack in Go.
+# make demo   two namespaces, a tunnel, a ping, gosec statusall (as root)
+# make test   everything CI runs (installs missing Debian packages itself)
+
+GO       ?= go
+BIN      := bin/gosec
+PKGS     := ./...
+# Packages whose code runs concurrently; they are tested with -race.
+RACE_PKGS := ./sad/... ./spd/... ./internal/...
+FUZZTIME ?= 10s
+
+.PHONY: all build test test-unit test-race test-e2e deps lint vet fmt bench fuzz fuzz-ci demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/gosec
+
+deps:
+	scripts/deps.sh test
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+test-unit:
+	$(GO) test -count=1 $(PKGS)
+
+test-race:
+	$(GO) test -count=1 -race $(RACE_PKGS)
+
+# Brief fuzzing of every network-bytes parser (CI); `make fuzz` runs longer.
+fuzz-ci:
+	FUZZTIME=3s scripts/fuzz.sh
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+test: deps lint build test-unit test-race fuzz-ci
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./esp/ ./ah/ ./sad/ ./spd/ ./internal/integ/
+
+clean:
+	rm -rf bin
