@@ -1,0 +1,319 @@
+// Package netio is the I/O layer of gosec's userspace data plane: everything
+// that touches the kernel and none of the IPsec crypto. It opens the TUN
+// device that carries plaintext (with the virtio-net offloads that make one
+// read return many packets), raw IPv4 sockets for ESP (50) and AH (51),
+// the RFC 3948 ESP-in-UDP socket shared with IKE on port 4500, installs the
+// policy routes that steer protected traffic into the TUN without looping the
+// daemon's own packets back, the nftables filters, and builds ICMP
+// fragmentation-needed replies for path MTU discovery.
+//
+// Sockets move packets in batches with recvmmsg/sendmmsg over preallocated
+// message headers, driven by Go's netpoller through syscall.RawConn, so the
+// steady state allocates nothing per packet.
+package netio
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxBatch is the largest number of messages one Recv or Send hands the
+// kernel in a single system call.
+const MaxBatch = 128
+
+// Msg is one datagram in a batch.
+//
+// On receive, Buf is the caller's buffer (its length is the space offered),
+// and N, From, Trunc and GSOSize are filled in. On send, Buf is the datagram
+// (or, with GSOSize set on a UDP socket, several datagrams of GSOSize bytes
+// back to back, the last possibly shorter) and To its destination.
+type Msg struct {
+	Buf []byte
+	// N is the number of bytes received into Buf.
+	N int
+	// From is the sender (receive).
+	From netip.AddrPort
+	// To is the destination (send). For raw sockets only the address is
+	// used; if it is the zero value the IPv4 header's destination is used.
+	To netip.AddrPort
+	// Trunc reports that the datagram was longer than Buf (receive).
+	Trunc bool
+	// GSOSize is the UDP segment size: on send it asks for UDP_SEGMENT
+	// segmentation offload, on receive (UDP_GRO) it says that Buf holds
+	// several coalesced datagrams of this size, the last possibly shorter.
+	GSOSize int
+}
+
+// cmsgSpace16 / cmsgSpaceInt are the ancillary buffer sizes for a
+// UDP_SEGMENT (uint16) and a UDP_GRO (int) control message.
+var (
+	cmsgSpace16  = unix.CmsgSpace(2)
+	cmsgSpaceInt = unix.CmsgSpace(4)
+)
+
+// batch is a preallocated set of kernel message headers for one direction.
+type batch struct {
+	mu    sync.Mutex
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet4
+	oob   []byte // oobLen bytes per slot
+	// Results of the last syscall, written by the RawConn callback.
+	count int
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
+}
+
+func newBatch(oobLen int) *batch {
+	b := &batch{
+		hdrs:  make([]unix.Mmsghdr, MaxBatch),
+		iovs:  make([]unix.Iovec, MaxBatch),
+		names: make([]unix.RawSockaddrInet4, MaxBatch),
+		oob:   make([]byte, MaxBatch*oobLen),
+	}
+	return b
+}
+
+// sock is a non-blocking datagram socket integrated with the netpoller.
+type sock struct {
+	f      *os.File
+	rc     syscall.RawConn
+	fd     int
+	rx, tx *batch
+	// oob space per slot on receive (GRO) and send (GSO).
+	rxOOB, txOOB int
+}
+
+// newSock wraps fd (already non-blocking) for batch I/O.
+func newSock(fd int, name string, rxOOB, txOOB int) (*sock, error) {
+	f := os.NewFile(uintptr(fd), name)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("netio: %s: %w", name, err)
+	}
+	s := &sock{f: f, rc: rc, fd: fd, rx: newBatch(rxOOB), tx: newBatch(txOOB), rxOOB: rxOOB, txOOB: txOOB}
+	s.rx.fn = s.recvFn
+	s.tx.fn = s.sendFn
+	return s, nil
+}
+
+func (s *sock) close() error { return s.f.Close() }
+
+// recvFn is the RawConn.Read callback: one recvmmsg over the prepared slots.
+func (s *sock) recvFn(fd uintptr) bool {
+	b := s.rx
+	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.count), 0, 0, 0)
+	if e == unix.EAGAIN {
+		return false
+	}
+	if e == unix.EINTR {
+		return false
+	}
+	b.n, b.errno = int(n), e
+	return true
+}
+
+// sendFn is the RawConn.Write callback: one sendmmsg over the prepared slots.
+func (s *sock) sendFn(fd uintptr) bool {
+	b := s.tx
+	n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.count), 0, 0, 0)
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return false
+	}
+	b.n, b.errno = int(n), e
+	return true
+}
+
+// ErrClosed is returned by I/O on a closed socket or device.
+var ErrClosed = os.ErrClosed
+
+// recv reads up to len(ms) (at most MaxBatch) datagrams with one recvmmsg,
+// blocking until at least one is available. Safe for concurrent use; callers
+// that read in parallel get disjoint datagrams.
+func (s *sock) recv(ms []Msg) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	if len(ms) > MaxBatch {
+		ms = ms[:MaxBatch]
+	}
+	b := s.rx
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range ms {
+		buf := ms[i].Buf
+		h := &b.hdrs[i]
+		h.Len = 0
+		h.Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.Hdr.Namelen = unix.SizeofSockaddrInet4
+		if len(buf) > 0 {
+			b.iovs[i].Base = &buf[0]
+		} else {
+			b.iovs[i].Base = nil
+		}
+		b.iovs[i].SetLen(len(buf))
+		h.Hdr.Iov = &b.iovs[i]
+		h.Hdr.Iovlen = 1
+		h.Hdr.Flags = 0
+		if s.rxOOB > 0 {
+			oob := b.oob[i*s.rxOOB : (i+1)*s.rxOOB]
+			h.Hdr.Control = &oob[0]
+			h.Hdr.SetControllen(s.rxOOB)
+		} else {
+			h.Hdr.Control = nil
+			h.Hdr.Controllen = 0
+		}
+	}
+	b.count = len(ms)
+	b.n, b.errno = 0, 0
+	if err := s.rc.Read(b.fn); err != nil {
+		return 0, fmt.Errorf("netio: recvmmsg: %w", err)
+	}
+	if b.errno != 0 {
+		return 0, fmt.Errorf("netio: recvmmsg: %w", b.errno)
+	}
+	for i := 0; i < b.n; i++ {
+		h := &b.hdrs[i]
+		m := &ms[i]
+		m.N = int(h.Len)
+		m.Trunc = h.Hdr.Flags&unix.MSG_TRUNC != 0
+		if m.N > len(m.Buf) {
+			m.N = len(m.Buf)
+		}
+		sa := &b.names[i]
+		if h.Hdr.Namelen >= unix.SizeofSockaddrInet4 && sa.Family == unix.AF_INET {
+			port := uint16(sa.Port>>8) | uint16(sa.Port<<8)
+			m.From = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
+		} else {
+			m.From = netip.AddrPort{}
+		}
+		m.GSOSize = 0
+		if s.rxOOB > 0 {
+			m.GSOSize = parseGRO(b.oob[i*s.rxOOB:][:h.Hdr.Controllen])
+		}
+	}
+	return b.n, nil
+}
+
+// parseGRO walks a control message buffer for SOL_UDP/UDP_GRO and returns
+// its segment size, or 0.
+func parseGRO(oob []byte) int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
+		}
+		next := unix.CmsgSpace(l - unix.CmsgLen(0))
+		if next > len(oob) {
+			return 0
+		}
+		oob = oob[next:]
+	}
+	return 0
+}
+
+// send writes ms with as few sendmmsg calls as the kernel allows, blocking
+// while the socket buffer is full. It returns the number of messages sent;
+// on error, ms[n] is the message that failed. dstFromIP makes a zero To use
+// the IPv4 header's destination (raw sockets).
+func (s *sock) send(ms []Msg, dstFromIP bool) (int, error) {
+	b := s.tx
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sent := 0
+	for sent < len(ms) {
+		chunk := ms[sent:]
+		if len(chunk) > MaxBatch {
+			chunk = chunk[:MaxBatch]
+		}
+		for i := range chunk {
+			m := &chunk[i]
+			h := &b.hdrs[i]
+			h.Len = 0
+			sa := &b.names[i]
+			sa.Family = unix.AF_INET
+			to := m.To
+			if !to.IsValid() && dstFromIP {
+				if len(m.Buf) < 20 {
+					return sent, fmt.Errorf("netio: send: %d-byte packet has no IPv4 header", len(m.Buf))
+				}
+				to = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Buf[16:20])), 0)
+			}
+			if !to.Addr().Is4() {
+				return sent + i, fmt.Errorf("netio: send: destination %v is not IPv4", to)
+			}
+			sa.Addr = to.Addr().As4()
+			p := to.Port()
+			sa.Port = p>>8 | p<<8
+			h.Hdr.Name = (*byte)(unsafe.Pointer(sa))
+			h.Hdr.Namelen = unix.SizeofSockaddrInet4
+			if len(m.Buf) > 0 {
+				b.iovs[i].Base = &m.Buf[0]
+			} else {
+				b.iovs[i].Base = nil
+			}
+			b.iovs[i].SetLen(len(m.Buf))
+			h.Hdr.Iov = &b.iovs[i]
+			h.Hdr.Iovlen = 1
+			h.Hdr.Control = nil
+			h.Hdr.Controllen = 0
+			if m.GSOSize > 0 && s.txOOB >= cmsgSpace16 {
+				oob := b.oob[i*s.txOOB : i*s.txOOB+cmsgSpace16]
+				ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+				ch.Level = unix.SOL_UDP
+				ch.Type = unix.UDP_SEGMENT
+				ch.SetLen(unix.CmsgLen(2))
+				*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(m.GSOSize)
+				h.Hdr.Control = &oob[0]
+				h.Hdr.SetControllen(cmsgSpace16)
+			}
+		}
+		b.count = len(chunk)
+		b.n, b.errno = 0, 0
+		if err := s.rc.Write(b.fn); err != nil {
+			return sent, fmt.Errorf("netio: sendmmsg: %w", err)
+		}
+		if b.errno != 0 {
+			return sent, fmt.Errorf("netio: sendmmsg to %v: %w", ms[sent].To, b.errno)
+		}
+		sent += b.n
+	}
+	return sent, nil
+}
+
+// setMark sets SO_MARK (needs CAP_NET_ADMIN) when mark is non-zero.
+func setMark(fd int, mark uint32) error {
+	if mark == 0 {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+		return fmt.Errorf("SO_MARK %#x: %w", mark, err)
+	}
+	return nil
+}
+
+// setBuffers raises the socket buffers, trying the privileged *FORCE
+// variants first (they ignore net.core.[rw]mem_max).
+func setBuffers(fd, size int) {
+	if size <= 0 {
+		return
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, size)
+	}
+}
