@@ -1,0 +1,227 @@
+package netio
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// TUNHeadroom is the least offset the caller must leave at the front of
+// every buffer handed to TUN.Write: the kernel's virtio-net header is
+// written there when offloads are on. Reads accept any offset; the data
+// plane reads with a larger offset so that the outer IPv4 header, the UDP
+// header (ESP-in-UDP) and the ESP/AH header fit in front of the packet and
+// can be prepended in place (see Headroom).
+const TUNHeadroom = 10
+
+// Headroom is the offset the data plane should read TUN packets at: room for
+// an outer IPv4 header with options (60), a UDP header (8), and the largest
+// ESP header plus IV or AH header (8+16 / 12+32), rounded up. It is at least
+// TUNHeadroom, so the same buffers can be written back into the TUN.
+const Headroom = 128
+
+// TUNConfig describes the TUN device to create.
+type TUNConfig struct {
+	// Name of the interface, e.g. "gosec0".
+	Name string
+	// MTU of the interface: the usable inner MTU after ESP overhead.
+	MTU int
+	// Addrs are assigned to the interface (optional).
+	Addrs []netip.Prefix
+	// NoOffload opens the device without IFF_VNET_HDR: one packet per read
+	// and write, no TSO/USO/GRO. For comparison and for old kernels.
+	NoOffload bool
+}
+
+// TUN is an up-and-running TUN device. Read and Write move batches: with
+// offloads, the kernel hands over TCP/UDP super-packets of up to 64 KB which
+// Read splits into MTU-sized packets (computing the checksums the kernel left
+// partial), and Write coalesces consecutive segments of a flow back into
+// super-packets (GRO) when the buffers have the capacity.
+type TUN struct {
+	dev     tun.Device
+	name    string
+	index   int
+	offload bool
+	done    chan struct{}
+	once    sync.Once
+	// nl is bound to the namespace the device was created in, so that
+	// MTU and SetMTU work from any goroutine.
+	nl *netlink.Handle
+}
+
+// OpenTUN creates the device in the calling thread's network namespace, sets
+// its MTU and addresses and brings it up.
+func OpenTUN(cfg TUNConfig) (*TUN, error) {
+	if cfg.MTU < 576 || cfg.MTU > 65535 {
+		return nil, fmt.Errorf("netio: tun %s: MTU %d out of range", cfg.Name, cfg.MTU)
+	}
+	var dev tun.Device
+	var err error
+	if cfg.NoOffload {
+		dev, err = createPlainTUN(cfg.Name, cfg.MTU)
+	} else {
+		dev, err = tun.CreateTUN(cfg.Name, cfg.MTU)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netio: create tun %s: %w", cfg.Name, err)
+	}
+	t := &TUN{dev: dev, name: cfg.Name, offload: dev.BatchSize() > 1, done: make(chan struct{})}
+	// wireguard's tun reports link events on a small channel with blocking
+	// sends; drain it so its listener goroutines never stall.
+	go t.drainEvents()
+	if name, err := dev.Name(); err == nil {
+		t.name = name
+	}
+	ns, err := netns.Get()
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("netio: tun %s: current namespace: %w", t.name, err)
+	}
+	t.nl, err = netlink.NewHandleAt(ns)
+	ns.Close()
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("netio: tun %s: netlink: %w", t.name, err)
+	}
+	link, err := t.nl.LinkByName(t.name)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("netio: tun %s: %w", t.name, err)
+	}
+	t.index = link.Attrs().Index
+	for _, p := range cfg.Addrs {
+		a := &netlink.Addr{IPNet: prefixToIPNet(p)}
+		if err := t.nl.AddrAdd(link, a); err != nil && !errors.Is(err, unix.EEXIST) {
+			t.Close()
+			return nil, fmt.Errorf("netio: tun %s: add address %v: %w", t.name, p, err)
+		}
+	}
+	if err := t.nl.LinkSetUp(link); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("netio: tun %s: set up: %w", t.name, err)
+	}
+	return t, nil
+}
+
+// createPlainTUN opens a TUN without IFF_VNET_HDR; wireguard's tun package
+// then reads and writes one packet per call.
+func createPlainTUN(name string, mtu int) (tun.Device, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+}
+
+// Name returns the interface name.
+func (t *TUN) Name() string { return t.name }
+
+// Index returns the interface index.
+func (t *TUN) Index() int { return t.index }
+
+// Offload reports whether the device runs with virtio-net offloads.
+func (t *TUN) Offload() bool { return t.offload }
+
+// BatchSize is the number of buffers Read may fill and Write should be given
+// at once (128 with offloads, 1 without).
+func (t *TUN) BatchSize() int { return t.dev.BatchSize() }
+
+// Read reads one or more packets into bufs[i][offset:], setting sizes[i],
+// and returns the number of packets. len(sizes) >= len(bufs); with offloads
+// each buffer must hold an MTU-sized packet after offset and len(bufs)
+// should be BatchSize, since a super-packet can split into that many.
+func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := t.dev.Read(bufs, sizes, offset)
+	if err != nil {
+		return n, fmt.Errorf("netio: tun read: %w", err)
+	}
+	return n, nil
+}
+
+// Write writes the packets bufs[i][offset:] into the kernel. offset must be
+// at least TUNHeadroom. With offloads, segments of the same TCP or UDP flow
+// are coalesced into the first buffer of the flow when its capacity allows
+// (give buffers of 64 KB capacity to get GRO), so the contents of bufs are
+// clobbered. It returns the number of bytes written (as the device counts).
+func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
+	if offset < TUNHeadroom {
+		return 0, fmt.Errorf("netio: tun write: offset %d below TUNHeadroom %d", offset, TUNHeadroom)
+	}
+	n, err := t.dev.Write(bufs, offset)
+	if err != nil {
+		return n, fmt.Errorf("netio: tun write: %w", err)
+	}
+	return n, nil
+}
+
+// MTU returns the device's current MTU.
+func (t *TUN) MTU() (int, error) {
+	link, err := t.nl.LinkByIndex(t.index)
+	if err != nil {
+		return 0, fmt.Errorf("netio: tun %s: %w", t.name, err)
+	}
+	return link.Attrs().MTU, nil
+}
+
+// SetMTU changes the device's MTU.
+func (t *TUN) SetMTU(mtu int) error {
+	link, err := t.nl.LinkByIndex(t.index)
+	if err != nil {
+		return fmt.Errorf("netio: tun %s: %w", t.name, err)
+	}
+	if err := t.nl.LinkSetMTU(link, mtu); err != nil {
+		return fmt.Errorf("netio: tun %s: set MTU %d: %w", t.name, mtu, err)
+	}
+	return nil
+}
+
+func (t *TUN) drainEvents() {
+	ev := t.dev.Events()
+	for {
+		select {
+		case <-t.done:
+			return
+		case e, ok := <-ev:
+			if !ok {
+				return
+			}
+			slog.Debug("tun event", "dev", t.name, "event", int(e))
+		}
+	}
+}
+
+// Close removes the device (a TUN disappears when its last file closes).
+func (t *TUN) Close() error {
+	var err error
+	t.once.Do(func() {
+		err = t.dev.Close()
+		close(t.done)
+		if t.nl != nil {
+			t.nl.Close()
+		}
+	})
+	return err
+}
