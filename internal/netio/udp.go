@@ -1,0 +1,278 @@
+package netio
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// UDPConfig configures a batched UDP socket.
+type UDPConfig struct {
+	// Addr is the local address, e.g. 0.0.0.0:4500.
+	Addr netip.AddrPort
+	// Mark is the firewall mark (SO_MARK) of the socket's packets; 0 for none.
+	Mark uint32
+	// GRO turns on UDP_GRO: the kernel may hand over several datagrams of
+	// one flow coalesced in one buffer (Msg.GSOSize says the segment size).
+	// Receive buffers should then be 64 KB.
+	GRO bool
+	// Buffer, if non-zero, sets SO_RCVBUF/SO_SNDBUF (forced when privileged).
+	Buffer int
+}
+
+// UDPConn is an IPv4 UDP socket with batched receive (recvmmsg, optional
+// UDP_GRO) and batched send (sendmmsg, optional UDP_SEGMENT GSO per message).
+type UDPConn struct {
+	s     *sock
+	local netip.AddrPort
+	gro   bool
+}
+
+// ListenUDP opens and binds a UDP socket as cfg says, with SO_REUSEADDR.
+func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
+	if !cfg.Addr.Addr().Is4() {
+		return nil, fmt.Errorf("netio: udp: %v is not an IPv4 address", cfg.Addr)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("netio: udp socket: %w", err)
+	}
+	fail := func(what string, err error) (*UDPConn, error) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netio: udp %v: %s: %w", cfg.Addr, what, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("SO_REUSEADDR", err)
+	}
+	if err := setMark(fd, cfg.Mark); err != nil {
+		return fail("mark", err)
+	}
+	if cfg.GRO {
+		if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err != nil {
+			return fail("UDP_GRO", err)
+		}
+	}
+	setBuffers(fd, cfg.Buffer)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(cfg.Addr.Port()), Addr: cfg.Addr.Addr().As4()}); err != nil {
+		return fail("bind", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail("getsockname", err)
+	}
+	local := cfg.Addr
+	if sa4, ok := sa.(*unix.SockaddrInet4); ok {
+		local = netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), uint16(sa4.Port))
+	}
+	rxOOB := 0
+	if cfg.GRO {
+		rxOOB = cmsgSpaceInt
+	}
+	s, err := newSock(fd, "udp-"+local.String(), rxOOB, cmsgSpace16)
+	if err != nil {
+		return nil, err
+	}
+	return &UDPConn{s: s, local: local, gro: cfg.GRO}, nil
+}
+
+// LocalAddr returns the bound address (with the port the kernel chose for 0).
+func (c *UDPConn) LocalAddr() netip.AddrPort { return c.local }
+
+// Recv reads up to len(ms) (at most MaxBatch) datagrams with one recvmmsg.
+// With GRO, ms[i].GSOSize > 0 means ms[i].Buf[:N] holds several datagrams
+// of that size (Segments splits them).
+func (c *UDPConn) Recv(ms []Msg) (int, error) { return c.s.recv(ms) }
+
+// Send sends ms with sendmmsg. ms[i].GSOSize > 0 makes the kernel split
+// ms[i].Buf into datagrams of that size (UDP_SEGMENT, at most 64 segments
+// and 64 KB per message) to ms[i].To: one message, many packets on the wire.
+func (c *UDPConn) Send(ms []Msg) (int, error) { return c.s.send(ms, false) }
+
+// Close closes the socket.
+func (c *UDPConn) Close() error { return c.s.close() }
+
+// Segments calls fn for each datagram in buf (seg bytes each, the last
+// possibly shorter), or once for all of buf when seg is 0. It stops early
+// when fn returns false.
+func Segments(buf []byte, seg int, fn func([]byte) bool) {
+	if seg <= 0 || seg >= len(buf) {
+		fn(buf)
+		return
+	}
+	for len(buf) > 0 {
+		n := min(seg, len(buf))
+		if !fn(buf[:n]) {
+			return
+		}
+		buf = buf[n:]
+	}
+}
+
+// Kind is what an RFC 3948 port-4500 datagram carries.
+type Kind uint8
+
+// Datagram kinds on the NAT-T port.
+const (
+	// KindInvalid is a datagram that is none of the below (dropped).
+	KindInvalid Kind = iota
+	// KindESP starts with a non-zero SPI: ESP for the data plane.
+	KindESP
+	// KindIKE starts with the four-zero-octet non-ESP marker: IKE.
+	KindIKE
+	// KindKeepalive is the one-octet 0xFF NAT-keepalive (RFC 3948 2.3).
+	KindKeepalive
+)
+
+// String names the kind.
+func (k Kind) String() string {
+	switch k {
+	case KindESP:
+		return "esp"
+	case KindIKE:
+		return "ike"
+	case KindKeepalive:
+		return "keepalive"
+	}
+	return "invalid"
+}
+
+// MinESP is the smallest ESP packet worth handing on: SPI and sequence
+// number (RFC 4303 2).
+const MinESP = 8
+
+// NonESPMarker is the length of the zero marker in front of IKE on port 4500.
+const NonESPMarker = 4
+
+// Classify tells what a datagram received on the NAT-T port carries
+// (RFC 3948 2.2, 2.3). For KindIKE the IKE message is b[NonESPMarker:].
+func Classify(b []byte) Kind {
+	switch {
+	case len(b) == 1 && b[0] == 0xff:
+		return KindKeepalive
+	case len(b) < NonESPMarker:
+		return KindInvalid
+	case binary.BigEndian.Uint32(b) == 0:
+		if len(b) == NonESPMarker {
+			return KindInvalid
+		}
+		return KindIKE
+	case len(b) < MinESP:
+		return KindInvalid
+	}
+	return KindESP
+}
+
+// Packet is a view of one datagram inside a receive buffer.
+type Packet struct {
+	B    []byte
+	From netip.AddrPort
+}
+
+// NATT is the RFC 3948 port-4500 socket shared by the data plane and IKE:
+// ReadESP returns only the ESP packets, hands IKE messages (marker
+// stripped) to the IKE callback, and counts keepalives and invalid datagrams.
+type NATT struct {
+	Conn *UDPConn
+	// IKE is called from ReadESP's goroutine for each IKE message; msg is
+	// valid only during the call (copy it to keep it). Nil drops IKE.
+	IKE func(msg []byte, from netip.AddrPort)
+
+	Keepalives atomic.Uint64
+	IKEMsgs    atomic.Uint64
+	Invalid    atomic.Uint64
+	// Overflow counts ESP packets dropped because out was full.
+	Overflow atomic.Uint64
+	// GROBuffers counts receive buffers that held coalesced datagrams.
+	GROBuffers atomic.Uint64
+}
+
+// ReadESP reads one batch into ms and puts views of its ESP packets into
+// out (splitting GRO super-buffers), returning how many. It may return 0
+// when the batch held only IKE, keepalives or junk. With GRO on, out should
+// have 64 entries per entry of ms; packets that do not fit are counted in
+// Overflow and dropped.
+func (d *NATT) ReadESP(ms []Msg, out []Packet) (int, error) {
+	n, err := d.Conn.Recv(ms)
+	if err != nil {
+		return 0, err
+	}
+	k := 0
+	for i := 0; i < n; i++ {
+		m := &ms[i]
+		if m.Trunc {
+			d.Invalid.Add(1)
+			continue
+		}
+		buf := m.Buf[:m.N]
+		if len(buf) == 0 {
+			d.Invalid.Add(1)
+			continue
+		}
+		seg := m.GSOSize
+		if seg <= 0 || seg >= len(buf) {
+			seg = len(buf)
+		} else {
+			d.GROBuffers.Add(1)
+		}
+		for len(buf) > 0 {
+			p := buf[:min(seg, len(buf))]
+			buf = buf[len(p):]
+			switch Classify(p) {
+			case KindESP:
+				if k < len(out) {
+					out[k] = Packet{B: p, From: m.From}
+					k++
+				} else {
+					d.Overflow.Add(1)
+				}
+			case KindIKE:
+				d.IKEMsgs.Add(1)
+				if d.IKE != nil {
+					d.IKE(p[NonESPMarker:], m.From)
+				}
+			case KindKeepalive:
+				d.Keepalives.Add(1)
+			default:
+				d.Invalid.Add(1)
+			}
+		}
+	}
+	return k, nil
+}
+
+// WriteIKE sends an IKE message from the NAT-T port with the non-ESP marker
+// in front (RFC 3948 2.2). It allocates; IKE is not the hot path.
+func (d *NATT) WriteIKE(msg []byte, to netip.AddrPort) error {
+	b := make([]byte, NonESPMarker+len(msg))
+	copy(b[NonESPMarker:], msg)
+	m := [1]Msg{{Buf: b, To: to}}
+	_, err := d.Conn.Send(m[:])
+	return err
+}
+
+// ListenIKE opens the plain IKE socket (UDP 500 by default) as a
+// *net.UDPConn with SO_REUSEADDR and the firewall mark mark (0: none).
+func ListenIKE(ctx context.Context, addr netip.AddrPort, mark uint32) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if serr == nil {
+				serr = setMark(int(fd), mark)
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	pc, err := lc.ListenPacket(ctx, "udp4", addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("netio: ike socket %v: %w", addr, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
