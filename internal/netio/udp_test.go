@@ -114,8 +114,8 @@ func TestNATTDemux(t *testing.T) {
 			var ms []Msg
 			ms = append(ms, Msg{Buf: []byte{0xff}, To: to})
 			ms = append(ms, Msg{Buf: append([]byte{0, 0, 0, 0}, ike...), To: to})
-			ms = append(ms, Msg{Buf: []byte{0, 0, 0, 0}, To: to})       // invalid
-			ms = append(ms, Msg{Buf: []byte{1, 2, 3, 4, 5}, To: to})    // invalid: short ESP
+			ms = append(ms, Msg{Buf: []byte{0, 0, 0, 0}, To: to})    // invalid
+			ms = append(ms, Msg{Buf: []byte{1, 2, 3, 4, 5}, To: to}) // invalid: short ESP
 			const plain = 20
 			for i := 0; i < plain; i++ {
 				ms = append(ms, Msg{Buf: espDatagram(0x100, uint32(i), 100+i), To: to})

@@ -1,0 +1,305 @@
+package netio
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultFilterTable is the nftables table gosec owns (family inet).
+const DefaultFilterTable = "gosec"
+
+// FilterConfig configures the daemon's nftables table.
+type FilterConfig struct {
+	// Table is the name of the inet table (DefaultFilterTable if empty).
+	// The daemon owns the whole table: it is replaced on start and deleted
+	// on Close.
+	Table string
+	// TUN is the TUN interface name: cleartext from protected networks is
+	// accepted only when it arrives on it.
+	TUN string
+	// IKEPorts are UDP destination ports exempt from the cleartext drop
+	// (IKE and NAT-T: 500 and 4500 when empty).
+	IKEPorts []uint16
+}
+
+// Filter is the daemon's nftables table `inet <Table>`:
+//
+//	chain output   (filter hook output, priority 0, policy accept):
+//	    ICMP dest-unreachable/protocol-unreachable quoting an ESP or AH
+//	    packet: counter drop. The host has no ESP/AH; while the daemon's raw
+//	    sockets are closed (restart) the kernel would otherwise answer every
+//	    ESP/AH packet with this error. Nothing else is dropped.
+//	chain cleartext (filter hook prerouting, priority 0, policy accept):
+//	    meta l4proto {esp, ah} return
+//	    udp dport {IKE ports} return
+//	    iifname <TUN> return
+//	    per conn, per remote prefix: ip saddr <prefix> counter drop
+//
+// so that cleartext from a protected peer or subnet that did not come out of
+// the TUN (KLIPS-style policy enforcement) never reaches a local socket or
+// gets forwarded. It is safe for concurrent use.
+type Filter struct {
+	cfg   FilterConfig
+	ns    netns.NsHandle
+	mu    sync.Mutex
+	table *nftables.Table
+	clear *nftables.Chain
+}
+
+func (f *Filter) conn() (*nftables.Conn, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)))
+	if err != nil {
+		return nil, fmt.Errorf("netio: nftables: %w", err)
+	}
+	return c, nil
+}
+
+// NewFilter replaces any stale table of the same name (a crashed daemon's)
+// with a fresh one holding the ICMP rule and the empty cleartext chain, in
+// the calling thread's network namespace.
+func NewFilter(cfg FilterConfig) (*Filter, error) {
+	if cfg.Table == "" {
+		cfg.Table = DefaultFilterTable
+	}
+	if cfg.TUN == "" || len(cfg.TUN) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("netio: filter: bad TUN name %q", cfg.TUN)
+	}
+	if len(cfg.IKEPorts) == 0 {
+		cfg.IKEPorts = []uint16{500, 4500}
+	}
+	ns, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("netio: filter: current namespace: %w", err)
+	}
+	f := &Filter{cfg: cfg, ns: ns}
+	c, err := f.conn()
+	if err != nil {
+		ns.Close()
+		return nil, err
+	}
+	f.table = &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}
+	// Add-then-delete removes a stale table without failing when there is
+	// none; the whole batch is one atomic transaction.
+	c.AddTable(f.table)
+	c.DelTable(f.table)
+	c.AddTable(f.table)
+	out := c.AddChain(&nftables.Chain{
+		Name: "output", Table: f.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
+	})
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: out, Exprs: icmpProtoUnreachExprs(), UserData: []byte("gosec:icmp-esp-ah")})
+	f.clear = c.AddChain(&nftables.Chain{
+		Name: "cleartext", Table: f.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter,
+	})
+	for _, r := range exemptions(cfg) {
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.clear, Exprs: r, UserData: []byte("gosec:exempt")})
+	}
+	if err := c.Flush(); err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err)
+	}
+	return f, nil
+}
+
+func cmpEq(data ...byte) *expr.Cmp { return &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data} }
+
+// icmpProtoUnreachExprs: meta nfproto ipv4 meta l4proto icmp
+// icmp type 3 code 2, quoted protocol (transport offset 8+9) in 50-51.
+func icmpProtoUnreachExprs() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		cmpEq(unix.NFPROTO_IPV4),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		cmpEq(unix.IPPROTO_ICMP),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		cmpEq(3, 2),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8 + 9, Len: 1},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{unix.IPPROTO_ESP}, ToData: []byte{unix.IPPROTO_AH}},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func exemptions(cfg FilterConfig) [][]expr.Any {
+	rules := [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{unix.IPPROTO_ESP}, ToData: []byte{unix.IPPROTO_AH}},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}, {
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		cmpEq(ifname(cfg.TUN)...),
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}}
+	for _, p := range cfg.IKEPorts {
+		rules = append(rules, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			cmpEq(unix.IPPROTO_UDP),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			cmpEq(byte(p>>8), byte(p)),
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		})
+	}
+	return rules
+}
+
+func connTag(name string) []byte { return []byte("gosec:conn:" + name) }
+
+// AddConn adds the cleartext drop for conn name's protected remote prefixes
+// (its remote subnets in tunnel mode, the peer's /32 in transport mode).
+// Adding a conn again replaces its rules.
+func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
+	for _, p := range remotes {
+		if !p.Addr().Is4() {
+			return fmt.Errorf("netio: filter: conn %s: %v is not IPv4", name, p)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	if err := f.delConnRules(c, name); err != nil {
+		return err
+	}
+	for _, p := range remotes {
+		p = p.Masked()
+		a := p.Addr().As4()
+		mask := net4Mask(p.Bits())
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.clear, UserData: connTag(name), Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			cmpEq(unix.NFPROTO_IPV4),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}},
+			cmpEq(a[:]...),
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netio: filter: add conn %s: %w", name, err)
+	}
+	return nil
+}
+
+func net4Mask(bits int) [4]byte {
+	var m [4]byte
+	for i := 0; i < bits; i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return m
+}
+
+// delConnRules queues the deletion of conn name's rules on c.
+func (f *Filter) delConnRules(c *nftables.Conn, name string) error {
+	rules, err := c.GetRules(f.table, f.clear)
+	if err != nil {
+		return fmt.Errorf("netio: filter: list rules: %w", err)
+	}
+	tag := connTag(name)
+	for _, r := range rules {
+		if bytes.Equal(r.UserData, tag) {
+			if err := c.DelRule(r); err != nil {
+				return fmt.Errorf("netio: filter: delete rule of %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// RemoveConn removes conn name's rules (none is not an error).
+func (f *Filter) RemoveConn(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	if err := f.delConnRules(c, name); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netio: filter: remove conn %s: %w", name, err)
+	}
+	return nil
+}
+
+// Dropped returns the packet counters of conn name's drop rules, summed.
+func (f *Filter) Dropped(name string) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return 0, err
+	}
+	rules, err := c.GetRules(f.table, f.clear)
+	if err != nil {
+		return 0, fmt.Errorf("netio: filter: list rules: %w", err)
+	}
+	var n uint64
+	tag := connTag(name)
+	for _, r := range rules {
+		if !bytes.Equal(r.UserData, tag) {
+			continue
+		}
+		for _, e := range r.Exprs {
+			if ctr, ok := e.(*expr.Counter); ok {
+				n += ctr.Packets
+			}
+		}
+	}
+	return n, nil
+}
+
+// Close deletes the whole table.
+func (f *Filter) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ns == -1 {
+		return nil
+	}
+	defer func() { f.ns.Close(); f.ns = -1 }()
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	c.DelTable(f.table)
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netio: filter: delete table inet %s: %w", f.cfg.Table, err)
+	}
+	return nil
+}
+
+// RemoveFilterTable deletes table inet name in the calling thread's
+// namespace if it exists (stale state after a crash, or at uninstall).
+func RemoveFilterTable(name string) error {
+	if name == "" {
+		name = DefaultFilterTable
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("netio: nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
+	c.AddTable(t)
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netio: filter: delete table inet %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+package netio
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/iphdr"
+	"github.com/gosec-ipsec/gosec/internal/nettest"
+	"github.com/gosec-ipsec/gosec/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// icmpUnreach counts ICMP dest-unreachable/protocol-unreachable messages
+// quoting protocol proto that a raw ICMP socket receives within d.
+func icmpUnreach(t *testing.T, c *RawConn, d time.Duration) map[int]int {
+	t.Helper()
+	got := map[int]int{}
+	timer := time.AfterFunc(d, func() { c.Close() })
+	defer timer.Stop()
+	ms := make([]Msg, 8)
+	for i := range ms {
+		ms[i].Buf = make([]byte, 1500)
+	}
+	for {
+		n, err := c.Recv(ms)
+		if err != nil {
+			return got
+		}
+		for _, m := range ms[:n] {
+			b := m.Buf[:m.N]
+			hl := int(b[0]&0xf) * 4
+			if len(b) >= hl+8+20 && b[hl] == 3 && b[hl+1] == 2 {
+				got[int(b[hl+8+9])]++
+			}
+		}
+	}
+}
+
+func TestFilterICMPProtoUnreachable(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gnio-fi", netip.MustParsePrefix("10.231.15.0/24"))
+	var tx *RawConn
+	nettest.MustDo(t, p.A.NS, func() (err error) { tx, err = ListenRaw(RawConfig{Proto: 253}); return err })
+	defer tx.Close()
+	send := func(protos ...uint8) {
+		var ms []Msg
+		for _, pr := range protos {
+			b := make([]byte, 40)
+			iphdr.PutIPv4(b, &iphdr.Outer{Src: p.AAddr.As4(), Dst: p.BAddr.As4(), ID: 77}, pr, 40)
+			binary.BigEndian.PutUint32(b[20:], 0x1234)
+			ms = append(ms, Msg{Buf: b})
+		}
+		if _, err := tx.Send(ms); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listen := func() *RawConn {
+		var c *RawConn
+		nettest.MustDo(t, p.A.NS, func() (err error) { c, err = ListenRaw(RawConfig{Proto: unix.IPPROTO_ICMP}); return err })
+		return c
+	}
+	// Without the filter, B's kernel (no ESP/AH, nobody listening) answers
+	// every protocol with ICMP protocol-unreachable. The kernel rate-limits
+	// ICMP errors (icmp_ratelimit, per destination), so send one each.
+	nettest.MustExec(t, p.B.NS, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+	c := listen()
+	send(iphdr.ProtoESP, iphdr.ProtoAH, 253)
+	before := icmpUnreach(t, c, 500*time.Millisecond)
+	if before[iphdr.ProtoESP] != 1 || before[iphdr.ProtoAH] != 1 || before[253] != 1 {
+		t.Fatalf("without filter: unreachables by quoted protocol %v, want one each for 50, 51, 253", before)
+	}
+	var f *Filter
+	nettest.MustDo(t, p.B.NS, func() (err error) { f, err = NewFilter(FilterConfig{TUN: "gnio-none"}); return err })
+	c = listen()
+	send(iphdr.ProtoESP, iphdr.ProtoAH, 253)
+	after := icmpUnreach(t, c, 500*time.Millisecond)
+	if after[iphdr.ProtoESP] != 0 || after[iphdr.ProtoAH] != 0 || after[253] != 1 {
+		t.Fatalf("with filter: unreachables %v, want none for 50/51 and one for 253", after)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out := nettest.MustExec(t, p.B.NS, "nft", "list", "tables"); strings.Contains(out, "gosec") {
+		t.Errorf("table left after Close: %s", out)
+	}
+}
+
+func TestFilterCleartext(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gnio-fc", netip.MustParsePrefix("10.231.16.0/24"))
+	var tn *TUN
+	var udp *net.UDPConn
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		tn, err = OpenTUN(TUNConfig{Name: "gnio-fctun", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("10.231.17.1/24")}})
+		if err != nil {
+			return err
+		}
+		udp, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 7000})
+		return err
+	})
+	defer tn.Close()
+	defer udp.Close()
+	// A stale table from a "crashed" daemon with a rule that drops all.
+	nettest.MustExec(t, p.A.NS, "nft", "add table inet gnio-f; add chain inet gnio-f c { type filter hook prerouting priority 0; policy drop; }")
+	var f *Filter
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		f, err = NewFilter(FilterConfig{Table: "gnio-f", TUN: "gnio-fctun"})
+		return err
+	})
+	defer f.Close()
+	if out := nettest.MustExec(t, p.A.NS, "nft", "list", "table", "inet", "gnio-f"); strings.Contains(out, "policy drop") {
+		t.Fatalf("stale table not replaced:\n%s", out)
+	}
+	if err := f.AddConn("peer", []netip.Prefix{netip.PrefixFrom(p.BAddr, 32)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddConn("other", []netip.Prefix{netip.MustParsePrefix("10.231.200.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	t.Log(nettest.MustExec(t, p.A.NS, "nft", "list", "table", "inet", "gnio-f"))
+
+	received := func() []string {
+		var got []string
+		buf := make([]byte, 100)
+		udp.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, _, err := udp.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return got
+			}
+			got = append(got, string(buf[:n]))
+		}
+	}
+	// Cleartext from B over the veth: a hand-built UDP packet (checksum 0,
+	// allowed for IPv4) from a raw socket in B.
+	var braw *RawConn
+	nettest.MustDo(t, p.B.NS, func() (err error) { braw, err = ListenRaw(RawConfig{Proto: 253}); return err })
+	defer braw.Close()
+	udpPkt := func(dst netip.Addr, port uint16, msg string) []byte {
+		b := make([]byte, 28+len(msg))
+		iphdr.PutIPv4(b, &iphdr.Outer{Src: p.BAddr.As4(), Dst: dst.As4(), ID: 5}, iphdr.ProtoUDP, len(b))
+		binary.BigEndian.PutUint16(b[20:], 40000)
+		binary.BigEndian.PutUint16(b[22:], port)
+		binary.BigEndian.PutUint16(b[24:], uint16(8+len(msg)))
+		copy(b[28:], msg)
+		return b
+	}
+	if _, err := braw.Send([]Msg{{Buf: udpPkt(p.AAddr, 7000, "veth")}}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, Headroom+200)
+	n := copy(buf[Headroom:], udpPkt(netip.MustParseAddr("10.231.17.1"), 7000, "tun"))
+	if _, err := tn.Write([][]byte{buf[:Headroom+n]}, Headroom); err != nil {
+		t.Fatal(err)
+	}
+	if got := received(); len(got) != 1 || got[0] != "tun" {
+		t.Fatalf("with conn filter: received %q, want only the packet through the TUN", got)
+	}
+	if d, err := f.Dropped("peer"); err != nil || d != 1 {
+		t.Errorf("Dropped(peer) = %d, %v; want 1", d, err)
+	}
+	if err := f.RemoveConn("peer"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := braw.Send([]Msg{{Buf: udpPkt(p.AAddr, 7000, "veth2")}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := received(); len(got) != 1 || got[0] != "veth2" {
+		t.Fatalf("after RemoveConn: received %q, want the cleartext packet", got)
+	}
+	out := nettest.MustExec(t, p.A.NS, "nft", "list", "table", "inet", "gnio-f")
+	if !strings.Contains(out, "10.231.200.0/24") || strings.Contains(out, p.BAddr.String()) {
+		t.Errorf("after RemoveConn(peer) the table is:\n%s", out)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	nettest.MustDo(t, p.A.NS, func() error { return RemoveFilterTable("gnio-f") })
+	if out := nettest.MustExec(t, p.A.NS, "nft", "list", "tables"); strings.Contains(out, "gnio-f") {
+		t.Errorf("table left after Close: %s", out)
+	}
+}
