@@ -75,12 +75,12 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 		return nil, fmt.Errorf("netio: create tun %s: %w", cfg.Name, err)
 	}
 	t := &TUN{dev: dev, name: cfg.Name, offload: dev.BatchSize() > 1, done: make(chan struct{})}
-	// wireguard's tun reports link events on a small channel with blocking
-	// sends; drain it so its listener goroutines never stall.
-	go t.drainEvents()
 	if name, err := dev.Name(); err == nil {
 		t.name = name
 	}
+	// wireguard's tun reports link events on a small channel with blocking
+	// sends; drain it so its listener goroutines never stall.
+	go t.drainEvents()
 	ns, err := netns.Get()
 	if err != nil {
 		t.Close()
