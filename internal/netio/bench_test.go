@@ -116,6 +116,21 @@ func TestSocketAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("udp: %v allocs per send+demux of 18 datagrams", allocs)
 	}
+	allocs = testing.AllocsPerRun(50, func() {
+		if _, err := utx.SendCoalesced(uout[:8]); err != nil {
+			t.Fatal(err)
+		}
+		for got := 0; got < 8; {
+			n, err := d.ReadESP(uin, pkts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("udp: %v allocs per coalesced send+demux of 8 datagrams", allocs)
+	}
 }
 
 // BenchmarkRaw measures ESP packets/s over a veth between namespaces, by
@@ -182,18 +197,24 @@ func benchPipe(b *testing.B, batch int, out []Msg, send func([]Msg) (int, error)
 }
 
 // BenchmarkUDP compares ESP-in-UDP sending of 1400-byte datagrams to one
-// peer: sendmmsg of single datagrams, sendmmsg of UDP_SEGMENT (GSO)
-// messages of 44 datagrams each; with the receiver's UDP_GRO on or off. One
-// op is one datagram.
+// peer: sendmmsg of single datagrams (batches of 128), sendmmsg of
+// UDP_SEGMENT (GSO) messages of 44 datagrams in one contiguous buffer, and
+// SendCoalesced (GSO over 128 separate buffers as iovecs); with the
+// receiver's UDP_GRO on or off. One op is one datagram.
 func BenchmarkUDP(b *testing.B) {
 	testutil.NeedRoot(b)
 	p := nettest.NewPair(b, "gnio-bu", netip.MustParsePrefix("10.231.22.0/24"))
 	const seg, perGSO = 1400, 44
 	for _, tc := range []struct {
-		name string
-		gso  bool
-		gro  bool
-	}{{"sendmmsg", false, false}, {"sendmmsg+gro", false, true}, {"gso", true, false}, {"gso+gro", true, true}} {
+		name      string
+		gso       bool
+		gro       bool
+		coalesced bool
+	}{
+		{"sendmmsg", false, false, false}, {"sendmmsg+gro", false, true, false},
+		{"gso", true, false, false}, {"gso+gro", true, true, false},
+		{"coalesced", false, false, true}, {"coalesced+gro", false, true, true},
+	} {
 		b.Run(tc.name, func(b *testing.B) {
 			var tx, rx *UDPConn
 			nettest.MustDo(b, p.B.NS, func() (err error) {
@@ -220,7 +241,7 @@ func BenchmarkUDP(b *testing.B) {
 					out = append(out, Msg{Buf: buf, To: to, GSOSize: seg})
 				}
 			} else {
-				for i := 0; i < 64; i++ {
+				for i := 0; i < MaxBatch; i++ {
 					buf := make([]byte, seg)
 					binary.BigEndian.PutUint32(buf, 0x100)
 					out = append(out, Msg{Buf: buf, To: to})
@@ -247,7 +268,11 @@ func BenchmarkUDP(b *testing.B) {
 			start := time.Now()
 			for sent := 0; sent < b.N; {
 				k := min(len(out), (b.N-sent+unit-1)/unit)
-				n, err := tx.Send(out[:k])
+				send := tx.Send
+				if tc.coalesced {
+					send = tx.SendCoalesced
+				}
+				n, err := send(out[:k])
 				if err != nil {
 					b.Fatal(err)
 				}

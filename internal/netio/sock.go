@@ -64,6 +64,7 @@ type batch struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet4
 	oob   []byte // oobLen bytes per slot
+	grp   []int  // datagrams per header (coalesced sends)
 	// Results of the last syscall, written by the RawConn callback.
 	count int
 	n     int
@@ -76,6 +77,7 @@ func newBatch(oobLen int) *batch {
 		hdrs:  make([]unix.Mmsghdr, MaxBatch),
 		iovs:  make([]unix.Iovec, MaxBatch),
 		names: make([]unix.RawSockaddrInet4, MaxBatch),
+		grp:   make([]int, MaxBatch),
 		oob:   make([]byte, MaxBatch*oobLen),
 	}
 	return b

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +34,9 @@ type UDPConn struct {
 	s     *sock
 	local netip.AddrPort
 	gro   bool
+	noGSO atomic.Bool
+	// GSOMessages counts messages sent with UDP_SEGMENT by SendCoalesced.
+	GSOMessages atomic.Uint64
 }
 
 // ListenUDP opens and binds a UDP socket as cfg says, with SO_REUSEADDR.
@@ -97,6 +101,117 @@ func (c *UDPConn) Send(ms []Msg) (int, error) { return c.s.send(ms, false) }
 
 // Close closes the socket.
 func (c *UDPConn) Close() error { return c.s.close() }
+
+// MaxGSOSegments is the most datagrams SendCoalesced puts in one UDP_SEGMENT
+// message (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
+const MaxGSOSegments = 64
+
+// maxGSOBytes is the largest UDP payload of one GSO message (IPv4 total
+// length limit minus IPv4 and UDP headers).
+const maxGSOBytes = 65535 - 20 - 8
+
+// SendCoalesced sends the datagrams ms[i].Buf to ms[i].To in order, like
+// Send, but joins each run of consecutive datagrams to the same peer whose
+// sizes are equal (the last of a run may be shorter) into one UDP_SEGMENT
+// message, without copying: the run's buffers become the iovecs of one
+// message and the kernel cuts it back into datagrams (in the NIC, or late in
+// the stack, or not at all when the receiver uses UDP_GRO). ms[i].GSOSize
+// is ignored. It returns the number of datagrams sent. If the kernel refuses
+// segmentation offload (EIO), it falls back to one datagram per message for
+// the rest of the socket's life.
+func (c *UDPConn) SendCoalesced(ms []Msg) (int, error) {
+	if c.noGSO.Load() {
+		return c.Send(ms)
+	}
+	s := c.s
+	b := s.tx
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sent := 0
+	for sent < len(ms) {
+		nh, ni, i := 0, 0, sent
+		for i < len(ms) && nh < MaxBatch && ni < MaxBatch {
+			to := ms[i].To
+			if !to.Addr().Is4() {
+				if nh == 0 {
+					return sent, fmt.Errorf("netio: send: destination %v is not IPv4", to)
+				}
+				break
+			}
+			seg := len(ms[i].Buf)
+			j, total := i+1, seg
+			for j < len(ms) && j-i < MaxGSOSegments && ni+(j-i) < MaxBatch && seg > 0 {
+				l := len(ms[j].Buf)
+				if ms[j].To != to || l > seg || l == 0 || total+l > maxGSOBytes {
+					break
+				}
+				total += l
+				j++
+				if l < seg {
+					break
+				}
+			}
+			h := &b.hdrs[nh]
+			h.Len = 0
+			sa := &b.names[nh]
+			sa.Family = unix.AF_INET
+			sa.Addr = to.Addr().As4()
+			p := to.Port()
+			sa.Port = p>>8 | p<<8
+			h.Hdr.Name = (*byte)(unsafe.Pointer(sa))
+			h.Hdr.Namelen = unix.SizeofSockaddrInet4
+			for k := i; k < j; k++ {
+				iov := &b.iovs[ni+k-i]
+				if len(ms[k].Buf) > 0 {
+					iov.Base = &ms[k].Buf[0]
+				} else {
+					iov.Base = nil
+				}
+				iov.SetLen(len(ms[k].Buf))
+			}
+			h.Hdr.Iov = &b.iovs[ni]
+			h.Hdr.SetIovlen(j - i)
+			h.Hdr.Control = nil
+			h.Hdr.Controllen = 0
+			if j-i > 1 {
+				oob := b.oob[nh*s.txOOB : nh*s.txOOB+cmsgSpace16]
+				ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+				ch.Level = unix.SOL_UDP
+				ch.Type = unix.UDP_SEGMENT
+				ch.SetLen(unix.CmsgLen(2))
+				*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
+				h.Hdr.Control = &oob[0]
+				h.Hdr.SetControllen(cmsgSpace16)
+			}
+			b.grp[nh] = j - i
+			nh++
+			ni += j - i
+			i = j
+		}
+		b.count = nh
+		b.n, b.errno = 0, 0
+		if err := s.rc.Write(b.fn); err != nil {
+			return sent, fmt.Errorf("netio: sendmmsg: %w", err)
+		}
+		for k := 0; k < b.n; k++ {
+			sent += b.grp[k]
+			if b.grp[k] > 1 {
+				c.GSOMessages.Add(1)
+			}
+		}
+		if b.errno != 0 {
+			if b.errno == unix.EIO && b.n < nh && b.grp[b.n] > 1 {
+				c.noGSO.Store(true)
+				b.mu.Unlock()
+				n, err := c.Send(ms[sent:])
+				b.mu.Lock()
+				return sent + n, err
+			}
+			return sent, fmt.Errorf("netio: sendmmsg to %v: %w", ms[sent].To, b.errno)
+		}
+	}
+	return sent, nil
+}
 
 // Segments calls fn for each datagram in buf (seg bytes each, the last
 // possibly shorter), or once for all of buf when seg is 0. It stops early
