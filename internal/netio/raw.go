@@ -79,7 +79,13 @@ func (c *RawConn) Proto() int { return c.proto }
 func (c *RawConn) Recv(ms []Msg) (int, error) { return c.s.recv(ms) }
 
 // Send sends prebuilt IPv4 packets with sendmmsg. A zero ms[i].To means the
-// destination in the packet's IPv4 header. It returns how many were sent.
+// destination in the packet's IPv4 header. It returns how many were sent;
+// on error, ms[n] is the packet the kernel refused (EMSGSIZE when larger than
+// the route MTU, for example) and the caller may go on with ms[n+1:].
+//
+// Recv and Send are safe for concurrent use: calls in the same direction
+// take turns on the socket (one syscall at a time), the two directions run
+// in parallel.
 func (c *RawConn) Send(ms []Msg) (int, error) { return c.s.send(ms, true) }
 
 // Close closes the socket; a blocked Recv or Send returns an error wrapping

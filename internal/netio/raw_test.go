@@ -3,6 +3,7 @@ package netio
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -139,5 +140,77 @@ func TestRawBatchExchange(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestRawConcurrentAndTrunc(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gnio-rc", netip.MustParsePrefix("10.231.24.0/24"))
+	tx, rx := rawPair(t, p)
+	const senders, per = 2, 300
+	var wg sync.WaitGroup
+	for s := 0; s < senders; s++ {
+		wg.Add(1)
+		go func(s int) {
+			defer wg.Done()
+			ms := espPackets(p, per, 100)
+			for i := range ms {
+				binary.BigEndian.PutUint32(ms[i].Buf[24:], uint32(s*per+i))
+			}
+			for off := 0; off < per; off += 25 {
+				if _, err := tx.Send(ms[off : off+25]); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(s)
+	}
+	var mu sync.Mutex
+	seen := map[uint32]bool{}
+	timer := time.AfterFunc(5*time.Second, func() { rx.Close() })
+	defer timer.Stop()
+	var rwg sync.WaitGroup
+	for r := 0; r < 2; r++ {
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			in := recvMsgs(16, 2048)
+			for {
+				n, err := rx.Recv(in)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, m := range in[:n] {
+					seen[binary.BigEndian.Uint32(m.Buf[24:])] = true
+				}
+				done := len(seen) == senders*per
+				mu.Unlock()
+				if done {
+					rx.Close()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	rwg.Wait()
+	if len(seen) != senders*per {
+		t.Fatalf("received %d distinct packets, want %d", len(seen), senders*per)
+	}
+
+	// A buffer smaller than the packet: Trunc, N capped.
+	tx2, rx2 := rawPair(t, p)
+	if _, err := tx2.Send(espPackets(p, 1, 300)); err != nil {
+		t.Fatal(err)
+	}
+	small := []Msg{{Buf: make([]byte, 64)}}
+	timer2 := time.AfterFunc(3*time.Second, func() { rx2.Close() })
+	defer timer2.Stop()
+	if n, err := rx2.Recv(small); err != nil || n != 1 || !small[0].Trunc || small[0].N != 64 {
+		t.Fatalf("short buffer: n=%d err=%v trunc=%v N=%d", n, err, small[0].Trunc, small[0].N)
+	}
+	if small[0].From.Addr() != p.AAddr {
+		t.Errorf("From = %v, want %v", small[0].From, p.AAddr)
 	}
 }

@@ -26,6 +26,12 @@ type UDPConfig struct {
 	GRO bool
 	// Buffer, if non-zero, sets SO_RCVBUF/SO_SNDBUF (forced when privileged).
 	Buffer int
+	// ReusePort sets SO_REUSEPORT, so that several sockets (one per core)
+	// can bind the same port; the kernel spreads flows across them by hash.
+	// (Raw sockets cannot do this: every raw socket gets a copy of every
+	// packet, so raw receive parallelises by several goroutines calling
+	// Recv on one socket.)
+	ReusePort bool
 }
 
 // UDPConn is an IPv4 UDP socket with batched receive (recvmmsg, optional
@@ -57,6 +63,11 @@ func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
 	}
 	if err := setMark(fd, cfg.Mark); err != nil {
 		return fail("mark", err)
+	}
+	if cfg.ReusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("SO_REUSEPORT", err)
+		}
 	}
 	if cfg.GRO {
 		if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err != nil {

@@ -224,3 +224,24 @@ func TestNATTWriteIKEAndListenIKE(t *testing.T) {
 		t.Fatalf("from ListenIKE socket: %d %v %q from %v", n, err, ms[0].Buf[:ms[0].N], ms[0].From)
 	}
 }
+
+func TestListenUDPReusePort(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	a, err := ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(lo, 0), ReusePort: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := ListenUDP(UDPConfig{Addr: a.LocalAddr(), ReusePort: true})
+	if err != nil {
+		t.Fatalf("second SO_REUSEPORT socket on %v: %v", a.LocalAddr(), err)
+	}
+	b.Close()
+	if c, err := ListenUDP(UDPConfig{Addr: a.LocalAddr()}); err == nil {
+		c.Close()
+		t.Fatalf("a socket without SO_REUSEPORT could bind %v too", a.LocalAddr())
+	}
+	if _, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddrPort("[::1]:4500")}); err == nil {
+		t.Fatal("IPv6 address accepted")
+	}
+}
