@@ -45,7 +45,9 @@ type UDPConn struct {
 	GSOMessages atomic.Uint64
 }
 
-// ListenUDP opens and binds a UDP socket as cfg says, with SO_REUSEADDR.
+// ListenUDP opens and binds a UDP socket as cfg says. It sets no
+// SO_REUSEADDR (for UDP that would let a second daemon silently share the
+// port); binding a port already in use fails with EADDRINUSE.
 func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
 	if !cfg.Addr.Addr().Is4() {
 		return nil, fmt.Errorf("netio: udp: %v is not an IPv4 address", cfg.Addr)
@@ -57,9 +59,6 @@ func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
 	fail := func(what string, err error) (*UDPConn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netio: udp %v: %s: %w", cfg.Addr, what, err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		return fail("SO_REUSEADDR", err)
 	}
 	if err := setMark(fd, cfg.Mark); err != nil {
 		return fail("mark", err)
@@ -384,15 +383,12 @@ func (d *NATT) WriteIKE(msg []byte, to netip.AddrPort) error {
 }
 
 // ListenIKE opens the plain IKE socket (UDP 500 by default) as a
-// *net.UDPConn with SO_REUSEADDR and the firewall mark mark (0: none).
+// *net.UDPConn with the firewall mark mark (0: none).
 func ListenIKE(ctx context.Context, addr netip.AddrPort, mark uint32) (*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			if serr == nil {
-				serr = setMark(int(fd), mark)
-			}
+			serr = setMark(int(fd), mark)
 		})
 		return errors.Join(err, serr)
 	}}
