@@ -10,24 +10,24 @@ type Reason uint8
 
 // The drop reasons. Keep Count last.
 const (
-	None         Reason = iota // not a drop
-	Malformed                  // truncated or inconsistent headers
-	UnknownSPI                 // no SA for (SPI, protocol, destination)
-	Replay                     // sequence number already seen
-	TooOld                     // sequence number left of the replay window
-	ICV                        // integrity check failed
-	Padding                    // bad ESP padding or pad length (after a good ICV)
-	Dummy                      // ESP next header 59 (RFC 4303 2.6): dropped quietly
-	PolicyMismatch             // inner packet does not match the SA's policy
-	NoPolicy                   // no policy matched
-	Discard                    // a discard policy matched
-	NoSA                       // protect policy without a usable outbound SA
-	SeqExhausted               // outbound sequence number space used up
-	Expired                    // SA past its hard lifetime
-	TooBig                     // larger than the path MTU allows
-	Cleartext                  // unprotected packet from a protected peer
-	NoBuffer                   // no buffer or queue space
-	Count                      // number of reasons; not a reason
+	None           Reason = iota // not a drop
+	Malformed                    // truncated or inconsistent headers
+	UnknownSPI                   // no SA for (SPI, protocol, destination)
+	Replay                       // sequence number already seen
+	TooOld                       // sequence number left of the replay window
+	ICV                          // integrity check failed
+	Padding                      // bad ESP padding or pad length (after a good ICV)
+	Dummy                        // ESP next header 59 (RFC 4303 2.6): dropped quietly
+	PolicyMismatch               // inner packet does not match the SA's policy
+	NoPolicy                     // no policy matched
+	Discard                      // a discard policy matched
+	NoSA                         // protect policy without a usable outbound SA
+	SeqExhausted                 // outbound sequence number space used up
+	Expired                      // SA past its hard lifetime
+	TooBig                       // larger than the path MTU allows
+	Cleartext                    // unprotected packet from a protected peer
+	NoBuffer                     // no buffer or queue space
+	Count                        // number of reasons; not a reason
 )
 
 var names = [Count]string{
