@@ -2,6 +2,7 @@ package netio
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"sync"
 	"testing"
@@ -212,5 +213,17 @@ func TestRawConcurrentAndTrunc(t *testing.T) {
 	}
 	if small[0].From.Addr() != p.AAddr {
 		t.Errorf("From = %v, want %v", small[0].From, p.AAddr)
+	}
+	// A data plane loop ends on ErrClosed.
+	rx2.Close()
+	if _, err := rx2.Recv(small); !errors.Is(err, ErrClosed) {
+		t.Errorf("Recv after Close: %v, want ErrClosed", err)
+	}
+	if _, err := tx2.Send(espPackets(p, 1, 100)); err != nil {
+		t.Errorf("Send on the other socket: %v", err)
+	}
+	tx2.Close()
+	if _, err := tx2.Send(espPackets(p, 1, 100)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Send after Close: %v, want ErrClosed", err)
 	}
 }

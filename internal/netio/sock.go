@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -91,6 +92,7 @@ type sock struct {
 	rx, tx *batch
 	// oob space per slot on receive (GRO) and send (GSO).
 	rxOOB, txOOB int
+	closed       atomic.Bool
 }
 
 // newSock wraps fd (already non-blocking) for batch I/O.
@@ -107,7 +109,19 @@ func newSock(fd int, name string, rxOOB, txOOB int) (*sock, error) {
 	return s, nil
 }
 
-func (s *sock) close() error { return s.f.Close() }
+func (s *sock) close() error {
+	s.closed.Store(true)
+	return s.f.Close()
+}
+
+// ioErr wraps an error from the RawConn; after close it is ErrClosed
+// (RawConn reports "use of closed file" without wrapping os.ErrClosed).
+func (s *sock) ioErr(op string, err error) error {
+	if s.closed.Load() {
+		return fmt.Errorf("netio: %s: %w", op, ErrClosed)
+	}
+	return fmt.Errorf("netio: %s: %w", op, err)
+}
 
 // recvFn is the RawConn.Read callback: one recvmmsg over the prepared slots.
 func (s *sock) recvFn(fd uintptr) bool {
@@ -177,7 +191,7 @@ func (s *sock) recv(ms []Msg) (int, error) {
 	b.count = len(ms)
 	b.n, b.errno = 0, 0
 	if err := s.rc.Read(b.fn); err != nil {
-		return 0, fmt.Errorf("netio: recvmmsg: %w", err)
+		return 0, s.ioErr("recvmmsg", err)
 	}
 	if b.errno != 0 {
 		return 0, fmt.Errorf("netio: recvmmsg: %w", b.errno)
@@ -285,7 +299,7 @@ func (s *sock) send(ms []Msg, dstFromIP bool) (int, error) {
 		b.count = len(chunk)
 		b.n, b.errno = 0, 0
 		if err := s.rc.Write(b.fn); err != nil {
-			return sent, fmt.Errorf("netio: sendmmsg: %w", err)
+			return sent, s.ioErr("sendmmsg", err)
 		}
 		if b.errno != 0 {
 			return sent, fmt.Errorf("netio: sendmmsg to %v: %w", ms[sent].To, b.errno)

@@ -133,7 +133,13 @@ func createPlainTUN(name string, mtu int) (tun.Device, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+	f := os.NewFile(uintptr(fd), "/dev/net/tun")
+	dev, err := tun.CreateTUNFromFile(f, mtu)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return dev, nil
 }
 
 // Name returns the interface name.
@@ -156,7 +162,7 @@ func (t *TUN) BatchSize() int { return t.dev.BatchSize() }
 func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := t.dev.Read(bufs, sizes, offset)
 	if err != nil {
-		return n, fmt.Errorf("netio: tun read: %w", err)
+		return n, t.ioErr("read", err)
 	}
 	return n, nil
 }
@@ -172,7 +178,7 @@ func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	n, err := t.dev.Write(bufs, offset)
 	if err != nil {
-		return n, fmt.Errorf("netio: tun write: %w", err)
+		return n, t.ioErr("write", err)
 	}
 	return n, nil
 }
@@ -198,6 +204,17 @@ func (t *TUN) SetMTU(mtu int) error {
 	return nil
 }
 
+// ioErr wraps a device error; once Close was called it is ErrClosed
+// (wireguard's tun first reports its closed netlink listener instead).
+func (t *TUN) ioErr(op string, err error) error {
+	select {
+	case <-t.done:
+		return fmt.Errorf("netio: tun %s: %w", op, ErrClosed)
+	default:
+		return fmt.Errorf("netio: tun %s: %w", op, err)
+	}
+}
+
 func (t *TUN) drainEvents() {
 	ev := t.dev.Events()
 	for {
@@ -217,8 +234,8 @@ func (t *TUN) drainEvents() {
 func (t *TUN) Close() error {
 	var err error
 	t.once.Do(func() {
+		close(t.done) // first, so that failing Reads see ErrClosed
 		err = t.dev.Close()
-		close(t.done)
 		if t.nl != nil {
 			t.nl.Close()
 		}

@@ -95,6 +95,10 @@ func TestTUNEchoRoundTrip(t *testing.T) {
 					if iphdr.Checksum(p[20:]) != 0 || iphdr.Checksum(p[:20]) != 0 {
 						t.Fatal("reply checksums invalid")
 					}
+					tn.Close()
+					if _, err := tn.Read(bufs, sizes, Headroom); !errors.Is(err, ErrClosed) {
+						t.Errorf("Read after Close: %v, want ErrClosed", err)
+					}
 					return
 				}
 			}

@@ -201,7 +201,7 @@ func (c *UDPConn) SendCoalesced(ms []Msg) (int, error) {
 		b.count = nh
 		b.n, b.errno = 0, 0
 		if err := s.rc.Write(b.fn); err != nil {
-			return sent, fmt.Errorf("netio: sendmmsg: %w", err)
+			return sent, s.ioErr("sendmmsg", err)
 		}
 		for k := 0; k < b.n; k++ {
 			sent += b.grp[k]
