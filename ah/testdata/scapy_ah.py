@@ -11,8 +11,10 @@ on stdout. Hex strings carry packets and keys. Requests:
 
   {"op": "seal", "alg": ..., "key": ..., "spi": N, "seq": LOW32,
    "esn_en": bool, "esn": HI, "mode": ..., "plain": HEX,
-   "tunnel": {"src": "a.b.c.d", "dst": "...", "id": N}}
-      scapy builds the AH packet. -> {"ok": true, "pkt": HEX}
+   "tunnel_hdr": HEX}
+      scapy builds the AH packet; in tunnel mode tunnel_hdr is the outer IPv4
+      header (options allowed; scapy fills protocol, length and checksum).
+      -> {"ok": true, "pkt": HEX}
 
   {"op": "linux8", "key": ..., "spi": N, "seq": N, "plain": HEX}
       Builds, without scapy, a transport-mode HMAC-SHA2-256-128 AH packet the
@@ -66,8 +68,7 @@ def verify(req):
 def seal(req):
     kw = {}
     if req["mode"] == "tunnel":
-        t = req["tunnel"]
-        kw["tunnel_header"] = IP(src=t["src"], dst=t["dst"], id=t["id"])
+        kw["tunnel_header"] = IP(bytes.fromhex(req["tunnel_hdr"]))
     sa = SecurityAssociation(AH, spi=req["spi"], seq_num=req["seq"],
                              auth_algo=req["alg"],
                              auth_key=bytes.fromhex(req["key"]),
