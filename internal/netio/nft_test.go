@@ -66,7 +66,7 @@ func TestFilterICMPProtoUnreachable(t *testing.T) {
 	// Without the filter, B's kernel (no ESP/AH, nobody listening) answers
 	// every protocol with ICMP protocol-unreachable. The kernel rate-limits
 	// ICMP errors (icmp_ratelimit, per destination), so send one each.
-	nettest.MustExec(t, p.B.NS, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+	nettest.MustExec(t, p.B.NS, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/icmp_ratelimit")
 	c := listen()
 	send(iphdr.ProtoESP, iphdr.ProtoAH, 253)
 	before := icmpUnreach(t, c, 500*time.Millisecond)
