@@ -30,8 +30,8 @@ var (
 	optSecurityOpt  = []byte{130, 11, 0xf1, 0x35, 0, 0, 0, 0, 0, 0, 0}
 	optUnknown      = []byte{0x9e, 4, 0xaa, 0xbb} // copy=1, class 0, number 30: unassigned
 	optionsNone     = []byte(nil)
-	optionsRA       = cat(optNOPb, optRouterAlert, optNOPb, optNOPb, optNOPb)                      // 8
-	optionsRARR     = cat(optNOPb, optRouterAlert, optRecordRoute)                                 // 16
+	optionsRA       = cat(optNOPb, optRouterAlert, optNOPb, optNOPb, optNOPb)                    // 8
+	optionsRARR     = cat(optNOPb, optRouterAlert, optRecordRoute)                               // 16
 	optionsAllKinds = cat(optSecurityOpt, optNOPb, optTimestamp, optUnknown, []byte{0, 0, 0, 0}) // 32
 )
 
