@@ -251,6 +251,11 @@ func (s *Suite) SealTransport(b []byte, off, n int, spi uint32, seq uint64) ([]b
 	if isFragment(pkt) {
 		return nil, ErrFragment
 	}
+	if err := checkOptions(pkt[:hl]); err != nil {
+		// Checked before anything moves: the header copy below may
+		// overlap the packet.
+		return nil, err
+	}
 	if off < s.hdrLen {
 		return nil, ErrHeadroom
 	}

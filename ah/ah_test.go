@@ -608,6 +608,19 @@ func TestSealRejects(t *testing.T) {
 			}
 		})
 	}
+	// Malformed options: refused before anything moves (a 60-octet header
+	// overlaps its own new place), the buffer is left as it was.
+	badSp := defaultSpec()
+	badSp.opts = cat(optRouterAlert, optTimestamp, optRecordRoute, []byte{1, 7, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // 40 octets
+	badPkt := badSp.build()
+	buf := withHeadroom(badPkt)
+	before := bytes.Clone(buf)
+	if _, err := s.SealTransport(buf, headroom, len(badPkt), 1, 1); !errors.Is(err, ErrOptions) {
+		t.Fatalf("malformed options: %v", err)
+	}
+	if !bytes.Equal(buf, before) {
+		t.Fatal("failed SealTransport modified the buffer")
+	}
 	if _, err := s.SealTunnel(append(make([]byte, 20+s.HeaderLen()-1), plain...), 20+s.HeaderLen()-1, len(plain), 1, 1, &testOuter); drop.ReasonOf(err) != drop.NoBuffer {
 		t.Fatalf("tunnel short headroom: %v", err)
 	}

@@ -47,25 +47,16 @@ func zeroMutable(dst, hdr []byte, sending bool) error {
 	dst[iphdr.OffFlagsFrag], dst[iphdr.OffFlagsFrag+1] = 0, 0
 	dst[iphdr.OffTTL] = 0
 	dst[iphdr.OffChecksum], dst[iphdr.OffChecksum+1] = 0, 0
-	i := iphdr.IPv4MinLen
-	for i < len(hdr) {
-		t := hdr[i]
+	for i := iphdr.IPv4MinLen; i < len(hdr); {
+		t, l, err := nextOption(hdr, i)
+		if err != nil {
+			return err
+		}
 		if t == optEOL {
 			// The rest of the header is padding; it is kept as sent.
 			return nil
 		}
-		if t == optNOP {
-			i++
-			continue
-		}
-		if i+1 >= len(hdr) {
-			return ErrOptions
-		}
-		l := int(hdr[i+1])
-		if l < 2 || l > len(hdr)-i {
-			return ErrOptions
-		}
-		if !immutableOption(t) {
+		if l > 1 && !immutableOption(t) {
 			if sending && (t == optLSRR || t == optSSRR) && l >= 7 && int(hdr[i+2]) <= l-3 {
 				copy(dst[iphdr.OffDst:iphdr.OffDst+4], hdr[i+l-4:i+l])
 			}
@@ -74,4 +65,35 @@ func zeroMutable(dst, hdr []byte, sending bool) error {
 		i += l
 	}
 	return nil
+}
+
+// checkOptions reports ErrOptions if the options of the IPv4 header hdr
+// are malformed, the same check zeroMutable makes.
+func checkOptions(hdr []byte) error {
+	for i := iphdr.IPv4MinLen; i < len(hdr); {
+		t, l, err := nextOption(hdr, i)
+		if err != nil || t == optEOL {
+			return err
+		}
+		i += l
+	}
+	return nil
+}
+
+// nextOption returns the type and length of the option at hdr[i]: length
+// 1 for End of Options List and No Operation, else the option's length
+// octet, which must be at least 2 and stay inside hdr.
+func nextOption(hdr []byte, i int) (t byte, l int, err error) {
+	t = hdr[i]
+	if t == optEOL || t == optNOP {
+		return t, 1, nil
+	}
+	if i+1 >= len(hdr) {
+		return 0, 0, ErrOptions
+	}
+	l = int(hdr[i+1])
+	if l < 2 || l > len(hdr)-i {
+		return 0, 0, ErrOptions
+	}
+	return t, l, nil
 }
