@@ -611,7 +611,7 @@ func TestSealRejects(t *testing.T) {
 	// Malformed options: refused before anything moves (a 60-octet header
 	// overlaps its own new place), the buffer is left as it was.
 	badSp := defaultSpec()
-	badSp.opts = cat(optRouterAlert, optTimestamp, optRecordRoute, []byte{1, 7, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // 40 octets
+	badSp.opts = cat(optRouterAlert, optTimestamp, optRecordRoute, []byte{1, 7, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // 40 octets
 	badPkt := badSp.build()
 	buf := withHeadroom(badPkt)
 	before := bytes.Clone(buf)
