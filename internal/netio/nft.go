@@ -2,6 +2,7 @@ package netio
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -28,6 +29,12 @@ type FilterConfig struct {
 	// IKEPorts are UDP destination ports exempt from the cleartext drop
 	// (IKE and NAT-T: 500 and 4500 when empty).
 	IKEPorts []uint16
+	// InboundMark, if non-zero, marks incoming ESP, AH and IKE-port UDP
+	// packets with the daemon's fwmark before routing. Together with
+	// src_valid_mark (RouteConfig.SrcValidMark) the reverse-path check
+	// then skips the TUN table, so strict rp_filter (=1) no longer drops
+	// ESP from a transport-mode peer whose address is routed into the TUN.
+	InboundMark uint32
 }
 
 // Filter is the daemon's nftables table `inet <Table>`:
@@ -42,6 +49,9 @@ type FilterConfig struct {
 //	    udp dport {IKE ports} return
 //	    iifname <TUN> return
 //	    per conn, per remote prefix: ip saddr <prefix> counter drop
+//	chain mark (filter hook prerouting, priority mangle; only with InboundMark):
+//	    meta l4proto {esp, ah} meta mark set InboundMark
+//	    udp dport {IKE ports} meta mark set InboundMark
 //
 // so that cleartext from a protected peer or subnet that did not come out of
 // the TUN (KLIPS-style policy enforcement) never reaches a local socket or
@@ -102,6 +112,24 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	})
 	for _, r := range exemptions(cfg) {
 		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.clear, Exprs: r, UserData: []byte("gosec:exempt")})
+	}
+	if cfg.InboundMark != 0 {
+		mark := c.AddChain(&nftables.Chain{
+			Name: "mark", Table: f.table, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
+		})
+		for _, r := range exemptions(cfg) {
+			if len(r) == 3 { // the iifname rule: not wire traffic
+				if m, ok := r[0].(*expr.Meta); ok && m.Key == expr.MetaKeyIIFNAME {
+					continue
+				}
+			}
+			setMark := append(r[:len(r)-1:len(r)-1],
+				&expr.Counter{},
+				&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, cfg.InboundMark)},
+				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
+			c.AddRule(&nftables.Rule{Table: f.table, Chain: mark, Exprs: setMark, UserData: []byte("gosec:mark")})
+		}
 	}
 	if err := c.Flush(); err != nil {
 		ns.Close()

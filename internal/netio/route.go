@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -45,6 +48,10 @@ type RouteConfig struct {
 	SuppressMain bool
 	// TUNIndex is the interface index of the TUN device.
 	TUNIndex int
+	// SrcValidMark sets net.ipv4.conf.all.src_valid_mark=1 (restored on
+	// Close), so the reverse-path filter looks routes up with the packet's
+	// mark; see FilterConfig.InboundMark for why strict rp_filter needs it.
+	SrcValidMark bool
 }
 
 func (c *RouteConfig) defaults() {
@@ -81,7 +88,13 @@ type Router struct {
 	// routes installed, for Close.
 	routes map[netip.Prefix]Route
 	rules  []*netlink.Rule
+	// oldSVM is the src_valid_mark value to restore ("" if untouched), in
+	// namespace svmNS.
+	oldSVM string
+	svmNS  netns.NsHandle
 }
+
+const srcValidMarkPath = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
 
 // NewRouter removes stale state (CleanupRoutes) and installs the rules: after it,
 // unmarked packets consult cfg.Table first. The Router is bound to the
@@ -100,7 +113,7 @@ func NewRouter(cfg RouteConfig) (*Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netio: router: netlink: %w", err)
 	}
-	r := &Router{cfg: cfg, nl: nl, routes: map[netip.Prefix]Route{}}
+	r := &Router{cfg: cfg, nl: nl, routes: map[netip.Prefix]Route{}, svmNS: -1}
 	if err := cleanup(nl, cfg); err != nil {
 		nl.Close()
 		return nil, err
@@ -129,6 +142,19 @@ func NewRouter(cfg RouteConfig) (*Router, error) {
 			r.Close()
 			return nil, fmt.Errorf("netio: router: add rule prio %d: %w", rule.Priority, err)
 		}
+	}
+	if cfg.SrcValidMark {
+		// /proc/sys/net is per network namespace of the calling thread.
+		old, err := os.ReadFile(srcValidMarkPath)
+		if err == nil {
+			err = os.WriteFile(srcValidMarkPath, []byte("1\n"), 0o644)
+		}
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("netio: router: src_valid_mark: %w", err)
+		}
+		r.oldSVM = strings.TrimSpace(string(old))
+		r.svmNS, _ = netns.Get()
 	}
 	return r, nil
 }
@@ -197,6 +223,15 @@ func (r *Router) Close() error {
 		}
 	}
 	r.rules = nil
+	if r.oldSVM != "" && r.oldSVM != "1" {
+		if err := restoreSysctl(r.svmNS, srcValidMarkPath, r.oldSVM); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.svmNS.IsOpen() {
+		r.svmNS.Close()
+	}
+	r.oldSVM = ""
 	r.nl.Close()
 	return errors.Join(errs...)
 }
@@ -246,4 +281,36 @@ func cleanup(nl *netlink.Handle, cfg RouteConfig) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// restoreSysctl writes val to the /proc/sys file path as seen from network
+// namespace ns. It works on a goroutine of its own, locked to its thread, so
+// that if the thread cannot be switched back the runtime discards it with
+// the goroutine instead of leaving the caller in another namespace.
+func restoreSysctl(ns netns.NsHandle, path, val string) error {
+	res := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			res <- fmt.Errorf("netio: restore %s: %w", path, err)
+			return // the locked thread ends with this goroutine
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			res <- fmt.Errorf("netio: restore %s: %w", path, err)
+			return
+		}
+		werr := os.WriteFile(path, []byte(val+"\n"), 0o644)
+		if err := netns.Set(orig); err != nil {
+			res <- errors.Join(werr, fmt.Errorf("netio: restore %s: back to own namespace: %w", path, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		if werr != nil {
+			werr = fmt.Errorf("netio: restore %s: %w", path, werr)
+		}
+		res <- werr
+	}()
+	return <-res
 }

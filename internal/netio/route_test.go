@@ -177,3 +177,89 @@ func TestRouterCloseAndSuppressMain(t *testing.T) {
 		t.Errorf("routes left after Close:\n%s", table)
 	}
 }
+
+// TestStrictRPFilter: with rp_filter=1 the reverse path of a transport-mode
+// peer points into the TUN, so the kernel drops the peer's ESP; marking
+// inbound ESP (Filter InboundMark) plus src_valid_mark (Router) fixes it.
+func TestStrictRPFilter(t *testing.T) {
+	testutil.NeedRoot(t)
+	for _, tc := range []struct {
+		name string
+		fix  bool
+	}{{"unmarked", false}, {"marked", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := nettest.NewPair(t, "gnio-rp", netip.MustParsePrefix("10.231.26.0/24"))
+			var tn *TUN
+			var r *Router
+			var f *Filter
+			var rx, tx *RawConn
+			nettest.MustExec(t, p.A.NS, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter; echo 1 > /proc/sys/net/ipv4/conf/"+p.A.Name+"/rp_filter")
+			nettest.MustDo(t, p.A.NS, func() (err error) {
+				if tn, err = OpenTUN(TUNConfig{Name: "gnio-rptun", MTU: 1400}); err != nil {
+					return err
+				}
+				if r, err = NewRouter(RouteConfig{Table: 7700, Priority: 7700, Mark: testMark, TUNIndex: tn.Index(), SrcValidMark: tc.fix}); err != nil {
+					return err
+				}
+				fc := FilterConfig{Table: "gnio-rp", TUN: "gnio-rptun"}
+				if tc.fix {
+					fc.InboundMark = testMark
+				}
+				if f, err = NewFilter(fc); err != nil {
+					return err
+				}
+				rx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP})
+				return err
+			})
+			defer tn.Close()
+			defer f.Close()
+			defer rx.Close()
+			if err := r.AddRoute(Route{Dst: netip.PrefixFrom(p.BAddr, 32)}); err != nil {
+				t.Fatal(err)
+			}
+			nettest.MustDo(t, p.B.NS, func() (err error) { tx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP}); return err })
+			defer tx.Close()
+			// Strict rp_filter also drops B's ARP requests for A (their
+			// reverse path points into the TUN too), so A speaks first:
+			// its marked ESP and ARP request teach both sides the MACs.
+			var atx *RawConn
+			nettest.MustDo(t, p.A.NS, func() (err error) {
+				atx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP, Mark: testMark})
+				return err
+			})
+			defer atx.Close()
+			first := make([]byte, 40)
+			iphdr.PutIPv4(first, &iphdr.Outer{Src: p.AAddr.As4(), Dst: p.BAddr.As4(), ID: 4}, iphdr.ProtoESP, 40)
+			first[23] = 1
+			if _, err := atx.Send([]Msg{{Buf: first}}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			b := make([]byte, 40)
+			iphdr.PutIPv4(b, &iphdr.Outer{Src: p.BAddr.As4(), Dst: p.AAddr.As4(), ID: 3}, iphdr.ProtoESP, 40)
+			b[23] = 1
+			if _, err := tx.Send([]Msg{{Buf: b}}); err != nil {
+				t.Fatal(err)
+			}
+			timer := time.AfterFunc(time.Second, func() { rx.Close() })
+			defer timer.Stop()
+			n, _ := rx.Recv(recvMsgs(1, 100))
+			if tc.fix != (n == 1) {
+				t.Log(nettest.MustExec(t, p.A.NS, "nft", "list", "table", "inet", "gnio-rp"))
+				t.Log(nettest.MustExec(t, p.A.NS, "ip", "route", "get", p.BAddr.String(), "mark", "0x5ec0"))
+				t.Log(nettest.MustExec(t, p.A.NS, "ip", "rule"))
+				t.Errorf("strict rp_filter, fix %v: received %d ESP packets", tc.fix, n)
+			}
+			svm := strings.TrimSpace(nettest.MustExec(t, p.A.NS, "cat", "/proc/sys/net/ipv4/conf/all/src_valid_mark"))
+			if want := map[bool]string{false: "0", true: "1"}[tc.fix]; svm != want {
+				t.Errorf("src_valid_mark = %s, want %s", svm, want)
+			}
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if svm := strings.TrimSpace(nettest.MustExec(t, p.A.NS, "cat", "/proc/sys/net/ipv4/conf/all/src_valid_mark")); svm != "0" {
+				t.Errorf("src_valid_mark = %s after Close, want 0 restored", svm)
+			}
+		})
+	}
+}
