@@ -332,7 +332,7 @@ func BenchmarkLookup(b *testing.B) {
 		for _, p := range all {
 			db.Add(p)
 		}
-		tu := Tuple{Src: addr("172.16.5.9"), Dst: netip.AddrFrom4([4]byte{10, byte((n - 3) >> 8), byte(n - 3), 7}), Proto: 6, SrcPort: 1000, DstPort: 80}
+		tu := Tuple{Src: netip.AddrFrom4([4]byte{172, 16, byte((n - 3) % 16), 9}), Dst: netip.AddrFrom4([4]byte{10, byte((n - 3) >> 8), byte(n - 3), 7}), Proto: 6, SrcPort: 1000, DstPort: 80}
 		if db.Lookup(Out, tu) == nil && n > 16 {
 			b.Fatal("benchmark tuple matches nothing")
 		}
@@ -352,7 +352,10 @@ func BenchmarkLookup(b *testing.B) {
 }
 
 func BenchmarkParseIPv4Tuple(b *testing.B) {
-	p := packet(b, &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: []byte{10, 1, 0, 2}, DstIP: []byte{10, 2, 0, 2}}, &layers.UDP{SrcPort: 1, DstPort: 2})
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: []byte{10, 1, 0, 2}, DstIP: []byte{10, 2, 0, 2}}
+	udp := &layers.UDP{SrcPort: 1, DstPort: 2}
+	udp.SetNetworkLayerForChecksum(ip)
+	p := packet(b, ip, udp)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		ParseIPv4Tuple(p)
