@@ -44,6 +44,59 @@ func build(all []*Policy) *index {
 	return ix
 }
 
+// with returns a copy of ix in which p is added (add) or removed: only
+// the nodes on p's path are copied, so a change costs O(address bits), not
+// O(policies).
+func (ix *index) with(p *Policy, add bool) *index {
+	next := *ix
+	roots := &next.v4
+	if p.Sel.Remote.Addr().Is6() {
+		roots = &next.v6
+	}
+	roots[p.Dir] = editPath(roots[p.Dir], p.Sel.Remote, func(r *node) {
+		r.sub = editPath(r.sub, p.Sel.Local, func(l *node) {
+			pols := make([]*Policy, 0, len(l.pols)+1)
+			for _, q := range l.pols {
+				if q != p {
+					pols = append(pols, q)
+				}
+			}
+			if add {
+				i := sort.Search(len(pols), func(i int) bool { return less(p, pols[i]) })
+				pols = append(pols, nil)
+				copy(pols[i+1:], pols[i:])
+				pols[i] = p
+			}
+			l.pols = pols
+		})
+	})
+	return &next
+}
+
+// editPath copies the nodes from n down to pfx, applies edit to the copy of
+// the last one and prunes nodes left empty. n may be nil.
+func editPath(n *node, pfx netip.Prefix, edit func(*node)) *node {
+	a := pfx.Addr().AsSlice()
+	var walk func(n *node, i int) *node
+	walk = func(n *node, i int) *node {
+		c := &node{}
+		if n != nil {
+			*c = *n
+		}
+		if i == pfx.Bits() {
+			edit(c)
+		} else {
+			b := (a[i/8] >> (7 - i%8)) & 1
+			c.child[b] = walk(c.child[b], i+1)
+		}
+		if c.child[0] == nil && c.child[1] == nil && c.sub == nil && len(c.pols) == 0 {
+			return nil
+		}
+		return c
+	}
+	return walk(n, 0)
+}
+
 func insert(n *node, pfx netip.Prefix) *node {
 	a := pfx.Addr().AsSlice()
 	for i := 0; i < pfx.Bits(); i++ {

@@ -178,13 +178,31 @@ func TestIndexMatchesLinear(t *testing.T) {
 			}
 			all = append(all, p)
 		}
-		for i := 0; i < 2000; i++ {
-			tu := randTuple(r)
-			d := Direction(r.IntN(3))
-			if got, want := db.Lookup(d, tu), linear(all, d, tu); got != want {
-				t.Fatalf("round %d: %v %+v: index %v, linear %v", round, d, tu, name(got), name(want))
+		check := func(stage string) {
+			for i := 0; i < 2000; i++ {
+				tu := randTuple(r)
+				d := Direction(r.IntN(3))
+				if got, want := db.Lookup(d, tu), linear(all, d, tu); got != want {
+					t.Fatalf("round %d %s: %v %+v: index %v, linear %v", round, stage, d, tu, name(got), name(want))
+				}
 			}
 		}
+		check("after adds")
+		// Delete a third and replace a few; the index must follow.
+		for i := 0; i < 100; i++ {
+			k := r.IntN(len(all))
+			db.Delete(all[k].ID)
+			all = append(all[:k], all[k+1:]...)
+		}
+		for i := 0; i < 20; i++ {
+			k := r.IntN(len(all))
+			np := randPolicy(r, 1000+i)
+			if err := db.Replace(all[k].ID, np); err != nil {
+				t.Fatal(err)
+			}
+			all[k] = np
+		}
+		check("after deletes and replaces")
 	}
 }
 
