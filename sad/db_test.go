@@ -795,3 +795,37 @@ func TestStrings(t *testing.T) {
 		}
 	}
 }
+
+func TestClose(t *testing.T) {
+	clk := clock.NewFake(epoch)
+	got := make(events, 10)
+	db := New(clk, func(ev Event) { got <- ev })
+	sa := out(1)
+	sa.Soft.Time, sa.Hard.Time = time.Second, 2*time.Second
+	if err := db.Add(sa); err != nil {
+		t.Fatal(err)
+	}
+	if clk.Pending() != 2 {
+		t.Fatalf("%d timers pending, want 2", clk.Pending())
+	}
+	db.Close()
+	db.Close() // idempotent
+	if clk.Pending() != 0 {
+		t.Errorf("%d timers pending after Close", clk.Pending())
+	}
+	if err := db.Add(out(1)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Add after Close = %v", err)
+	}
+	if _, err := db.AllocSPI(ESP); !errors.Is(err, ErrClosed) {
+		t.Errorf("AllocSPI after Close = %v", err)
+	}
+	if db.Lookup(sa.SPI, ESP, addrB) != sa {
+		t.Error("lookups stop after Close")
+	}
+	clk.Advance(time.Minute)
+	select {
+	case ev := <-got:
+		t.Errorf("event %v after Close", ev.Kind)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
