@@ -119,7 +119,10 @@ type Policy struct {
 	Action   Action
 	Priority uint32 // lower wins, as in XFRM
 	// ReqID links a Protect policy to its SAs in the SAD.
-	ReqID     uint32
+	ReqID uint32
+	// Templates are the SAs a Protect policy applies, in the order they
+	// are applied outbound (innermost first, as setkey and XFRM list
+	// them): an AH+ESP bundle is [ESP, AH].
 	Templates []Template
 	// Trap marks a Protect policy whose SAs do not exist yet: traffic that
 	// hits it asks the key manager to negotiate them.
@@ -132,6 +135,11 @@ type Tuple struct {
 	Proto            uint8
 	SrcPort, DstPort uint16 // ICMP: type and code
 }
+
+// Matches reports whether the packet t, travelling in the policy's
+// direction, is selected by p (its selectors only: priority and other
+// policies play no part; use DB.Lookup for the preferred policy).
+func (p *Policy) Matches(t Tuple) bool { return p.Sel.matches(p.Dir, &t) }
 
 // matches reports whether t (as seen in direction d) is selected by s.
 func (s *Selector) matches(d Direction, t *Tuple) bool {
@@ -203,6 +211,9 @@ func (db *DB) Add(p *Policy) (uint64, error) {
 	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
+	if q, ok := db.policies[p.ID]; ok && q == p {
+		return 0, fmt.Errorf("spd: policy %d (%s) is already in the database", p.ID, p.Name)
+	}
 	db.nextID++
 	p.ID = db.nextID
 	p.Sel.Local, p.Sel.Remote = p.Sel.Local.Masked(), p.Sel.Remote.Masked()
@@ -211,7 +222,8 @@ func (db *DB) Add(p *Policy) (uint64, error) {
 	return p.ID, nil
 }
 
-// Replace swaps the policy with ID id for p (p gets that ID).
+// Replace swaps the policy with ID id for p (p gets that ID). A stored
+// policy must not be modified in place except through Replace(p.ID, p).
 func (db *DB) Replace(id uint64, p *Policy) error {
 	if err := validate(p); err != nil {
 		return err
@@ -225,6 +237,12 @@ func (db *DB) Replace(id uint64, p *Policy) error {
 	p.ID = id
 	p.Sel.Local, p.Sel.Remote = p.Sel.Local.Masked(), p.Sel.Remote.Masked()
 	db.policies[id] = p
+	if p == old {
+		// The caller edited the stored policy in place: its old position
+		// in the index is unknown, so rebuild.
+		db.rebuild()
+		return nil
+	}
 	db.idx.Store(db.idx.Load().with(old, false).with(p, true))
 	return nil
 }
@@ -298,6 +316,15 @@ func (db *DB) CheckInbound(reqid uint32, t Tuple) bool {
 	return p != nil && p.Action == Protect && p.ReqID == reqid
 }
 
+// LookupIn returns the In policy for a packet that arrived in the clear
+// (not decapsulated), and whether it must be dropped as drop.Cleartext
+// because that policy requires protection. A nil policy means no In
+// policy selects it (the data plane's default applies).
+func (db *DB) LookupIn(t Tuple) (p *Policy, cleartext bool) {
+	p = db.idx.Load().lookup(In, &t)
+	return p, p != nil && p.Action == Protect
+}
+
 // Cleartext reports whether a packet that arrived unprotected would be
 // claimed by a Protect In policy (and so must be dropped).
 func (db *DB) Cleartext(t Tuple) bool {
@@ -321,6 +348,27 @@ func validate(p *Policy) error {
 		return fmt.Errorf("spd: bad action %d", p.Action)
 	case p.Action == Protect && p.ReqID == 0:
 		return errors.New("spd: a protect policy needs a request ID")
+	case p.Trap && p.Action != Protect:
+		return errors.New("spd: only a protect policy can trap")
+	}
+	for i, t := range p.Templates {
+		if err := t.validate(); err != nil {
+			return fmt.Errorf("spd: policy %q template %d: %w", p.Name, i, err)
+		}
+	}
+	return nil
+}
+
+func (t *Template) validate() error {
+	switch {
+	case t.Proto != 50 && t.Proto != 51:
+		return fmt.Errorf("protocol %d is neither ESP (50) nor AH (51)", t.Proto)
+	case t.Mode > TemplateTunnel:
+		return fmt.Errorf("bad mode %d", t.Mode)
+	case t.Mode == TemplateTunnel && (!t.TunnelSrc.IsValid() || !t.TunnelDst.IsValid()):
+		return errors.New("tunnel mode needs both tunnel endpoints")
+	case t.Mode == TemplateTunnel && t.TunnelSrc.Is4() != t.TunnelDst.Is4():
+		return errors.New("tunnel endpoints mix IPv4 and IPv6")
 	}
 	return nil
 }

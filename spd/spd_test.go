@@ -160,7 +160,9 @@ func randPolicy(r *rand.Rand, i int) *Policy {
 }
 
 func randTuple(r *rand.Rand) Tuple {
-	a := func() netip.Addr { return netip.AddrFrom4([4]byte{10, byte(r.IntN(4)), byte(r.IntN(4)), byte(r.IntN(4))}) }
+	a := func() netip.Addr {
+		return netip.AddrFrom4([4]byte{10, byte(r.IntN(4)), byte(r.IntN(4)), byte(r.IntN(4))})
+	}
 	return Tuple{Src: a(), Dst: a(), Proto: []uint8{1, 6, 17, 47}[r.IntN(4)], SrcPort: uint16(r.IntN(6)), DstPort: uint16(r.IntN(6))}
 }
 
