@@ -101,7 +101,9 @@ func TestInboundAndForward(t *testing.T) {
 	if _, err := db.Add(ping); err != nil {
 		t.Fatal(err)
 	}
-	in := func(src, dst string) Tuple { return Tuple{Src: addr(src), Dst: addr(dst), Proto: 17, SrcPort: 500, DstPort: 53} }
+	in := func(src, dst string) Tuple {
+		return Tuple{Src: addr(src), Dst: addr(dst), Proto: 17, SrcPort: 500, DstPort: 53}
+	}
 	echo := Tuple{Src: addr("10.2.0.9"), Dst: addr("10.1.0.1"), Proto: 1, SrcPort: 8, DstPort: 0}
 	reply := Tuple{Src: addr("10.2.0.9"), Dst: addr("10.1.0.1"), Proto: 1, SrcPort: 0, DstPort: 0}
 
