@@ -81,7 +81,7 @@ func BenchmarkLookup(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := db.Add(&SA{SPI: spi, Proto: ESP, Dir: Inbound, Src: addrB, Dst: dst, ReqID: uint32(k + 1)}); err != nil {
+		if err := db.Add(suited(&SA{SPI: spi, Proto: ESP, Dir: Inbound, Src: addrB, Dst: dst, ReqID: uint32(k + 1)})); err != nil {
 			b.Fatal(err)
 		}
 		keys[k] = spi

@@ -490,6 +490,12 @@ func validate(sa *SA) error {
 		err = errors.New("endpoints missing")
 	case sa.Src.Unmap().Is4() != sa.Dst.Unmap().Is4():
 		err = errors.New("endpoints of different address families")
+	case sa.Proto == ESP && (sa.ESP == nil || sa.AH != nil):
+		err = errors.New("an ESP SA needs an ESP suite and no AH suite")
+	case sa.Proto == AH && (sa.AH == nil || sa.ESP != nil):
+		err = errors.New("an AH SA needs an AH suite and no ESP suite")
+	case sa.ESP != nil && sa.ESP.ESN() != sa.ESN:
+		err = errors.New("the ESP suite's ESN setting differs from the SA's")
 	case sa.Encap != nil && sa.Proto != ESP:
 		err = errors.New("UDP encapsulation is for ESP only")
 	case sa.Dir == Outbound && sa.Replay != nil:

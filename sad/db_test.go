@@ -75,12 +75,12 @@ func init() { spiSeq.Store(0x1000) }
 
 // out returns a fresh outbound SA A->B; reqid 0 picks none.
 func out(reqid uint32) *SA {
-	return &SA{SPI: spiSeq.Add(1), Proto: ESP, Mode: Tunnel, Dir: Outbound, Src: addrA, Dst: addrB, ReqID: reqid}
+	return suited(&SA{SPI: spiSeq.Add(1), Proto: ESP, Mode: Tunnel, Dir: Outbound, Src: addrA, Dst: addrB, ReqID: reqid})
 }
 
 // in returns a fresh inbound SA B->A.
 func in(reqid uint32) *SA {
-	return &SA{SPI: spiSeq.Add(1), Proto: ESP, Mode: Tunnel, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: reqid}
+	return suited(&SA{SPI: spiSeq.Add(1), Proto: ESP, Mode: Tunnel, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: reqid})
 }
 
 func TestValidate(t *testing.T) {
@@ -131,17 +131,17 @@ func TestValidate(t *testing.T) {
 
 func TestAddLookupDelete(t *testing.T) {
 	db, _, _ := newDB(t)
-	a := &SA{SPI: 0x1234, Proto: ESP, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: 7}
+	a := suited(&SA{SPI: 0x1234, Proto: ESP, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: 7})
 	if err := db.Add(a); err != nil {
 		t.Fatal(err)
 	}
-	dup := &SA{SPI: 0x1234, Proto: ESP, Dir: Inbound, Src: addrC, Dst: addrA, ReqID: 8}
+	dup := suited(&SA{SPI: 0x1234, Proto: ESP, Dir: Inbound, Src: addrC, Dst: addrA, ReqID: 8})
 	if err := db.Add(dup); !errors.Is(err, ErrExists) {
 		t.Errorf("duplicate (SPI, proto, dst) = %v, want ErrExists", err)
 	}
 	// Same SPI, other protocol or other destination: distinct SAs.
-	ah := &SA{SPI: 0x1234, Proto: AH, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: 7}
-	other := &SA{SPI: 0x1234, Proto: ESP, Dir: Inbound, Src: addrA, Dst: addrC, ReqID: 9}
+	ah := suited(&SA{SPI: 0x1234, Proto: AH, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: 7})
+	other := suited(&SA{SPI: 0x1234, Proto: ESP, Dir: Inbound, Src: addrA, Dst: addrC, ReqID: 9})
 	for _, sa := range []*SA{ah, other} {
 		if err := db.Add(sa); err != nil {
 			t.Fatal(err)
@@ -238,7 +238,7 @@ func TestOutboundNewest(t *testing.T) {
 func TestAllSorted(t *testing.T) {
 	db, _, _ := newDB(t)
 	mk := func(reqid uint32, dir Dir, proto Proto, spi uint32, dst netip.Addr) *SA {
-		return &SA{SPI: spi, Proto: proto, Dir: dir, Src: addrA, Dst: dst, ReqID: reqid}
+		return suited(&SA{SPI: spi, Proto: proto, Dir: dir, Src: addrA, Dst: dst, ReqID: reqid})
 	}
 	want := []*SA{
 		mk(0, Outbound, ESP, 0x900, addrB),
@@ -282,6 +282,7 @@ func TestNextSeq(t *testing.T) {
 		db, _, ch := newDB(t)
 		sa := out(3)
 		sa.ESN = tc.esn
+		sa.ESP = suited(&SA{Proto: ESP, ESN: tc.esn}).ESP
 		if err := db.Add(sa); err != nil {
 			t.Fatal(err)
 		}
@@ -316,6 +317,7 @@ func TestNextSeqParallel(t *testing.T) {
 		db, _, ch := newDB(t)
 		sa := out(1)
 		sa.ESN = esn
+		sa.ESP = suited(&SA{Proto: ESP, ESN: esn}).ESP
 		if err := db.Add(sa); err != nil {
 			t.Fatal(err)
 		}
@@ -523,7 +525,7 @@ func TestReplaceInPlace(t *testing.T) {
 
 	// Same key; the NAT moved the peer's port.
 	o2 := SA{SPI: o.SPI, Proto: o.Proto, Mode: o.Mode, Dir: o.Dir, Src: o.Src, Dst: o.Dst, ReqID: o.ReqID,
-		Encap: &Encap{4500, 31337}, Soft: o.Soft, Hard: o.Hard}
+		Encap: &Encap{4500, 31337}, Soft: o.Soft, Hard: o.Hard, ESP: o.ESP}
 	if err := db.Replace(o, &o2); err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +535,7 @@ func TestReplaceInPlace(t *testing.T) {
 	if s, err := o2.NextSeq(); s != 6 || err != nil {
 		t.Errorf("NextSeq after in-place Replace = %d, %v; want 6", s, err)
 	}
-	i2 := &SA{SPI: i.SPI, Proto: i.Proto, Mode: i.Mode, Dir: i.Dir, Src: i.Src, Dst: i.Dst, ReqID: i.ReqID}
+	i2 := suited(&SA{SPI: i.SPI, Proto: i.Proto, Mode: i.Mode, Dir: i.Dir, Src: i.Src, Dst: i.Dst, ReqID: i.ReqID})
 	if err := db.Replace(i, i2); err != nil {
 		t.Fatal(err)
 	}
@@ -548,7 +550,7 @@ func TestReplaceInPlace(t *testing.T) {
 		t.Errorf("Created = %v", st.Created)
 	}
 	// Direction changes are refused.
-	bad := &SA{SPI: i2.SPI, Proto: ESP, Dir: Outbound, Src: i2.Src, Dst: i2.Dst}
+	bad := suited(&SA{SPI: i2.SPI, Proto: ESP, Dir: Outbound, Src: i2.Src, Dst: i2.Dst})
 	if err := db.Replace(i2, bad); err == nil {
 		t.Error("in-place Replace changed the direction")
 	}
@@ -581,7 +583,7 @@ func TestReplaceNewKey(t *testing.T) {
 	if db.Outbound(1) != b {
 		t.Errorf("Outbound = %v, want %v", db.Outbound(1), b)
 	}
-	dupKey := &SA{SPI: c.SPI, Proto: ESP, Dir: Outbound, Src: addrA, Dst: addrB}
+	dupKey := suited(&SA{SPI: c.SPI, Proto: ESP, Dir: Outbound, Src: addrA, Dst: addrB})
 	if err := db.Replace(b, dupKey); !errors.Is(err, ErrExists) {
 		t.Errorf("Replace onto an existing key = %v", err)
 	}
@@ -675,7 +677,7 @@ func TestConcurrentLookupWrite(t *testing.T) {
 	const stable = 200
 	var fixed []*SA
 	for k := range stable {
-		sa := &SA{SPI: uint32(0x10000 + k), Proto: ESP, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: uint32(k + 1)}
+		sa := suited(&SA{SPI: uint32(0x10000 + k), Proto: ESP, Dir: Inbound, Src: addrB, Dst: addrA, ReqID: uint32(k + 1)})
 		if err := db.Add(sa); err != nil {
 			t.Fatal(err)
 		}
@@ -717,7 +719,7 @@ func TestConcurrentLookupWrite(t *testing.T) {
 	}
 	var prev *SA
 	for k := range 2000 {
-		sa := &SA{SPI: uint32(0x20000 + k%300), Proto: ESP, Dir: Outbound, Src: addrA, Dst: addrB, ReqID: 7777}
+		sa := suited(&SA{SPI: uint32(0x20000 + k%300), Proto: ESP, Dir: Outbound, Src: addrA, Dst: addrB, ReqID: 7777})
 		switch {
 		case prev != nil && k%3 == 0:
 			if err := db.Replace(prev, sa); err != nil && !errors.Is(err, ErrExists) {
@@ -787,7 +789,7 @@ func TestStrings(t *testing.T) {
 		{Tunnel.String(), "tunnel"}, {Transport.String(), "transport"},
 		{Inbound.String(), "in"}, {Outbound.String(), "out"},
 		{SoftExpired.String(), "soft-expired"}, {HardExpired.String(), "hard-expired"}, {SeqExhausted.String(), "seq-exhausted"},
-		{(&SA{SPI: 0xabc, Proto: AH, Dir: Outbound, Src: addrA, Dst: addrB, ReqID: 4}).String(), "AH/out SPI 00000abc 192.0.2.1->198.51.100.2 reqid 4"},
+		{(suited(&SA{SPI: 0xabc, Proto: AH, Dir: Outbound, Src: addrA, Dst: addrB, ReqID: 4})).String(), "AH/out SPI 00000abc 192.0.2.1->198.51.100.2 reqid 4"},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {

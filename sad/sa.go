@@ -25,6 +25,8 @@ package sad
 
 import (
 	"fmt"
+	"github.com/gosec-ipsec/gosec/ah"
+	"github.com/gosec-ipsec/gosec/esp"
 	"math"
 	"net/netip"
 	"sync/atomic"
@@ -122,10 +124,10 @@ type SA struct {
 	Encap    *Encap     // non-nil: ESP in UDP (RFC 3948)
 	ESN      bool       // 64-bit Extended Sequence Numbers (RFC 4303 2.2.1)
 
-	// ---- crypto suites: attached here at integration time ----
-	// ESP *esp.Suite
-	// AH  *ah.Suite
-	// (sad must not import esp/ or ah/ until those packages settle.)
+	// ESP or AH does the SA's cryptography: exactly the one of its Proto
+	// is set. A Suite is safe for concurrent use.
+	ESP *esp.Suite
+	AH  *ah.Suite
 
 	// Replay is the inbound anti-replay window. Add gives an inbound SA
 	// without one a DefaultWindow-sized window; use NewWindow(0, esn) to
