@@ -123,10 +123,7 @@ type scratch struct {
 	aad   [12]byte
 	hi    [4]byte
 	iv    [16]byte
-	ks    [ksLen]byte // CTR key stream
 }
-
-const ksLen = 512
 
 // Suite is one direction's keyed ESP transform. It is safe for concurrent
 // use.
@@ -141,9 +138,11 @@ type Suite struct {
 	aead    cipher.AEAD  // GCM, ChaCha20-Poly1305
 	mac     *integ.MAC
 	rand    io.Reader
-	enc     sync.Pool // of cbcMode
-	dec     sync.Pool // of cbcMode
-	scratch sync.Pool // of *scratch
+	enc     sync.Pool   // of cbcMode
+	dec     sync.Pool   // of cbcMode
+	scratch sync.Pool   // of *scratch
+	ctrGCM  cipher.AEAD // AES-CTR: key stream generator (see ctr)
+	ctrBuf  sync.Pool   // AES-CTR: of *[]byte, GCM output
 	randMu  sync.Mutex
 }
 
@@ -222,6 +221,14 @@ func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 			s.aead = a
 		} else {
 			s.block = b
+		}
+		if c == CipherAESCTR {
+			g, err := cipher.NewGCM(b)
+			if err != nil {
+				return nil, fmt.Errorf("esp: %v: %w", c, err)
+			}
+			s.ctrGCM = g
+			s.ctrBuf.New = func() any { b := make([]byte, 0, 2048); return &b }
 		}
 	case CipherChaCha20Poly1305:
 		if len(key) != chacha20poly1305.KeySize+saltLen {
@@ -392,37 +399,35 @@ func (s *Suite) readIV(iv []byte) error {
 }
 
 // ctr XORs data with the RFC 3686 key stream for the 8-octet IV iv:
-// AES(nonce || IV || counter), the counter starting at 1. The key stream
-// is generated in ksLen-octet batches in pooled scratch space, so nothing
-// is allocated (cipher.NewCTR allocates a Stream per call).
+// AES(nonce || IV || counter), the 32-bit counter starting at 1.
+//
+// cipher.NewCTR allocates (it copies the expanded key into a new Stream)
+// and per-block Encrypt calls are slow, so the key stream comes from the
+// suite's AES-GCM instance under the same key instead: GCM with the 12-octet
+// nonce N = nonce || IV encrypts with exactly the counter blocks N || 2,
+// N || 3, ... (NIST SP 800-38D 7.1), which are RFC 3686's blocks 2, 3, ...
+// Block 1 is one Encrypt call. The GCM tag is computed into pooled scratch
+// space and discarded.
 func (s *Suite) ctr(iv, data []byte) {
 	sc := s.scratch.Get().(*scratch)
-	var ctrBlk [16]byte
-	copy(ctrBlk[:4], s.salt[:])
-	copy(ctrBlk[4:12], iv)
-	ctr := uint32(1)
-	ks := sc.ks[:]
-	for len(data) > 0 {
-		nb := (len(data) + 15) / 16
-		if nb > ksLen/16 {
-			nb = ksLen / 16
+	copy(sc.nonce[:saltLen], s.salt[:])
+	copy(sc.nonce[saltLen:], iv)
+	copy(sc.iv[:12], sc.nonce[:])
+	binary.BigEndian.PutUint32(sc.iv[12:], 1)
+	s.block.Encrypt(sc.iv[:], sc.iv[:])
+	k := min(len(data), 16)
+	subtle.XORBytes(data[:k], data[:k], sc.iv[:k])
+	if rest := data[k:]; len(rest) > 0 {
+		bp := s.ctrBuf.Get().(*[]byte)
+		if cap(*bp) < len(rest)+aeadICV {
+			*bp = make([]byte, 0, len(rest)+aeadICV+512)
 		}
-		for i := 0; i < nb; i++ {
-			binary.BigEndian.PutUint32(ctrBlk[12:], ctr)
-			ctr++
-			copy(ks[i*16:], ctrBlk[:])
-		}
-		for i := 0; i < nb; i++ {
-			s.block.Encrypt(ks[i*16:i*16+16], ks[i*16:i*16+16])
-		}
-		k := nb * 16
-		if k > len(data) {
-			k = len(data)
-		}
-		subtle.XORBytes(data[:k], data[:k], ks[:k])
-		data = data[k:]
+		out := s.ctrGCM.Seal((*bp)[:0], sc.nonce[:], rest, nil)
+		copy(rest, out)
+		clear(out)
+		s.ctrBuf.Put(bp)
 	}
-	clear(sc.ks[:])
+	clear(sc.iv[:])
 	s.scratch.Put(sc)
 }
 
