@@ -73,7 +73,12 @@ func (p *Plane) outbound(st *outState, b []byte, off, n int, icmp []byte) ([]byt
 	// Path MTU: the sealed packet must fit the wire.
 	overhead := p.overhead(sa, n)
 	if n+overhead > p.cfg.WireMTU {
+		// The largest inner size that fits: padding varies with the size,
+		// so step down until it does (a few steps at most).
 		inner := p.cfg.WireMTU - overhead
+		for inner > 68 && inner+p.overhead(sa, inner) > p.cfg.WireMTU {
+			inner--
+		}
 		if k, err := netio.FragNeeded(icmp[netio.TUNHeadroom:], pkt, inner, netip.Addr{}); err == nil {
 			p.dropPkt(sa, drop.TooBig, "tun", t.Dst)
 			return icmp[:netio.TUNHeadroom+k], outTUN, netip.AddrPort{}
