@@ -10,6 +10,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/testutil"
 )
 
@@ -286,6 +287,12 @@ func TestParseIPv4Tuple(t *testing.T) {
 	udp.SetNetworkLayerForChecksum(udpIP)
 	frag := ip(layers.IPProtocolUDP)
 	frag.FragOffset = 100
+	first := ip(layers.IPProtocolUDP)
+	first.Flags = layers.IPv4MoreFragments
+	udpFirst := &layers.UDP{SrcPort: 4500, DstPort: 4501}
+	udpFirst.SetNetworkLayerForChecksum(first)
+	firstShort := ip(layers.IPProtocolUDP)
+	firstShort.Flags = layers.IPv4MoreFragments
 	opts := ip(layers.IPProtocolTCP)
 	opts.Options = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
 	opts.IHL = 6
@@ -302,6 +309,10 @@ func TestParseIPv4Tuple(t *testing.T) {
 		{"icmp echo", packet(t, ip(layers.IPProtocolICMPv4), &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0)}), Tuple{Src: addr("10.1.0.2"), Dst: addr("10.2.0.2"), Proto: 1, SrcPort: 8}, false},
 		{"icmp unreachable", packet(t, ip(layers.IPProtocolICMPv4), &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4)}), Tuple{Src: addr("10.1.0.2"), Dst: addr("10.2.0.2"), Proto: 1, SrcPort: 3, DstPort: 4}, false},
 		{"non-first fragment is opaque", packet(t, frag, gopacket.Payload("abcdefgh")), Tuple{Src: addr("10.1.0.2"), Dst: addr("10.2.0.2"), Proto: 17}, false},
+		{"first fragment has ports", packet(t, first, udpFirst, gopacket.Payload("abcdefgh")), Tuple{Src: addr("10.1.0.2"), Dst: addr("10.2.0.2"), Proto: 17, SrcPort: 4500, DstPort: 4501}, false},
+		{"first fragment too short for ports", packet(t, firstShort, gopacket.Payload("ab")), Tuple{}, true},
+		{"truncated icmp", packet(t, ip(layers.IPProtocolICMPv4), gopacket.Payload("a")), Tuple{}, true},
+		{"total length beyond buffer", func() []byte { b := packet(t, udpIP, udp); return b[:len(b)-1] }(), Tuple{}, true},
 		{"options", packet(t, opts, tcp2), Tuple{Src: addr("10.1.0.2"), Dst: addr("10.2.0.2"), Proto: 6, SrcPort: 1, DstPort: 2}, false},
 		{"gre no ports", packet(t, ip(layers.IPProtocolGRE), gopacket.Payload("abcd")), Tuple{Src: addr("10.1.0.2"), Dst: addr("10.2.0.2"), Proto: 47}, false},
 		{"truncated tcp", packet(t, ip(layers.IPProtocolTCP), gopacket.Payload("ab")), Tuple{}, true},
@@ -313,6 +324,12 @@ func TestParseIPv4Tuple(t *testing.T) {
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("%s: got %+v, %v; want %+v, err %v", tc.name, got, err, tc.want, tc.err)
 		}
+	}
+	if _, err := ParseIPv4Tuple([]byte{0x60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}); err != ErrNotIPv4 || drop.ReasonOf(err) != drop.Malformed {
+		t.Errorf("IPv6 packet: %v", err)
+	}
+	if _, err := ParseIPv4Tuple([]byte{0x45}); err != ErrTuple || drop.ReasonOf(err) != drop.Malformed {
+		t.Errorf("1-byte packet: %v", err)
 	}
 	if !testutil.RaceEnabled {
 		p := packet(t, tcpIP, tcp)

@@ -2,7 +2,6 @@ package spd
 
 import (
 	"encoding/binary"
-	"errors"
 	"net/netip"
 
 	"github.com/gosec-ipsec/gosec/internal/drop"
@@ -26,19 +25,25 @@ func hasPorts(proto uint8) bool {
 // ErrTuple is returned for packets whose selector fields cannot be read.
 var ErrTuple = drop.New(drop.Malformed, "spd: malformed IPv4 packet")
 
-var errNotV4 = errors.New("spd: not IPv4")
+// ErrNotIPv4 is returned by ParseIPv4Tuple for a packet whose version
+// field is not 4.
+var ErrNotIPv4 = drop.New(drop.Malformed, "spd: not an IPv4 packet")
 
 // ParseIPv4Tuple reads the selector fields of an IPv4 packet. TCP, UDP,
 // UDP-Lite and SCTP give their ports, ICMP its type (as SrcPort) and code
 // (as DstPort). A non-first fragment carries no ports (RFC 4301 calls them
 // OPAQUE): its ports are returned as 0, so it matches only policies that do
 // not select on ports, or whose ranges include 0. A first fragment or an
-// unfragmented packet too short to hold its ports is an error.
+// unfragmented packet too short to hold its ports is an error. This is
+// what Linux XFRM does (its flow decoding leaves the ports of non-first
+// fragments at zero); without reassembly a port-specific Protect policy
+// therefore does not see the non-first fragments of its traffic, which
+// fall to a policy with ANY ports (RFC 4301 7.1, OPAQUE).
 func ParseIPv4Tuple(pkt []byte) (Tuple, error) {
 	hl, total, err := iphdr.HeaderLen(pkt)
 	if err != nil {
 		if err == iphdr.ErrVersion {
-			return Tuple{}, errNotV4
+			return Tuple{}, ErrNotIPv4
 		}
 		return Tuple{}, ErrTuple
 	}
