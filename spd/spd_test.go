@@ -411,4 +411,8 @@ func TestLookupZeroAllocs(t *testing.T) {
 	if a := testing.AllocsPerRun(100, func() { db.Lookup(Out, tu) }); a != 0 {
 		t.Fatalf("Lookup allocates %v", a)
 	}
+	in := Tuple{Src: tu.Dst, Dst: tu.Src, Proto: 6}
+	if a := testing.AllocsPerRun(100, func() { db.CheckInbound(1, in); db.LookupIn(in); db.Cleartext(in) }); a != 0 {
+		t.Fatalf("inbound checks allocate %v", a)
+	}
 }
