@@ -185,6 +185,9 @@ func TestPortsAndProtocols(t *testing.T) {
 	dns := add("dns", 17, AnyPort, PortRange{53, 53}, 5)
 	high := add("high", 6, PortRange{1024, 65535}, PortRange{8000, 8099}, 5)
 	unreach := add("unreach", 1, PortRange{3, 3}, PortRange{4, 4}, 5) // type 3 code 4: frag needed
+	// Ports without a protocol outrank a protocol without ports, as in
+	// strongSwan's get_priority (ports weigh 2, a protocol 1).
+	port7 := add("port7", 0, AnyPort, PortRange{7, 7}, 5)
 	urgent := add("urgent", 0, AnyPort, AnyPort, 1)
 	_ = urgent
 	tu := func(proto uint8, sp, dp uint16) Tuple {
@@ -205,6 +208,8 @@ func TestPortsAndProtocols(t *testing.T) {
 		{"icmp frag needed", tu(1, 3, 4), unreach},
 		{"icmp port unreachable", tu(1, 3, 3), anyP},
 		{"no ports in gre", tu(47, 0, 0), anyP},
+		{"ports outrank a protocol", tu(17, 9, 7), port7},
+		{"port selector skips portless protocols", tu(47, 0, 7), anyP},
 		{"esp inside: any protocol", tu(50, 0, 0), anyP},
 	}
 	for _, tc := range tests {

@@ -164,14 +164,17 @@ func (s *Selector) matches(d Direction, t *Tuple) bool {
 	return s.LocalPorts.Contains(lport) && s.RemotePorts.Contains(rport)
 }
 
-// specificity orders policies of equal priority: longer prefixes first,
-// then a specific protocol, then narrower port ranges.
+// specificity orders policies of equal priority: more prefix bits (local
+// plus remote) first, then port selectors, then a specific protocol. These
+// are the weights strongSwan's kernel-netlink plugin uses to derive a
+// policy's XFRM priority from its selectors (get_priority), so overlapping
+// conns resolve here as they do in strongSwan.
 func specificity(p *Policy) int {
 	s := (p.Sel.Remote.Bits() + p.Sel.Local.Bits()) * 4
-	if p.Sel.Proto != 0 {
+	if !p.Sel.LocalPorts.any() || !p.Sel.RemotePorts.any() {
 		s += 2
 	}
-	if !p.Sel.LocalPorts.any() || !p.Sel.RemotePorts.any() {
+	if p.Sel.Proto != 0 {
 		s++
 	}
 	return s
