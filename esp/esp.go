@@ -123,6 +123,8 @@ type scratch struct {
 	aad   [12]byte
 	hi    [4]byte
 	iv    [16]byte
+	rbuf  [256]byte // buffered CBC IVs (see readIV)
+	rpos  int       // next unused octet of rbuf
 }
 
 // Suite is one direction's keyed ESP transform. It is safe for concurrent
@@ -261,7 +263,7 @@ func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 		s.ivLen = aeadIVLen
 		s.icvLen = aeadICV
 	}
-	s.scratch.New = func() any { return new(scratch) }
+	s.scratch.New = func() any { return &scratch{rpos: len(scratch{}.rbuf)} }
 	return s, nil
 }
 
@@ -380,12 +382,26 @@ func (s *Suite) aad(sc *scratch, pkt []byte, seq uint64) []byte {
 	return sc.aad[:12]
 }
 
-// readIV fills iv from the suite's random source.
+// readIV fills iv from the suite's random source. With crypto/rand, IVs
+// come from a 256-octet buffer in the pooled scratch space, refilled from
+// crypto/rand when used up (one getrandom call per 16 AES-CBC packets
+// instead of one per packet); used octets are zeroed at once, so the buffer
+// never holds an IV that was sent.
 func (s *Suite) readIV(iv []byte) error {
 	if s.rand == rand.Reader {
-		if _, err := rand.Read(iv); err != nil {
-			return ErrRandom
+		sc := s.scratch.Get().(*scratch)
+		if sc.rpos+len(iv) > len(sc.rbuf) {
+			if _, err := rand.Read(sc.rbuf[:]); err != nil {
+				s.scratch.Put(sc)
+				return ErrRandom
+			}
+			sc.rpos = 0
 		}
+		used := sc.rbuf[sc.rpos : sc.rpos+len(iv)]
+		copy(iv, used)
+		clear(used)
+		sc.rpos += len(iv)
+		s.scratch.Put(sc)
 		return nil
 	}
 	// An injected reader (tests) need not be safe for concurrent use.
