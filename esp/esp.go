@@ -108,7 +108,7 @@ type Config struct {
 	Integ   integ.Algorithm // integ.None for AEAD ciphers
 	AuthKey []byte
 	ESN     bool      // extended sequence numbers (RFC 4303 2.2.1)
-	Rand    io.Reader // CBC IV source; nil means crypto/rand
+	Rand    io.Reader // CBC IV source; nil: the sequence number encrypted under a random key (Suite.cbcIV)
 }
 
 // cbcMode is a CBC BlockMode whose IV can be reset (as crypto/tls uses it).
@@ -123,8 +123,6 @@ type scratch struct {
 	aad   [12]byte
 	hi    [4]byte
 	iv    [16]byte
-	rbuf  [256]byte // buffered CBC IVs (see readIV)
-	rpos  int       // next unused octet of rbuf
 }
 
 // Suite is one direction's keyed ESP transform. It is safe for concurrent
@@ -139,12 +137,13 @@ type Suite struct {
 	block   cipher.Block // CBC, CTR
 	aead    cipher.AEAD  // GCM, ChaCha20-Poly1305
 	mac     *integ.MAC
-	rand    io.Reader
-	enc     sync.Pool   // of cbcMode
-	dec     sync.Pool   // of cbcMode
-	scratch sync.Pool   // of *scratch
-	ctrGCM  cipher.AEAD // AES-CTR: key stream generator (see ctr)
-	ctrBuf  sync.Pool   // AES-CTR: of *[]byte, GCM output
+	rand    io.Reader    // injected CBC IV source, or nil
+	ivBlock cipher.Block // CBC IV generator when rand is nil (see cbcIV)
+	enc     sync.Pool    // of cbcMode
+	dec     sync.Pool    // of cbcMode
+	scratch sync.Pool    // of *scratch
+	ctrGCM  cipher.AEAD  // AES-CTR: key stream generator (see ctr)
+	ctrBuf  sync.Pool    // AES-CTR: of *[]byte, GCM output
 	randMu  sync.Mutex
 }
 
@@ -155,9 +154,6 @@ func NewSuite(cfg Config) (*Suite, error) {
 
 func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 	s := &Suite{cipher: cfg.Cipher, esn: cfg.ESN, align: 4, rand: cfg.Rand}
-	if s.rand == nil {
-		s.rand = rand.Reader
-	}
 	c := cfg.Cipher
 	if int(c) >= len(cipherNames) {
 		return nil, fmt.Errorf("esp: unknown cipher %v", c)
@@ -255,6 +251,18 @@ func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 		if _, ok := cipher.NewCBCDecrypter(blk, zero).(cbcMode); !ok {
 			return nil, fmt.Errorf("esp: %v: CBC mode without SetIV", c)
 		}
+		if s.rand == nil {
+			var k [16]byte
+			if _, err := rand.Read(k[:]); err != nil {
+				return nil, fmt.Errorf("esp: IV key: %w", err)
+			}
+			ivb, err := aes.NewCipher(k[:])
+			clear(k[:])
+			if err != nil {
+				return nil, fmt.Errorf("esp: IV key: %w", err)
+			}
+			s.ivBlock = ivb
+		}
 		s.enc.New = func() any { return cipher.NewCBCEncrypter(blk, zero).(cbcMode) }
 		s.dec.New = func() any { return cipher.NewCBCDecrypter(blk, zero).(cbcMode) }
 	case CipherAESCTR:
@@ -263,7 +271,7 @@ func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 		s.ivLen = aeadIVLen
 		s.icvLen = aeadICV
 	}
-	s.scratch.New = func() any { return &scratch{rpos: len(scratch{}.rbuf)} }
+	s.scratch.New = func() any { return new(scratch) }
 	return s, nil
 }
 
@@ -337,7 +345,7 @@ func (s *Suite) Seal(b []byte, off, n int, spi uint32, seq uint64, nextHeader ui
 	switch s.cipher {
 	case CipherNull:
 	case Cipher3DESCBC, CipherAESCBC:
-		if err := s.readIV(iv); err != nil {
+		if err := s.cbcIV(iv, spi, seq); err != nil {
 			return nil, err
 		}
 		m := s.enc.Get().(cbcMode)
@@ -382,29 +390,27 @@ func (s *Suite) aad(sc *scratch, pkt []byte, seq uint64) []byte {
 	return sc.aad[:12]
 }
 
-// readIV fills iv from the suite's random source. With crypto/rand, IVs
-// come from a 256-octet buffer in the pooled scratch space, refilled from
-// crypto/rand when used up (one getrandom call per 16 AES-CBC packets
-// instead of one per packet); used octets are zeroed at once, so the buffer
-// never holds an IV that was sent.
-func (s *Suite) readIV(iv []byte) error {
-	if s.rand == rand.Reader {
+// cbcIV writes the CBC IV for the packet with SPI spi and sequence number
+// seq into iv. By default it is AES-128 under a random per-suite key (from
+// crypto/rand at NewSuite, used for nothing else) of seq || spi || 0,
+// truncated to the block size: the encrypted-nonce IV of NIST SP 800-38A
+// Appendix C, like Linux's seqiv/echainiv. The SA never reuses seq, so the
+// IVs are distinct and unpredictable without the IV key, and cost one block
+// encryption instead of a getrandom call. An injected Config.Rand (tests,
+// known answers) is read instead.
+func (s *Suite) cbcIV(iv []byte, spi uint32, seq uint64) error {
+	if s.rand == nil {
 		sc := s.scratch.Get().(*scratch)
-		if sc.rpos+len(iv) > len(sc.rbuf) {
-			if _, err := rand.Read(sc.rbuf[:]); err != nil {
-				s.scratch.Put(sc)
-				return ErrRandom
-			}
-			sc.rpos = 0
-		}
-		used := sc.rbuf[sc.rpos : sc.rpos+len(iv)]
-		copy(iv, used)
-		clear(used)
-		sc.rpos += len(iv)
+		binary.BigEndian.PutUint64(sc.iv[0:], seq)
+		binary.BigEndian.PutUint32(sc.iv[8:], spi)
+		binary.BigEndian.PutUint32(sc.iv[12:], 0)
+		s.ivBlock.Encrypt(sc.iv[:], sc.iv[:])
+		copy(iv, sc.iv[:])
+		clear(sc.iv[:])
 		s.scratch.Put(sc)
 		return nil
 	}
-	// An injected reader (tests) need not be safe for concurrent use.
+	// An injected reader need not be safe for concurrent use.
 	s.randMu.Lock()
 	_, err := io.ReadFull(s.rand, iv)
 	s.randMu.Unlock()

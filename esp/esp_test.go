@@ -478,17 +478,26 @@ func TestConcurrent(t *testing.T) {
 	}
 }
 
-// TestCBCIVsDiffer: CBC IVs from crypto/rand differ packet to packet.
+// TestCBCIVsDiffer: default CBC IVs differ packet to packet (distinct
+// sequence numbers), and two suites with the same keys give different IVs
+// for the same sequence number (the IV key is random per suite).
 func TestCBCIVsDiffer(t *testing.T) {
-	s := mustSuite(t, suiteSpec{CipherAESCBC, 16, integ.HMACSHA1_96}.config(false))
-	seen := map[string]bool{}
-	for i := 0; i < 100; i++ {
-		pkt := seal(t, s, []byte("same"), 1, 1, 4)
-		iv := string(pkt[8:24])
-		if seen[iv] {
-			t.Fatal("repeated IV")
+	for _, sp := range []suiteSpec{{CipherAESCBC, 16, integ.HMACSHA1_96}, {Cipher3DESCBC, 24, integ.HMACSHA1_96}} {
+		s := mustSuite(t, sp.config(false))
+		s2 := mustSuite(t, sp.config(false))
+		seen := map[string]bool{}
+		for i := 0; i < 1000; i++ {
+			pkt := seal(t, s, []byte("same"), 1, uint64(i), 4)
+			iv := string(pkt[8 : 8+s.ivLen])
+			if seen[iv] {
+				t.Fatalf("%v: repeated IV", sp)
+			}
+			seen[iv] = true
+			other := seal(t, s2, []byte("same"), 1, uint64(i), 4)
+			if string(other[8:8+s.ivLen]) == iv {
+				t.Fatalf("%v: two suites made the same IV", sp)
+			}
 		}
-		seen[iv] = true
 	}
 }
 
