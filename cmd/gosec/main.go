@@ -1,0 +1,72 @@
+// Command gosec is the userspace IPsec daemon and its control tool.
+//
+//	gosec start [--config F] [--secrets F] [--socket S] [--nofork] [--log F] [--debug]
+//	gosec up CONN | down CONN | status [--json] | statusall [--json] | reload | stop
+//	gosec conf check [--config F] [--secrets F] [--dump]
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/gosec-ipsec/gosec/internal/cli"
+)
+
+const usage = `usage: gosec COMMAND [ARGS]
+
+commands:
+  start        start the daemon (returns once it answers; --nofork stays in the foreground)
+  up CONN      bring a connection up
+  down CONN    take a connection down
+  status       one line per connection and SA (--json for scripts)
+  statusall    everything: connections, algorithms, SAs, counters, drops (--json)
+  reload       re-read the configuration
+  stop         stop the daemon (it removes everything it installed)
+  conf check   check ipsec.conf and ipsec.secrets (--dump prints the resolved conns)
+  help         this text
+
+Every command that reads configuration takes --config FILE (default
+/etc/gosec/ipsec.conf, else /etc/ipsec.conf) and --secrets FILE (default:
+ipsec.secrets beside the config). Commands that talk to the daemon take
+--socket PATH (default /run/gosec/gosec.ctl).
+`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	env := cli.DefaultEnv()
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "start":
+		return cli.Start(env, rest)
+	case "up":
+		return cli.Up(env, rest)
+	case "down":
+		return cli.Down(env, rest)
+	case "status":
+		return cli.Status(env, rest, false)
+	case "statusall":
+		return cli.Status(env, rest, true)
+	case "reload":
+		return cli.Reload(env, rest)
+	case "stop":
+		return cli.Stop(env, rest)
+	case "conf":
+		if len(rest) == 0 || rest[0] != "check" {
+			fmt.Fprintln(os.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump]")
+			return 2
+		}
+		return cli.ConfCheck(env, rest[1:])
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "gosec: unknown command %q\n\n%s", cmd, usage)
+	return 2
+}

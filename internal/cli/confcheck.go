@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/gosec-ipsec/gosec/internal/conf"
+)
+
+// ConfCheck runs `gosec conf check`: it loads ipsec.conf and
+// ipsec.secrets, prints every problem as file:line: message, with --dump
+// each resolved conn, and exits 1 when there are errors (warnings alone
+// exit 0).
+func ConfCheck(env Env, args []string) int {
+	fs := flag.NewFlagSet("gosec conf check", flag.ContinueOnError)
+	var cf ConfigFlags
+	cf.Register(fs)
+	dump := fs.Bool("dump", false, "print each resolved conn")
+	pos, ok := parse(env, fs, args)
+	if !ok {
+		return 2
+	}
+	if len(pos) != 0 {
+		fmt.Fprintln(env.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump]")
+		return 2
+	}
+	cf.Resolve()
+	cfg, err := conf.Load(cf.Config, conf.Options{})
+	for _, d := range cfg.Diags {
+		fmt.Fprintln(env.Stderr, d)
+	}
+	failed := err != nil
+	sec, serr := loadSecretsFor(cfg, cf.Secrets)
+	if sec != nil {
+		for _, d := range sec.Diags {
+			fmt.Fprintln(env.Stderr, d)
+		}
+	}
+	if serr != nil {
+		failed = true
+		if sec == nil {
+			fmt.Fprintf(env.Stderr, "%s: %v\n", cf.Secrets, serr)
+		}
+	}
+	if *dump {
+		for _, c := range cfg.Conns {
+			c.Dump(env.Stdout)
+			fmt.Fprintln(env.Stdout)
+		}
+		if sec != nil {
+			sec.Dump(env.Stdout)
+		}
+	}
+	if failed {
+		return 1
+	}
+	fmt.Fprintf(env.Stderr, "%s: %d conns, configuration OK\n", cf.Config, len(cfg.Conns))
+	return 0
+}
+
+// loadSecretsFor loads the secrets file; a missing one is fine when no
+// conn needs a secret (manual keying, for example).
+func loadSecretsFor(cfg *conf.Config, path string) (*conf.Secrets, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		for _, c := range cfg.Conns {
+			if !c.Manual && c.Auto != "ignore" && c.AuthBy == "secret" {
+				return nil, fmt.Errorf("conn %s uses authby=secret but there is no secrets file", c.Name)
+			}
+		}
+		return nil, nil
+	}
+	return conf.LoadSecrets(path)
+}

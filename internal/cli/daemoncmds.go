@@ -1,0 +1,292 @@
+// Package cli implements the gosec commands that talk to the daemon:
+// start, stop, up, down, status, statusall and reload. cmd/gosec
+// dispatches to them.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/control"
+	"github.com/gosec-ipsec/gosec/internal/daemon"
+)
+
+// Env is what a command reads and writes; tests replace it.
+type Env struct {
+	Stdout, Stderr io.Writer
+}
+
+// DefaultEnv writes to the process's standard streams.
+func DefaultEnv() Env { return Env{Stdout: os.Stdout, Stderr: os.Stderr} }
+
+// daemonEnvMarker marks the re-executed, detached daemon process.
+const daemonEnvMarker = "GOSEC_DAEMON_CHILD"
+
+// ConfigFlags registers --config and --secrets on fs; DefaultConfigPaths
+// fills in what was not given.
+type ConfigFlags struct {
+	Config, Secrets string
+}
+
+// Register adds the flags to fs.
+func (c *ConfigFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.Config, "config", "", "ipsec.conf to load (default /etc/gosec/ipsec.conf, else /etc/ipsec.conf)")
+	fs.StringVar(&c.Secrets, "secrets", "", "ipsec.secrets to load (default: ipsec.secrets beside the config)")
+}
+
+// Resolve applies the defaults.
+func (c *ConfigFlags) Resolve() {
+	if c.Config == "" {
+		c.Config = "/etc/gosec/ipsec.conf"
+		if _, err := os.Stat(c.Config); err != nil {
+			c.Config = "/etc/ipsec.conf"
+		}
+	}
+	if c.Secrets == "" {
+		c.Secrets = filepath.Join(filepath.Dir(c.Config), "ipsec.secrets")
+	}
+}
+
+// parse parses args with fs and reports usage errors as exit status 2.
+// Flags may follow positional arguments (`gosec up NAME --socket S`).
+func parse(env Env, fs *flag.FlagSet, args []string) ([]string, bool) {
+	fs.SetOutput(env.Stderr)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, false
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, true
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// Start runs `gosec start`.
+func Start(env Env, args []string) int {
+	fs := flag.NewFlagSet("gosec start", flag.ContinueOnError)
+	var cf ConfigFlags
+	cf.Register(fs)
+	socket := fs.String("socket", control.DefaultSocket, "control socket path")
+	nofork := fs.Bool("nofork", false, "stay in the foreground (for systemd)")
+	debug := fs.Bool("debug", false, "log every packet's fate (slow)")
+	logFile := fs.String("log", "", "log file (default: stderr with --nofork, else /var/log/gosec.log)")
+	local := fs.String("local", "", "which side of manually keyed conns is this host: left or right (default: by local addresses)")
+	tunName := fs.String("tun", "gosec0", "name of the TUN device")
+	mtu := fs.Int("mtu", 1500, "MTU of the path to the peers")
+	if _, ok := parse(env, fs, args); !ok {
+		return 2
+	}
+	cf.Resolve()
+	if *local != "" && *local != "left" && *local != "right" {
+		fmt.Fprintf(env.Stderr, "gosec start: --local must be left or right, not %q\n", *local)
+		return 2
+	}
+	if !*nofork && os.Getenv(daemonEnvMarker) == "" {
+		return forkDaemon(env, args, *socket, *logFile)
+	}
+
+	var logw io.Writer = env.Stderr
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		logw = f
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err := daemon.Run(ctx, daemon.Options{
+		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
+		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
+	})
+	if err != nil {
+		log.Error("gosec exited", "err", err)
+		fmt.Fprintf(env.Stderr, "gosec: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// forkDaemon re-executes gosec detached and waits until its control socket
+// answers, so that scripts can go on at once.
+func forkDaemon(env Env, args []string, socket, logFile string) int {
+	if logFile == "" {
+		logFile = "/var/log/gosec.log"
+		args = append(args, "--log", logFile)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
+		return 1
+	}
+	// A daemon already there?
+	if _, err := call(socket, control.Request{Cmd: "ping"}, nil); err == nil {
+		fmt.Fprintf(env.Stderr, "gosec start: a daemon is already running on %s\n", socket)
+		return 1
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
+		return 1
+	}
+	defer devnull.Close()
+	startErr, err := os.CreateTemp("", "gosec-start-")
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
+		return 1
+	}
+	defer os.Remove(startErr.Name())
+	defer startErr.Close()
+	cmd := exec.Command(self, append([]string{"start"}, args...)...)
+	cmd.Env = append(os.Environ(), daemonEnvMarker+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, startErr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
+		return 1
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-exited:
+			msg, _ := os.ReadFile(startErr.Name())
+			fmt.Fprintf(env.Stderr, "gosec start: the daemon exited during start-up:\n%s", msg)
+			return 1
+		case <-deadline:
+			fmt.Fprintf(env.Stderr, "gosec start: the daemon did not answer on %s within 20 s (see %s)\n", socket, logFile)
+			return 1
+		case <-tick.C:
+			if _, err := call(socket, control.Request{Cmd: "ping"}, nil); err == nil {
+				fmt.Fprintf(env.Stdout, "gosec started (pid %d, control socket %s, log %s)\n", cmd.Process.Pid, socket, logFile)
+				cmd.Process.Release()
+				return 0
+			}
+		}
+	}
+}
+
+func call(socket string, req control.Request, progress func(string)) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return control.Call(ctx, socket, req, progress)
+}
+
+// simple runs a command that takes at most one conn name.
+func simple(env Env, name string, args []string, needConn bool) int {
+	fs := flag.NewFlagSet("gosec "+name, flag.ContinueOnError)
+	socket := fs.String("socket", control.DefaultSocket, "control socket path")
+	pos, ok := parse(env, fs, args)
+	if !ok {
+		return 2
+	}
+	if needConn && len(pos) != 1 {
+		fmt.Fprintf(env.Stderr, "usage: gosec %s CONN\n", name)
+		return 2
+	}
+	if !needConn && len(pos) != 0 {
+		fmt.Fprintf(env.Stderr, "usage: gosec %s\n", name)
+		return 2
+	}
+	_, err := call(*socket, control.Request{Cmd: name, Args: pos}, func(line string) {
+		fmt.Fprintln(env.Stdout, line)
+	})
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gosec %s: %v\n", name, err)
+		return 1
+	}
+	if name == "stop" {
+		// Wait until the daemon has removed its state and gone.
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := call(*socket, control.Request{Cmd: "ping"}, nil); errors.Is(err, control.ErrNoDaemon) || (err != nil && strings.Contains(err.Error(), "connect")) {
+				return 0
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		fmt.Fprintln(env.Stderr, "gosec stop: the daemon is still running after 15 s")
+		return 1
+	}
+	return 0
+}
+
+// Up runs `gosec up CONN`.
+func Up(env Env, args []string) int { return simple(env, "up", args, true) }
+
+// Down runs `gosec down CONN`.
+func Down(env Env, args []string) int { return simple(env, "down", args, true) }
+
+// Reload runs `gosec reload`.
+func Reload(env Env, args []string) int { return simple(env, "reload", args, false) }
+
+// Stop runs `gosec stop`.
+func Stop(env Env, args []string) int { return simple(env, "stop", args, false) }
+
+// Status runs `gosec status` (all=false) or `gosec statusall`.
+func Status(env Env, args []string, all bool) int {
+	name := "status"
+	if all {
+		name = "statusall"
+	}
+	fs := flag.NewFlagSet("gosec "+name, flag.ContinueOnError)
+	socket := fs.String("socket", control.DefaultSocket, "control socket path")
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	pos, ok := parse(env, fs, args)
+	if !ok {
+		return 2
+	}
+	if len(pos) > 1 {
+		fmt.Fprintf(env.Stderr, "usage: gosec %s [CONN] [--json]\n", name)
+		return 2
+	}
+	raw, err := call(*socket, control.Request{Cmd: name}, nil)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gosec %s: %v\n", name, err)
+		return 1
+	}
+	var st daemon.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		fmt.Fprintf(env.Stderr, "gosec %s: bad reply: %v\n", name, err)
+		return 1
+	}
+	if len(pos) == 1 {
+		if !st.Filter(pos[0]) {
+			fmt.Fprintf(env.Stderr, "gosec %s: no connection named %q\n", name, pos[0])
+			return 1
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(st)
+		return 0
+	}
+	st.WriteText(env.Stdout, all)
+	return 0
+}

@@ -1,0 +1,130 @@
+package conf
+
+import (
+	"net/netip"
+	"time"
+)
+
+// End is one side (left or right) of a conn.
+type End struct {
+	// Host is the address as written: an IP address, %any,
+	// %defaultroute or a DNS name; Addr is what it resolved to (invalid
+	// for %any).
+	Host         string
+	Addr         netip.Addr
+	Any          bool
+	DefaultRoute bool
+	Subnets      []netip.Prefix
+	ID           string
+	Proto        uint8  // from leftprotoport; 0 = any
+	Port         uint16 // 0 = any
+	NextHop      netip.Addr
+	RSASigKey    string
+	Cert         string
+
+	// Manual keying: the SA whose destination is this side.
+	SPI        uint32
+	ESPEncKey  []byte
+	ESPAuthKey []byte
+	AHKey      []byte
+}
+
+// Conn is one resolved connection (after %default and also=).
+type Conn struct {
+	Name string
+	File string
+	Line int
+
+	Left, Right End
+
+	KeyExchange string // "ikev1"
+	AuthBy      string // "secret" (psk), "rsasig" (pubkey), "never"
+	Aggressive  bool
+	IKE         Proposals
+	ESP         Proposals // empty when AH is used
+	AH          Proposals
+	PFS         bool
+	IKELifetime time.Duration
+	KeyLife     time.Duration
+	Rekey       bool
+	RekeyMargin time.Duration
+	RekeyFuzz   int // percent
+	KeyingTries int // 0 = forever
+	DPDDelay    time.Duration
+	DPDTimeout  time.Duration
+	DPDAction   string // none, clear, hold, restart
+	ForceEncaps bool
+	EncapPort   uint16 // NAT-T port for manual ESP-in-UDP (4500)
+	Type        string // tunnel, transport, passthrough, drop
+	Auto        string // add, start, route, ignore
+	// ReplayWindow is the anti-replay window in packets; 0 turns it off.
+	ReplayWindow int
+	ESN          bool
+	// AHAlign is 4 (RFC 4302 IPv4) or 8 (Linux without align4).
+	AHAlign int
+
+	// Manual is set for manually keyed conns (any *spi= or key keyword).
+	Manual bool
+
+	// set records which keywords were given, with where (for messages).
+	set map[string]pos
+}
+
+// Set reports whether keyword k was given for the conn (directly, through
+// also= or conn %default).
+func (c *Conn) Set(k string) bool { _, ok := c.set[k]; return ok }
+
+// Proto returns "ah" for an AH conn, else "esp".
+func (c *Conn) Proto() string {
+	if len(c.AH.List) > 0 {
+		return "ah"
+	}
+	return "esp"
+}
+
+// ManualSuite is the single suite of a manually keyed conn.
+func (c *Conn) ManualSuite() Suite {
+	ps := c.ESP
+	if c.Proto() == "ah" {
+		ps = c.AH
+	}
+	if len(ps.List) == 0 {
+		return Suite{}
+	}
+	s := ps.List[0].Suites()
+	if len(s) == 0 {
+		return Suite{}
+	}
+	return s[0]
+}
+
+// Config is a loaded ipsec.conf.
+type Config struct {
+	Conns []*Conn // in file order, %default and ignored templates included
+	Setup map[string]string
+	Diags Diags
+}
+
+// Conn returns the conn named name, or nil.
+func (c *Config) Conn(name string) *Conn {
+	for _, cn := range c.Conns {
+		if cn.Name == name {
+			return cn
+		}
+	}
+	return nil
+}
+
+// defaults are strongSwan's documented defaults for what gosec uses,
+// with the IKEv1 flavour gosec speaks.
+func defaultConn() *Conn {
+	ike, _ := parseProposals("aes128-sha256-modp3072", kindIKE)
+	esp, _ := parseProposals("aes128-sha256", kindESP)
+	return &Conn{
+		KeyExchange: "ikev1", AuthBy: "pubkey", IKE: ike, ESP: esp,
+		IKELifetime: 3 * time.Hour, KeyLife: time.Hour, Rekey: true, RekeyMargin: 9 * time.Minute,
+		RekeyFuzz: 100, KeyingTries: 3, DPDDelay: 30 * time.Second, DPDTimeout: 150 * time.Second,
+		DPDAction: "none", Type: "tunnel", Auto: "ignore", ReplayWindow: 64, AHAlign: 4, PFS: true,
+		EncapPort: 4500, set: map[string]pos{},
+	}
+}

@@ -1,0 +1,395 @@
+package conf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Options change how a configuration is loaded.
+type Options struct {
+	// LookupHost resolves DNS names in left=/right= (default: the system
+	// resolver with a 5 s time-out). Tests inject their own.
+	LookupHost func(name string) ([]netip.Addr, error)
+	// DefaultRoute returns this host's address on its default route, for
+	// %defaultroute (default: asks the kernel's routing).
+	DefaultRoute func() (netip.Addr, error)
+}
+
+type resolver struct {
+	opts  Options
+	cache map[string]netip.Addr
+}
+
+func (r *resolver) lookup(name string) (netip.Addr, error) {
+	if a, ok := r.cache[name]; ok {
+		return a, nil
+	}
+	look := r.opts.LookupHost
+	if look == nil {
+		look = systemLookup
+	}
+	addrs, err := look(name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			if r.cache == nil {
+				r.cache = map[string]netip.Addr{}
+			}
+			r.cache[name] = a.Unmap()
+			return a.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, errors.New("no IPv4 address")
+}
+
+func systemLookup(name string) ([]netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return net.DefaultResolver.LookupNetIP(ctx, "ip4", name)
+}
+
+func (r *resolver) defaultRoute() (netip.Addr, error) {
+	if r.opts.DefaultRoute != nil {
+		return r.opts.DefaultRoute()
+	}
+	// The source address the kernel would pick towards a public address;
+	// connecting a UDP socket sends nothing.
+	c, err := net.Dial("udp4", "192.0.2.255:9")
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("no default route: %v", err)
+	}
+	defer c.Close()
+	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return ap.Addr(), nil
+}
+
+// Load reads the ipsec.conf at path (and what it includes). The returned
+// Config holds every diagnostic; the error is non-nil when any of them is
+// an error (a *DiagError listing all of them).
+func Load(path string, opts Options) (*Config, error) {
+	p := &parser{}
+	p.readFile(path, pos{file: path})
+	return p.finish(opts)
+}
+
+// Parse is Load for text already in memory (name labels the messages).
+func Parse(name string, data []byte, opts Options) (*Config, error) {
+	p := &parser{}
+	if len(data) > MaxFileSize {
+		p.errorf(pos{file: name}, "file larger than %d bytes", MaxFileSize)
+	} else {
+		p.parse(name, data)
+	}
+	return p.finish(opts)
+}
+
+func (p *parser) finish(opts Options) (*Config, error) {
+	cfg := &Config{Setup: map[string]string{}}
+	r := &resolver{opts: opts}
+	var defaults []kv
+	conns := map[string]*section{}
+	var order []*section
+	for _, s := range p.sections {
+		if s == nil {
+			continue
+		}
+		switch s.kind {
+		case "config":
+			for _, k := range s.kvs {
+				if why, ok := knownUnsupported[k.key]; ok {
+					p.warnUnsupported(k, why)
+					continue
+				}
+				p.errorf(k.pos, "unknown config setup keyword %q%s", k.key, hint(k.key))
+			}
+			for _, k := range s.kvs {
+				cfg.Setup[k.key] = k.value
+			}
+		case "ca":
+			p.warnf(s.pos, "ca sections are not supported (certificate authentication is not implemented); ca %q ignored", s.name)
+		case "conn":
+			if s.name == "%default" {
+				defaults = append(defaults, s.kvs...)
+				continue
+			}
+			if strings.HasPrefix(s.name, "%") {
+				p.errorf(s.pos, "conn %s: names starting with %% are reserved", s.name)
+				continue
+			}
+			if prev, dup := conns[s.name]; dup {
+				p.errorf(s.pos, "conn %s is defined twice (first at %s:%d)", s.name, prev.file, prev.line)
+				continue
+			}
+			conns[s.name] = s
+			order = append(order, s)
+		}
+	}
+	for _, s := range order {
+		kvs := p.flatten(s, conns, defaults)
+		c := p.interpret(s, kvs, r)
+		cfg.Conns = append(cfg.Conns, c)
+	}
+	cfg.Diags = p.diags
+	sortDiags(cfg.Diags)
+	return cfg, cfg.Diags.Err()
+}
+
+// sortDiags orders diagnostics by file (in the order first seen) and line.
+func sortDiags(ds Diags) {
+	rank := map[string]int{}
+	for _, d := range ds {
+		if _, ok := rank[d.File]; !ok {
+			rank[d.File] = len(rank)
+		}
+	}
+	sort.SliceStable(ds, func(i, j int) bool {
+		if ds[i].File != ds[j].File {
+			return rank[ds[i].File] < rank[ds[j].File]
+		}
+		return ds[i].Line < ds[j].Line
+	})
+}
+
+func (p *parser) warnUnsupported(k kv, why string) {
+	msg := fmt.Sprintf("%s is not supported by gosec and is ignored", k.key)
+	if why != "" {
+		msg += " (" + why + ")"
+	}
+	p.warnf(k.pos, "%s", msg)
+}
+
+func hint(key string) string {
+	if s := suggest(key); s != "" {
+		return fmt.Sprintf(" (did you mean %s?)", s)
+	}
+	return ""
+}
+
+// flatten merges a conn's own keywords, those of the conns it includes
+// with also= (in order, recursively; the first setting of a keyword wins)
+// and those of conn %default.
+func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) []kv {
+	seen := map[string]bool{}
+	var out []kv
+	var visit func(sec *section, chain []string, depth int)
+	visit = func(sec *section, chain []string, depth int) {
+		own := map[string]pos{}
+		var alsos []kv
+		for _, k := range sec.kvs {
+			if k.key == "also" {
+				alsos = append(alsos, k)
+				continue
+			}
+			if prev, dup := own[k.key]; dup {
+				p.errorf(k.pos, "%s is set twice in conn %s (first at line %d)", k.key, sec.name, prev.line)
+				continue
+			}
+			own[k.key] = k.pos
+			if !seen[k.key] {
+				seen[k.key] = true
+				out = append(out, k)
+			}
+		}
+		for _, a := range alsos {
+			target, ok := conns[a.value]
+			if !ok {
+				p.errorf(a.pos, "also=%s: no conn named %q", a.value, a.value)
+				continue
+			}
+			for _, c := range chain {
+				if c == a.value {
+					p.errorf(a.pos, "also=%s makes a loop: %s -> %s", a.value, strings.Join(chain, " -> "), a.value)
+					return
+				}
+			}
+			if depth >= MaxAlsoDepth {
+				p.errorf(a.pos, "also= chain deeper than %d", MaxAlsoDepth)
+				return
+			}
+			visit(target, append(chain, a.value), depth+1)
+		}
+	}
+	visit(s, []string{s.name}, 0)
+	for _, k := range defaults {
+		if k.key == "also" {
+			p.errorf(k.pos, "also= is not allowed in conn %%default")
+			continue
+		}
+		if !seen[k.key] {
+			seen[k.key] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// order in which keywords are applied: algorithms before what modifies
+// them (pfsgroup, phase2), manual keys after the algorithms.
+func applyRank(key string) int {
+	switch key {
+	case "esp", "ah", "phase2alg", "ike":
+		return 0
+	case "phase2", "pfsgroup":
+		return 1
+	}
+	return 2
+}
+
+// interpret turns the flattened keywords of a conn into a Conn.
+func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
+	c := defaultConn()
+	c.Name, c.File, c.Line = s.name, s.file, s.line
+	for rank := 0; rank <= 2; rank++ {
+		for _, k := range kvs {
+			if applyRank(k.key) != rank {
+				continue
+			}
+			h, eh, left, ok := lookupKeyword(k.key)
+			if !ok {
+				if why, known := knownUnsupported[k.key]; known {
+					p.warnUnsupported(k, why)
+					continue
+				}
+				p.errorf(k.pos, "unknown keyword %q%s", k.key, hint(k.key))
+				continue
+			}
+			var err error
+			switch {
+			case eh != nil:
+				e := &c.Right
+				if left {
+					e = &c.Left
+				}
+				err = eh(c, e, k.value, r)
+			case h != nil:
+				err = h(c, k.value, r)
+			}
+			if err != nil {
+				p.errorf(k.pos, "%s=%s: %v", k.key, k.value, err)
+				continue
+			}
+			c.set[k.key] = k.pos
+		}
+	}
+	p.validate(c)
+	return c
+}
+
+// validate checks a conn as a whole.
+func (p *parser) validate(c *Conn) {
+	at := pos{file: c.File, line: c.Line}
+	if c.Auto == "ignore" && !c.Set("left") && !c.Set("right") {
+		return // a template for also=
+	}
+	if !c.Set("left") || !c.Set("right") {
+		var miss []string
+		if !c.Set("left") {
+			miss = append(miss, "left")
+		}
+		if !c.Set("right") {
+			miss = append(miss, "right")
+		}
+		p.errorf(at, "conn %s has no %s", c.Name, strings.Join(miss, " and no "))
+		return
+	}
+	if c.Left.Any && c.Right.Any {
+		p.errorf(at, "conn %s: left and right cannot both be %%any", c.Name)
+	}
+	if len(c.AH.List) > 0 && c.Set("esp") {
+		p.errorf(at, "conn %s sets both esp= and ah=; gosec supports one of them per conn (AH+ESP bundles are not implemented)", c.Name)
+	}
+	if len(c.AH.List) > 0 && !c.Set("esp") && !c.Set("phase2alg") {
+		c.ESP = Proposals{}
+	}
+	if c.Type == "transport" && (len(c.Left.Subnets) > 0 || len(c.Right.Subnets) > 0) {
+		for _, e := range []*End{&c.Left, &c.Right} {
+			for _, s := range e.Subnets {
+				if e.Addr.IsValid() && (s.Bits() != 32 || s.Addr() != e.Addr) {
+					p.errorf(at, "conn %s: type=transport protects the hosts themselves; subnet %s differs from the host %s", c.Name, s, e.Addr)
+				}
+			}
+		}
+	}
+	if c.Manual {
+		p.validateManual(c, at)
+	}
+}
+
+// validateManual checks a manually keyed conn: both SPIs, one suite, and
+// keys of the right length on both sides.
+func (p *parser) validateManual(c *Conn, at pos) {
+	for _, side := range []struct {
+		name string
+		e    *End
+	}{{"left", &c.Left}, {"right", &c.Right}} {
+		if side.e.SPI == 0 {
+			p.errorf(at, "manually keyed conn %s needs %sspi= (the SPI of the SA towards %s)", c.Name, side.name, side.name)
+		}
+		if side.e.Any || side.e.DefaultRoute && !side.e.Addr.IsValid() {
+			p.errorf(at, "manually keyed conn %s needs a fixed %s= address", c.Name, side.name)
+		}
+	}
+	ps := c.ESP
+	proto := "esp"
+	if len(c.AH.List) > 0 {
+		ps, proto = c.AH, "ah"
+	}
+	if !c.Set(proto) && !(proto == "esp" && c.Set("phase2alg")) {
+		p.errorf(at, "manually keyed conn %s needs esp= or ah= with exactly one suite", c.Name)
+		return
+	}
+	suites := []Suite{}
+	for _, pr := range ps.List {
+		suites = append(suites, pr.Suites()...)
+	}
+	if len(suites) != 1 {
+		p.errorf(at, "manually keyed conn %s: %s= must name exactly one suite, not %d", c.Name, proto, len(suites))
+		return
+	}
+	s := suites[0]
+	if s.DH != 0 {
+		p.errorf(at, "manually keyed conn %s: a DH group makes no sense without IKE", c.Name)
+	}
+	c.ESN = c.ESN || s.ESN
+	check := func(kw string, got []byte, want int) {
+		if want == 0 {
+			if len(got) != 0 {
+				p.errorf(at, "conn %s: %s given, but %s needs no such key", c.Name, kw, s.Name())
+			}
+			return
+		}
+		if got == nil {
+			p.errorf(at, "manually keyed conn %s needs %s (%d bytes for %s)", c.Name, kw, want, s.Name())
+			return
+		}
+		if len(got) != want {
+			p.errorf(at, "conn %s: %s is %d bytes; %s needs %d", c.Name, kw, len(got), s.Name(), want)
+		}
+	}
+	for _, side := range []struct {
+		name string
+		e    *End
+	}{{"left", &c.Left}, {"right", &c.Right}} {
+		if proto == "ah" {
+			check(side.name+"ahkey", side.e.AHKey, s.Integ.KeyLen())
+			continue
+		}
+		check(side.name+"espenckey", side.e.ESPEncKey, s.Cipher.KeyLen())
+		if s.Cipher.Encr.AEAD() {
+			check(side.name+"espauthkey", side.e.ESPAuthKey, 0)
+		} else {
+			check(side.name+"espauthkey", side.e.ESPAuthKey, s.Integ.KeyLen())
+		}
+	}
+}

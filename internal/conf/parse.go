@@ -1,0 +1,357 @@
+// Package conf reads ipsec.conf and ipsec.secrets as strongSwan's starter,
+// Libreswan and FreeS/WAN write them, into typed connections and secrets.
+// Every problem is reported as "file:line: message", and all problems of a
+// run are reported together.
+package conf
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Limits that keep hostile input bounded.
+const (
+	MaxFileSize     = 4 << 20 // bytes per file
+	MaxIncludeDepth = 10
+	MaxFiles        = 256 // files read in one load, includes included
+	MaxSections     = 10000
+	MaxAlsoDepth    = 32
+	MaxDiagnostics  = 1000
+)
+
+// Diag is one problem found in the configuration.
+type Diag struct {
+	File    string
+	Line    int
+	Msg     string
+	Warning bool
+}
+
+func (d Diag) String() string {
+	loc := d.File
+	if d.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", d.File, d.Line)
+	}
+	if d.Warning {
+		return loc + ": warning: " + d.Msg
+	}
+	return loc + ": " + d.Msg
+}
+
+// Diags is a list of problems.
+type Diags []Diag
+
+// Errors returns only the errors (not the warnings).
+func (ds Diags) Errors() Diags {
+	var out Diags
+	for _, d := range ds {
+		if !d.Warning {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Err returns the errors as one error, or nil if there are none.
+func (ds Diags) Err() error {
+	errs := ds.Errors()
+	if len(errs) == 0 {
+		return nil
+	}
+	return &DiagError{Diags: errs}
+}
+
+// DiagError is the error returned for a configuration with errors.
+type DiagError struct{ Diags Diags }
+
+func (e *DiagError) Error() string {
+	lines := make([]string, len(e.Diags))
+	for i, d := range e.Diags {
+		lines[i] = d.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// pos is where something was written.
+type pos struct {
+	file string
+	line int
+}
+
+// kv is one "key=value" line.
+type kv struct {
+	key, value string
+	pos
+}
+
+// section is a "config setup", "conn NAME" or "ca NAME" section.
+type section struct {
+	kind string // "config", "conn", "ca"
+	name string
+	kvs  []kv
+	pos
+}
+
+// parser reads files into sections.
+type parser struct {
+	diags    Diags
+	sections []*section
+	files    int
+	stack    []string // include chain, for loop detection
+}
+
+func (p *parser) errorf(at pos, format string, args ...any) {
+	if len(p.diags) < MaxDiagnostics {
+		p.diags = append(p.diags, Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...)})
+	}
+}
+
+func (p *parser) warnf(at pos, format string, args ...any) {
+	if len(p.diags) < MaxDiagnostics {
+		p.diags = append(p.diags, Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...), Warning: true})
+	}
+}
+
+// readFile parses one file (and what it includes).
+func (p *parser) readFile(path string, from pos) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		abs = path
+	}
+	for _, f := range p.stack {
+		if f == abs {
+			p.errorf(from, "include loop: %s includes itself (through %s)", path, strings.Join(p.stack, " -> "))
+			return
+		}
+	}
+	if len(p.stack) >= MaxIncludeDepth {
+		p.errorf(from, "includes nested deeper than %d", MaxIncludeDepth)
+		return
+	}
+	p.files++
+	if p.files > MaxFiles {
+		if p.files == MaxFiles+1 {
+			p.errorf(from, "more than %d files included", MaxFiles)
+		}
+		return
+	}
+	data, err := readLimited(path)
+	if err != nil {
+		p.errorf(pos{file: path}, "%v", err)
+		return
+	}
+	p.stack = append(p.stack, abs)
+	defer func() { p.stack = p.stack[:len(p.stack)-1] }()
+	p.parse(path, data)
+}
+
+func readLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %v", unwrapPath(err))
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("is a directory")
+	}
+	if fi.Size() > MaxFileSize {
+		return nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
+	}
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(&limitReader{f, MaxFileSize + 1}); err != nil {
+		return nil, err
+	}
+	if buf.Len() > MaxFileSize {
+		return nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
+	}
+	return buf.Bytes(), nil
+}
+
+type limitReader struct {
+	f interface{ Read([]byte) (int, error) }
+	n int64
+}
+
+func (l *limitReader) Read(b []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, fmt.Errorf("file too large")
+	}
+	if int64(len(b)) > l.n {
+		b = b[:l.n]
+	}
+	n, err := l.f.Read(b)
+	l.n -= int64(n)
+	return n, err
+}
+
+func unwrapPath(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// parse parses the text of one file.
+func (p *parser) parse(file string, data []byte) {
+	var cur *section
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), MaxFileSize)
+	line := 0
+	for sc.Scan() {
+		line++
+		at := pos{file: file, line: line}
+		raw := sc.Text()
+		text := stripComment(raw)
+		if strings.TrimSpace(text) == "" {
+			continue
+		}
+		indented := text[0] == ' ' || text[0] == '\t'
+		fields := strings.Fields(text)
+		if !indented {
+			cur = nil
+			switch fields[0] {
+			case "version":
+				if len(fields) != 2 || (fields[1] != "2" && fields[1] != "2.0") {
+					p.errorf(at, "unsupported version line %q (only \"version 2\" is known)", strings.TrimSpace(text))
+				}
+			case "include":
+				if len(fields) != 2 {
+					p.errorf(at, "include takes exactly one file name or pattern")
+					continue
+				}
+				p.include(file, unquote(fields[1]), at)
+			case "config":
+				if len(fields) != 2 || fields[1] != "setup" {
+					p.errorf(at, "expected \"config setup\"")
+					continue
+				}
+				cur = p.newSection("config", "setup", at)
+			case "conn", "ca":
+				if len(fields) != 2 {
+					p.errorf(at, "%s needs exactly one name", fields[0])
+					continue
+				}
+				cur = p.newSection(fields[0], fields[1], at)
+			default:
+				if strings.Contains(fields[0], "=") {
+					p.errorf(at, "keyword line %q must be indented (it belongs to the section above)", strings.TrimSpace(text))
+				} else {
+					p.errorf(at, "unknown section type %q (expected config setup, conn NAME, ca NAME, include or version)", fields[0])
+				}
+			}
+			continue
+		}
+		// An indented line: "key=value" inside a section, or an indented include.
+		trimmed := strings.TrimSpace(text)
+		if strings.HasPrefix(trimmed, "include ") && !strings.Contains(trimmed, "=") {
+			f := strings.Fields(trimmed)
+			if len(f) == 2 {
+				p.include(file, unquote(f[1]), at)
+				continue
+			}
+		}
+		if cur == nil {
+			p.errorf(at, "indented line %q outside any section", trimmed)
+			continue
+		}
+		eq := strings.IndexByte(trimmed, '=')
+		if eq <= 0 {
+			p.errorf(at, "expected keyword=value, got %q", trimmed)
+			continue
+		}
+		key := strings.TrimSpace(trimmed[:eq])
+		val, err := parseValue(strings.TrimSpace(trimmed[eq+1:]))
+		if err != nil {
+			p.errorf(at, "%s: %v", key, err)
+			continue
+		}
+		if strings.ContainsAny(key, " \t") {
+			p.errorf(at, "bad keyword %q", key)
+			continue
+		}
+		cur.kvs = append(cur.kvs, kv{key: key, value: val, pos: at})
+	}
+	if err := sc.Err(); err != nil {
+		p.errorf(pos{file: file, line: line + 1}, "cannot read further: %v", err)
+	}
+}
+
+func (p *parser) newSection(kind, name string, at pos) *section {
+	if len(p.sections) >= MaxSections {
+		if len(p.sections) == MaxSections {
+			p.errorf(at, "more than %d sections", MaxSections)
+			p.sections = append(p.sections, nil)
+		}
+		return &section{}
+	}
+	s := &section{kind: kind, name: unquote(name), pos: at}
+	p.sections = append(p.sections, s)
+	return s
+}
+
+func (p *parser) include(from, pattern string, at pos) {
+	if !filepath.IsAbs(pattern) {
+		pattern = filepath.Join(filepath.Dir(from), pattern)
+	}
+	matches, err := filepath.Glob(pattern)
+	if err != nil {
+		p.errorf(at, "bad include pattern %q: %v", pattern, err)
+		return
+	}
+	if len(matches) == 0 && !strings.ContainsAny(pattern, "*?[") {
+		p.errorf(at, "include: %s does not exist", pattern)
+		return
+	}
+	sort.Strings(matches)
+	for _, m := range matches {
+		p.readFile(m, at)
+	}
+}
+
+// stripComment removes a comment: '#' at the start or after white space,
+// outside double quotes.
+func stripComment(s string) string {
+	inQuote := false
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '"':
+			inQuote = !inQuote
+		case '#':
+			if !inQuote && (i == 0 || s[i-1] == ' ' || s[i-1] == '\t') {
+				return s[:i]
+			}
+		}
+	}
+	return s
+}
+
+// parseValue handles double quotes (a quoted value may hold white space).
+func parseValue(v string) (string, error) {
+	if strings.HasPrefix(v, "\"") {
+		end := strings.LastIndexByte(v, '"')
+		if end == 0 {
+			return "", fmt.Errorf("unterminated quote")
+		}
+		if rest := strings.TrimSpace(v[end+1:]); rest != "" {
+			return "", fmt.Errorf("text %q after the closing quote", rest)
+		}
+		return v[1:end], nil
+	}
+	return v, nil
+}
+
+func unquote(s string) string {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		return s[1 : len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,431 @@
+package conf
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Encr is an encryption algorithm of a proposal.
+type Encr uint8
+
+// The encryption algorithms.
+const (
+	EncrNull Encr = iota + 1
+	Encr3DES
+	EncrAESCBC
+	EncrAESCTR
+	EncrAESGCM8
+	EncrAESGCM12
+	EncrAESGCM16
+	EncrChaCha20Poly1305
+)
+
+// IANA returns the IKEv1/IPsec DOI transform ID (RFC 2407, IANA "IPsec
+// ESP transform identifiers").
+func (e Encr) IANA() uint16 {
+	switch e {
+	case EncrNull:
+		return 11
+	case Encr3DES:
+		return 3
+	case EncrAESCBC:
+		return 12
+	case EncrAESCTR:
+		return 13
+	case EncrAESGCM8:
+		return 18
+	case EncrAESGCM12:
+		return 19
+	case EncrAESGCM16:
+		return 20
+	case EncrChaCha20Poly1305:
+		return 28
+	}
+	return 0
+}
+
+// AEAD reports whether e provides integrity itself.
+func (e Encr) AEAD() bool {
+	return e == EncrAESGCM8 || e == EncrAESGCM12 || e == EncrAESGCM16 || e == EncrChaCha20Poly1305
+}
+
+// SaltLen is the octets of salt that follow the key in manual keys.
+func (e Encr) SaltLen() int {
+	switch e {
+	case EncrAESCTR, EncrAESGCM8, EncrAESGCM12, EncrAESGCM16, EncrChaCha20Poly1305:
+		return 4
+	}
+	return 0
+}
+
+// Integ is an integrity (and, in IKEv1, hash/PRF) algorithm.
+type Integ uint8
+
+// The integrity algorithms; in ESP/AH they are the HMAC truncations of
+// RFC 2403, 2404 and 4868.
+const (
+	IntegNone Integ = iota
+	IntegMD5
+	IntegSHA1
+	IntegSHA256
+	IntegSHA384
+	IntegSHA512
+)
+
+// KeyLen is the HMAC key length in octets for ESP/AH.
+func (i Integ) KeyLen() int {
+	return [...]int{0, 16, 20, 32, 48, 64}[i]
+}
+
+// IANA returns the IPsec DOI authentication algorithm attribute value.
+func (i Integ) IANA() uint16 {
+	return [...]uint16{0, 1, 2, 5, 6, 7}[i]
+}
+
+// Name is strongSwan's name.
+func (i Integ) Name() string {
+	return [...]string{"none", "md5", "sha1", "sha256", "sha384", "sha512"}[i]
+}
+
+// DHGroup is an IANA Diffie-Hellman group number (0: none).
+type DHGroup uint16
+
+var dhNames = map[string]DHGroup{
+	"modp768": 1, "modp1024": 2, "modp1536": 5, "modp2048": 14, "modp3072": 15, "modp4096": 16,
+	"modp6144": 17, "modp8192": 18, "ecp256": 19, "ecp384": 20, "ecp521": 21,
+	// Libreswan's dh numbers
+	"dh2": 2, "dh5": 5, "dh14": 14, "dh15": 15, "dh16": 16, "dh17": 17, "dh18": 18, "dh19": 19, "dh20": 20, "dh21": 21,
+}
+
+// groups gosec knows but does not implement.
+var dhUnsupported = map[string]bool{
+	"modp1024s160": true, "modp2048s224": true, "modp2048s256": true, "curve25519": true, "x25519": true,
+	"curve448": true, "x448": true, "ecp192": true, "ecp224": true, "ecp224bp": true, "ecp256bp": true,
+	"ecp384bp": true, "ecp512bp": true, "dh22": true, "dh23": true, "dh24": true, "dh31": true,
+}
+
+// Name is strongSwan's name of the group.
+func (g DHGroup) Name() string {
+	for n, v := range dhNames {
+		if v == g && !strings.HasPrefix(n, "dh") {
+			return n
+		}
+	}
+	return fmt.Sprintf("dh%d", uint16(g))
+}
+
+// Supported reports whether gosec implements the group (MODP 2, 5,
+// 14-18; ECP 19-21; modp768 is refused as broken).
+func (g DHGroup) Supported() bool {
+	switch g {
+	case 2, 5, 14, 15, 16, 17, 18, 19, 20, 21:
+		return true
+	}
+	return false
+}
+
+// Cipher is an encryption algorithm with its key size.
+type Cipher struct {
+	Encr    Encr
+	KeyBits int // 0 for 3DES and NULL
+}
+
+// Name is strongSwan's name, e.g. "aes128", "aes256gcm16", "3des".
+func (c Cipher) Name() string {
+	switch c.Encr {
+	case EncrNull:
+		return "null"
+	case Encr3DES:
+		return "3des"
+	case EncrAESCBC:
+		return fmt.Sprintf("aes%d", c.KeyBits)
+	case EncrAESCTR:
+		return fmt.Sprintf("aes%dctr", c.KeyBits)
+	case EncrAESGCM8:
+		return fmt.Sprintf("aes%dgcm8", c.KeyBits)
+	case EncrAESGCM12:
+		return fmt.Sprintf("aes%dgcm12", c.KeyBits)
+	case EncrAESGCM16:
+		return fmt.Sprintf("aes%dgcm16", c.KeyBits)
+	case EncrChaCha20Poly1305:
+		return "chacha20poly1305"
+	}
+	return "?"
+}
+
+// KeyLen is the key length in octets for manual keying, salt included.
+func (c Cipher) KeyLen() int {
+	switch c.Encr {
+	case EncrNull:
+		return 0
+	case Encr3DES:
+		return 24
+	case EncrChaCha20Poly1305:
+		return 36
+	}
+	return c.KeyBits/8 + c.Encr.SaltLen()
+}
+
+// Proposal is one comma-separated element of an ike=, esp= or ah= value:
+// every algorithm it names, as strongSwan allows several per type
+// ("aes128-aes256-sha1-modp2048").
+type Proposal struct {
+	Ciphers []Cipher
+	Integs  []Integ
+	DH      []DHGroup
+	ESN     []bool // esn / noesn tokens (ESP only); empty: no ESN
+}
+
+// Suite is one concrete combination of a proposal.
+type Suite struct {
+	Cipher Cipher
+	Integ  Integ
+	DH     DHGroup
+	ESN    bool
+}
+
+// Name renders the suite in strongSwan's syntax.
+func (s Suite) Name() string {
+	parts := []string{}
+	if s.Cipher.Encr != 0 {
+		parts = append(parts, s.Cipher.Name())
+	}
+	if s.Integ != IntegNone {
+		parts = append(parts, s.Integ.Name())
+	}
+	if s.DH != 0 {
+		parts = append(parts, s.DH.Name())
+	}
+	if s.ESN {
+		parts = append(parts, "esn")
+	}
+	return strings.Join(parts, "-")
+}
+
+// Suites expands the proposal into its combinations, in the order given.
+func (p Proposal) Suites() []Suite {
+	ciphers := p.Ciphers
+	if len(ciphers) == 0 {
+		ciphers = []Cipher{{}}
+	}
+	integs := p.Integs
+	if len(integs) == 0 {
+		integs = []Integ{IntegNone}
+	}
+	dhs := p.DH
+	if len(dhs) == 0 {
+		dhs = []DHGroup{0}
+	}
+	esns := p.ESN
+	if len(esns) == 0 {
+		esns = []bool{false}
+	}
+	var out []Suite
+	for _, c := range ciphers {
+		for _, i := range integs {
+			if c.Encr.AEAD() && i != IntegNone {
+				continue // AEAD takes no separate integrity
+			}
+			for _, g := range dhs {
+				for _, e := range esns {
+					out = append(out, Suite{Cipher: c, Integ: i, DH: g, ESN: e})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Proposals is a parsed ike=, esp= or ah= value.
+type Proposals struct {
+	List   []Proposal
+	Strict bool // trailing '!': only these, no defaults added
+}
+
+// String renders the proposals in strongSwan's syntax.
+func (ps Proposals) String() string {
+	var parts []string
+	for _, p := range ps.List {
+		var names []string
+		for _, s := range p.Suites() {
+			names = append(names, s.Name())
+		}
+		parts = append(parts, strings.Join(names, ","))
+	}
+	s := strings.Join(parts, ",")
+	if ps.Strict {
+		s += "!"
+	}
+	return s
+}
+
+// proposalKind says which algorithms a proposal may name.
+type proposalKind int
+
+const (
+	kindIKE proposalKind = iota
+	kindESP
+	kindAH
+)
+
+var integNames = map[string]Integ{
+	"md5": IntegMD5, "md5_96": IntegMD5, "sha1": IntegSHA1, "sha": IntegSHA1, "sha1_96": IntegSHA1,
+	"sha256": IntegSHA256, "sha2_256": IntegSHA256, "sha2": IntegSHA256, "sha256_128": IntegSHA256, "sha2_256_128": IntegSHA256,
+	"sha384": IntegSHA384, "sha2_384": IntegSHA384, "sha384_192": IntegSHA384, "sha2_384_192": IntegSHA384,
+	"sha512": IntegSHA512, "sha2_512": IntegSHA512, "sha512_256": IntegSHA512, "sha2_512_256": IntegSHA512,
+	// IKEv1 PRF spellings (strongSwan): the PRF is the HMAC of the hash
+	"prfmd5": IntegMD5, "prfsha1": IntegSHA1, "prfsha256": IntegSHA256, "prfsha384": IntegSHA384, "prfsha512": IntegSHA512,
+}
+
+var integUnsupported = map[string]bool{
+	"aesxcbc": true, "aescmac": true, "aes128gmac": true, "aes192gmac": true, "aes256gmac": true,
+	"sha256_96": true, "md5_128": true, "sha1_160": true, "prfaesxcbc": true, "prfaescmac": true,
+}
+
+var cipherUnsupported = map[string]bool{
+	"des": true, "cast128": true, "blowfish": true, "blowfish128": true, "camellia": true, "camellia128": true,
+	"camellia192": true, "camellia256": true, "serpent": true, "twofish": true, "aes128ccm16": true,
+	"aes256ccm16": true, "aes128ccm8": true, "aes128ccm12": true, "aes192ccm16": true, "idea": true,
+}
+
+// parseCipher recognises an encryption token.
+func parseCipher(tok string) (Cipher, bool) {
+	switch tok {
+	case "null", "null_enc":
+		return Cipher{Encr: EncrNull}, true
+	case "3des", "3des_cbc":
+		return Cipher{Encr: Encr3DES}, true
+	case "aes", "aes_cbc":
+		return Cipher{Encr: EncrAESCBC, KeyBits: 128}, true
+	case "chacha20poly1305", "chacha20_poly1305":
+		return Cipher{Encr: EncrChaCha20Poly1305, KeyBits: 256}, true
+	case "aes_gcm", "aes_gcm_16", "aes_gcm16":
+		return Cipher{Encr: EncrAESGCM16, KeyBits: 128}, true
+	case "aes_ctr", "aesctr":
+		return Cipher{Encr: EncrAESCTR, KeyBits: 128}, true
+	}
+	for _, bits := range []int{128, 192, 256} {
+		b := fmt.Sprint(bits)
+		switch tok {
+		case "aes" + b, "aes_cbc_" + b, "aes_cbc" + b:
+			return Cipher{Encr: EncrAESCBC, KeyBits: bits}, true
+		case "aes" + b + "ctr", "aes_ctr" + b, "aes_ctr_" + b:
+			return Cipher{Encr: EncrAESCTR, KeyBits: bits}, true
+		case "aes" + b + "gcm16", "aes" + b + "gcm128", "aes_gcm" + b, "aes_gcm_16_" + b, "aes_gcm16_" + b:
+			return Cipher{Encr: EncrAESGCM16, KeyBits: bits}, true
+		case "aes" + b + "gcm12", "aes" + b + "gcm96", "aes_gcm_12_" + b:
+			return Cipher{Encr: EncrAESGCM12, KeyBits: bits}, true
+		case "aes" + b + "gcm8", "aes" + b + "gcm64", "aes_gcm_8_" + b:
+			return Cipher{Encr: EncrAESGCM8, KeyBits: bits}, true
+		}
+	}
+	return Cipher{}, false
+}
+
+// parseProposals parses "a-b-c,d-e!" for the given kind.
+func parseProposals(v string, kind proposalKind) (Proposals, error) {
+	var ps Proposals
+	v = strings.TrimSpace(strings.ToLower(v))
+	if strings.HasSuffix(v, "!") {
+		ps.Strict = true
+		v = strings.TrimSuffix(v, "!")
+	}
+	if v == "" {
+		return ps, fmt.Errorf("empty proposal list")
+	}
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			return ps, fmt.Errorf("empty proposal in the list")
+		}
+		p, err := parseProposal(item, kind)
+		if err != nil {
+			return ps, fmt.Errorf("proposal %q: %w", item, err)
+		}
+		ps.List = append(ps.List, p)
+	}
+	return ps, nil
+}
+
+func parseProposal(item string, kind proposalKind) (Proposal, error) {
+	var p Proposal
+	// Libreswan writes the DH group after ';' ("aes128-sha1;modp2048").
+	item = strings.ReplaceAll(item, ";", "-")
+	for _, tok := range strings.Split(item, "-") {
+		if tok == "" {
+			return p, fmt.Errorf("empty algorithm name")
+		}
+		if c, ok := parseCipher(tok); ok {
+			if kind == kindAH {
+				return p, fmt.Errorf("%s is an encryption algorithm; ah= takes integrity algorithms only", tok)
+			}
+			if kind == kindIKE && (c.Encr != Encr3DES && c.Encr != EncrAESCBC) {
+				return p, fmt.Errorf("%s is not supported for IKEv1 phase 1 (3des and aes128/192/256 are)", tok)
+			}
+			if kind == kindESP && (c.Encr == EncrAESGCM8 || c.Encr == EncrAESGCM12) {
+				return p, fmt.Errorf("%s is not supported (aes*gcm16 is)", tok)
+			}
+			p.Ciphers = append(p.Ciphers, c)
+			continue
+		}
+		if i, ok := integNames[tok]; ok {
+			p.Integs = append(p.Integs, i)
+			continue
+		}
+		if g, ok := dhNames[tok]; ok {
+			if !g.Supported() {
+				return p, fmt.Errorf("DH group %s is not supported (modp1024 and up, ecp256/384/521 are)", tok)
+			}
+			p.DH = append(p.DH, g)
+			continue
+		}
+		switch tok {
+		case "esn":
+			if kind == kindIKE {
+				return p, fmt.Errorf("esn is for esp= and ah= only")
+			}
+			p.ESN = append(p.ESN, true)
+			continue
+		case "noesn":
+			if kind == kindIKE {
+				return p, fmt.Errorf("noesn is for esp= and ah= only")
+			}
+			p.ESN = append(p.ESN, false)
+			continue
+		}
+		switch {
+		case cipherUnsupported[tok], integUnsupported[tok], dhUnsupported[tok]:
+			return p, fmt.Errorf("algorithm %s is not supported by gosec", tok)
+		}
+		return p, fmt.Errorf("unknown algorithm %q", tok)
+	}
+	switch kind {
+	case kindIKE:
+		if len(p.Ciphers) == 0 || len(p.Integs) == 0 {
+			return p, fmt.Errorf("an IKE proposal needs an encryption and a hash algorithm")
+		}
+	case kindESP:
+		if len(p.Ciphers) == 0 {
+			return p, fmt.Errorf("an ESP proposal needs an encryption algorithm (null for none)")
+		}
+		aead, plain := false, false
+		for _, c := range p.Ciphers {
+			if c.Encr.AEAD() {
+				aead = true
+			} else {
+				plain = true
+			}
+		}
+		if plain && len(p.Integs) == 0 {
+			return p, fmt.Errorf("encryption without integrity is refused (RFC 4303 3.2); add an integrity algorithm")
+		}
+		if aead && !plain && len(p.Integs) > 0 {
+			return p, fmt.Errorf("an AEAD cipher takes no separate integrity algorithm")
+		}
+	case kindAH:
+		if len(p.Integs) == 0 {
+			return p, fmt.Errorf("an AH proposal needs an integrity algorithm")
+		}
+	}
+	return p, nil
+}

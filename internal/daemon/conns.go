@@ -1,0 +1,417 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"reflect"
+	"sort"
+
+	"github.com/gosec-ipsec/gosec/ah"
+	"github.com/gosec-ipsec/gosec/esp"
+	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/sad"
+	"github.com/gosec-ipsec/gosec/spd"
+)
+
+// Config is the daemon's view of the configuration: every conn resolved
+// for this host (which side is local decided, keys decoded).
+type Config struct {
+	Conns map[string]*ConnSpec
+	Order []string // conn names in file order
+}
+
+// ConnSpec is one conn as the daemon runs it.
+type ConnSpec struct {
+	Name          string
+	Auto          string // add, start, route, ignore
+	Mode          sad.Mode
+	Local, Remote netip.Addr
+	LocalSubnets  []netip.Prefix
+	RemoteSubnets []netip.Prefix
+	// Selector protocol and ports from leftprotoport/rightprotoport.
+	Proto                 uint8
+	LocalPort, RemotePort uint16
+	// Encap sends ESP in UDP (RFC 3948) on these ports.
+	Encap *sad.Encap
+	// Type is tunnel, transport, passthrough or drop.
+	Type string
+	// Proposal is the human-readable algorithm summary for status.
+	Proposal string
+	// Manual holds the keys of a manually keyed conn; nil for IKE conns.
+	Manual *Manual
+}
+
+// Manual is the keying of a manually keyed conn, seen from this host.
+type Manual struct {
+	Proto         sad.Proto
+	InSPI, OutSPI uint32
+	InESP, OutESP esp.Config
+	InAH, OutAH   ah.Config
+	ReplayWindow  int
+	ESN           bool
+}
+
+// activeConn is what up installed for a conn, so that down removes
+// exactly that.
+type activeConn struct {
+	spec     *ConnSpec
+	reqid    uint32
+	in, out  *sad.SA
+	policies []uint64
+	routes   []netio.Route
+	since    string
+}
+
+// autoStart brings up the conns marked auto=start (and, for manually keyed
+// conns, auto=route, which needs no negotiation).
+func (d *Daemon) autoStart() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, name := range d.conns.Order {
+		c := d.conns.Conns[name]
+		if c.Auto == "start" || (c.Auto == "route" && c.Manual != nil) {
+			if err := d.upLocked(context.Background(), c, func(string) {}); err != nil {
+				d.log.Error("auto=start failed", "conn", name, "err", err)
+			}
+		}
+	}
+}
+
+func (d *Daemon) up(ctx context.Context, name string, progress func(string)) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.conns.Conns[name]
+	if !ok {
+		return fmt.Errorf("no connection named %q (gosec conf check --dump lists them)", name)
+	}
+	if _, ok := d.active[name]; ok {
+		progress(fmt.Sprintf("connection '%s' is already up", name))
+		return nil
+	}
+	return d.upLocked(ctx, c, progress)
+}
+
+func (d *Daemon) upLocked(ctx context.Context, c *ConnSpec, progress func(string)) error {
+	if c.Type == "passthrough" || c.Type == "drop" {
+		return d.shuntLocked(c, progress)
+	}
+	if c.Manual == nil {
+		return fmt.Errorf("connection %q needs IKE, which this gosec build does not negotiate yet; only manually keyed conns can be brought up", c.Name)
+	}
+	m := c.Manual
+	d.reqid++
+	a := &activeConn{spec: c, reqid: d.reqid}
+	progress(fmt.Sprintf("installing manually keyed %s %s SAs for '%s': %v <-> %v", m.Proto, c.Mode, c.Name, c.Local, c.Remote))
+
+	var err error
+	a.in, a.out, err = d.manualSAs(c, a.reqid)
+	if err != nil {
+		return err
+	}
+	// Install in the order that loses nothing: inbound SA, policies,
+	// outbound SA, then the routes that send traffic into the TUN.
+	if err := d.sad.Add(a.in); err != nil {
+		return fmt.Errorf("conn %s: inbound SA: %w", c.Name, err)
+	}
+	fail := func(err error) error {
+		d.remove(a)
+		return err
+	}
+	for _, pol := range d.policies(c, a.reqid) {
+		id, err := d.spd.Add(pol)
+		if err != nil {
+			return fail(fmt.Errorf("conn %s: policy: %w", c.Name, err))
+		}
+		a.policies = append(a.policies, id)
+	}
+	if err := d.sad.Add(a.out); err != nil {
+		return fail(fmt.Errorf("conn %s: outbound SA: %w", c.Name, err))
+	}
+	progress(fmt.Sprintf("SAs installed: SPI %08x inbound, %08x outbound, %s", a.in.SPI, a.out.SPI, c.Proposal))
+	for _, rt := range d.routes(c) {
+		if err := d.router.AddRoute(rt); err != nil {
+			return fail(fmt.Errorf("conn %s: route %v: %w", c.Name, rt.Dst, err))
+		}
+		a.routes = append(a.routes, rt)
+	}
+	if err := d.filter.AddConn(c.Name, d.protected(c)); err != nil {
+		return fail(fmt.Errorf("conn %s: filter: %w", c.Name, err))
+	}
+	a.since = d.opts.Clock.Now().Format("2006-01-02 15:04:05")
+	d.active[c.Name] = a
+	progress(fmt.Sprintf("connection '%s' established successfully", c.Name))
+	d.log.Info("conn up", "conn", c.Name, "in_spi", fmt.Sprintf("%08x", a.in.SPI), "out_spi", fmt.Sprintf("%08x", a.out.SPI))
+	return nil
+}
+
+// shuntLocked installs the bypass (type=passthrough) or discard
+// (type=drop) policies of a conn: no SAs, no routes.
+func (d *Daemon) shuntLocked(c *ConnSpec, progress func(string)) error {
+	d.reqid++
+	a := &activeConn{spec: c, reqid: d.reqid}
+	action := spd.Bypass
+	if c.Type == "drop" {
+		action = spd.Discard
+	}
+	for _, pair := range selectors(c) {
+		for _, dir := range []spd.Direction{spd.Out, spd.In} {
+			id, err := d.spd.Add(&spd.Policy{Name: c.Name, Dir: dir, Action: action,
+				Sel: spd.Selector{Local: pair[0], Remote: pair[1], Proto: c.Proto,
+					LocalPorts: portRange(c.LocalPort), RemotePorts: portRange(c.RemotePort)}})
+			if err != nil {
+				d.remove(a)
+				return fmt.Errorf("conn %s: policy: %w", c.Name, err)
+			}
+			a.policies = append(a.policies, id)
+		}
+	}
+	a.since = d.opts.Clock.Now().Format("2006-01-02 15:04:05")
+	d.active[c.Name] = a
+	progress(fmt.Sprintf("%s policies for '%s' installed", action, c.Name))
+	return nil
+}
+
+func (d *Daemon) down(name string, progress func(string)) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.conns.Conns[name]; !ok {
+		if _, ok := d.active[name]; !ok {
+			return fmt.Errorf("no connection named %q", name)
+		}
+	}
+	if _, ok := d.active[name]; !ok {
+		progress(fmt.Sprintf("connection '%s' is not up", name))
+		return nil
+	}
+	d.downLocked(name)
+	progress(fmt.Sprintf("connection '%s' closed: SAs, policies and routes removed", name))
+	return nil
+}
+
+func (d *Daemon) downLocked(name string) {
+	a := d.active[name]
+	if a == nil {
+		return
+	}
+	d.remove(a)
+	delete(d.active, name)
+	d.log.Info("conn down", "conn", name)
+}
+
+// remove undoes what up installed: routes first, so that no new traffic
+// enters the TUN, then the outbound SA, policies and the inbound SA.
+func (d *Daemon) remove(a *activeConn) {
+	for _, rt := range a.routes {
+		if err := d.router.DelRoute(rt.Dst); err != nil {
+			d.log.Warn("remove route", "conn", a.spec.Name, "dst", rt.Dst, "err", err)
+		}
+	}
+	if err := d.filter.RemoveConn(a.spec.Name); err != nil && a.in != nil {
+		d.log.Warn("remove filter", "conn", a.spec.Name, "err", err)
+	}
+	if a.out != nil {
+		d.sad.Delete(a.out.SPI, a.out.Proto, a.out.Dst)
+	}
+	for _, id := range a.policies {
+		d.spd.Delete(id)
+	}
+	if a.in != nil {
+		d.sad.Delete(a.in.SPI, a.in.Proto, a.in.Dst)
+	}
+	if d.plane != nil {
+		d.plane.ClearTrap(a.reqid)
+	}
+}
+
+// manualSAs builds the SA pair of a manually keyed conn.
+func (d *Daemon) manualSAs(c *ConnSpec, reqid uint32) (in, out *sad.SA, err error) {
+	m := c.Manual
+	in = &sad.SA{SPI: m.InSPI, Proto: m.Proto, Mode: c.Mode, Src: c.Remote, Dst: c.Local, ReqID: reqid, Dir: sad.Inbound, Encap: c.Encap}
+	out = &sad.SA{SPI: m.OutSPI, Proto: m.Proto, Mode: c.Mode, Src: c.Local, Dst: c.Remote, ReqID: reqid, Dir: sad.Outbound, Encap: c.Encap}
+	if c.Encap != nil {
+		// The peer sends to our port from its own: mirror the ports inbound.
+		in.Encap = &sad.Encap{SrcPort: c.Encap.DstPort, DstPort: c.Encap.SrcPort}
+	}
+	// replay_window=0 turns the check off (a window of size 0).
+	in.Replay, err = sad.NewWindow(m.ReplayWindow, m.ESN)
+	if err != nil {
+		return nil, nil, fmt.Errorf("conn %s: %w", c.Name, err)
+	}
+	in.ESN, out.ESN = m.ESN, m.ESN
+	in.Conn, out.Conn = c.Name, c.Name
+	switch m.Proto {
+	case sad.ESP:
+		if in.ESP, err = esp.NewSuite(m.InESP); err != nil {
+			return nil, nil, fmt.Errorf("conn %s: inbound ESP: %w", c.Name, err)
+		}
+		if out.ESP, err = esp.NewSuite(m.OutESP); err != nil {
+			return nil, nil, fmt.Errorf("conn %s: outbound ESP: %w", c.Name, err)
+		}
+	case sad.AH:
+		if in.AH, err = ah.NewSuite(m.InAH); err != nil {
+			return nil, nil, fmt.Errorf("conn %s: inbound AH: %w", c.Name, err)
+		}
+		if out.AH, err = ah.NewSuite(m.OutAH); err != nil {
+			return nil, nil, fmt.Errorf("conn %s: outbound AH: %w", c.Name, err)
+		}
+	default:
+		return nil, nil, fmt.Errorf("conn %s: unknown protocol %v", c.Name, m.Proto)
+	}
+	return in, out, nil
+}
+
+// selectors returns the conn's (local, remote) prefix pairs.
+func selectors(c *ConnSpec) [][2]netip.Prefix {
+	locals, remotes := c.LocalSubnets, c.RemoteSubnets
+	if c.Mode == sad.Transport || len(locals) == 0 {
+		locals = []netip.Prefix{netip.PrefixFrom(c.Local, c.Local.BitLen())}
+	}
+	if c.Mode == sad.Transport || len(remotes) == 0 {
+		remotes = []netip.Prefix{netip.PrefixFrom(c.Remote, c.Remote.BitLen())}
+	}
+	var out [][2]netip.Prefix
+	for _, l := range locals {
+		for _, r := range remotes {
+			out = append(out, [2]netip.Prefix{l.Masked(), r.Masked()})
+		}
+	}
+	return out
+}
+
+// policies are the conn's Out and In protect policies.
+func (d *Daemon) policies(c *ConnSpec, reqid uint32) []*spd.Policy {
+	var out []*spd.Policy
+	tmplProto := uint8(50)
+	if c.Manual != nil && c.Manual.Proto == sad.AH {
+		tmplProto = 51
+	}
+	mode := spd.TemplateTransport
+	if c.Mode == sad.Tunnel {
+		mode = spd.TemplateTunnel
+	}
+	for _, pair := range selectors(c) {
+		for _, dir := range []spd.Direction{spd.Out, spd.In} {
+			sel := spd.Selector{Local: pair[0], Remote: pair[1], Proto: c.Proto,
+				LocalPorts: portRange(c.LocalPort), RemotePorts: portRange(c.RemotePort)}
+			tsrc, tdst := c.Local, c.Remote
+			if dir == spd.In {
+				tsrc, tdst = c.Remote, c.Local
+			}
+			out = append(out, &spd.Policy{
+				Name: c.Name, Dir: dir, Sel: sel, Action: spd.Protect, ReqID: reqid,
+				Templates: []spd.Template{{Proto: tmplProto, Mode: mode, TunnelSrc: tsrc, TunnelDst: tdst}},
+			})
+		}
+	}
+	return out
+}
+
+func portRange(p uint16) spd.PortRange {
+	if p == 0 {
+		return spd.AnyPort
+	}
+	return spd.PortRange{Lo: p, Hi: p}
+}
+
+// routes are the routes into the TUN for a conn: its remote subnets with
+// a local-subnet source address when this host has one (so that traffic
+// the gateway itself originates matches the policy), or the remote host.
+func (d *Daemon) routes(c *ConnSpec) []netio.Route {
+	if c.Mode == sad.Transport || len(c.RemoteSubnets) == 0 {
+		return []netio.Route{{Dst: netip.PrefixFrom(c.Remote, c.Remote.BitLen()), Src: c.Local}}
+	}
+	src := localAddrIn(c.LocalSubnets)
+	var rts []netio.Route
+	for _, r := range c.RemoteSubnets {
+		rts = append(rts, netio.Route{Dst: r.Masked(), Src: src})
+	}
+	return rts
+}
+
+// protected are the remote prefixes whose cleartext is dropped unless it
+// comes out of the TUN.
+func (d *Daemon) protected(c *ConnSpec) []netip.Prefix {
+	if c.Mode == sad.Transport || len(c.RemoteSubnets) == 0 {
+		return []netip.Prefix{netip.PrefixFrom(c.Remote, c.Remote.BitLen())}
+	}
+	return c.RemoteSubnets
+}
+
+// localAddrIn returns an address of this host inside one of the prefixes,
+// or the zero Addr.
+func localAddrIn(prefixes []netip.Prefix) netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return netip.Addr{}
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		for _, p := range prefixes {
+			if p.Contains(ip) {
+				return ip
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
+// reload re-reads the configuration. Conns that are up and whose
+// definition changed are re-established, conns that were removed are taken
+// down, and new auto=start conns come up; the rest is left alone.
+func (d *Daemon) reload(progress func(string)) error {
+	cfg, err := d.loadConfig()
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.conns
+	d.conns = cfg
+	var errs []error
+	names := make([]string, 0, len(d.active))
+	for name := range d.active {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		a := d.active[name]
+		nc, ok := cfg.Conns[name]
+		switch {
+		case !ok:
+			d.downLocked(name)
+			progress(fmt.Sprintf("conn '%s' removed from the configuration: taken down", name))
+		case !reflect.DeepEqual(nc, a.spec):
+			d.downLocked(name)
+			if err := d.upLocked(context.Background(), nc, progress); err != nil {
+				errs = append(errs, err)
+			} else {
+				progress(fmt.Sprintf("conn '%s' changed: re-established", name))
+			}
+		}
+	}
+	for _, name := range cfg.Order {
+		c := cfg.Conns[name]
+		_, wasThere := old.Conns[name]
+		if _, up := d.active[name]; up || wasThere {
+			continue
+		}
+		if c.Auto == "start" || (c.Auto == "route" && c.Manual != nil) {
+			if err := d.upLocked(context.Background(), c, progress); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	progress(fmt.Sprintf("configuration reloaded: %d conns", len(cfg.Order)))
+	return errors.Join(errs...)
+}

@@ -1,0 +1,276 @@
+// Package daemon is gosec's daemon life: it loads the configuration,
+// creates the TUN device, sockets, routes and filters, runs the data plane,
+// serves the control socket, brings conns up and down, and removes
+// everything it made when it stops.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/clock"
+	"github.com/gosec-ipsec/gosec/internal/control"
+	"github.com/gosec-ipsec/gosec/internal/dataplane"
+	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/sad"
+	"github.com/gosec-ipsec/gosec/spd"
+)
+
+// Version is reported by status.
+const Version = "0.1.0"
+
+// Options configure a daemon.
+type Options struct {
+	ConfigPath  string
+	SecretsPath string
+	Socket      string // control socket path (control.DefaultSocket)
+	Local       string // "", "left" or "right": which side of manual conns is this host
+	TUNName     string // default "gosec0"
+	WireMTU     int    // MTU of the path to peers (default 1500)
+	NATTPort    int    // ESP-in-UDP / IKE NAT-T port (default 4500)
+	Mark        uint32 // firewall mark of the daemon's sockets
+	Table       int    // routing table for routes into the TUN
+	FilterTable string // nftables table name
+	Debug       bool
+	Log         *slog.Logger
+	Clock       clock.Clock
+	// Ready, if set, is called once the control socket is accepting.
+	Ready func()
+}
+
+func (o *Options) defaults() {
+	if o.Socket == "" {
+		o.Socket = control.DefaultSocket
+	}
+	if o.TUNName == "" {
+		o.TUNName = "gosec0"
+	}
+	if o.WireMTU == 0 {
+		o.WireMTU = 1500
+	}
+	if o.NATTPort == 0 {
+		o.NATTPort = 4500
+	}
+	if o.Mark == 0 {
+		o.Mark = netio.DefaultMark
+	}
+	if o.Table == 0 {
+		o.Table = netio.DefaultTable
+	}
+	if o.FilterTable == "" {
+		o.FilterTable = netio.DefaultFilterTable
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+}
+
+// maxOverhead is the worst case that sealing adds: outer IPv4 (20), UDP
+// (8), ESP header (8), IV (16), padding (15), trailer (2), ICV (32).
+const maxOverhead = 101
+
+// Daemon is a running gosec daemon.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	started time.Time
+
+	sad    *sad.DB
+	spd    *spd.DB
+	tun    *netio.TUN
+	esp    *netio.RawConn
+	ah     *netio.RawConn
+	natt   *netio.NATT
+	router *netio.Router
+	filter *netio.Filter
+	plane  *dataplane.Plane
+
+	mu     sync.Mutex // guards conns, active, nextReqID (control path only)
+	conns  *Config
+	active map[string]*activeConn
+	reqid  uint32
+
+	stop     context.CancelFunc
+	stopOnce sync.Once
+}
+
+// Run starts a daemon and blocks until it is stopped (by ctx, by the stop
+// command or by a fatal data plane error). It removes everything it
+// installed before it returns.
+func Run(ctx context.Context, opts Options) (err error) {
+	opts.defaults()
+	d := &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{}}
+	cfg, err := d.loadConfig()
+	if err != nil {
+		return err
+	}
+	d.conns = cfg
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.stop = cancel
+
+	// Control socket first: a second daemon must fail before touching the
+	// first one's devices, routes and filters.
+	ln, err := control.Listen(opts.Socket)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	defer d.teardown()
+	if err := d.setup(); err != nil {
+		return err
+	}
+
+	planeErr := make(chan error, 1)
+	go func() { planeErr <- d.plane.Run(ctx) }()
+
+	srv := &control.Server{Handler: control.HandlerFunc(d.handle), Log: d.log}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ctx, ln) }()
+
+	d.autoStart()
+	d.log.Info("gosec started", "version", Version, "socket", opts.Socket, "tun", opts.TUNName, "pid", os.Getpid())
+	if opts.Ready != nil {
+		opts.Ready()
+	}
+
+	select {
+	case <-ctx.Done():
+	case err = <-planeErr:
+		if err != nil {
+			d.log.Error("data plane failed", "err", err)
+		}
+	case err = <-srvErr:
+	}
+	cancel()
+	d.log.Info("gosec stopping")
+	return err
+}
+
+// setup creates the devices, sockets, routes and filters.
+func (d *Daemon) setup() error {
+	o := d.opts
+	// Remove what a crashed predecessor may have left.
+	_ = netio.CleanupRoutes(netio.RouteConfig{Table: o.Table, Mark: o.Mark})
+	_ = netio.RemoveFilterTable(o.FilterTable)
+
+	d.sad = sad.New(o.Clock, d.onSAEvent)
+	d.spd = spd.New()
+
+	var err error
+	d.tun, err = netio.OpenTUN(netio.TUNConfig{Name: o.TUNName, MTU: o.WireMTU - maxOverhead})
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.esp, err = netio.ListenRaw(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20})
+	if err != nil {
+		return fmt.Errorf("daemon: raw ESP socket: %w", err)
+	}
+	d.ah, err = netio.ListenRaw(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20})
+	if err != nil {
+		return fmt.Errorf("daemon: raw AH socket: %w", err)
+	}
+	udp, err := netio.ListenUDP(netio.UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(o.NATTPort)), Mark: o.Mark, GRO: true, Buffer: 4 << 20})
+	if err != nil {
+		return fmt.Errorf("daemon: NAT-T socket: %w", err)
+	}
+	d.natt = &netio.NATT{Conn: udp}
+	d.router, err = netio.NewRouter(netio.RouteConfig{Table: o.Table, Mark: o.Mark, TUNIndex: d.tun.Index()})
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.filter, err = netio.NewFilter(netio.FilterConfig{Table: o.FilterTable, TUN: d.tun.Name(), IKEPorts: []uint16{500, uint16(o.NATTPort)}})
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.plane, err = dataplane.New(dataplane.Config{
+		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt,
+		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU,
+		Log: d.log, Debug: o.Debug,
+	})
+	return err
+}
+
+// teardown removes everything the daemon made, in reverse order.
+func (d *Daemon) teardown() {
+	d.mu.Lock()
+	for name := range d.active {
+		d.downLocked(name)
+	}
+	d.mu.Unlock()
+	var errs []error
+	if d.filter != nil {
+		errs = append(errs, d.filter.Close())
+	}
+	if d.router != nil {
+		errs = append(errs, d.router.Close())
+	}
+	if d.natt != nil {
+		errs = append(errs, d.natt.Conn.Close())
+	}
+	if d.ah != nil {
+		errs = append(errs, d.ah.Close())
+	}
+	if d.esp != nil {
+		errs = append(errs, d.esp.Close())
+	}
+	if d.tun != nil {
+		errs = append(errs, d.tun.Close())
+	}
+	if d.sad != nil {
+		d.sad.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		d.log.Warn("teardown", "err", err)
+	}
+}
+
+func (d *Daemon) onSAEvent(ev sad.Event) {
+	d.log.Info("SA event", "event", ev.Kind.String(), "spi", fmt.Sprintf("%08x", ev.SA.SPI))
+}
+
+// handle serves one control request.
+func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(string)) (any, error) {
+	arg := func() (string, error) {
+		if len(req.Args) != 1 || req.Args[0] == "" {
+			return "", fmt.Errorf("%s needs exactly one connection name", req.Cmd)
+		}
+		return req.Args[0], nil
+	}
+	switch req.Cmd {
+	case "ping":
+		return "pong", nil
+	case "up":
+		name, err := arg()
+		if err != nil {
+			return nil, err
+		}
+		return nil, d.up(ctx, name, progress)
+	case "down":
+		name, err := arg()
+		if err != nil {
+			return nil, err
+		}
+		return nil, d.down(name, progress)
+	case "status", "statusall":
+		return d.status(req.Cmd == "statusall"), nil
+	case "reload":
+		return nil, d.reload(progress)
+	case "stop":
+		progress("stopping gosec")
+		d.stopOnce.Do(func() { go d.stop() })
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unknown command %q", req.Cmd)
+}

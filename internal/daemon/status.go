@@ -1,0 +1,296 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/dataplane"
+	"github.com/gosec-ipsec/gosec/internal/drop"
+	"github.com/gosec-ipsec/gosec/sad"
+)
+
+// Status is what `gosec status` and `gosec statusall` show (and, with
+// --json, print).
+type Status struct {
+	Version string                  `json:"version"`
+	PID     int                     `json:"pid"`
+	Started time.Time               `json:"started"`
+	Uptime  string                  `json:"uptime"`
+	Socket  string                  `json:"socket"`
+	TUN     string                  `json:"tun"`
+	TUNMTU  int                     `json:"tun_mtu"`
+	Plane   dataplane.StatsSnapshot `json:"dataplane"`
+	Drops   map[string]uint64       `json:"drops"`
+	NATT    NATTStatus              `json:"natt"`
+	Conns   []ConnStatus            `json:"conns"`
+}
+
+// NATTStatus counts what arrived on the NAT-T port besides ESP.
+type NATTStatus struct {
+	Port       int    `json:"port"`
+	Keepalives uint64 `json:"keepalives"`
+	IKE        uint64 `json:"ike"`
+	Invalid    uint64 `json:"invalid"`
+}
+
+// ConnStatus is one conn, up or not.
+type ConnStatus struct {
+	Name          string     `json:"name"`
+	State         string     `json:"state"` // "installed" or "down"
+	Keying        string     `json:"keying"`
+	Auto          string     `json:"auto"`
+	Mode          string     `json:"mode"`
+	Local         string     `json:"local"`
+	Remote        string     `json:"remote"`
+	LocalSubnets  []string   `json:"local_subnets"`
+	RemoteSubnets []string   `json:"remote_subnets"`
+	Proposal      string     `json:"proposal"`
+	Encap         bool       `json:"encap"`
+	ReqID         uint32     `json:"reqid,omitempty"`
+	Since         string     `json:"since,omitempty"`
+	SAs           []SAStatus `json:"sas"`
+	Cleartext     uint64     `json:"cleartext_dropped"`
+}
+
+// SAStatus is one SA of a conn.
+type SAStatus struct {
+	SPI          string            `json:"spi"`
+	Dir          string            `json:"dir"`
+	Proto        string            `json:"proto"`
+	Mode         string            `json:"mode"`
+	Src          string            `json:"src"`
+	Dst          string            `json:"dst"`
+	Encap        bool              `json:"encap"`
+	Packets      uint64            `json:"packets"`
+	Bytes        uint64            `json:"bytes"`
+	LastPacket   *time.Time        `json:"last_packet,omitempty"`
+	Seq          uint64            `json:"seq"`
+	ReplayWindow int               `json:"replay_window"`
+	Drops        map[string]uint64 `json:"drops"`
+	Lifetime     string            `json:"lifetime"`
+}
+
+// status gathers the daemon's state.
+func (d *Daemon) status(all bool) *Status {
+	now := d.opts.Clock.Now()
+	st := &Status{
+		Version: Version, PID: os.Getpid(), Started: d.started,
+		Uptime: now.Sub(d.started).Truncate(time.Second).String(),
+		Socket: d.opts.Socket, TUN: d.opts.TUNName,
+	}
+	if d.tun != nil {
+		st.TUNMTU, _ = d.tun.MTU()
+	}
+	if d.plane != nil {
+		st.Plane = d.plane.Stats()
+		st.Drops = st.Plane.Drops
+	}
+	if d.natt != nil {
+		st.NATT = NATTStatus{Port: d.opts.NATTPort, Keepalives: d.natt.Keepalives.Load(), IKE: d.natt.IKEMsgs.Load(), Invalid: d.natt.Invalid.Load()}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, name := range d.conns.Order {
+		c := d.conns.Conns[name]
+		cs := ConnStatus{
+			Name: name, State: "down", Keying: "ike", Auto: c.Auto, Mode: c.Mode.String(),
+			Local: c.Local.String(), Remote: c.Remote.String(), Proposal: c.Proposal, Encap: c.Encap != nil,
+			LocalSubnets: prefixStrings(c.LocalSubnets), RemoteSubnets: prefixStrings(c.RemoteSubnets),
+		}
+		if c.Manual != nil {
+			cs.Keying = "manual"
+		}
+		if a, ok := d.active[name]; ok {
+			cs.State, cs.ReqID, cs.Since = "installed", a.reqid, a.since
+			for _, sa := range []*sad.SA{a.in, a.out} {
+				if sa != nil {
+					cs.SAs = append(cs.SAs, saStatus(sa, now))
+				}
+			}
+			if d.filter != nil {
+				cs.Cleartext, _ = d.filter.Dropped(name)
+			}
+		}
+		st.Conns = append(st.Conns, cs)
+	}
+	return st
+}
+
+func saStatus(sa *sad.SA, now time.Time) SAStatus {
+	s := sa.Stats()
+	out := SAStatus{
+		SPI: fmt.Sprintf("%08x", sa.SPI), Dir: sa.Dir.String(), Proto: sa.Proto.String(), Mode: sa.Mode.String(),
+		Src: sa.Src.String(), Dst: sa.Dst.String(), Encap: sa.Encap != nil, Seq: s.Seq, Drops: map[string]uint64{},
+		Lifetime: lifetimeLeft(sa, s, now),
+	}
+	if sa.Dir == sad.Inbound {
+		out.Packets, out.Bytes = s.PacketsIn, s.BytesIn
+	} else {
+		out.Packets, out.Bytes = s.PacketsOut, s.BytesOut
+	}
+	if !s.LastPacket.IsZero() {
+		t := s.LastPacket
+		out.LastPacket = &t
+	}
+	if sa.Replay != nil {
+		out.ReplayWindow = sa.Replay.Size()
+	}
+	for r := drop.Reason(1); r < drop.Count; r++ {
+		if n := s.Drops[r]; n != 0 {
+			out.Drops[r.String()] = n
+		}
+	}
+	return out
+}
+
+func lifetimeLeft(sa *sad.SA, s sad.Stats, now time.Time) string {
+	if s.HardExpired {
+		return "expired"
+	}
+	var parts []string
+	if sa.Hard.Time > 0 {
+		parts = append(parts, fmt.Sprintf("%s left", (sa.Hard.Time-now.Sub(s.Created)).Truncate(time.Second)))
+	}
+	if sa.Hard.Bytes > 0 {
+		used := s.BytesIn + s.BytesOut
+		parts = append(parts, fmt.Sprintf("%d bytes left", sa.Hard.Bytes-min(used, sa.Hard.Bytes)))
+	}
+	if sa.Hard.Packets > 0 {
+		used := s.PacketsIn + s.PacketsOut
+		parts = append(parts, fmt.Sprintf("%d packets left", sa.Hard.Packets-min(used, sa.Hard.Packets)))
+	}
+	if len(parts) == 0 {
+		return "unlimited"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func prefixStrings[T fmt.Stringer](ps []T) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// Filter keeps only the conn named name; it reports whether it exists.
+func (s *Status) Filter(name string) bool {
+	for _, c := range s.Conns {
+		if c.Name == name {
+			s.Conns = []ConnStatus{c}
+			return true
+		}
+	}
+	return false
+}
+
+// WriteText renders the status for people, in the spirit of strongSwan's
+// `ipsec status` (all=false: a line per conn and SA) and `ipsec
+// statusall` (all=true: everything).
+func (s *Status) WriteText(w io.Writer, all bool) {
+	up := 0
+	for _, c := range s.Conns {
+		if c.State == "installed" {
+			up++
+		}
+	}
+	if all {
+		fmt.Fprintf(w, "Status of gosec daemon (%s, pid %d, up %s):\n", s.Version, s.PID, s.Uptime)
+		fmt.Fprintf(w, "  control socket: %s\n", s.Socket)
+		fmt.Fprintf(w, "  TUN device: %s (mtu %d), NAT-T port %d (%d keepalives, %d IKE, %d invalid)\n",
+			s.TUN, s.TUNMTU, s.NATT.Port, s.NATT.Keepalives, s.NATT.IKE, s.NATT.Invalid)
+		p := s.Plane
+		fmt.Fprintf(w, "  data plane: %d packets in (%s), %d packets out (%s), %d bypassed, %d send errors\n",
+			p.InPackets, bytesText(p.InBytes), p.OutPackets, bytesText(p.OutBytes), p.Bypassed, p.SendErrors)
+		fmt.Fprintf(w, "  drops: %s\n", dropsText(s.Drops))
+		fmt.Fprintln(w, "Connections:")
+		for _, c := range s.Conns {
+			fmt.Fprintf(w, "%14s:  %s...%s  %s %s, %s keying, auto=%s%s\n", c.Name, c.Local, c.Remote,
+				strings.ToUpper(c.Mode), c.Proposal, c.Keying, c.Auto, encapText(c.Encap))
+			if c.Mode == "tunnel" {
+				fmt.Fprintf(w, "%14s:   local:  [%s]\n", c.Name, strings.Join(c.LocalSubnets, " "))
+				fmt.Fprintf(w, "%14s:   remote: [%s]\n", c.Name, strings.Join(c.RemoteSubnets, " "))
+			}
+		}
+	}
+	fmt.Fprintf(w, "Security Associations (%d up, %d conns):\n", up, len(s.Conns))
+	for _, c := range s.Conns {
+		if c.State != "installed" {
+			if !all {
+				fmt.Fprintf(w, "%14s: down\n", c.Name)
+			}
+			continue
+		}
+		id := fmt.Sprintf("%s[%d]", c.Name, c.ReqID)
+		var in, out *SAStatus
+		for i := range c.SAs {
+			if c.SAs[i].Dir == "in" {
+				in = &c.SAs[i]
+			} else {
+				out = &c.SAs[i]
+			}
+		}
+		if in == nil || out == nil {
+			continue
+		}
+		sel := fmt.Sprintf("%s === %s", strings.Join(c.LocalSubnets, ","), strings.Join(c.RemoteSubnets, ","))
+		if c.Mode == "transport" || len(c.LocalSubnets) == 0 {
+			sel = fmt.Sprintf("%s/32 === %s/32", c.Local, c.Remote)
+		}
+		if !all {
+			fmt.Fprintf(w, "%14s: INSTALLED, %s, %s SPIs: %s_i %s_o, %s, %d/%d packets in/out, %s\n", id,
+				strings.ToUpper(c.Mode), in.Proto, in.SPI, out.SPI, c.Proposal, in.Packets, out.Packets, sel)
+			continue
+		}
+		fmt.Fprintf(w, "%14s: INSTALLED since %s, %s%s, reqid %d, %s keying\n", id, c.Since, strings.ToUpper(c.Mode), encapText(c.Encap), c.ReqID, c.Keying)
+		fmt.Fprintf(w, "%14s:  %s SPIs: %s_i %s_o, %s\n", id, in.Proto, in.SPI, out.SPI, c.Proposal)
+		fmt.Fprintf(w, "%14s:  in:  %d packets, %s, last %s, replay window %d (highest seq %d)\n", id,
+			in.Packets, bytesText(in.Bytes), ago(in.LastPacket), in.ReplayWindow, in.Seq)
+		fmt.Fprintf(w, "%14s:  out: %d packets, %s, last %s, seq %d\n", id, out.Packets, bytesText(out.Bytes), ago(out.LastPacket), out.Seq)
+		fmt.Fprintf(w, "%14s:  drops in: %s; drops out: %s; cleartext dropped by filter: %d\n", id, dropsText(in.Drops), dropsText(out.Drops), c.Cleartext)
+		fmt.Fprintf(w, "%14s:  lifetime: %s\n", id, in.Lifetime)
+		fmt.Fprintf(w, "%14s:   %s\n", id, sel)
+	}
+}
+
+func encapText(encap bool) string {
+	if encap {
+		return ", UDP-encapsulated"
+	}
+	return ""
+}
+
+func ago(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return time.Since(*t).Truncate(time.Second).String() + " ago"
+}
+
+func bytesText(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func dropsText(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var parts []string
+	for r := drop.Reason(1); r < drop.Count; r++ {
+		if n := m[r.String()]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", r, n))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
