@@ -2,14 +2,15 @@ package esp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 )
 
 // FuzzOpen feeds arbitrary bytes to Open (and the mode helpers) of several
 // suites. Nothing may panic. Anything that opens must re-seal to a packet
 // that opens to the same payload and next header; for the AEAD, CTR and
-// NULL suites (IV = sequence number) the re-sealed packet must equal the
-// input byte for byte.
+// NULL suites the re-sealed packet must equal the input byte for byte when
+// the input used minimal padding and (counter modes) IV = sequence number.
 func FuzzOpen(f *testing.F) {
 	specs := oneOfEach()
 	suites := make([]*Suite, 0, 2*len(specs))
@@ -44,7 +45,12 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-seal: %v", err)
 		}
-		if padded == s.padLen(len(payload)) && !bytes.Equal(out, data) {
+		// Byte equality needs the minimal padding Seal uses and, for the
+		// counter modes, the wire IV equal to seq (gosec's choice; RFC 3686,
+		// 4106 and 7634 only require uniqueness, so Open accepts any IV).
+		sameIV := s.ivLen == 0 || s.rand != nil ||
+			binary.BigEndian.Uint64(data[HeaderLen:]) == seq
+		if padded == s.padLen(len(payload)) && sameIV && !bytes.Equal(out, data) {
 			t.Fatalf("re-sealed\n%x\ndiffers from\n%x", out, data)
 		}
 		p2, nh2, err := s.Open(out, seq)
