@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from scapy.all import IP, Raw, conf, sendp, sniff, Ether
+from scapy.all import IP, Raw, conf, sendp, sniff, Ether, get_if_hwaddr
 
 conf.verb = 0
 lan_ns, dst, iface = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -22,11 +22,14 @@ lan_ns, dst, iface = sys.argv[1], sys.argv[2], sys.argv[3]
 
 def ping():
     time.sleep(0.5)
-    subprocess.run(["ip", "netns", "exec", lan_ns, "ping", "-c", "5", "-i", "0.2", dst], capture_output=True)
+    subprocess.run(["ip", "netns", "exec", lan_ns, "ping", "-c", "8", "-i", "0.2", dst], capture_output=True)
 
 
 threading.Thread(target=ping).start()
-caught = sniff(iface=iface, filter="ip proto 50", count=5, timeout=15)
+# Only what this gateway sends: the capture also sees the peer's replies,
+# and a copy of those would go to our own MAC address and never arrive.
+own = get_if_hwaddr(iface)
+caught = sniff(iface=iface, filter="ip proto 50 and ether src " + own, count=5, timeout=15)
 if len(caught) < 5:
     print("captured", len(caught))
     sys.exit(1)
