@@ -5,11 +5,13 @@
 GO       ?= go
 BIN      := bin/gosec
 PKGS     := ./...
+# Unit tests: everything but the end-to-end suites under test/.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/')
 # Packages whose code runs concurrently; they are tested with -race.
-RACE_PKGS := ./sad/... ./spd/... ./internal/...
+RACE_PKGS := ./esp/... ./ah/... ./sad/... ./spd/... ./internal/...
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-race test-e2e deps lint vet fmt bench fuzz fuzz-ci demo clean
+.PHONY: all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e fuzz fuzz-ci demo clean
 
 all: build
 
@@ -29,7 +31,12 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 test-unit:
-	$(GO) test -count=1 $(PKGS)
+	$(GO) test -count=1 $(UNIT_PKGS)
+
+# End-to-end suites in network namespaces (root): gosec against gosec,
+# scapy, tshark and the Linux kernel's ESP/AH in a QEMU guest.
+test-e2e: build
+	$(GO) test -count=1 -timeout 40m ./test/...
 
 test-race:
 	$(GO) test -count=1 -race $(RACE_PKGS)
@@ -41,10 +48,19 @@ fuzz-ci:
 fuzz:
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
-test: deps lint build test-unit test-race fuzz-ci
+test: deps lint build test-unit test-race test-e2e fuzz-ci
+
+# Two namespaces, a gosec gateway in each, a tunnel, a ping, statusall.
+demo: build
+	scripts/deps.sh demo
+	scripts/demo.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./esp/ ./ah/ ./sad/ ./spd/ ./internal/integ/
+
+# LAN-to-LAN throughput and latency: gosec vs plain routing vs strongSwan.
+bench-e2e: build
+	scripts/bench-e2e.sh
 
 clean:
 	rm -rf bin
