@@ -1,0 +1,111 @@
+// Package ike is gosec's IKEv1 key manager, in the spirit of FreeS/WAN's
+// Pluto: it negotiates ISAKMP SAs (phase 1, Main Mode with pre-shared
+// keys) and IPsec SAs (phase 2, Quick Mode) with a peer over UDP 500 and
+// 4500 (RFC 2408, 2409, 3947) and hands the IPsec SAs to an Installer,
+// which puts them into the data plane's SAD and SPD.
+//
+// The Engine runs one goroutine that owns every negotiation: received
+// messages, timers and commands are events on its queue, so the state
+// machines take no locks.
+package ike
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/ah"
+	"github.com/gosec-ipsec/gosec/esp"
+	"github.com/gosec-ipsec/gosec/internal/conf"
+	"github.com/gosec-ipsec/gosec/sad"
+)
+
+// Conn is one connection as the key manager negotiates it, seen from this
+// host (local/remote decided).
+type Conn struct {
+	Name string
+	// Local and Remote are the IKE endpoints (UDP 500).
+	Local, Remote netip.Addr
+	// LocalID and RemoteID are the phase-1 identities as written in
+	// ipsec.conf (leftid/rightid); empty means the IP address.
+	LocalID, RemoteID string
+	// IKE lists the phase-1 suites in preference order.
+	IKE []conf.Suite
+	// ESP or AH lists the phase-2 suites in preference order (one of
+	// them is empty).
+	ESP, AH []conf.Suite
+	// PFS makes Quick Mode carry a KE payload of PFSGroup (the DH group
+	// of the first IKE suite unless the ESP proposal names one).
+	PFS      bool
+	PFSGroup conf.DHGroup
+	// Mode is tunnel or transport.
+	Mode sad.Mode
+	// LocalSubnets and RemoteSubnets are the traffic selectors (tunnel
+	// mode); empty means the host itself.
+	LocalSubnets, RemoteSubnets []netip.Prefix
+	Proto                       uint8
+	LocalPort, RemotePort       uint16
+	// IKELifetime and Lifetime are the phase-1 and phase-2 lifetimes.
+	IKELifetime, Lifetime time.Duration
+	// KeyingTries is how many times a negotiation is attempted; 0 means
+	// forever.
+	KeyingTries int
+	// ForceEncaps pretends a NAT so that ESP travels in UDP 4500.
+	ForceEncaps bool
+	// ReplayWindow of the inbound SA (packets).
+	ReplayWindow int
+	// AHAlign8 gives AH SAs the Linux 8-octet form.
+	AHAlign8 bool
+}
+
+// ChildSA is a negotiated pair of IPsec SAs, handed to the Installer.
+type ChildSA struct {
+	Conn  string
+	Proto sad.Proto
+	Mode  sad.Mode
+	// InSPI is ours (the peer sends to it); OutSPI the peer's.
+	InSPI, OutSPI uint32
+	InESP, OutESP esp.Config
+	InAH, OutAH   ah.Config
+	// Encap is set when ESP travels in UDP (NAT-T): source and
+	// destination ports of outbound packets.
+	Encap *sad.Encap
+	// Local and Remote are the outer addresses.
+	Local, Remote netip.Addr
+	// LocalTS and RemoteTS are the negotiated traffic selectors.
+	LocalTS, RemoteTS netip.Prefix
+	Proto8            uint8
+	LocalPort         uint16
+	RemotePort        uint16
+	Lifetime          time.Duration
+	ReplayWindow      int
+	// Suite names the algorithms for status ("aes128-sha1").
+	Suite string
+}
+
+// Installer puts negotiated SAs into the data plane. The engine calls it
+// from its own goroutine.
+type Installer interface {
+	// AllocSPI reserves an inbound SPI for proto.
+	AllocSPI(proto sad.Proto) (uint32, error)
+	// ReleaseSPI frees an SPI that was reserved but never installed.
+	ReleaseSPI(proto sad.Proto, spi uint32)
+	// InstallInbound installs the inbound SA of c so that the peer's
+	// first packets are accepted even before the exchange ends.
+	InstallInbound(c *ChildSA) error
+	// InstallOutbound installs the outbound SA, the policies and the
+	// routes of c; after it, traffic flows.
+	InstallOutbound(c *ChildSA) error
+	// Remove removes everything installed for c.
+	Remove(c *ChildSA)
+}
+
+// Transport sends IKE messages.
+type Transport interface {
+	// Send sends msg to the peer: from UDP 500 when natt is false, from
+	// the NAT-T port with the non-ESP marker when it is true.
+	Send(msg []byte, to netip.AddrPort, natt bool) error
+}
+
+// PSKFunc returns the pre-shared key for a pair of IDs (strongSwan's
+// best-match rules), or false.
+type PSKFunc func(localID, remoteID string) ([]byte, bool)

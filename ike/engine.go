@@ -1,0 +1,474 @@
+package ike
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/internal/clock"
+	"github.com/gosec-ipsec/gosec/internal/ratelog"
+)
+
+// Config configures an Engine.
+type Config struct {
+	Transport Transport
+	Installer Installer
+	PSK       PSKFunc
+	Clock     clock.Clock
+	Log       *slog.Logger
+	Rand      io.Reader
+	// NATTPort is the port IKE floats to (4500).
+	NATTPort uint16
+	// RetransmitTimeout is the wait before the first retransmission;
+	// each later wait is RetransmitBackoff times longer; after
+	// Retransmits retransmissions the exchange fails.
+	RetransmitTimeout time.Duration
+	RetransmitBackoff float64
+	Retransmits       int
+	// MaxHalfOpen bounds responder phase-1 SAs that are still
+	// negotiating; MaxHalfOpenPerPeer bounds them per peer address.
+	// Beyond either, the oldest half-open SA is forgotten.
+	MaxHalfOpen        int
+	MaxHalfOpenPerPeer int
+	// HalfOpenTimeout forgets a responder negotiation that stalls.
+	HalfOpenTimeout time.Duration
+	// LogKeys logs derived keys (debug only).
+	LogKeys bool
+}
+
+func (c *Config) defaults() {
+	if c.Clock == nil {
+		c.Clock = clock.Real{}
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	if c.NATTPort == 0 {
+		c.NATTPort = 4500
+	}
+	if c.RetransmitTimeout == 0 {
+		c.RetransmitTimeout = 2 * time.Second
+	}
+	if c.RetransmitBackoff == 0 {
+		c.RetransmitBackoff = 1.8
+	}
+	if c.Retransmits == 0 {
+		c.Retransmits = 4
+	}
+	if c.MaxHalfOpen == 0 {
+		c.MaxHalfOpen = 1024
+	}
+	if c.MaxHalfOpenPerPeer == 0 {
+		c.MaxHalfOpenPerPeer = 32
+	}
+	if c.HalfOpenTimeout == 0 {
+		c.HalfOpenTimeout = 30 * time.Second
+	}
+}
+
+// Counters are the engine's message counters by outcome.
+type Counters struct {
+	Received, Sent, Retransmits                       atomic.Uint64
+	Malformed, UnknownSA, BadHash, Decrypt, Duplicate atomic.Uint64
+	HalfOpenEvicted, QueueFull, NoConn, NoProposal    atomic.Uint64
+	Notifies, Deletes, Established, ChildrenInstalled atomic.Uint64
+	AuthFailed, Failed                                atomic.Uint64
+}
+
+// Snapshot returns the counters as a name -> value map.
+func (c *Counters) Snapshot() map[string]uint64 {
+	return map[string]uint64{
+		"received": c.Received.Load(), "sent": c.Sent.Load(), "retransmits": c.Retransmits.Load(),
+		"malformed": c.Malformed.Load(), "unknown-sa": c.UnknownSA.Load(), "bad-hash": c.BadHash.Load(),
+		"decrypt-failed": c.Decrypt.Load(), "duplicates": c.Duplicate.Load(),
+		"half-open-evicted": c.HalfOpenEvicted.Load(), "queue-full": c.QueueFull.Load(),
+		"no-conn": c.NoConn.Load(), "no-proposal": c.NoProposal.Load(), "notifies": c.Notifies.Load(),
+		"deletes": c.Deletes.Load(), "established": c.Established.Load(),
+		"children-installed": c.ChildrenInstalled.Load(), "auth-failed": c.AuthFailed.Load(), "failed": c.Failed.Load(),
+	}
+}
+
+type cookies struct{ i, r [8]byte }
+
+// Engine negotiates SAs. Create it with New, run it with Run.
+type Engine struct {
+	cfg   Config
+	ev    chan func()
+	conns map[string]*Conn
+	order []string
+	// sas holds every phase-1 SA by its cookie pair (the responder cookie
+	// is zero until MM2 for SAs we initiate).
+	sas      map[cookies]*p1
+	halfOpen []*p1 // responder SAs still negotiating, oldest first
+	children map[string][]*child
+	log      *slog.Logger
+	rl       *ratelog.Limiter
+
+	// Stats counts messages by outcome.
+	Stats Counters
+}
+
+// child is an installed ChildSA and the phase-1 SA that made it.
+type child struct {
+	sa          *ChildSA
+	p           *p1
+	established time.Time
+	initiator   bool
+	group       string
+}
+
+// New returns an engine; call Run to start it.
+func New(cfg Config) *Engine {
+	cfg.defaults()
+	return &Engine{
+		cfg: cfg, ev: make(chan func(), 1024), conns: map[string]*Conn{},
+		sas: map[cookies]*p1{}, children: map[string][]*child{},
+		log: cfg.Log, rl: &ratelog.Limiter{Log: cfg.Log, Clock: cfg.Clock, Burst: 10},
+	}
+}
+
+// Run processes events until ctx ends; then it deletes every SA it made
+// (telling peers) and returns.
+func (e *Engine) Run(ctx context.Context) {
+	for {
+		select {
+		case f := <-e.ev:
+			f()
+		case <-ctx.Done():
+			e.shutdown()
+			return
+		}
+	}
+}
+
+// post queues f to run on the engine goroutine; false if the queue is
+// full.
+func (e *Engine) post(f func()) bool {
+	select {
+	case e.ev <- f:
+		return true
+	default:
+		e.Stats.QueueFull.Add(1)
+		return false
+	}
+}
+
+// call runs f on the engine goroutine and waits for it.
+func (e *Engine) call(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case e.ev <- func() { f(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// SetConns replaces the configured conns (on start and reload).
+func (e *Engine) SetConns(ctx context.Context, conns []*Conn) error {
+	return e.call(ctx, func() {
+		e.conns = map[string]*Conn{}
+		e.order = e.order[:0]
+		for _, c := range conns {
+			e.conns[c.Name] = c
+			e.order = append(e.order, c.Name)
+		}
+	})
+}
+
+// HandleMessage takes one received IKE message (the non-ESP marker
+// already stripped for port 4500). msg is copied; safe from any goroutine.
+func (e *Engine) HandleMessage(msg []byte, from, to netip.AddrPort, natt bool) {
+	e.Stats.Received.Add(1)
+	if len(msg) < isakmp.HeaderLen || len(msg) > 65535 {
+		e.Stats.Malformed.Add(1)
+		return
+	}
+	b := append([]byte(nil), msg...)
+	e.post(func() { e.handle(b, from, to, natt) })
+}
+
+// waiter is a `gosec up` waiting for its conn.
+type waiter struct {
+	progress func(string)
+	done     chan error
+}
+
+func (w *waiter) say(format string, args ...any) {
+	if w != nil && w.progress != nil {
+		w.progress(fmt.Sprintf(format, args...))
+	}
+}
+
+func (w *waiter) finish(err error) {
+	if w == nil {
+		return
+	}
+	select {
+	case w.done <- err:
+	default:
+	}
+}
+
+// Initiate negotiates conn name (phase 1 if needed, then Quick Mode for
+// every pair of subnets) and returns once the IPsec SAs are installed or
+// the negotiation failed, saying why. progress gets one line per step.
+func (e *Engine) Initiate(ctx context.Context, name string, progress func(string)) error {
+	w := &waiter{progress: progress, done: make(chan error, 1)}
+	var err error
+	if cerr := e.call(ctx, func() { err = e.initiate(name, w) }); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Start begins negotiating conn name in the background (auto=start).
+func (e *Engine) Start(name string) {
+	e.post(func() {
+		if err := e.initiate(name, nil); err != nil {
+			e.log.Error("auto=start", "conn", name, "err", err)
+		}
+	})
+}
+
+// Terminate deletes the conn's IPsec SAs and phase-1 SAs, telling the
+// peer (Delete payloads).
+func (e *Engine) Terminate(ctx context.Context, name string) (bool, error) {
+	var had bool
+	err := e.call(ctx, func() { had = e.terminate(name, true) })
+	return had, err
+}
+
+// Established reports whether conn name has installed IPsec SAs.
+func (e *Engine) Established(ctx context.Context, name string) bool {
+	var ok bool
+	e.call(ctx, func() { ok = len(e.children[name]) > 0 })
+	return ok
+}
+
+func (e *Engine) initiate(name string, w *waiter) error {
+	c, ok := e.conns[name]
+	if !ok {
+		return fmt.Errorf("no connection named %q", name)
+	}
+	if len(p1Suites(c)) == 0 {
+		return fmt.Errorf("conn %s: no phase-1 proposal gosec can offer", name)
+	}
+	if len(p2Suites(c)) == 0 {
+		return fmt.Errorf("conn %s: no phase-2 proposal gosec can offer", name)
+	}
+	if !c.Remote.IsValid() {
+		return fmt.Errorf("conn %s: right=%%any: gosec can only respond to this conn", name)
+	}
+	// Reuse an established phase-1 SA with the peer.
+	for _, p := range e.sortedSAs() {
+		if p.conn == c && p.established() {
+			w.say("reusing ISAKMP SA %s[%s] with %v", c.Name, p.cookieString(), p.peer.Addr())
+			e.startQuick(p, w)
+			return nil
+		}
+	}
+	e.startMain(c, w, 1)
+	return nil
+}
+
+func (e *Engine) sortedSAs() []*p1 {
+	out := make([]*p1, 0, len(e.sas))
+	for _, p := range e.sas {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].created.Before(out[j].created) })
+	return out
+}
+
+// terminate removes name's children and phase-1 SAs; with notify it
+// sends Delete payloads first.
+func (e *Engine) terminate(name string, notify bool) bool {
+	had := false
+	for _, ch := range e.children[name] {
+		had = true
+		if notify && ch.p != nil && ch.p.established() && e.sas[ch.p.key()] == ch.p {
+			e.sendDelete(ch.p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
+		}
+		e.cfg.Installer.Remove(ch.sa)
+		e.log.Info("IPsec SA deleted", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", ch.sa.OutSPI))
+	}
+	delete(e.children, name)
+	for _, p := range e.sortedSAs() {
+		if p.conn == nil || p.conn.Name != name {
+			continue
+		}
+		had = true
+		if notify && p.established() {
+			e.sendDeleteISAKMP(p)
+		}
+		p.fail(errors.New("connection terminated"))
+		e.forget(p)
+	}
+	return had
+}
+
+func (e *Engine) shutdown() {
+	names := make([]string, 0, len(e.children))
+	for n := range e.children {
+		names = append(names, n)
+	}
+	for _, p := range e.sas {
+		if p.conn != nil {
+			names = append(names, p.conn.Name)
+		}
+	}
+	for _, n := range names {
+		e.terminate(n, true)
+	}
+}
+
+// forget drops a phase-1 SA and its timers.
+func (e *Engine) forget(p *p1) {
+	p.stopTimer()
+	for _, q := range p.qms {
+		q.stopTimer()
+		if q.inSPI != 0 && !q.installed {
+			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+		}
+	}
+	if e.sas[p.key()] == p {
+		delete(e.sas, p.key())
+	}
+	for i, h := range e.halfOpen {
+		if h == p {
+			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
+			break
+		}
+	}
+}
+
+// send transmits msg for p and remembers it for retransmission.
+func (e *Engine) send(p *p1, msg []byte) {
+	p.lastSent = msg
+	e.transmit(p, msg)
+}
+
+func (e *Engine) transmit(p *p1, msg []byte) {
+	e.Stats.Sent.Add(1)
+	if err := e.cfg.Transport.Send(msg, p.peer, p.natt); err != nil {
+		e.log.Warn("IKE send failed", "peer", p.peer, "err", err)
+	}
+}
+
+// handle dispatches one received message on the engine goroutine.
+func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
+	h, err := isakmp.ParseHeader(msg)
+	if err != nil {
+		e.Stats.Malformed.Add(1)
+		e.warn("malformed IKE message", "peer", from, "err", err)
+		return
+	}
+	msg = msg[:h.Length]
+	var zero [8]byte
+	if h.ICookie == zero {
+		e.Stats.Malformed.Add(1)
+		e.warn("IKE message with a zero initiator cookie", "peer", from)
+		return
+	}
+	p := e.sas[cookies{h.ICookie, h.RCookie}]
+	if p == nil && h.RCookie != zero {
+		// MM2 answers an SA we know by our cookie alone.
+		if q := e.sas[cookies{h.ICookie, zero}]; q != nil && q.initiator {
+			p = q
+		}
+	}
+	if p == nil {
+		switch {
+		case h.Exchange == isakmp.ExchMain && h.RCookie == zero && h.Flags&isakmp.FlagEncryption == 0:
+			e.respondMM1(h, msg, from, to, natt)
+		case h.Exchange == isakmp.ExchInfo && h.Flags&isakmp.FlagEncryption == 0:
+			e.handlePlainInfo(nil, h, msg, from)
+		default:
+			e.Stats.UnknownSA.Add(1)
+			e.warn("IKE message for an unknown ISAKMP SA", "peer", from, "exchange", h.Exchange, "icookie", fmt.Sprintf("%x", h.ICookie), "rcookie", fmt.Sprintf("%x", h.RCookie))
+		}
+		return
+	}
+	if from.Addr() != p.peer.Addr() {
+		e.Stats.UnknownSA.Add(1)
+		e.warn("IKE message for an ISAKMP SA from another address", "peer", from, "sa_peer", p.peer)
+		return
+	}
+	// Duplicate of the last message: the peer lost our reply.
+	sum := sha256.Sum256(msg)
+	if sum == p.lastRecv && h.Exchange != isakmp.ExchInfo {
+		e.Stats.Duplicate.Add(1)
+		if p.lastSent != nil && p.lastReplyTo == sum {
+			e.Stats.Retransmits.Add(1)
+			e.transmit(p, p.lastSent)
+		}
+		return
+	}
+	if natt && !p.natt {
+		// The peer floated to 4500 (RFC 3947 4).
+		p.natt = true
+	}
+	if natt || p.natt {
+		p.peer = from
+	}
+	switch h.Exchange {
+	case isakmp.ExchMain:
+		e.handleMain(p, h, msg, sum)
+	case isakmp.ExchQuick:
+		e.handleQuick(p, h, msg, sum)
+	case isakmp.ExchInfo:
+		if h.Flags&isakmp.FlagEncryption == 0 {
+			e.handlePlainInfo(p, h, msg, from)
+		} else {
+			e.handleInfo(p, h, msg)
+		}
+	default:
+		e.Stats.Malformed.Add(1)
+		e.warn("unsupported IKE exchange type", "peer", from, "exchange", h.Exchange)
+	}
+}
+
+func (e *Engine) warn(msg string, args ...any) { e.rl.Warn(msg, msg, args...) }
+
+func (e *Engine) random(n int) []byte {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(e.cfg.Rand, b); err != nil {
+		panic("ike: random source failed: " + err.Error())
+	}
+	return b
+}
+
+func (e *Engine) randomMsgID(p *p1) uint32 {
+	for {
+		id := be32u(e.random(4))
+		if _, used := p.qms[id]; id != 0 && !used {
+			return id
+		}
+	}
+}

@@ -1,0 +1,543 @@
+package ike
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/internal/conf"
+	"github.com/gosec-ipsec/gosec/sad"
+)
+
+// fakeNet connects engines by address: Send hands the message to the
+// engine that owns the destination address, with the sender's address
+// and port as source.
+type fakeNet struct {
+	mu      sync.Mutex
+	engines map[netip.Addr]*Engine
+	// drop, if set, decides per message whether it is lost.
+	drop func(from, to netip.AddrPort, msg []byte) bool
+	// rewrite, if set, may change the source as a NAT would.
+	rewrite func(from netip.AddrPort) netip.AddrPort
+	sent    int
+}
+
+type fakeTransport struct {
+	net   *fakeNet
+	local netip.Addr
+}
+
+func (t *fakeTransport) Send(msg []byte, to netip.AddrPort, natt bool) error {
+	port := uint16(500)
+	if natt {
+		port = 4500
+	}
+	from := netip.AddrPortFrom(t.local, port)
+	t.net.mu.Lock()
+	t.net.sent++
+	dst := t.net.engines[to.Addr()]
+	drop := t.net.drop != nil && t.net.drop(from, to, msg)
+	if t.net.rewrite != nil {
+		from = t.net.rewrite(from)
+	}
+	t.net.mu.Unlock()
+	if dst == nil || drop {
+		return nil
+	}
+	dst.HandleMessage(msg, from, to, natt)
+	return nil
+}
+
+// fakeInstaller records what the engine installs.
+type fakeInstaller struct {
+	mu       sync.Mutex
+	next     uint32
+	inbound  map[uint32]*ChildSA
+	outbound map[uint32]*ChildSA
+	removed  []uint32
+	released []uint32
+}
+
+func newInstaller(base uint32) *fakeInstaller {
+	return &fakeInstaller{next: base, inbound: map[uint32]*ChildSA{}, outbound: map[uint32]*ChildSA{}}
+}
+
+func (f *fakeInstaller) AllocSPI(sad.Proto) (uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.next++
+	return f.next, nil
+}
+func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
+	f.mu.Lock()
+	f.released = append(f.released, spi)
+	f.mu.Unlock()
+}
+func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
+	f.mu.Lock()
+	f.inbound[c.InSPI] = c
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeInstaller) InstallOutbound(c *ChildSA) error {
+	f.mu.Lock()
+	f.outbound[c.InSPI] = c
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeInstaller) Remove(c *ChildSA) {
+	f.mu.Lock()
+	delete(f.inbound, c.InSPI)
+	delete(f.outbound, c.InSPI)
+	f.removed = append(f.removed, c.InSPI)
+	f.mu.Unlock()
+}
+
+func (f *fakeInstaller) children() []*ChildSA {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*ChildSA
+	for spi, c := range f.outbound {
+		if f.inbound[spi] != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+var (
+	addrA = netip.MustParseAddr("192.0.2.1")
+	addrB = netip.MustParseAddr("192.0.2.2")
+)
+
+func suite(encr conf.Encr, bits int, integ conf.Integ, dh conf.DHGroup) conf.Suite {
+	return conf.Suite{Cipher: conf.Cipher{Encr: encr, KeyBits: bits}, Integ: integ, DH: dh}
+}
+
+// pairConns returns the same conn as seen from A and from B.
+func pairConns(name string, ike, esp []conf.Suite, mode sad.Mode) (*Conn, *Conn) {
+	a := &Conn{Name: name, Local: addrA, Remote: addrB, IKE: ike, ESP: esp, Mode: mode,
+		LocalSubnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}, RemoteSubnets: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")},
+		IKELifetime: time.Hour, Lifetime: 20 * time.Minute, KeyingTries: 1, ReplayWindow: 64}
+	b := *a
+	b.Local, b.Remote = addrB, addrA
+	b.LocalSubnets, b.RemoteSubnets = a.RemoteSubnets, a.LocalSubnets
+	if mode == sad.Transport {
+		a.LocalSubnets, a.RemoteSubnets, b.LocalSubnets, b.RemoteSubnets = nil, nil, nil, nil
+	}
+	return a, &b
+}
+
+type rig struct {
+	t      *testing.T
+	net    *fakeNet
+	a, b   *Engine
+	ia, ib *fakeInstaller
+	logs   *bytes.Buffer
+	cancel context.CancelFunc
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	bytes.Buffer
+}
+
+func newRig(t *testing.T, pskA, pskB string, ca, cb []*Conn, tweak func(*Config)) *rig {
+	t.Helper()
+	r := &rig{t: t, net: &fakeNet{engines: map[netip.Addr]*Engine{}}, ia: newInstaller(0x1000), ib: newInstaller(0x2000), logs: &bytes.Buffer{}}
+	var lmu sync.Mutex
+	logw := writerFunc(func(p []byte) (int, error) {
+		lmu.Lock()
+		defer lmu.Unlock()
+		if testing.Verbose() {
+			os.Stderr.Write(p)
+		}
+		return r.logs.Write(p)
+	})
+	mk := func(local netip.Addr, psk string, inst *fakeInstaller, role string) *Engine {
+		cfg := Config{Transport: &fakeTransport{net: r.net, local: local}, Installer: inst,
+			PSK: func(l, rr string) ([]byte, bool) { return []byte(psk), psk != "" },
+			Log: slog.New(slog.NewTextHandler(logw, nil)).With("side", role), RetransmitTimeout: 200 * time.Millisecond, Retransmits: 3}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		return New(cfg)
+	}
+	r.a, r.b = mk(addrA, pskA, r.ia, "A"), mk(addrB, pskB, r.ib, "B")
+	r.net.engines[addrA], r.net.engines[addrB] = r.a, r.b
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	done := make(chan struct{}, 2)
+	go func() { r.a.Run(ctx); done <- struct{}{} }()
+	go func() { r.b.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	if err := r.a.SetConns(ctx, ca); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.b.SetConns(ctx, cb); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func (r *rig) up(e *Engine, name string) ([]string, error) {
+	var lines []string
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := e.Initiate(ctx, name, func(s string) { lines = append(lines, s) })
+	return lines, err
+}
+
+// checkPair verifies that the two installers hold mirror images of one
+// SA pair: A's outbound SPI/keys are B's inbound ones and vice versa.
+func checkPair(t *testing.T, ia, ib *fakeInstaller, n int) {
+	t.Helper()
+	ca, cb := ia.children(), ib.children()
+	if len(ca) != n || len(cb) != n {
+		t.Fatalf("children: A %d, B %d, want %d", len(ca), len(cb), n)
+	}
+	for _, x := range ca {
+		var y *ChildSA
+		for _, c := range cb {
+			if c.InSPI == x.OutSPI {
+				y = c
+			}
+		}
+		if y == nil {
+			t.Fatalf("B has no SA with A's outbound SPI %08x", x.OutSPI)
+		}
+		if y.OutSPI != x.InSPI {
+			t.Fatalf("SPIs do not mirror: A in %08x out %08x, B in %08x out %08x", x.InSPI, x.OutSPI, y.InSPI, y.OutSPI)
+		}
+		if x.Proto == sad.AH {
+			if !bytes.Equal(x.OutAH.Key, y.InAH.Key) || !bytes.Equal(x.InAH.Key, y.OutAH.Key) || len(x.InAH.Key) != x.InAH.Integ.KeyLen() {
+				t.Fatalf("AH keys do not mirror")
+			}
+		} else {
+			if !bytes.Equal(x.OutESP.EncKey, y.InESP.EncKey) || !bytes.Equal(x.OutESP.AuthKey, y.InESP.AuthKey) ||
+				!bytes.Equal(x.InESP.EncKey, y.OutESP.EncKey) || !bytes.Equal(x.InESP.AuthKey, y.OutESP.AuthKey) {
+				t.Fatalf("ESP keys do not mirror")
+			}
+			if bytes.Equal(x.InESP.EncKey, x.OutESP.EncKey) && len(x.InESP.EncKey) > 0 {
+				t.Fatalf("both directions share one key")
+			}
+		}
+		if x.LocalTS != y.RemoteTS || x.RemoteTS != y.LocalTS || x.Mode != y.Mode || x.Suite != y.Suite {
+			t.Fatalf("selectors or suite differ: A %v %v %v %s, B %v %v %v %s", x.LocalTS, x.RemoteTS, x.Mode, x.Suite, y.LocalTS, y.RemoteTS, y.Mode, y.Suite)
+		}
+	}
+}
+
+// TestQuickModeMatrix: gosec against gosec for phase-1 proposals and
+// every Quick Mode combination, each side initiating.
+func TestQuickModeMatrix(t *testing.T) {
+	ikes := map[string]conf.Suite{
+		"aes128-sha1-modp2048":   suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14),
+		"aes256-sha256-modp2048": suite(conf.EncrAESCBC, 256, conf.IntegSHA256, 14),
+		"3des-sha1-modp1024":     suite(conf.Encr3DES, 0, conf.IntegSHA1, 2),
+		"aes128-sha256-ecp256":   suite(conf.EncrAESCBC, 128, conf.IntegSHA256, 19),
+		"aes192-sha512-ecp384":   suite(conf.EncrAESCBC, 192, conf.IntegSHA512, 20),
+		"aes256-md5-modp1536":    suite(conf.EncrAESCBC, 256, conf.IntegMD5, 5),
+	}
+	esps := map[string][]conf.Suite{
+		"aes128-sha1":              {suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)},
+		"aes256-sha256":            {suite(conf.EncrAESCBC, 256, conf.IntegSHA256, 0)},
+		"3des-md5":                 {suite(conf.Encr3DES, 0, conf.IntegMD5, 0)},
+		"aes128gcm16":              {suite(conf.EncrAESGCM16, 128, conf.IntegNone, 0)},
+		"aes256gcm16":              {suite(conf.EncrAESGCM16, 256, conf.IntegNone, 0)},
+		"aes128ctr-sha384":         {suite(conf.EncrAESCTR, 128, conf.IntegSHA384, 0)},
+		"chacha20poly1305":         {suite(conf.EncrChaCha20Poly1305, 256, conf.IntegNone, 0)},
+		"null-sha512":              {suite(conf.EncrNull, 0, conf.IntegSHA512, 0)},
+		"pfs-aes128-sha1-modp2048": {suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)},
+		"pfs-aes128gcm16-ecp256":   {suite(conf.EncrAESGCM16, 128, conf.IntegNone, 19)},
+	}
+	type tc struct {
+		name      string
+		ike       conf.Suite
+		esp       []conf.Suite
+		ah        bool
+		mode      sad.Mode
+		bInitiate bool
+	}
+	var cases []tc
+	for in, is := range ikes {
+		cases = append(cases, tc{name: in + "/aes128-sha1/tunnel", ike: is, esp: esps["aes128-sha1"], mode: sad.Tunnel})
+	}
+	for en, es := range esps {
+		for _, mode := range []sad.Mode{sad.Tunnel, sad.Transport} {
+			for _, bi := range []bool{false, true} {
+				cases = append(cases, tc{name: fmt.Sprintf("%s/%s/binit=%v", en, mode, bi), ike: ikes["aes128-sha1-modp2048"], esp: es, mode: mode, bInitiate: bi})
+			}
+		}
+	}
+	for _, integ := range []conf.Integ{conf.IntegMD5, conf.IntegSHA1, conf.IntegSHA256, conf.IntegSHA384, conf.IntegSHA512} {
+		for _, mode := range []sad.Mode{sad.Tunnel, sad.Transport} {
+			cases = append(cases, tc{name: fmt.Sprintf("ah-%s/%s", integ.Name(), mode), ike: ikes["aes128-sha1-modp2048"],
+				esp: []conf.Suite{{Integ: integ}}, ah: true, mode: mode, bInitiate: mode == sad.Transport})
+		}
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ca, cb := pairConns("c", []conf.Suite{c.ike}, c.esp, c.mode)
+			if c.ah {
+				ca.AH, ca.ESP, cb.AH, cb.ESP = ca.ESP, nil, cb.ESP, nil
+			}
+			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+			init := r.a
+			if c.bInitiate {
+				init = r.b
+			}
+			lines, err := r.up(init, "c")
+			if err != nil {
+				t.Fatalf("up: %v\n%s\n%s", err, strings.Join(lines, "\n"), r.logs)
+			}
+			if !strings.Contains(strings.Join(lines, "\n"), "established successfully") {
+				t.Fatalf("progress does not say established:\n%s", strings.Join(lines, "\n"))
+			}
+			// The responder installs its outbound SA when QM3 arrives.
+			waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+			checkPair(t, r.ia, r.ib, 1)
+			p1s, cs, _ := r.a.Status(context.Background())
+			if len(p1s) != 1 || len(cs) != 1 || !strings.HasPrefix(p1s[0].State, "MAIN_") {
+				t.Fatalf("status: %+v %+v", p1s, cs)
+			}
+		})
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFailures: mismatches fail with the right explanation and leave
+// no SA on either side.
+func TestFailures(t *testing.T) {
+	aes := []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}
+	esp := []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}
+	cases := []struct {
+		name         string
+		pskB         string
+		tweak        func(a, b *Conn)
+		want, wantLg string
+	}{
+		{name: "psk", pskB: "other", want: "pre-shared keys", wantLg: "pre-shared keys most likely differ"},
+		{name: "ike-proposal", pskB: "secret", tweak: func(a, b *Conn) { b.IKE = []conf.Suite{suite(conf.EncrAESCBC, 256, conf.IntegSHA256, 19)} },
+			want: "NO_PROPOSAL_CHOSEN", wantLg: "differs in cipher aes128 vs aes256, hash sha1 vs sha256, DH group"},
+		{name: "esp-proposal", pskB: "secret", tweak: func(a, b *Conn) { b.ESP = []conf.Suite{suite(conf.EncrAESGCM16, 128, conf.IntegNone, 0)} },
+			want: "phase-2 proposals", wantLg: "no acceptable phase-2 proposal"},
+		{name: "subnets", pskB: "secret", tweak: func(a, b *Conn) { b.RemoteSubnets = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")} },
+			want: "leftsubnet/rightsubnet", wantLg: "INVALID_ID_INFORMATION"},
+		{name: "mode", pskB: "secret", tweak: func(a, b *Conn) { b.Mode = sad.Transport; b.LocalSubnets, b.RemoteSubnets = nil, nil },
+			want: "INVALID_ID_INFORMATION", wantLg: "INVALID_ID_INFORMATION"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ca, cb := pairConns("c", aes, esp, sad.Tunnel)
+			if c.tweak != nil {
+				c.tweak(ca, cb)
+			}
+			r := newRig(t, "secret", c.pskB, []*Conn{ca}, []*Conn{cb}, nil)
+			lines, err := r.up(r.a, "c")
+			if err == nil {
+				t.Fatalf("up succeeded:\n%s", strings.Join(lines, "\n"))
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not mention %q", err, c.want)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if !strings.Contains(r.logs.String(), c.wantLg) {
+				t.Fatalf("logs do not say %q:\n%s", c.wantLg, r.logs)
+			}
+			if len(r.ia.inbound)+len(r.ia.outbound)+len(r.ib.inbound)+len(r.ib.outbound) != 0 {
+				t.Fatalf("SAs left behind: A %v/%v B %v/%v", r.ia.inbound, r.ia.outbound, r.ib.inbound, r.ib.outbound)
+			}
+		})
+	}
+}
+
+// TestRetransmit: lost messages are retransmitted, and a lost reply is
+// answered again from the responder's memory.
+func TestRetransmit(t *testing.T) {
+	for _, lose := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9} {
+		t.Run(fmt.Sprintf("lose-%d", lose), func(t *testing.T) {
+			ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+			n := 0
+			r.net.drop = func(_, _ netip.AddrPort, _ []byte) bool { n++; return n == lose }
+			if lines, err := r.up(r.a, "c"); err != nil {
+				t.Fatalf("up: %v\n%s", err, strings.Join(lines, "\n"))
+			}
+			waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+			checkPair(t, r.ia, r.ib, 1)
+			if lose <= 6 && r.a.Stats.Retransmits.Load()+r.b.Stats.Retransmits.Load() == 0 {
+				t.Fatal("no retransmission counted")
+			}
+		})
+	}
+}
+
+// TestNoResponse: a silent peer fails the negotiation with a clear
+// message after the retransmissions.
+func TestNoResponse(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	r.net.drop = func(_, to netip.AddrPort, _ []byte) bool { return to.Addr() == addrB }
+	_, err := r.up(r.a, "c")
+	if err == nil || !strings.Contains(err.Error(), "no response") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestDelete: gosec down on one side deletes the SAs on both.
+func TestDelete(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	had, err := r.a.Terminate(context.Background(), "c")
+	if err != nil || !had {
+		t.Fatalf("terminate: %v %v", had, err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 0 && len(r.ia.children()) == 0 })
+	waitFor(t, func() bool {
+		p1s, _, _ := r.b.Status(context.Background())
+		return len(p1s) == 0
+	})
+	// And up again works (a fresh phase 1).
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNATTFloat: with forceencaps the exchange floats to 4500 and the
+// SAs are UDP-encapsulated on both sides.
+func TestNATTFloat(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca.ForceEncaps = true
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	var ports []uint16
+	var mu sync.Mutex
+	r.net.drop = func(from, _ netip.AddrPort, _ []byte) bool {
+		mu.Lock()
+		ports = append(ports, from.Port())
+		mu.Unlock()
+		return false
+	}
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if ports[0] != 500 || ports[len(ports)-1] != 4500 {
+		t.Fatalf("ports %v: want 500 first and 4500 after the float", ports)
+	}
+	for _, c := range append(r.ia.children(), r.ib.children()...) {
+		if c.Encap == nil || c.Encap.SrcPort != 4500 || c.Encap.DstPort != 4500 {
+			t.Fatalf("child %08x not UDP-encapsulated: %+v", c.InSPI, c.Encap)
+		}
+	}
+}
+
+// TestHalfOpenFlood: a flood of MM1s from many ports keeps the responder
+// bounded, and a real peer still gets through.
+func TestHalfOpenFlood(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.MaxHalfOpen = 64; c.MaxHalfOpenPerPeer = 16 })
+	// MM1 as A would send it, from random cookies and ports.
+	mm1 := func(i int) []byte {
+		h := isakmp.Header{Version: 0x10, Exchange: isakmp.ExchMain}
+		h.ICookie[0], h.ICookie[1], h.ICookie[7] = byte(i>>8), byte(i), 1
+		return isakmp.Encode(h, []isakmp.Payload{p1SA(p1Suites(ca))})
+	}
+	for i := 0; i < 5000; i++ {
+		from := netip.AddrPortFrom(addrA, uint16(1024+i))
+		r.b.HandleMessage(mm1(i), from, netip.AddrPortFrom(addrB, 500), false)
+		if i%500 == 0 {
+			time.Sleep(10 * time.Millisecond) // let the engine drain its queue
+		}
+	}
+	waitFor(t, func() bool {
+		n := 0
+		r.b.call(context.Background(), func() { n = len(r.b.halfOpen) })
+		return n <= 16
+	})
+	if ev := r.b.Stats.HalfOpenEvicted.Load(); ev == 0 {
+		t.Fatal("no half-open SA was evicted")
+	}
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatalf("real peer during the flood: %v", err)
+	}
+}
+
+// TestMalformed: garbage, truncations and wrong cookies are counted and
+// dropped; the engine keeps serving.
+func TestMalformed(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	var captured [][]byte
+	var mu sync.Mutex
+	r.net.drop = func(_, to netip.AddrPort, msg []byte) bool {
+		if to.Addr() == addrB {
+			mu.Lock()
+			captured = append(captured, append([]byte(nil), msg...))
+			mu.Unlock()
+		}
+		return false
+	}
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.AddrPortFrom(addrA, 500)
+	to := netip.AddrPortFrom(addrB, 500)
+	mu.Lock()
+	msgs := captured
+	mu.Unlock()
+	for _, m := range msgs {
+		for _, cut := range []int{1, 5, 27, 28, 29, len(m) / 2, len(m) - 1} {
+			if cut < len(m) {
+				r.b.HandleMessage(m[:cut], from, to, false)
+			}
+		}
+		bad := append([]byte(nil), m...)
+		bad[len(bad)-1] ^= 0x55 // garbage after decryption or a bad payload
+		r.b.HandleMessage(bad, from, to, false)
+		wrong := append([]byte(nil), m...)
+		wrong[8] ^= 0xff // unknown responder cookie
+		r.b.HandleMessage(wrong, from, to, false)
+	}
+	r.b.HandleMessage(bytes.Repeat([]byte{0xff}, 200), from, to, false)
+	time.Sleep(100 * time.Millisecond)
+	st := r.b.Stats.Snapshot()
+	if st["malformed"] == 0 || st["unknown-sa"] == 0 {
+		t.Fatalf("counters: %v", st)
+	}
+	// Still serving: a second Quick Mode under the same ISAKMP SA.
+	r.ia.mu.Lock()
+	r.ia.inbound, r.ia.outbound = map[uint32]*ChildSA{}, map[uint32]*ChildSA{}
+	r.ia.mu.Unlock()
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatalf("after the garbage: %v", err)
+	}
+}

@@ -1,0 +1,255 @@
+package ike
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/sad"
+)
+
+// Notify message types used here (RFC 2408 3.14.1, RFC 3706).
+const (
+	notifyNoProposalChosen  = 14
+	notifyPayloadMalformed  = 16
+	notifyInvalidKeyInfo    = 17
+	notifyInvalidIDInfo     = 18
+	notifyInvalidHashInfo   = 23
+	notifyAuthFailed        = 24
+	notifyInitialContact    = 24578
+	notifyRUThere           = 36136
+	notifyRUThereAck        = 36137
+	notifyResponderLifetime = 24576
+)
+
+// notifyAdvice says what an administrator can do about a Notify from
+// the peer.
+func notifyAdvice(t isakmp.NotifyType, p *p1) string {
+	switch uint16(t) {
+	case notifyNoProposalChosen:
+		var offered []string
+		if p.established() && p.conn != nil {
+			for _, s := range p2Suites(p.conn) {
+				offered = append(offered, s.String())
+			}
+			return fmt.Sprintf("the peer accepts none of our phase-2 proposals [%s] (%s mode); compare esp=/ah= (and the PFS group) on both sides",
+				strings.Join(offered, ", "), p.conn.Mode)
+		}
+		for _, s := range p.suites {
+			offered = append(offered, s.String())
+		}
+		return fmt.Sprintf("the peer accepts none of our phase-1 proposals [%s]; compare ike= on both sides", strings.Join(offered, ", "))
+	case notifyInvalidIDInfo:
+		if p.conn != nil {
+			var pairs []string
+			for _, pr := range selectorPairs(p.conn) {
+				pairs = append(pairs, fmt.Sprintf("%v === %v", pr[0], pr[1]))
+			}
+			return fmt.Sprintf("the peer does not accept our identities or traffic selectors (we proposed %s); compare leftsubnet/rightsubnet and leftid/rightid on both sides",
+				strings.Join(pairs, ", "))
+		}
+		return "the peer does not accept our identities or traffic selectors"
+	case notifyInvalidHashInfo, notifyAuthFailed, notifyPayloadMalformed:
+		return "authentication failed: the pre-shared keys (or the IDs that select them) most likely differ"
+	}
+	return "negotiation refused"
+}
+
+// sendInfo sends a protected Informational exchange with payloads.
+func (e *Engine) sendInfo(p *p1, payloads []isakmp.Payload) {
+	if p.cbc == nil || !p.established() {
+		return
+	}
+	msgID := e.randomMsgID(p)
+	bs := p.cbc.BlockSize()
+	iv := ikecrypto.PhaseIV(p.suite.Hash, p.iv, msgID, bs)
+	hl := p.suite.Hash.Size()
+	ps := append([]isakmp.Payload{&isakmp.Hash{Data: make([]byte, hl)}}, payloads...)
+	b := isakmp.AppendPayloads(nil, ps)
+	copy(b[4:4+hl], ikecrypto.InfoHash(p.suite.Hash, p.keys.A, msgID, b[4+hl:]))
+	m, _ := e.seal(p, p.header(isakmp.ExchInfo, msgID, true), b, isakmp.PayloadHash, iv)
+	e.transmit(p, m)
+}
+
+// sendNotify sends a protected Notify (or an unprotected one before
+// phase 1 completes).
+func (e *Engine) sendNotify(p *p1, typ uint16, spi []byte) {
+	e.Stats.Notifies.Add(1)
+	if !p.established() {
+		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, typ)
+		return
+	}
+	proto := isakmp.ProtoISAKMP
+	if len(spi) == 4 {
+		proto = isakmp.ProtoESP
+	}
+	e.sendInfo(p, []isakmp.Payload{&isakmp.Notify{DOI: doiIPsec, Protocol: proto, Kind: isakmp.NotifyType(typ), SPI: spi}})
+}
+
+// sendDelete tells the peer that SAs of proto with our inbound SPIs are
+// gone.
+func (e *Engine) sendDelete(p *p1, proto sad.Proto, spis [][]byte) {
+	pid := isakmp.ProtoESP
+	if proto == sad.AH {
+		pid = isakmp.ProtoAH
+	}
+	e.Stats.Deletes.Add(1)
+	e.sendInfo(p, []isakmp.Payload{&isakmp.Delete{DOI: doiIPsec, Protocol: pid, SPISize: 4, SPIs: spis}})
+}
+
+func (e *Engine) sendDeleteISAKMP(p *p1) {
+	e.Stats.Deletes.Add(1)
+	spi := append(append([]byte(nil), p.icky[:]...), p.rcky[:]...)
+	e.sendInfo(p, []isakmp.Payload{&isakmp.Delete{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, SPISize: 16, SPIs: [][]byte{spi}}})
+}
+
+// handleInfo processes a protected Informational exchange.
+func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
+	if p.cbc == nil || (!p.established() && p.state != "MAIN_I3") {
+		e.Stats.Malformed.Add(1)
+		e.warn("protected Informational before keys", "peer", p.peer)
+		return
+	}
+	iv := ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, p.cbc.BlockSize())
+	plain, _, err := e.open(p, msg, iv)
+	if err != nil {
+		e.Stats.Decrypt.Add(1)
+		return
+	}
+	ps, raws, ok := e.decode(p, h.Next, plain, "Informational")
+	if !ok {
+		return
+	}
+	if len(raws) == 0 || raws[0].Type != isakmp.PayloadHash {
+		e.Stats.Malformed.Add(1)
+		e.warn("Informational without HASH", "peer", p.peer)
+		return
+	}
+	lastRaw := raws[len(raws)-1]
+	rest := plain[raws[0].Off+4+len(raws[0].Body) : lastRaw.Off+4+len(lastRaw.Body)]
+	if !hashEqual(ikecrypto.InfoHash(p.suite.Hash, p.keys.A, h.MessageID, rest), raws[0].Body) {
+		e.Stats.BadHash.Add(1)
+		e.warn("Informational HASH(1) does not verify", "peer", p.peer)
+		return
+	}
+	for _, pl := range ps {
+		switch v := pl.(type) {
+		case *isakmp.Delete:
+			e.Stats.Deletes.Add(1)
+			e.peerDelete(p, v)
+		case *isakmp.Notify:
+			e.Stats.Notifies.Add(1)
+			e.peerNotify(p, v)
+		}
+	}
+}
+
+// peerDelete honours a Delete payload.
+func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
+	switch d.Protocol {
+	case isakmp.ProtoISAKMP:
+		for _, spi := range d.SPIs {
+			if len(spi) == 16 && string(spi[:8]) == string(p.icky[:]) && string(spi[8:]) == string(p.rcky[:]) {
+				e.log.Info("peer deleted ISAKMP SA", "conn", p.conn.Name, "peer", p.peer, "cookies", p.cookieString())
+				p.fail(fmt.Errorf("conn %s: the peer deleted the ISAKMP SA", p.conn.Name))
+				e.forget(p)
+				for _, ch := range e.allChildren() {
+					if ch.p == p {
+						ch.p = nil
+					}
+				}
+			}
+		}
+	case isakmp.ProtoESP, isakmp.ProtoAH:
+		for _, spi := range d.SPIs {
+			if len(spi) != 4 {
+				continue
+			}
+			out := be32u(spi)
+			for name, list := range e.children {
+				keep := list[:0]
+				for _, ch := range list {
+					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() {
+						e.log.Info("peer deleted IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", out))
+						e.cfg.Installer.Remove(ch.sa)
+						continue
+					}
+					keep = append(keep, ch)
+				}
+				if len(keep) == 0 {
+					delete(e.children, name)
+				} else {
+					e.children[name] = keep
+				}
+			}
+		}
+	}
+}
+
+func (e *Engine) allChildren() []*child {
+	var out []*child
+	for _, l := range e.children {
+		out = append(out, l...)
+	}
+	return out
+}
+
+// peerNotify handles a protected Notify.
+func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
+	switch uint16(n.Kind) {
+	case notifyRUThere:
+		e.sendInfo(p, []isakmp.Payload{&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyRUThereAck, SPI: n.SPI, Data: n.Data}})
+		return
+	case notifyRUThereAck, notifyInitialContact, notifyResponderLifetime:
+		return
+	}
+	if uint16(n.Kind) < 8192 {
+		err := fmt.Errorf("conn %s: the peer sent %s: %s", p.conn.Name, n.Kind, notifyAdvice(n.Kind, p))
+		e.log.Warn("peer reports an error", "conn", p.conn.Name, "peer", p.peer, "notify", n.Kind.String(), "advice", notifyAdvice(n.Kind, p))
+		// Fail the Quick Modes we are waiting for.
+		for _, q := range p.qms {
+			if q.initiator && q.state == "QUICK_I1" {
+				e.failQM(q, err)
+			}
+		}
+		if !p.established() {
+			e.failP1(p, err, false)
+		}
+	}
+}
+
+// handlePlainInfo handles an unprotected Informational exchange (a peer
+// refusing before keys exist). It is only believed for an SA that is
+// still negotiating: an unprotected message cannot end an established SA.
+func (e *Engine) handlePlainInfo(p *p1, h isakmp.Header, msg []byte, from netip.AddrPort) {
+	if p == nil {
+		for _, q := range e.sas {
+			if q.icky == h.ICookie && q.initiator && q.peer.Addr() == from.Addr() {
+				p = q
+				break
+			}
+		}
+	}
+	ps, _, err := isakmp.DecodeAll(h.Next, msg[isakmp.HeaderLen:])
+	if err != nil {
+		e.Stats.Malformed.Add(1)
+		return
+	}
+	for _, pl := range ps {
+		n, ok := pl.(*isakmp.Notify)
+		if !ok {
+			continue
+		}
+		e.Stats.Notifies.Add(1)
+		if p == nil || p.established() {
+			e.warn("unprotected notify ignored", "peer", from, "notify", n.Kind.String())
+			continue
+		}
+		if uint16(n.Kind) < 8192 {
+			e.failP1(p, fmt.Errorf("the peer sent %s in state %s: %s", n.Kind, p.state, notifyAdvice(n.Kind, p)), false)
+			return
+		}
+	}
+}

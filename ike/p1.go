@@ -1,0 +1,856 @@
+package ike
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/internal/clock"
+)
+
+// Vendor IDs gosec sends and recognises.
+var (
+	vidNATT        = mustHex("4a131c81070358455c5728f20e95452f") // RFC 3947
+	vidNATTDraft2  = mustHex("cd60464335df21f87cfdb2fc68b6a448") // draft-ietf-ipsec-nat-t-ike-02
+	vidNATTDraft2n = mustHex("90cb80913ebb696e086381b5ec427b1f") // draft-ietf-ipsec-nat-t-ike-02\n
+	vidNATTDraft3  = mustHex("7d9419a65310ca6f2c179d9215529d56") // draft-ietf-ipsec-nat-t-ike-03
+	vidDPD         = mustHex("afcad71368a1f1c96b8696fc77570100") // RFC 3706
+	vidXAUTH       = mustHex("09002689dfd6b712")
+	vidFrag        = mustHex("4048b7d56ebce88525e7de7f00d6c2d3") // Cisco IKE fragmentation
+)
+
+func mustHex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// p1 is one ISAKMP SA (phase 1) and the Quick Modes under it.
+type p1 struct {
+	e         *Engine
+	conn      *Conn
+	initiator bool
+	state     string // Pluto's names: MAIN_I1 .. MAIN_I4, MAIN_R1 .. MAIN_R3
+	icky      [8]byte
+	rcky      [8]byte
+	// peer is where messages go (its port changes on the NAT-T float).
+	peer  netip.AddrPort
+	local netip.AddrPort
+	natt  bool // floated to the NAT-T port
+
+	peerNATT      int // 0 none, 1 RFC 3947, 2 drafts
+	peerDPD       bool
+	weBehindNAT   bool
+	peerBehindNAT bool
+
+	suites  []p1Suite
+	suite   p1Suite
+	saiBody []byte
+	dh      *ikecrypto.DH
+	gxi     []byte
+	gxr     []byte
+	ni      []byte
+	nr      []byte
+	keys    ikecrypto.Phase1Keys
+	cbc     *ikecrypto.CBC
+	iv      []byte // the running phase-1 IV; after MM6, the last phase-1 block
+	peerID  string
+
+	lastSent    []byte
+	lastRecv    [32]byte
+	lastReplyTo [32]byte
+	timer       clock.Timer
+	timerGen    int
+
+	created     time.Time
+	estTime     time.Time
+	attempt     int
+	waiters     []*waiter
+	qms         map[uint32]*qm
+	failure     error
+	keepalive   clock.Timer
+	keepaliveOn bool
+}
+
+func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
+
+func (p *p1) established() bool { return p.state == "MAIN_I4" || p.state == "MAIN_R3" }
+
+func (p *p1) cookieString() string {
+	return hex.EncodeToString(p.icky[:]) + "_i:" + hex.EncodeToString(p.rcky[:]) + "_r"
+}
+
+func (p *p1) stopTimer() {
+	p.timerGen++
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	if p.keepalive != nil {
+		p.keepalive.Stop()
+		p.keepalive = nil
+	}
+}
+
+// say sends a progress line to every waiting `gosec up`.
+func (p *p1) say(format string, args ...any) {
+	for _, w := range p.waiters {
+		w.say(format, args...)
+	}
+}
+
+// fail ends the negotiation: every waiter gets err.
+func (p *p1) fail(err error) {
+	if p.failure == nil {
+		p.failure = err
+	}
+	for _, w := range p.waiters {
+		w.finish(err)
+	}
+	p.waiters = nil
+}
+
+// arm schedules the retransmission of p.lastSent.
+func (e *Engine) arm(p *p1, tries int) {
+	p.timerGen++
+	gen := p.timerGen
+	d := e.retransmitDelay(tries)
+	p.timer = e.cfg.Clock.AfterFunc(d, func() {
+		e.post(func() {
+			if p.timerGen != gen || e.sas[p.key()] != p {
+				return
+			}
+			if tries >= e.cfg.Retransmits {
+				e.failP1(p, fmt.Errorf("no response from %v in state %s after %d retransmissions", p.peer, p.state, tries), true)
+				return
+			}
+			e.Stats.Retransmits.Add(1)
+			p.say("retransmit %d of request with message ID 0", tries+1)
+			e.transmit(p, p.lastSent)
+			e.arm(p, tries+1)
+		})
+	})
+}
+
+func (e *Engine) retransmitDelay(tries int) time.Duration {
+	d := float64(e.cfg.RetransmitTimeout)
+	for i := 0; i < tries; i++ {
+		d *= e.cfg.RetransmitBackoff
+	}
+	return time.Duration(d)
+}
+
+// failP1 ends a phase-1 negotiation; a timeout of an SA we initiate is
+// retried while keyingtries allow.
+func (e *Engine) failP1(p *p1, err error, timeout bool) {
+	e.Stats.Failed.Add(1)
+	name := "?"
+	if p.conn != nil {
+		name = p.conn.Name
+	}
+	e.log.Warn("ISAKMP SA failed", "conn", name, "peer", p.peer, "state", p.state, "err", err)
+	waiters := p.waiters
+	p.waiters = nil
+	e.forget(p)
+	if timeout && p.initiator && p.conn != nil {
+		tries := p.conn.KeyingTries
+		if tries == 0 && len(waiters) == 0 {
+			tries = 1 << 30
+		} else if tries == 0 {
+			tries = 3
+		}
+		if p.attempt < tries {
+			for _, w := range waiters {
+				w.say("%v; keying try %d of %d", err, p.attempt+1, tries)
+			}
+			np := e.startMain(p.conn, nil, p.attempt+1)
+			np.waiters = waiters
+			return
+		}
+	}
+	p.waiters = waiters
+	p.fail(fmt.Errorf("conn %s: %w", name, err))
+}
+
+// startMain sends MM1 for conn c.
+func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
+	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), attempt: attempt,
+		peer: netip.AddrPortFrom(c.Remote, 500), local: netip.AddrPortFrom(c.Local, 500), qms: map[uint32]*qm{}}
+	copy(p.icky[:], e.random(8))
+	if w != nil {
+		p.waiters = append(p.waiters, w)
+	}
+	p.suites = p1Suites(c)
+	sa := p1SA(p.suites)
+	p.saiBody = isakmp.EncodeBody(sa)
+	ps := []isakmp.Payload{sa}
+	for _, v := range [][]byte{vidNATT, vidNATTDraft2n, vidNATTDraft2, vidDPD} {
+		ps = append(ps, &isakmp.VendorID{Data: v})
+	}
+	msg := isakmp.Encode(isakmp.Header{ICookie: p.icky, Version: 0x10, Exchange: isakmp.ExchMain}, ps)
+	e.sas[p.key()] = p
+	var offered []string
+	for _, s := range p.suites {
+		offered = append(offered, s.String())
+	}
+	p.say("initiating Main Mode IKE_SA %s[%s] to %v", c.Name, hex.EncodeToString(p.icky[:]), c.Remote)
+	p.say("generating ID_PROT request 0 [ SA V V V V ] offering %s", strings.Join(offered, ", "))
+	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(msg))
+	e.send(p, msg)
+	e.arm(p, 0)
+	return p
+}
+
+// decodeOf decodes a plaintext payload chain, counting and logging
+// failures.
+func (e *Engine) decode(p *p1, first isakmp.PayloadType, body []byte, what string) ([]isakmp.Payload, []isakmp.RawPayload, bool) {
+	ps, raws, err := isakmp.DecodeAll(first, body)
+	if err != nil {
+		e.Stats.Malformed.Add(1)
+		e.warn("malformed IKE message", "peer", p.peer, "message", what, "err", err)
+		return nil, nil, false
+	}
+	return ps, raws, true
+}
+
+func find[T isakmp.Payload](ps []isakmp.Payload) (T, bool) {
+	var zero T
+	for _, p := range ps {
+		if t, ok := p.(T); ok {
+			return t, true
+		}
+	}
+	return zero, false
+}
+
+func findAll[T isakmp.Payload](ps []isakmp.Payload) []T {
+	var out []T
+	for _, p := range ps {
+		if t, ok := p.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func (p *p1) noteVendorIDs(ps []isakmp.Payload) {
+	for _, v := range findAll[*isakmp.VendorID](ps) {
+		switch {
+		case bytesEq(v.Data, vidNATT):
+			p.peerNATT = 1
+		case bytesEq(v.Data, vidNATTDraft2), bytesEq(v.Data, vidNATTDraft2n), bytesEq(v.Data, vidNATTDraft3):
+			if p.peerNATT == 0 {
+				p.peerNATT = 2
+			}
+		case bytesEq(v.Data, vidDPD):
+			p.peerDPD = true
+		}
+	}
+}
+
+func bytesEq(a, b []byte) bool { return string(a) == string(b) }
+
+// handleMain runs one Main Mode message through p's state machine.
+func (e *Engine) handleMain(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	enc := h.Flags&isakmp.FlagEncryption != 0
+	switch {
+	case p.state == "MAIN_I1" && !enc:
+		e.mainI2(p, h, msg, sum)
+	case p.state == "MAIN_I2" && !enc:
+		e.mainI3(p, h, msg, sum)
+	case p.state == "MAIN_I3" && enc:
+		e.mainI4(p, h, msg, sum)
+	case p.state == "MAIN_R1" && !enc:
+		e.mainR2(p, h, msg, sum)
+	case p.state == "MAIN_R2" && enc:
+		e.mainR3(p, h, msg, sum)
+	default:
+		e.Stats.Malformed.Add(1)
+		e.warn("unexpected Main Mode message", "peer", p.peer, "state", p.state, "encrypted", enc)
+	}
+}
+
+// mainI2: MM2 received (SA), send MM3 (KE, Ni, NAT-D).
+func (e *Engine) mainI2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM2")
+	if !ok {
+		return
+	}
+	if n, ok := find[*isakmp.Notify](ps); ok {
+		e.failP1(p, fmt.Errorf("peer answered MM1 with %s: %s", n.Kind, notifyAdvice(n.Kind, p)), false)
+		return
+	}
+	sa, ok := find[*isakmp.SA](ps)
+	if !ok {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM2 without SA payload", "peer", p.peer)
+		return
+	}
+	suite, err := acceptP1Reply(p.suites, sa)
+	if err != nil {
+		e.failP1(p, err, false)
+		return
+	}
+	delete(e.sas, p.key())
+	p.rcky = h.RCookie
+	e.sas[p.key()] = p
+	p.suite = suite
+	p.noteVendorIDs(ps)
+	p.lastRecv = sum
+	p.say("received ID_PROT response 0 [ SA V ... ]: %s, lifetime %v", suite, suite.Life)
+	dh, err := ikecrypto.GenerateDH(suite.Group, e.cfg.Rand)
+	if err != nil {
+		e.failP1(p, fmt.Errorf("DH group %s: %w", suite.Group, err), false)
+		return
+	}
+	p.dh, p.gxi, p.ni = dh, dh.Public(), e.random(32)
+	out := []isakmp.Payload{&isakmp.KE{Data: p.gxi}, &isakmp.Nonce{Data: p.ni}}
+	out = append(out, e.natdPayloads(p)...)
+	p.state = "MAIN_I2"
+	p.lastReplyTo = sum
+	p.say("generating ID_PROT request 0 [ KE No NAT-D NAT-D ]")
+	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
+	e.arm(p, 0)
+}
+
+func (p *p1) header(x isakmp.ExchangeType, msgID uint32, enc bool) isakmp.Header {
+	h := isakmp.Header{ICookie: p.icky, RCookie: p.rcky, Version: 0x10, Exchange: x, MessageID: msgID}
+	if enc {
+		h.Flags = isakmp.FlagEncryption
+	}
+	return h
+}
+
+// natdPayloads returns NAT-D payloads when the peer speaks NAT-T: the
+// peer's address first, then ours (RFC 3947 3.2). forceencaps fakes ours.
+func (e *Engine) natdPayloads(p *p1) []isakmp.Payload {
+	if p.peerNATT == 0 {
+		return nil
+	}
+	draft := p.peerNATT == 2
+	remote := ikecrypto.NATD(p.suite.Hash, p.icky[:], p.rcky[:], p.peer.Addr(), p.peer.Port())
+	local := ikecrypto.NATD(p.suite.Hash, p.icky[:], p.rcky[:], p.local.Addr(), p.local.Port())
+	if p.conn != nil && p.conn.ForceEncaps {
+		local = e.random(len(local))
+	}
+	return []isakmp.Payload{&isakmp.NATD{Draft: draft, Hash: remote}, &isakmp.NATD{Draft: draft, Hash: local}}
+}
+
+// checkNATD compares the peer's NAT-D payloads with what we see.
+func (e *Engine) checkNATD(p *p1, ps []isakmp.Payload) {
+	ds := findAll[*isakmp.NATD](ps)
+	if len(ds) < 2 || p.peerNATT == 0 {
+		return
+	}
+	us := ikecrypto.NATD(p.suite.Hash, p.icky[:], p.rcky[:], p.local.Addr(), p.local.Port())
+	them := ikecrypto.NATD(p.suite.Hash, p.icky[:], p.rcky[:], p.peer.Addr(), p.peer.Port())
+	p.weBehindNAT = !bytesEq(ds[0].Hash, us)
+	p.peerBehindNAT = true
+	for _, d := range ds[1:] {
+		if bytesEq(d.Hash, them) {
+			p.peerBehindNAT = false
+		}
+	}
+	if p.conn != nil && p.conn.ForceEncaps {
+		p.weBehindNAT = true
+	}
+	switch {
+	case p.weBehindNAT:
+		p.say("local host is behind NAT (or forceencaps=yes), switching to port %d", e.cfg.NATTPort)
+	case p.peerBehindNAT:
+		p.say("remote host is behind NAT, switching to port %d", e.cfg.NATTPort)
+	}
+}
+
+func (p *p1) natDetected() bool { return p.weBehindNAT || p.peerBehindNAT }
+
+// psk finds the pre-shared key of p's conn.
+func (e *Engine) psk(p *p1) ([]byte, error) {
+	lid, rid := p.conn.LocalID, p.conn.RemoteID
+	if lid == "" {
+		lid = p.conn.Local.String()
+	}
+	if rid == "" || rid == "%any" {
+		rid = p.peer.Addr().String()
+	}
+	if e.cfg.PSK == nil {
+		return nil, errors.New("no ipsec.secrets loaded")
+	}
+	k, ok := e.cfg.PSK(lid, rid)
+	if !ok {
+		return nil, fmt.Errorf("no pre-shared key in ipsec.secrets for %s - %s", lid, rid)
+	}
+	return k, nil
+}
+
+// deriveKeys computes SKEYID and friends after the KE exchange.
+func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
+	psk, err := e.psk(p)
+	if err != nil {
+		return err
+	}
+	keyLen, err := p.suite.Cipher.KeyLen(p.suite.KeyBits)
+	if err != nil {
+		return err
+	}
+	p.keys = ikecrypto.DerivePSK(p.suite.Hash, psk, p.ni, p.nr, gxy, p.icky[:], p.rcky[:], keyLen)
+	p.cbc, err = ikecrypto.NewCBC(p.suite.Cipher, p.keys.Key)
+	if err != nil {
+		return err
+	}
+	p.iv = ikecrypto.Phase1IV(p.suite.Hash, p.gxi, p.gxr, p.cbc.BlockSize())
+	if e.cfg.LogKeys {
+		e.log.Debug("phase-1 keys", "skeyid", hex.EncodeToString(p.keys.SKEYID), "skeyid_d", hex.EncodeToString(p.keys.D),
+			"skeyid_a", hex.EncodeToString(p.keys.A), "skeyid_e", hex.EncodeToString(p.keys.E), "enc_key", hex.EncodeToString(p.keys.Key),
+			"iv", hex.EncodeToString(p.iv))
+	}
+	return nil
+}
+
+// seal encrypts a payload chain under p's key with iv and returns the
+// message and the last ciphertext block (the next IV).
+func (e *Engine) seal(p *p1, h isakmp.Header, payloads []byte, first isakmp.PayloadType, iv []byte) ([]byte, []byte) {
+	bs := p.cbc.BlockSize()
+	body := ikecrypto.Pad(payloads, bs)
+	h.Next = first
+	h.Flags |= isakmp.FlagEncryption
+	h.Length = uint32(isakmp.HeaderLen + len(body))
+	msg := make([]byte, isakmp.HeaderLen+len(body))
+	h.Put(msg)
+	copy(msg[isakmp.HeaderLen:], body)
+	p.cbc.Encrypt(iv, msg[isakmp.HeaderLen:])
+	last := append([]byte(nil), msg[len(msg)-bs:]...)
+	return msg, last
+}
+
+// open decrypts the body of msg with iv; it returns the plaintext and the
+// last ciphertext block.
+func (e *Engine) open(p *p1, msg []byte, iv []byte) ([]byte, []byte, error) {
+	if p.cbc == nil {
+		return nil, nil, errors.New("encrypted message before keys exist")
+	}
+	bs := p.cbc.BlockSize()
+	body := msg[isakmp.HeaderLen:]
+	if len(body) == 0 || len(body)%bs != 0 {
+		return nil, nil, fmt.Errorf("encrypted body of %d octets is not a multiple of the %d-octet block", len(body), bs)
+	}
+	last := append([]byte(nil), body[len(body)-bs:]...)
+	plain := append([]byte(nil), body...)
+	if err := p.cbc.Decrypt(iv, plain); err != nil {
+		return nil, nil, err
+	}
+	return plain, last, nil
+}
+
+// mainI3: MM4 received (KE, Nr, NAT-D); derive keys; send MM5 (ID, HASH_I).
+func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM4")
+	if !ok {
+		return
+	}
+	ke, ok1 := find[*isakmp.KE](ps)
+	nonce, ok2 := find[*isakmp.Nonce](ps)
+	if !ok1 || !ok2 || len(nonce.Data) < 8 || len(nonce.Data) > 256 {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM4 without a valid KE and nonce", "peer", p.peer)
+		return
+	}
+	gxy, err := p.dh.SharedSecret(ke.Data)
+	if err != nil {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM4 with an invalid KE", "peer", p.peer, "err", err)
+		return
+	}
+	p.gxr, p.nr = ke.Data, nonce.Data
+	p.lastRecv = sum
+	e.checkNATD(p, ps)
+	if err := e.deriveKeys(p, gxy); err != nil {
+		e.failP1(p, err, false)
+		return
+	}
+	if p.natDetected() {
+		p.natt = true
+		p.peer = netip.AddrPortFrom(p.peer.Addr(), e.cfg.NATTPort)
+		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
+	}
+	id := idPayload(p.conn.LocalID, p.conn.Local)
+	idBody := isakmp.EncodeBody(id)
+	hashI := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
+	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI},
+		&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(24578), SPI: append(p.icky[:], p.rcky[:]...)}}
+	plain := isakmp.AppendPayloads(nil, out)
+	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
+	p.iv = last
+	p.state = "MAIN_I3"
+	p.lastReplyTo = sum
+	p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(m))
+	e.send(p, m)
+	e.arm(p, 0)
+}
+
+// mainI4: MM6 received (ID, HASH_R): phase 1 is up.
+func (e *Engine) mainI4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	plain, last, err := e.open(p, msg, p.iv)
+	if err != nil {
+		e.Stats.Decrypt.Add(1)
+		e.warn("MM6 did not decrypt", "peer", p.peer, "err", err)
+		return
+	}
+	ps, raws, ok := e.decode(p, h.Next, plain, "MM6")
+	if !ok {
+		e.Stats.AuthFailed.Add(1)
+		e.failP1(p, errors.New("MM6 did not decrypt to valid payloads: the pre-shared keys most likely differ"), false)
+		return
+	}
+	if n, ok := find[*isakmp.Notify](ps); ok && !hasPayload(ps, isakmp.PayloadHash) {
+		e.failP1(p, fmt.Errorf("peer answered MM5 with %s: %s", n.Kind, notifyAdvice(n.Kind, p)), false)
+		return
+	}
+	id, ok1 := find[*isakmp.ID](ps)
+	hash, ok2 := find[*isakmp.Hash](ps)
+	if !ok1 || !ok2 {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM6 without ID and HASH", "peer", p.peer)
+		return
+	}
+	idBody := rawBody(raws, isakmp.PayloadID)
+	want := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
+	if !hashEqual(want, hash.Data) {
+		e.Stats.BadHash.Add(1)
+		e.Stats.AuthFailed.Add(1)
+		e.failP1(p, errors.New("HASH_R of the peer does not verify: the pre-shared keys (or IDs) most likely differ"), false)
+		return
+	}
+	if !idMatches(p.conn.RemoteID, p.conn.Remote, id) {
+		e.Stats.AuthFailed.Add(1)
+		e.failP1(p, fmt.Errorf("peer identified as %s, but rightid expects %s", idString(id), expectedID(p.conn.RemoteID, p.conn.Remote)), false)
+		return
+	}
+	p.peerID = idString(id)
+	p.iv = last
+	p.lastRecv = sum
+	p.lastSent = nil
+	p.stopTimer()
+	e.established(p)
+}
+
+func hasPayload(ps []isakmp.Payload, t isakmp.PayloadType) bool {
+	for _, p := range ps {
+		if p.Type() == t {
+			return true
+		}
+	}
+	return false
+}
+
+func rawBody(raws []isakmp.RawPayload, t isakmp.PayloadType) []byte {
+	for _, r := range raws {
+		if r.Type == t {
+			return r.Body
+		}
+	}
+	return nil
+}
+
+// established records phase 1 as up and starts the waiting Quick Modes.
+func (e *Engine) established(p *p1) {
+	if p.initiator {
+		p.state = "MAIN_I4"
+	} else {
+		p.state = "MAIN_R3"
+	}
+	p.estTime = e.cfg.Clock.Now()
+	e.Stats.Established.Add(1)
+	for i, h := range e.halfOpen {
+		if h == p {
+			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
+			break
+		}
+	}
+	nat := ""
+	if p.natt {
+		nat = fmt.Sprintf(", NAT-T on port %d", e.cfg.NATTPort)
+	}
+	e.log.Info("ISAKMP SA established", "conn", p.conn.Name, "peer", p.peer, "peer_id", p.peerID, "state", p.state,
+		"suite", p.suite.String(), "cookies", p.cookieString(), "natt", p.natt)
+	p.say("IKE_SA %s[%s] established between %v[%s]...%v[%s] (%s%s)", p.conn.Name, p.cookieString(),
+		p.local.Addr(), localIDString(p.conn), p.peer.Addr(), p.peerID, p.suite, nat)
+	if p.weBehindNAT && p.natt {
+		e.startKeepalive(p)
+	}
+	if p.initiator {
+		ws := p.waiters
+		p.waiters = nil
+		if len(ws) == 0 {
+			e.startQuick(p, nil)
+		}
+		for _, w := range ws {
+			e.startQuick(p, w)
+		}
+	}
+}
+
+// startKeepalive sends NAT-T keepalives (one octet 0xFF, RFC 3948 2.3)
+// every 20 s while we are behind a NAT.
+func (e *Engine) startKeepalive(p *p1) {
+	ka, ok := e.cfg.Transport.(interface{ SendKeepalive(netip.AddrPort) error })
+	if !ok {
+		return
+	}
+	var tick func()
+	tick = func() {
+		e.post(func() {
+			if e.sas[p.key()] != p {
+				return
+			}
+			ka.SendKeepalive(p.peer)
+			p.keepalive = e.cfg.Clock.AfterFunc(20*time.Second, tick)
+		})
+	}
+	p.keepalive = e.cfg.Clock.AfterFunc(20*time.Second, tick)
+}
+
+// respondMM1 handles a first Main Mode message: find the conn, choose a
+// proposal, answer with MM2. Nothing expensive happens here, and
+// half-open SAs are bounded.
+func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) {
+	// A retransmitted MM1 for an SA we already answered.
+	for _, q := range e.halfOpen {
+		if q.icky == h.ICookie && q.peer == from {
+			if q.state == "MAIN_R1" && q.lastSent != nil {
+				e.Stats.Duplicate.Add(1)
+				e.transmit(q, q.lastSent)
+			}
+			return
+		}
+	}
+	tmp := &p1{e: e, peer: from}
+	ps, raws, ok := e.decode(tmp, h.Next, msg[isakmp.HeaderLen:], "MM1")
+	if !ok {
+		return
+	}
+	sa, ok := find[*isakmp.SA](ps)
+	if !ok {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM1 without SA payload", "peer", from)
+		return
+	}
+	var conn *Conn
+	var chosen isakmp.Proposal
+	var suite p1Suite
+	var lastErr error
+	for _, name := range e.order {
+		c := e.conns[name]
+		if c.Remote.IsValid() && c.Remote != from.Addr() {
+			continue
+		}
+		if to.Addr().IsValid() && !to.Addr().IsUnspecified() && c.Local.IsValid() && c.Local != to.Addr() {
+			continue
+		}
+		if len(c.IKE) == 0 {
+			continue
+		}
+		pr, s, err := selectP1(p1Suites(c), sa)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		conn, chosen, suite = c, pr, s
+		break
+	}
+	if conn == nil {
+		if lastErr == nil {
+			e.Stats.NoConn.Add(1)
+			e.warn("no conn for IKE peer", "peer", from)
+			e.sendPlainNotify(h.ICookie, [8]byte{}, from, natt, notifyNoProposalChosen) // NO_PROPOSAL_CHOSEN
+			return
+		}
+		e.Stats.NoProposal.Add(1)
+		e.log.Warn("Main Mode from peer refused", "peer", from, "err", lastErr)
+		e.sendPlainNotify(h.ICookie, [8]byte{}, from, natt, notifyNoProposalChosen)
+		return
+	}
+	local := to
+	if !local.Addr().IsValid() || local.Addr().IsUnspecified() {
+		local = netip.AddrPortFrom(conn.Local, to.Port())
+	}
+	p := &p1{e: e, conn: conn, state: "MAIN_R1", icky: h.ICookie, peer: from, local: local, natt: natt,
+		created: e.cfg.Clock.Now(), suite: suite, qms: map[uint32]*qm{}}
+	copy(p.rcky[:], e.random(8))
+	p.saiBody = rawBody(raws, isakmp.PayloadSA)
+	p.noteVendorIDs(ps)
+	e.admitHalfOpen(p)
+	e.sas[p.key()] = p
+	out := []isakmp.Payload{&isakmp.SA{DOI: doiIPsec, Situation: sitIDOnly, Proposals: []isakmp.Proposal{chosen}}}
+	if p.peerNATT != 0 {
+		out = append(out, &isakmp.VendorID{Data: vidNATT})
+	}
+	out = append(out, &isakmp.VendorID{Data: vidDPD})
+	p.lastRecv = sha256Sum(msg)
+	p.lastReplyTo = p.lastRecv
+	e.log.Info("Main Mode responder", "conn", conn.Name, "peer", from, "suite", suite.String())
+	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
+	e.armHalfOpen(p)
+}
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// hashEqual compares a received hash with the expected one in constant
+// time.
+func hashEqual(want, got []byte) bool { return subtle.ConstantTimeCompare(want, got) == 1 }
+
+// admitHalfOpen bounds the responder SAs that are still negotiating.
+func (e *Engine) admitHalfOpen(p *p1) {
+	perPeer := 0
+	for _, q := range e.halfOpen {
+		if q.peer.Addr() == p.peer.Addr() {
+			perPeer++
+		}
+	}
+	if perPeer >= e.cfg.MaxHalfOpenPerPeer {
+		for _, q := range e.halfOpen {
+			if q.peer.Addr() == p.peer.Addr() {
+				e.Stats.HalfOpenEvicted.Add(1)
+				e.forget(q)
+				break
+			}
+		}
+	}
+	for len(e.halfOpen) >= e.cfg.MaxHalfOpen {
+		e.Stats.HalfOpenEvicted.Add(1)
+		e.forget(e.halfOpen[0])
+	}
+	e.halfOpen = append(e.halfOpen, p)
+}
+
+// armHalfOpen forgets a responder negotiation that stalls.
+func (e *Engine) armHalfOpen(p *p1) {
+	p.timerGen++
+	gen := p.timerGen
+	p.timer = e.cfg.Clock.AfterFunc(e.cfg.HalfOpenTimeout, func() {
+		e.post(func() {
+			if p.timerGen == gen && e.sas[p.key()] == p && !p.established() {
+				e.log.Info("half-open ISAKMP SA timed out", "peer", p.peer, "state", p.state)
+				e.forget(p)
+			}
+		})
+	})
+}
+
+// mainR2: MM3 received (KE, Ni, NAT-D); send MM4.
+func (e *Engine) mainR2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM3")
+	if !ok {
+		return
+	}
+	ke, ok1 := find[*isakmp.KE](ps)
+	nonce, ok2 := find[*isakmp.Nonce](ps)
+	if !ok1 || !ok2 || len(nonce.Data) < 8 || len(nonce.Data) > 256 {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM3 without a valid KE and nonce", "peer", p.peer)
+		return
+	}
+	dh, err := ikecrypto.GenerateDH(p.suite.Group, e.cfg.Rand)
+	if err != nil {
+		e.failP1(p, err, false)
+		return
+	}
+	gxy, err := dh.SharedSecret(ke.Data)
+	if err != nil {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", err)
+		return
+	}
+	p.dh, p.gxi, p.ni, p.gxr, p.nr = dh, ke.Data, nonce.Data, dh.Public(), e.random(32)
+	e.checkNATD(p, ps)
+	if err := e.deriveKeys(p, gxy); err != nil {
+		e.log.Warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
+		e.forget(p)
+		return
+	}
+	out := []isakmp.Payload{&isakmp.KE{Data: p.gxr}, &isakmp.Nonce{Data: p.nr}}
+	out = append(out, e.natdPayloads(p)...)
+	p.state = "MAIN_R2"
+	p.lastRecv = sum
+	p.lastReplyTo = sum
+	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
+}
+
+// mainR3: MM5 received (ID, HASH_I); send MM6.
+func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	plain, last, err := e.open(p, msg, p.iv)
+	if err != nil {
+		e.Stats.Decrypt.Add(1)
+		e.warn("MM5 did not decrypt", "peer", p.peer, "err", err)
+		return
+	}
+	ps, raws, ok := e.decode(p, h.Next, plain, "MM5")
+	if !ok {
+		e.Stats.AuthFailed.Add(1)
+		e.log.Warn("Main Mode responder: MM5 did not decrypt to valid payloads: the pre-shared keys most likely differ",
+			"conn", p.conn.Name, "peer", p.peer)
+		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, notifyPayloadMalformed)
+		e.forget(p)
+		return
+	}
+	id, ok1 := find[*isakmp.ID](ps)
+	hash, ok2 := find[*isakmp.Hash](ps)
+	if !ok1 || !ok2 {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM5 without ID and HASH", "peer", p.peer)
+		return
+	}
+	idBody := rawBody(raws, isakmp.PayloadID)
+	want := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
+	if !hashEqual(want, hash.Data) {
+		e.Stats.BadHash.Add(1)
+		e.Stats.AuthFailed.Add(1)
+		e.log.Warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
+			"conn", p.conn.Name, "peer", p.peer, "peer_id", idString(id))
+		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, notifyInvalidHashInfo)
+		e.forget(p)
+		return
+	}
+	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
+		e.Stats.AuthFailed.Add(1)
+		e.log.Warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
+			"peer_id", idString(id), "expected", expectedID(p.conn.RemoteID, p.peer.Addr()))
+		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, notifyInvalidIDInfo)
+		e.forget(p)
+		return
+	}
+	p.peerID = idString(id)
+	p.iv = last
+	myID := idPayload(p.conn.LocalID, p.local.Addr())
+	hashR := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, isakmp.EncodeBody(myID))
+	out := []isakmp.Payload{myID, &isakmp.Hash{Data: hashR}}
+	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.iv)
+	p.iv = lastOut
+	p.lastRecv = sum
+	p.lastReplyTo = sum
+	e.send(p, m)
+	p.stopTimer()
+	e.established(p)
+}
+
+// sendPlainNotify answers with an unprotected Informational exchange
+// carrying one Notify (before keys exist, or when they cannot be trusted).
+func (e *Engine) sendPlainNotify(icky, rcky [8]byte, to netip.AddrPort, natt bool, typ uint16) {
+	h := isakmp.Header{ICookie: icky, RCookie: rcky, Version: 0x10, Exchange: isakmp.ExchInfo, MessageID: be32u(e.random(4))}
+	n := &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(typ)}
+	msg := isakmp.Encode(h, []isakmp.Payload{n})
+	e.Stats.Sent.Add(1)
+	if err := e.cfg.Transport.Send(msg, to, natt); err != nil {
+		e.log.Warn("IKE send failed", "peer", to, "err", err)
+	}
+}

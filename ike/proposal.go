@@ -1,0 +1,677 @@
+package ike
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/esp"
+	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/internal/conf"
+	"github.com/gosec-ipsec/gosec/internal/integ"
+	"github.com/gosec-ipsec/gosec/sad"
+)
+
+// Protocol numbers of RFC 2409 Appendix A and RFC 2407 4.5, 4.6.
+const (
+	// phase-1 attribute types
+	p1Encryption   = 1
+	p1Hash         = 2
+	p1AuthMethod   = 3
+	p1GroupDesc    = 4
+	p1LifeType     = 11
+	p1LifeDuration = 12
+	p1KeyLength    = 14
+
+	authPSK = 1
+
+	lifeSeconds   = 1
+	lifeKilobytes = 2
+
+	// phase-2 (IPsec DOI) attribute types
+	p2LifeType     = 1
+	p2LifeDuration = 2
+	p2GroupDesc    = 3
+	p2EncapMode    = 4
+	p2AuthAlg      = 5
+	p2KeyLength    = 6
+
+	encapTunnel          = 1
+	encapTransport       = 2
+	encapUDPTunnel       = 3
+	encapUDPTransport    = 4
+	encapUDPTunnelDraft  = 61443
+	encapUDPTransportDft = 61444
+
+	keyIKE    = 1 // transform ID KEY_IKE
+	doiIPsec  = 1
+	sitIDOnly = 1
+)
+
+// p1Suite is one phase-1 transform.
+type p1Suite struct {
+	Cipher  ikecrypto.Cipher
+	KeyBits int
+	Hash    ikecrypto.Hash
+	Group   ikecrypto.Group
+	Life    time.Duration
+}
+
+func (s p1Suite) String() string {
+	c := "3des"
+	if s.Cipher == ikecrypto.CipherAES {
+		c = fmt.Sprintf("aes%d", s.KeyBits)
+	}
+	return fmt.Sprintf("%s-%s-%s", c, hashName(s.Hash), s.Group)
+}
+
+func hashName(h ikecrypto.Hash) string {
+	switch h {
+	case ikecrypto.HashMD5:
+		return "md5"
+	case ikecrypto.HashSHA1:
+		return "sha1"
+	case ikecrypto.HashSHA256:
+		return "sha256"
+	case ikecrypto.HashSHA384:
+		return "sha384"
+	case ikecrypto.HashSHA512:
+		return "sha512"
+	}
+	return fmt.Sprintf("hash%d", uint8(h))
+}
+
+func hashOf(i conf.Integ) ikecrypto.Hash {
+	switch i {
+	case conf.IntegMD5:
+		return ikecrypto.HashMD5
+	case conf.IntegSHA1:
+		return ikecrypto.HashSHA1
+	case conf.IntegSHA256:
+		return ikecrypto.HashSHA256
+	case conf.IntegSHA384:
+		return ikecrypto.HashSHA384
+	case conf.IntegSHA512:
+		return ikecrypto.HashSHA512
+	}
+	return 0
+}
+
+// p1Suites is the conn's phase-1 offer.
+func p1Suites(c *Conn) []p1Suite {
+	var out []p1Suite
+	for _, s := range c.IKE {
+		ps := p1Suite{Hash: hashOf(s.Integ), Group: ikecrypto.Group(s.DH), Life: c.IKELifetime}
+		switch s.Cipher.Encr {
+		case conf.Encr3DES:
+			ps.Cipher = ikecrypto.CipherDES3
+		case conf.EncrAESCBC:
+			ps.Cipher, ps.KeyBits = ikecrypto.CipherAES, s.Cipher.KeyBits
+		default:
+			continue
+		}
+		if ps.Group == 0 {
+			ps.Group = 14
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+func (s p1Suite) transform(num uint8) isakmp.Transform {
+	t := isakmp.Transform{Num: num, ID: keyIKE}
+	t.Attrs = append(t.Attrs, isakmp.Basic(p1Encryption, uint16(s.Cipher)))
+	if s.Cipher == ikecrypto.CipherAES {
+		t.Attrs = append(t.Attrs, isakmp.Basic(p1KeyLength, uint16(s.KeyBits)))
+	}
+	t.Attrs = append(t.Attrs,
+		isakmp.Basic(p1Hash, uint16(s.Hash)),
+		isakmp.Basic(p1AuthMethod, authPSK),
+		isakmp.Basic(p1GroupDesc, uint16(s.Group)),
+		isakmp.Basic(p1LifeType, lifeSeconds),
+		isakmp.Uint(p1LifeDuration, uint64(s.Life/time.Second)))
+	return t
+}
+
+// p1SA builds the phase-1 SA payload offering suites.
+func p1SA(suites []p1Suite) *isakmp.SA {
+	p := isakmp.Proposal{Num: 1, Protocol: isakmp.ProtoISAKMP}
+	for i, s := range suites {
+		p.Transforms = append(p.Transforms, s.transform(uint8(i+1)))
+	}
+	return &isakmp.SA{DOI: doiIPsec, Situation: sitIDOnly, Proposals: []isakmp.Proposal{p}}
+}
+
+// p1Offer is a decoded phase-1 transform of the peer, with what gosec
+// could not accept in it.
+type p1Offer struct {
+	suite   p1Suite
+	auth    uint64
+	problem string // attribute gosec does not support at all
+}
+
+func parseP1Transform(t isakmp.Transform) p1Offer {
+	var o p1Offer
+	o.auth = authPSK
+	lifeType := uint64(lifeSeconds)
+	for _, a := range t.Attrs {
+		v, ok := a.Uint()
+		if !ok {
+			o.problem = fmt.Sprintf("attribute %d has no numeric value", a.Type)
+			continue
+		}
+		switch a.Type {
+		case p1Encryption:
+			o.suite.Cipher = ikecrypto.Cipher(v)
+		case p1KeyLength:
+			o.suite.KeyBits = int(v)
+		case p1Hash:
+			o.suite.Hash = ikecrypto.Hash(v)
+		case p1AuthMethod:
+			o.auth = v
+		case p1GroupDesc:
+			o.suite.Group = ikecrypto.Group(v)
+		case p1LifeType:
+			lifeType = v
+		case p1LifeDuration:
+			if lifeType == lifeSeconds {
+				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
+			}
+		case 5, 6, 7, 8, 9, 10, 13, 15, 16:
+			o.problem = fmt.Sprintf("attribute %d (custom groups or PRF) is not supported", a.Type)
+		}
+	}
+	if o.suite.Cipher == ikecrypto.CipherDES3 {
+		o.suite.KeyBits = 0
+	} else if o.suite.Cipher == ikecrypto.CipherAES && o.suite.KeyBits == 0 {
+		o.suite.KeyBits = 128 // RFC 3602 allows the default
+	}
+	return o
+}
+
+// diff lists how offer differs from ours, in words.
+func (o p1Offer) diff(ours p1Suite) []string {
+	var d []string
+	if o.suite.Cipher != ours.Cipher || o.suite.KeyBits != ours.KeyBits {
+		d = append(d, fmt.Sprintf("cipher %s vs %s", cipherName(o.suite), cipherName(ours)))
+	}
+	if o.suite.Hash != ours.Hash {
+		d = append(d, fmt.Sprintf("hash %s vs %s", hashName(o.suite.Hash), hashName(ours.Hash)))
+	}
+	if o.suite.Group != ours.Group {
+		d = append(d, fmt.Sprintf("DH group %s vs %s", o.suite.Group, ours.Group))
+	}
+	if o.auth != authPSK {
+		d = append(d, fmt.Sprintf("authentication method %d vs pre-shared key", o.auth))
+	}
+	if o.problem != "" {
+		d = append(d, o.problem)
+	}
+	return d
+}
+
+func cipherName(s p1Suite) string {
+	switch s.Cipher {
+	case ikecrypto.CipherDES3:
+		return "3des"
+	case ikecrypto.CipherAES:
+		return fmt.Sprintf("aes%d", s.KeyBits)
+	}
+	return fmt.Sprintf("cipher%d", s.Cipher)
+}
+
+// errNoProposal explains a failed selection; it becomes the log line and
+// what `gosec up` prints.
+type errNoProposal struct{ msg string }
+
+func (e *errNoProposal) Error() string { return e.msg }
+
+// selectP1 picks, as responder, the first of our suites that one of the
+// peer's transforms matches. It returns the transform to send back as is.
+func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
+	if sa.DOI != doiIPsec || len(sa.Proposals) == 0 {
+		return isakmp.Proposal{}, p1Suite{}, &errNoProposal{fmt.Sprintf("SA payload with DOI %d and %d proposals", sa.DOI, len(sa.Proposals))}
+	}
+	type cand struct {
+		p isakmp.Proposal
+		t isakmp.Transform
+		o p1Offer
+	}
+	var offers []cand
+	for _, p := range sa.Proposals {
+		if p.Protocol != isakmp.ProtoISAKMP {
+			continue
+		}
+		for _, t := range p.Transforms {
+			if t.ID != keyIKE {
+				continue
+			}
+			offers = append(offers, cand{p, t, parseP1Transform(t)})
+		}
+	}
+	for _, s := range ours {
+		for _, c := range offers {
+			if len(c.o.diff(s)) == 0 {
+				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, SPI: c.p.SPI, Transforms: []isakmp.Transform{c.t}}
+				got := s
+				if c.o.suite.Life > 0 {
+					got.Life = c.o.suite.Life
+				}
+				return chosen, got, nil
+			}
+		}
+	}
+	var offered []string
+	best, bestDiff := "", []string(nil)
+	for _, c := range offers {
+		offered = append(offered, c.o.suite.String())
+		for _, s := range ours {
+			if d := c.o.diff(s); bestDiff == nil || len(d) < len(bestDiff) {
+				best, bestDiff = fmt.Sprintf("%s vs our %s", c.o.suite, s), d
+			}
+		}
+	}
+	var accept []string
+	for _, s := range ours {
+		accept = append(accept, s.String())
+	}
+	msg := fmt.Sprintf("no acceptable phase-1 proposal: peer offered [%s], this conn accepts [%s]",
+		strings.Join(offered, ", "), strings.Join(accept, ", "))
+	if bestDiff != nil {
+		msg += fmt.Sprintf("; nearest (%s) differs in %s", best, strings.Join(bestDiff, ", "))
+	}
+	return isakmp.Proposal{}, p1Suite{}, &errNoProposal{msg}
+}
+
+// acceptP1Reply checks, as initiator, the responder's choice against
+// what we offered.
+func acceptP1Reply(ours []p1Suite, sa *isakmp.SA) (p1Suite, error) {
+	if len(sa.Proposals) != 1 || len(sa.Proposals[0].Transforms) != 1 {
+		return p1Suite{}, errors.New("the responder's SA payload must hold exactly one proposal with one transform")
+	}
+	o := parseP1Transform(sa.Proposals[0].Transforms[0])
+	for _, s := range ours {
+		if len(o.diff(s)) == 0 {
+			if o.suite.Life > 0 && o.suite.Life < s.Life {
+				s.Life = o.suite.Life
+			}
+			return s, nil
+		}
+	}
+	return p1Suite{}, fmt.Errorf("the responder chose %s, which we did not offer", o.suite)
+}
+
+// p2Suite is one phase-2 transform.
+type p2Suite struct {
+	Proto   sad.Proto
+	Encr    conf.Encr // ESP only
+	KeyBits int
+	Integ   conf.Integ
+	Group   ikecrypto.Group // PFS group, 0 without PFS
+	Life    time.Duration
+	ESN     bool
+}
+
+func (s p2Suite) String() string {
+	var parts []string
+	if s.Proto == sad.AH {
+		parts = append(parts, "ah")
+	} else {
+		parts = append(parts, conf.Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.Name())
+	}
+	if s.Integ != conf.IntegNone {
+		parts = append(parts, s.Integ.Name())
+	}
+	if s.Group != 0 {
+		parts = append(parts, s.Group.String())
+	}
+	return strings.Join(parts, "-")
+}
+
+// p2Suites is the conn's phase-2 offer.
+func p2Suites(c *Conn) []p2Suite {
+	var out []p2Suite
+	group := ikecrypto.Group(0)
+	if c.PFS {
+		group = ikecrypto.Group(c.PFSGroup)
+		if group == 0 && len(c.IKE) > 0 {
+			group = ikecrypto.Group(c.IKE[0].DH)
+		}
+	}
+	add := func(proto sad.Proto, s conf.Suite) {
+		g := group
+		if c.PFS && s.DH != 0 {
+			g = ikecrypto.Group(s.DH)
+		}
+		out = append(out, p2Suite{Proto: proto, Encr: s.Cipher.Encr, KeyBits: s.Cipher.KeyBits, Integ: s.Integ, Group: g, Life: c.Lifetime, ESN: s.ESN})
+	}
+	if len(c.AH) > 0 {
+		for _, s := range c.AH {
+			add(sad.AH, s)
+		}
+		return out
+	}
+	for _, s := range c.ESP {
+		add(sad.ESP, s)
+	}
+	return out
+}
+
+func ahTransformID(i conf.Integ) uint8 {
+	return [...]uint8{0, 2, 3, 5, 6, 7}[i]
+}
+
+func (s p2Suite) transform(num uint8, encap uint16) isakmp.Transform {
+	t := isakmp.Transform{Num: num}
+	if s.Proto == sad.AH {
+		t.ID = ahTransformID(s.Integ)
+	} else {
+		t.ID = uint8(s.Encr.IANA())
+		if s.KeyBits != 0 && s.Encr != conf.Encr3DES && s.Encr != conf.EncrNull {
+			t.Attrs = append(t.Attrs, isakmp.Basic(p2KeyLength, uint16(s.KeyBits)))
+		}
+	}
+	if s.Integ != conf.IntegNone {
+		t.Attrs = append(t.Attrs, isakmp.Basic(p2AuthAlg, s.Integ.IANA()))
+	}
+	t.Attrs = append(t.Attrs, isakmp.Basic(p2EncapMode, encap))
+	if s.Group != 0 {
+		t.Attrs = append(t.Attrs, isakmp.Basic(p2GroupDesc, uint16(s.Group)))
+	}
+	t.Attrs = append(t.Attrs, isakmp.Basic(p2LifeType, lifeSeconds),
+		isakmp.Uint(p2LifeDuration, uint64(s.Life/time.Second)))
+	return t
+}
+
+// p2SA builds the Quick Mode SA payload: one proposal with every suite as
+// a transform, carrying our inbound SPI.
+func p2SA(suites []p2Suite, spi uint32, encap uint16) *isakmp.SA {
+	proto := isakmp.ProtoESP
+	if len(suites) > 0 && suites[0].Proto == sad.AH {
+		proto = isakmp.ProtoAH
+	}
+	p := isakmp.Proposal{Num: 1, Protocol: proto, SPI: be32(spi)}
+	for i, s := range suites {
+		p.Transforms = append(p.Transforms, s.transform(uint8(i+1), encap))
+	}
+	return &isakmp.SA{DOI: doiIPsec, Situation: sitIDOnly, Proposals: []isakmp.Proposal{p}}
+}
+
+// p2Offer is one decoded phase-2 transform of the peer.
+type p2Offer struct {
+	suite   p2Suite
+	encap   uint16
+	problem string
+}
+
+func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
+	var o p2Offer
+	o.encap = encapTunnel
+	switch proto {
+	case isakmp.ProtoAH:
+		o.suite.Proto = sad.AH
+		switch t.ID {
+		case 2:
+			o.suite.Integ = conf.IntegMD5
+		case 3:
+			o.suite.Integ = conf.IntegSHA1
+		case 5:
+			o.suite.Integ = conf.IntegSHA256
+		case 6:
+			o.suite.Integ = conf.IntegSHA384
+		case 7:
+			o.suite.Integ = conf.IntegSHA512
+		default:
+			o.problem = fmt.Sprintf("AH transform %d is not supported", t.ID)
+		}
+	case isakmp.ProtoESP:
+		o.suite.Proto = sad.ESP
+		found := false
+		for e := conf.EncrNull; e <= conf.EncrChaCha20Poly1305; e++ {
+			if uint16(t.ID) == e.IANA() {
+				o.suite.Encr, found = e, true
+			}
+		}
+		if !found {
+			o.problem = fmt.Sprintf("ESP transform %d is not supported", t.ID)
+		}
+		if o.suite.Encr == conf.EncrChaCha20Poly1305 {
+			o.suite.KeyBits = 256
+		}
+	default:
+		o.problem = fmt.Sprintf("protocol %d is not supported", proto)
+	}
+	lifeType := uint64(lifeSeconds)
+	authSeen := false
+	for _, a := range t.Attrs {
+		v, ok := a.Uint()
+		if !ok {
+			o.problem = fmt.Sprintf("attribute %d has no numeric value", a.Type)
+			continue
+		}
+		switch a.Type {
+		case p2LifeType:
+			lifeType = v
+		case p2LifeDuration:
+			if lifeType == lifeSeconds {
+				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
+			}
+		case p2GroupDesc:
+			o.suite.Group = ikecrypto.Group(v)
+		case p2EncapMode:
+			o.encap = uint16(v)
+		case p2AuthAlg:
+			authSeen = true
+			switch v {
+			case 1:
+				o.suite.Integ = conf.IntegMD5
+			case 2:
+				o.suite.Integ = conf.IntegSHA1
+			case 5:
+				o.suite.Integ = conf.IntegSHA256
+			case 6:
+				o.suite.Integ = conf.IntegSHA384
+			case 7:
+				o.suite.Integ = conf.IntegSHA512
+			default:
+				o.problem = fmt.Sprintf("authentication algorithm %d is not supported", v)
+			}
+		case p2KeyLength:
+			o.suite.KeyBits = int(v)
+		case 11: // ESN
+			o.suite.ESN = v == 1
+		}
+	}
+	if o.suite.Proto == sad.ESP && o.suite.KeyBits == 0 {
+		switch o.suite.Encr {
+		case conf.EncrAESCBC, conf.EncrAESCTR, conf.EncrAESGCM16:
+			o.suite.KeyBits = 128
+		}
+	}
+	if o.suite.Proto == sad.AH && !authSeen {
+		o.problem = "AH transform without authentication algorithm"
+	}
+	return o
+}
+
+func isTransport(e uint16) bool {
+	return e == encapTransport || e == encapUDPTransport || e == encapUDPTransportDft
+}
+func encapUDP(e uint16) bool {
+	return e == encapUDPTunnel || e == encapUDPTransport || e == encapUDPTunnelDraft || e == encapUDPTransportDft
+}
+
+func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
+	var d []string
+	if o.problem != "" {
+		d = append(d, o.problem)
+	}
+	if o.suite.Proto != ours.Proto {
+		d = append(d, fmt.Sprintf("protocol %s vs %s", o.suite.Proto, ours.Proto))
+	}
+	if o.suite.Proto == sad.ESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
+		d = append(d, fmt.Sprintf("cipher %s vs %s", conf.Cipher{Encr: o.suite.Encr, KeyBits: o.suite.KeyBits}.Name(),
+			conf.Cipher{Encr: ours.Encr, KeyBits: ours.KeyBits}.Name()))
+	}
+	if o.suite.Integ != ours.Integ {
+		d = append(d, fmt.Sprintf("integrity %s vs %s", o.suite.Integ.Name(), ours.Integ.Name()))
+	}
+	if o.suite.Group != ours.Group {
+		d = append(d, fmt.Sprintf("PFS group %s vs %s", groupName(o.suite.Group), groupName(ours.Group)))
+	}
+	if isTransport(o.encap) != (mode == sad.Transport) {
+		d = append(d, fmt.Sprintf("mode %s vs %s", encapName(o.encap), mode))
+	}
+	if o.suite.ESN != ours.ESN {
+		d = append(d, "extended sequence numbers")
+	}
+	return d
+}
+
+func groupName(g ikecrypto.Group) string {
+	if g == 0 {
+		return "none"
+	}
+	return g.String()
+}
+
+func encapName(e uint16) string {
+	switch e {
+	case encapTunnel:
+		return "tunnel"
+	case encapTransport:
+		return "transport"
+	case encapUDPTunnel, encapUDPTunnelDraft:
+		return "UDP-encapsulated tunnel"
+	case encapUDPTransport, encapUDPTransportDft:
+		return "UDP-encapsulated transport"
+	}
+	return fmt.Sprintf("encapsulation %d", e)
+}
+
+// selectP2 picks, as responder, the first of our suites the peer offers.
+// It returns the proposal to send back (without our SPI yet), the suite,
+// the peer's SPI and the encapsulation mode.
+func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2Suite, uint32, uint16, error) {
+	type cand struct {
+		p isakmp.Proposal
+		t isakmp.Transform
+		o p2Offer
+	}
+	var offers []cand
+	for _, p := range sa.Proposals {
+		if len(p.SPI) != 4 {
+			continue
+		}
+		for _, t := range p.Transforms {
+			offers = append(offers, cand{p, t, parseP2Transform(p.Protocol, t)})
+		}
+	}
+	// Proposals sharing a number form a bundle (ESP+AH); gosec takes
+	// single-protocol proposals only.
+	count := map[uint8]int{}
+	for _, p := range sa.Proposals {
+		count[p.Num]++
+	}
+	for _, s := range ours {
+		for _, c := range offers {
+			if count[c.p.Num] == 1 && len(c.o.diff(s, mode)) == 0 {
+				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, Transforms: []isakmp.Transform{c.t}}
+				got := s
+				if c.o.suite.Life > 0 && c.o.suite.Life < got.Life {
+					got.Life = c.o.suite.Life
+				}
+				return chosen, got, be32u(c.p.SPI), c.o.encap, nil
+			}
+		}
+	}
+	var offered, accept []string
+	best, bestDiff := "", []string(nil)
+	for _, c := range offers {
+		offered = append(offered, c.o.suite.String()+" "+encapName(c.o.encap))
+		for _, s := range ours {
+			if d := c.o.diff(s, mode); bestDiff == nil || len(d) < len(bestDiff) {
+				best, bestDiff = fmt.Sprintf("%s vs our %s", c.o.suite, s), d
+			}
+		}
+	}
+	for _, s := range ours {
+		accept = append(accept, s.String()+" "+mode.String())
+	}
+	msg := fmt.Sprintf("no acceptable phase-2 proposal: peer offered [%s], this conn accepts [%s]",
+		strings.Join(offered, ", "), strings.Join(accept, ", "))
+	if bestDiff != nil {
+		msg += fmt.Sprintf("; nearest (%s) differs in %s", best, strings.Join(bestDiff, ", "))
+	}
+	return isakmp.Proposal{}, p2Suite{}, 0, 0, &errNoProposal{msg}
+}
+
+// acceptP2Reply checks, as initiator, the responder's choice.
+func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint32, uint16, error) {
+	if len(sa.Proposals) != 1 || len(sa.Proposals[0].Transforms) != 1 || len(sa.Proposals[0].SPI) != 4 {
+		return p2Suite{}, 0, 0, errors.New("the responder's Quick Mode SA must hold one proposal with one transform and a 4-octet SPI")
+	}
+	p := sa.Proposals[0]
+	o := parseP2Transform(p.Protocol, p.Transforms[0])
+	for _, s := range ours {
+		if len(o.diff(s, mode)) == 0 {
+			if o.suite.Life > 0 && o.suite.Life < s.Life {
+				s.Life = o.suite.Life
+			}
+			return s, be32u(p.SPI), o.encap, nil
+		}
+	}
+	return p2Suite{}, 0, 0, fmt.Errorf("the responder chose %s (%s), which we did not offer", o.suite, encapName(o.encap))
+}
+
+// keyLens returns the encryption (salt included) and integrity key
+// lengths of s, in octets.
+func (s p2Suite) keyLens() (int, int) {
+	if s.Proto == sad.AH {
+		return 0, s.Integ.KeyLen()
+	}
+	enc := conf.Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.KeyLen()
+	return enc, s.Integ.KeyLen()
+}
+
+func espCipher(e conf.Encr) (esp.Cipher, error) {
+	switch e {
+	case conf.EncrNull:
+		return esp.CipherNull, nil
+	case conf.Encr3DES:
+		return esp.Cipher3DESCBC, nil
+	case conf.EncrAESCBC:
+		return esp.CipherAESCBC, nil
+	case conf.EncrAESCTR:
+		return esp.CipherAESCTR, nil
+	case conf.EncrAESGCM16:
+		return esp.CipherAESGCM16, nil
+	case conf.EncrChaCha20Poly1305:
+		return esp.CipherChaCha20Poly1305, nil
+	}
+	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
+}
+
+func integAlg(i conf.Integ) integ.Algorithm {
+	switch i {
+	case conf.IntegMD5:
+		return integ.HMACMD5_96
+	case conf.IntegSHA1:
+		return integ.HMACSHA1_96
+	case conf.IntegSHA256:
+		return integ.HMACSHA256_128
+	case conf.IntegSHA384:
+		return integ.HMACSHA384_192
+	case conf.IntegSHA512:
+		return integ.HMACSHA512_256
+	}
+	return integ.None
+}
+
+func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
+
+func be32u(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
