@@ -38,6 +38,7 @@ type qm struct {
 	timer     clock.Timer
 	timerGen  int
 	done      func(error)
+	w         *waiter // the `gosec up` that started it, if any
 	child     *ChildSA
 	installed bool
 }
@@ -119,7 +120,7 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 
 // quickI1 sends QM1.
 func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
-	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done}
+	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w}
 	q.msgID = e.randomMsgID(p)
 	bs := p.cbc.BlockSize()
 	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.msgID, bs)
@@ -408,7 +409,7 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	}
 	e.log.Info("IPsec SA established", "conn", ch.Conn, "in_spi", fmt.Sprintf("%08x", ch.InSPI), "out_spi", fmt.Sprintf("%08x", ch.OutSPI),
 		"suite", ch.Suite, "mode", ch.Mode.String(), "local_ts", ch.LocalTS, "remote_ts", ch.RemoteTS, "udp", ch.Encap != nil)
-	q.p.say("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.msgID, ch.InSPI, ch.OutSPI,
+	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.msgID, ch.InSPI, ch.OutSPI,
 		ch.LocalTS, ch.RemoteTS, ch.Suite, ch.Mode, encap)
 	delete(q.p.qms, q.msgID)
 	// Keep the exchange reachable for duplicate QM2/QM3 detection.
@@ -416,9 +417,9 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	q.finish(nil)
 }
 
-// findConnForTS looks for a conn with peer p whose selectors contain
-// the proposed ones (p's own conn first).
-func (e *Engine) findConnForTS(p *p1, remote, local netip.Prefix) *Conn {
+// connsForTS lists the conns with peer p whose selectors contain the
+// proposed ones (p's own conn first).
+func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix) []*Conn {
 	try := func(c *Conn) bool {
 		if c.Remote.IsValid() && c.Remote != p.peer.Addr() {
 			return false
@@ -430,16 +431,17 @@ func (e *Engine) findConnForTS(p *p1, remote, local netip.Prefix) *Conn {
 		}
 		return false
 	}
+	var out []*Conn
 	if try(p.conn) {
-		return p.conn
+		out = append(out, p.conn)
 	}
 	for _, n := range e.order {
 		c := e.conns[n]
 		if c != p.conn && len(c.IKE) > 0 && try(c) {
-			return c
+			out = append(out, c)
 		}
 	}
-	return nil
+	return out
 }
 
 // withRemote fills in the peer's address for a right=%any conn.
@@ -500,8 +502,8 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM1 with one client ID", "peer", p.peer)
 		return
 	}
-	c := e.findConnForTS(p, remoteTS, localTS)
-	if c == nil {
+	cands := e.connsForTS(p, remoteTS, localTS)
+	if len(cands) == 0 {
 		e.Stats.NoProposal.Add(1)
 		var ours []string
 		for _, pair := range selectorPairs(withRemote(p.conn, p.peer.Addr())) {
@@ -513,18 +515,36 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.sendNotify(p, 18, nil)
 		return
 	}
-	q.conn = c
 	q.localTS, q.remoteTS = localTS, remoteTS
 	_ = proto
 	_, _ = rport, lport
-	q.suites = p2Suites(c)
-	chosen, suite, outSPI, encap, err := selectP2(q.suites, c.Mode, sa)
-	if err != nil {
+	// Like Pluto, switch to another conn with this peer whose selectors
+	// and proposals fit when the phase-1 conn's do not.
+	var c *Conn
+	var chosen isakmp.Proposal
+	var suite p2Suite
+	var outSPI uint32
+	var encap uint16
+	var firstErr error
+	for _, cand := range cands {
+		ch, s, spi, en, err := selectP2(p2Suites(cand), cand.Mode, sa)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		c, chosen, suite, outSPI, encap = cand, ch, s, spi, en
+		break
+	}
+	if c == nil {
 		e.Stats.NoProposal.Add(1)
-		e.log.Warn("Quick Mode refused (NO_PROPOSAL_CHOSEN)", "conn", c.Name, "peer", p.peer, "err", err)
+		e.log.Warn("Quick Mode refused (NO_PROPOSAL_CHOSEN)", "conn", cands[0].Name, "peer", p.peer, "err", firstErr)
 		e.sendNotify(p, 14, nil)
 		return
 	}
+	q.conn = c
+	q.suites = p2Suites(c)
 	q.suite, q.outSPI, q.encap = suite, outSPI, encap
 	var ke *isakmp.KE
 	if suite.Group != 0 {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
@@ -26,12 +27,17 @@ func (d *Daemon) loadConfig() (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuration errors:\n%w", err)
 	}
+	var secrets *conf.Secrets
 	if _, serr := os.Stat(d.opts.SecretsPath); serr == nil {
-		if _, err := conf.LoadSecrets(d.opts.SecretsPath); err != nil {
+		if secrets, err = conf.LoadSecrets(d.opts.SecretsPath); err != nil {
 			return nil, fmt.Errorf("secrets errors:\n%w", err)
 		}
 	}
-	return resolveConns(cfg, d.opts.Local, conf.LocalAddrs())
+	out, err := resolveConns(cfg, d.opts.Local, conf.LocalAddrs())
+	if out != nil {
+		out.Secrets = secrets
+	}
+	return out, err
 }
 
 // resolveConns maps the configuration's conns to the daemon's view.
@@ -87,6 +93,14 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 		s.Encap = &sad.Encap{SrcPort: c.EncapPort, DstPort: c.EncapPort}
 	}
 	if !c.Manual {
+		if c.Type == "tunnel" || c.Type == "transport" {
+			s.IKE = ikeConn(c, s, local, remote)
+			s.IKEUnsupported = ikeUnsupported(c)
+			s.Proposal = "ike " + c.IKE.String() + ", " + strings.TrimPrefix(s.Proposal, "ah ")
+			if c.Proto() == "ah" {
+				s.Proposal = "ike " + c.IKE.String() + ", ah " + c.AH.String()
+			}
+		}
 		return s, nil
 	}
 	suite := c.ManualSuite()

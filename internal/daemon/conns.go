@@ -11,6 +11,8 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
+	"github.com/gosec-ipsec/gosec/ike"
+	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/sad"
 	"github.com/gosec-ipsec/gosec/spd"
@@ -19,8 +21,9 @@ import (
 // Config is the daemon's view of the configuration: every conn resolved
 // for this host (which side is local decided, keys decoded).
 type Config struct {
-	Conns map[string]*ConnSpec
-	Order []string // conn names in file order
+	Conns   map[string]*ConnSpec
+	Order   []string      // conn names in file order
+	Secrets *conf.Secrets // nil when there is no ipsec.secrets
 }
 
 // ConnSpec is one conn as the daemon runs it.
@@ -42,6 +45,10 @@ type ConnSpec struct {
 	Proposal string
 	// Manual holds the keys of a manually keyed conn; nil for IKE conns.
 	Manual *Manual
+	// IKE is the key manager's view of an IKE conn; IKEUnsupported says
+	// why gosec cannot negotiate it (authby=rsasig, aggressive, ...).
+	IKE            *ike.Conn
+	IKEUnsupported string
 }
 
 // Manual is the keying of a manually keyed conn, seen from this host.
@@ -63,6 +70,7 @@ type activeConn struct {
 	policies []uint64
 	routes   []netio.Route
 	since    string
+	children []*ikeChild // IPsec SAs negotiated by IKE
 }
 
 // autoStart brings up the conns marked auto=start (and, for manually keyed
@@ -72,6 +80,15 @@ func (d *Daemon) autoStart() {
 	defer d.mu.Unlock()
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
+		if c.IKE != nil {
+			if (c.Auto == "start" || c.Auto == "route") && c.IKEUnsupported == "" && d.ike != nil {
+				if c.Auto == "route" {
+					d.log.Info("auto=route: gosec negotiates at start, not on first packet", "conn", name)
+				}
+				d.ike.Start(name)
+			}
+			continue
+		}
 		if c.Auto == "start" || (c.Auto == "route" && c.Manual != nil) {
 			if err := d.upLocked(context.Background(), c, func(string) {}); err != nil {
 				d.log.Error("auto=start failed", "conn", name, "err", err)
@@ -82,8 +99,12 @@ func (d *Daemon) autoStart() {
 
 func (d *Daemon) up(ctx context.Context, name string, progress func(string)) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	c, ok := d.conns.Conns[name]
+	if ok && c.IKE != nil {
+		d.mu.Unlock()
+		return d.upIKE(ctx, c, progress)
+	}
+	defer d.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("no connection named %q (gosec conf check --dump lists them)", name)
 	}
@@ -176,6 +197,24 @@ func (d *Daemon) shuntLocked(c *ConnSpec, progress func(string)) error {
 
 func (d *Daemon) down(name string, progress func(string)) error {
 	d.mu.Lock()
+	c, ok := d.conns.Conns[name]
+	d.mu.Unlock()
+	if ok && c.IKE != nil {
+		had, err := d.downIKE(context.Background(), name)
+		if err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.downLocked(name)
+		d.mu.Unlock()
+		if had {
+			progress(fmt.Sprintf("connection '%s' closed: Delete sent to the peer, SAs, policies and routes removed", name))
+		} else {
+			progress(fmt.Sprintf("connection '%s' is not up", name))
+		}
+		return nil
+	}
+	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, ok := d.conns.Conns[name]; !ok {
 		if _, ok := d.active[name]; !ok {
@@ -220,6 +259,9 @@ func (d *Daemon) remove(a *activeConn) {
 	}
 	if a.in != nil {
 		d.sad.Delete(a.in.SPI, a.in.Proto, a.in.Dst)
+	}
+	for _, k := range append([]*ikeChild(nil), a.children...) {
+		d.removeChildLocked(k)
 	}
 	if d.plane != nil {
 		d.plane.ClearTrap(a.reqid)
@@ -374,10 +416,43 @@ func (d *Daemon) reload(progress func(string)) error {
 	if err != nil {
 		return err
 	}
+	// IKE conns that changed or vanished are deleted first (the key
+	// manager calls back into the daemon, so without d.mu).
+	d.mu.Lock()
+	old := d.conns
+	d.mu.Unlock()
+	var restart []string
+	for _, name := range old.Order {
+		oc := old.Conns[name]
+		if oc.IKE == nil {
+			continue
+		}
+		if nc, ok := cfg.Conns[name]; !ok || !reflect.DeepEqual(nc, oc) {
+			if had, _ := d.downIKE(context.Background(), name); had {
+				progress(fmt.Sprintf("conn '%s' changed or removed: its SAs were deleted", name))
+				if ok && nc.IKE != nil {
+					restart = append(restart, name)
+				}
+			}
+		}
+	}
+	d.mu.Lock()
+	d.conns, d.secrets = cfg, cfg.Secrets
+	d.mu.Unlock()
+	if d.ike != nil {
+		if err := d.ike.SetConns(context.Background(), d.ikeConns()); err != nil {
+			return err
+		}
+		for _, name := range cfg.Order {
+			c := cfg.Conns[name]
+			_, wasThere := old.Conns[name]
+			if c.IKE != nil && c.IKEUnsupported == "" && ((c.Auto == "start" && !wasThere) || contains(restart, name)) {
+				d.ike.Start(name)
+			}
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old := d.conns
-	d.conns = cfg
 	var errs []error
 	names := make([]string, 0, len(d.active))
 	for name := range d.active {
@@ -386,6 +461,9 @@ func (d *Daemon) reload(progress func(string)) error {
 	sort.Strings(names)
 	for _, name := range names {
 		a := d.active[name]
+		if a.spec.IKE != nil {
+			continue
+		}
 		nc, ok := cfg.Conns[name]
 		switch {
 		case !ok:
@@ -403,7 +481,7 @@ func (d *Daemon) reload(progress func(string)) error {
 	for _, name := range cfg.Order {
 		c := cfg.Conns[name]
 		_, wasThere := old.Conns[name]
-		if _, up := d.active[name]; up || wasThere {
+		if _, up := d.active[name]; up || wasThere || c.IKE != nil {
 			continue
 		}
 		if c.Auto == "start" || (c.Auto == "route" && c.Manual != nil) {
@@ -414,4 +492,13 @@ func (d *Daemon) reload(progress func(string)) error {
 	}
 	progress(fmt.Sprintf("configuration reloaded: %d conns", len(cfg.Order)))
 	return errors.Join(errs...)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
 }

@@ -9,12 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/clock"
+	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"github.com/gosec-ipsec/gosec/internal/netio"
@@ -34,6 +37,8 @@ type Options struct {
 	TUNName     string // default "gosec0"
 	WireMTU     int    // MTU of the path to peers (default 1500)
 	NATTPort    int    // ESP-in-UDP / IKE NAT-T port (default 4500)
+	IKEPort     int    // IKE port (default 500)
+	LogKeys     bool   // with Debug: log IKE keys (never in production)
 	Mark        uint32 // firewall mark of the daemon's sockets
 	Table       int    // routing table for routes into the TUN
 	FilterTable string // nftables table name
@@ -56,6 +61,9 @@ func (o *Options) defaults() {
 	}
 	if o.NATTPort == 0 {
 		o.NATTPort = 4500
+	}
+	if o.IKEPort == 0 {
+		o.IKEPort = 500
 	}
 	if o.Mark == 0 {
 		o.Mark = netio.DefaultMark
@@ -94,10 +102,19 @@ type Daemon struct {
 	filter *netio.Filter
 	plane  *dataplane.Plane
 
-	mu     sync.Mutex // guards conns, active, nextReqID (control path only)
-	conns  *Config
-	active map[string]*activeConn
-	reqid  uint32
+	// The key manager and its UDP 500 socket.
+	ike     *ike.Engine
+	ikeSock *net.UDPConn
+	ikeStop context.CancelFunc
+	ikeDone chan struct{}
+
+	mu          sync.Mutex // guards conns, secrets, active, ikeChildren, ikeErr, reqid
+	conns       *Config
+	secrets     *conf.Secrets
+	active      map[string]*activeConn
+	ikeChildren map[string]*ikeChild
+	ikeErr      map[string]string
+	reqid       uint32
 
 	stop     context.CancelFunc
 	stopOnce sync.Once
@@ -108,12 +125,13 @@ type Daemon struct {
 // installed before it returns.
 func Run(ctx context.Context, opts Options) (err error) {
 	opts.defaults()
-	d := &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{}}
+	d := &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{},
+		ikeChildren: map[string]*ikeChild{}, ikeErr: map[string]string{}}
 	cfg, err := d.loadConfig()
 	if err != nil {
 		return err
 	}
-	d.conns = cfg
+	d.conns, d.secrets = cfg, cfg.Secrets
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -129,6 +147,9 @@ func Run(ctx context.Context, opts Options) (err error) {
 
 	defer d.teardown()
 	if err := d.setup(); err != nil {
+		return err
+	}
+	if err := d.startIKE(ctx); err != nil {
 		return err
 	}
 
@@ -153,8 +174,10 @@ func Run(ctx context.Context, opts Options) (err error) {
 		}
 	case err = <-srvErr:
 	}
-	cancel()
 	d.log.Info("gosec stopping")
+	// Delete negotiated SAs (telling peers) while the sockets still work.
+	d.stopIKE()
+	cancel()
 	return err
 }
 
@@ -204,6 +227,7 @@ func (d *Daemon) setup() error {
 
 // teardown removes everything the daemon made, in reverse order.
 func (d *Daemon) teardown() {
+	d.stopIKE()
 	d.mu.Lock()
 	for name := range d.active {
 		d.downLocked(name)

@@ -1,12 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -26,6 +28,9 @@ type Status struct {
 	Drops   map[string]uint64       `json:"drops"`
 	NATT    NATTStatus              `json:"natt"`
 	Conns   []ConnStatus            `json:"conns"`
+	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
+	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
+	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
 }
 
 // NATTStatus counts what arrived on the NAT-T port besides ESP.
@@ -53,6 +58,11 @@ type ConnStatus struct {
 	Since         string     `json:"since,omitempty"`
 	SAs           []SAStatus `json:"sas"`
 	Cleartext     uint64     `json:"cleartext_dropped"`
+	// Children are the IPsec SA pairs IKE negotiated (their SAs are in
+	// SAs too); IKEError is why the last `gosec up` failed.
+	Children    []ike.ChildStatus `json:"children,omitempty"`
+	IKEError    string            `json:"ike_error,omitempty"`
+	Unsupported string            `json:"unsupported,omitempty"`
 }
 
 // SAStatus is one SA of a conn.
@@ -91,6 +101,13 @@ func (d *Daemon) status(all bool) *Status {
 	if d.natt != nil {
 		st.NATT = NATTStatus{Port: d.opts.NATTPort, Keepalives: d.natt.Keepalives.Load(), IKE: d.natt.IKEMsgs.Load(), Invalid: d.natt.Invalid.Load()}
 	}
+	var children []ike.ChildStatus
+	if d.ike != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st.ISAKMP, children, _ = d.ike.Status(ctx)
+		cancel()
+		st.IKE = d.ike.Stats.Snapshot()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, name := range d.conns.Order {
@@ -103,11 +120,24 @@ func (d *Daemon) status(all bool) *Status {
 		if c.Manual != nil {
 			cs.Keying = "manual"
 		}
+		cs.IKEError, cs.Unsupported = d.ikeErr[name], c.IKEUnsupported
+		for _, ch := range children {
+			if ch.Conn == name {
+				cs.Children = append(cs.Children, ch)
+			}
+		}
 		if a, ok := d.active[name]; ok {
 			cs.State, cs.ReqID, cs.Since = "installed", a.reqid, a.since
 			for _, sa := range []*sad.SA{a.in, a.out} {
 				if sa != nil {
 					cs.SAs = append(cs.SAs, saStatus(sa, now))
+				}
+			}
+			for _, k := range a.children {
+				for _, sa := range []*sad.SA{k.in, k.out} {
+					if sa != nil {
+						cs.SAs = append(cs.SAs, saStatus(sa, now))
+					}
 				}
 			}
 			if d.filter != nil {
@@ -216,37 +246,85 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 			}
 		}
 	}
+	if len(s.ISAKMP) > 0 || all {
+		fmt.Fprintf(w, "ISAKMP SAs (%d):\n", len(s.ISAKMP))
+		for _, p := range s.ISAKMP {
+			role := "responder"
+			if p.Initiator {
+				role = "initiator"
+			}
+			nat := ""
+			if p.NATT {
+				nat = ", NAT-T"
+				if p.NAT != "" {
+					nat += " (" + p.NAT + " behind NAT)"
+				}
+			}
+			life := ""
+			if p.LifeLeftSeconds > 0 {
+				life = fmt.Sprintf(", %s left", time.Duration(p.LifeLeftSeconds)*time.Second)
+			}
+			fmt.Fprintf(w, "%14s: %s, %s...%s[%s], %s, cookies %s_i %s_r, %s%s, age %s%s\n", p.Conn, p.State, p.Local, p.Remote,
+				p.PeerID, role, p.ICookie, p.RCookie, p.Suite, nat, time.Duration(p.AgeSeconds)*time.Second, life)
+		}
+	}
 	fmt.Fprintf(w, "Security Associations (%d up, %d conns):\n", up, len(s.Conns))
 	for _, c := range s.Conns {
+		if c.IKEError != "" {
+			fmt.Fprintf(w, "%14s: last negotiation failed: %s\n", c.Name, c.IKEError)
+		}
+		if c.Unsupported != "" && all {
+			fmt.Fprintf(w, "%14s: cannot be negotiated: %s\n", c.Name, c.Unsupported)
+		}
 		if c.State != "installed" {
 			if !all {
 				fmt.Fprintf(w, "%14s: down\n", c.Name)
 			}
 			continue
 		}
-		id := fmt.Sprintf("%s[%d]", c.Name, c.ReqID)
-		var in, out *SAStatus
-		for i := range c.SAs {
-			if c.SAs[i].Dir == "in" {
-				in = &c.SAs[i]
-			} else {
-				out = &c.SAs[i]
+		for i := 0; i+1 < len(c.SAs); i += 2 {
+			in, out := &c.SAs[i], &c.SAs[i+1]
+			if in.Dir != "in" {
+				in, out = out, in
 			}
+			var child *ike.ChildStatus
+			for j := range c.Children {
+				if c.Children[j].InSPI == in.SPI {
+					child = &c.Children[j]
+				}
+			}
+			c.writeSA(w, all, in, out, child)
 		}
-		if in == nil || out == nil {
-			continue
-		}
+	}
+}
+
+// writeSA renders one SA pair of a conn.
+func (c ConnStatus) writeSA(w io.Writer, all bool, in, out *SAStatus, child *ike.ChildStatus) {
+	{
+		id := fmt.Sprintf("%s[%d]", c.Name, c.ReqID)
 		sel := fmt.Sprintf("%s === %s", strings.Join(c.LocalSubnets, ","), strings.Join(c.RemoteSubnets, ","))
 		if c.Mode == "transport" || len(c.LocalSubnets) == 0 {
 			sel = fmt.Sprintf("%s/32 === %s/32", c.Local, c.Remote)
 		}
+		proposal := c.Proposal
+		if child != nil {
+			id = fmt.Sprintf("%s{%s}", c.Name, child.InSPI)
+			sel = child.LocalTS + " === " + child.RemoteTS
+			proposal = child.Suite
+			if child.PFS != "none" {
+				proposal += ", PFS " + child.PFS
+			}
+		}
 		if !all {
 			fmt.Fprintf(w, "%14s: INSTALLED, %s, %s SPIs: %s_i %s_o, %s, %d/%d packets in/out, %s\n", id,
-				strings.ToUpper(c.Mode), in.Proto, in.SPI, out.SPI, c.Proposal, in.Packets, out.Packets, sel)
-			continue
+				strings.ToUpper(c.Mode), in.Proto, in.SPI, out.SPI, proposal, in.Packets, out.Packets, sel)
+			return
 		}
 		fmt.Fprintf(w, "%14s: INSTALLED since %s, %s%s, reqid %d, %s keying\n", id, c.Since, strings.ToUpper(c.Mode), encapText(c.Encap), c.ReqID, c.Keying)
-		fmt.Fprintf(w, "%14s:  %s SPIs: %s_i %s_o, %s\n", id, in.Proto, in.SPI, out.SPI, c.Proposal)
+		fmt.Fprintf(w, "%14s:  %s SPIs: %s_i %s_o, %s\n", id, in.Proto, in.SPI, out.SPI, proposal)
+		if child != nil {
+			fmt.Fprintf(w, "%14s:  negotiated by IKE (ISAKMP SA %s), age %s\n", id, child.ISAKMP, time.Duration(child.AgeSeconds)*time.Second)
+		}
 		fmt.Fprintf(w, "%14s:  in:  %d packets, %s, last %s, replay window %d (highest seq %d)\n", id,
 			in.Packets, bytesText(in.Bytes), ago(in.LastPacket), in.ReplayWindow, in.Seq)
 		fmt.Fprintf(w, "%14s:  out: %d packets, %s, last %s, seq %d\n", id, out.Packets, bytesText(out.Bytes), ago(out.LastPacket), out.Seq)
