@@ -341,8 +341,10 @@ func p2Suites(c *Conn) []p2Suite {
 		}
 	}
 	add := func(proto sad.Proto, s conf.Suite) {
+		// A DH group in esp= turns PFS on (strongSwan); pfs=yes without
+		// one uses PFSGroup or the phase-1 group (Libreswan).
 		g := group
-		if c.PFS && s.DH != 0 {
+		if s.DH != 0 {
 			g = ikecrypto.Group(s.DH)
 		}
 		out = append(out, p2Suite{Proto: proto, Encr: s.Cipher.Encr, KeyBits: s.Cipher.KeyBits, Integ: s.Integ, Group: g, Life: c.Lifetime, ESN: s.ESN})
