@@ -430,12 +430,11 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 		}
 		return
 	}
-	if natt && !p.natt {
-		// The peer floated to 4500 (RFC 3947 4).
+	if natt {
+		// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved.
 		p.natt = true
-	}
-	if natt || p.natt {
 		p.peer = from
+		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
 	}
 	switch h.Exchange {
 	case isakmp.ExchMain:

@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -120,6 +121,12 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	}
 	ps, raws, ok := e.decode(p, h.Next, plain, "Informational")
 	if !ok {
+		if p.state == "MAIN_I3" {
+			// The peer answered MM5 with a message our keys cannot read:
+			// its keys differ from ours, so its PSK does.
+			e.Stats.AuthFailed.Add(1)
+			e.failP1(p, errors.New("the peer answered MM5 with an Informational message that does not decrypt under our keys: the pre-shared keys most likely differ"), false)
+		}
 		return
 	}
 	if len(raws) == 0 || raws[0].Type != isakmp.PayloadHash {

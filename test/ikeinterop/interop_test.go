@@ -373,15 +373,15 @@ func TestStrongSwanMismatch(t *testing.T) {
 		gosecLogHas string
 	}{
 		{name: "psk-gosec-initiates", ss: func(c conn) conn { return c }, ssPSK: "wrong",
-			gosecSays: "pre-shared keys", charonSays: "", gosecLogHas: ""},
+			gosecSays: "pre-shared keys", charonSays: "", gosecLogHas: "pre-shared keys most likely differ"},
 		{name: "psk-strongswan-initiates", ss: func(c conn) conn { return c }, ssPSK: "wrong", ssInitiate: true,
 			gosecLogHas: "pre-shared keys most likely differ"},
 		{name: "ike-proposal", ss: func(c conn) conn { c.ike = "aes256-sha256-modp2048"; return c },
-			gosecSays: "NO_PROPOSAL_CHOSEN", charonSays: "no proposal chosen"},
+			gosecSays: "NO_PROPOSAL_CHOSEN", charonSays: "no proposal found"},
 		{name: "ike-proposal-strongswan-initiates", ss: func(c conn) conn { c.ike = "aes256-sha256-modp2048"; return c }, ssInitiate: true,
 			gosecLogHas: "differs in cipher aes256 vs aes128, hash sha256 vs sha1", charonSays: "NO_PROPOSAL_CHOSEN"},
 		{name: "esp-proposal", ss: func(c conn) conn { c.esp = "aes128gcm16"; return c },
-			gosecSays: "NO_PROPOSAL_CHOSEN", charonSays: "no acceptable proposal"},
+			gosecSays: "NO_PROPOSAL_CHOSEN", charonSays: "no matching proposal found, sending NO_PROPOSAL_CHOSEN"},
 		{name: "esp-proposal-strongswan-initiates", ss: func(c conn) conn { c.esp = "aes128gcm16"; return c }, ssInitiate: true,
 			gosecLogHas: "no acceptable phase-2 proposal", charonSays: "NO_PROPOSAL_CHOSEN"},
 		{name: "subnets", ss: func(c conn) conn { c.rightSub = "10.9.0.0/24"; return c },
