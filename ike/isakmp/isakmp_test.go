@@ -146,11 +146,11 @@ func TestMalformed(t *testing.T) {
 		"major version 2":        set(17, 0x20),
 		"payload length 3":       set(28+2, 0, 3),
 		"payload past end":       set(28+2, 0, 0x50),
-		"proposal length short":  set(28+8+2, 0, 0x2f),
-		"transform count 2":      set(28+8+7, 2),
-		"SPI size past proposal": set(28+8+6, 0x40),
-		"attribute past end":     set(28+8+8+8+24+2, 0, 0x10),
-		"notify SPI past end":    set(28+60+20+4+5, 9),
+		"proposal length short":  set(42, 0, 0x2f),
+		"transform count 2":      set(47, 2),
+		"SPI size past proposal": set(46, 0x40),
+		"attribute past end":     set(82, 0, 0x10),
+		"notify SPI past end":    set(117, 9),
 	}
 	for name, b := range cases {
 		h, err := ParseHeader(b)
