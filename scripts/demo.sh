@@ -19,18 +19,20 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# ipsec.secrets must be readable by root only; git does not keep modes.
+cp demo/ipsec.conf "$RUN/ipsec.conf"
+install -m 600 demo/ipsec.secrets "$RUN/ipsec.secrets"
+
 step "topology: ${P}lan1 - ${P}gw1 ==== ${P}gw2 - ${P}lan2"
 scripts/topo.sh up "$P"
 
 for gw in gw1 gw2; do
   step "gosec start in ${P}$gw"
-  ip netns exec "${P}$gw" "$BIN" start --config demo/ipsec.conf --socket "$RUN/$gw.ctl" --log "$RUN/$gw.log"
+  ip netns exec "${P}$gw" "$BIN" start --config "$RUN/ipsec.conf" --socket "$RUN/$gw.ctl" --log "$RUN/$gw.log"
 done
 
-for gw in gw1 gw2; do
-  step "gosec up demo (${P}$gw)"
-  ip netns exec "${P}$gw" "$BIN" up demo --socket "$RUN/$gw.ctl"
-done
+step "gosec up demo (${P}gw1 initiates IKEv1 Main Mode + Quick Mode with ${P}gw2)"
+ip netns exec "${P}gw1" "$BIN" up demo --socket "$RUN/gw1.ctl"
 
 step "ping 10.2.0.2 from ${P}lan1, through the tunnel"
 ip netns exec "${P}lan1" ping -c 4 -i 0.2 10.2.0.2
