@@ -36,16 +36,19 @@ var endKeywords = map[string]endHandler{
 	"ahkey": func(c *Conn, e *End, v string, _ *resolver) error { return setKey(c, &e.AHKey, v) },
 }
 
-// knownUnsupported are strongSwan / Libreswan / FreeS/WAN keywords that
-// gosec knowingly ignores: a warning names them.
-var knownUnsupported = map[string]string{
-	// config setup
+// setupUnsupported are the config setup keywords of strongSwan, Libreswan
+// and FreeS/WAN; gosec implements none of them, and a warning names each.
+var setupUnsupported = map[string]string{
 	"charondebug": "use gosec start --debug", "plutodebug": "use gosec start --debug", "uniqueids": "",
 	"strictcrlpolicy": "", "cachecrls": "", "charonstart": "", "plutostart": "", "protostack": "gosec is its own stack",
 	"interfaces": "gosec listens on all addresses", "virtual_private": "", "nat_traversal": "NAT-T is always on",
 	"nhelpers": "", "plutostderrlog": "", "logfile": "use gosec start --log", "dumpdir": "", "klipsdebug": "",
 	"keep_alive": "", "myid": "", "oe": "", "crlcheckinterval": "", "listen": "", "ikev1-policy": "",
-	// conn
+}
+
+// knownUnsupported are strongSwan / Libreswan / FreeS/WAN conn keywords
+// that gosec knowingly ignores: a warning names them.
+var knownUnsupported = map[string]string{
 	"compress": "IPComp is not implemented", "mobike": "IKEv2 only", "leftfirewall": "", "rightfirewall": "",
 	"leftupdown": "", "rightupdown": "", "leftsourceip": "", "rightsourceip": "", "leftdns": "", "rightdns": "",
 	"leftsendcert": "", "rightsendcert": "", "leftauth": "", "rightauth": "", "leftauth2": "", "rightauth2": "",
@@ -147,13 +150,40 @@ func allKeywords() []string {
 	return out
 }
 
-// suggest returns the known keyword nearest to key, if it is close.
-func suggest(key string) string {
+// isConnKeyword reports whether key is a conn keyword, implemented or not.
+func isConnKeyword(key string) bool {
+	if _, _, _, ok := lookupKeyword(key); ok {
+		return true
+	}
+	_, ok := knownUnsupported[key]
+	return ok
+}
+
+// setupKeywords lists the config setup keywords, for suggestions.
+func setupKeywords() []string {
+	var out []string
+	for k := range setupUnsupported {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// suggest returns the keyword of the section (conn keywords, or config
+// setup ones when setup is set) nearest to key, if it is close.
+func suggest(key string, setup bool) string {
 	best, bestD := "", 3
-	if len(key) > 8 {
+	switch {
+	case len(key) <= 4:
+		bestD = 2
+	case len(key) > 8:
 		bestD = 4
 	}
-	for _, k := range allKeywords() {
+	names := allKeywords()
+	if setup {
+		names = setupKeywords()
+	}
+	for _, k := range names {
 		if d := editDistance(key, k); d < bestD {
 			best, bestD = k, d
 		}

@@ -107,11 +107,15 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		switch s.kind {
 		case "config":
 			for _, k := range s.kvs {
-				if why, ok := knownUnsupported[k.key]; ok {
+				if why, ok := setupUnsupported[k.key]; ok {
 					p.warnUnsupported(k, why)
 					continue
 				}
-				p.errorf(k.pos, "unknown config setup keyword %q%s", k.key, hint(k.key))
+				if isConnKeyword(k.key) {
+					p.errorf(k.pos, "%s is a conn keyword; it is not allowed in config setup", k.key)
+					continue
+				}
+				p.errorf(k.pos, "unknown config setup keyword %q%s", k.key, hint(k.key, true))
 			}
 			for _, k := range s.kvs {
 				cfg.Setup[k.key] = k.value
@@ -169,8 +173,8 @@ func (p *parser) warnUnsupported(k kv, why string) {
 	p.warnf(k.pos, "%s", msg)
 }
 
-func hint(key string) string {
-	if s := suggest(key); s != "" {
+func hint(key string, setup bool) string {
+	if s := suggest(key, setup); s != "" {
 		return fmt.Sprintf(" (did you mean %s?)", s)
 	}
 	return ""
@@ -181,9 +185,15 @@ func hint(key string) string {
 // and those of conn %default.
 func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) []kv {
 	seen := map[string]bool{}
+	// visited: a section reached a second time (a diamond of also=) adds
+	// nothing, as every keyword it sets is already set; without this a
+	// chain of conns each naming the next two times would be walked
+	// 2^depth times.
+	visited := map[*section]bool{}
 	var out []kv
 	var visit func(sec *section, chain []string, depth int)
 	visit = func(sec *section, chain []string, depth int) {
+		visited[sec] = true
 		own := map[string]pos{}
 		var alsos []kv
 		for _, k := range sec.kvs {
@@ -212,6 +222,9 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 					p.errorf(a.pos, "also=%s makes a loop: %s -> %s", a.value, strings.Join(chain, " -> "), a.value)
 					return
 				}
+			}
+			if visited[target] {
+				continue
 			}
 			if depth >= MaxAlsoDepth {
 				p.errorf(a.pos, "also= chain deeper than %d", MaxAlsoDepth)
@@ -261,7 +274,11 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 					p.warnUnsupported(k, why)
 					continue
 				}
-				p.errorf(k.pos, "unknown keyword %q%s", k.key, hint(k.key))
+				if _, setup := setupUnsupported[k.key]; setup {
+					p.errorf(k.pos, "%s is a config setup keyword; it is not allowed in a conn section", k.key)
+					continue
+				}
+				p.errorf(k.pos, "unknown keyword %q%s", k.key, hint(k.key, false))
 				continue
 			}
 			var err error

@@ -103,18 +103,29 @@ type parser struct {
 	sections []*section
 	files    int
 	stack    []string // include chain, for loop detection
+	// seen holds the diagnostics already reported: a keyword of conn
+	// %default or of a conn reached through also= is interpreted once per
+	// conn that uses it, and its problem is reported once.
+	seen map[Diag]bool
+}
+
+func (p *parser) add(d Diag) {
+	if len(p.diags) >= MaxDiagnostics || p.seen[d] {
+		return
+	}
+	if p.seen == nil {
+		p.seen = map[Diag]bool{}
+	}
+	p.seen[d] = true
+	p.diags = append(p.diags, d)
 }
 
 func (p *parser) errorf(at pos, format string, args ...any) {
-	if len(p.diags) < MaxDiagnostics {
-		p.diags = append(p.diags, Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...)})
-	}
+	p.add(Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (p *parser) warnf(at pos, format string, args ...any) {
-	if len(p.diags) < MaxDiagnostics {
-		p.diags = append(p.diags, Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...), Warning: true})
-	}
+	p.add(Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...), Warning: true})
 }
 
 // readFile parses one file (and what it includes).
@@ -217,6 +228,13 @@ func (p *parser) parse(file string, data []byte) {
 		indented := text[0] == ' ' || text[0] == '\t'
 		fields := strings.Fields(text)
 		if !indented {
+			if strings.Contains(fields[0], "=") || len(fields) > 1 && strings.HasPrefix(fields[1], "=") {
+				// A keyword line that lost its indentation. The section
+				// stays open, so the indented lines after it are not
+				// reported again as outside any section.
+				p.errorf(at, "keyword line %q must be indented (it belongs to the section above)", strings.TrimSpace(text))
+				continue
+			}
 			cur = nil
 			switch fields[0] {
 			case "version":
@@ -242,11 +260,7 @@ func (p *parser) parse(file string, data []byte) {
 				}
 				cur = p.newSection(fields[0], fields[1], at)
 			default:
-				if strings.Contains(fields[0], "=") {
-					p.errorf(at, "keyword line %q must be indented (it belongs to the section above)", strings.TrimSpace(text))
-				} else {
-					p.errorf(at, "unknown section type %q (expected config setup, conn NAME, ca NAME, include or version)", fields[0])
-				}
+				p.errorf(at, "unknown section type %q (expected config setup, conn NAME, ca NAME, include or version)", fields[0])
 			}
 			continue
 		}
