@@ -19,6 +19,9 @@ type Options struct {
 	// DefaultRoute returns this host's address on its default route, for
 	// %defaultroute (default: asks the kernel's routing).
 	DefaultRoute func() (netip.Addr, error)
+	// NoInclude makes every include line an error instead of reading
+	// files: for Parse of text that must not reach the file system.
+	NoInclude bool
 }
 
 type resolver struct {
@@ -78,14 +81,14 @@ func (r *resolver) defaultRoute() (netip.Addr, error) {
 // Config holds every diagnostic; the error is non-nil when any of them is
 // an error (a *DiagError listing all of them).
 func Load(path string, opts Options) (*Config, error) {
-	p := &parser{}
+	p := &parser{noInclude: opts.NoInclude}
 	p.readFile(path, pos{file: path})
 	return p.finish(opts)
 }
 
 // Parse is Load for text already in memory (name labels the messages).
 func Parse(name string, data []byte, opts Options) (*Config, error) {
-	p := &parser{}
+	p := &parser{noInclude: opts.NoInclude}
 	if len(data) > MaxFileSize {
 		p.errorf(pos{file: name}, "file larger than %d bytes", MaxFileSize)
 	} else {

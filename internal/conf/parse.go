@@ -107,6 +107,8 @@ type parser struct {
 	// %default or of a conn reached through also= is interpreted once per
 	// conn that uses it, and its problem is reported once.
 	seen map[Diag]bool
+	// noInclude refuses include lines (Options.NoInclude).
+	noInclude bool
 }
 
 func (p *parser) add(d Diag) {
@@ -150,6 +152,14 @@ func (p *parser) readFile(path string, from pos) {
 			p.errorf(from, "more than %d files included", MaxFiles)
 		}
 		return
+	}
+	if len(p.stack) > 0 {
+		// An included file must be a regular file: a glob such as
+		// /dev/* would otherwise block on a terminal or a FIFO.
+		if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+			p.errorf(from, "include: %s is not a regular file", path)
+			return
+		}
 	}
 	data, err := readLimited(path)
 	if err != nil {
@@ -313,6 +323,10 @@ func (p *parser) newSection(kind, name string, at pos) *section {
 }
 
 func (p *parser) include(from, pattern string, at pos) {
+	if p.noInclude {
+		p.errorf(at, "include is not allowed here (configuration parsed from memory)")
+		return
+	}
 	if !filepath.IsAbs(pattern) {
 		pattern = filepath.Join(filepath.Dir(from), pattern)
 	}
