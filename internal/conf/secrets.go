@@ -3,6 +3,8 @@ package conf
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -119,8 +121,10 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 			ids[i] = unquote(ids[i])
 		}
 		rest := strings.TrimSpace(text[colon+1:])
-		typ, val, _ := strings.Cut(rest, " ")
-		val = strings.TrimSpace(val)
+		typ, val := rest, ""
+		if i := strings.IndexAny(rest, " \t"); i >= 0 {
+			typ, val = rest[:i], strings.TrimSpace(rest[i:])
+		}
 		s := Secret{IDs: ids, Type: strings.ToUpper(typ), File: path, Line: line}
 		switch s.Type {
 		case "PSK":
@@ -151,21 +155,44 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 	}
 }
 
-// secretValue reads a quoted string, a 0x hex or 0s base64 value.
+// secretValue reads a secret as strongSwan's extract_secret does: text
+// between single or double quotes is taken as it is; an unquoted value
+// starting with 0x is hexadecimal and one starting with 0s is base64, and
+// the bytes they encode are the secret; any other unquoted word is taken
+// as it is.
 func secretValue(v string) (string, error) {
 	if v == "" {
 		return "", fmt.Errorf("empty secret")
 	}
 	if v[0] == '"' || v[0] == '\'' {
 		q := v[0]
-		end := strings.LastIndexByte(v, q)
-		if end == 0 {
+		end := strings.IndexByte(v[1:], q)
+		if end < 0 {
 			return "", fmt.Errorf("unterminated quote")
 		}
-		return v[1:end], nil
+		if rest := strings.TrimSpace(v[end+2:]); rest != "" {
+			return "", fmt.Errorf("text %q after the closing quote", rest)
+		}
+		return v[1 : end+1], nil
 	}
 	if strings.ContainsAny(v, " \t") {
 		return "", fmt.Errorf("unquoted secret with white space")
+	}
+	if len(v) > 2 && v[0] == '0' {
+		switch v[1] {
+		case 'x', 'X':
+			b, err := hex.DecodeString(v[2:])
+			if err != nil {
+				return "", fmt.Errorf("bad hexadecimal after 0x")
+			}
+			return string(b), nil
+		case 's', 'S':
+			b, err := base64.StdEncoding.DecodeString(v[2:])
+			if err != nil {
+				return "", fmt.Errorf("bad base64 after 0s")
+			}
+			return string(b), nil
+		}
 	}
 	return v, nil
 }
