@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -198,47 +199,104 @@ func secretValue(v string) (string, error) {
 }
 
 // FindPSK returns the pre-shared key for the pair of IDs the way
-// strongSwan ranks ipsec.secrets entries: an entry's selectors are its
-// owners (none means "%any %any"; a single one means "ID %any"); each side
-// scores 5 when a selector equals its ID and 1 when a selector is %any; an
-// entry needs a match on both sides, and the highest sum wins, the first in
-// the file among equals. So "a b : PSK" beats "b : PSK", which beats
-// ": PSK".
+// strongSwan chooses among ipsec.secrets entries (stroke_cred.c builds the
+// owners, mem_cred.c scores them, credential_manager.c picks):
+//   - an entry's owners are its selectors without %any; none left means
+//     the single owner %any (": PSK" is "%any");
+//   - each side scores "perfect" when an owner is that ID, "any" when an
+//     owner is %any, else nothing; an entry needs a score on at least one
+//     side;
+//   - the best entry has the best remote score, then the best local score;
+//     the first in the file wins among equals.
+//
+// IDs compare as strongSwan's identities do: "@host" and "host" are the
+// same FQDN, FQDNs and user@fqdn compare without case, addresses as
+// addresses.
 func (s *Secrets) FindPSK(local, remote string) (Secret, bool) {
-	best, bestScore := Secret{}, 0
+	var best Secret
+	bestLocal, bestRemote, found := idMatchNone, idMatchNone, false
+	l, r := canonicalID(local), canonicalID(remote)
 	for _, sec := range s.List {
 		if sec.Type != "PSK" {
 			continue
 		}
-		if score := matchScore(sec.IDs, local, remote); score > bestScore {
-			best, bestScore = sec, score
+		owners := secretOwners(sec.IDs)
+		ml, mr := ownerMatch(owners, l), ownerMatch(owners, r)
+		if ml == idMatchNone && mr == idMatchNone {
+			continue
+		}
+		if !found || mr > bestRemote || mr == bestRemote && ml > bestLocal {
+			best, bestLocal, bestRemote, found = sec, ml, mr, true
 		}
 	}
-	return best, bestScore > 0
+	return best, found
 }
 
-func matchScore(ids []string, local, remote string) int {
-	switch len(ids) {
-	case 0:
-		ids = []string{"%any", "%any"}
-	case 1:
-		ids = []string{ids[0], "%any"}
+// strongSwan's id_match_t ranks, as far as gosec's IDs need them.
+const (
+	idMatchNone    = 0
+	idMatchAny     = 1
+	idMatchPerfect = 20
+)
+
+// anyID is the canonical form of strongSwan's ID_ANY.
+const anyID = "%any"
+
+// canonicalID renders an ID the way strongSwan's
+// identification_create_from_string classifies it, so that equal
+// identities compare equal as strings.
+func canonicalID(id string) string {
+	id = strings.TrimSpace(unquote(strings.TrimSpace(id)))
+	switch id {
+	case "", "%any", "%any6", "0.0.0.0", "*", "::", "0::0":
+		return anyID
 	}
-	side := func(id string) int {
-		m := 0
-		for _, sel := range ids {
-			switch {
-			case sel == id && id != "":
-				return 5
-			case sel == "%any" || sel == "%any4":
-				m = 1
-			}
+	if strings.Contains(id, "=") {
+		return "dn:" + id
+	}
+	if strings.HasPrefix(id, "@#") {
+		return "keyid:" + strings.ToLower(id[2:])
+	}
+	if strings.HasPrefix(id, "@@") {
+		return "user_fqdn:" + strings.ToLower(id[2:])
+	}
+	if strings.HasPrefix(id, "@") {
+		return "fqdn:" + strings.ToLower(id[1:])
+	}
+	if strings.Contains(id, "@") {
+		return "user_fqdn:" + strings.ToLower(id)
+	}
+	if a, err := netip.ParseAddr(id); err == nil {
+		return "addr:" + a.Unmap().String()
+	}
+	return "fqdn:" + strings.ToLower(id)
+}
+
+// secretOwners turns an entry's selectors into strongSwan's owner list.
+func secretOwners(ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if c := canonicalID(id); c != anyID {
+			out = append(out, c)
 		}
-		return m
 	}
-	l, r := side(local), side(remote)
-	if l == 0 || r == 0 {
-		return 0
+	if len(out) == 0 {
+		out = []string{anyID}
 	}
-	return l + r
+	return out
+}
+
+// ownerMatch is mem_cred.c's has_owner: the best match of id among the
+// owners.
+func ownerMatch(owners []string, id string) int {
+	best := idMatchNone
+	for _, o := range owners {
+		switch {
+		case o == anyID:
+			best = max(best, idMatchAny)
+		case o == id:
+			return idMatchPerfect
+		}
+	}
+	return best
 }
