@@ -74,7 +74,7 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 		return
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		p.errorf(pos{file: path}, "refusing a secrets file that group or other may access (mode %04o); run: chmod 600 %s", perm, path)
+		p.errorf(pos{file: path}, "refusing a secrets file that %s (mode %04o): it holds keys; run: chmod 600 %s", accessWho(perm), perm, path)
 		return
 	}
 	data, err := readLimited(path)
@@ -154,6 +154,31 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 		}
 		p.list = append(p.list, s)
 	}
+}
+
+// accessWho says who other than the owner may read or write a file of
+// mode perm, e.g. "group may read, others may read and write".
+func accessWho(perm os.FileMode) string {
+	var parts []string
+	for _, w := range []struct {
+		who   string
+		shift uint
+	}{{"group", 3}, {"others", 0}} {
+		var can []string
+		if perm>>w.shift&4 != 0 {
+			can = append(can, "read")
+		}
+		if perm>>w.shift&2 != 0 {
+			can = append(can, "write")
+		}
+		if perm>>w.shift&1 != 0 {
+			can = append(can, "execute")
+		}
+		if len(can) > 0 {
+			parts = append(parts, w.who+" may "+strings.Join(can, " and "))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // secretValue reads a secret as strongSwan's extract_secret does: text
