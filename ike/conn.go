@@ -49,6 +49,11 @@ type Conn struct {
 	// KeyingTries is how many times a negotiation is attempted; 0 means
 	// forever.
 	KeyingTries int
+	// Rekey makes the initiator of a child negotiate its successor
+	// RekeyMargin before Lifetime ends (the old pair is deleted once the
+	// new one is installed). Without it a child just expires.
+	Rekey       bool
+	RekeyMargin time.Duration
 	// ForceEncaps pretends a NAT so that ESP travels in UDP 4500.
 	ForceEncaps bool
 	// ReplayWindow of the inbound SA (packets).

@@ -127,6 +127,16 @@ type child struct {
 	established time.Time
 	initiator   bool
 	group       string
+	conn        *Conn
+	rekeyed     bool
+	timers      []clock.Timer
+}
+
+func (c *child) stop() {
+	for _, t := range c.timers {
+		t.Stop()
+	}
+	c.timers = nil
 }
 
 // New returns an engine; call Run to start it.
@@ -315,6 +325,7 @@ func (e *Engine) terminate(name string, notify bool) bool {
 		if notify && ch.p != nil && ch.p.established() && e.sas[ch.p.key()] == ch.p {
 			e.sendDelete(ch.p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
 		}
+		ch.stop()
 		e.cfg.Installer.Remove(ch.sa)
 		e.log.Info("IPsec SA deleted", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", ch.sa.OutSPI))
 	}

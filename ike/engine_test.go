@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
@@ -540,4 +541,59 @@ func TestMalformed(t *testing.T) {
 	if _, err := r.up(r.a, "c"); err != nil {
 		t.Fatalf("after the garbage: %v", err)
 	}
+}
+
+// TestRekey: the initiator negotiates a successor before the lifetime
+// ends, both sides install it and the old pair is deleted on both.
+func TestRekey(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 10*time.Second
+	}
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	first := r.ia.children()[0].InSPI
+	fc.Advance(91 * time.Second) // past lifetime - margin
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	checkPairSubset(t, r.ia, r.ib)
+	fc.Advance(6 * time.Second) // the grace period
+	waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+	if r.ia.children()[0].InSPI == first {
+		t.Fatal("the old SA survived and the new one went")
+	}
+	checkPair(t, r.ia, r.ib, 1)
+}
+
+// checkPairSubset checks that every child of A has its mirror on B.
+func checkPairSubset(t *testing.T, ia, ib *fakeInstaller) {
+	t.Helper()
+	for _, x := range ia.children() {
+		found := false
+		for _, y := range ib.children() {
+			if y.InSPI == x.OutSPI && y.OutSPI == x.InSPI {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("A's child %08x/%08x has no mirror on B", x.InSPI, x.OutSPI)
+		}
+	}
+}
+
+// TestExpiry: without rekey a child is deleted when its lifetime ends.
+func TestExpiry(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca.Lifetime, cb.Lifetime = 100*time.Second, 200*time.Second
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	fc.Advance(101 * time.Second)
+	waitFor(t, func() bool { return len(r.ia.children()) == 0 && len(r.ib.children()) == 0 })
 }

@@ -180,6 +180,7 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 				for _, ch := range list {
 					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() {
 						e.log.Info("peer deleted IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", out))
+						ch.stop()
 						e.cfg.Installer.Remove(ch.sa)
 						continue
 					}

@@ -79,6 +79,7 @@ type p1 struct {
 	failure     error
 	keepalive   clock.Timer
 	keepaliveOn bool
+	expire      clock.Timer
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -98,6 +99,10 @@ func (p *p1) stopTimer() {
 	if p.keepalive != nil {
 		p.keepalive.Stop()
 		p.keepalive = nil
+	}
+	if p.expire != nil {
+		p.expire.Stop()
+		p.expire = nil
 	}
 }
 
@@ -587,6 +592,19 @@ func (e *Engine) established(p *p1) {
 		p.local.Addr(), localIDString(p.conn), p.peer.Addr(), p.peerID, p.suite, nat)
 	if p.weBehindNAT && p.natt {
 		e.startKeepalive(p)
+	}
+	if p.suite.Life > 0 {
+		// The ISAKMP SA ends with its lifetime; IPsec SAs under it live
+		// on, and the next rekey negotiates a new one.
+		p.expire = e.cfg.Clock.AfterFunc(p.suite.Life, func() {
+			e.post(func() {
+				if e.sas[p.key()] == p {
+					e.log.Info("ISAKMP SA lifetime expired", "conn", p.conn.Name, "cookies", p.cookieString())
+					e.sendDeleteISAKMP(p)
+					e.forget(p)
+				}
+			})
+		})
 	}
 	if p.initiator {
 		ws := p.waiters

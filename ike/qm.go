@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
@@ -402,7 +403,18 @@ func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
 // childUp records an established child.
 func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	e.Stats.ChildrenInstalled.Add(1)
-	e.children[ch.Conn] = append(e.children[ch.Conn], &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group)})
+	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn}
+	// The pair this one replaces (a rekey, ours or the peer's) goes after
+	// a short grace period, so that packets in flight still open.
+	for _, old := range e.children[ch.Conn] {
+		if old.sa.LocalTS == ch.LocalTS && old.sa.RemoteTS == ch.RemoteTS && !old.rekeyed {
+			old.rekeyed = true
+			o := old
+			o.timers = append(o.timers, e.cfg.Clock.AfterFunc(rekeyGrace, func() { e.post(func() { e.deleteChild(o, "replaced by a newer SA") }) }))
+		}
+	}
+	e.children[ch.Conn] = append(e.children[ch.Conn], nc)
+	e.armChild(nc)
 	encap := ""
 	if ch.Encap != nil {
 		encap = fmt.Sprintf(", UDP-encapsulated %d->%d", ch.Encap.SrcPort, ch.Encap.DstPort)
@@ -633,3 +645,87 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 }
 
 var errNoSA = errors.New("no ISAKMP SA")
+
+// rekeyGrace is how long a replaced SA pair stays installed.
+const rekeyGrace = 5 * time.Second
+
+// armChild schedules the rekey (initiator, rekey=yes) and the hard
+// expiry of a child.
+func (e *Engine) armChild(c *child) {
+	life := c.sa.Lifetime
+	if life <= 0 {
+		return
+	}
+	if c.initiator && c.conn != nil && c.conn.Rekey {
+		margin := c.conn.RekeyMargin
+		if margin <= 0 || margin >= life {
+			margin = life / 10
+		}
+		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life-margin, func() {
+			e.post(func() {
+				if c.rekeyed || !e.hasChild(c) {
+					return
+				}
+				e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI))
+				e.rekey(c)
+			})
+		}))
+	}
+	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life, func() {
+		e.post(func() { e.deleteChild(c, "lifetime expired") })
+	}))
+}
+
+func (e *Engine) hasChild(c *child) bool {
+	for _, x := range e.children[c.sa.Conn] {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
+// rekey negotiates a successor for c's selectors, under the existing
+// ISAKMP SA or a new one.
+func (e *Engine) rekey(c *child) {
+	conn := e.conns[c.sa.Conn]
+	if conn == nil {
+		return
+	}
+	for _, p := range e.sortedSAs() {
+		if p.conn == conn && p.established() && (p.suite.Life <= 0 || e.cfg.Clock.Now().Sub(p.estTime) < p.suite.Life) {
+			e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
+				if err != nil {
+					e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
+				}
+			}, nil)
+			return
+		}
+	}
+	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
+}
+
+// deleteChild removes c, telling the peer.
+func (e *Engine) deleteChild(c *child, why string) {
+	if !e.hasChild(c) {
+		return
+	}
+	c.stop()
+	if c.p != nil && c.p.established() && e.sas[c.p.key()] == c.p {
+		e.sendDelete(c.p, c.sa.Proto, [][]byte{be32(c.sa.InSPI)})
+	}
+	e.cfg.Installer.Remove(c.sa)
+	list := e.children[c.sa.Conn]
+	for i, x := range list {
+		if x == c {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(e.children, c.sa.Conn)
+	} else {
+		e.children[c.sa.Conn] = list
+	}
+	e.log.Info("IPsec SA deleted", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "out_spi", fmt.Sprintf("%08x", c.sa.OutSPI), "why", why)
+}
