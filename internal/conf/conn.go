@@ -43,6 +43,8 @@ type Conn struct {
 	IKE         Proposals
 	ESP         Proposals // empty when AH is used
 	AH          Proposals
+	// PFS is pfs= (Libreswan); unset it is no, and strongSwan's way, a
+	// DH group in esp=, turns PFS on by itself.
 	PFS         bool
 	IKELifetime time.Duration
 	KeyLife     time.Duration
@@ -124,7 +126,7 @@ func defaultConn() *Conn {
 		KeyExchange: "ikev1", AuthBy: "pubkey", IKE: ike, ESP: esp,
 		IKELifetime: 3 * time.Hour, KeyLife: time.Hour, Rekey: true, RekeyMargin: 9 * time.Minute,
 		RekeyFuzz: 100, KeyingTries: 3, DPDDelay: 30 * time.Second, DPDTimeout: 150 * time.Second,
-		DPDAction: "none", Type: "tunnel", Auto: "ignore", ReplayWindow: 64, AHAlign: 4, PFS: true,
+		DPDAction: "none", Type: "tunnel", Auto: "ignore", ReplayWindow: 64, AHAlign: 4,
 		EncapPort: 4500, set: map[string]pos{},
 	}
 }
