@@ -309,8 +309,8 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 // validate checks a conn as a whole.
 func (p *parser) validate(c *Conn) {
 	at := pos{file: c.File, line: c.Line}
-	if c.Auto == "ignore" && !c.Set("left") && !c.Set("right") {
-		return // a template for also=
+	if c.Auto == "ignore" && (!c.Set("left") || !c.Set("right")) {
+		return // a template for also=, which may well set only one end
 	}
 	if !c.Set("left") || !c.Set("right") {
 		var miss []string
