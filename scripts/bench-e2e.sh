@@ -10,13 +10,16 @@
 # and prints medians, ratios and whether gosec meets the bar of issue 5
 # (>= 5x strongSwan for aes128-sha1, >= 10x for aes128gcm16).
 #
-#   scripts/bench-e2e.sh [-n RUNS] [-t SECS] [-o FILE] [-s SUITES] [-U] [-b]
+#   scripts/bench-e2e.sh [-n RUNS] [-t SECS] [-o FILE] [-s SUITES] [-U] [-b] [-P DIR]
 #     -n RUNS    runs per measurement, the median is reported (default 3)
 #     -t SECS    seconds per iperf3 run (default 4)
 #     -o FILE    also write the results as a markdown block to FILE
 #     -s SUITES  space-separated subset of "aes128-sha1 aes128gcm16"
 #     -U         skip the gosec ESP-in-UDP rows (saves about a third of the time)
 #     -b         exit 3 when the bar is not met (default: report only)
+#     -P DIR     afterwards, profile both gosec daemons with perf (cpu-clock,
+#                call graphs, kernel included) during one more 1-stream run per
+#                suite and encapsulation: DIR/gosec-SUITE-ENCAP-gwN.{perf.data,txt}
 # Defaults take about 4 minutes. Root only. Uses bin/gosec (GOSEC=path
 # overrides; `make bench-e2e` builds it first).
 #
@@ -28,18 +31,18 @@
 # run 2, ...) so that load from elsewhere on the machine hits them alike.
 # Everything, iperf3 included, shares the machine's cores. Everything this
 # script created is removed on exit, also on failure or Ctrl-C.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 IOP=$ROOT/test/interop
 . "$IOP/lib.sh"
 
-RUNS=3 SECS=4 OUT= SUITES="aes128-sha1 aes128gcm16" UDP=1 BARFAIL=
-usage() { sed -n '2,29p' "$0"; exit 2; }
-while getopts "n:t:o:s:Ubh" o; do
+RUNS=3 SECS=4 OUT= SUITES="aes128-sha1 aes128gcm16" UDP=1 BARFAIL= PROF=
+usage() { sed -n '2,32p' "$0"; exit 2; }
+while getopts "n:t:o:s:UbP:h" o; do
   case "$o" in
     n) RUNS=$OPTARG ;; t) SECS=$OPTARG ;; o) OUT=$OPTARG ;; s) SUITES=$OPTARG ;;
-    U) UDP= ;; b) BARFAIL=1 ;; *) usage ;;
+    U) UDP= ;; b) BARFAIL=1 ;; P) PROF=$OPTARG ;; *) usage ;;
   esac
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ && $SECS =~ ^[1-9][0-9]*$ ]] || { echo "bench-e2e: -n and -t take positive integers" >&2; exit 2; }
@@ -52,8 +55,16 @@ BIN=${GOSEC:-bin/gosec}
 [ -x "$BIN" ] || { echo "bench-e2e: no $BIN (run make build)" >&2; exit 1; }
 
 need_pkgs "${STRONGSWAN_PKGS[@]}" iperf3 iputils-ping procps jq
+if [ -n "$PROF" ]; then
+  command -v perf >/dev/null || need_pkgs linux-perf
+  mkdir -p "$PROF"
+  PROF=$(cd "$PROF" && pwd)
+fi
 
 T0=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -v l="${LOAD0%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 2)}' &&
+  log "bench-e2e: warning: load average $LOAD0 on $(nproc) cores; other work will make the numbers noisy"
 PP=gbe-p- PG=gbe-g- PS=gbe-s-
 SS_L=${PS}left SS_R=${PS}right SS_LL=${PS}leftlan SS_RL=${PS}rightlan
 RUNBASE=${GOSEC_INTEROP_RUN:-/run/gosec-interop}
@@ -86,10 +97,11 @@ cleanup() {
       [ -s "$TMP/$gw.log" ] && { log "--- gosec log of ${PG}$gw (tail)"; tail -20 "$TMP/$gw.log" >&2; }
     done
   fi
-  rm -rf "$TMP"
+  rm -rf "$TMP" "$RUNBASE/$SS_L" "$RUNBASE/$SS_R"
   exit $rc
 }
 trap cleanup EXIT
+trap 'log "bench-e2e: failed at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -240,6 +252,37 @@ measure() {
     "${V[$s|$p|p1]##* }" "${V[$s|$p|p4]##* }" "$v" "${cpu:+  gw CPU $cpu %}" >&2
 }
 
+# perf_top DATA LINES ARGS...: the first LINES rows of perf report ARGS
+perf_top() {
+  perf report -i "$1" --stdio -g none "${@:3}" 2>/dev/null | grep -v '^#' | grep . | head -"$2" || true
+}
+# profile SUITE PATH: perf record both gosec daemons during one 1-stream run
+profile() {
+  local conn=gosec-$1-raw gw out v pids=()
+  [ "$2" = gosec-udp ] && conn=gosec-$1-udp
+  activate "$2" "$1"
+  for gw in gw1 gw2; do
+    perf record -q -F 999 -g -o "$PROF/$conn-$gw.perf.data" -p "${GPID[$gw]}" -- sleep "$SECS" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  sleep 0.2
+  v=$(iperf "${CLI_NS[$2]}" 1)
+  wait "${pids[@]}" || true
+  for gw in gw1 gw2; do
+    out=$PROF/$conn-$gw.txt
+    {
+      echo "# perf record -F 999 -g -p <gosec in ${PG}$gw> during iperf3 -P 1 -t $SECS ($v Mbit/s), conn $conn"
+      echo "## by shared object"
+      perf_top "$PROF/$conn-$gw.perf.data" 10 --no-children --sort dso
+      echo "## by symbol (self)"
+      perf_top "$PROF/$conn-$gw.perf.data" 40 --no-children --sort sym
+      echo "## by symbol (children: time in the function and its callees)"
+      perf_top "$PROF/$conn-$gw.perf.data" 40 --children --sort sym
+    } >"$out"
+  done
+  log "  profiled $conn under iperf3 -P 1 ($v Mbit/s): $PROF/$conn-gw1.txt, $PROF/$conn-gw2.txt"
+}
+
 PATHS=(gosec)
 [ -n "$UDP" ] && PATHS+=(gosec-udp)
 PATHS+=(strongswan)
@@ -252,6 +295,7 @@ for s in $SUITES; do
   for RUN in $(seq 1 "$RUNS"); do
     for p in "${paths[@]}"; do measure "$s" "$p"; done
   done
+  [ -n "$PROF" ] && for p in "${PATHS[@]}"; do [ "$p" != strongswan ] && profile "$s" "$p"; done
   # proof that the tunnels carried the traffic (no route around them exists)
   SSB=$(ss_bytes_in)
   gosec_use ""
@@ -279,7 +323,8 @@ VERDICT=met
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($CPU_MODEL), Linux $(uname -r); gosec $COMMIT ($(go version 2>/dev/null | awk '{print $3}' || true));" \
     "strongSwan $SSVER; iperf3 $IPVER. TCP lan1 10.1.0.2 -> lan2 10.2.0.2 through two gateways (veth), ${SECS} s per run," \
-    "median of $RUNS runs; ping: 20 x 50 ms. Everything (iperf3, both gateways) shares the same cores. Run took ${ELAPSED} s."
+    "median of $RUNS runs; ping: 20 x 50 ms. Everything (iperf3, both gateways) shares the same cores;" \
+    "load average before the run: $LOAD0. Run took ${ELAPSED} s."
   echo
   echo "| suite | path | 1 stream (Mbit/s) | 4 streams (Mbit/s) | ping avg (ms) | gateway CPU at 4 streams (% of a core, gw1/gw2) |"
   echo "|---|---|--:|--:|--:|--:|"
