@@ -296,8 +296,9 @@ func (st statusAll) drops() map[string]uint64 {
 }
 
 // pingHost sends count echo requests from the host namespace.
-func pingHost(dst string, count int) error {
-	out, err := inNS(time.Duration(count+10)*time.Second, "ping", "-c", fmt.Sprint(count), "-i", "0.2", "-W", "3", dst)
+func pingHost(dst string, count int, opts ...string) error {
+	args := append([]string{"ping", "-c", fmt.Sprint(count), "-i", "0.2", "-W", "3"}, opts...)
+	out, err := inNS(time.Duration(count+10)*time.Second, append(args, dst)...)
 	if err != nil {
 		return fmt.Errorf("ping %s from %s: %v\n%s", dst, nsName, err, out)
 	}
@@ -306,8 +307,8 @@ func pingHost(dst string, count int) error {
 
 // pingGuest sends count echo requests from the guest (the kernel's XFRM
 // encrypts them).
-func pingGuest(c *Ctl, dst string, count int) error {
-	rc, out, err := c.Run(fmt.Sprintf("ping -c %d -i 0.2 -W 3 %s", count, dst))
+func pingGuest(c *Ctl, dst string, count int, opts ...string) error {
+	rc, out, err := c.Run(fmt.Sprintf("ping -c %d -i 0.2 -W 3 %s %s", count, strings.Join(opts, " "), dst))
 	if err != nil {
 		return err
 	}
