@@ -88,7 +88,7 @@ func Load(path string, opts Options) (*Config, error) {
 
 // Parse is Load for text already in memory (name labels the messages).
 func Parse(name string, data []byte, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude}
+	p := &parser{noInclude: opts.NoInclude, order: []string{name}}
 	if len(data) > MaxFileSize {
 		p.errorf(pos{file: name}, "file larger than %d bytes", MaxFileSize)
 	} else {
@@ -148,13 +148,19 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		cfg.Conns = append(cfg.Conns, c)
 	}
 	cfg.Diags = p.diags
-	sortDiags(cfg.Diags)
+	sortDiags(cfg.Diags, p.order)
 	return cfg, cfg.Diags.Err()
 }
 
-// sortDiags orders diagnostics by file (in the order first seen) and line.
-func sortDiags(ds Diags) {
+// sortDiags orders diagnostics by file (in the order the files were
+// read, then in the order first seen) and line.
+func sortDiags(ds Diags, order []string) {
 	rank := map[string]int{}
+	for _, f := range order {
+		if _, ok := rank[f]; !ok {
+			rank[f] = len(rank)
+		}
+	}
 	for _, d := range ds {
 		if _, ok := rank[d.File]; !ok {
 			rank[d.File] = len(rank)

@@ -102,7 +102,9 @@ type parser struct {
 	diags    Diags
 	sections []*section
 	files    int
-	stack    []string // include chain, for loop detection
+	stack    []string // include chain (absolute paths), for loop detection
+	names    []string // the same chain as written, for messages
+	order    []string // files in the order they were read, for sorting
 	// seen holds the diagnostics already reported: a keyword of conn
 	// %default or of a conn reached through also= is interpreted once per
 	// conn that uses it, and its problem is reported once.
@@ -138,7 +140,7 @@ func (p *parser) readFile(path string, from pos) {
 	}
 	for _, f := range p.stack {
 		if f == abs {
-			p.errorf(from, "include loop: %s includes itself (through %s)", path, strings.Join(p.stack, " -> "))
+			p.errorf(from, "include loop: %s includes itself (through %s)", path, strings.Join(p.names, " -> "))
 			return
 		}
 	}
@@ -167,7 +169,12 @@ func (p *parser) readFile(path string, from pos) {
 		return
 	}
 	p.stack = append(p.stack, abs)
-	defer func() { p.stack = p.stack[:len(p.stack)-1] }()
+	p.names = append(p.names, path)
+	p.order = append(p.order, path)
+	defer func() {
+		p.stack = p.stack[:len(p.stack)-1]
+		p.names = p.names[:len(p.names)-1]
+	}()
 	p.parse(path, data)
 }
 

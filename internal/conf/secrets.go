@@ -35,7 +35,7 @@ type Secrets struct {
 func LoadSecrets(path string) (*Secrets, error) {
 	p := &secretsParser{}
 	p.read(path, pos{file: path}, nil)
-	sortDiags(p.diags)
+	sortDiags(p.diags, nil)
 	s := &Secrets{List: p.list, Diags: p.diags}
 	return s, s.Diags.Err()
 }
