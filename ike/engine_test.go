@@ -597,3 +597,24 @@ func TestExpiry(t *testing.T) {
 	fc.Advance(101 * time.Second)
 	waitFor(t, func() bool { return len(r.ia.children()) == 0 && len(r.ib.children()) == 0 })
 }
+
+// TestInitialContact: a peer that lost its state (no Delete sent) comes
+// back; its INITIAL-CONTACT makes us drop the stale SAs.
+func TestInitialContact(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	old := r.ib.children()[0].InSPI
+	r.a.call(context.Background(), func() { r.a.terminate("c", false) }) // a crash: nothing sent
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 && r.ib.children()[0].InSPI != old })
+	p1s, _, _ := r.b.Status(context.Background())
+	if len(p1s) != 1 {
+		t.Fatalf("B keeps %d ISAKMP SAs after INITIAL-CONTACT", len(p1s))
+	}
+}

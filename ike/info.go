@@ -261,3 +261,32 @@ func (e *Engine) handlePlainInfo(p *p1, h isakmp.Header, msg []byte, from netip.
 		}
 	}
 }
+
+// initialContact honours INITIAL-CONTACT (RFC 2407 4.6.3.3): the peer
+// has no state from before, so every other SA with it is stale and goes
+// without a Delete.
+func (e *Engine) initialContact(p *p1) {
+	for _, q := range e.sortedSAs() {
+		if q != p && q.peer.Addr() == p.peer.Addr() && q.established() {
+			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "cookies", q.cookieString())
+			e.forget(q)
+		}
+	}
+	for name, list := range e.children {
+		keep := list[:0]
+		for _, ch := range list {
+			if ch.sa.Remote == p.peer.Addr() {
+				e.log.Info("INITIAL-CONTACT: removing the peer's old IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI))
+				ch.stop()
+				e.cfg.Installer.Remove(ch.sa)
+				continue
+			}
+			keep = append(keep, ch)
+		}
+		if len(keep) == 0 {
+			delete(e.children, name)
+		} else {
+			e.children[name] = keep
+		}
+	}
+}

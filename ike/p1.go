@@ -259,7 +259,29 @@ func (p *p1) noteVendorIDs(ps []isakmp.Payload) {
 		case bytesEq(v.Data, vidDPD):
 			p.peerDPD = true
 		}
+		if p.e != nil {
+			p.e.log.Debug("vendor ID", "peer", p.peer, "vid", vendorName(v.Data))
+		}
 	}
+}
+
+// vendorName names the vendor IDs gosec recognises.
+func vendorName(b []byte) string {
+	switch {
+	case bytesEq(b, vidNATT):
+		return "NAT-T (RFC 3947)"
+	case bytesEq(b, vidNATTDraft2), bytesEq(b, vidNATTDraft2n), bytesEq(b, vidNATTDraft3):
+		return "NAT-T draft"
+	case bytesEq(b, vidDPD):
+		return "DPD (RFC 3706)"
+	case bytesEq(b, vidXAUTH):
+		return "XAUTH (not supported by gosec)"
+	case bytesEq(b, vidFrag):
+		return "Cisco IKE fragmentation (not supported by gosec)"
+	case len(b) >= 16 && string(b[:8]) == "\x88\x2f\xe5\x6d\x6f\xd2\x0d\xbc":
+		return "strongSwan"
+	}
+	return fmt.Sprintf("unknown %x", b)
 }
 
 func bytesEq(a, b []byte) bool { return string(a) == string(b) }
@@ -849,6 +871,11 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 	p.peerID = idString(id)
 	p.iv = last
+	for _, n := range findAll[*isakmp.Notify](ps) {
+		if uint16(n.Kind) == notifyInitialContact {
+			e.initialContact(p)
+		}
+	}
 	myID := idPayload(p.conn.LocalID, p.local.Addr())
 	hashR := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, isakmp.EncodeBody(myID))
 	out := []isakmp.Payload{myID, &isakmp.Hash{Data: hashR}}
