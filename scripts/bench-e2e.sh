@@ -256,6 +256,24 @@ measure() {
 perf_top() {
   perf report -i "$1" --stdio -g none "${@:3}" 2>/dev/null | grep -v '^#' | grep . | head -"$2" || true
 }
+# perf_where DATA: share of samples (with callees, so the lines overlap) in
+# the parts of the hot path: crypto, TUN I/O, socket I/O (both include the
+# kernel work done inline, e.g. forwarding), SPD, and the Go scheduler
+perf_where() {
+  local t
+  t=$(perf report -i "$1" --stdio --children --sort sym -g none 2>/dev/null | grep -v '^#' | grep . || true)
+  pick() { awk -v pat="$2" '$0 ~ pat {gsub("%", "", $1); s += $1} END {printf "  %-52s %5.1f %%\n", name, s}' name="$1" <<<"$t"; }
+  pick "crypto: esp Seal + Open" '\] github.com/gosec-ipsec/gosec/esp\.\(\*Suite\)\.(Seal|Open)$'
+  pick "TUN read (incl. GSO split)" 'wireguard/tun\.\(\*NativeTun\)\.Read$'
+  pick "TUN write (incl. GRO and the kernel's forwarding)" 'wireguard/tun\.\(\*NativeTun\)\.Write$'
+  pick "socket send (sendmmsg, incl. the kernel's output)" 'netio\.\(\*sock\)\.send$'
+  pick "socket receive (recvmmsg)" 'netio\.\(\*sock\)\.recv$'
+  pick "SPD lookups" 'spd\.\(\*DB\)\.(Lookup|CheckInbound)$'
+  pick "Go runtime: sysmon thread" '\] runtime\.sysmon$'
+  pick "Go runtime: park/schedule (mcall)" '\] runtime\.mcall$'
+  perf report -i "$1" --stdio --no-children --sort dso -g none 2>/dev/null |
+    awk '/kernel.kallsyms/ {printf "  %-52s %5.1f %%\n", "in the kernel (self; overlaps all of the above)", $1}' || true
+}
 # profile SUITE PATH: perf record both gosec daemons during one 1-stream run
 profile() {
   local conn=gosec-$1-raw gw out v pids=()
@@ -272,6 +290,8 @@ profile() {
     out=$PROF/$conn-$gw.txt
     {
       echo "# perf record -F 999 -g -p <gosec in ${PG}$gw> during iperf3 -P 1 -t $SECS ($v Mbit/s), conn $conn"
+      echo "## where the time goes (% of samples, with callees)"
+      perf_where "$PROF/$conn-$gw.perf.data"
       echo "## by shared object"
       perf_top "$PROF/$conn-$gw.perf.data" 10 --no-children --sort dso
       echo "## by symbol (self)"
