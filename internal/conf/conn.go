@@ -70,6 +70,9 @@ type Conn struct {
 
 	// set records which keywords were given, with where (for messages).
 	set map[string]pos
+	// bad records the keywords given with a value that was refused, so
+	// that their absence is not reported again.
+	bad map[string]bool
 }
 
 // Set reports whether keyword k was given for the conn (directly, through
@@ -127,6 +130,6 @@ func defaultConn() *Conn {
 		IKELifetime: 3 * time.Hour, KeyLife: time.Hour, Rekey: true, RekeyMargin: 9 * time.Minute,
 		RekeyFuzz: 100, KeyingTries: 3, DPDDelay: 30 * time.Second, DPDTimeout: 150 * time.Second,
 		DPDAction: "none", Type: "tunnel", Auto: "ignore", ReplayWindow: 64, AHAlign: 4,
-		EncapPort: 4500, set: map[string]pos{},
+		EncapPort: 4500, set: map[string]pos{}, bad: map[string]bool{},
 	}
 }

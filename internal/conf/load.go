@@ -277,6 +277,10 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 			if applyRank(k.key) != rank {
 				continue
 			}
+			if k.bad {
+				c.bad[k.key] = true
+				continue
+			}
 			h, eh, left, ok := lookupKeyword(k.key)
 			if !ok {
 				if why, known := knownUnsupported[k.key]; known {
@@ -303,6 +307,7 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 			}
 			if err != nil {
 				p.errorf(k.pos, "%s=%s: %v", k.key, k.value, err)
+				c.bad[k.key] = true
 				continue
 			}
 			c.set[k.key] = k.pos
@@ -320,13 +325,15 @@ func (p *parser) validate(c *Conn) {
 	}
 	if !c.Set("left") || !c.Set("right") {
 		var miss []string
-		if !c.Set("left") {
+		if !c.Set("left") && !c.bad["left"] {
 			miss = append(miss, "left")
 		}
-		if !c.Set("right") {
+		if !c.Set("right") && !c.bad["right"] {
 			miss = append(miss, "right")
 		}
-		p.errorf(at, "conn %s has no %s", c.Name, strings.Join(miss, " and no "))
+		if len(miss) > 0 {
+			p.errorf(at, "conn %s has no %s", c.Name, strings.Join(miss, " and no "))
+		}
 		return
 	}
 	if c.Left.Any && c.Right.Any {
@@ -359,7 +366,7 @@ func (p *parser) validateManual(c *Conn, at pos) {
 		name string
 		e    *End
 	}{{"left", &c.Left}, {"right", &c.Right}} {
-		if side.e.SPI == 0 {
+		if side.e.SPI == 0 && !c.bad[side.name+"spi"] {
 			p.errorf(at, "manually keyed conn %s needs %sspi= (the SPI of the SA towards %s)", c.Name, side.name, side.name)
 		}
 		if side.e.Any || side.e.DefaultRoute && !side.e.Addr.IsValid() {
@@ -396,6 +403,9 @@ func (p *parser) validateManual(c *Conn, at pos) {
 			return
 		}
 		if got == nil {
+			if c.bad[kw] {
+				return // its value was refused already
+			}
 			p.errorf(at, "manually keyed conn %s needs %s (%d bytes for %s)", c.Name, kw, want, s.Name())
 			return
 		}

@@ -87,6 +87,8 @@ type pos struct {
 type kv struct {
 	key, value string
 	pos
+	// bad marks a line whose value could not be read (reported already).
+	bad bool
 }
 
 // section is a "config setup", "conn NAME" or "ca NAME" section.
@@ -301,12 +303,13 @@ func (p *parser) parse(file string, data []byte) {
 		}
 		key := strings.TrimSpace(trimmed[:eq])
 		val, err := parseValue(strings.TrimSpace(trimmed[eq+1:]))
-		if err != nil {
-			p.errorf(at, "%s: %v", key, err)
-			continue
-		}
 		if strings.ContainsAny(key, " \t") {
 			p.errorf(at, "bad keyword %q", key)
+			continue
+		}
+		if err != nil {
+			p.errorf(at, "%s: %v", key, err)
+			cur.kvs = append(cur.kvs, kv{key: key, pos: at, bad: true})
 			continue
 		}
 		cur.kvs = append(cur.kvs, kv{key: key, value: val, pos: at})
@@ -380,6 +383,9 @@ func parseValue(v string) (string, error) {
 			return "", fmt.Errorf("text %q after the closing quote", rest)
 		}
 		return v[1:end], nil
+	}
+	if strings.ContainsRune(v, '"') {
+		return "", fmt.Errorf("stray quote in %q (a quoted value starts with the quote)", v)
 	}
 	return v, nil
 }
