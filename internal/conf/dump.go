@@ -15,6 +15,9 @@ func yesNo(b bool) string {
 
 func (e *End) dump(w io.Writer, side string, manual bool) {
 	host := e.Host
+	if host == "" {
+		host = "(unset)"
+	}
 	if e.Addr.IsValid() && e.Addr.String() != e.Host {
 		host = fmt.Sprintf("%s (%s)", e.Host, e.Addr)
 	}
