@@ -416,11 +416,17 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 				plain = true
 			}
 		}
+		if aead && plain {
+			return p, fmt.Errorf("classic and AEAD ciphers cannot be in the same proposal (write them as two, separated by a comma)")
+		}
 		if plain && len(p.Integs) == 0 {
 			return p, fmt.Errorf("encryption without integrity is refused (RFC 4303 3.2); add an integrity algorithm")
 		}
-		if aead && !plain && len(p.Integs) > 0 {
-			return p, fmt.Errorf("an AEAD cipher takes no separate integrity algorithm")
+		if aead {
+			// As strongSwan's proposal.c: an all-AEAD proposal MUST NOT
+			// propose integrity algorithms, so any given are dropped
+			// ("aes256gcm16-sha256-modp2048" is aes256gcm16-modp2048).
+			p.Integs = nil
 		}
 	case kindAH:
 		if len(p.Integs) == 0 {
