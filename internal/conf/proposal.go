@@ -273,7 +273,12 @@ var integNames = map[string]Integ{
 	"sha256": IntegSHA256, "sha2_256": IntegSHA256, "sha2": IntegSHA256, "sha256_128": IntegSHA256, "sha2_256_128": IntegSHA256,
 	"sha384": IntegSHA384, "sha2_384": IntegSHA384, "sha384_192": IntegSHA384, "sha2_384_192": IntegSHA384,
 	"sha512": IntegSHA512, "sha2_512": IntegSHA512, "sha512_256": IntegSHA512, "sha2_512_256": IntegSHA512,
-	// IKEv1 PRF spellings (strongSwan): the PRF is the HMAC of the hash
+}
+
+// prfNames are strongSwan's PRF tokens; IKEv1 has no PRF of its own (the
+// PRF is the HMAC of the negotiated hash), so one is accepted in ike= only
+// when it names that hash.
+var prfNames = map[string]Integ{
 	"prfmd5": IntegMD5, "prfsha1": IntegSHA1, "prfsha256": IntegSHA256, "prfsha384": IntegSHA384, "prfsha512": IntegSHA512,
 }
 
@@ -349,6 +354,7 @@ func parseProposals(v string, kind proposalKind) (Proposals, error) {
 
 func parseProposal(item string, kind proposalKind) (Proposal, error) {
 	var p Proposal
+	var prfs []Integ
 	// Libreswan writes the DH group after ';' ("aes128-sha1;modp2048").
 	item = strings.ReplaceAll(item, ";", "-")
 	for _, tok := range strings.Split(item, "-") {
@@ -370,6 +376,13 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 		}
 		if i, ok := integNames[tok]; ok {
 			p.Integs = append(p.Integs, i)
+			continue
+		}
+		if i, ok := prfNames[tok]; ok {
+			if kind != kindIKE {
+				return p, fmt.Errorf("%s is a PRF; PRFs belong in ike= only", tok)
+			}
+			prfs = append(prfs, i)
 			continue
 		}
 		if g, ok := dhNames[tok]; ok {
@@ -403,6 +416,11 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 	case kindIKE:
 		if len(p.Ciphers) == 0 || len(p.Integs) == 0 {
 			return p, fmt.Errorf("an IKE proposal needs an encryption and a hash algorithm")
+		}
+		for _, prf := range prfs {
+			if len(p.Integs) != 1 || p.Integs[0] != prf {
+				return p, fmt.Errorf("prf%s: IKEv1 uses the hash algorithm as its PRF, so a PRF other than the one hash cannot be negotiated", prf.Name())
+			}
 		}
 	case kindESP:
 		if len(p.Ciphers) == 0 {
