@@ -1,0 +1,270 @@
+package conf
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeSecrets writes files (name -> text) into a fresh directory with
+// mode 0600 and returns the directory.
+func writeSecrets(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, text := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const rankedSecrets = `# strongSwan's selection rules, one entry per rule
+: PSK "default"
+192.0.2.2 : PSK "remote-only"
+192.0.2.1 192.0.2.2 : PSK "pair"
+192.0.2.2 192.0.2.1 : PSK "pair-again"
+@gw.example.org @alice.example.org %any : PSK 0x616c696365
+@left.example.org : PSK 0sbGVmdA==
+@bob.example.org	@carol.example.org @gw2.example.org :	PSK 'several'
+"user@example.org" : PSK "quoted id"
+include secrets.d/*.secrets
+: RSA /etc/ipsec.d/private/gw.pem secret123
+`
+
+func TestFindPSK(t *testing.T) {
+	dir := writeSecrets(t, map[string]string{
+		"ipsec.secrets":             rankedSecrets,
+		"secrets.d/extra.secrets":   "10.0.0.1 10.0.0.2 : PSK \"included\"\n",
+		"secrets.d/ignored.private": "10.0.0.1 10.0.0.2 : PSK \"not included: the glob wants *.secrets\"\n",
+	})
+	s, err := LoadSecrets(filepath.Join(dir, "ipsec.secrets"))
+	if err != nil {
+		t.Fatalf("LoadSecrets: %v", err)
+	}
+	tests := []struct {
+		name          string
+		local, remote string
+		want          string // "" = no secret
+	}{
+		// Both IDs are owners: the best match on both sides.
+		{"exact pair", "192.0.2.1", "192.0.2.2", "pair"},
+		// The owners are a set: order on the line does not matter, and
+		// the first of equals in the file wins.
+		{"exact pair reversed", "192.0.2.2", "192.0.2.1", "pair"},
+		// Only the remote matches: "192.0.2.2" (remote perfect) beats
+		// ": PSK" (remote any); "remote-only" is first among the entries
+		// with a perfect remote and no local match.
+		{"remote side only", "192.0.2.9", "192.0.2.2", "remote-only"},
+		// Only the local side matches a specific entry: strongSwan ranks
+		// the remote match first, so ": PSK" (remote any) wins over
+		// "192.0.2.1 192.0.2.2" (remote none).
+		{"local side only loses to default", "192.0.2.1", "192.0.2.99", "default"},
+		{"nothing specific", "198.51.100.1", "198.51.100.2", "default"},
+		{"FQDN pair, %any dropped, hex secret", "@gw.example.org", "@alice.example.org", "alice"},
+		{"FQDN without @ and in other case", "gw.example.org", "ALICE.example.org", "alice"},
+		{"single owner as remote, base64 secret", "@x.example.org", "@left.example.org", "left"},
+		{"single owner as local", "@left.example.org", "@x.example.org", "default"},
+		{"several IDs on a line, tabs", "@gw2.example.org", "@carol.example.org", "several"},
+		{"user@fqdn, quoted selector", "192.0.2.1", "USER@example.org", "quoted id"},
+		{"user@fqdn with @@", "192.0.2.1", "@@user@example.org", "quoted id"},
+		{"from an included file", "10.0.0.1", "10.0.0.2", "included"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sec, ok := s.FindPSK(tt.local, tt.remote)
+			if tt.want == "" {
+				if ok {
+					t.Fatalf("FindPSK(%s, %s) = %q, want none", tt.local, tt.remote, sec.Value)
+				}
+				return
+			}
+			if !ok {
+				t.Fatalf("FindPSK(%s, %s): none, want %q", tt.local, tt.remote, tt.want)
+			}
+			if sec.Value != tt.want {
+				t.Errorf("FindPSK(%s, %s) = %q (line %d), want %q", tt.local, tt.remote, sec.Value, sec.Line, tt.want)
+			}
+		})
+	}
+
+	var rsa *Secret
+	for i := range s.List {
+		if s.List[i].Type == "RSA" {
+			rsa = &s.List[i]
+		}
+		if strings.HasSuffix(s.List[i].File, ".private") {
+			t.Errorf("%s was included, but the glob names *.secrets", s.List[i].File)
+		}
+	}
+	if rsa == nil || rsa.Value != "/etc/ipsec.d/private/gw.pem" || rsa.Passphrase != "secret123" || len(rsa.IDs) != 0 {
+		t.Errorf("RSA entry = %+v, want key file /etc/ipsec.d/private/gw.pem with passphrase secret123", rsa)
+	}
+	if len(s.List) != 10 {
+		t.Errorf("%d secrets, want 10", len(s.List))
+	}
+}
+
+func TestFindPSKWithoutDefault(t *testing.T) {
+	dir := writeSecrets(t, map[string]string{"s": "192.0.2.1 192.0.2.2 : PSK \"pair\"\n: RSA key.pem\n"})
+	s, err := LoadSecrets(filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sec, ok := s.FindPSK("198.51.100.1", "198.51.100.2"); ok {
+		t.Errorf("found %q for unrelated IDs", sec.Value)
+	}
+	// One matching side is enough when nothing better exists (mem_cred.c
+	// accepts an entry that matches either ID).
+	if sec, ok := s.FindPSK("192.0.2.1", "198.51.100.2"); !ok || sec.Value != "pair" {
+		t.Errorf("FindPSK with the local ID only = %q, %v; want pair", sec.Value, ok)
+	}
+	// An RSA entry is never a PSK.
+	if sec, ok := (&Secrets{List: []Secret{{Type: "RSA", Value: "k"}}}).FindPSK("a", "b"); ok {
+		t.Errorf("RSA entry returned as PSK %q", sec.Value)
+	}
+}
+
+func TestSecretValues(t *testing.T) {
+	tests := []struct {
+		line, want string
+	}{
+		{`: PSK "with spaces and # hash"`, "with spaces and # hash"},
+		{`: PSK 'single quoted'`, "single quoted"},
+		{`: PSK "it's"`, "it's"},
+		{`: PSK unquoted-word`, "unquoted-word"},
+		{`: PSK 0x00ff10`, "\x00\xff\x10"},
+		{`: PSK 0X4142`, "AB"},
+		{`: PSK 0sQUJD`, "ABC"},
+		{`: psk "lower-case type"`, "lower-case type"},
+		{":\tPSK\t\"tabs\"", "tabs"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.line, func(t *testing.T) {
+			dir := writeSecrets(t, map[string]string{"s": tt.line + "\n"})
+			s, err := LoadSecrets(filepath.Join(dir, "s"))
+			if err != nil {
+				t.Fatalf("LoadSecrets: %v", err)
+			}
+			if len(s.List) != 1 || s.List[0].Value != tt.want || s.List[0].Type != "PSK" {
+				t.Fatalf("secrets %+v, want one PSK %q", s.List, tt.want)
+			}
+		})
+	}
+}
+
+func TestSecretsErrors(t *testing.T) {
+	text := `# every line below is wrong, and all are reported
+: PSK "unterminated
+: PSK 0xzz
+: PSK 0s!!!
+: PSK two words
+: PSK
+: XAUTH "x"
+: FOO bar
+no colon here
+: RSA a b c
+: PSK "a" trailing
+include missing.secrets
+include loop.secrets
+`
+	dir := writeSecrets(t, map[string]string{
+		"s":            text,
+		"loop.secrets": "include s\n",
+	})
+	t.Chdir(dir)
+	s, err := LoadSecrets("s")
+	if err == nil {
+		t.Fatal("LoadSecrets succeeded")
+	}
+	want := []string{
+		`s:2: PSK: unterminated quote`,
+		`s:3: PSK: bad hexadecimal after 0x`,
+		`s:4: PSK: bad base64 after 0s`,
+		`s:5: PSK: unquoted secret with white space`,
+		`s:6: PSK: empty secret`,
+		`s:7: XAUTH secrets are not supported by gosec (PSK and RSA are)`,
+		`s:8: unknown secret type "FOO" (PSK or RSA)`,
+		`s:9: expected [ID ...] : TYPE value`,
+		`s:10: RSA takes a key file and an optional passphrase`,
+		`s:11: PSK: text "trailing" after the closing quote`,
+		`s:12: include: missing.secrets does not exist`,
+		`loop.secrets:1: include loop: s includes itself`,
+	}
+	var got []string
+	for _, d := range s.Diags {
+		got = append(got, d.String())
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("diagnostics\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(s.List) != 0 {
+		t.Errorf("bad lines gave secrets: %+v", s.List)
+	}
+}
+
+// TestSecretsPermissions: a secrets file that anyone but its owner may
+// read or write is refused, with the reason; 0600 and 0400 are fine.
+func TestSecretsPermissions(t *testing.T) {
+	tests := []struct {
+		mode os.FileMode
+		want string // "" = accepted
+	}{
+		{0o600, ""},
+		{0o400, ""},
+		{0o644, "group may read, others may read (mode 0644)"},
+		{0o640, "group may read (mode 0640)"},
+		{0o620, "group may write (mode 0620)"},
+		{0o602, "others may write (mode 0602)"},
+		{0o666, "group may read and write, others may read and write (mode 0666)"},
+		{0o604, "others may read (mode 0604)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "ipsec.secrets")
+			if err := os.WriteFile(p, []byte(": PSK \"k\"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(p, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			s, err := LoadSecrets(p)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("mode %04o refused: %v", tt.mode, err)
+				}
+				if len(s.List) != 1 {
+					t.Fatalf("mode %04o: %d secrets, want 1", tt.mode, len(s.List))
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("mode %04o accepted", tt.mode)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.want) || !strings.Contains(msg, "chmod 600") {
+				t.Errorf("error %q, want it to say %q and how to fix it", msg, tt.want)
+			}
+			if len(s.List) != 0 {
+				t.Errorf("a refused file gave %d secrets", len(s.List))
+			}
+		})
+	}
+	// An included file is checked too.
+	dir := writeSecrets(t, map[string]string{"main": "include inc\n", "inc": ": PSK \"k\"\n"})
+	if err := os.Chmod(filepath.Join(dir, "inc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSecrets(filepath.Join(dir, "main")); err == nil || !strings.Contains(err.Error(), "others may read") {
+		t.Errorf("world-readable included secrets file: err %v", err)
+	}
+}
