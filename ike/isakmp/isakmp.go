@@ -124,6 +124,12 @@ var (
 	ErrVersion   = errors.New("isakmp: unsupported major version")
 	ErrLength    = errors.New("isakmp: bad length")
 	ErrTooMany   = errors.New("isakmp: too many payloads")
+	// ErrUnsupported reports a well-formed structure this package does
+	// not parse: an SA of another DOI than IPsec, or with labelled
+	// (secrecy/integrity) situations.
+	ErrUnsupported = errors.New("isakmp: unsupported")
+	// ErrInvalid reports a payload Validate refuses to encode.
+	ErrInvalid = errors.New("isakmp: cannot encode")
 )
 
 // Header is the ISAKMP header.

@@ -132,7 +132,8 @@ type CertReq struct {
 	Data     []byte
 }
 
-// Notify is a Notification payload (RFC 2408 3.14).
+// Notify is a Notification payload (RFC 2408 3.14). The notify message
+// type is the field Kind, as Type is the Payload method.
 type Notify struct {
 	DOI      uint32
 	Protocol ProtocolID
@@ -169,17 +170,40 @@ type Unknown struct {
 	Data []byte
 }
 
-func (*SA) Type() PayloadType        { return PayloadSA }
-func (*KE) Type() PayloadType        { return PayloadKE }
-func (*Nonce) Type() PayloadType     { return PayloadNonce }
-func (*Hash) Type() PayloadType      { return PayloadHash }
-func (*Sig) Type() PayloadType       { return PayloadSig }
-func (*VendorID) Type() PayloadType  { return PayloadVendorID }
-func (*ID) Type() PayloadType        { return PayloadID }
-func (*Cert) Type() PayloadType      { return PayloadCert }
-func (*CertReq) Type() PayloadType   { return PayloadCertReq }
-func (*Notify) Type() PayloadType    { return PayloadNotify }
-func (*Delete) Type() PayloadType    { return PayloadDelete }
+// Type is PayloadSA.
+func (*SA) Type() PayloadType { return PayloadSA }
+
+// Type is PayloadKE.
+func (*KE) Type() PayloadType { return PayloadKE }
+
+// Type is PayloadNonce.
+func (*Nonce) Type() PayloadType { return PayloadNonce }
+
+// Type is PayloadHash.
+func (*Hash) Type() PayloadType { return PayloadHash }
+
+// Type is PayloadSig.
+func (*Sig) Type() PayloadType { return PayloadSig }
+
+// Type is PayloadVendorID.
+func (*VendorID) Type() PayloadType { return PayloadVendorID }
+
+// Type is PayloadID.
+func (*ID) Type() PayloadType { return PayloadID }
+
+// Type is PayloadCert.
+func (*Cert) Type() PayloadType { return PayloadCert }
+
+// Type is PayloadCertReq.
+func (*CertReq) Type() PayloadType { return PayloadCertReq }
+
+// Type is PayloadNotify.
+func (*Notify) Type() PayloadType { return PayloadNotify }
+
+// Type is PayloadDelete.
+func (*Delete) Type() PayloadType { return PayloadDelete }
+
+// Type is the payload type the Unknown payload was received with.
 func (u *Unknown) Type() PayloadType { return u.T }
 
 // Type of a NAT-D payload (20, or 130 in the drafts).
@@ -220,7 +244,11 @@ func Decode(rp RawPayload) (Payload, error) {
 		if len(b) < 4 {
 			return nil, fmt.Errorf("%w: ID payload of %d octets", ErrLength, len(b))
 		}
-		return &ID{IDType: b[0], Protocol: b[1], Port: binary.BigEndian.Uint16(b[2:]), Data: clone(b[4:])}, nil
+		id := &ID{IDType: b[0], Protocol: b[1], Port: binary.BigEndian.Uint16(b[2:]), Data: clone(b[4:])}
+		if n := idAddrLen(id.IDType); n >= 0 && len(id.Data) != n {
+			return nil, fmt.Errorf("%w: ID of type %d with %d octets of data, want %d", ErrLength, id.IDType, len(id.Data), n)
+		}
+		return id, nil
 	case PayloadCert, PayloadCertReq:
 		if len(b) < 1 {
 			return nil, fmt.Errorf("%w: %s payload without encoding", ErrLength, rp.Type)
@@ -260,7 +288,11 @@ func Decode(rp RawPayload) (Payload, error) {
 		if len(b) < 4 {
 			return nil, fmt.Errorf("%w: NAT-OA payload of %d octets", ErrLength, len(b))
 		}
-		return &NATOA{Draft: rp.Type == PayloadNATOADraft, IDType: b[0], Addr: clone(b[4:])}, nil
+		n := &NATOA{Draft: rp.Type == PayloadNATOADraft, IDType: b[0], Addr: clone(b[4:])}
+		if (n.IDType != IDIPv4Addr || len(n.Addr) != 4) && (n.IDType != IDIPv6Addr || len(n.Addr) != 16) {
+			return nil, fmt.Errorf("%w: NAT-OA of ID type %d with %d octets of address", ErrLength, n.IDType, len(n.Addr))
+		}
+		return n, nil
 	}
 	return &Unknown{T: rp.Type, Data: clone(b)}, nil
 }
@@ -270,15 +302,19 @@ func decodeSA(b []byte) (*SA, error) {
 		return nil, fmt.Errorf("%w: SA payload of %d octets", ErrLength, len(b))
 	}
 	sa := &SA{DOI: binary.BigEndian.Uint32(b), Situation: binary.BigEndian.Uint32(b[4:])}
+	// The situation's format is the DOI's: for the IPsec DOI (and the
+	// generic ISAKMP DOI 0 of phase 1, which strongSwan and Linux
+	// racoon treat alike) it is 4 octets unless SIT_SECRECY or
+	// SIT_INTEGRITY add labelled-domain fields, which IKEv1 peers never
+	// send and this package does not parse.
+	if sa.DOI > DOIIPsec {
+		return nil, fmt.Errorf("%w: SA of DOI %d", ErrUnsupported, sa.DOI)
+	}
+	if sa.Situation&(SitSecrecy|SitIntegrity) != 0 {
+		return nil, fmt.Errorf("%w: SA situation %#x (labelled domains)", ErrUnsupported, sa.Situation)
+	}
 	// Proposals: a chain of generic payloads of type 2 (RFC 2408 3.4).
 	rest := b[8:]
-	if sa.Situation&^0x7 != 0 || sa.DOI != 1 {
-		// Other DOIs or labelled situations carry more fields we do not
-		// parse; keep the proposals empty rather than misread them.
-		if sa.DOI != 1 {
-			return sa, nil
-		}
-	}
 	ps, end, err := SplitPayloads(PayloadProposal, rest)
 	if err != nil {
 		return nil, fmt.Errorf("SA payload: %w", err)
@@ -385,7 +421,27 @@ func DecodeAll(first PayloadType, b []byte) ([]Payload, []RawPayload, error) {
 	return ps, raws, nil
 }
 
+// idAddrLen is the data length fixed by an ID type (RFC 2407 4.6.2), or
+// -1 for the variable-length types.
+func idAddrLen(t uint8) int {
+	switch t {
+	case IDIPv4Addr:
+		return 4
+	case IDIPv4Subnet, IDIPv4Range:
+		return 8
+	case IDIPv6Addr:
+		return 16
+	case IDIPv6Subnet, IDIPv6Range:
+		return 32
+	}
+	return -1
+}
+
 // EncodeBody returns the payload's body (without the generic header).
+// The output is a function of p alone. p must be one of this package's
+// payload types (anything else is a programming error and panics) and
+// should pass Validate: fields too long for their length fields are
+// encoded with truncated lengths.
 func EncodeBody(p Payload) []byte {
 	switch v := p.(type) {
 	case *SA:
@@ -495,4 +551,64 @@ func Encode(h Header, ps []Payload) []byte {
 	h.Length = uint32(len(b))
 	h.Put(b)
 	return b
+}
+
+// maxBody is the longest body a generic payload header can describe.
+const maxBody = 0xffff - 4
+
+// Validate reports whether p can be encoded faithfully: every length
+// fits its field (SPIs up to 255 octets, at most 255 transforms per
+// proposal, attribute values up to 65535 octets and types below 0x8000,
+// payload bodies up to 65531 octets), Delete SPIs all have SPISize
+// octets, NAT-OA and fixed-size ID data have the size of their type.
+// Decode only returns payloads that pass Validate.
+func Validate(p Payload) error {
+	switch v := p.(type) {
+	case *SA:
+		for i := range v.Proposals {
+			pr := &v.Proposals[i]
+			if len(pr.SPI) > 255 || len(pr.Transforms) > 255 {
+				return fmt.Errorf("%w: proposal %d has a %d-octet SPI and %d transforms", ErrInvalid, pr.Num, len(pr.SPI), len(pr.Transforms))
+			}
+			for j := range pr.Transforms {
+				for _, a := range pr.Transforms[j].Attrs {
+					if a.Type >= 0x8000 || len(a.Value) > 0xffff {
+						return fmt.Errorf("%w: attribute type %d with %d octets", ErrInvalid, a.Type, len(a.Value))
+					}
+				}
+			}
+		}
+	case *Notify:
+		if len(v.SPI) > 255 {
+			return fmt.Errorf("%w: notify SPI of %d octets", ErrInvalid, len(v.SPI))
+		}
+	case *Delete:
+		if len(v.SPIs) > 0xffff {
+			return fmt.Errorf("%w: %d SPIs in one Delete", ErrInvalid, len(v.SPIs))
+		}
+		for _, s := range v.SPIs {
+			if len(s) != int(v.SPISize) || len(s) == 0 {
+				return fmt.Errorf("%w: Delete SPI of %d octets, SPI size %d", ErrInvalid, len(s), v.SPISize)
+			}
+		}
+	case *ID:
+		if n := idAddrLen(v.IDType); n >= 0 && len(v.Data) != n {
+			return fmt.Errorf("%w: ID of type %d with %d octets", ErrInvalid, v.IDType, len(v.Data))
+		}
+	case *NATOA:
+		if (v.IDType != IDIPv4Addr || len(v.Addr) != 4) && (v.IDType != IDIPv6Addr || len(v.Addr) != 16) {
+			return fmt.Errorf("%w: NAT-OA of ID type %d with %d octets", ErrInvalid, v.IDType, len(v.Addr))
+		}
+	case *Unknown:
+		if v.T == PayloadNone {
+			return fmt.Errorf("%w: payload of type 0", ErrInvalid)
+		}
+	case *KE, *Nonce, *Hash, *Sig, *VendorID, *Cert, *CertReq, *NATD:
+	default:
+		return fmt.Errorf("%w: payload type %T", ErrInvalid, p)
+	}
+	if n := len(EncodeBody(p)); n > maxBody {
+		return fmt.Errorf("%w: %s body of %d octets", ErrInvalid, p.Type(), n)
+	}
+	return nil
 }
