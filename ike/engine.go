@@ -67,11 +67,15 @@ func (c *Config) defaults() {
 	if c.Retransmits == 0 {
 		c.Retransmits = 4
 	}
+	// About 1 KB each: 8 MB at most. A real peer's half-open SA lives
+	// one round trip before its MM3 makes it MAIN_R2; a flood must send
+	// more first messages than these caps within that round trip to push
+	// it out, and MAIN_R2 SAs are evicted only after every MAIN_R1 one.
 	if c.MaxHalfOpen == 0 {
-		c.MaxHalfOpen = 1024
+		c.MaxHalfOpen = 8192
 	}
 	if c.MaxHalfOpenPerPeer == 0 {
-		c.MaxHalfOpenPerPeer = 32
+		c.MaxHalfOpenPerPeer = c.MaxHalfOpen / 2
 	}
 	if c.HalfOpenTimeout == 0 {
 		c.HalfOpenTimeout = 30 * time.Second
@@ -112,6 +116,7 @@ type Engine struct {
 	// is zero until MM2 for SAs we initiate).
 	sas      map[cookies]*p1
 	halfOpen []*p1 // responder SAs still negotiating, oldest first
+	perPeer  map[netip.Addr]int
 	children map[string][]*child
 	log      *slog.Logger
 	rl       *ratelog.Limiter
@@ -144,7 +149,7 @@ func New(cfg Config) *Engine {
 	cfg.defaults()
 	return &Engine{
 		cfg: cfg, ev: make(chan func(), 1024), conns: map[string]*Conn{},
-		sas: map[cookies]*p1{}, children: map[string][]*child{},
+		sas: map[cookies]*p1{}, children: map[string][]*child{}, perPeer: map[netip.Addr]int{},
 		log: cfg.Log, rl: &ratelog.Limiter{Log: cfg.Log, Clock: cfg.Clock, Burst: 10},
 	}
 }
@@ -371,10 +376,18 @@ func (e *Engine) forget(p *p1) {
 	if e.sas[p.key()] == p {
 		delete(e.sas, p.key())
 	}
+	e.dropHalfOpen(p)
+}
+
+// dropHalfOpen takes p off the half-open list.
+func (e *Engine) dropHalfOpen(p *p1) {
 	for i, h := range e.halfOpen {
 		if h == p {
 			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
-			break
+			if e.perPeer[p.peer.Addr()]--; e.perPeer[p.peer.Addr()] <= 0 {
+				delete(e.perPeer, p.peer.Addr())
+			}
+			return
 		}
 	}
 }

@@ -598,12 +598,7 @@ func (e *Engine) established(p *p1) {
 	}
 	p.estTime = e.cfg.Clock.Now()
 	e.Stats.Established.Add(1)
-	for i, h := range e.halfOpen {
-		if h == p {
-			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
-			break
-		}
-	}
+	e.dropHalfOpen(p)
 	nat := ""
 	if p.natt {
 		nat = fmt.Sprintf(", NAT-T on port %d", e.cfg.NATTPort)
@@ -738,7 +733,7 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 	out = append(out, &isakmp.VendorID{Data: vidDPD})
 	p.lastRecv = sha256Sum(msg)
 	p.lastReplyTo = p.lastRecv
-	e.log.Info("Main Mode responder", "conn", conn.Name, "peer", from, "suite", suite.String())
+	e.log.Debug("Main Mode responder", "conn", conn.Name, "peer", from, "suite", suite.String())
 	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
 	e.armHalfOpen(p)
 }
@@ -751,26 +746,37 @@ func hashEqual(want, got []byte) bool { return subtle.ConstantTimeCompare(want, 
 
 // admitHalfOpen bounds the responder SAs that are still negotiating.
 func (e *Engine) admitHalfOpen(p *p1) {
-	perPeer := 0
-	for _, q := range e.halfOpen {
-		if q.peer.Addr() == p.peer.Addr() {
-			perPeer++
-		}
-	}
-	if perPeer >= e.cfg.MaxHalfOpenPerPeer {
-		for _, q := range e.halfOpen {
-			if q.peer.Addr() == p.peer.Addr() {
-				e.Stats.HalfOpenEvicted.Add(1)
-				e.forget(q)
-				break
-			}
-		}
+	if e.perPeer[p.peer.Addr()] >= e.cfg.MaxHalfOpenPerPeer {
+		e.evictHalfOpen(func(q *p1) bool { return q.peer.Addr() == p.peer.Addr() })
 	}
 	for len(e.halfOpen) >= e.cfg.MaxHalfOpen {
-		e.Stats.HalfOpenEvicted.Add(1)
-		e.forget(e.halfOpen[0])
+		e.evictHalfOpen(func(*p1) bool { return true })
 	}
 	e.halfOpen = append(e.halfOpen, p)
+	e.perPeer[p.peer.Addr()]++
+}
+
+// evictHalfOpen forgets the oldest half-open SA that match selects,
+// preferring those that never got past MM1 (MAIN_R1).
+func (e *Engine) evictHalfOpen(match func(*p1) bool) {
+	victim := -1
+	for i, q := range e.halfOpen {
+		if !match(q) {
+			continue
+		}
+		if q.state == "MAIN_R1" {
+			victim = i
+			break
+		}
+		if victim < 0 {
+			victim = i
+		}
+	}
+	if victim < 0 {
+		return
+	}
+	e.Stats.HalfOpenEvicted.Add(1)
+	e.forget(e.halfOpen[victim])
 }
 
 // armHalfOpen forgets a responder negotiation that stalls.
