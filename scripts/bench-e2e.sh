@@ -32,11 +32,13 @@
 # Everything, iperf3 included, shares the machine's cores. Everything this
 # script created is removed on exit, also on failure or Ctrl-C.
 set -Eeuo pipefail
+ORIG=$PWD
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 IOP=$ROOT/test/interop
 . "$IOP/lib.sh"
 
+log() { printf '%s\n' "$*" >&2; }
 RUNS=3 SECS=4 OUT= SUITES="aes128-sha1 aes128gcm16" UDP=1 BARFAIL= PROF=
 usage() { sed -n '2,32p' "$0"; exit 2; }
 while getopts "n:t:o:s:UbP:h" o; do
@@ -45,6 +47,9 @@ while getopts "n:t:o:s:UbP:h" o; do
     U) UDP= ;; b) BARFAIL=1 ;; P) PROF=$OPTARG ;; *) usage ;;
   esac
 done
+# -o and -P are relative to the caller's directory
+[ -n "$OUT" ] && [[ $OUT != /* ]] && OUT=$ORIG/$OUT
+[ -n "$PROF" ] && [[ $PROF != /* ]] && PROF=$ORIG/$PROF
 [[ $RUNS =~ ^[1-9][0-9]*$ && $SECS =~ ^[1-9][0-9]*$ ]] || { echo "bench-e2e: -n and -t take positive integers" >&2; exit 2; }
 for s in $SUITES; do
   case "$s" in aes128-sha1 | aes128gcm16) ;; *) echo "bench-e2e: unknown suite $s (aes128-sha1, aes128gcm16)" >&2; exit 2 ;; esac
@@ -71,7 +76,6 @@ RUNBASE=${GOSEC_INTEROP_RUN:-/run/gosec-interop}
 TMP=$(mktemp -d /tmp/gosec-bench.XXXXXX)
 SRV_PIDS=() SS_UP= G_UP=
 
-log() { printf '%s\n' "$*" >&2; }
 # quiet: run a command, show its output only if it fails
 quiet() {
   local out
@@ -266,7 +270,7 @@ perf_where() {
   pick "crypto: esp Seal + Open" '\] github.com/gosec-ipsec/gosec/esp\.\(\*Suite\)\.(Seal|Open)$'
   pick "TUN read (incl. GSO split)" 'wireguard/tun\.\(\*NativeTun\)\.Read$'
   pick "TUN write (incl. GRO and the kernel's forwarding)" 'wireguard/tun\.\(\*NativeTun\)\.Write$'
-  pick "socket send (sendmmsg, incl. the kernel's output)" 'netio\.\(\*sock\)\.send$'
+  pick "socket send (sendmmsg, incl. the kernel's output)" 'netio\.\((\*sock\)\.send|\*UDPConn\)\.SendCoalesced)$'
   pick "socket receive (recvmmsg)" 'netio\.\(\*sock\)\.recv$'
   pick "SPD lookups" 'spd\.\(\*DB\)\.(Lookup|CheckInbound)$'
   pick "Go runtime: sysmon thread" '\] runtime\.sysmon$'
