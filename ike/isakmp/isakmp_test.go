@@ -119,18 +119,17 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%T: %v", p, err)
 		}
-		if !reflect.DeepEqual(normalize(ps[0]), normalize(p)) {
-			t.Fatalf("%T round trip:\n%+v\n%+v", p, ps[0], p)
+		if err := Validate(p); err != nil {
+			t.Errorf("%T: %v", p, err)
+		}
+		if !reflect.DeepEqual(ps[0], p) {
+			t.Fatalf("%T round trip:\n%s\n%s", p, dump(ps[:1]), dump([]Payload{p}))
+		}
+		if ps[1].(*VendorID).Data == nil || string(ps[1].(*VendorID).Data) != "tail" {
+			t.Fatalf("%T: the payload after it decoded as %+v", p, ps[1])
 		}
 	}
 }
-
-// normalize maps nil and empty slices together for comparison.
-func normalize(p Payload) string {
-	return strings.ReplaceAll(strings.ReplaceAll(fmtPayload(p), "[]", "<nil>"), "<nil>", "-")
-}
-
-func fmtPayload(p Payload) string { return strings.TrimSpace(strings.ReplaceAll(sprint(p), "  ", " ")) }
 
 func TestMalformed(t *testing.T) {
 	good := h2b(t, mm1)
@@ -139,32 +138,79 @@ func TestMalformed(t *testing.T) {
 		copy(b[off:], v)
 		return b
 	}
-	cases := map[string][]byte{
-		"short header":           good[:27],
-		"length past datagram":   set(24, 0, 0, 0, 0x79),
-		"length below header":    set(24, 0, 0, 0, 27),
-		"major version 2":        set(17, 0x20),
-		"payload length 3":       set(28+2, 0, 3),
-		"payload past end":       set(28+2, 0, 0x50),
-		"proposal length short":  set(42, 0, 0x2f),
-		"transform count 2":      set(47, 2),
-		"SPI size past proposal": set(46, 0x40),
-		"attribute past end":     set(82, 0, 0x10),
-		"notify SPI past end":    set(117, 9),
+	// Offsets in mm1: header 0-27, SA generic header 28, DOI 32,
+	// situation 36, proposal header 40 (length 42, SPI size 46,
+	// transform count 47), transform header 48 (length 50), attributes
+	// from 56 (life duration TLV header at 80, its length at 82), VID at
+	// 88, notify at 108 (SPI size 117).
+	cases := []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"short header", good[:27], ErrTruncated},
+		{"empty", nil, ErrTruncated},
+		{"length past datagram", set(24, 0, 0, 0, 0x79), ErrLength},
+		{"length below header", set(24, 0, 0, 0, 27), ErrLength},
+		{"major version 2", set(17, 0x20), ErrVersion},
+		{"major version 0", set(17, 0x00), ErrVersion},
+		{"payload length 3", set(28+2, 0, 3), ErrLength},
+		{"payload length 0", set(28+2, 0, 0), ErrLength},
+		{"payload past end", set(28+2, 0, 0x5d), ErrTruncated},
+		{"chain runs past the message", set(108, 13), ErrTruncated},
+		{"proposal length short", set(42, 0, 0x2f), ErrLength},
+		{"proposal length long", set(42, 0, 0x31), ErrTruncated},
+		{"proposal next is not a proposal", set(40, 3), ErrTruncated},
+		{"transform count 2", set(47, 2), ErrLength},
+		{"transform count 0 with a transform", set(47, 0), ErrLength},
+		{"SPI size past proposal", set(46, 0x40), ErrLength},
+		{"transform length short", set(50, 0, 0x27), ErrLength},
+		{"transform of 3 octets", set(50, 0, 3), ErrLength},
+		{"payload of type KE inside a proposal", set(48, 4), ErrTruncated},
+		{"attribute past end", set(82, 0, 0x10), ErrTruncated},
+		{"notify SPI past end", set(117, 9), ErrLength},
+		{"SA of DOI 2", set(32, 0, 0, 0, 2), ErrUnsupported},
+		{"SA with SIT_SECRECY", set(36, 0, 0, 0, 3), ErrUnsupported},
 	}
-	for name, b := range cases {
-		h, err := ParseHeader(b)
+	for _, c := range cases {
+		h, err := ParseHeader(c.b)
 		if err == nil {
-			_, _, err = DecodeAll(h.Next, b[HeaderLen:h.Length])
+			_, _, err = DecodeAll(h.Next, c.b[HeaderLen:h.Length])
 		}
-		if err == nil {
-			t.Errorf("%s: accepted", name)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: error %v, want %v", c.name, err, c.want)
 		}
 	}
-	// Delete whose count does not match its octets.
-	d := h2b(t, "00000001 03 04 0002 01020304")
-	if _, err := Decode(RawPayload{Type: PayloadDelete, Body: d}); err == nil {
-		t.Error("delete with 2 SPIs in 4 octets accepted")
+	// One payload at a time, bodies written from RFC 2408 3.14/3.15,
+	// RFC 2407 4.6.2 and RFC 3947 5.2.
+	bodies := []struct {
+		name string
+		t    PayloadType
+		body string
+	}{
+		{"delete count 2, 1 SPI", PayloadDelete, "00000001 03 04 0002 01020304"},
+		{"delete count 1, 2 SPIs", PayloadDelete, "00000001 03 04 0001 01020304 05060708"},
+		{"delete SPI size 0 with a count", PayloadDelete, "00000001 03 00 0001"},
+		{"delete short", PayloadDelete, "00000001 03 04 00"},
+		{"notify short", PayloadNotify, "00000001 01 00 60"},
+		{"notify SPI size past end", PayloadNotify, "00000001 03 04 000e 010203"},
+		{"ID short", PayloadID, "01 11 01"},
+		{"ID IPv4 address of 3 octets", PayloadID, "01 00 0000 c00002"},
+		{"ID IPv4 subnet of 4 octets", PayloadID, "04 00 0000 0a000000"},
+		{"ID IPv6 address of 4 octets", PayloadID, "05 00 0000 0a000000"},
+		{"NAT-OA short", PayloadNATOA, "01 00 00"},
+		{"NAT-OA IPv4 of 16 octets", PayloadNATOA, "01 000000 00000000000000000000000000000001"},
+		{"NAT-OA FQDN", PayloadNATOADraft, "02 000000 61"},
+		{"cert without encoding", PayloadCert, ""},
+		{"SA short", PayloadSA, "00000001 000000"},
+		{"SA trailing octets", PayloadSA, "00000001 00000001 00 00 0008 01 01 00 00 ff"},
+		{"attribute header cut", PayloadSA, "00000001 00000001 00 00 0012 01 01 00 01 00 00 000a 01 01 0000 8001"},
+		{"TLV attribute past transform", PayloadSA, "00000001 00000001 00 00 0014 01 01 00 01 00 00 000c 01 01 0000 000c 0004"},
+	}
+	for _, c := range bodies {
+		if p, err := Decode(RawPayload{Type: c.t, Body: h2b(t, c.body)}); err == nil {
+			t.Errorf("%s: accepted as %+v", c.name, p)
+		}
 	}
 	// More than MaxPayloads.
 	var chain []byte
@@ -178,31 +224,125 @@ func TestMalformed(t *testing.T) {
 	if _, _, err := SplitPayloads(PayloadVendorID, chain); !errors.Is(err, ErrTooMany) {
 		t.Errorf("65 payloads: %v", err)
 	}
-	// Padding after the last payload (decrypted messages) is fine.
-	padded := append(h2b(t, "00 00 0008 01020304"), 0, 0, 0, 7)
-	if ps, end, err := SplitPayloads(PayloadHash, padded); err != nil || len(ps) != 1 || end != 8 {
-		t.Errorf("padded chain: %v %d %v", ps, end, err)
+	if ps, _, err := SplitPayloads(PayloadVendorID, chain[4:]); err != nil || len(ps) != MaxPayloads {
+		t.Errorf("64 payloads: %d, %v", len(ps), err)
 	}
 }
 
-// FuzzDecode: no input panics; whatever decodes re-encodes to a message
-// that decodes to the same payloads.
+func TestSplitPayloads(t *testing.T) {
+	// A decrypted Quick Mode body: HASH(3), then CBC padding (RFC 2409
+	// 5.3: padding may be anything, its last octet need not be a count).
+	b := h2b(t, `
+		00 00 0018 0102030405060708090a0b0c0d0e0f1011121314   # HASH, last payload
+		00 00 00 00 00 00 00 07                               # padding`)
+	ps, end, err := SplitPayloads(PayloadHash, b)
+	if err != nil || len(ps) != 1 || end != 24 || ps[0].Off != 0 || len(ps[0].Body) != 20 || ps[0].Body[0] != 1 {
+		t.Fatalf("padded chain: %+v %d %v", ps, end, err)
+	}
+	// A payload type this package does not know is kept (RFC 2408 5.1)
+	// with its offset, and the chain goes on past it.
+	b = h2b(t, `
+		0d 77 0006 abcd     # type 200 (private use), reserved octet 0x77 ignored
+		00 00 0008 01020304 # VID`)
+	ps, end, err = SplitPayloads(200, b)
+	if err != nil || len(ps) != 2 || end != 14 || ps[1].Type != PayloadVendorID || ps[1].Off != 6 {
+		t.Fatalf("unknown type chain: %+v %d %v", ps, end, err)
+	}
+	p, err := Decode(ps[0])
+	if u, ok := p.(*Unknown); err != nil || !ok || u.T != 200 || !bytes.Equal(u.Data, []byte{0xab, 0xcd}) {
+		t.Fatalf("unknown payload decoded as %+v, %v", p, err)
+	}
+	// Body aliases the input.
+	b[4] = 0xee
+	if ps[0].Body[0] != 0xee {
+		t.Fatal("RawPayload.Body does not alias the input")
+	}
+	// An empty chain.
+	if ps, end, err := SplitPayloads(PayloadNone, []byte{1, 2, 3}); err != nil || len(ps) != 0 || end != 0 {
+		t.Fatalf("empty chain: %v %d %v", ps, end, err)
+	}
+}
+
+func TestHeader(t *testing.T) {
+	// RFC 2408 3.1 layout, octet by octet.
+	b := h2b(t, `
+		1122334455667788 99aabbccddeeff00   # initiator, responder cookie
+		08                                  # next payload HASH
+		10                                  # major 1, minor 0
+		20                                  # Quick Mode
+		03                                  # E and C flags
+		7c21f538                            # message ID
+		00000024                            # length 36
+		00 00 0008 deadbeef                 # HASH
+		ffff                                # octets after Length: ignored`)
+	h, err := ParseHeader(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Header{ICookie: [8]byte{0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88},
+		RCookie: [8]byte{0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0}, Next: PayloadHash, Version: 0x10,
+		Exchange: ExchQuick, Flags: FlagEncryption | FlagCommit, MessageID: 0x7c21f538, Length: 36}
+	if h != want {
+		t.Fatalf("header %+v\nwant %+v", h, want)
+	}
+	out := make([]byte, HeaderLen)
+	h.Put(out)
+	if !bytes.Equal(out, b[:HeaderLen]) {
+		t.Fatalf("Put: %x", out)
+	}
+	if got := Encode(h, []Payload{&Hash{Data: []byte{0xde, 0xad, 0xbe, 0xef}}}); !bytes.Equal(got, b[:36]) {
+		t.Fatalf("Encode: %x", got)
+	}
+	// Minor versions are accepted (RFC 2408 3.1 leaves them to the
+	// implementation; strongSwan and Linux racoon ignore them).
+	b[17] = 0x11
+	if _, err := ParseHeader(b); err != nil {
+		t.Fatal(err)
+	}
+	// Names for logs.
+	for _, c := range []struct{ got, want string }{
+		{ExchMain.String(), "ID_PROT"}, {ExchQuick.String(), "QUICK_MODE"}, {ExchangeType(6).String(), "EXCHANGE_6"},
+		{PayloadNATD.String(), "NAT-D"}, {PayloadType(99).String(), "PAYLOAD_99"},
+		{ProtoESP.String(), "ESP"}, {ProtocolID(9).String(), "PROTO_9"},
+		{NoProposalChosen.String(), "NO_PROPOSAL_CHOSEN"}, {NotifyType(40000).String(), "NOTIFY_40000"},
+	} {
+		if c.got != c.want {
+			t.Errorf("name %q, want %q", c.got, c.want)
+		}
+	}
+}
+
+// FuzzDecode: no input panics; whatever decodes passes Validate and
+// re-encodes to a message that decodes to the same values.
 func FuzzDecode(f *testing.F) {
 	f.Add(h2b(f, mm1))
+	for _, m := range readPcap(f) {
+		f.Add(m.msg)
+	}
 	f.Add(Encode(Header{Version: 0x10, Exchange: ExchQuick}, []Payload{&Hash{Data: make([]byte, 20)},
 		&SA{DOI: 1, Situation: 1, Proposals: []Proposal{{Num: 1, Protocol: ProtoESP, SPI: []byte{1, 2, 3, 4},
-			Transforms: []Transform{{Num: 1, ID: 12, Attrs: []Attr{Basic(6, 128), Uint(2, 100000)}}}}}},
-		&Delete{DOI: 1, Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{{1, 2, 3, 4}}}, &NATOA{IDType: 1, Addr: []byte{1, 2, 3, 4}}}))
+			Transforms: []Transform{{Num: 1, ID: 12, Attrs: []Attr{Basic(6, 128), Uint(2, 100000), Var(9, nil)}}}}}},
+		&ID{IDType: IDIPv4Subnet, Protocol: 17, Port: 500, Data: []byte{10, 0, 0, 0, 255, 0, 0, 0}},
+		&Notify{DOI: 1, Protocol: ProtoESP, Kind: RUThere, SPI: []byte{1, 2, 3, 4}, Data: []byte{0, 0, 0, 9}},
+		&Delete{DOI: 1, Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{{1, 2, 3, 4}}}, &NATOA{IDType: 1, Addr: []byte{1, 2, 3, 4}},
+		&Cert{Encoding: 4, Data: []byte{0x30}}, &Unknown{T: 200, Data: []byte{1}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseHeader(b)
 		if err != nil {
 			return
 		}
-		ps, _, err := DecodeAll(h.Next, b[HeaderLen:h.Length])
+		ps, raws, err := DecodeAll(h.Next, b[HeaderLen:h.Length])
 		if err != nil {
 			return
 		}
-		h.Length = 0
+		for i, p := range ps {
+			if err := Validate(p); err != nil {
+				t.Fatalf("decoded payload %d does not validate: %v", i, err)
+			}
+			if p.Type() != raws[i].Type {
+				t.Fatalf("payload %d decoded as %s from %s", i, p.Type(), raws[i].Type)
+			}
+		}
 		again := Encode(h, ps)
 		h2, err := ParseHeader(again)
 		if err != nil {
@@ -212,15 +352,28 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded message does not decode: %v", err)
 		}
-		if len(ps2) != len(ps) {
-			t.Fatalf("%d payloads, then %d", len(ps), len(ps2))
+		h.Length, h2.Length = 0, 0
+		if len(ps) == 0 {
+			h.Next = PayloadNone // Encode derives Next from the payloads
 		}
-		for i := range ps {
-			if normalize(ps[i]) != normalize(ps2[i]) {
-				t.Fatalf("payload %d changed:\n%s\n%s", i, normalize(ps[i]), normalize(ps2[i]))
-			}
+		if h != h2 {
+			t.Fatalf("header %+v, then %+v", h, h2)
+		}
+		if !reflect.DeepEqual(ps, ps2) {
+			t.Fatalf("payloads changed:\n%s\n%s", dump(ps), dump(ps2))
+		}
+		// The encoding is canonical: a second round is octet for octet
+		// the first.
+		if third := Encode(h2, ps2); !bytes.Equal(third, again) {
+			t.Fatalf("encoding not deterministic:\n%x\n%x", again, third)
 		}
 	})
 }
 
-func sprint(p Payload) string { return fmt.Sprintf("%T%+v", p, p) }
+func dump(ps []Payload) string {
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintf(&b, "%T%+v\n", p, p)
+	}
+	return b.String()
+}
