@@ -56,7 +56,8 @@ demo: build
 	scripts/demo.sh
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./esp/ ./ah/ ./sad/ ./spd/ ./internal/integ/
+	$(GO) test -run '^$$' -bench . -benchmem ./esp/ ./ah/ ./sad/ ./spd/ ./internal/integ/ ./internal/dataplane/
+	scripts/bench-esp-ratio.sh
 
 # LAN-to-LAN throughput and latency: gosec vs plain routing vs strongSwan.
 bench-e2e: build
