@@ -191,13 +191,23 @@ type RawPayload struct {
 // SplitPayloads walks a payload chain starting with type first. It stops
 // at next payload 0 and returns end, the offset after the last payload;
 // bytes after end (the padding of a decrypted message) are not an error.
+// More than MaxPayloads payloads is ErrTooMany.
 func SplitPayloads(first PayloadType, b []byte) ([]RawPayload, int, error) {
+	return splitN(first, b, MaxPayloads)
+}
+
+// maxInner bounds the proposals of an SA and the transforms of a
+// proposal: the transform count is one octet, and strongSwan's IKEv1
+// default proposal alone has dozens of transforms.
+const maxInner = 255
+
+func splitN(first PayloadType, b []byte, max int) ([]RawPayload, int, error) {
 	var ps []RawPayload
 	off := 0
 	t := first
 	for t != PayloadNone {
-		if len(ps) >= MaxPayloads {
-			return nil, 0, ErrTooMany
+		if len(ps) >= max {
+			return nil, 0, fmt.Errorf("%w: more than %d", ErrTooMany, max)
 		}
 		if len(b)-off < 4 {
 			return nil, 0, fmt.Errorf("%w: payload %s header at offset %d", ErrTruncated, t, off)

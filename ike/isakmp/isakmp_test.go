@@ -377,3 +377,30 @@ func dump(ps []Payload) string {
 	}
 	return b.String()
 }
+
+// TestManyTransforms: phase-1 proposals of strongSwan's default cipher
+// list carry far more than 64 transforms; the 64-payload bound is for
+// the message chain only, a proposal may hold up to its count field's
+// 255.
+func TestManyTransforms(t *testing.T) {
+	mk := func(n int) *SA {
+		pr := Proposal{Num: 1, Protocol: ProtoISAKMP}
+		for i := 0; i < n; i++ {
+			pr.Transforms = append(pr.Transforms, Transform{Num: uint8(i + 1), ID: TransformKeyIKE,
+				Attrs: []Attr{Basic(AttrEncryption, EncrAES), Basic(AttrKeyLength, 256)}})
+		}
+		return &SA{DOI: DOIIPsec, Situation: SitIdentityOnly, Proposals: []Proposal{pr}}
+	}
+	sa := mk(200)
+	p, err := Decode(RawPayload{Type: PayloadSA, Body: EncodeBody(sa)})
+	if err != nil || !reflect.DeepEqual(p, sa) {
+		t.Fatalf("200 transforms: %v", err)
+	}
+	// 256 transforms cannot be described: the count octet wraps to 0.
+	if err := Validate(mk(256)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Validate of 256 transforms: %v", err)
+	}
+	if _, err := Decode(RawPayload{Type: PayloadSA, Body: EncodeBody(mk(256))}); err == nil {
+		t.Fatal("256 transforms with a count of 0 decoded")
+	}
+}

@@ -315,7 +315,7 @@ func decodeSA(b []byte) (*SA, error) {
 	}
 	// Proposals: a chain of generic payloads of type 2 (RFC 2408 3.4).
 	rest := b[8:]
-	ps, end, err := SplitPayloads(PayloadProposal, rest)
+	ps, end, err := splitN(PayloadProposal, rest, maxInner)
 	if err != nil {
 		return nil, fmt.Errorf("SA payload: %w", err)
 	}
@@ -353,7 +353,7 @@ func decodeProposal(b []byte) (Proposal, error) {
 		}
 		return p, nil
 	}
-	ts, end, err := SplitPayloads(PayloadTransform, rest)
+	ts, end, err := splitN(PayloadTransform, rest, maxInner)
 	if err != nil {
 		return p, fmt.Errorf("proposal %d: %w", p.Num, err)
 	}
