@@ -29,6 +29,8 @@ const (
 	ExchQuick      ExchangeType = 32
 )
 
+// String names the exchange type as strongSwan logs it (ID_PROT,
+// QUICK_MODE ...), or EXCHANGE_n.
 func (x ExchangeType) String() string {
 	switch x {
 	case ExchBase:
@@ -79,6 +81,8 @@ var payloadNames = map[PayloadType]string{
 	PayloadNATOA: "NAT-OA", PayloadNATDDraft: "NAT-D(draft)", PayloadNATOADraft: "NAT-OA(draft)",
 }
 
+// String names the payload type in the short RFC 2408 notation (SA, KE,
+// No, N, D, V, NAT-D ...), or PAYLOAD_n.
 func (t PayloadType) String() string {
 	if n, ok := payloadNames[t]; ok {
 		return n
@@ -104,6 +108,7 @@ const (
 	ProtoIPComp ProtocolID = 4
 )
 
+// String names the protocol (ISAKMP, AH, ESP, IPCOMP), or PROTO_n.
 func (p ProtocolID) String() string {
 	switch p {
 	case ProtoISAKMP:

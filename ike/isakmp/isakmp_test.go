@@ -404,3 +404,41 @@ func TestManyTransforms(t *testing.T) {
 		t.Fatal("256 transforms with a count of 0 decoded")
 	}
 }
+
+func TestValidate(t *testing.T) {
+	big := make([]byte, 0x10000)
+	bad := []Payload{
+		&SA{Proposals: []Proposal{{SPI: make([]byte, 256)}}},
+		&SA{Proposals: []Proposal{{Transforms: []Transform{{Attrs: []Attr{Basic(0x8001, 1)}}}}}},
+		&SA{Proposals: []Proposal{{Transforms: []Transform{{Attrs: []Attr{Var(1, big)}}}}}},
+		&Notify{SPI: make([]byte, 256)},
+		&Delete{SPISize: 4, SPIs: [][]byte{{1, 2, 3}}},
+		&Delete{SPISize: 0, SPIs: [][]byte{{}}},
+		&Delete{SPISize: 1, SPIs: make([][]byte, 0x10000)},
+		&ID{IDType: IDIPv6Subnet, Data: make([]byte, 16)},
+		&NATOA{IDType: IDIPv6Addr, Addr: make([]byte, 4)},
+		&Unknown{T: PayloadNone},
+		&KE{Data: big},
+		nil,
+	}
+	for _, p := range bad {
+		if err := Validate(p); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Validate(%T %.60v) = %v", p, p, err)
+		}
+	}
+	good := []Payload{
+		&KE{Data: make([]byte, 0xffff-4)},
+		&Delete{DOI: 1, Protocol: ProtoESP, SPISize: 4},
+		&NATOA{IDType: IDIPv6Addr, Addr: make([]byte, 16)},
+		&ID{IDType: IDKeyID, Data: []byte("anything")},
+	}
+	for _, p := range good {
+		if err := Validate(p); err != nil {
+			t.Errorf("Validate(%T): %v", p, err)
+		}
+	}
+	// Notify types below 8192 are errors (RFC 2408 3.14.1).
+	if !PayloadMalformed.Error() || InitialContact.Error() || RUThere.Error() {
+		t.Error("NotifyType.Error")
+	}
+}

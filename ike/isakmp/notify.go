@@ -57,6 +57,8 @@ var notifyNames = map[NotifyType]string{
 	24576: "RESPONDER_LIFETIME", 24577: "REPLAY_STATUS", 24578: "INITIAL_CONTACT", 36136: "R_U_THERE", 36137: "R_U_THERE_ACK",
 }
 
+// String names the notify type as RFC 2408 3.14.1 spells it, with
+// underscores (NO_PROPOSAL_CHOSEN), or NOTIFY_n.
 func (t NotifyType) String() string {
 	if n, ok := notifyNames[t]; ok {
 		return n
