@@ -107,6 +107,11 @@ func guest(t *testing.T) *Ctl {
 			return
 		}
 		guestUp = true
+		// a fresh guest and namespace, also after a test binary that died
+		if out, err := kpeer(time.Minute, "down"); err != nil {
+			guestErr = fmt.Errorf("kpeer.sh down: %v\n%s", err, out)
+			return
+		}
 		if out, err := kpeer(3*time.Minute, "up"); err != nil {
 			guestErr = fmt.Errorf("kpeer.sh up: %v\n%s", err, out)
 			return
@@ -132,6 +137,11 @@ func TestMain(m *testing.M) {
 	if guestUp {
 		if out, err := kpeer(time.Minute, "down"); err != nil {
 			fmt.Fprintf(os.Stderr, "kpeer.sh down: %v\n%s", err, out)
+		}
+	}
+	for _, f := range []string{gosecBin, bulkFile} {
+		if f != "" {
+			os.RemoveAll(filepath.Dir(f))
 		}
 	}
 	os.Exit(code)

@@ -172,6 +172,17 @@ do_down() {
   fi
   rm -f "$CTL"
   if ip netns list | grep -qw "^$NS"; then
+    # whatever a test left running inside our namespace (a gosec daemon
+    # of a test binary that timed out) would keep its devices alive
+    local pids
+    pids=$(ip netns pids "$NS" 2>/dev/null || true)
+    if [[ -n $pids ]]; then
+      log "ending processes left in $NS: $(echo $pids)"
+      kill $pids 2>/dev/null || true
+      sleep 0.5
+      pids=$(ip netns pids "$NS" 2>/dev/null || true)
+      [[ -z $pids ]] || kill -9 $pids 2>/dev/null || true
+    fi
     log "deleting netns $NS"
     ip netns del "$NS"
   fi

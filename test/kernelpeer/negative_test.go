@@ -116,7 +116,8 @@ func TestKernelPeerNegative(t *testing.T) {
 		t.Run(nc.c.name, func(t *testing.T) {
 			c := nc.c
 			r := runBroken(t, g, d, c, func() (error, error) {
-				return pingHost(guestIP, 3), pingGuest(g, hostIP, 3)
+				// a short wait: most of these pings get no answer
+				return pingHost(guestIP, 3, "-W", "1"), pingGuest(g, hostIP, 3, "-W", "1")
 			})
 			nc.check(t, r)
 			if t.Failed() {
