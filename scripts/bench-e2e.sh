@@ -338,6 +338,7 @@ declare -A LABEL=([plain]="plain routed (no IPsec)" [gosec]="gosec, raw ESP" [go
   [strongswan]="strongSwan kernel-libipsec (ESP-in-UDP)")
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 COMMIT=$(git -c safe.directory="$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+if [ -n "${GOSEC:-}" ]; then GOSEC_DESC="$GOSEC (work tree at $COMMIT)"; else GOSEC_DESC="$COMMIT"; fi
 SSVER=$(dpkg-query -W -f='${Version}' strongswan-charon)
 IPVER=$(dpkg-query -W -f='${Version}' iperf3)
 ELAPSED=$(($(date +%s) - T0))
@@ -345,7 +346,7 @@ VERDICT=met
 {
   echo "### LAN-to-LAN throughput and latency (scripts/bench-e2e.sh)"
   echo
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($CPU_MODEL), Linux $(uname -r); gosec $COMMIT ($(go version 2>/dev/null | awk '{print $3}' || true));" \
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($CPU_MODEL), Linux $(uname -r); gosec $GOSEC_DESC ($(go version 2>/dev/null | awk '{print $3}' || true));" \
     "strongSwan $SSVER; iperf3 $IPVER. TCP lan1 10.1.0.2 -> lan2 10.2.0.2 through two gateways (veth), ${SECS} s per run," \
     "median of $RUNS runs; ping: 20 x 50 ms. Everything (iperf3, both gateways) shares the same cores;" \
     "load average before the run: $LOAD0. Run took ${ELAPSED} s."
