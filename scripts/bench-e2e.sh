@@ -346,7 +346,7 @@ VERDICT=met
 {
   echo "### LAN-to-LAN throughput and latency (scripts/bench-e2e.sh)"
   echo
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($CPU_MODEL), Linux $(uname -r); gosec $GOSEC_DESC ($(go version 2>/dev/null | awk '{print $3}' || true));" \
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($CPU_MODEL), Linux $(uname -r); gosec $GOSEC_DESC ($(go version "$BIN" 2>/dev/null | awk '{print $NF}' || true));" \
     "strongSwan $SSVER; iperf3 $IPVER. TCP lan1 10.1.0.2 -> lan2 10.2.0.2 through two gateways (veth), ${SECS} s per run," \
     "median of $RUNS runs; ping: 20 x 50 ms. Everything (iperf3, both gateways) shares the same cores;" \
     "load average before the run: $LOAD0. Run took ${ELAPSED} s."
