@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -134,8 +135,18 @@ func lookupKeyword(key string) (h handler, eh endHandler, left bool, ok bool) {
 	return nil, nil, false, false
 }
 
-// allKeywords lists every keyword name, for suggestions.
+var (
+	keywordListOnce sync.Once
+	keywordList     []string
+)
+
+// allKeywords lists every conn keyword name, for suggestions (built once).
 func allKeywords() []string {
+	keywordListOnce.Do(func() { keywordList = buildKeywordList() })
+	return keywordList
+}
+
+func buildKeywordList() []string {
 	var out []string
 	for k := range connKeywords {
 		out = append(out, k)

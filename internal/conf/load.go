@@ -118,7 +118,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 					p.errorf(k.pos, "%s is a conn keyword; it is not allowed in config setup", k.key)
 					continue
 				}
-				p.errorf(k.pos, "unknown config setup keyword %q%s", k.key, hint(k.key, true))
+				p.errorf(k.pos, "unknown config setup keyword %q%s", k.key, p.hint(k.key, true))
 			}
 			for _, k := range s.kvs {
 				cfg.Setup[k.key] = k.value
@@ -127,7 +127,15 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			p.warnf(s.pos, "ca sections are not supported (certificate authentication is not implemented); ca %q ignored", s.name)
 		case "conn":
 			if s.name == "%default" {
-				defaults = append(defaults, s.kvs...)
+				own := map[string]int{}
+				for _, k := range s.kvs {
+					if first, dup := own[k.key]; dup {
+						p.errorf(k.pos, "%s is set twice in conn %%default (first at line %d)", k.key, first)
+						continue
+					}
+					own[k.key] = k.line
+					defaults = append(defaults, k)
+				}
 				continue
 			}
 			if strings.HasPrefix(s.name, "%") {
@@ -143,6 +151,10 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		}
 	}
 	for _, s := range order {
+		if p.work > MaxResolveWork {
+			p.errorf(s.pos, "configuration too large to resolve: more than %d keyword settings merged through conn %%default and also=; conn %s and those after it are not checked", MaxResolveWork, s.name)
+			break
+		}
 		kvs := p.flatten(s, conns, defaults)
 		c := p.interpret(s, kvs, r)
 		cfg.Conns = append(cfg.Conns, c)
@@ -182,11 +194,29 @@ func (p *parser) warnUnsupported(k kv, why string) {
 	p.warnf(k.pos, "%s", msg)
 }
 
-func hint(key string, setup bool) string {
-	if s := suggest(key, setup); s != "" {
-		return fmt.Sprintf(" (did you mean %s?)", s)
+// hint is the " (did you mean X?)" of an unknown keyword. Suggestions
+// cost an edit distance against every keyword, so they are remembered,
+// and not computed once the diagnostics are full.
+func (p *parser) hint(key string, setup bool) string {
+	if len(p.diags) >= MaxDiagnostics {
+		return ""
 	}
-	return ""
+	ck := key
+	if setup {
+		ck = "setup " + key
+	}
+	if h, ok := p.hints[ck]; ok {
+		return h
+	}
+	h := ""
+	if s := suggest(key, setup); s != "" {
+		h = fmt.Sprintf(" (did you mean %s?)", s)
+	}
+	if p.hints == nil {
+		p.hints = map[string]string{}
+	}
+	p.hints[ck] = h
+	return h
 }
 
 // flatten merges a conn's own keywords, those of the conns it includes
@@ -203,6 +233,7 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 	var visit func(sec *section, chain []string, depth int)
 	visit = func(sec *section, chain []string, depth int) {
 		visited[sec] = true
+		p.work += len(sec.kvs)
 		own := map[string]pos{}
 		var alsos []kv
 		for _, k := range sec.kvs {
@@ -243,6 +274,7 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 		}
 	}
 	visit(s, []string{s.name}, 0)
+	p.work += len(defaults)
 	for _, k := range defaults {
 		if k.key == "also" {
 			p.errorf(k.pos, "also= is not allowed in conn %%default")
@@ -291,7 +323,7 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 					p.errorf(k.pos, "%s is a config setup keyword; it is not allowed in a conn section", k.key)
 					continue
 				}
-				p.errorf(k.pos, "unknown keyword %q%s", k.key, hint(k.key, false))
+				p.errorf(k.pos, "unknown keyword %q%s", k.key, p.hint(k.key, false))
 				continue
 			}
 			var err error

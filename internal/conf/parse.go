@@ -22,6 +22,10 @@ const (
 	MaxSections     = 10000
 	MaxAlsoDepth    = 32
 	MaxDiagnostics  = 1000
+	// MaxResolveWork bounds the keyword settings merged while resolving
+	// conns (each conn takes those of conn %default and of the conns it
+	// names with also=): a few thousand real conns need far less.
+	MaxResolveWork = 1000000
 )
 
 // Diag is one problem found in the configuration.
@@ -113,6 +117,10 @@ type parser struct {
 	seen map[Diag]bool
 	// noInclude refuses include lines (Options.NoInclude).
 	noInclude bool
+	// work counts keyword settings merged by flatten (MaxResolveWork).
+	work int
+	// hints remembers suggestions for unknown keywords.
+	hints map[string]string
 }
 
 func (p *parser) add(d Diag) {
@@ -127,10 +135,16 @@ func (p *parser) add(d Diag) {
 }
 
 func (p *parser) errorf(at pos, format string, args ...any) {
+	if len(p.diags) >= MaxDiagnostics {
+		return
+	}
 	p.add(Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (p *parser) warnf(at pos, format string, args ...any) {
+	if len(p.diags) >= MaxDiagnostics {
+		return
+	}
 	p.add(Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...), Warning: true})
 }
 
