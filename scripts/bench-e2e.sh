@@ -325,7 +325,11 @@ for s in $SUITES; do
   gosec_use ""
   GP=${GPK[gosec-$s-raw]:-0}
   [ -n "$UDP" ] && GPU=${GPK[gosec-$s-udp]:-0} || GPU=-
+  GPROP=$(gctl gw1 statusall --json | jq -r --arg c "gosec-$s-raw" '.conns[] | select(.name == $c) | .proposal')
+  SPROP=$("$IOP/strongswan-peer.sh" "$SS_R" "$IOP/conf/$s/right" ipsec statusall 2>/dev/null |
+    awk '/bytes_i/ {sub(/^.*\}: +/, ""); sub(/,.*/, ""); print; exit}')
   log "  SA counters: gosec raw in ${GP} packets, gosec udp in ${GPU} packets, strongSwan bytes_i ${SSB:-?}"
+  log "  algorithms: gosec ${GPROP:-?}, strongSwan ${SPROP:-?}"
   [ "${GP:-0}" -gt 0 ] && [ "${SSB:-0}" -gt 0 ] && { [ -z "$UDP" ] || [ "${GPU:-0}" -gt 0 ]; } ||
     { log "bench-e2e: an SA counted no traffic"; exit 1; }
   FIRST=
