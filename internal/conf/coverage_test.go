@@ -68,13 +68,13 @@ func TestCorpusCoverage(t *testing.T) {
 		"type=passthrough": `type=passthrough\b`, "type=drop": `type=drop\b`,
 		"auto=add": `auto=add\b`, "auto=start": `auto=start\b`, "auto=route": `auto=route\b`, "auto=ignore": `auto=ignore\b`,
 		"%any": `(left|right)=%any\b`, "%defaultroute": `(left|right)=%defaultroute\b`,
-		"DNS name": `(left|right)=(localhost|vpn\.example\.net)\b`,
+		"DNS name":        `(left|right)=(localhost|vpn\.example\.net)\b`,
 		"several subnets": `subnets?=\{?[0-9./]+[, ]`,
-		"version 2": `(?m)^version 2`, "include glob": `(?m)^[ \t]*include \S*\*`,
+		"version 2":       `(?m)^version 2`, "include glob": `(?m)^[ \t]*include \S*\*`,
 		"conn %default": `(?m)^conn %default`, "Libreswan ; DH": `=[a-z0-9_-]+;(modp|dh)[0-9]+`,
 		"strict !": `(ike|esp|ah)=\S+!`, "list with commas": `(ike|esp)=\S+,\S+`,
 		"aes256gcm16-sha256-modp2048": `aes256gcm16-sha256-modp2048`,
-		"3des-md5-modp1024": `3des-md5-modp1024`, "aes128-sha256-ecp256": `aes128-sha256-ecp256`,
+		"3des-md5-modp1024":           `3des-md5-modp1024`, "aes128-sha256-ecp256": `aes128-sha256-ecp256`,
 		"replay_window=0": `replay_window=0\b`,
 	}
 	for what, pat := range values {
