@@ -73,6 +73,10 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 		p.errorf(pos{file: path}, "cannot read: %v", unwrapPath(err))
 		return
 	}
+	if !fi.Mode().IsRegular() {
+		p.errorf(pos{file: path}, "not a regular file")
+		return
+	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		p.errorf(pos{file: path}, "refusing a secrets file that %s (mode %04o): it holds keys; run: chmod 600 %s", accessWho(perm), perm, path)
 		return
