@@ -268,3 +268,50 @@ func TestSecretsPermissions(t *testing.T) {
 		t.Errorf("world-readable included secrets file: err %v", err)
 	}
 }
+
+func TestSecretsSpecialFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "d"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s, err := LoadSecrets(filepath.Join(dir, "d"))
+	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a directory as secrets file: %v", err)
+	}
+	if len(s.List) != 0 {
+		t.Errorf("secrets from a directory: %+v", s.List)
+	}
+	if _, err := LoadSecrets(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "cannot read") {
+		t.Errorf("missing secrets file: %v", err)
+	}
+}
+
+// FuzzLoadSecrets: any bytes as ipsec.secrets (includes confined to a
+// temporary directory) load without panic, every problem has a line, and
+// FindPSK only returns PSK entries.
+func FuzzLoadSecrets(f *testing.F) {
+	f.Add([]byte(rankedSecrets))
+	f.Add([]byte(": PSK 0x00\n@a @b : PSK 0sAA==\n\"x y\" : PSK 'z'\ninclude *\n"))
+	f.Add([]byte(": RSA k.pem \"p\"\n: PSK \"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "ipsec.secrets")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := LoadSecrets(p)
+		if (err != nil) != (len(s.Diags.Errors()) > 0) {
+			t.Fatalf("error %v with %d error diagnostics", err, len(s.Diags.Errors()))
+		}
+		for _, d := range s.Diags {
+			if d.Msg == "" || !strings.HasPrefix(d.File, dir) {
+				t.Fatalf("diagnostic %+v", d)
+			}
+		}
+		for _, ids := range [][2]string{{"a", "b"}, {"@a", "@b"}, {"192.0.2.1", "%any"}} {
+			if sec, ok := s.FindPSK(ids[0], ids[1]); ok && sec.Type != "PSK" {
+				t.Fatalf("FindPSK returned a %s entry", sec.Type)
+			}
+		}
+	})
+}
