@@ -355,10 +355,9 @@ func TestKernelPeer(t *testing.T) {
 }
 
 func runCase(t *testing.T, g *Ctl, d *daemon, c *kcase, file, sum string, size int) {
-	for _, cmd := range c.guestCmds() {
-		if out, err := g.Check(cmd); err != nil {
-			t.Fatalf("guest: %v\n%s", err, out)
-		}
+	// one round trip over the serial line for all of them
+	if out, err := g.Check(strings.Join(c.guestCmds(), " && ")); err != nil {
+		t.Fatalf("guest: %v\n%s", err, out)
 	}
 	defer g.Run("ip xfrm policy flush; ip xfrm state flush")
 	d.mustCtl(t, "up", c.name)
@@ -375,6 +374,10 @@ func runCase(t *testing.T, g *Ctl, d *daemon, c *kcase, file, sum string, size i
 		t.Fatal(err)
 	}
 	drops0 := d.status(t).drops()
+	tap0, err := tapDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	dstG, dstH := guestIP, hostIP
 	if !c.transport {
@@ -434,6 +437,10 @@ func runCase(t *testing.T, g *Ctl, d *daemon, c *kcase, file, sum string, size i
 	if err != nil {
 		t.Fatal(err)
 	}
+	tap1, err := tapDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
 	st := d.status(t)
 	gin, okIn := st.sa(c.name, "in")
 	gout, okOut := st.sa(c.name, "out")
@@ -461,16 +468,18 @@ func runCase(t *testing.T, g *Ctl, d *daemon, c *kcase, file, sum string, size i
 	if kin.Packets < minPkts || kout.Packets < minPkts {
 		fail("guest SAs carried in %d / out %d packets, want >= %d each", kin.Packets, kout.Packets, minPkts)
 	}
-	// Every packet one side sent, the other accepted (a lossless tap).
-	if kin.Packets != gout.Packets {
-		fail("gosec sent %d packets on SA %s, the guest kernel accepted %d", gout.Packets, gout.SPI, kin.Packets)
+	// Every packet one side sent, the other accepted; only what the tap
+	// itself dropped (queue full while QEMU was descheduled) may be missing.
+	txLost, rxLost := tap1[0]-tap0[0], tap1[1]-tap0[1]
+	if kin.Packets > gout.Packets || gout.Packets-kin.Packets > txLost {
+		fail("gosec sent %d packets on SA %s, the guest kernel accepted %d (tap lost %d)", gout.Packets, gout.SPI, kin.Packets, txLost)
 	}
-	if gin.Packets != kout.Packets {
-		fail("the guest kernel sent %d packets on SA %#x, gosec accepted %d", kout.Packets, kout.SPI, gin.Packets)
+	if gin.Packets > kout.Packets || kout.Packets-gin.Packets > rxLost {
+		fail("the guest kernel sent %d packets on SA %#x, gosec accepted %d (tap lost %d)", kout.Packets, kout.SPI, gin.Packets, rxLost)
 	}
-	if kin.Seq != gout.Packets || kout.OSeq != gin.Packets {
-		fail("sequence numbers: guest in-SA highest seq %d (gosec sent %d), guest out-SA oseq %d (gosec accepted %d)",
-			kin.Seq, gout.Packets, kout.OSeq, gin.Packets)
+	if kin.Seq > gout.Packets || kout.OSeq != kout.Packets {
+		fail("sequence numbers: guest in-SA highest seq %d (gosec sent %d), guest out-SA oseq %d (sent %d)",
+			kin.Seq, gout.Packets, kout.OSeq, kout.Packets)
 	}
 	for _, sa := range []saStatus{gin, gout} {
 		if len(sa.Drops) != 0 {
@@ -507,6 +516,21 @@ func runCase(t *testing.T, g *Ctl, d *daemon, c *kcase, file, sum string, size i
 	t.Logf("guest in %d pkts / out %d pkts, gosec in %d / out %d, wire %s: in %d out %d; %s",
 		kin.Packets, kout.Packets, gin.Packets, gout.Packets, carrier, dw[carrier+"_in"], dw[carrier+"_out"],
 		strings.Join(timing, ", "))
+}
+
+// tapDrops returns the tap's TX (towards the guest) and RX drop counters.
+func tapDrops() ([2]uint64, error) {
+	var r [2]uint64
+	for i, f := range []string{"tx_dropped", "rx_dropped"} {
+		out, err := inNS(5*time.Second, "cat", "/sys/class/net/"+tapName+"/statistics/"+f)
+		if err != nil {
+			return r, fmt.Errorf("tap %s: %v\n%s", f, err, out)
+		}
+		if _, err := fmt.Sscan(out, &r[i]); err != nil {
+			return r, fmt.Errorf("tap %s: %q: %w", f, out, err)
+		}
+	}
+	return r, nil
 }
 
 func findStates(states []XfrmState, c *kcase) (in, out *XfrmState, ok bool) {

@@ -131,10 +131,8 @@ func TestKernelPeerNegative(t *testing.T) {
 // counters.
 func runBroken(t *testing.T, g *Ctl, d *daemon, c *kcase, traffic func() (error, error)) negResult {
 	t.Helper()
-	for _, cmd := range c.guestCmds() {
-		if out, err := g.Check(cmd); err != nil {
-			t.Fatalf("guest: %v\n%s", err, out)
-		}
+	if out, err := g.Check(strings.Join(c.guestCmds(), " && ")); err != nil {
+		t.Fatalf("guest: %v\n%s", err, out)
 	}
 	defer g.Run("ip xfrm policy flush; ip xfrm state flush")
 	d.mustCtl(t, "up", c.name)
@@ -213,9 +211,11 @@ func TestKernelPeerKnownGaps(t *testing.T) {
 	d := startDaemon(t, conf.String())
 	for _, c := range cs {
 		t.Run(c.name, func(t *testing.T) {
+			stop := startCapture(t, c.name)
 			r := runBroken(t, g, d, c, func() (error, error) {
 				return pingHost(guestIP, 2, "-s", "3000"), pingGuest(g, hostIP, 2, "-s", "3000")
 			})
+			stop()
 			if r.hostPingErr != nil || r.guestPingErr != nil {
 				t.Errorf("large ping from gosec's side: %v\nlarge ping from the guest: %v\ngosec out-SA drops %v",
 					r.hostPingErr, r.guestPingErr, r.gout.Drops)
