@@ -421,6 +421,11 @@ func setPhase2(c *Conn, v string, _ *resolver) error {
 				}
 			}
 		}
+		if len(c.AH.List) == 0 {
+			// phase2=ah alone: the default AH integrity, the one
+			// of the default esp= (aes128-sha256).
+			c.AH, _ = parseProposals("sha256", kindAH)
+		}
 		c.ESP = Proposals{}
 		c.set["ah"] = c.set["phase2"]
 		return nil

@@ -377,6 +377,14 @@ func (p *parser) validate(c *Conn) {
 	if len(c.AH.List) > 0 && !c.Set("esp") && !c.Set("phase2alg") {
 		c.ESP = Proposals{}
 	}
+	if c.Proto() == "esp" {
+		for _, pr := range c.ESP.List {
+			if len(pr.Ciphers) == 0 {
+				p.errorf(at, "conn %s: phase2alg names no encryption algorithm for ESP (for AH, write phase2=ah)", c.Name)
+				break
+			}
+		}
+	}
 	if c.Type == "transport" && (len(c.Left.Subnets) > 0 || len(c.Right.Subnets) > 0) {
 		for _, e := range []*End{&c.Left, &c.Right} {
 			for _, s := range e.Subnets {
