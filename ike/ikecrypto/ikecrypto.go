@@ -366,17 +366,16 @@ func (c *CBC) Decrypt(iv, buf []byte) error {
 	return nil
 }
 
-// Pad pads plain to a whole number of blocks with zeros; the last octet
-// holds the number of padding octets, as Pluto and strongSwan send it
-// (RFC 2409 5.3 allows any padding; receivers parse by payload lengths).
-// A plaintext that is already a whole number of blocks gets none.
+// Pad pads plain for phase-1 encryption exactly as strongSwan 5.9.8 does
+// (observed in testdata/mm-aes128.pcap, see TestStrongSwanExchange): 1 to
+// block zero octets, so a plaintext that is already a whole number of
+// blocks gets a full block. RFC 2408 3.5 / RFC 2409 5.3 leave the content
+// open; receivers (strongSwan, Pluto, gosec) find the end of the payloads
+// from the payload lengths and ignore the padding.
 func Pad(plain []byte, block int) []byte {
-	n := (block - len(plain)%block) % block
+	n := block - len(plain)%block
 	out := make([]byte, len(plain)+n)
 	copy(out, plain)
-	if n > 0 {
-		out[len(out)-1] = byte(n - 1)
-	}
 	return out
 }
 
