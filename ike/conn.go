@@ -54,6 +54,11 @@ type Conn struct {
 	// new one is installed). Without it a child just expires.
 	Rekey       bool
 	RekeyMargin time.Duration
+	// DPDDelay > 0 with DPDAction clear, hold or restart sends RFC 3706
+	// R_U_THERE every DPDDelay to a peer that announced DPD; with no
+	// answer for DPDTimeout the peer is dead and DPDAction applies.
+	DPDDelay, DPDTimeout time.Duration
+	DPDAction            string
 	// ForceEncaps pretends a NAT so that ESP travels in UDP 4500.
 	ForceEncaps bool
 	// ReplayWindow of the inbound SA (packets).

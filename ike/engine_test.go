@@ -143,7 +143,15 @@ type rig struct {
 	a, b   *Engine
 	ia, ib *fakeInstaller
 	logs   *bytes.Buffer
+	lmu    sync.Mutex
 	cancel context.CancelFunc
+}
+
+// logText returns the engines' logs so far.
+func (r *rig) logText() string {
+	r.lmu.Lock()
+	defer r.lmu.Unlock()
+	return r.logs.String()
 }
 
 type syncBuf struct {
@@ -154,10 +162,9 @@ type syncBuf struct {
 func newRig(t *testing.T, pskA, pskB string, ca, cb []*Conn, tweak func(*Config)) *rig {
 	t.Helper()
 	r := &rig{t: t, net: &fakeNet{engines: map[netip.Addr]*Engine{}}, ia: newInstaller(0x1000), ib: newInstaller(0x2000), logs: &bytes.Buffer{}}
-	var lmu sync.Mutex
 	logw := writerFunc(func(p []byte) (int, error) {
-		lmu.Lock()
-		defer lmu.Unlock()
+		r.lmu.Lock()
+		defer r.lmu.Unlock()
 		if testing.Verbose() {
 			os.Stderr.Write(p)
 		}
@@ -302,7 +309,7 @@ func TestQuickModeMatrix(t *testing.T) {
 			}
 			lines, err := r.up(init, "c")
 			if err != nil {
-				t.Fatalf("up: %v\n%s\n%s", err, strings.Join(lines, "\n"), r.logs)
+				t.Fatalf("up: %v\n%s\n%s", err, strings.Join(lines, "\n"), r.logText())
 			}
 			if !strings.Contains(strings.Join(lines, "\n"), "established successfully") {
 				t.Fatalf("progress does not say established:\n%s", strings.Join(lines, "\n"))
@@ -365,8 +372,8 @@ func TestFailures(t *testing.T) {
 				t.Fatalf("error %q does not mention %q", err, c.want)
 			}
 			time.Sleep(50 * time.Millisecond)
-			if !strings.Contains(r.logs.String(), c.wantLg) {
-				t.Fatalf("logs do not say %q:\n%s", c.wantLg, r.logs)
+			if !strings.Contains(r.logText(), c.wantLg) {
+				t.Fatalf("logs do not say %q:\n%s", c.wantLg, r.logText())
 			}
 			if len(r.ia.inbound)+len(r.ia.outbound)+len(r.ib.inbound)+len(r.ib.outbound) != 0 {
 				t.Fatalf("SAs left behind: A %v/%v B %v/%v", r.ia.inbound, r.ia.outbound, r.ib.inbound, r.ib.outbound)
@@ -616,5 +623,36 @@ func TestInitialContact(t *testing.T) {
 	p1s, _, _ := r.b.Status(context.Background())
 	if len(p1s) != 1 {
 		t.Fatalf("B keeps %d ISAKMP SAs after INITIAL-CONTACT", len(p1s))
+	}
+}
+
+// TestDPD: R_U_THERE is answered while the peer lives; when it goes
+// silent, dpdaction=clear removes the SAs.
+func TestDPD(t *testing.T) {
+	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 10*time.Second, 30*time.Second, "clear"
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	for i := 0; i < 6; i++ { // a minute of answered probes
+		fc.Advance(10 * time.Second)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(r.ia.children()) != 1 {
+		t.Fatal("SAs removed although the peer answers")
+	}
+	r.net.mu.Lock()
+	r.net.drop = func(_, to netip.AddrPort, _ []byte) bool { return to.Addr() == addrA } // B goes silent
+	r.net.mu.Unlock()
+	for i := 0; i < 5 && len(r.ia.children()) > 0; i++ {
+		fc.Advance(10 * time.Second)
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, func() bool { return len(r.ia.children()) == 0 })
+	if !strings.Contains(r.logText(), "dead peer detected") {
+		t.Fatal("no dead-peer log line")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
@@ -210,7 +211,12 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 	case notifyRUThere:
 		e.sendInfo(p, []isakmp.Payload{&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyRUThereAck, SPI: n.SPI, Data: n.Data}})
 		return
-	case notifyRUThereAck, notifyInitialContact, notifyResponderLifetime:
+	case notifyRUThereAck:
+		if len(n.Data) == 4 && be32u(n.Data) == p.dpdSeq {
+			p.dpdWaiting = false
+		}
+		return
+	case notifyInitialContact, notifyResponderLifetime:
 		return
 	}
 	if uint16(n.Kind) < 8192 {
@@ -288,5 +294,60 @@ func (e *Engine) initialContact(p *p1) {
 		} else {
 			e.children[name] = keep
 		}
+	}
+}
+
+// startDPD sends R_U_THERE every DPDDelay (RFC 3706) when the conn asks
+// for it and the peer announced DPD.
+func (e *Engine) startDPD(p *p1) {
+	c := p.conn
+	if c == nil || c.DPDDelay <= 0 || c.DPDAction == "" || c.DPDAction == "none" || !p.peerDPD {
+		return
+	}
+	timeout := c.DPDTimeout
+	if timeout <= 0 {
+		timeout = 5 * c.DPDDelay
+	}
+	var tick func()
+	tick = func() {
+		e.post(func() {
+			if e.sas[p.key()] != p {
+				return
+			}
+			now := e.cfg.Clock.Now()
+			if p.dpdWaiting && now.Sub(p.dpdSince) >= timeout {
+				e.deadPeer(p, timeout)
+				return
+			}
+			if !p.dpdWaiting {
+				p.dpdWaiting, p.dpdSince = true, now
+			}
+			p.dpdSeq++
+			spi := append(append([]byte(nil), p.icky[:]...), p.rcky[:]...)
+			e.sendInfo(p, []isakmp.Payload{&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyRUThere, SPI: spi, Data: be32(p.dpdSeq)}})
+			p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
+		})
+	}
+	p.dpdSeq = be32u(e.random(4)) & 0x7fffffff
+	p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
+}
+
+// deadPeer applies dpdaction: clear removes the SAs, restart removes and
+// renegotiates them, hold keeps them (traffic stays protected but stops).
+func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
+	c := p.conn
+	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "no_answer_for", timeout, "dpdaction", c.DPDAction)
+	e.forget(p)
+	if c.DPDAction == "hold" {
+		return
+	}
+	for _, ch := range append([]*child(nil), e.children[c.Name]...) {
+		if ch.p == p || ch.sa.Remote == p.peer.Addr() {
+			ch.p = nil
+			e.deleteChild(ch, "dead peer")
+		}
+	}
+	if c.DPDAction == "restart" && c.Remote.IsValid() {
+		e.startMain(c, nil, 1)
 	}
 }

@@ -80,6 +80,10 @@ type p1 struct {
 	keepalive   clock.Timer
 	keepaliveOn bool
 	expire      clock.Timer
+	dpd         clock.Timer
+	dpdSeq      uint32
+	dpdWaiting  bool
+	dpdSince    time.Time
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -103,6 +107,10 @@ func (p *p1) stopTimer() {
 	if p.expire != nil {
 		p.expire.Stop()
 		p.expire = nil
+	}
+	if p.dpd != nil {
+		p.dpd.Stop()
+		p.dpd = nil
 	}
 }
 
@@ -610,6 +618,7 @@ func (e *Engine) established(p *p1) {
 	if p.weBehindNAT && p.natt {
 		e.startKeepalive(p)
 	}
+	e.startDPD(p)
 	if p.suite.Life > 0 {
 		// The ISAKMP SA ends with its lifetime; IPsec SAs under it live
 		// on, and the next rekey negotiates a new one.

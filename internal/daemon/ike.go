@@ -36,6 +36,7 @@ func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
 		Proto: s.Proto, LocalPort: s.LocalPort, RemotePort: s.RemotePort,
 		IKELifetime: c.IKELifetime, Lifetime: c.KeyLife, KeyingTries: c.KeyingTries,
 		Rekey: c.Rekey, RekeyMargin: c.RekeyMargin,
+		DPDDelay: c.DPDDelay, DPDTimeout: c.DPDTimeout, DPDAction: c.DPDAction,
 		ForceEncaps: c.ForceEncaps, ReplayWindow: c.ReplayWindow, AHAlign8: c.AHAlign == 8,
 	}
 	if remote.Any {
