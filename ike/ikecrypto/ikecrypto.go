@@ -16,6 +16,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -328,20 +329,31 @@ type CBC struct {
 	b cipher.Block
 }
 
-// NewCBC returns the phase-1 cipher with key.
+// ErrWeakKey is returned by NewCBC for a degenerate 3DES key.
+var ErrWeakKey = errors.New("ikecrypto: degenerate 3DES key (K1 = K2 or K2 = K3)")
+
+// NewCBC returns the phase-1 cipher with key. A 3DES key whose K1 = K2 or
+// K2 = K3 is refused (ErrWeakKey): EDE with such a key is single DES. A
+// key derived by the PRF hits this with negligible probability; the check
+// (the Linux kernel's des3_ede_verify_key makes the same one) keeps a
+// broken or hostile key source from silently downgrading to DES.
 func NewCBC(c Cipher, key []byte) (*CBC, error) {
 	var b cipher.Block
 	var err error
 	switch c {
 	case CipherDES3:
+		if len(key) == 24 && (subtle.ConstantTimeCompare(key[0:8], key[8:16]) == 1 ||
+			subtle.ConstantTimeCompare(key[8:16], key[16:24]) == 1) {
+			return nil, ErrWeakKey
+		}
 		b, err = des.NewTripleDESCipher(key)
 	case CipherAES:
 		b, err = aes.NewCipher(key)
 	default:
-		err = fmt.Errorf("ikecrypto: cipher %d is not supported", c)
+		return nil, fmt.Errorf("ikecrypto: cipher %d is not supported", c)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ikecrypto: cipher %d: %w", c, err)
 	}
 	return &CBC{b: b}, nil
 }
@@ -486,6 +498,6 @@ func Keymat(h Hash, skeyidD, gqm []byte, proto uint8, spi, ni, nr []byte, n int)
 // NATD is a NAT-D hash (RFC 3947 3.2): HASH(CKY-I | CKY-R | IP | Port)
 // with the negotiated hash.
 func NATD(h Hash, ckyI, ckyR []byte, ip netip.Addr, port uint16) []byte {
-	a := ip.AsSlice()
+	a := ip.Unmap().AsSlice() // an IPv4 peer hashes 4 octets, even as ::ffff:a.b.c.d
 	return digest(h, ckyI, ckyR, a, []byte{byte(port >> 8), byte(port)})
 }

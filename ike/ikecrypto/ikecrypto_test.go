@@ -220,12 +220,17 @@ func TestPadAndCBC(t *testing.T) {
 }
 
 func BenchmarkDH(b *testing.B) {
-	for _, g := range []Group{2, 14, 19, 20} {
+	for _, g := range []Group{2, 5, 14, 15, 16, 17, 18, 19, 20, 21} {
 		b.Run(g.String(), func(b *testing.B) {
 			peer, _ := GenerateDH(g, rand.Reader)
 			for i := 0; i < b.N; i++ {
-				d, _ := GenerateDH(g, rand.Reader)
-				d.SharedSecret(peer.Public())
+				d, err := GenerateDH(g, rand.Reader)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := d.SharedSecret(peer.Public()); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
