@@ -246,6 +246,9 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 		if v == "%opportunistic" || v == "%group" || v == "%oppo" {
 			return fmt.Errorf("%s (opportunistic encryption) is not supported", v)
 		}
+		if len(v) > 1 && v[1] != '%' && !strings.ContainsAny(v[1:], "%") && (strings.Contains(v, ".") || strings.Contains(v, ":")) {
+			return fmt.Errorf("the %% prefix (strongSwan's %sallowany=yes: accept the peer from any address) is not supported; write %s, or %%any", "left/right", v[1:])
+		}
 		return fmt.Errorf("unknown special value %q", v)
 	}
 	if a, err := netip.ParseAddr(strings.TrimPrefix(v, "%")); err == nil {
@@ -266,6 +269,9 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 func setSubnets(_ *Conn, e *End, v string, _ *resolver) error {
 	v = strings.Trim(strings.TrimSpace(v), "{}")
 	e.Subnets = nil
+	if v == "%dynamic" {
+		return nil // strongSwan: the end's own address, as with no subnet
+	}
 	for _, s := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
 		if i := strings.IndexByte(s, '['); i >= 0 {
 			return fmt.Errorf("subnet %q: protocol/port selectors inside subnets are not supported (use leftprotoport)", s)
