@@ -381,9 +381,11 @@ func (c *CBC) Decrypt(iv, buf []byte) error {
 // Pad pads plain for phase-1 encryption exactly as strongSwan 5.9.8 does
 // (observed in testdata/mm-aes128.pcap, see TestStrongSwanExchange): 1 to
 // block zero octets, so a plaintext that is already a whole number of
-// blocks gets a full block. RFC 2408 3.5 / RFC 2409 5.3 leave the content
-// open; receivers (strongSwan, Pluto, gosec) find the end of the payloads
-// from the payload lengths and ignore the padding.
+// blocks gets a full block. This is strongSwan's encrypt_v1
+// (src/libcharon/encoding/payloads/encrypted_payload.c: padding.len =
+// bs - plain.len % bs, memset 0); its decrypt_v1 only requires a non-empty
+// whole number of blocks and parses payloads by their lengths, ignoring the
+// padding, as gosec does. RFC 2408 3.5 / RFC 2409 5.3 leave the content open.
 func Pad(plain []byte, block int) []byte {
 	n := block - len(plain)%block
 	out := make([]byte, len(plain)+n)
