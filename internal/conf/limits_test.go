@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/testutil"
 )
 
 // parseBounded parses text from memory with includes refused and checks
@@ -40,9 +42,14 @@ func hasDiag(cfg *Config, sub string) bool {
 }
 
 // slow is the time limit for hostile inputs: generous for a loaded
-// machine and the race detector, far below what the unbounded algorithms
-// took (minutes to hours).
-const slow = 20 * time.Second
+// machine (a few seconds is normal), far below what the unbounded
+// algorithms took (minutes to hours); four times more under -race.
+var slow = func() time.Duration {
+	if testutil.RaceEnabled {
+		return 4 * time.Minute
+	}
+	return time.Minute
+}()
 
 func TestLimitHugeFile(t *testing.T) {
 	data := bytes.Repeat([]byte("conn x\n\tleft=192.0.2.1\n"), 10<<20/23+1) // > 10 MB
