@@ -40,7 +40,7 @@ IOP=$ROOT/test/interop
 
 log() { printf '%s\n' "$*" >&2; }
 RUNS=3 SECS=4 OUT= SUITES="aes128-sha1 aes128gcm16" UDP=1 BARFAIL= PROF=
-usage() { sed -n '2,32p' "$0"; exit 2; }
+usage() { awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2; }
 while getopts "n:t:o:s:UbP:h" o; do
   case "$o" in
     n) RUNS=$OPTARG ;; t) SECS=$OPTARG ;; o) OUT=$OPTARG ;; s) SUITES=$OPTARG ;;
