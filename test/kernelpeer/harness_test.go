@@ -71,7 +71,7 @@ func prerequisites() string {
 	for tool, pkg := range map[string]string{
 		"qemu-system-x86_64": "qemu-system-x86", "gcc": "gcc", "cpio": "cpio", "depmod": "kmod",
 		"nft": "nftables", "ip": "iproute2", "socat": "socat", "busybox": "busybox-static",
-		"dpkg-deb": "dpkg", "go": "golang",
+		"dpkg-deb": "dpkg", "apt-get": "apt",
 	} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return tool + " is not installed (Debian package " + pkg + "; scripts/deps.sh installs it)"
@@ -97,6 +97,7 @@ func kpeer(timeout time.Duration, args ...string) (string, error) {
 // down) and returns its control channel.
 func guest(t *testing.T) *Ctl {
 	t.Helper()
+	testutil.NeedRoot(t)
 	guestOnce.Do(func() {
 		if guestSkip = prerequisites(); guestSkip != "" {
 			return

@@ -20,7 +20,7 @@
 #      KVER (Debian kernel ABI, default: what linux-image-amd64 depends on)
 #      ACCEL=tcg|kvm MEM=256 BOOT_TIMEOUT=120 KPEER_BUILD (state dir, default ./build)
 # Needs root, qemu-system-x86, busybox-static, iproute2, nftables, cpio, kmod,
-# gcc and libc6-dev (udpencap is linked statically), dpkg-dev's apt-get download.
+# gcc and libc6-dev (udpencap is linked statically), and apt (apt-get download).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 B=${KPEER_BUILD:-$HERE/build}
@@ -189,6 +189,9 @@ do_down() {
 }
 
 do_up() {
+  if ((${#CTL} > 100)); then
+    log "control socket path too long for a unix socket ($CTL); set KPEER_BUILD to a shorter directory"; exit 1
+  fi
   [[ -f $INITRD ]] || do_build
   if qemu_running; then log "guest already running (pid $(cat "$PIDFILE"))"; return; fi
   do_down
