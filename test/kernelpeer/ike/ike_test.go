@@ -1,0 +1,388 @@
+package kpike
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/test/kernelpeer"
+)
+
+// kcase is one conn, negotiated between gosec (192.0.2.1) and the guest's
+// charon (192.0.2.2), with either side initiating.
+type kcase struct {
+	name      string
+	conn      string
+	typ       string // "tunnel" or "transport"
+	ike       string // ike= of both sides
+	esp, ah   string // esp= or ah= of both sides (one of them)
+	gosecOnly string // extra lines for gosec's conn only
+	// what the guest must show: a substring of the CHILD_SA's proposal in
+	// `ike status` and of its `ip -s xfrm state`
+	ssProposal, xfrmAlg string
+	ahLen               int // AH cases: the AH length field (RFC 4302: 32-bit words - 2) on the wire
+	bulk                int // bytes sent each way over TCP (0: none)
+}
+
+func (k kcase) proto() string {
+	if k.ah != "" {
+		return "ah"
+	}
+	return "esp"
+}
+
+// conf is the ipsec.conf of one side in strongSwan syntax, left = local.
+func (k kcase) conf(left, right, leftSub, rightSub, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s: gosec (192.0.2.1) <-> strongSwan with the kernel's XFRM (guest 192.0.2.2)\n", k.name)
+	b.WriteString("config setup\n\tuniqueids=no\n\nconn %default\n\tkeyexchange=ikev1\n\tauthby=psk\n" +
+		"\tikelifetime=1h\n\tlifetime=20m\n\trekeymargin=3m\n\tkeyingtries=1\n\tdpdaction=none\n\n")
+	fmt.Fprintf(&b, "conn %s\n\tleft=%s\n\tright=%s\n", k.conn, left, right)
+	if k.typ == "tunnel" {
+		fmt.Fprintf(&b, "\tleftsubnet=%s\n\trightsubnet=%s\n", leftSub, rightSub)
+	}
+	fmt.Fprintf(&b, "\tike=%s\n", k.ike)
+	if k.esp != "" {
+		fmt.Fprintf(&b, "\tesp=%s\n", k.esp)
+	} else {
+		fmt.Fprintf(&b, "\tah=%s\n", k.ah)
+	}
+	fmt.Fprintf(&b, "\ttype=%s\n\tauto=add\n%s", k.typ, extra)
+	return b.String()
+}
+
+// pingTargets returns what the host pings (and from where) and what the
+// guest pings.
+func (k kcase) pingTargets() (hostDst string, hostOpts []string, guestDst string) {
+	if k.typ == "tunnel" {
+		return guestIn, []string{"-I", hostInner}, hostInner
+	}
+	return guestIP, nil, hostIP
+}
+
+var cases = []kcase{
+	{name: "esp-tunnel", conn: "ki-tunnel", typ: "tunnel", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!",
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "enc cbc(aes)", bulk: 2 << 20},
+	{name: "esp-transport", conn: "ki-transport", typ: "transport", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!",
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)"},
+	{name: "ah-sha1-transport", conn: "ki-ah", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha1!",
+		ssProposal: "HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", ahLen: 4},
+	{name: "ah-sha256-transport", conn: "ki-ah256", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha256!",
+		ssProposal: "HMAC_SHA2_256_128", xfrmAlg: "auth-trunc hmac(sha256)", ahLen: 5},
+	{name: "esp-tunnel-pfs", conn: "ki-pfs", typ: "tunnel", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1-modp2048!",
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96/MODP_2048", xfrmAlg: "enc cbc(aes)"},
+	{name: "esp-tunnel-gcm", conn: "ki-gcm", typ: "tunnel", ike: "aes128-sha256-ecp256!", esp: "aes128gcm16!",
+		ssProposal: "AES_GCM_16_128", xfrmAlg: "aead rfc4106(gcm(aes))"},
+}
+
+// TestKernelIKE negotiates every case with gosec and with the guest
+// initiating, then checks traffic both ways and the counters of both ends,
+// the wire and the teardown by Delete.
+func TestKernelIKE(t *testing.T) {
+	g := guest(t)
+	for _, k := range cases {
+		for _, init := range []string{"gosec", "guest"} {
+			t.Run(k.name+"/"+init+"-initiates", func(t *testing.T) {
+				start := time.Now()
+				runCase(t, g, k, init)
+				t.Logf("%s/%s: %v", k.name, init, time.Since(start).Round(100*time.Millisecond))
+			})
+		}
+	}
+}
+
+func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
+	// a clean guest: no daemon, no SAs, no policies
+	if _, err := g.Check("ike stop >/dev/null; ip xfrm state flush; ip xfrm policy flush"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pushFile(g, "/etc/ipsec.conf", k.conf(guestIP, hostIP, guestNet, hostNet, ""), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := pushFile(g, "/etc/ipsec.secrets", fmt.Sprintf("%s %s : PSK \"%s\"\n", guestIP, hostIP, psk), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := g.Check("ike start"); err != nil {
+		t.Fatalf("ike start: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			_, out, _ := g.Run("ike status; ip -s xfrm state; ip xfrm policy; cat /proc/net/xfrm_stat | grep -v ' 0$'; ike log | tail -40")
+			t.Logf("guest at failure:\n%s", out)
+		}
+		g.Run("ike stop")
+	})
+	d := startDaemon(t, k.conf(hostIP, guestIP, hostNet, guestNet, k.gosecOnly),
+		fmt.Sprintf("%s %s : PSK \"%s\"\n", hostIP, guestIP, psk))
+	statBefore := xfrmStat(t, g)
+	pcap := startCapture(t)
+
+	// negotiate
+	if initiator == "gosec" {
+		out, err := d.ctl(60*time.Second, "up", k.conn)
+		if err != nil || !strings.Contains(out, "established successfully") {
+			t.Fatalf("gosec up %s: %v\n%s", k.conn, err, out)
+		}
+	} else {
+		out, err := g.Check("ike up " + k.conn)
+		if err != nil || !strings.Contains(out, "established successfully") {
+			t.Fatalf("guest ike up %s: %v\n%s", k.conn, err, out)
+		}
+	}
+	// IKEv1 responders install their SAs only when QM3 arrives: wait until
+	// both ends have them before any traffic (kernel-peer README, pitfall 1)
+	if !waitFor(10*time.Second, func() bool { return guestSACount(t, g) == 2 }) {
+		t.Fatalf("the guest does not have 2 SAs after the exchange")
+	}
+	if !waitFor(10*time.Second, func() bool {
+		st := d.status(t)
+		_, in := st.sa(k.conn, "in")
+		_, out := st.sa(k.conn, "out")
+		return in && out
+	}) {
+		t.Fatalf("gosec has no SA pair for %s:\n%s", k.conn, d.mustCtl(t, "statusall"))
+	}
+
+	// traffic both ways
+	const pings = 3
+	hostDst, hostOpts, guestDst := k.pingTargets()
+	if err := pingHost(hostDst, pings, hostOpts...); err != nil {
+		t.Fatal(err)
+	}
+	if err := pingGuest(g, guestDst, pings); err != nil {
+		t.Fatal(err)
+	}
+	if k.bulk > 0 {
+		file, sum := bulk(t, k.bulk)
+		t0 := time.Now()
+		if err := transferToGuest(g, file, sum, hostDst, 5001); err != nil {
+			t.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := transferFromGuest(g, sum, hostInner, hostInner, 5002); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("bulk %d bytes, SHA-256 %s…: host->guest %v, guest->host %v", k.bulk, sum[:16],
+			t1.Sub(t0).Round(100*time.Millisecond), time.Since(t1).Round(100*time.Millisecond))
+	}
+
+	// the guest's kernel: two SAs of the negotiated kind, both used
+	rc, raw, err := g.Run("ip -s xfrm state")
+	if err != nil || rc != 0 {
+		t.Fatalf("ip -s xfrm state: rc %d %v\n%s", rc, err, raw)
+	}
+	states, err := kernelpeer.ParseXfrmStates(raw)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, raw)
+	}
+	if len(states) != 2 {
+		t.Fatalf("guest has %d SAs, want 2:\n%s", len(states), raw)
+	}
+	if !strings.Contains(raw, k.xfrmAlg) {
+		t.Errorf("guest SAs do not use %q:\n%s", k.xfrmAlg, raw)
+	}
+	var gin, gout kernelpeer.XfrmState
+	for _, s := range states {
+		switch {
+		case s.Src == hostIP && s.Dst == guestIP:
+			gin = s
+		case s.Src == guestIP && s.Dst == hostIP:
+			gout = s
+		}
+		if s.Proto != k.proto() || s.Mode != k.typ || s.Encap != "" {
+			t.Errorf("guest SA %08x: proto %s mode %s encap %q, want %s %s and no encap", s.SPI, s.Proto, s.Mode, s.Encap, k.proto(), k.typ)
+		}
+		if k.ah != "" && !strings.Contains(s.Flags, "align4") {
+			t.Logf("guest AH SA %08x without align4 (flags %q)", s.SPI, s.Flags)
+		}
+		if s.Replay != 0 || s.Failed != 0 || s.ReplayWindowDrops != 0 {
+			t.Errorf("guest SA %08x: replay %d failed %d replay-window %d", s.SPI, s.Replay, s.Failed, s.ReplayWindowDrops)
+		}
+	}
+	if gin.SPI == 0 || gout.SPI == 0 {
+		t.Fatalf("guest SAs are not %s<->%s:\n%s", hostIP, guestIP, raw)
+	}
+	if k.bulk == 0 && (gin.Packets != 2*pings || gout.Packets != 2*pings) {
+		t.Errorf("guest SAs: in %d, out %d packets, want %d each (%d pings each way)", gin.Packets, gout.Packets, 2*pings, pings)
+	}
+	if d := kernelpeer.StatDelta(statBefore, xfrmStat(t, g)); len(d) > 0 {
+		t.Errorf("guest /proc/net/xfrm_stat changed: %v", d)
+	}
+	ss, err := g.Check("ike status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(ss, "INSTALLED") || !strings.Contains(ss, k.ssProposal) {
+		t.Errorf("charon's CHILD_SA is not INSTALLED with %s:\n%s", k.ssProposal, ss)
+	}
+
+	// gosec: the mirror image of the guest's SAs
+	st := d.status(t)
+	sin, _ := st.sa(k.conn, "in")
+	sout, _ := st.sa(k.conn, "out")
+	for _, p := range []struct {
+		dir   string
+		gosec saStatus
+		kern  kernelpeer.XfrmState
+	}{{"in", sin, gout}, {"out", sout, gin}} {
+		spi, _ := strconv.ParseUint(p.gosec.SPI, 16, 32)
+		if uint32(spi) != p.kern.SPI || p.gosec.Proto != k.proto() || p.gosec.Mode != k.typ || p.gosec.Encap {
+			t.Errorf("gosec %s SA %s %s %s encap=%v; the guest's is %08x %s %s", p.dir, p.gosec.SPI, p.gosec.Proto, p.gosec.Mode, p.gosec.Encap, p.kern.SPI, k.proto(), k.typ)
+		}
+		if p.gosec.Packets != p.kern.Packets {
+			t.Errorf("gosec %s SA counted %d packets, the guest's SA %d", p.dir, p.gosec.Packets, p.kern.Packets)
+		}
+	}
+	if bad := st.nonzero(); len(bad) > 0 {
+		t.Errorf("gosec drops: %v", bad)
+	}
+
+	// teardown by Delete, from the initiator
+	if initiator == "gosec" {
+		d.mustCtl(t, "down", k.conn)
+	} else if _, err := g.Check("ike down " + k.conn); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { return guestSACount(t, g) == 0 }) {
+		t.Errorf("the guest still has SAs after the Delete")
+	}
+	if !waitFor(10*time.Second, func() bool {
+		st := d.status(t)
+		_, in := st.sa(k.conn, "in")
+		_, out := st.sa(k.conn, "out")
+		return !in && !out
+	}) {
+		t.Errorf("gosec still has SAs after the Delete:\n%s", d.mustCtl(t, "statusall"))
+	}
+
+	// the wire: only raw ESP/AH, one packet per SA packet, the AH length form
+	w := pcap.stop(t)
+	carrier := map[string]string{"esp": "50", "ah": "51"}[k.proto()]
+	if w.udp4500 != 0 || w.other[hostIP] != 0 || w.other[guestIP] != 0 {
+		t.Errorf("wire: %d UDP/4500 and %v packets of other protocols, want only IKE on 500 and %s", w.udp4500, w.other, k.proto())
+	}
+	if w.proto[hostIP][carrier] != gin.Packets || w.proto[guestIP][carrier] != gout.Packets {
+		t.Errorf("wire: %s %s->%s %d, %s->%s %d; the guest's SAs counted %d in, %d out",
+			k.proto(), hostIP, guestIP, w.proto[hostIP][carrier], guestIP, hostIP, w.proto[guestIP][carrier], gin.Packets, gout.Packets)
+	}
+	if k.ahLen != 0 {
+		for src, lens := range w.ahLen {
+			if len(lens) != 1 || lens[k.ahLen] == 0 {
+				t.Errorf("AH from %s: length fields %v, want only %d", src, lens, k.ahLen)
+			}
+		}
+	}
+	t.Logf("guest SAs in %08x %d pkts, out %08x %d pkts; wire %v, ike/500 %d, AH lengths %v", gin.SPI, gin.Packets,
+		gout.SPI, gout.Packets, w.proto, w.ike, w.ahLen)
+}
+
+func guestSACount(t *testing.T, g *kernelpeer.Ctl) int {
+	t.Helper()
+	out, err := g.Check("ip xfrm state count")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	n := -1
+	if len(f) == 3 && f[0] == "SAD" && f[1] == "count" {
+		n, _ = strconv.Atoi(f[2])
+	}
+	return n
+}
+
+func xfrmStat(t *testing.T, g *kernelpeer.Ctl) map[string]uint64 {
+	t.Helper()
+	out, err := g.Check("cat /proc/net/xfrm_stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := kernelpeer.ParseXfrmStat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// capture is tcpdump on the tap in the host namespace.
+type capture struct {
+	cmd  *exec.Cmd
+	file string
+}
+
+func startCapture(t *testing.T) *capture {
+	t.Helper()
+	c := &capture{file: filepath.Join(t.TempDir(), "tap.pcap")}
+	c.cmd = exec.Command("ip", "netns", "exec", nsName, "tcpdump", "-i", tapName, "-n", "-U", "-s", "128", "-w", c.file)
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+	})
+	// tcpdump has the tap open once the file has its header
+	if !waitFor(5*time.Second, func() bool {
+		fi, err := os.Stat(c.file)
+		return err == nil && fi.Size() > 0
+	}) {
+		t.Fatal("tcpdump did not start")
+	}
+	return c
+}
+
+// wire is what tshark read from a capture, by source address.
+type wire struct {
+	proto   map[string]map[string]uint64 // src -> IP protocol -> packets
+	other   map[string]uint64            // src -> packets that are neither IKE, ESP nor AH
+	ahLen   map[string]map[int]uint64    // src -> AH length field -> packets
+	udp4500 uint64
+	ike     uint64
+}
+
+func (c *capture) stop(t *testing.T) wire {
+	t.Helper()
+	time.Sleep(300 * time.Millisecond)
+	c.cmd.Process.Signal(os.Interrupt)
+	c.cmd.Wait()
+	out, err := exec.Command("tshark", "-r", c.file, "-n", "-T", "fields", "-E", "separator=,",
+		"-e", "ip.src", "-e", "ip.proto", "-e", "udp.dstport", "-e", "ah.length").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, out)
+	}
+	w := wire{proto: map[string]map[string]uint64{}, other: map[string]uint64{}, ahLen: map[string]map[int]uint64{}}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 4 || f[0] == "" {
+			continue // ARP
+		}
+		src, proto := f[0], f[1]
+		if w.proto[src] == nil {
+			w.proto[src] = map[string]uint64{}
+		}
+		switch {
+		case proto == "50" || proto == "51":
+			w.proto[src][proto]++
+			if proto == "51" {
+				n, _ := strconv.Atoi(strings.Split(f[3], ";")[0])
+				if w.ahLen[src] == nil {
+					w.ahLen[src] = map[int]uint64{}
+				}
+				w.ahLen[src][n]++
+			}
+		case proto == "17" && f[2] == "500":
+			w.ike++
+		case proto == "17" && f[2] == "4500":
+			w.udp4500++
+		default:
+			w.other[src]++
+		}
+	}
+	return w
+}
