@@ -96,7 +96,10 @@ func TestKernelIKE(t *testing.T) {
 	}
 }
 
-func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
+// prepare starts charon in the guest and gosec in the host namespace, both
+// with k's conn and nothing negotiated yet.
+func prepare(t *testing.T, g *kernelpeer.Ctl, k kcase) *daemon {
+	t.Helper()
 	// a clean guest: no daemon, no SAs, no policies
 	if _, err := g.Check("ike stop >/dev/null; ip xfrm state flush; ip xfrm policy flush"); err != nil {
 		t.Fatal(err)
@@ -117,12 +120,14 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 		}
 		g.Run("ike stop")
 	})
-	d := startDaemon(t, k.conf(hostIP, guestIP, hostNet, guestNet, k.gosecOnly),
+	return startDaemon(t, k.conf(hostIP, guestIP, hostNet, guestNet, k.gosecOnly),
 		fmt.Sprintf("%s %s : PSK \"%s\"\n", hostIP, guestIP, psk))
-	statBefore := xfrmStat(t, g)
-	pcap := startCapture(t)
+}
 
-	// negotiate
+// establish negotiates k's conn, initiated by "gosec" or the "guest", and
+// waits until both ends have installed their SAs.
+func establish(t *testing.T, g *kernelpeer.Ctl, d *daemon, k kcase, initiator string) {
+	t.Helper()
 	if initiator == "gosec" {
 		out, err := d.ctl(60*time.Second, "up", k.conn)
 		if err != nil || !strings.Contains(out, "established successfully") {
@@ -147,6 +152,13 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 	}) {
 		t.Fatalf("gosec has no SA pair for %s:\n%s", k.conn, d.mustCtl(t, "statusall"))
 	}
+}
+
+func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
+	d := prepare(t, g, k)
+	statBefore := xfrmStat(t, g)
+	pcap := startCapture(t)
+	establish(t, g, d, k, initiator)
 
 	// traffic both ways
 	const pings = 3
@@ -197,8 +209,11 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 		if s.Proto != k.proto() || s.Mode != k.typ || s.Encap != "" {
 			t.Errorf("guest SA %08x: proto %s mode %s encap %q, want %s %s and no encap", s.SPI, s.Proto, s.Mode, s.Encap, k.proto(), k.typ)
 		}
+		// charon gives IPv4 AH SAs align4 (XFRM_STATE_ALIGN4): the kernel
+		// then sends and expects RFC 4302's 4-octet form, as gosec does by
+		// default (without it Linux pads AH to 8 octets)
 		if k.ah != "" && !strings.Contains(s.Flags, "align4") {
-			t.Logf("guest AH SA %08x without align4 (flags %q)", s.SPI, s.Flags)
+			t.Errorf("guest AH SA %08x without align4 (flags %q)", s.SPI, s.Flags)
 		}
 		if s.Replay != 0 || s.Failed != 0 || s.ReplayWindowDrops != 0 {
 			t.Errorf("guest SA %08x: replay %d failed %d replay-window %d", s.SPI, s.Replay, s.Failed, s.ReplayWindowDrops)
@@ -387,4 +402,40 @@ func (c *capture) stop(t *testing.T) wire {
 		}
 	}
 	return w
+}
+
+// TestKernelIKEAHAlign8 is the counter-check of the AH cases: with
+// ah_align=8 gosec pads HMAC-SHA2-256-128 AH to 32 octets (length field 6),
+// which the guest's align4 SA must reject, visibly in its xfrm_stat, while
+// gosec keeps accepting the kernel's 4-octet form. It shows that the AH
+// cases above would notice a length mismatch.
+func TestKernelIKEAHAlign8(t *testing.T) {
+	g := guest(t)
+	k := kcase{name: "ah-sha256-align8", conn: "ki-ah8", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha256!",
+		gosecOnly: "\tah_align=8\n"}
+	d := prepare(t, g, k)
+	before := xfrmStat(t, g)
+	pcap := startCapture(t)
+	establish(t, g, d, k, "gosec")
+	const pings = 3
+	if err := pingHost(guestIP, pings); err == nil {
+		t.Errorf("ping %s succeeded although gosec sends 8-octet AH to an align4 SA", guestIP)
+	}
+	if err := pingGuest(g, hostIP, pings); err == nil {
+		t.Errorf("guest ping %s succeeded although gosec answers with 8-octet AH", hostIP)
+	}
+	after := xfrmStat(t, g)
+	// every AH packet from gosec: 3 echo requests and 3 replies
+	if n := after["XfrmInStateProtoError"] - before["XfrmInStateProtoError"]; n != 2*pings {
+		t.Errorf("guest XfrmInStateProtoError +%d, want +%d (all: %v)", n, 2*pings, kernelpeer.StatDelta(before, after))
+	}
+	st := d.status(t)
+	if in, _ := st.sa(k.conn, "in"); in.Packets != pings {
+		t.Errorf("gosec accepted %d AH packets of the guest's 4-octet form, want %d (its echo requests)", in.Packets, pings)
+	}
+	w := pcap.stop(t)
+	if len(w.ahLen[hostIP]) != 1 || w.ahLen[hostIP][6] != 2*pings || len(w.ahLen[guestIP]) != 1 || w.ahLen[guestIP][5] != pings {
+		t.Errorf("AH length fields on the wire: %v, want %s: 6 x%d, %s: 5 x%d", w.ahLen, hostIP, 2*pings, guestIP, pings)
+	}
+	t.Logf("guest xfrm_stat %v; AH lengths on the wire %v", kernelpeer.StatDelta(before, after), w.ahLen)
 }
