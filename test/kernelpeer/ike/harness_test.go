@@ -273,8 +273,23 @@ type statusAll struct {
 		Drops      map[string]uint64 `json:"drops"`
 		SendErrors uint64            `json:"send_errors"`
 	} `json:"dataplane"`
-	Drops map[string]uint64 `json:"drops"`
-	Conns []connStatus      `json:"conns"`
+	Drops  map[string]uint64 `json:"drops"`
+	Conns  []connStatus      `json:"conns"`
+	ISAKMP []struct {
+		Conn  string `json:"conn"`
+		State string `json:"state"`
+		NATT  bool   `json:"natt"`
+	} `json:"isakmp"`
+}
+
+// isakmp returns the state of the conn's ISAKMP SA, or "" when it has none.
+func (st statusAll) isakmp(conn string) string {
+	for _, s := range st.ISAKMP {
+		if s.Conn == conn {
+			return s.State
+		}
+	}
+	return ""
 }
 
 func (d *daemon) status(t *testing.T) statusAll {

@@ -253,6 +253,9 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 			t.Errorf("gosec %s SA counted %d packets, the guest's SA %d", p.dir, p.gosec.Packets, p.kern.Packets)
 		}
 	}
+	if st.isakmp(k.conn) == "" || st.ISAKMP[0].NATT {
+		t.Errorf("gosec's ISAKMP SA: %+v, want one without NAT-T (no NAT between the ends)", st.ISAKMP)
+	}
 	if bad := st.nonzero(); len(bad) > 0 {
 		t.Errorf("gosec drops: %v", bad)
 	}
@@ -273,6 +276,16 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 		return !in && !out
 	}) {
 		t.Errorf("gosec still has SAs after the Delete:\n%s", d.mustCtl(t, "statusall"))
+	}
+	// the ISAKMP SA goes too, on both ends
+	if !waitFor(10*time.Second, func() bool {
+		out, err := g.Check("ike status")
+		return err == nil && strings.Contains(out, "Security Associations (0 up, 0 connecting)")
+	}) {
+		t.Errorf("charon still has an IKE_SA after the Delete")
+	}
+	if !waitFor(10*time.Second, func() bool { return d.status(t).isakmp(k.conn) == "" }) {
+		t.Errorf("gosec still has an ISAKMP SA after the Delete:\n%s", d.mustCtl(t, "statusall"))
 	}
 
 	// the wire: only raw ESP/AH, one packet per SA packet, the AH length form
