@@ -44,7 +44,7 @@ CONSOLE=$B/console.log
 # Modules the guest needs; their dependencies come from modules.dep. echainiv
 # needs ecb and drbg, drbg's jitterentropy seed needs sha3_generic. The
 # *-ssse3/aesni/clmul ones fail with ENODEV on -cpu qemu64 (harmless).
-MODULES="xfrm_user esp4 ah4 xfrm4_tunnel tunnel4 authenc echainiv seqiv crypto_null
+MODULES="xfrm_user esp4 ah4 xfrm4_tunnel tunnel4 authenc authencesn echainiv seqiv crypto_null
  des_generic des3_ede-x86_64 aesni-intel gcm ghash-generic ctr ccm chacha20poly1305
  chacha-x86_64 chacha_generic poly1305-x86_64 md5 sha1_generic sha256_generic sha512_generic
  ecb cbc drbg sha3_generic jitterentropy_rng virtio_net virtio_pci dummy"

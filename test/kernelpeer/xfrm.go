@@ -20,7 +20,7 @@ type XfrmState struct {
 	// Bytes and Packets are "lifetime current": what the SA processed.
 	Bytes, Packets uint64
 	// Seq and OSeq are the anti-replay context: the highest sequence number
-	// received and the last one sent.
+	// received and the last one sent (64 bits with ESN).
 	Seq, OSeq uint64
 	// Replay and Failed are the "stats" line: packets dropped as replays
 	// and packets that failed integrity or decryption.
@@ -115,6 +115,17 @@ func ParseXfrmStates(out string) ([]XfrmState, error) {
 				kv = append(kv, strings.TrimSuffix(x, ","))
 			}
 			err = parseKV(kv, map[string]*uint64{"seq": &cur.Seq, "oseq": &cur.OSeq}, 0)
+		case f[0] == "seq-hi" && len(f) >= 8:
+			// ESN: "seq-hi 0x0, seq 0x15d7, oseq-hi 0x0, oseq 0x0"
+			kv := make([]string, 0, 8)
+			for _, x := range f[:8] {
+				kv = append(kv, strings.TrimSuffix(x, ","))
+			}
+			var hi, ohi uint64
+			if err = parseKV(kv, map[string]*uint64{"seq-hi": &hi, "seq": &cur.Seq, "oseq-hi": &ohi, "oseq": &cur.OSeq}, 0); err == nil {
+				cur.Seq |= hi << 32
+				cur.OSeq |= ohi << 32
+			}
 		case f[0] == "lifetime" && len(f) >= 2 && f[1] == "current:":
 			next = "lifetime"
 		case f[0] == "stats:":

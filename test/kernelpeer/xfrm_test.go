@@ -56,6 +56,13 @@ func TestParseXfrmStates(t *testing.T) {
 			"\tanti-replay context: seq 0x1f, oseq 0x0, bitmap 0xffffffff\n\tstats:\n\t  replay-window 2 replay 3 failed 4\n",
 			[]XfrmState{{Src: "1.1.1.1", Dst: "2.2.2.2", Proto: "ah", SPI: 0x100, Mode: "tunnel", Seq: 31,
 				ReplayWindowDrops: 2, Replay: 3, Failed: 4}}},
+		// ESN (iproute2 6.1, guest kernel 6.1.0-56)
+		{"esn", "src 192.0.2.1 dst 192.0.2.2\n\tproto esp spi 0x0002003c(131132) reqid 60(0x0000003c) mode transport\n" +
+			"\treplay-window 0 seq 0x00000000 flag esn (0x10000000)\n\tanti-replay esn context:\n" +
+			"\t seq-hi 0x1, seq 0x15d7, oseq-hi 0x0, oseq 0x0\n\t replay_window 64, bitmap-length 2\n\t ffffffff ffffffff \n" +
+			"\tlifetime current:\n\t  5383920(bytes), 4401(packets)\n",
+			[]XfrmState{{Src: "192.0.2.1", Dst: "192.0.2.2", Proto: "esp", SPI: 0x2003c, Mode: "transport", Flags: "esn",
+				Seq: 1<<32 | 0x15d7, Bytes: 5383920, Packets: 4401}}},
 		{"empty", "", nil},
 	}
 	for _, tc := range tests {

@@ -69,7 +69,7 @@ var cases = []kcase{
 	{name: "esp-tunnel", conn: "ki-tunnel", typ: "tunnel", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!",
 		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "enc cbc(aes)", bulk: 4 << 20},
 	{name: "esp-transport", conn: "ki-transport", typ: "transport", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!",
-		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)"},
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", bulk: 4 << 20},
 	{name: "ah-sha1-transport", conn: "ki-ah", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha1!",
 		ssProposal: "HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", ahLen: 4},
 	{name: "ah-sha256-transport", conn: "ki-ah256", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha256!",
@@ -176,7 +176,7 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 			t.Fatal(err)
 		}
 		t1 := time.Now()
-		if err := transferFromGuest(g, sum, hostInner, hostInner, 5002); err != nil {
+		if err := transferFromGuest(g, sum, guestDst, guestDst, 5002); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("bulk %d bytes, SHA-256 %s…: host->guest %v, guest->host %v", k.bulk, sum[:16],
