@@ -305,6 +305,7 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 			}
 		}
 	}
+	t.Logf("guest `ip -s xfrm state` before the Delete:\n%s", raw)
 	t.Logf("guest SAs in %08x %d pkts, out %08x %d pkts; wire %v, ike/500 %d, AH lengths %v", gin.SPI, gin.Packets,
 		gout.SPI, gout.Packets, w.proto, w.ike, w.ahLen)
 }
