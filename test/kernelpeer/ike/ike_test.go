@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -305,10 +306,13 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 			}
 		}
 	}
-	t.Logf("guest `ip -s xfrm state` before the Delete:\n%s", raw)
+	t.Logf("guest `ip -s xfrm state` before the Delete (keys redacted):\n%s", keyHex.ReplaceAllString(raw, "$1 0x…"))
 	t.Logf("guest SAs in %08x %d pkts, out %08x %d pkts; wire %v, ike/500 %d, AH lengths %v", gin.SPI, gin.Packets,
 		gout.SPI, gout.Packets, w.proto, w.ike, w.ahLen)
 }
+
+// keyHex matches the key of an `ip xfrm state` algorithm line.
+var keyHex = regexp.MustCompile(`((?:enc|auth|auth-trunc|aead|comp) \S+) 0x[0-9a-f]+`)
 
 func guestSACount(t *testing.T, g *kernelpeer.Ctl) int {
 	t.Helper()
