@@ -117,7 +117,7 @@ func prepare(t *testing.T, g *kernelpeer.Ctl, k kcase) *daemon {
 	t.Cleanup(func() {
 		if t.Failed() {
 			_, out, _ := g.Run("ike status; ip -s xfrm state; ip xfrm policy; cat /proc/net/xfrm_stat | grep -v ' 0$'; ike log | tail -40")
-			t.Logf("guest at failure:\n%s", out)
+			t.Logf("guest at failure (keys redacted):\n%s", keyHex.ReplaceAllString(out, "$1 0x…"))
 		}
 		g.Run("ike stop")
 	})
