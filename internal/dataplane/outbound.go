@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
+	"time"
 
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/iphdr"
@@ -30,7 +31,16 @@ const (
 // outState is one TUN loop's private state.
 type outState struct {
 	ipid uint16
+	// reasm joins transport-mode fragments; frags are the outer fragments
+	// of the last outbound call, cut into arena (reset every batch).
+	reasm     *reassembler
+	frags     [][]byte
+	arena     []byte
+	arenaUsed int
 }
+
+// outerArena bounds the outer fragments of one TUN batch.
+const outerArena = 256 << 10
 
 // outbound decides the fate of the plaintext packet b[off:off+n] read from
 // the TUN, sealing it in place. For outTUN the reply is written into icmp
@@ -70,9 +80,26 @@ func (p *Plane) outbound(st *outState, b []byte, off, n int, icmp []byte) ([]byt
 		return nil, outDrop, netip.AddrPort{}
 	}
 
-	// Path MTU: the sealed packet must fit the wire.
+	reassembled := false
+	if sa.Mode == sad.Transport && isFragment(pkt) {
+		if st.reasm == nil {
+			st.reasm = newReassembler(time.Now)
+		}
+		buf, o, m, ok, bad := st.reasm.add(pkt)
+		if bad {
+			p.dropPkt(sa, drop.Malformed, "reassembly", t.Dst)
+			return nil, outDrop, netip.AddrPort{}
+		}
+		if !ok {
+			return nil, outDrop, netip.AddrPort{} // held until the rest arrives
+		}
+		b, off, n, pkt, reassembled = buf, o, m, buf[o:o+m], true
+	}
+
+	// Path MTU: the sealed packet must fit the wire. A reassembled
+	// datagram (never DF) is sealed whole and its outer packet fragmented.
 	overhead := p.overhead(sa, n)
-	if n+overhead > p.cfg.WireMTU {
+	if n+overhead > p.cfg.WireMTU && !reassembled {
 		// The largest inner size that fits: padding varies with the size,
 		// so step down until it does (a few steps at most).
 		inner := p.cfg.WireMTU - overhead
@@ -120,6 +147,20 @@ func (p *Plane) outbound(st *outState, b []byte, off, n int, icmp []byte) ([]byt
 	sa.CountOut(n)
 	p.stats.OutPackets.Add(1)
 	p.stats.OutBytes.Add(uint64(n))
+	if reassembled && kind != outUDP && len(out) > p.cfg.WireMTU {
+		if st.arena == nil {
+			st.arena = make([]byte, outerArena)
+		}
+		st.frags = fragmentOuter(out, p.cfg.WireMTU, st.arena[st.arenaUsed:], st.frags[:0])
+		if st.frags == nil {
+			p.dropPkt(sa, drop.NoBuffer, "fragment", t.Dst)
+			return nil, outDrop, netip.AddrPort{}
+		}
+		for _, f := range st.frags {
+			st.arenaUsed += len(f)
+		}
+		return nil, kind, netip.AddrPort{}
+	}
 	if kind == outUDP {
 		return out, kind, netip.AddrPortFrom(sa.Dst, sa.Encap.DstPort)
 	}
@@ -206,8 +247,23 @@ func (p *Plane) tunLoop() error {
 			return err
 		}
 		raw, rawAH, udp, back = raw[:0], rawAH[:0], udp[:0], back[:0]
+		st.arenaUsed = 0
+		if st.reasm != nil {
+			st.reasm.release()
+		}
 		for i := 0; i < n; i++ {
 			out, kind, to := p.outbound(st, bufs[i], netio.Headroom, sizes[i], icmp[i])
+			if len(st.frags) > 0 {
+				for _, f := range st.frags {
+					if kind == outRawAH {
+						rawAH = append(rawAH, netio.Msg{Buf: f})
+					} else {
+						raw = append(raw, netio.Msg{Buf: f})
+					}
+				}
+				st.frags = st.frags[:0]
+				continue
+			}
 			switch kind {
 			case outRaw:
 				raw = append(raw, netio.Msg{Buf: out})
