@@ -1,7 +1,6 @@
 package kernelpeer
 
 import (
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -178,21 +177,14 @@ func runBroken(t *testing.T, g *Ctl, d *daemon, c *kcase, traffic func() (error,
 	return r
 }
 
-// TestKernelPeerKnownGaps holds interop failures found with this peer that
-// are not fixed yet; it runs only with KPEER_KNOWN_GAPS=1.
-//
-// Transport mode and datagrams larger than gosec's TUN MTU: the host
-// kernel fragments a non-DF datagram (here a 3000-octet echo request)
-// before it reaches the TUN, and gosec refuses to protect fragments in
-// transport mode (esp.ErrFragment / ah.ErrFragment, counted as "malformed"
-// drops at "seal"), as RFC 4303 3.3.4 requires, but it does not reassemble
-// them first (RFC 4303 3.1.1: a bump-in-the-stack implementation has to).
-// The Linux kernel protects the whole datagram and fragments the ESP/AH
-// packet instead, so the same echo works between two kernels.
+// TestKernelPeerKnownGaps holds interop failures found with this peer.
+// The one so far, now fixed: in transport mode a datagram larger than the
+// TUN MTU without DF is fragmented by the host kernel before it reaches
+// the TUN; gosec used to refuse the fragments (transport mode protects
+// whole datagrams, RFC 4303 3.1.1/3.3.4) and now reassembles them, seals
+// the whole datagram and fragments the ESP/AH packet, as the Linux kernel
+// does: 3000-octet echoes both ways must work.
 func TestKernelPeerKnownGaps(t *testing.T) {
-	if os.Getenv("KPEER_KNOWN_GAPS") != "1" {
-		t.Skip("known gap (large datagrams in transport mode); set KPEER_KNOWN_GAPS=1 to run")
-	}
 	g := guest(t)
 	var cs []*kcase
 	for i, s := range []string{"aes128-sha1", "sha256"} {
