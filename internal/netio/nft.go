@@ -62,6 +62,12 @@ type Filter struct {
 	mu    sync.Mutex
 	table *nftables.Table
 	clear *nftables.Chain
+	// local and fwd judge IPv4 fragments, which clear lets pass: the
+	// input hook sees them reassembled (ip_local_deliver defragments
+	// before it), so an ESP-in-UDP datagram that the peer's kernel had to
+	// fragment still meets the IKE-port exemption; fwd drops forwarded
+	// fragments from protected prefixes as they are.
+	local, fwd *nftables.Chain
 }
 
 func (f *Filter) conn() (*nftables.Conn, error) {
@@ -110,8 +116,24 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		Name: "cleartext", Table: f.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter,
 	})
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: f.clear, Exprs: fragmentExprs(), UserData: []byte("gosec:exempt")})
 	for _, r := range exemptions(cfg) {
 		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.clear, Exprs: r, UserData: []byte("gosec:exempt")})
+	}
+	f.local = c.AddChain(&nftables.Chain{
+		Name: "cleartext-local", Table: f.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
+	})
+	for _, r := range exemptions(cfg) {
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.local, Exprs: r, UserData: []byte("gosec:exempt")})
+	}
+	f.fwd = c.AddChain(&nftables.Chain{
+		Name: "cleartext-forward", Table: f.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+	})
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: f.fwd, Exprs: notFragmentExprs(), UserData: []byte("gosec:exempt")})
+	for _, r := range exemptions(cfg) {
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.fwd, Exprs: r, UserData: []byte("gosec:exempt")})
 	}
 	if cfg.InboundMark != 0 {
 		mark := c.AddChain(&nftables.Chain{
@@ -139,6 +161,31 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 }
 
 func cmpEq(data ...byte) *expr.Cmp { return &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data} }
+
+// fragFieldExprs loads "ip frag-off & 0x3fff" (MF and the offset) into
+// register 1 for IPv4 packets.
+func fragFieldExprs() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		cmpEq(unix.NFPROTO_IPV4),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 2, Mask: []byte{0x3f, 0xff}, Xor: []byte{0, 0}},
+	}
+}
+
+// fragmentExprs: an IPv4 fragment returns (judged later, see Filter.local).
+func fragmentExprs() []expr.Any {
+	return append(fragFieldExprs(),
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0}},
+		&expr.Verdict{Kind: expr.VerdictReturn})
+}
+
+// notFragmentExprs: a whole packet returns (prerouting judged it already).
+func notFragmentExprs() []expr.Any {
+	return append(fragFieldExprs(),
+		cmpEq(0, 0),
+		&expr.Verdict{Kind: expr.VerdictReturn})
+}
 
 // icmpProtoUnreachExprs: meta nfproto ipv4 meta l4proto icmp
 // icmp type 3 code 2, quoted protocol (transport offset 8+9) in 50-51.
@@ -209,15 +256,17 @@ func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 		p = p.Masked()
 		a := p.Addr().As4()
 		mask := net4Mask(p.Bits())
-		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.clear, UserData: connTag(name), Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			cmpEq(unix.NFPROTO_IPV4),
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}},
-			cmpEq(a[:]...),
-			&expr.Counter{},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}})
+		for _, ch := range f.chains() {
+			c.AddRule(&nftables.Rule{Table: f.table, Chain: ch, UserData: connTag(name), Exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				cmpEq(unix.NFPROTO_IPV4),
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}},
+				cmpEq(a[:]...),
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}})
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("netio: filter: add conn %s: %w", name, err)
@@ -233,17 +282,22 @@ func net4Mask(bits int) [4]byte {
 	return m
 }
 
+// chains are the chains that hold per-conn cleartext drops.
+func (f *Filter) chains() []*nftables.Chain { return []*nftables.Chain{f.clear, f.local, f.fwd} }
+
 // delConnRules queues the deletion of conn name's rules on c.
 func (f *Filter) delConnRules(c *nftables.Conn, name string) error {
-	rules, err := c.GetRules(f.table, f.clear)
-	if err != nil {
-		return fmt.Errorf("netio: filter: list rules: %w", err)
-	}
 	tag := connTag(name)
-	for _, r := range rules {
-		if bytes.Equal(r.UserData, tag) {
-			if err := c.DelRule(r); err != nil {
-				return fmt.Errorf("netio: filter: delete rule of %s: %w", name, err)
+	for _, ch := range f.chains() {
+		rules, err := c.GetRules(f.table, ch)
+		if err != nil {
+			return fmt.Errorf("netio: filter: list rules: %w", err)
+		}
+		for _, r := range rules {
+			if bytes.Equal(r.UserData, tag) {
+				if err := c.DelRule(r); err != nil {
+					return fmt.Errorf("netio: filter: delete rule of %s: %w", name, err)
+				}
 			}
 		}
 	}
@@ -275,19 +329,21 @@ func (f *Filter) Dropped(name string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	rules, err := c.GetRules(f.table, f.clear)
-	if err != nil {
-		return 0, fmt.Errorf("netio: filter: list rules: %w", err)
-	}
 	var n uint64
 	tag := connTag(name)
-	for _, r := range rules {
-		if !bytes.Equal(r.UserData, tag) {
-			continue
+	for _, ch := range f.chains() {
+		rules, err := c.GetRules(f.table, ch)
+		if err != nil {
+			return 0, fmt.Errorf("netio: filter: list rules: %w", err)
 		}
-		for _, e := range r.Exprs {
-			if ctr, ok := e.(*expr.Counter); ok {
-				n += ctr.Packets
+		for _, r := range rules {
+			if !bytes.Equal(r.UserData, tag) {
+				continue
+			}
+			for _, e := range r.Exprs {
+				if ctr, ok := e.(*expr.Counter); ok {
+					n += ctr.Packets
+				}
 			}
 		}
 	}

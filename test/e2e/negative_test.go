@@ -98,10 +98,13 @@ print("replayed", len(pkts))
 	mac := strings.TrimSpace(tp.must(tp.ns("gw1"), "cat", "/sys/class/net/wan0/address"))
 	inject := `
 import sys
-from scapy.all import Ether, IP, ICMP, sendp, conf
+from scapy.all import Ether, IP, ICMP, sendp, conf, fragment
 conf.verb = 0
 sendp(Ether(dst=sys.argv[1])/IP(src="10.2.0.2", dst="10.1.0.2")/ICMP(id=4242), iface="wan0", count=5)
-print("sent")
+# and one datagram in 4 fragments (judged by the forward chain)
+frags = fragment(IP(src="10.2.0.2", dst="10.1.0.2", id=777)/ICMP(id=4242)/(b"x"*3000), fragsize=1000)
+sendp([Ether(dst=sys.argv[1])/f for f in frags], iface="wan0")
+print("sent", len(frags))
 `
 	// Watch lan1 for the injected echo requests.
 	ctx := exec.Command("ip", "netns", "exec", tp.ns("lan1"), "timeout", "4", "tcpdump", "-c", "1", "-n", "-i", "eth0", "icmp[4:2] == 4242")
@@ -120,8 +123,8 @@ print("sent")
 		t.Fatalf("cleartext from the protected subnet reached lan1:\n%s", dump.String())
 	}
 	st = statusOf(t, gw1, c.name)
-	if st.Cleartext < 5 {
-		t.Fatalf("gw1 counted %d cleartext drops, want >= 5", st.Cleartext)
+	if st.Cleartext < 5+4 {
+		t.Fatalf("gw1 counted %d cleartext drops, want >= 9 (5 packets and 4 fragments)", st.Cleartext)
 	}
 	// Still serving.
 	if err := tp.ping(tp.ns("lan1"), "10.2.0.2", 2); err != nil {
