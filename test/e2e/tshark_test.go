@@ -128,7 +128,7 @@ func TestTsharkDecrypt(t *testing.T) {
 			if err := tp.transfer(srcNS, dstNS, dst, 256<<10); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(500 * time.Millisecond)
 			dump.Process.Signal(os.Interrupt)
 			dump.Wait()
 
@@ -164,7 +164,9 @@ func TestTsharkDecrypt(t *testing.T) {
 				}
 			}
 			t.Logf("%d ESP packets, %d ICVs verified by tshark, %d decrypted to ICMP, %d to TCP", esp, good, icmp, tcp)
-			if esp < 100 {
+			// 12 echoes and a 256 KB transfer (how many TCP segments
+			// depends on offloads and timing; a few dozen at least).
+			if esp < 12+30 {
 				t.Fatalf("only %d ESP packets captured:\n%s", esp, out)
 			}
 			if icmp < 12 || icmp+tcp != esp {
