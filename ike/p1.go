@@ -15,25 +15,6 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/clock"
 )
 
-// Vendor IDs gosec sends and recognises.
-var (
-	vidNATT        = mustHex("4a131c81070358455c5728f20e95452f") // RFC 3947
-	vidNATTDraft2  = mustHex("cd60464335df21f87cfdb2fc68b6a448") // draft-ietf-ipsec-nat-t-ike-02
-	vidNATTDraft2n = mustHex("90cb80913ebb696e086381b5ec427b1f") // draft-ietf-ipsec-nat-t-ike-02\n
-	vidNATTDraft3  = mustHex("7d9419a65310ca6f2c179d9215529d56") // draft-ietf-ipsec-nat-t-ike-03
-	vidDPD         = mustHex("afcad71368a1f1c96b8696fc77570100") // RFC 3706
-	vidXAUTH       = mustHex("09002689dfd6b712")
-	vidFrag        = mustHex("4048b7d56ebce88525e7de7f00d6c2d3") // Cisco IKE fragmentation
-)
-
-func mustHex(s string) []byte {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
 // p1 is one ISAKMP SA (phase 1) and the Quick Modes under it.
 type p1 struct {
 	e         *Engine
@@ -206,7 +187,7 @@ func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
 	sa := p1SA(p.suites)
 	p.saiBody = isakmp.EncodeBody(sa)
 	ps := []isakmp.Payload{sa}
-	for _, v := range [][]byte{vidNATT, vidNATTDraft2n, vidNATTDraft2, vidDPD} {
+	for _, v := range [][]byte{isakmp.VendorNATT, isakmp.VendorNATTDraft02N, isakmp.VendorNATTDraft02, isakmp.VendorDPD} {
 		ps = append(ps, &isakmp.VendorID{Data: v})
 	}
 	msg := isakmp.Encode(isakmp.Header{ICookie: p.icky, Version: 0x10, Exchange: isakmp.ExchMain}, ps)
@@ -258,38 +239,19 @@ func findAll[T isakmp.Payload](ps []isakmp.Payload) []T {
 func (p *p1) noteVendorIDs(ps []isakmp.Payload) {
 	for _, v := range findAll[*isakmp.VendorID](ps) {
 		switch {
-		case bytesEq(v.Data, vidNATT):
+		case bytesEq(v.Data, isakmp.VendorNATT):
 			p.peerNATT = 1
-		case bytesEq(v.Data, vidNATTDraft2), bytesEq(v.Data, vidNATTDraft2n), bytesEq(v.Data, vidNATTDraft3):
+		case bytesEq(v.Data, isakmp.VendorNATTDraft02), bytesEq(v.Data, isakmp.VendorNATTDraft02N), bytesEq(v.Data, isakmp.VendorNATTDraft03):
 			if p.peerNATT == 0 {
 				p.peerNATT = 2
 			}
-		case bytesEq(v.Data, vidDPD):
+		case bytesEq(v.Data, isakmp.VendorDPD):
 			p.peerDPD = true
 		}
 		if p.e != nil {
-			p.e.log.Debug("vendor ID", "peer", p.peer, "vid", vendorName(v.Data))
+			p.e.log.Debug("vendor ID", "peer", p.peer, "vid", isakmp.VendorName(v.Data))
 		}
 	}
-}
-
-// vendorName names the vendor IDs gosec recognises.
-func vendorName(b []byte) string {
-	switch {
-	case bytesEq(b, vidNATT):
-		return "NAT-T (RFC 3947)"
-	case bytesEq(b, vidNATTDraft2), bytesEq(b, vidNATTDraft2n), bytesEq(b, vidNATTDraft3):
-		return "NAT-T draft"
-	case bytesEq(b, vidDPD):
-		return "DPD (RFC 3706)"
-	case bytesEq(b, vidXAUTH):
-		return "XAUTH (not supported by gosec)"
-	case bytesEq(b, vidFrag):
-		return "Cisco IKE fragmentation (not supported by gosec)"
-	case len(b) >= 16 && string(b[:8]) == "\x88\x2f\xe5\x6d\x6f\xd2\x0d\xbc":
-		return "strongSwan"
-	}
-	return fmt.Sprintf("unknown %x", b)
 }
 
 func bytesEq(a, b []byte) bool { return string(a) == string(b) }
@@ -737,9 +699,9 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 	e.sas[p.key()] = p
 	out := []isakmp.Payload{&isakmp.SA{DOI: doiIPsec, Situation: sitIDOnly, Proposals: []isakmp.Proposal{chosen}}}
 	if p.peerNATT != 0 {
-		out = append(out, &isakmp.VendorID{Data: vidNATT})
+		out = append(out, &isakmp.VendorID{Data: isakmp.VendorNATT})
 	}
-	out = append(out, &isakmp.VendorID{Data: vidDPD})
+	out = append(out, &isakmp.VendorID{Data: isakmp.VendorDPD})
 	p.lastRecv = sha256Sum(msg)
 	p.lastReplyTo = p.lastRecv
 	e.log.Debug("Main Mode responder", "conn", conn.Name, "peer", from, "suite", suite.String())

@@ -638,7 +638,9 @@ func (s p2Suite) keyLens() (int, int) {
 	return enc, s.Integ.KeyLen()
 }
 
-func espCipher(e conf.Encr) (esp.Cipher, error) {
+// ESPCipher maps a configured cipher to the data plane's (used for
+// negotiated and manually keyed SAs alike).
+func ESPCipher(e conf.Encr) (esp.Cipher, error) {
 	switch e {
 	case conf.EncrNull:
 		return esp.CipherNull, nil
@@ -656,7 +658,9 @@ func espCipher(e conf.Encr) (esp.Cipher, error) {
 	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
 }
 
-func integAlg(i conf.Integ) integ.Algorithm {
+// IntegAlgorithm maps a configured integrity algorithm to the data
+// plane's HMAC truncation; integ.None for conf.IntegNone.
+func IntegAlgorithm(i conf.Integ) integ.Algorithm {
 	switch i {
 	case conf.IntegMD5:
 		return integ.HMACMD5_96

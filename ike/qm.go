@@ -295,15 +295,15 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
 	}
 	if s.Proto == sad.AH {
-		alg := integAlg(s.Integ)
+		alg := IntegAlgorithm(s.Integ)
 		ch.InAH = ah.Config{Integ: alg, Key: in[:intLen], Align8: c.AHAlign8}
 		ch.OutAH = ah.Config{Integ: alg, Key: out[:intLen], Align8: c.AHAlign8}
 	} else {
-		cipher, err := espCipher(s.Encr)
+		cipher, err := ESPCipher(s.Encr)
 		if err != nil {
 			return nil, err
 		}
-		alg := integAlg(s.Integ)
+		alg := IntegAlgorithm(s.Integ)
 		ch.InESP = esp.Config{Cipher: cipher, EncKey: in[:encLen], Integ: alg, AuthKey: in[encLen:n]}
 		ch.OutESP = esp.Config{Cipher: cipher, EncKey: out[:encLen], Integ: alg, AuthKey: out[encLen:n]}
 	}

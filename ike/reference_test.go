@@ -140,7 +140,7 @@ func TestReferenceExchange(t *testing.T) {
 	}
 	var vendorNATT bool
 	for _, v := range findAll[*isakmp.VendorID](ps1) {
-		if bytes.Equal(v.Data, vidNATT) {
+		if bytes.Equal(v.Data, isakmp.VendorNATT) {
 			vendorNATT = true
 		}
 	}

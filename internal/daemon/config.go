@@ -9,6 +9,7 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
+	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/integ"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -134,36 +135,11 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 	return s, nil
 }
 
-func cipherFor(e conf.Encr) (esp.Cipher, error) {
-	switch e {
-	case conf.EncrNull:
-		return esp.CipherNull, nil
-	case conf.Encr3DES:
-		return esp.Cipher3DESCBC, nil
-	case conf.EncrAESCBC:
-		return esp.CipherAESCBC, nil
-	case conf.EncrAESCTR:
-		return esp.CipherAESCTR, nil
-	case conf.EncrAESGCM16:
-		return esp.CipherAESGCM16, nil
-	case conf.EncrChaCha20Poly1305:
-		return esp.CipherChaCha20Poly1305, nil
-	}
-	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
-}
+func cipherFor(e conf.Encr) (esp.Cipher, error) { return ike.ESPCipher(e) }
 
 func integFor(i conf.Integ) (integ.Algorithm, error) {
-	switch i {
-	case conf.IntegMD5:
-		return integ.HMACMD5_96, nil
-	case conf.IntegSHA1:
-		return integ.HMACSHA1_96, nil
-	case conf.IntegSHA256:
-		return integ.HMACSHA256_128, nil
-	case conf.IntegSHA384:
-		return integ.HMACSHA384_192, nil
-	case conf.IntegSHA512:
-		return integ.HMACSHA512_256, nil
+	if a := ike.IntegAlgorithm(i); a != integ.None {
+		return a, nil
 	}
 	return 0, fmt.Errorf("integrity algorithm %d is not supported", i)
 }
