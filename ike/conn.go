@@ -87,7 +87,9 @@ type ChildSA struct {
 	LocalPort         uint16
 	RemotePort        uint16
 	Lifetime          time.Duration
-	ReplayWindow      int
+	// LifeBytes is the byte lifetime the peer asked for; 0: none.
+	LifeBytes    uint64
+	ReplayWindow int
 	// Suite names the algorithms for status ("aes128-sha1").
 	Suite string
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/conf"
@@ -654,5 +655,32 @@ func TestDPD(t *testing.T) {
 	waitFor(t, func() bool { return len(r.ia.children()) == 0 })
 	if !strings.Contains(r.logText(), "dead peer detected") {
 		t.Fatal("no dead-peer log line")
+	}
+}
+
+// TestLifetimeKilobytes: a peer's SA-Life-Type kilobytes (RFC 2407 4.5)
+// is parsed, adopted by the responder's choice and handed to the data
+// plane as a byte limit.
+func TestLifetimeKilobytes(t *testing.T) {
+	ours := []p2Suite{{Proto: sad.ESP, Encr: conf.EncrAESCBC, KeyBits: 128, Integ: conf.IntegSHA1, Life: time.Hour}}
+	tr := ours[0].transform(1, encapTunnel)
+	tr.Attrs = append(tr.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, 4608000))
+	sa := &isakmp.SA{DOI: 1, Situation: 1, Proposals: []isakmp.Proposal{{Num: 1, Protocol: isakmp.ProtoESP, SPI: be32(0x1234), Transforms: []isakmp.Transform{tr}}}}
+	_, got, _, _, err := selectP2(ours, sad.Tunnel, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.LifeKB != 4608000 || got.Life != time.Hour {
+		t.Fatalf("chosen suite lifetimes %v / %d KB, want 1h / 4608000 KB", got.Life, got.LifeKB)
+	}
+	back, _, _, err := acceptP2Reply(ours, sad.Tunnel, sa)
+	if err != nil || back.LifeKB != 4608000 {
+		t.Fatalf("initiator side: %+v %v", back, err)
+	}
+	p := &p1{suite: p1Suite{Hash: 2}, keys: ikecrypto.Phase1Keys{D: make([]byte, 20)}, local: netip.AddrPortFrom(addrA, 500), peer: netip.AddrPortFrom(addrB, 500)}
+	q := &qm{p: p, conn: &Conn{Name: "c", Mode: sad.Tunnel}, suite: got, inSPI: 1, outSPI: 2, ni: make([]byte, 16), nr: make([]byte, 16)}
+	ch, err := (&Engine{cfg: Config{NATTPort: 4500}}).childSA(q)
+	if err != nil || ch.LifeBytes != 4608000*1024 {
+		t.Fatalf("child byte lifetime %d (%v)", ch.LifeBytes, err)
 	}
 }

@@ -311,7 +311,10 @@ type p2Suite struct {
 	Integ   conf.Integ
 	Group   ikecrypto.Group // PFS group, 0 without PFS
 	Life    time.Duration
-	ESN     bool
+	// LifeKB is a lifetime in kilobytes the peer asked for (gosec
+	// proposes none); 0 means no limit.
+	LifeKB uint64
+	ESN    bool
 }
 
 func (s p2Suite) String() string {
@@ -457,8 +460,11 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		case p2LifeType:
 			lifeType = v
 		case p2LifeDuration:
-			if lifeType == lifeSeconds {
+			switch lifeType {
+			case lifeSeconds:
 				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
+			case lifeKilobytes:
+				o.suite.LifeKB = v
 			}
 		case p2GroupDesc:
 			o.suite.Group = ikecrypto.Group(v)
@@ -585,6 +591,7 @@ func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2
 				if c.o.suite.Life > 0 && c.o.suite.Life < got.Life {
 					got.Life = c.o.suite.Life
 				}
+				got.LifeKB = c.o.suite.LifeKB
 				return chosen, got, be32u(c.p.SPI), c.o.encap, nil
 			}
 		}
@@ -622,6 +629,7 @@ func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint3
 			if o.suite.Life > 0 && o.suite.Life < s.Life {
 				s.Life = o.suite.Life
 			}
+			s.LifeKB = o.suite.LifeKB
 			return s, be32u(p.SPI), o.encap, nil
 		}
 	}

@@ -289,7 +289,7 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	out := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.outSPI), ni, nr, n)
 	ch := &ChildSA{Conn: c.Name, Proto: s.Proto, Mode: c.Mode, InSPI: q.inSPI, OutSPI: q.outSPI,
 		Local: p.local.Addr(), Remote: p.peer.Addr(), LocalTS: q.localTS, RemoteTS: q.remoteTS,
-		Proto8: c.Proto, LocalPort: c.LocalPort, RemotePort: c.RemotePort, Lifetime: s.Life,
+		Proto8: c.Proto, LocalPort: c.LocalPort, RemotePort: c.RemotePort, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
 		ReplayWindow: c.ReplayWindow, Suite: s.String()}
 	if encapUDP(q.encap) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}

@@ -207,7 +207,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	d.reqid++
 	k := &ikeChild{ch: ch, reqid: d.reqid}
 	in := &sad.SA{SPI: ch.InSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Remote, Dst: ch.Local, ReqID: k.reqid,
-		Dir: sad.Inbound, Conn: ch.Conn, Hard: sad.Lifetime{Time: ch.Lifetime}}
+		Dir: sad.Inbound, Conn: ch.Conn, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
 	if ch.Encap != nil {
 		in.Encap = &sad.Encap{SrcPort: ch.Encap.DstPort, DstPort: ch.Encap.SrcPort}
 	}
@@ -241,7 +241,7 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 	}
 	spec := d.conns.Conns[ch.Conn]
 	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: k.reqid,
-		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: sad.Lifetime{Time: ch.Lifetime}}
+		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
 	var err error
 	if ch.Proto == sad.AH {
 		out.AH, err = ah.NewSuite(ch.OutAH)
