@@ -58,6 +58,12 @@ type ConnStatus struct {
 	Since         string     `json:"since,omitempty"`
 	SAs           []SAStatus `json:"sas"`
 	Cleartext     uint64     `json:"cleartext_dropped"`
+	// Guarded counts cleartext to the conn's protected prefixes that the
+	// outbound guard dropped (it would have left outside the TUN).
+	Guarded uint64 `json:"cleartext_out_dropped"`
+	// GuardKept: the conn is down but its guard stays (its last SA went,
+	// or a crashed gosec left it) until it is up again or taken down.
+	GuardKept bool `json:"guard_kept,omitempty"`
 	// Children are the IPsec SA pairs IKE negotiated (their SAs are in
 	// SAs too); IKEError is why the last `gosec up` failed.
 	Children    []ike.ChildStatus `json:"children,omitempty"`
@@ -126,22 +132,29 @@ func (d *Daemon) status(all bool) *Status {
 				cs.Children = append(cs.Children, ch)
 			}
 		}
+		if d.guardKept[name] && d.filter != nil {
+			cs.GuardKept = true
+			cs.Guarded, _ = d.filter.Guarded(name)
+		}
 		if a, ok := d.active[name]; ok {
 			cs.State, cs.ReqID, cs.Since = "installed", a.reqid, a.since
+			if a.pairs != nil && len(a.children) == 0 {
+				// Policies without SAs: traffic is held (trap) or dropped.
+				cs.State = "routed"
+			}
 			for _, sa := range []*sad.SA{a.in, a.out} {
 				if sa != nil {
 					cs.SAs = append(cs.SAs, saStatus(sa, now))
 				}
 			}
 			for _, k := range a.children {
-				for _, sa := range []*sad.SA{k.in, k.out} {
-					if sa != nil {
-						cs.SAs = append(cs.SAs, saStatus(sa, now))
-					}
+				if k.in != nil && k.out != nil { // half-installed pairs are not shown
+					cs.SAs = append(cs.SAs, saStatus(k.in, now), saStatus(k.out, now))
 				}
 			}
 			if d.filter != nil {
 				cs.Cleartext, _ = d.filter.Dropped(name)
+				cs.Guarded, _ = d.filter.Guarded(name)
 			}
 		}
 		st.Conns = append(st.Conns, cs)
@@ -276,8 +289,19 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		if c.Unsupported != "" && all {
 			fmt.Fprintf(w, "%14s: cannot be negotiated: %s\n", c.Name, c.Unsupported)
 		}
+		if c.State == "routed" {
+			how := "dropped"
+			if c.Auto == "route" {
+				how = "held and negotiated on demand"
+			}
+			fmt.Fprintf(w, "%14s: ROUTED, no SA: its traffic is %s; cleartext dropped by filter: %d in, %d out\n", c.Name, how, c.Cleartext, c.Guarded)
+			continue
+		}
 		if c.State != "installed" {
-			if !all {
+			switch {
+			case c.GuardKept:
+				fmt.Fprintf(w, "%14s: down, cleartext to its subnets blocked until it is up again or `gosec down` (%d dropped)\n", c.Name, c.Guarded)
+			case !all:
 				fmt.Fprintf(w, "%14s: down\n", c.Name)
 			}
 			continue
@@ -328,7 +352,7 @@ func (c ConnStatus) writeSA(w io.Writer, all bool, in, out *SAStatus, child *ike
 		fmt.Fprintf(w, "%14s:  in:  %d packets, %s, last %s, replay window %d (highest seq %d)\n", id,
 			in.Packets, bytesText(in.Bytes), ago(in.LastPacket), in.ReplayWindow, in.Seq)
 		fmt.Fprintf(w, "%14s:  out: %d packets, %s, last %s, seq %d\n", id, out.Packets, bytesText(out.Bytes), ago(out.LastPacket), out.Seq)
-		fmt.Fprintf(w, "%14s:  drops in: %s; drops out: %s; cleartext dropped by filter: %d\n", id, dropsText(in.Drops), dropsText(out.Drops), c.Cleartext)
+		fmt.Fprintf(w, "%14s:  drops in: %s; drops out: %s; cleartext dropped by filter: %d in, %d out\n", id, dropsText(in.Drops), dropsText(out.Drops), c.Cleartext, c.Guarded)
 		fmt.Fprintf(w, "%14s:  lifetime: %s\n", id, in.Lifetime)
 		fmt.Fprintf(w, "%14s:   %s\n", id, sel)
 	}
