@@ -101,7 +101,7 @@ var ignoredConn = func() map[string]string {
 		lifepackets marginbytes marginpackets ipsec-max-bytes ipsec-max-packets`, m)
 	words("Mode Config is not implemented (a conn that needs it is skipped)", `modecfgbanner
 		modecfgdns modecfgdns1 modecfgdns2 modecfgdomain modecfgdomains modecfgwins1
-		modecfgwins2`, m)
+		modecfgwins2 modeconfig`, m)
 	words("XAUTH is not implemented (a conn that needs it is skipped)", `xauthfail
 		xauth_identity`, m)
 	words("XAUTH is not implemented", `xauthby`, m)

@@ -29,6 +29,8 @@ def write(name, sources, pairs):
     with open(os.path.join(OUT, name + ".txt"), "w") as f:
         for repo, rev, commit, path in sources:
             f.write(f"# {repo.replace('+', '/')} {rev} {commit} {path}\n")
+        # Libreswan v5.4 spells one name "dns-match-id," in its table.
+        pairs = [(sec, kw.rstrip(",")) for sec, kw in pairs]
         for sec, kw in sorted(set(pairs)):
             f.write(f"{sec} {kw}\n")
     print(name, len(set(pairs)))
@@ -100,7 +102,7 @@ def libreswan5(rev):
         commit, txt = show(repo, rev, path)
         sources.append((repo, rev, commit, path))
         for em in re.finditer(r'^\s*[A-Z]+\(\s*"([^"]*)"\s*(?:,\s*([^,)]*))?', txt, re.M):
-            kw, validity = em.group(1).rstrip(","), em.group(2) or ""
+            kw, validity = em.group(1), em.group(2) or ""
             if "kv_leftright" in validity:
                 pairs += [(sec, k) for k in lr(kw)]
             else:
