@@ -429,11 +429,12 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	q.finish(nil)
 }
 
-// connsForTS lists the conns with peer p whose selectors contain the
-// proposed ones (p's own conn first).
+// connsForTS lists the conns that ISAKMP SA p authorizes (same
+// endpoints, identities and key: see authorizes) whose selectors contain
+// the proposed ones (p's own conn first).
 func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix) []*Conn {
 	try := func(c *Conn) bool {
-		if c.Remote.IsValid() && c.Remote != p.peer.Addr() {
+		if !e.authorizes(p, c) {
 			return false
 		}
 		for _, pair := range selectorPairs(withRemote(c, p.peer.Addr())) {
@@ -521,7 +522,7 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		for _, pair := range selectorPairs(withRemote(p.conn, p.peer.Addr())) {
 			ours = append(ours, fmt.Sprintf("%v === %v", pair[0], pair[1]))
 		}
-		e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): the peer's traffic selectors match no conn",
+		e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): the peer's traffic selectors match no conn its ISAKMP SA authorizes", "peer_id", p.peerID,
 			"conn", p.conn.Name, "peer", p.peer, "proposed", fmt.Sprintf("%v === %v (ours: local %v, remote %v)", remoteTS, localTS, localTS, remoteTS),
 			"configured", ours)
 		e.sendNotify(p, 18, nil)
