@@ -104,3 +104,56 @@ func TestQuickModeAuthorization(t *testing.T) {
 		})
 	}
 }
+
+// TestQuickModeProtoPorts: the responder accepts the protocol and ports
+// of IDci/IDcr only within its leftprotoport/rightprotoport, and what it
+// accepted is what both sides install.
+func TestQuickModeProtoPorts(t *testing.T) {
+	type pp struct {
+		proto        uint8
+		lport, rport uint16
+	}
+	cases := []struct {
+		name   string
+		a, b   pp // A initiates; B responds
+		wantOK bool
+	}{
+		{name: "exact", a: pp{17, 0, 1701}, b: pp{17, 1701, 0}, wantOK: true},
+		{name: "narrower", a: pp{6, 0, 80}, b: pp{0, 0, 0}, wantOK: true},
+		{name: "narrower-port", a: pp{17, 5000, 1701}, b: pp{17, 1701, 0}, wantOK: true},
+		{name: "wider-proto", a: pp{0, 0, 0}, b: pp{17, 1701, 0}},
+		{name: "other-proto", a: pp{6, 0, 1701}, b: pp{17, 1701, 0}},
+		{name: "other-port", a: pp{17, 0, 1702}, b: pp{17, 1701, 0}},
+		{name: "wider-port", a: pp{17, 0, 0}, b: pp{17, 1701, 0}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+			ca.Proto, ca.LocalPort, ca.RemotePort = c.a.proto, c.a.lport, c.a.rport
+			cb.Proto, cb.LocalPort, cb.RemotePort = c.b.proto, c.b.lport, c.b.rport
+			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+			_, err := r.up(r.a, "c")
+			if !c.wantOK {
+				if err == nil || !strings.Contains(err.Error(), "INVALID_ID_INFORMATION") {
+					t.Fatalf("err = %v, want INVALID_ID_INFORMATION", err)
+				}
+				time.Sleep(30 * time.Millisecond)
+				if n := len(r.ia.children()) + len(r.ib.children()); n != 0 {
+					t.Fatalf("%d SAs installed", n)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("up: %v\n%s", err, r.logText())
+			}
+			waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+			x, y := r.ia.children()[0], r.ib.children()[0]
+			if x.Proto8 != c.a.proto || x.LocalPort != c.a.lport || x.RemotePort != c.a.rport {
+				t.Fatalf("A installed proto %d ports %d/%d, want %+v", x.Proto8, x.LocalPort, x.RemotePort, c.a)
+			}
+			if y.Proto8 != c.a.proto || y.LocalPort != c.a.rport || y.RemotePort != c.a.lport {
+				t.Fatalf("B installed proto %d ports %d/%d, want the negotiated %d %d/%d", y.Proto8, y.LocalPort, y.RemotePort, c.a.proto, c.a.rport, c.a.lport)
+			}
+		})
+	}
+}

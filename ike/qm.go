@@ -32,6 +32,10 @@ type qm struct {
 	gqm       []byte
 	localTS   netip.Prefix
 	remoteTS  netip.Prefix
+	// proto, lport and rport are the negotiated IDci/IDcr protocol and
+	// ports (0: any), installed with the SAs.
+	proto        uint8
+	lport, rport uint16
 	idci      *isakmp.ID
 	idcr      *isakmp.ID
 	lastSent  []byte
@@ -146,6 +150,7 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 		ps = append(ps, &isakmp.KE{Data: dh.Public()})
 	}
 	q.idci, q.idcr = tsID(lts, c.Proto, c.LocalPort), tsID(rts, c.Proto, c.RemotePort)
+	q.proto, q.lport, q.rport = c.Proto, c.LocalPort, c.RemotePort
 	ps = append(ps, q.idci, q.idcr)
 	if c.Mode == sad.Transport && encapUDP(q.encap) {
 		draft := p.peerNATT == 2
@@ -289,7 +294,7 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	out := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.outSPI), ni, nr, n)
 	ch := &ChildSA{Conn: c.Name, Proto: s.Proto, Mode: c.Mode, InSPI: q.inSPI, OutSPI: q.outSPI,
 		Local: p.local.Addr(), Remote: p.peer.Addr(), LocalTS: q.localTS, RemoteTS: q.remoteTS,
-		Proto8: c.Proto, LocalPort: c.LocalPort, RemotePort: c.RemotePort, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
+		Proto8: q.proto, LocalPort: q.lport, RemotePort: q.rport, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
 		ReplayWindow: c.ReplayWindow, Suite: s.String()}
 	if encapUDP(q.encap) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
@@ -432,9 +437,9 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 // connsForTS lists the conns that ISAKMP SA p authorizes (same
 // endpoints, identities and key: see authorizes) whose selectors contain
 // the proposed ones (p's own conn first).
-func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix) []*Conn {
+func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rport, lport uint16) []*Conn {
 	try := func(c *Conn) bool {
-		if !e.authorizes(p, c) {
+		if !e.authorizes(p, c) || !protoPortsFit(c, proto, rport, lport) {
 			return false
 		}
 		for _, pair := range selectorPairs(withRemote(c, p.peer.Addr())) {
@@ -458,6 +463,20 @@ func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix) []*Conn {
 }
 
 // withRemote fills in the peer's address for a right=%any conn.
+// protoPortsFit reports whether the protocol and ports a peer proposed
+// in IDci/IDcr lie within conn c's leftprotoport/rightprotoport (0 in c
+// means any). A narrower proposal is accepted and installed as proposed,
+// as strongSwan narrows; a wider one is refused.
+func protoPortsFit(c *Conn, proto uint8, rport, lport uint16) bool {
+	if c.Proto != 0 && c.Proto != proto {
+		return false
+	}
+	if c.RemotePort != 0 && c.RemotePort != rport {
+		return false
+	}
+	return c.LocalPort == 0 || c.LocalPort == lport
+}
+
 func withRemote(c *Conn, peer netip.Addr) *Conn {
 	if c.Remote.IsValid() {
 		return c
@@ -510,12 +529,19 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		}
 		q.idci, q.idcr = ids[0], ids[1]
 		proto, rport, lport = ids[0].Protocol, ids[0].Port, ids[1].Port
+		if ids[0].Protocol != ids[1].Protocol || (proto == 0 && (rport != 0 || lport != 0)) {
+			e.Stats.NoProposal.Add(1)
+			e.sendNotify(p, notifyInvalidIDInfo, nil)
+			e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): IDci and IDcr protocols differ, or ports without a protocol",
+				"peer", p.peer, "idci", idProtoPort(ids[0]), "idcr", idProtoPort(ids[1]))
+			return
+		}
 	} else if len(ids) != 0 {
 		e.Stats.Malformed.Add(1)
 		e.warn("QM1 with one client ID", "peer", p.peer)
 		return
 	}
-	cands := e.connsForTS(p, remoteTS, localTS)
+	cands := e.connsForTS(p, remoteTS, localTS, proto, rport, lport)
 	if len(cands) == 0 {
 		e.Stats.NoProposal.Add(1)
 		var ours []string
@@ -523,14 +549,13 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 			ours = append(ours, fmt.Sprintf("%v === %v", pair[0], pair[1]))
 		}
 		e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): the peer's traffic selectors match no conn its ISAKMP SA authorizes", "peer_id", p.peerID,
-			"conn", p.conn.Name, "peer", p.peer, "proposed", fmt.Sprintf("%v === %v (ours: local %v, remote %v)", remoteTS, localTS, localTS, remoteTS),
+			"conn", p.conn.Name, "peer", p.peer, "proposed", fmt.Sprintf("%v === %v (ours: local %v, remote %v), protocol %d, ports %d/%d", remoteTS, localTS, localTS, remoteTS, proto, rport, lport),
 			"configured", ours)
 		e.sendNotify(p, 18, nil)
 		return
 	}
 	q.localTS, q.remoteTS = localTS, remoteTS
-	_ = proto
-	_, _ = rport, lport
+	q.proto, q.lport, q.rport = proto, lport, rport
 	// Like Pluto, switch to another conn with this peer whose selectors
 	// and proposals fit when the phase-1 conn's do not.
 	var c *Conn
@@ -729,4 +754,9 @@ func (e *Engine) deleteChild(c *child, why string) {
 		e.children[c.sa.Conn] = list
 	}
 	e.log.Info("IPsec SA deleted", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "out_spi", fmt.Sprintf("%08x", c.sa.OutSPI), "why", why)
+}
+
+// idProtoPort renders a client ID's protocol and port for logs.
+func idProtoPort(id *isakmp.ID) string {
+	return fmt.Sprintf("%s proto %d port %d", idString(id), id.Protocol, id.Port)
 }
