@@ -36,16 +36,16 @@ type qm struct {
 	// ports (0: any), installed with the SAs.
 	proto        uint8
 	lport, rport uint16
-	idci      *isakmp.ID
-	idcr      *isakmp.ID
-	lastSent  []byte
-	lastRecv  [32]byte
-	timer     clock.Timer
-	timerGen  int
-	done      func(error)
-	w         *waiter // the `gosec up` that started it, if any
-	child     *ChildSA
-	installed bool
+	idci         *isakmp.ID
+	idcr         *isakmp.ID
+	lastSent     []byte
+	lastRecv     [32]byte
+	timer        clock.Timer
+	timerGen     int
+	done         func(error)
+	w            *waiter // the `gosec up` that started it, if any
+	child        *ChildSA
+	installed    bool
 }
 
 func (q *qm) stopTimer() {
