@@ -74,3 +74,27 @@ func (e *Engine) refineConn(p *p1) *Conn {
 	}
 	return nil
 }
+
+func (e *Engine) nextSeq() uint64 {
+	e.seq++
+	return e.seq
+}
+
+// wantInitialContact decides whether our MM5 carries INITIAL-CONTACT: as
+// strongSwan does (ikev1/tasks/main_mode.c add_initial_contact), only
+// when rightid names one identity (no wildcard) and no established ISAKMP
+// SA with that pair of identities exists: a second conn between the same
+// two gateways must not make the peer drop the first one's SAs.
+func (e *Engine) wantInitialContact(p *p1) bool {
+	c := p.conn
+	if c.RemoteID == "%any" || (c.RemoteID == "" && !c.Remote.IsValid()) {
+		return false
+	}
+	peer := idKey(idPayload(c.RemoteID, c.Remote))
+	for _, q := range e.sas {
+		if q != p && q.established() && q.localIDKey == p.localIDKey && q.peerIDKey == peer {
+			return false
+		}
+	}
+	return true
+}

@@ -95,7 +95,7 @@ func TestQuickModeAuthorization(t *testing.T) {
 			r.ib.mu.Lock()
 			n := len(r.ib.inbound)
 			r.ib.mu.Unlock()
-			if n > 1 || (sameSA && n != 1) {
+			if n != 1 {
 				t.Fatalf("gateway has %d inbound SAs, want alice's only", n)
 			}
 			if !strings.Contains(r.logText(), "authorizes") {
@@ -155,5 +155,182 @@ func TestQuickModeProtoPorts(t *testing.T) {
 				t.Fatalf("B installed proto %d ports %d/%d, want the negotiated %d %d/%d", y.Proto8, y.LocalPort, y.RemotePort, c.a.proto, c.a.rport, c.a.lport)
 			}
 		})
+	}
+}
+
+// TestTwoConnsSameGateways: a second conn between the same two gateways
+// (another pair of subnets) negotiates its own ISAKMP SA without
+// INITIAL-CONTACT, and the first conn's SAs survive on both sides.
+func TestTwoConnsSameGateways(t *testing.T) {
+	a1, b1 := pairConns("one", testIKE, testESP, sad.Tunnel)
+	a2, b2 := pairConns("two", testIKE, testESP, sad.Tunnel)
+	a2.LocalSubnets, a2.RemoteSubnets = pfx("10.3.0.0/24"), pfx("10.4.0.0/24")
+	b2.LocalSubnets, b2.RemoteSubnets = a2.RemoteSubnets, a2.LocalSubnets
+	r := newRig(t, "secret", "secret", []*Conn{a1, a2}, []*Conn{b1, b2}, nil)
+	lines, err := r.up(r.a, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "N(INITIAL_CONTACT)") {
+		t.Fatalf("the first contact does not send INITIAL-CONTACT:\n%s", strings.Join(lines, "\n"))
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	for _, init := range []*Engine{r.a, r.b} {
+		lines, err := r.up(init, "two")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(strings.Join(lines, "\n"), "INITIAL_CONTACT") {
+			t.Fatalf("INITIAL-CONTACT sent although an ISAKMP SA with the peer exists:\n%s", strings.Join(lines, "\n"))
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	for side, inst := range map[string]*fakeInstaller{"A": r.ia, "B": r.ib} {
+		conns := map[string]int{}
+		for _, c := range inst.children() {
+			conns[c.Conn]++
+		}
+		if conns["one"] != 1 || conns["two"] < 1 {
+			t.Fatalf("%s: children per conn %v: conn one lost its SA", side, conns)
+		}
+	}
+}
+
+// natRig is a gateway (addrB) and two road warriors with their own IDs
+// behind one NAT address: what the gateway sees as one peer IP.
+type natRig struct {
+	*rig
+	c1, c2   *Engine
+	i1, i2   *fakeInstaller
+	natAddr  netip.Addr
+	c1a, c2a netip.Addr
+}
+
+func newNATRig(t *testing.T) *natRig {
+	t.Helper()
+	n := &natRig{natAddr: netip.MustParseAddr("203.0.113.9"), c1a: netip.MustParseAddr("198.51.100.1"), c2a: netip.MustParseAddr("198.51.100.2"),
+		i1: newInstaller(0x3000), i2: newInstaller(0x4000)}
+	gw := func(name, id, sub string) *Conn {
+		return &Conn{Name: name, Local: addrB, LocalID: "@gw", RemoteID: id, IKE: testIKE, ESP: testESP, Mode: sad.Tunnel,
+			LocalSubnets: pfx("10.0.0.0/24"), RemoteSubnets: pfx(sub), Lifetime: time.Hour, IKELifetime: time.Hour, KeyingTries: 1}
+	}
+	rw := func(local netip.Addr, id, sub string) *Conn {
+		return &Conn{Name: "rw", Local: local, Remote: addrB, LocalID: id, RemoteID: "@gw", IKE: testIKE, ESP: testESP, Mode: sad.Tunnel,
+			LocalSubnets: pfx(sub), RemoteSubnets: pfx("10.0.0.0/24"), Lifetime: time.Hour, IKELifetime: time.Hour, KeyingTries: 1}
+	}
+	keys := pskTable(map[netip.Addr]map[[2]string]string{addrB: {{"@gw", "*"}: "shared"}, addrA: {}})
+	n.rig = newRig(t, "", "", nil, []*Conn{gw("rw1", "@c1", "10.11.0.0/24"), gw("rw2", "@c2", "10.12.0.0/24")}, keys)
+	mk := func(local netip.Addr, inst *fakeInstaller) *Engine {
+		cfg := Config{Transport: &fakeTransport{net: n.net, local: local}, Installer: inst,
+			PSK: func(l, r string) ([]byte, bool) { return []byte("shared"), true }, Log: n.a.cfg.Log,
+			RetransmitTimeout: 200 * time.Millisecond, Retransmits: 3}
+		return New(cfg)
+	}
+	n.c1, n.c2 = mk(n.c1a, n.i1), mk(n.c2a, n.i2)
+	ports := map[netip.AddrPort]netip.AddrPort{
+		netip.AddrPortFrom(n.c1a, 500): netip.AddrPortFrom(n.natAddr, 1500), netip.AddrPortFrom(n.c1a, 4500): netip.AddrPortFrom(n.natAddr, 14500),
+		netip.AddrPortFrom(n.c2a, 500): netip.AddrPortFrom(n.natAddr, 2500), netip.AddrPortFrom(n.c2a, 4500): netip.AddrPortFrom(n.natAddr, 24500),
+	}
+	n.net.mu.Lock()
+	n.net.rewrite = func(from netip.AddrPort) netip.AddrPort {
+		if m, ok := ports[from]; ok {
+			return m
+		}
+		return from
+	}
+	n.net.byPort = map[netip.AddrPort]*Engine{}
+	for inside, outside := range ports {
+		e := n.c1
+		if inside.Addr() == n.c2a {
+			e = n.c2
+		}
+		n.net.byPort[outside] = e
+	}
+	n.net.engines[n.c1a], n.net.engines[n.c2a] = n.c1, n.c2
+	n.net.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { n.c1.Run(ctx); done <- struct{}{} }()
+	go func() { n.c2.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	n.c1.SetConns(ctx, []*Conn{rw(n.c1a, "@c1", "10.11.0.0/24")})
+	n.c2.SetConns(ctx, []*Conn{rw(n.c2a, "@c2", "10.12.0.0/24")})
+	return n
+}
+
+func gwConns(inst *fakeInstaller) map[string]int {
+	out := map[string]int{}
+	for _, c := range inst.children() {
+		out[c.Conn]++
+	}
+	return out
+}
+
+// TestNATIdentityScope: two clients with their own IDs behind one NAT
+// address. INITIAL-CONTACT from a restarted @c1 clears @c1's stale SAs
+// only, and a Delete sent under @c2's ISAKMP SA with @c1's SPI removes
+// nothing of @c1's.
+func TestNATIdentityScope(t *testing.T) {
+	n := newNATRig(t)
+	for _, e := range []*Engine{n.c1, n.c2} {
+		if _, err := n.up(e, "rw"); err != nil {
+			t.Fatalf("up: %v\n%s", err, n.logText())
+		}
+	}
+	waitFor(t, func() bool { g := gwConns(n.ib); return g["rw1"] == 1 && g["rw2"] == 1 })
+	for _, c := range n.ib.children() {
+		if c.Remote != n.natAddr {
+			t.Fatalf("gateway child %s has peer %v, want the NAT address", c.Conn, c.Remote)
+		}
+	}
+	// A forged Delete: @c2 names @c1's SPI (the gateway's outbound SPI
+	// towards @c1, which is c1's inbound SPI).
+	c1SPI := n.i1.children()[0].InSPI
+	n.c2.call(context.Background(), func() {
+		for _, p := range n.c2.sas {
+			if p.established() {
+				n.c2.sendDelete(p, sad.ESP, [][]byte{be32(c1SPI)})
+			}
+		}
+	})
+	time.Sleep(50 * time.Millisecond)
+	if g := gwConns(n.ib); g["rw1"] != 1 {
+		t.Fatalf("a Delete from @c2 removed @c1's SA: %v", g)
+	}
+	// @c1 restarts (no Delete sent) and comes back with INITIAL-CONTACT.
+	n.c1.call(context.Background(), func() { n.c1.terminate("rw", false) })
+	old1 := map[uint32]bool{}
+	for _, c := range n.ib.children() {
+		if c.Conn == "rw1" {
+			old1[c.InSPI] = true
+		}
+	}
+	lines, err := n.up(n.c1, "rw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "INITIAL_CONTACT") {
+		t.Fatal("the restarted client did not send INITIAL-CONTACT")
+	}
+	waitFor(t, func() bool {
+		g := gwConns(n.ib)
+		for _, c := range n.ib.children() {
+			if old1[c.InSPI] {
+				return false
+			}
+		}
+		return g["rw1"] == 1 && g["rw2"] == 1
+	})
+	time.Sleep(50 * time.Millisecond)
+	if g := gwConns(n.ib); g["rw2"] != 1 || len(n.i2.children()) != 1 {
+		t.Fatalf("INITIAL-CONTACT from @c1 touched @c2: gateway %v, c2 %d", g, len(n.i2.children()))
+	}
+	p1s, _, _ := n.b.Status(context.Background())
+	ids := map[string]int{}
+	for _, p := range p1s {
+		ids[p.PeerID]++
+	}
+	if ids["c1"] != 1 || ids["c2"] != 1 {
+		t.Fatalf("gateway ISAKMP SAs by peer ID: %v", ids)
 	}
 }

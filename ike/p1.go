@@ -60,19 +60,21 @@ type p1 struct {
 	timer       clock.Timer
 	timerGen    int
 
-	created     time.Time
-	estTime     time.Time
-	attempt     int
-	waiters     []*waiter
-	qms         map[uint32]*qm
-	failure     error
-	keepalive   clock.Timer
-	keepaliveOn bool
-	expire      clock.Timer
-	dpd         clock.Timer
-	dpdSeq      uint32
-	dpdWaiting  bool
-	dpdSince    time.Time
+	created time.Time
+	estTime time.Time
+	// createdSeq and estSeq order creation and establishment (Engine.seq).
+	createdSeq, estSeq uint64
+	attempt            int
+	waiters            []*waiter
+	qms                map[uint32]*qm
+	failure            error
+	keepalive          clock.Timer
+	keepaliveOn        bool
+	expire             clock.Timer
+	dpd                clock.Timer
+	dpdSeq             uint32
+	dpdWaiting         bool
+	dpdSince           time.Time
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -185,7 +187,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 
 // startMain sends MM1 for conn c.
 func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
-	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), attempt: attempt,
+	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
 		peer: netip.AddrPortFrom(c.Remote, 500), local: netip.AddrPortFrom(c.Local, 500), qms: map[uint32]*qm{}}
 	copy(p.icky[:], e.random(8))
 	if w != nil {
@@ -497,14 +499,21 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	p.localIDKey = idKey(id)
 	idBody := isakmp.EncodeBody(id)
 	hashI := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
-	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI},
-		&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(24578), SPI: append(p.icky[:], p.rcky[:]...)}}
+	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI}}
+	ic := e.wantInitialContact(p)
+	if ic {
+		out = append(out, &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyInitialContact, SPI: append(p.icky[:], p.rcky[:]...)})
+	}
 	plain := isakmp.AppendPayloads(nil, out)
 	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
 	p.iv = last
 	p.state = "MAIN_I3"
 	p.lastReplyTo = sum
-	p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	if ic {
+		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	} else {
+		p.say("generating ID_PROT request 0 [ ID HASH ]")
+	}
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(m))
 	e.send(p, m)
 	e.arm(p, 0)
@@ -582,6 +591,7 @@ func (e *Engine) established(p *p1) {
 		p.state = "MAIN_R3"
 	}
 	p.estTime = e.cfg.Clock.Now()
+	p.estSeq = e.nextSeq()
 	e.Stats.Established.Add(1)
 	e.dropHalfOpen(p)
 	nat := ""
@@ -706,7 +716,7 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		local = netip.AddrPortFrom(conn.Local, to.Port())
 	}
 	p := &p1{e: e, conn: conn, state: "MAIN_R1", icky: h.ICookie, peer: from, local: local, natt: natt,
-		created: e.cfg.Clock.Now(), suite: suite, qms: map[uint32]*qm{}}
+		created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), suite: suite, qms: map[uint32]*qm{}}
 	copy(p.rcky[:], e.random(8))
 	p.saiBody = rawBody(raws, isakmp.PayloadSA)
 	p.noteVendorIDs(ps)

@@ -408,7 +408,8 @@ func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
 // childUp records an established child.
 func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	e.Stats.ChildrenInstalled.Add(1)
-	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn}
+	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn,
+		identity: q.p.identity(), seq: e.nextSeq()}
 	// The pair this one replaces (a rekey, ours or the peer's) goes after
 	// a short grace period, so that packets in flight still open.
 	for _, old := range e.children[ch.Conn] {
