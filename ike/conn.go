@@ -54,6 +54,12 @@ type Conn struct {
 	// new one is installed). Without it a child just expires.
 	Rekey       bool
 	RekeyMargin time.Duration
+	// RekeyFuzz (percent, may exceed 100) widens the margin by a random
+	// 0..RekeyFuzz% of it for the side that initiated the SA, as
+	// strongSwan computes rekey = life - margin - random(0, margin x
+	// fuzz); 0 means no randomness. The other side rekeys only when half
+	// the margin is left (Libreswan's rule), so the initiator goes first.
+	RekeyFuzz int
 	// DPDDelay > 0 with DPDAction clear, hold or restart sends RFC 3706
 	// R_U_THERE every DPDDelay to a peer that announced DPD; with no
 	// answer for DPDTimeout the peer is dead and DPDAction applies.

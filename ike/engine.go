@@ -145,6 +145,10 @@ type child struct {
 	identity string
 	// seq is when it was installed (Engine.seq).
 	seq uint64
+	// rekeying is set while a Quick Mode negotiates its successor;
+	// rekeyAt is when its rekey is due (0: never), from its installation.
+	rekeying bool
+	rekeyAt  time.Duration
 }
 
 func (c *child) stop() {

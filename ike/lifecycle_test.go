@@ -4,9 +4,11 @@ import (
 	"context"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
@@ -333,4 +335,123 @@ func TestNATIdentityScope(t *testing.T) {
 	if ids["c1"] != 1 || ids["c2"] != 1 {
 		t.Fatalf("gateway ISAKMP SAs by peer ID: %v", ids)
 	}
+}
+
+// TestRekeyTime: the initiator's rekey falls in [life - margin - margin x
+// fuzz, life - margin], spread over it; the responder's at life -
+// margin/2; a right=%any responder never rekeys.
+func TestRekeyTime(t *testing.T) {
+	e := New(Config{})
+	life, margin := 100*time.Second, 10*time.Second
+	mk := func(init bool, fuzz int, remote netip.Addr) *child {
+		return &child{initiator: init, sa: &ChildSA{Lifetime: life},
+			conn: &Conn{Rekey: true, RekeyMargin: margin, RekeyFuzz: fuzz, Remote: remote}}
+	}
+	if got := e.rekeyTime(mk(true, 0, addrB)); got != 90*time.Second {
+		t.Fatalf("fuzz 0: %v, want 90s", got)
+	}
+	for _, fuzz := range []int{100, 250} {
+		lo, hi := life, time.Duration(0)
+		for i := 0; i < 300; i++ {
+			got := e.rekeyTime(mk(true, fuzz, addrB))
+			floor := life - margin - margin*time.Duration(fuzz)/100
+			if got < floor || got > life-margin {
+				t.Fatalf("fuzz %d%%: %v outside [%v, %v]", fuzz, got, floor, life-margin)
+			}
+			lo, hi = min(lo, got), max(hi, got)
+		}
+		mid := life - margin - margin*time.Duration(fuzz)/200
+		if lo > mid || hi < mid {
+			t.Fatalf("fuzz %d%%: 300 draws span only [%v, %v]", fuzz, lo, hi)
+		}
+	}
+	if got := e.rekeyTime(mk(false, 100, addrA)); got != 95*time.Second {
+		t.Fatalf("responder: %v, want 95s", got)
+	}
+	if got := e.rekeyTime(mk(false, 100, netip.Addr{})); got != 0 {
+		t.Fatalf("right=%%any responder: %v, want never", got)
+	}
+	c := mk(true, 0, addrB)
+	c.conn.Rekey = false
+	if got := e.rekeyTime(c); got != 0 {
+		t.Fatalf("rekey=no: %v", got)
+	}
+	c = mk(true, 500, addrB) // margin x (1 + fuzz) beyond the lifetime
+	if got := e.rekeyTime(c); got < life/10 {
+		t.Fatalf("huge fuzz: %v, below a tenth of the lifetime", got)
+	}
+}
+
+// TestResponderRekeysLater: when only the responder rekeys, it does so
+// with half the margin left, not at the initiator's time.
+func TestResponderRekeysLater(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 10*time.Second
+	}
+	ca.Rekey = false
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	fc.Advance(92 * time.Second)
+	time.Sleep(100 * time.Millisecond)
+	if n := len(r.ib.children()); n != 1 {
+		t.Fatalf("the responder rekeyed before half the margin was left (%d children)", n)
+	}
+	fc.Advance(4 * time.Second) // 96 s
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	checkPairSubset(t, r.ia, r.ib)
+}
+
+// TestSoftHardExpire: the data plane's soft event starts the rekey (once,
+// however often it comes), its hard event removes the pair on both sides.
+func TestSoftHardExpire(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = time.Hour, true, 10*time.Minute
+	}
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	first := r.ia.children()[0]
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.a.SoftExpire("c", first.OutSPI) }()
+	}
+	wg.Wait()
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	time.Sleep(100 * time.Millisecond)
+	if n := r.ia.children(); len(n) != 2 {
+		t.Fatalf("five soft events made %d children, want the old one and one successor", len(n))
+	}
+	r.a.SoftExpire("c", first.InSPI) // already replaced: nothing
+	r.a.SoftExpire("nope", 1)
+	time.Sleep(50 * time.Millisecond)
+	if n := len(r.ia.children()); n != 2 {
+		t.Fatalf("%d children", n)
+	}
+	var newest *ChildSA
+	for _, c := range r.ia.children() {
+		if c.InSPI != first.InSPI {
+			newest = c
+		}
+	}
+	r.b.HardExpire("c", newest.OutSPI) // B's view: its outbound SPI is A's inbound
+	waitFor(t, func() bool {
+		for _, inst := range []*fakeInstaller{r.ia, r.ib} {
+			for _, c := range inst.children() {
+				if c.InSPI == newest.InSPI || c.OutSPI == newest.InSPI {
+					return false
+				}
+			}
+		}
+		return true
+	})
 }

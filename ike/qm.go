@@ -676,31 +676,122 @@ var errNoSA = errors.New("no ISAKMP SA")
 // rekeyGrace is how long a replaced SA pair stays installed.
 const rekeyGrace = 5 * time.Second
 
-// armChild schedules the rekey (initiator, rekey=yes) and the hard
-// expiry of a child.
+// armChild schedules the rekey (rekey=yes) and the hard expiry of a
+// child; see rekeyTime for when.
 func (e *Engine) armChild(c *child) {
 	life := c.sa.Lifetime
 	if life <= 0 {
 		return
 	}
-	if c.initiator && c.conn != nil && c.conn.Rekey {
-		margin := c.conn.RekeyMargin
-		if margin <= 0 || margin >= life {
-			margin = life / 10
-		}
-		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life-margin, func() {
-			e.post(func() {
-				if c.rekeyed || !e.hasChild(c) {
-					return
-				}
-				e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI))
-				e.rekey(c)
-			})
+	if at := e.rekeyTime(c); at > 0 {
+		c.rekeyAt = at
+		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(at, func() {
+			e.post(func() { e.softExpire(c, "lifetime") })
 		}))
 	}
 	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life, func() {
 		e.post(func() { e.deleteChild(c, "lifetime expired") })
 	}))
+}
+
+// rekeyTime is when, after its installation, child c is rekeyed; 0 for
+// never. The side that initiated c rekeys at lifetime - margin -
+// random(0, margin x rekeyfuzz), as strongSwan's child_cfg computes it
+// (src/libcharon/config/child_cfg.c, get_lifetime with jitter); the
+// responder waits until only half the margin is left, as Libreswan does
+// (programs/pluto/rekeyfuzz.c, fuzz_rekey_margin: "Give the responder a
+// smaller margin so that its rekey event is scheduled later"), so that
+// both peers do not rekey at once. A responder of a right=%any conn
+// cannot initiate and never rekeys. A margin that leaves no lifetime is
+// cut to a tenth of the lifetime.
+func (e *Engine) rekeyTime(c *child) time.Duration {
+	conn, life := c.conn, c.sa.Lifetime
+	if conn == nil || !conn.Rekey || life <= 0 {
+		return 0
+	}
+	margin := conn.RekeyMargin
+	if margin <= 0 || margin >= life {
+		margin = life / 10
+	}
+	if !c.initiator {
+		if !conn.Remote.IsValid() {
+			return 0
+		}
+		return life - margin/2
+	}
+	at := life - margin
+	if conn.RekeyFuzz > 0 {
+		span := uint64(margin) * uint64(conn.RekeyFuzz) / 100
+		at -= time.Duration(be64u(e.random(8)) % (span + 1))
+	}
+	if at < life/10 {
+		at = life / 10
+	}
+	return at
+}
+
+func be64u(b []byte) uint64 { return uint64(be32u(b[:4]))<<32 | uint64(be32u(b[4:8])) }
+
+// softExpire starts the rekey of c unless it is replaced, already being
+// rekeyed, or its conn does not rekey.
+func (e *Engine) softExpire(c *child, why string) {
+	if c.rekeyed || c.rekeying || !e.hasChild(c) {
+		return
+	}
+	if c.conn == nil || !c.conn.Rekey || (!c.initiator && !c.conn.Remote.IsValid()) {
+		return
+	}
+	e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "why", why)
+	e.rekey(c)
+}
+
+// SoftExpire reports the data plane's soft lifetime event (time, bytes,
+// packets or sequence numbers near exhaustion) of an SA of conn, named by
+// its inbound or outbound SPI: the engine negotiates the successor now,
+// unless one exists or is under way. Safe from any goroutine.
+func (e *Engine) SoftExpire(conn string, spi uint32) {
+	e.postLifecycle(func() {
+		if c := e.childBySPI(conn, spi); c != nil {
+			e.softExpire(c, "soft lifetime reached in the data plane")
+		}
+	})
+}
+
+// HardExpire reports the data plane's hard lifetime event of an SA of
+// conn (inbound or outbound SPI): the pair is removed and the peer told.
+// Safe from any goroutine.
+func (e *Engine) HardExpire(conn string, spi uint32) {
+	e.postLifecycle(func() {
+		if c := e.childBySPI(conn, spi); c != nil {
+			e.deleteChild(c, "hard lifetime reached in the data plane")
+		}
+	})
+}
+
+// postLifecycle queues a lifecycle event; such events must not be lost,
+// so a full queue is retried from another goroutine for a while.
+func (e *Engine) postLifecycle(f func()) {
+	if e.post(f) {
+		return
+	}
+	go func() {
+		for i := 0; i < 100; i++ {
+			time.Sleep(50 * time.Millisecond)
+			if e.post(f) {
+				return
+			}
+		}
+		e.log.Error("IKE event queue full: a lifetime event was lost")
+	}()
+}
+
+func (e *Engine) childBySPI(conn string, spi uint32) *child {
+	for _, c := range e.children[conn] {
+		if c.sa.InSPI == spi || c.sa.OutSPI == spi {
+			return c
+		}
+	}
+	return nil
 }
 
 func (e *Engine) hasChild(c *child) bool {
@@ -719,10 +810,12 @@ func (e *Engine) rekey(c *child) {
 	if conn == nil {
 		return
 	}
+	c.rekeying = true
 	for _, p := range e.sortedSAs() {
 		if p.conn == conn && p.established() && (p.suite.Life <= 0 || e.cfg.Clock.Now().Sub(p.estTime) < p.suite.Life) {
 			e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
 				if err != nil {
+					c.rekeying = false
 					e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
 				}
 			}, nil)
