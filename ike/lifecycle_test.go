@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -454,4 +455,109 @@ func TestSoftHardExpire(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestLifeBytesPackets: lifebytes is proposed in kilobytes and
+// installed as the hard byte limit on both sides (exactly on ours), with
+// the soft limits where each side rekeys; lifepackets stays local.
+func TestLifeBytesPackets(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Rekey, c.RekeyMargin = true, time.Minute
+	}
+	ca.LifeBytes, ca.MarginBytes, ca.LifePackets = 5_000_000, 1_000_000, 1_000_000
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	x, y := r.ia.children()[0], r.ib.children()[0]
+	if x.LifeBytes != 5_000_000 || x.SoftBytes != 4_000_000 || x.LifePackets != 1_000_000 || x.SoftPackets != 900_000 {
+		t.Fatalf("initiator: life %d/%d packets, soft %d/%d", x.LifeBytes, x.LifePackets, x.SoftBytes, x.SoftPackets)
+	}
+	hard := uint64((5_000_000 + 1023) / 1024 * 1024)
+	if y.LifeBytes != hard || y.SoftBytes != hard-hard/10/2 || y.LifePackets != 0 || y.SoftPackets != 0 {
+		t.Fatalf("responder: life %d bytes (want %d), soft %d, packets %d/%d", y.LifeBytes, hard, y.SoftBytes, y.LifePackets, y.SoftPackets)
+	}
+	if x.RekeyAfter != 19*time.Minute || y.RekeyAfter != 20*time.Minute-30*time.Second {
+		t.Fatalf("rekey after %v / %v", x.RekeyAfter, y.RekeyAfter)
+	}
+	// The proposal itself carries SA-Life-Type kilobytes.
+	tr := p2Suites(ca)[0].transform(1, encapTunnel)
+	o := parseP2Transform(isakmp.ProtoESP, tr)
+	if o.suite.LifeKB != 4883 || o.suite.Life != ca.Lifetime {
+		t.Fatalf("proposed %d KB / %v", o.suite.LifeKB, o.suite.Life)
+	}
+}
+
+// TestPeerLifetimeBounds: what a peer proposes is bounded: too short is
+// refused with the reason, overflowing values are clamped and noted, and
+// our own small configured value is always acceptable back.
+func TestPeerLifetimeBounds(t *testing.T) {
+	ours := p2Suite{Proto: sad.ESP, Encr: conf.EncrAESCBC, KeyBits: 128, Integ: conf.IntegSHA1, Life: time.Hour}
+	cases := []struct {
+		name              string
+		ourKB             uint64
+		secs, kb          uint64
+		wantErr, wantNote string
+		wantLife          time.Duration
+		wantKB            uint64
+	}{
+		{name: "normal", secs: 1800, kb: 100000, wantLife: 30 * time.Minute, wantKB: 100000},
+		{name: "few-packets", secs: 3600, kb: 4, wantErr: "lifetime of 4 kilobytes is below the minimum of 1024 kilobytes"},
+		{name: "few-seconds", secs: 3, wantErr: "lifetime of 3s is below the minimum of 10s"},
+		{name: "overflow-kb", secs: 3600, kb: 1 << 60, wantLife: time.Hour, wantKB: 0, wantNote: "overflows"},
+		{name: "huge-seconds", secs: 1 << 40, wantLife: time.Hour, wantNote: "clamped"},
+		{name: "ours-small", ourKB: 100, secs: 3600, kb: 100, wantLife: time.Hour, wantKB: 100},
+		{name: "ours-bigger", ourKB: 1 << 20, secs: 3600, kb: 2048, wantLife: time.Hour, wantKB: 2048},
+		{name: "peer-none", ourKB: 5000, secs: 3600, wantLife: time.Hour, wantKB: 5000},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := ours
+			o.LifeKB = c.ourKB
+			tr := ours.transform(1, encapTunnel)
+			tr.Attrs = tr.Attrs[:len(tr.Attrs)-2] // our own seconds
+			tr.Attrs = append(tr.Attrs, isakmp.Basic(p2LifeType, lifeSeconds), isakmp.Uint(p2LifeDuration, c.secs))
+			if c.kb > 0 {
+				tr.Attrs = append(tr.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, c.kb))
+			}
+			sa := &isakmp.SA{DOI: 1, Situation: 1, Proposals: []isakmp.Proposal{{Num: 1, Protocol: isakmp.ProtoESP, SPI: be32(7), Transforms: []isakmp.Transform{tr}}}}
+			_, got, _, _, err := selectP2([]p2Suite{o}, sad.Tunnel, sa)
+			back, _, _, err2 := acceptP2Reply([]p2Suite{o}, sad.Tunnel, sa)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) || err2 == nil {
+					t.Fatalf("err = %v / %v, want %q", err, err2, c.wantErr)
+				}
+				return
+			}
+			if err != nil || err2 != nil {
+				t.Fatalf("refused: %v / %v", err, err2)
+			}
+			for _, s := range []p2Suite{got, back} {
+				if s.Life != c.wantLife || s.LifeKB != c.wantKB || !strings.Contains(s.lifeNote, c.wantNote) {
+					t.Fatalf("adopted %v / %d KB (note %q), want %v / %d KB (%q)", s.Life, s.LifeKB, s.lifeNote, c.wantLife, c.wantKB, c.wantNote)
+				}
+			}
+		})
+	}
+}
+
+// TestAbsurdLifeBytesRefused: a peer proposing a lifetime of a few
+// packets gets NO_PROPOSAL_CHOSEN, and the log says why.
+func TestAbsurdLifeBytesRefused(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca.LifeBytes = 3000
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	_, err := r.up(r.a, "c")
+	if err == nil || !strings.Contains(err.Error(), "NO_PROPOSAL_CHOSEN") {
+		t.Fatalf("err = %v", err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	if !strings.Contains(r.logText(), "lifetime of 3 kilobytes is below the minimum") {
+		t.Fatalf("log does not give the reason:\n%s", r.logText())
+	}
+	if len(r.ib.children())+len(r.ia.children()) != 0 {
+		t.Fatal("SAs installed")
+	}
 }

@@ -295,7 +295,15 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	ch := &ChildSA{Conn: c.Name, Proto: s.Proto, Mode: c.Mode, InSPI: q.inSPI, OutSPI: q.outSPI,
 		Local: p.local.Addr(), Remote: p.peer.Addr(), LocalTS: q.localTS, RemoteTS: q.remoteTS,
 		Proto8: q.proto, LocalPort: q.lport, RemotePort: q.rport, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
-		ReplayWindow: c.ReplayWindow, Suite: s.String()}
+		LifePackets: c.LifePackets, ReplayWindow: c.ReplayWindow, Suite: s.String()}
+	if c.LifeBytes > 0 && c.LifeBytes < ch.LifeBytes {
+		ch.LifeBytes = c.LifeBytes // exact, not rounded up to kilobytes
+	}
+	ch.RekeyAfter = e.rekeyTimeFor(c, s.Life, q.initiator)
+	if ch.RekeyAfter > 0 || (s.Life <= 0 && c.Rekey && (q.initiator || c.Remote.IsValid())) {
+		ch.SoftBytes = e.softVolume(ch.LifeBytes, c.MarginBytes, c.RekeyFuzz, q.initiator)
+		ch.SoftPackets = e.softVolume(ch.LifePackets, c.MarginPackets, c.RekeyFuzz, q.initiator)
+	}
 	if encapUDP(q.encap) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
 	}
@@ -340,6 +348,9 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q.suite, q.outSPI, q.nr = suite, outSPI, nonce.Data
+	if suite.lifeNote != "" {
+		e.log.Warn("Quick Mode: the responder's lifetime was bounded", "conn", q.conn.Name, "peer", p.peer, "why", suite.lifeNote)
+	}
 	if encapUDP(encap) != encapUDP(q.encap) {
 		e.failQM(q, fmt.Errorf("conn %s: the responder chose %s, we proposed %s", q.conn.Name, encapName(encap), encapName(q.encap)))
 		return
@@ -585,6 +596,9 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	q.conn = c
 	q.suites = p2Suites(c)
 	q.suite, q.outSPI, q.encap = suite, outSPI, encap
+	if suite.lifeNote != "" {
+		e.log.Warn("Quick Mode: the peer's lifetime was bounded", "conn", c.Name, "peer", p.peer, "why", suite.lifeNote)
+	}
 	var ke *isakmp.KE
 	if suite.Group != 0 {
 		peerKE, ok := find[*isakmp.KE](ps)
@@ -683,7 +697,7 @@ func (e *Engine) armChild(c *child) {
 	if life <= 0 {
 		return
 	}
-	if at := e.rekeyTime(c); at > 0 {
+	if at := c.sa.RekeyAfter; at > 0 {
 		c.rekeyAt = at
 		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(at, func() {
 			e.post(func() { e.softExpire(c, "lifetime") })
@@ -705,7 +719,10 @@ func (e *Engine) armChild(c *child) {
 // cannot initiate and never rekeys. A margin that leaves no lifetime is
 // cut to a tenth of the lifetime.
 func (e *Engine) rekeyTime(c *child) time.Duration {
-	conn, life := c.conn, c.sa.Lifetime
+	return e.rekeyTimeFor(c.conn, c.sa.Lifetime, c.initiator)
+}
+
+func (e *Engine) rekeyTimeFor(conn *Conn, life time.Duration, initiator bool) time.Duration {
 	if conn == nil || !conn.Rekey || life <= 0 {
 		return 0
 	}
@@ -713,7 +730,7 @@ func (e *Engine) rekeyTime(c *child) time.Duration {
 	if margin <= 0 || margin >= life {
 		margin = life / 10
 	}
-	if !c.initiator {
+	if !initiator {
 		if !conn.Remote.IsValid() {
 			return 0
 		}
@@ -728,6 +745,37 @@ func (e *Engine) rekeyTime(c *child) time.Duration {
 		at = life / 10
 	}
 	return at
+}
+
+// softVolume is the soft byte or packet limit for a hard limit: hard -
+// margin - random(0, margin x fuzz) on the side that initiated the SA,
+// hard - margin/2 on the other (as rekeyTimeFor); margin 0 means a tenth
+// of hard; never below a tenth of hard. 0 for no hard limit.
+func (e *Engine) softVolume(hard, margin uint64, fuzz int, initiator bool) uint64 {
+	if hard == 0 {
+		return 0
+	}
+	if margin == 0 || margin >= hard {
+		margin = hard / 10
+	}
+	soft := hard - margin/2
+	if initiator {
+		soft = hard - margin
+		if fuzz > 0 {
+			span := margin / 100 * uint64(fuzz)
+			if margin < 1<<40 {
+				span = margin * uint64(fuzz) / 100
+			}
+			if span < ^uint64(0) {
+				span = be64u(e.random(8)) % (span + 1)
+			}
+			if span > soft {
+				span = soft
+			}
+			soft -= span
+		}
+	}
+	return max(soft, hard/10, 1)
 }
 
 func be64u(b []byte) uint64 { return uint64(be32u(b[:4]))<<32 | uint64(be32u(b[4:8])) }
