@@ -120,6 +120,10 @@ type Engine struct {
 	children map[string][]*child
 	log      *slog.Logger
 	rl       *ratelog.Limiter
+	// seq orders lifecycle events (ISAKMP SAs created and established,
+	// Quick Modes started, children installed) independently of the
+	// clock, whose readings may be equal.
+	seq uint64
 
 	// Stats counts messages by outcome.
 	Stats Counters
@@ -135,6 +139,16 @@ type child struct {
 	conn        *Conn
 	rekeyed     bool
 	timers      []clock.Timer
+	// identity is the identity pair of the ISAKMP SA that negotiated it
+	// (p1.identity): Deletes and INITIAL-CONTACT from other identities
+	// do not touch it.
+	identity string
+	// seq is when it was installed (Engine.seq).
+	seq uint64
+	// rekeying is set while a Quick Mode negotiates its successor;
+	// rekeyAt is when its rekey is due (0: never), from its installation.
+	rekeying bool
+	rekeyAt  time.Duration
 }
 
 func (c *child) stop() {

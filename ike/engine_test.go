@@ -29,7 +29,10 @@ type fakeNet struct {
 	drop func(from, to netip.AddrPort, msg []byte) bool
 	// rewrite, if set, may change the source as a NAT would.
 	rewrite func(from netip.AddrPort) netip.AddrPort
-	sent    int
+	// byPort, if set, delivers to an address and port (a NAT's mapping)
+	// before engines does by address.
+	byPort map[netip.AddrPort]*Engine
+	sent   int
 }
 
 type fakeTransport struct {
@@ -46,6 +49,9 @@ func (t *fakeTransport) Send(msg []byte, to netip.AddrPort, natt bool) error {
 	t.net.mu.Lock()
 	t.net.sent++
 	dst := t.net.engines[to.Addr()]
+	if e := t.net.byPort[to]; e != nil {
+		dst = e
+	}
 	drop := t.net.drop != nil && t.net.drop(from, to, msg)
 	if t.net.rewrite != nil {
 		from = t.net.rewrite(from)

@@ -179,7 +179,10 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 			for name, list := range e.children {
 				keep := list[:0]
 				for _, ch := range list {
-					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() {
+					// Only the identity that negotiated an SA may delete
+					// it: clients behind one NAT share an address and may
+					// pick the same SPIs.
+					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() && ch.identity == p.identity() {
 						e.log.Info("peer deleted IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", out))
 						ch.stop()
 						e.cfg.Installer.Remove(ch.sa)
@@ -216,7 +219,12 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 			p.dpdWaiting = false
 		}
 		return
-	case notifyInitialContact, notifyResponderLifetime:
+	case notifyInitialContact:
+		// strongSwan also honours it in an Informational exchange
+		// (ikev1/tasks/informational.c).
+		e.initialContact(p)
+		return
+	case notifyResponderLifetime:
 		return
 	}
 	if uint16(n.Kind) < 8192 {
@@ -269,19 +277,28 @@ func (e *Engine) handlePlainInfo(p *p1, h isakmp.Header, msg []byte, from netip.
 }
 
 // initialContact honours INITIAL-CONTACT (RFC 2407 4.6.3.3): the peer
-// has no state from before, so every other SA with it is stale and goes
-// without a Delete.
+// has no state from before, so the SAs that the same pair of identities
+// established before p's negotiation began are stale and go without a
+// Delete (strongSwan's check_uniqueness with force_replace). SAs of other
+// identities (other clients behind the same NAT) stay, and so do SAs
+// established while p was negotiated (both peers initiating at once).
 func (e *Engine) initialContact(p *p1) {
+	id := p.identity()
 	for _, q := range e.sortedSAs() {
-		if q != p && q.peer.Addr() == p.peer.Addr() && q.established() {
-			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "cookies", q.cookieString())
+		if q != p && q.established() && q.identity() == id && q.estSeq < p.createdSeq {
+			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "peer_id", p.peerID, "cookies", q.cookieString())
 			e.forget(q)
+			for _, ch := range e.allChildren() {
+				if ch.p == q {
+					ch.p = nil
+				}
+			}
 		}
 	}
 	for name, list := range e.children {
 		keep := list[:0]
 		for _, ch := range list {
-			if ch.sa.Remote == p.peer.Addr() {
+			if ch.identity == id && ch.seq < p.createdSeq {
 				e.log.Info("INITIAL-CONTACT: removing the peer's old IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI))
 				ch.stop()
 				e.cfg.Installer.Remove(ch.sa)

@@ -45,6 +45,14 @@ type p1 struct {
 	cbc     *ikecrypto.CBC
 	iv      []byte // the running phase-1 IV; after MM6, the last phase-1 block
 	peerID  string
+	// peerIDPay is the peer's authenticated phase-1 ID; localIDKey and
+	// peerIDKey identify the pair of identities (idKey form); pskSum is
+	// the SHA-256 of the pre-shared key that authenticated them. A Quick
+	// Mode, Delete or INITIAL-CONTACT under this SA acts only within
+	// what these authorize.
+	peerIDPay             *isakmp.ID
+	localIDKey, peerIDKey string
+	pskSum                [32]byte
 
 	lastSent    []byte
 	lastRecv    [32]byte
@@ -52,19 +60,21 @@ type p1 struct {
 	timer       clock.Timer
 	timerGen    int
 
-	created     time.Time
-	estTime     time.Time
-	attempt     int
-	waiters     []*waiter
-	qms         map[uint32]*qm
-	failure     error
-	keepalive   clock.Timer
-	keepaliveOn bool
-	expire      clock.Timer
-	dpd         clock.Timer
-	dpdSeq      uint32
-	dpdWaiting  bool
-	dpdSince    time.Time
+	created time.Time
+	estTime time.Time
+	// createdSeq and estSeq order creation and establishment (Engine.seq).
+	createdSeq, estSeq uint64
+	attempt            int
+	waiters            []*waiter
+	qms                map[uint32]*qm
+	failure            error
+	keepalive          clock.Timer
+	keepaliveOn        bool
+	expire             clock.Timer
+	dpd                clock.Timer
+	dpdSeq             uint32
+	dpdWaiting         bool
+	dpdSince           time.Time
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -177,7 +187,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 
 // startMain sends MM1 for conn c.
 func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
-	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), attempt: attempt,
+	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
 		peer: netip.AddrPortFrom(c.Remote, 500), local: netip.AddrPortFrom(c.Local, 500), qms: map[uint32]*qm{}}
 	copy(p.icky[:], e.random(8))
 	if w != nil {
@@ -372,12 +382,17 @@ func (p *p1) natDetected() bool { return p.weBehindNAT || p.peerBehindNAT }
 
 // psk finds the pre-shared key of p's conn.
 func (e *Engine) psk(p *p1) ([]byte, error) {
-	lid, rid := p.conn.LocalID, p.conn.RemoteID
+	return e.pskFor(p.conn, p.peer.Addr())
+}
+
+// pskFor finds the pre-shared key of conn c with the peer at peer.
+func (e *Engine) pskFor(c *Conn, peer netip.Addr) ([]byte, error) {
+	lid, rid := c.LocalID, c.RemoteID
 	if lid == "" {
-		lid = p.conn.Local.String()
+		lid = c.Local.String()
 	}
 	if rid == "" || rid == "%any" {
-		rid = p.peer.Addr().String()
+		rid = peer.String()
 	}
 	if e.cfg.PSK == nil {
 		return nil, errors.New("no ipsec.secrets loaded")
@@ -400,6 +415,7 @@ func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
 		return err
 	}
 	p.keys = ikecrypto.DerivePSK(p.suite.Hash, psk, p.ni, p.nr, gxy, p.icky[:], p.rcky[:], keyLen)
+	p.pskSum = sha256.Sum256(psk)
 	p.cbc, err = ikecrypto.NewCBC(p.suite.Cipher, p.keys.Key)
 	if err != nil {
 		return err
@@ -480,16 +496,24 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
 	}
 	id := idPayload(p.conn.LocalID, p.conn.Local)
+	p.localIDKey = idKey(id)
 	idBody := isakmp.EncodeBody(id)
 	hashI := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
-	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI},
-		&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(24578), SPI: append(p.icky[:], p.rcky[:]...)}}
+	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI}}
+	ic := e.wantInitialContact(p)
+	if ic {
+		out = append(out, &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyInitialContact, SPI: append(p.icky[:], p.rcky[:]...)})
+	}
 	plain := isakmp.AppendPayloads(nil, out)
 	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
 	p.iv = last
 	p.state = "MAIN_I3"
 	p.lastReplyTo = sum
-	p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	if ic {
+		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	} else {
+		p.say("generating ID_PROT request 0 [ ID HASH ]")
+	}
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(m))
 	e.send(p, m)
 	e.arm(p, 0)
@@ -533,7 +557,7 @@ func (e *Engine) mainI4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.failP1(p, fmt.Errorf("peer identified as %s, but rightid expects %s", idString(id), expectedID(p.conn.RemoteID, p.conn.Remote)), false)
 		return
 	}
-	p.peerID = idString(id)
+	p.peerID, p.peerIDPay, p.peerIDKey = idString(id), id, idKey(id)
 	p.iv = last
 	p.lastRecv = sum
 	p.lastSent = nil
@@ -567,6 +591,7 @@ func (e *Engine) established(p *p1) {
 		p.state = "MAIN_R3"
 	}
 	p.estTime = e.cfg.Clock.Now()
+	p.estSeq = e.nextSeq()
 	e.Stats.Established.Add(1)
 	e.dropHalfOpen(p)
 	nat := ""
@@ -691,7 +716,7 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		local = netip.AddrPortFrom(conn.Local, to.Port())
 	}
 	p := &p1{e: e, conn: conn, state: "MAIN_R1", icky: h.ICookie, peer: from, local: local, natt: natt,
-		created: e.cfg.Clock.Now(), suite: suite, qms: map[uint32]*qm{}}
+		created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), suite: suite, qms: map[uint32]*qm{}}
 	copy(p.rcky[:], e.random(8))
 	p.saiBody = rawBody(raws, isakmp.PayloadSA)
 	p.noteVendorIDs(ps)
@@ -838,6 +863,17 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.forget(p)
 		return
 	}
+	myID := idPayload(p.conn.LocalID, p.local.Addr())
+	p.peerID, p.peerIDPay, p.peerIDKey, p.localIDKey = idString(id), id, idKey(id), idKey(myID)
+	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
+		// Like Pluto's refine_host_connection: another conn between
+		// the same endpoints whose rightid the peer's ID matches and
+		// whose pre-shared key is the one that just authenticated it.
+		if c := e.refineConn(p); c != nil {
+			e.log.Info("Main Mode responder: peer ID selects another conn", "from", p.conn.Name, "to", c.Name, "peer_id", p.peerID)
+			p.conn = c
+		}
+	}
 	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
 		e.Stats.AuthFailed.Add(1)
 		e.log.Warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
@@ -846,14 +882,12 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.forget(p)
 		return
 	}
-	p.peerID = idString(id)
 	p.iv = last
 	for _, n := range findAll[*isakmp.Notify](ps) {
 		if uint16(n.Kind) == notifyInitialContact {
 			e.initialContact(p)
 		}
 	}
-	myID := idPayload(p.conn.LocalID, p.local.Addr())
 	hashR := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, isakmp.EncodeBody(myID))
 	out := []isakmp.Payload{myID, &isakmp.Hash{Data: hashR}}
 	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.iv)

@@ -311,10 +311,62 @@ type p2Suite struct {
 	Integ   conf.Integ
 	Group   ikecrypto.Group // PFS group, 0 without PFS
 	Life    time.Duration
-	// LifeKB is a lifetime in kilobytes the peer asked for (gosec
-	// proposes none); 0 means no limit.
+	// LifeKB is the lifetime in kilobytes: lifebytes rounded up when we
+	// propose, the smaller of both sides' once negotiated; 0: no limit.
 	LifeKB uint64
 	ESN    bool
+	// lifeNote says how a peer's lifetime was clamped, for the log.
+	lifeNote string
+}
+
+// Bounds on the lifetimes a peer may impose on a child SA. Below the
+// floors (or below what this conn itself configures, if that is lower)
+// a proposal is refused: an SA of a few packets or seconds would make
+// the gateways rekey without pause. A kilobyte value whose byte count
+// overflows 64 bits is taken as no byte limit, a number of seconds
+// beyond 2^31 as 2^31 s.
+const (
+	minChildLife   = 10 * time.Second
+	minChildLifeKB = 1024 // 1 MiB
+	maxChildLifeKB = ^uint64(0) / 1024
+	maxChildLife   = 1 << 31 // seconds
+)
+
+// lifeProblem says why the peer's lifetimes in o are unacceptable next
+// to ours, or "".
+func (o p2Offer) lifeProblem(ours p2Suite) string {
+	if o.suite.Life > 0 {
+		floor := minChildLife
+		if ours.Life > 0 && ours.Life < floor {
+			floor = ours.Life
+		}
+		if o.suite.Life < floor {
+			return fmt.Sprintf("lifetime of %v is below the minimum of %v", o.suite.Life, floor)
+		}
+	}
+	if o.suite.LifeKB > 0 {
+		floor := uint64(minChildLifeKB)
+		if ours.LifeKB > 0 && ours.LifeKB < floor {
+			floor = ours.LifeKB
+		}
+		if o.suite.LifeKB < floor {
+			return fmt.Sprintf("lifetime of %d kilobytes is below the minimum of %d kilobytes", o.suite.LifeKB, floor)
+		}
+	}
+	return ""
+}
+
+// adoptLife combines our suite's lifetimes with the peer's: the smaller
+// of each, a zero meaning no limit.
+func adoptLife(ours p2Suite, o p2Offer) p2Suite {
+	if o.suite.Life > 0 && (ours.Life <= 0 || o.suite.Life < ours.Life) {
+		ours.Life = o.suite.Life
+	}
+	if o.suite.LifeKB > 0 && (ours.LifeKB == 0 || o.suite.LifeKB < ours.LifeKB) {
+		ours.LifeKB = o.suite.LifeKB
+	}
+	ours.lifeNote = o.suite.lifeNote
+	return ours
 }
 
 func (s p2Suite) String() string {
@@ -350,7 +402,8 @@ func p2Suites(c *Conn) []p2Suite {
 		if s.DH != 0 {
 			g = ikecrypto.Group(s.DH)
 		}
-		out = append(out, p2Suite{Proto: proto, Encr: s.Cipher.Encr, KeyBits: s.Cipher.KeyBits, Integ: s.Integ, Group: g, Life: c.Lifetime, ESN: s.ESN})
+		out = append(out, p2Suite{Proto: proto, Encr: s.Cipher.Encr, KeyBits: s.Cipher.KeyBits, Integ: s.Integ, Group: g, Life: c.Lifetime, ESN: s.ESN,
+			LifeKB: (c.LifeBytes + 1023) / 1024})
 	}
 	if len(c.AH) > 0 {
 		for _, s := range c.AH {
@@ -387,6 +440,9 @@ func (s p2Suite) transform(num uint8, encap uint16) isakmp.Transform {
 	}
 	t.Attrs = append(t.Attrs, isakmp.Basic(p2LifeType, lifeSeconds),
 		isakmp.Uint(p2LifeDuration, uint64(s.Life/time.Second)))
+	if s.LifeKB > 0 {
+		t.Attrs = append(t.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, s.LifeKB))
+	}
 	return t
 }
 
@@ -462,8 +518,16 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		case p2LifeDuration:
 			switch lifeType {
 			case lifeSeconds:
-				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
+				if v > maxChildLife {
+					o.suite.lifeNote = fmt.Sprintf("a lifetime of %d s was clamped to %d s", v, uint64(maxChildLife))
+					v = maxChildLife
+				}
+				o.suite.Life = time.Duration(v) * time.Second
 			case lifeKilobytes:
+				if v > maxChildLifeKB {
+					o.suite.lifeNote = fmt.Sprintf("a lifetime of %d kilobytes overflows a byte count and was taken as no byte limit", v)
+					v = 0
+				}
 				o.suite.LifeKB = v
 			}
 		case p2GroupDesc:
@@ -535,6 +599,9 @@ func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
 	if o.suite.ESN != ours.ESN {
 		d = append(d, "extended sequence numbers")
 	}
+	if lp := o.lifeProblem(ours); lp != "" {
+		d = append(d, lp)
+	}
 	return d
 }
 
@@ -587,12 +654,7 @@ func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2
 		for _, c := range offers {
 			if count[c.p.Num] == 1 && len(c.o.diff(s, mode)) == 0 {
 				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, Transforms: []isakmp.Transform{c.t}}
-				got := s
-				if c.o.suite.Life > 0 && c.o.suite.Life < got.Life {
-					got.Life = c.o.suite.Life
-				}
-				got.LifeKB = c.o.suite.LifeKB
-				return chosen, got, be32u(c.p.SPI), c.o.encap, nil
+				return chosen, adoptLife(s, c.o), be32u(c.p.SPI), c.o.encap, nil
 			}
 		}
 	}
@@ -626,11 +688,12 @@ func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint3
 	o := parseP2Transform(p.Protocol, p.Transforms[0])
 	for _, s := range ours {
 		if len(o.diff(s, mode)) == 0 {
-			if o.suite.Life > 0 && o.suite.Life < s.Life {
-				s.Life = o.suite.Life
-			}
-			s.LifeKB = o.suite.LifeKB
-			return s, be32u(p.SPI), o.encap, nil
+			return adoptLife(s, o), be32u(p.SPI), o.encap, nil
+		}
+	}
+	for _, s := range ours {
+		if lp := o.lifeProblem(s); lp != "" {
+			return p2Suite{}, 0, 0, fmt.Errorf("the responder chose %s with a %s", o.suite, lp)
 		}
 	}
 	return p2Suite{}, 0, 0, fmt.Errorf("the responder chose %s (%s), which we did not offer", o.suite, encapName(o.encap))
