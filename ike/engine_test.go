@@ -58,6 +58,11 @@ func (t *fakeTransport) Send(msg []byte, to netip.AddrPort, natt bool) error {
 	return nil
 }
 
+// SendFrom sends from src, as a host with several addresses can.
+func (t *fakeTransport) SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error {
+	return (&fakeTransport{net: t.net, local: src}).Send(msg, to, natt)
+}
+
 // fakeInstaller records what the engine installs.
 type fakeInstaller struct {
 	mu       sync.Mutex
