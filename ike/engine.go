@@ -135,6 +135,11 @@ func (c *Counters) Snapshot() map[string]uint64 {
 
 type cookies struct{ i, r [8]byte }
 
+type respKey struct {
+	icky [8]byte
+	peer netip.Addr
+}
+
 // Engine negotiates SAs. Create it with New, run it with Run.
 type Engine struct {
 	cfg Config
@@ -160,6 +165,9 @@ type Engine struct {
 	mine    map[[8]byte]bool
 	// halfOpenBytes is what half-open SAs keep of their peers' SA payloads.
 	halfOpenBytes int
+	// responders finds our responder SAs by the peer's cookie and
+	// address: a retransmitted or replayed MM1 is recognised in O(1).
+	responders map[respKey]*p1
 
 	conns map[string]*Conn
 	order []string
@@ -200,7 +208,7 @@ func New(cfg Config) *Engine {
 	cfg.defaults()
 	e := &Engine{
 		cfg: cfg, wake: make(chan struct{}, 1), ctl: make(chan func(), 64), jobs: make(chan func() func(), 4*cfg.CryptoWorkers),
-		cryptoPeer: map[netip.Addr]int{}, classes: map[cookies]int{}, mine: map[[8]byte]bool{}, conns: map[string]*Conn{},
+		cryptoPeer: map[netip.Addr]int{}, responders: map[respKey]*p1{}, classes: map[cookies]int{}, mine: map[[8]byte]bool{}, conns: map[string]*Conn{},
 		sas: map[cookies]*p1{}, children: map[string][]*child{}, perPeer: map[netip.Addr]int{},
 		log: cfg.Log, rl: &ratelog.Limiter{Log: cfg.Log, Clock: cfg.Clock, Burst: 10},
 	}
@@ -415,6 +423,9 @@ func (e *Engine) forget(p *p1) {
 	if e.sas[p.key()] == p {
 		delete(e.sas, p.key())
 		e.unclassify(p)
+	}
+	if k := (respKey{p.icky, p.peer.Addr()}); !p.initiator && e.responders[k] == p {
+		delete(e.responders, k)
 	}
 	e.dropHalfOpen(p)
 }

@@ -71,6 +71,9 @@ type fakeInstaller struct {
 	outbound map[uint32]*ChildSA
 	removed  []uint32
 	released []uint32
+	// installs counts InstallInbound calls per SPI (an SA installed
+	// twice is a bug).
+	installs map[uint32]int
 }
 
 func newInstaller(base uint32) *fakeInstaller {
@@ -91,6 +94,10 @@ func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
+	if f.installs == nil {
+		f.installs = map[uint32]int{}
+	}
+	f.installs[c.InSPI]++
 	f.mu.Unlock()
 	return nil
 }

@@ -660,15 +660,14 @@ const halfOpenEntryBytes = 2048
 // every conn without formatting, refusals are logged at a limited rate,
 // and half-open SAs are bounded in number and in octets.
 func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) {
-	// A retransmitted MM1 for an SA we already answered.
-	for _, q := range e.halfOpen {
-		if q.icky == h.ICookie && q.peer == from {
-			if q.state == "MAIN_R1" && q.lastSent != nil {
-				e.Stats.Duplicate.Add(1)
-				e.transmit(q, q.lastSent)
-			}
-			return
+	// A retransmitted MM1 for an SA we already answered (a map lookup:
+	// this runs for every message of a flood), or one replayed later.
+	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
+		e.Stats.Duplicate.Add(1)
+		if q.state == "MAIN_R1" && q.peer == from && q.lastSent != nil {
+			e.transmit(q, q.lastSent)
 		}
+		return
 	}
 	tmp := &p1{e: e, peer: from}
 	ps, raws, ok := e.decode(tmp, h.Next, msg[isakmp.HeaderLen:], "MM1")
@@ -742,6 +741,7 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 	p.noteVendorIDs(ps)
 	e.admitHalfOpen(p)
 	e.sas[p.key()] = p
+	e.responders[respKey{p.icky, from.Addr()}] = p
 	e.classify(p)
 	out := []isakmp.Payload{&isakmp.SA{DOI: doiIPsec, Situation: sitIDOnly, Proposals: []isakmp.Proposal{chosen}}}
 	if p.peerNATT != 0 {
