@@ -241,4 +241,3 @@ func leftovers(f *fakeInstaller) int {
 	}
 	return n
 }
-
