@@ -335,6 +335,7 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	sa, ok1 := find[*isakmp.SA](ps)
 	nonce, ok2 := find[*isakmp.Nonce](ps)
 	if !ok1 || !ok2 {
@@ -515,6 +516,7 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	q.iv = last
 	q.lastRecv = sum
 	sa, ok1 := find[*isakmp.SA](ps)
@@ -675,6 +677,7 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	q.stopTimer()
 	q.lastRecv = sum
 	if err := e.install(q, q.child, true); err != nil {
