@@ -43,6 +43,9 @@ type Config struct {
 	HalfOpenTimeout time.Duration
 	// LogKeys logs derived keys (debug only).
 	LogKeys bool
+	// SaveKeys, if set, receives each phase-1 SA's initiator cookie and
+	// encryption key (key export for Wireshark, opt-in).
+	SaveKeys func(icookie [8]byte, encKey []byte)
 }
 
 func (c *Config) defaults() {

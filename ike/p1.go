@@ -405,6 +405,9 @@ func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
 		return err
 	}
 	p.iv = ikecrypto.Phase1IV(p.suite.Hash, p.gxi, p.gxr, p.cbc.BlockSize())
+	if e.cfg.SaveKeys != nil {
+		e.cfg.SaveKeys(p.icky, p.keys.Key)
+	}
 	if e.cfg.LogKeys {
 		e.log.Debug("phase-1 keys", "skeyid", hex.EncodeToString(p.keys.SKEYID), "skeyid_d", hex.EncodeToString(p.keys.D),
 			"skeyid_a", hex.EncodeToString(p.keys.A), "skeyid_e", hex.EncodeToString(p.keys.E), "enc_key", hex.EncodeToString(p.keys.Key),

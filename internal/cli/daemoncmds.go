@@ -90,6 +90,7 @@ func Start(env Env, args []string) int {
 	local := fs.String("local", "", "which side of manually keyed conns is this host: left or right (default: by local addresses)")
 	tunName := fs.String("tun", "gosec0", "name of the TUN device")
 	mtu := fs.Int("mtu", 1500, "MTU of the path to the peers")
+	saveKeys := fs.String("save-keys", "", "write every SA's keys to DIR in Wireshark's formats (ikev1_decryption_table, esp_sa); debugging only")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file until it stops (performance work)")
 	if _, ok := parse(env, fs, args); !ok {
 		return 2
@@ -135,6 +136,7 @@ func Start(env Env, args []string) int {
 	err := daemon.Run(ctx, daemon.Options{
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
+		SaveKeysDir: *saveKeys,
 	})
 	if err != nil {
 		log.Error("gosec exited", "err", err)

@@ -37,6 +37,13 @@ var endKeywords = map[string]endHandler{
 	"ahkey": func(c *Conn, e *End, v string, _ *resolver) error { return setKey(c, &e.AHKey, v) },
 }
 
+// setupSupported are the config setup keywords gosec implements (the
+// daemon reads them from Config.Setup).
+var setupSupported = map[string]string{
+	"savekeys": "directory for key export to Wireshark (ikev1_decryption_table, esp_sa)",
+	"metrics":  "address of the Prometheus endpoint, e.g. 127.0.0.1:9569",
+}
+
 // setupUnsupported are the config setup keywords of strongSwan, Libreswan
 // and FreeS/WAN; gosec implements none of them, and a warning names each.
 var setupUnsupported = map[string]string{
@@ -174,6 +181,9 @@ func isConnKeyword(key string) bool {
 func setupKeywords() []string {
 	var out []string
 	for k := range setupUnsupported {
+		out = append(out, k)
+	}
+	for k := range setupSupported {
 		out = append(out, k)
 	}
 	sort.Strings(out)

@@ -110,6 +110,9 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		switch s.kind {
 		case "config":
 			for _, k := range s.kvs {
+				if _, ok := setupSupported[k.key]; ok {
+					continue
+				}
 				if why, ok := setupUnsupported[k.key]; ok {
 					p.warnUnsupported(k, why)
 					continue

@@ -21,6 +21,7 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/internal/savekeys"
 	"github.com/gosec-ipsec/gosec/sad"
 	"github.com/gosec-ipsec/gosec/spd"
 )
@@ -43,6 +44,9 @@ type Options struct {
 	Table       int    // routing table for routes into the TUN
 	FilterTable string // nftables table name
 	Debug       bool
+	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
+	// savekeys= in config setup does the same.
+	SaveKeysDir string
 	Log         *slog.Logger
 	Clock       clock.Clock
 	// Ready, if set, is called once the control socket is accepting.
@@ -118,6 +122,11 @@ type Daemon struct {
 
 	stop     context.CancelFunc
 	stopOnce sync.Once
+
+	// keys writes SA keys for Wireshark when key export is on; warnings
+	// are shown by status and statusall.
+	keys     *savekeys.Writer
+	warnings []string
 }
 
 // Run starts a daemon and blocks until it is stopped (by ctx, by the stop
@@ -132,6 +141,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	d.conns, d.secrets = cfg, cfg.Secrets
+	if err := d.openSaveKeys(cfg); err != nil {
+		return err
+	}
+	if d.keys != nil {
+		defer d.keys.Close()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

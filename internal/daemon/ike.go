@@ -100,6 +100,7 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 	d.ike = ike.New(ike.Config{
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
 		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.Debug && d.opts.LogKeys,
+		SaveKeys: d.saveIKEKeys(),
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)
@@ -206,6 +207,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	defer d.mu.Unlock()
 	d.reqid++
 	k := &ikeChild{ch: ch, reqid: d.reqid}
+	d.saveChildKeys(ch)
 	in := &sad.SA{SPI: ch.InSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Remote, Dst: ch.Local, ReqID: k.reqid,
 		Dir: sad.Inbound, Conn: ch.Conn, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
 	if ch.Encap != nil {

@@ -14,9 +14,15 @@ import (
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
+// StatusSchema is the version of the JSON that `gosec status --json` and
+// `gosec statusall --json` print (the "schema" field). It goes up when a
+// field changes meaning or goes away; new fields do not change it.
+const StatusSchema = 1
+
 // Status is what `gosec status` and `gosec statusall` show (and, with
 // --json, print).
 type Status struct {
+	Schema  int                     `json:"schema"`
 	Version string                  `json:"version"`
 	PID     int                     `json:"pid"`
 	Started time.Time               `json:"started"`
@@ -31,6 +37,9 @@ type Status struct {
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
+	// Warnings are conditions an administrator must know about, such as
+	// key export being on.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // NATTStatus counts what arrived on the NAT-T port besides ESP.
@@ -87,7 +96,7 @@ type SAStatus struct {
 func (d *Daemon) status(all bool) *Status {
 	now := d.opts.Clock.Now()
 	st := &Status{
-		Version: Version, PID: os.Getpid(), Started: d.started,
+		Schema: StatusSchema, Version: Version, Warnings: d.warnings, PID: os.Getpid(), Started: d.started,
 		Uptime: now.Sub(d.started).Truncate(time.Second).String(),
 		Socket: d.opts.Socket, TUN: d.opts.TUNName,
 	}
@@ -226,6 +235,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		if c.State == "installed" {
 			up++
 		}
+	}
+	for _, warning := range s.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warning)
 	}
 	if all {
 		fmt.Fprintf(w, "Status of gosec daemon (%s, pid %d, up %s):\n", s.Version, s.PID, s.Uptime)
