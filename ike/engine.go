@@ -46,6 +46,8 @@ type Config struct {
 	// SaveKeys, if set, receives each phase-1 SA's initiator cookie and
 	// encryption key (key export for Wireshark, opt-in).
 	SaveKeys func(icookie [8]byte, encKey []byte)
+	// Observer, if set, is told how exchanges end (metrics).
+	Observer Observer
 }
 
 func (c *Config) defaults() {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
+	"github.com/gosec-ipsec/gosec/internal/metrics"
 )
 
 // Env is what a command reads and writes; tests replace it.
@@ -90,6 +91,7 @@ func Start(env Env, args []string) int {
 	local := fs.String("local", "", "which side of manually keyed conns is this host: left or right (default: by local addresses)")
 	tunName := fs.String("tun", "gosec0", "name of the TUN device")
 	mtu := fs.Int("mtu", 1500, "MTU of the path to the peers")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on ADDR (host:port), e.g. 127.0.0.1:9569 (default: metrics= in config setup, else off)")
 	saveKeys := fs.String("save-keys", "", "write every SA's keys to DIR in Wireshark's formats (ikev1_decryption_table, esp_sa); debugging only")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file until it stops (performance work)")
 	if _, ok := parse(env, fs, args); !ok {
@@ -131,12 +133,14 @@ func Start(env Env, args []string) int {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	mx := metrics.New()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err := daemon.Run(ctx, daemon.Options{
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
-		SaveKeysDir: *saveKeys,
+		SaveKeysDir: *saveKeys, Observer: mx,
+		Started: func(d *daemon.Daemon) error { return startMetrics(ctx, mx, d, *metricsAddr, log) },
 	})
 	if err != nil {
 		log.Error("gosec exited", "err", err)

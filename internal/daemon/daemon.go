@@ -51,6 +51,12 @@ type Options struct {
 	Clock       clock.Clock
 	// Ready, if set, is called once the control socket is accepting.
 	Ready func()
+	// Started, if set, is called with the running daemon before Ready
+	// (the metrics endpoint reads Snapshot through it); an error stops
+	// the daemon.
+	Started func(d *Daemon) error
+	// Observer, if set, is told how IKE exchanges end (metrics).
+	Observer ike.Observer
 }
 
 func (o *Options) defaults() {
@@ -177,6 +183,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 
 	d.autoStart()
 	d.log.Info("gosec started", "version", Version, "socket", opts.Socket, "tun", opts.TUNName, "pid", os.Getpid())
+	if opts.Started != nil {
+		if err := opts.Started(d); err != nil {
+			d.stopIKE()
+			return err
+		}
+	}
 	if opts.Ready != nil {
 		opts.Ready()
 	}
