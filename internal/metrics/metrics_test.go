@@ -1,12 +1,17 @@
 package metrics
 
 import (
+	"encoding/json"
 	"io"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
@@ -91,5 +96,45 @@ func TestNoSource(t *testing.T) {
 	out := scrape(t, New())
 	if !strings.Contains(out, "gosec_up 0\n") {
 		t.Fatalf("without a daemon: %s", out)
+	}
+}
+
+// TestDashboardNamesExist: every metric the Grafana dashboard in dist/
+// queries is one this package exports.
+func TestDashboardNamesExist(t *testing.T) {
+	data, err := os.ReadFile("../../dist/grafana/gosec-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatal(err)
+	}
+	m := New()
+	descs := make(chan *prometheus.Desc, 100)
+	go func() { m.reg.Describe(descs); close(descs) }()
+	known := map[string]bool{}
+	for d := range descs {
+		if n := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String()); n != nil {
+			known[n[1]] = true
+		}
+	}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, name := range regexp.MustCompile(`gosec_[a-z_]+`).FindAllString(tg.Expr, -1) {
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+				if !known[name] && !known[base] {
+					t.Errorf("panel %q queries %s, which gosec does not export", p.Title, name)
+				}
+			}
+		}
+	}
+	if len(known) < 20 {
+		t.Fatalf("only %d metric names described", len(known))
 	}
 }
