@@ -68,13 +68,21 @@ type Filter struct {
 	// fragment still meets the IKE-port exemption; fwd drops forwarded
 	// fragments from protected prefixes as they are.
 	local, fwd *nftables.Chain
+	// nl is one lasting netlink socket, opened in NewFilter: entering
+	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
+	// dropped its privileges (internal/privs) no longer has.
+	nl *nftables.Conn
 }
 
 func (f *Filter) conn() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)))
+	if f.nl != nil {
+		return f.nl, nil
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)), nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}
+	f.nl = c
 	return c, nil
 }
 
@@ -155,6 +163,7 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	if err := c.Flush(); err != nil {
 		ns.Close()
+		c.CloseLasting()
 		return nil, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err)
 	}
 	return f, nil
@@ -357,7 +366,14 @@ func (f *Filter) Close() error {
 	if f.ns == -1 {
 		return nil
 	}
-	defer func() { f.ns.Close(); f.ns = -1 }()
+	defer func() {
+		f.ns.Close()
+		f.ns = -1
+		if f.nl != nil {
+			f.nl.CloseLasting()
+			f.nl = nil
+		}
+	}()
 	c, err := f.conn()
 	if err != nil {
 		return err
