@@ -55,6 +55,11 @@ type Config struct {
 	// their peers' SA payloads (needed for HASH_I); beyond it the oldest
 	// half-open SA is forgotten, as beyond MaxHalfOpen.
 	MaxHalfOpenBytes int
+	// SaveKeys, if set, receives each phase-1 SA's initiator cookie and
+	// encryption key (key export for Wireshark, opt-in).
+	SaveKeys func(icookie [8]byte, encKey []byte)
+	// Observer, if set, is told how exchanges end (metrics).
+	Observer Observer
 }
 
 func (c *Config) defaults() {

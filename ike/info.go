@@ -244,6 +244,7 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 	case notifyRUThereAck:
 		if len(n.Data) == 4 && be32u(n.Data) == p.dpdSeq {
 			p.dpdWaiting = false
+			e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "dpd", Result: "alive"})
 		}
 		return
 	case notifyInitialContact:
@@ -381,6 +382,7 @@ func (e *Engine) startDPD(p *p1) {
 func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
 	c := p.conn
 	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "no_answer_for", timeout, "dpdaction", c.DPDAction)
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: c.Name, Kind: "dpd", Result: "dead"})
 	e.forget(p)
 	if c.DPDAction == "hold" {
 		return

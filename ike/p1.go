@@ -170,6 +170,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 		name = p.conn.Name
 	}
 	e.log.Warn("ISAKMP SA failed", "conn", name, "peer", p.peer, "state", p.state, "err", err)
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: name, Kind: "main", Result: failResult(timeout)})
 	waiters := p.waiters
 	p.waiters = nil
 	e.forget(p)
@@ -430,6 +431,9 @@ func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
 		return err
 	}
 	p.iv = ikecrypto.Phase1IV(p.suite.Hash, p.gxi, p.gxr, p.cbc.BlockSize())
+	if e.cfg.SaveKeys != nil {
+		e.cfg.SaveKeys(p.icky, p.keys.Key)
+	}
 	if e.cfg.LogKeys {
 		e.log.Debug("phase-1 keys", "skeyid", hex.EncodeToString(p.keys.SKEYID), "skeyid_d", hex.EncodeToString(p.keys.D),
 			"skeyid_a", hex.EncodeToString(p.keys.A), "skeyid_e", hex.EncodeToString(p.keys.E), "enc_key", hex.EncodeToString(p.keys.Key),
@@ -609,6 +613,7 @@ func (e *Engine) established(p *p1) {
 	if p.natt {
 		nat = fmt.Sprintf(", NAT-T on port %d", e.cfg.NATTPort)
 	}
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "main", Result: "established", Latency: p.estTime.Sub(p.created)})
 	e.log.Info("ISAKMP SA established", "conn", p.conn.Name, "peer", p.peer, "peer_id", p.peerID, "state", p.state,
 		"suite", p.suite.String(), "cookies", p.cookieString(), "natt", p.natt)
 	p.say("IKE_SA %s[%s] established between %v[%s]...%v[%s] (%s%s)", p.conn.Name, p.cookieString(),

@@ -217,6 +217,7 @@ func (e *Engine) armQM(q *qm, tries int, w *waiter) {
 func (e *Engine) failQM(q *qm, err error) {
 	e.Stats.Failed.Add(1)
 	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.msgID, "state", q.state, "err", err)
+	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
 	q.stopTimer()
 	if q.inSPI != 0 && !q.installed {
 		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
@@ -422,6 +423,7 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	e.Stats.ChildrenInstalled.Add(1)
 	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn,
 		identity: q.p.identity(), seq: e.nextSeq()}
+	e.observeChild(q, ch)
 	// The pair this one replaces (a rekey, ours or the peer's) goes after
 	// a short grace period, so that packets in flight still open.
 	for _, old := range e.children[ch.Conn] {

@@ -69,6 +69,13 @@ var endKeywords = map[string]endHandler{
 	"ahkey": func(c *Conn, e *End, v string, _ *resolver) error { return setKey(c, &e.AHKey, v) },
 }
 
+// setupSupported are the config setup keywords gosec implements (the
+// daemon reads them from Config.Setup).
+var setupSupported = map[string]string{
+	"savekeys": "directory for key export to Wireshark (ikev1_decryption_table, esp_sa)",
+	"metrics":  "address of the Prometheus endpoint, e.g. 127.0.0.1:9569",
+}
+
 func init() {
 	// Plain conn keywords (strongSwan and Libreswan spellings).
 	for k, h := range map[string]handler{
@@ -217,6 +224,9 @@ func isConnKeyword(key string) bool {
 func setupKeywords() []string {
 	var out []string
 	for k := range ignoredSetup {
+		out = append(out, k)
+	}
+	for k := range setupSupported {
 		out = append(out, k)
 	}
 	sort.Strings(out)

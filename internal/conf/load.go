@@ -113,6 +113,9 @@ func (p *parser) finish(opts Options) (*Config, error) {
 				if isUserParam(k.key) {
 					continue
 				}
+				if _, ok := setupSupported[k.key]; ok {
+					continue
+				}
 				if why, ok := ignoredSetup[k.key]; ok {
 					p.warnUnsupported(k, why)
 					continue

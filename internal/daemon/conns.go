@@ -24,6 +24,8 @@ type Config struct {
 	Conns   map[string]*ConnSpec
 	Order   []string      // conn names in file order
 	Secrets *conf.Secrets // nil when there is no ipsec.secrets
+	// Setup holds the config setup keywords (savekeys=, metrics=).
+	Setup map[string]string
 }
 
 // ConnSpec is one conn as the daemon runs it.

@@ -21,6 +21,7 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/internal/savekeys"
 	"github.com/gosec-ipsec/gosec/sad"
 	"github.com/gosec-ipsec/gosec/spd"
 )
@@ -43,10 +44,19 @@ type Options struct {
 	Table       int    // routing table for routes into the TUN
 	FilterTable string // nftables table name
 	Debug       bool
+	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
+	// savekeys= in config setup does the same.
+	SaveKeysDir string
 	Log         *slog.Logger
 	Clock       clock.Clock
 	// Ready, if set, is called once the control socket is accepting.
 	Ready func()
+	// Started, if set, is called with the running daemon before Ready
+	// (the metrics endpoint reads Snapshot through it); an error stops
+	// the daemon.
+	Started func(d *Daemon) error
+	// Observer, if set, is told how IKE exchanges end (metrics).
+	Observer ike.Observer
 }
 
 func (o *Options) defaults() {
@@ -123,6 +133,11 @@ type Daemon struct {
 
 	stop     context.CancelFunc
 	stopOnce sync.Once
+
+	// keys writes SA keys for Wireshark when key export is on; warnings
+	// are shown by status and statusall.
+	keys     *savekeys.Writer
+	warnings []string
 }
 
 func newDaemon(opts Options) *Daemon {
@@ -143,6 +158,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	d.conns, d.secrets = cfg, cfg.Secrets
+	if err := d.openSaveKeys(cfg); err != nil {
+		return err
+	}
+	if d.keys != nil {
+		defer d.keys.Close()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -173,6 +194,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 
 	d.autoStart()
 	d.log.Info("gosec started", "version", Version, "socket", opts.Socket, "tun", opts.TUNName, "pid", os.Getpid())
+	if opts.Started != nil {
+		if err := opts.Started(d); err != nil {
+			d.stopIKE()
+			return err
+		}
+	}
 	if opts.Ready != nil {
 		opts.Ready()
 	}

@@ -87,6 +87,7 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 	d.ike = ike.New(ike.Config{
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
 		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.Debug && d.opts.LogKeys,
+		SaveKeys: d.saveIKEKeys(), Observer: d.opts.Observer,
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)

@@ -288,6 +288,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	if d.ikeChildren[childKey(ch)] != nil {
 		return fmt.Errorf("conn %s: SA %08x is installed already", ch.Conn, ch.InSPI)
 	}
+	d.saveChildKeys(ch)
 	a := d.activeLocked(ch.Conn)
 	pp, err := d.pairLocked(a, childSel(ch), template(ch.Proto, ch.Mode, ch.Local, ch.Remote), trapConn(a.spec))
 	if err != nil {

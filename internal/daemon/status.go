@@ -14,9 +14,15 @@ import (
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
+// StatusSchema is the version of the JSON that `gosec status --json` and
+// `gosec statusall --json` print (the "schema" field). It goes up when a
+// field changes meaning or goes away; new fields do not change it.
+const StatusSchema = 1
+
 // Status is what `gosec status` and `gosec statusall` show (and, with
 // --json, print).
 type Status struct {
+	Schema  int                     `json:"schema"`
 	Version string                  `json:"version"`
 	PID     int                     `json:"pid"`
 	Started time.Time               `json:"started"`
@@ -31,7 +37,25 @@ type Status struct {
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
+	// Warnings are conditions an administrator must know about, such as
+	// key export being on.
+	Warnings []string `json:"warnings,omitempty"`
+	// IKEQueue is how many events wait for the key manager; IKEHalfOpen
+	// how many phase-1 SAs are still negotiating.
+	IKEQueue    int `json:"ike_queue_depth"`
+	IKEHalfOpen int `json:"ike_half_open"`
 }
+
+// Setup returns the config setup keywords of the loaded configuration.
+func (d *Daemon) Setup() map[string]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conns.Setup
+}
+
+// Snapshot is what statusall shows, for readers in the same process (the
+// metrics endpoint).
+func (d *Daemon) Snapshot() *Status { return d.status(true) }
 
 // NATTStatus counts what arrived on the NAT-T port besides ESP.
 type NATTStatus struct {
@@ -87,13 +111,17 @@ type SAStatus struct {
 	ReplayWindow int               `json:"replay_window"`
 	Drops        map[string]uint64 `json:"drops"`
 	Lifetime     string            `json:"lifetime"`
+	// LifeLeftSeconds and LifeLeftBytes are what remains of the hard
+	// lifetime (absent when there is no such limit).
+	LifeLeftSeconds *int64  `json:"life_left_seconds,omitempty"`
+	LifeLeftBytes   *uint64 `json:"life_left_bytes,omitempty"`
 }
 
 // status gathers the daemon's state.
 func (d *Daemon) status(all bool) *Status {
 	now := d.opts.Clock.Now()
 	st := &Status{
-		Version: Version, PID: os.Getpid(), Started: d.started,
+		Schema: StatusSchema, Version: Version, Warnings: d.warnings, PID: os.Getpid(), Started: d.started,
 		Uptime: now.Sub(d.started).Truncate(time.Second).String(),
 		Socket: d.opts.Socket, TUN: d.opts.TUNName,
 	}
@@ -113,6 +141,12 @@ func (d *Daemon) status(all bool) *Status {
 		st.ISAKMP, children, _ = d.ike.Status(ctx)
 		cancel()
 		st.IKE = d.ike.Stats.Snapshot()
+		st.IKEQueue = d.ike.QueueDepth()
+		for _, p := range st.ISAKMP {
+			if p.State != "MAIN_I4" && p.State != "MAIN_R3" {
+				st.IKEHalfOpen++
+			}
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -181,6 +215,14 @@ func saStatus(sa *sad.SA, now time.Time) SAStatus {
 	if sa.Replay != nil {
 		out.ReplayWindow = sa.Replay.Size()
 	}
+	if sa.Hard.Time > 0 {
+		left := int64((sa.Hard.Time - now.Sub(s.Created)) / time.Second)
+		out.LifeLeftSeconds = &left
+	}
+	if sa.Hard.Bytes > 0 {
+		left := sa.Hard.Bytes - min(s.BytesIn+s.BytesOut, sa.Hard.Bytes)
+		out.LifeLeftBytes = &left
+	}
 	for r := drop.Reason(1); r < drop.Count; r++ {
 		if n := s.Drops[r]; n != 0 {
 			out.Drops[r.String()] = n
@@ -239,6 +281,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		if c.State == "installed" {
 			up++
 		}
+	}
+	for _, warning := range s.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warning)
 	}
 	if all {
 		fmt.Fprintf(w, "Status of gosec daemon (%s, pid %d, up %s):\n", s.Version, s.PID, s.Uptime)

@@ -96,13 +96,21 @@ type Filter struct {
 	guard *nftables.Chain
 	// kept are the stale guards carried over from a crashed daemon.
 	kept map[string][]netip.Prefix
+	// nl is one lasting netlink socket, opened in NewFilter: entering
+	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
+	// dropped its privileges (internal/privs) no longer has.
+	nl *nftables.Conn
 }
 
 func (f *Filter) conn() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)))
+	if f.nl != nil {
+		return f.nl, nil
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)), nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}
+	f.nl = c
 	return c, nil
 }
 
@@ -214,6 +222,7 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	if err := c.Flush(); err != nil {
 		ns.Close()
+		c.CloseLasting()
 		return nil, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err)
 	}
 	return f, nil
@@ -522,7 +531,14 @@ func (f *Filter) Close() error {
 	if f.ns == -1 {
 		return nil
 	}
-	defer func() { f.ns.Close(); f.ns = -1 }()
+	defer func() {
+		f.ns.Close()
+		f.ns = -1
+		if f.nl != nil {
+			f.nl.CloseLasting()
+			f.nl = nil
+		}
+	}()
 	c, err := f.conn()
 	if err != nil {
 		return err

@@ -49,6 +49,9 @@ func gosecBinary(t testing.TB) string {
 		buildBin = filepath.Join(dir, "gosec")
 		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/gosec")
 		cmd.Dir = moduleRoot(t)
+		// As make build: no cgo, so that --user can change every
+		// thread's credentials (internal/privs).
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -112,8 +115,9 @@ type daemon struct {
 	conf   string
 }
 
-// startDaemon writes conf (and secrets) and starts gosec in namespace ns.
-func (tp *topo) startDaemon(ns, conf, secrets string) *daemon {
+// startDaemon writes conf (and secrets) and starts gosec in namespace ns;
+// extra are more `gosec start` arguments.
+func (tp *topo) startDaemon(ns, conf, secrets string, extra ...string) *daemon {
 	tp.t.Helper()
 	dir := tp.t.TempDir()
 	d := &daemon{tp: tp, ns: ns, bin: gosecBinary(tp.t), dir: dir,
@@ -124,8 +128,9 @@ func (tp *topo) startDaemon(ns, conf, secrets string) *daemon {
 	if err := os.WriteFile(filepath.Join(dir, "ipsec.secrets"), []byte(secrets), 0o600); err != nil {
 		tp.t.Fatal(err)
 	}
-	out, err := tp.run(ns, 30*time.Second, d.bin, "start", "--config", d.conf, "--socket", d.socket,
-		"--log", filepath.Join(dir, "gosec.log"))
+	args := append([]string{d.bin, "start", "--config", d.conf, "--socket", d.socket,
+		"--log", filepath.Join(dir, "gosec.log")}, extra...)
+	out, err := tp.run(ns, 30*time.Second, args...)
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "gosec.log"))
 		tp.t.Fatalf("gosec start in %s: %v\n%s\nlog:\n%s", ns, err, out, log)
