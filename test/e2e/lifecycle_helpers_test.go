@@ -200,6 +200,7 @@ func (w *leakWatcher) check(t *testing.T, tl *timeline, daemons map[string]*daem
 		t.Logf("leak watcher: no cleartext packet of 10.1.0.0/24 or 10.2.0.0/24 on the wire")
 		return
 	}
+	tl = tl.withLogs(daemons)
 	var b strings.Builder
 	perGW := map[string]int{}
 	perEvent := map[string]int{}
@@ -237,6 +238,38 @@ func (w *leakWatcher) check(t *testing.T, tl *timeline, daemons map[string]*daem
 	b.WriteString("timeline:\n")
 	b.WriteString(tl.String())
 	t.Error(b.String())
+}
+
+// withLogs returns a copy of the timeline merged with the daemons'
+// INFO-level log lines (SAs established, rekeyed, expired, deleted...),
+// which carry exact times where the SA monitor polls.
+func (tl *timeline) withLogs(daemons map[string]*daemon) *timeline {
+	tl.mu.Lock()
+	out := &timeline{ev: append([]event(nil), tl.ev...)}
+	tl.mu.Unlock()
+	for gw, d := range daemons {
+		if d == nil {
+			continue
+		}
+		for _, line := range strings.Split(d.log(), "\n") {
+			m := logTime.FindStringSubmatch(line)
+			if m == nil || !strings.Contains(line, "level=INFO") {
+				continue
+			}
+			ts, err := time.Parse(time.RFC3339Nano, m[1])
+			if err != nil {
+				continue
+			}
+			what := strings.TrimSpace(strings.Replace(line[len(m[0]):], "level=INFO ", "", 1))
+			what = strings.Replace(what, " room=ike", "", 1)
+			if len(what) > 160 {
+				what = what[:160] + "..."
+			}
+			out.ev = append(out.ev, event{at: ts, what: gw + " log: " + what})
+		}
+	}
+	sort.SliceStable(out.ev, func(i, j int) bool { return out.ev[i].at.Before(out.ev[j].at) })
+	return out
 }
 
 func afterTimestamp(line string) string {

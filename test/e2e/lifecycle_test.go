@@ -134,8 +134,9 @@ func (e *lcEnv) noLoss(pr pingResult, from, to time.Time, what string) {
 	lost := pr.lostBetween(from, to)
 	e.t.Logf("ping: %d sent, %d answered, %d lost in total; %s: %d lost", pr.sent, len(pr.replied), len(pr.lost), what, len(lost))
 	if len(lost) > 0 {
+		tl := e.tl.withLogs(e.daemons())
 		e.t.Errorf("%s: %d pings lost (a lifecycle event here must lose nothing):%s\ntimeline:\n%s",
-			what, len(lost), pr.describeLoss(lost, e.tl), e.tl.String())
+			what, len(lost), pr.describeLoss(lost, tl), tl.String())
 	}
 }
 
@@ -384,7 +385,7 @@ func TestSALifecycle(t *testing.T) {
 		t.Logf("lost across the peer restart: %d pings (%.1f s), allowed %d", len(lost), float64(len(lost))*pingInterval.Seconds(), allowed)
 		if len(lost) > allowed {
 			t.Errorf("%d pings lost across the peer restart, more than dpddelay+dpdtimeout+4 s allow (%d):%s",
-				len(lost), allowed, pr.describeLoss(lost, e.tl))
+				len(lost), allowed, pr.describeLoss(lost, e.tl.withLogs(e.daemons())))
 		}
 	})
 
