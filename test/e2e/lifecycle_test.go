@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/testutil/wire"
 )
 
 const (
@@ -48,8 +50,8 @@ func lcConf(auto string, extra ...string) string {
 type lcEnv struct {
 	t        *testing.T
 	tp       *topo
-	tl       *timeline
-	leaks    *leakWatcher
+	tl       *wire.Timeline
+	leaks    *wire.LeakWatcher
 	gw1, gw2 *daemon
 	mon      *saMonitor
 }
@@ -57,9 +59,9 @@ type lcEnv struct {
 // newLC builds the topology and starts the leak watcher before any daemon
 // runs.
 func newLC(t *testing.T, prefix string) *lcEnv {
-	e := &lcEnv{t: t, tp: newTopo(t, prefix, "wan-default"), tl: &timeline{}}
+	e := &lcEnv{t: t, tp: newTopo(t, prefix, "wan-default"), tl: &wire.Timeline{}}
 	e.leaks = e.tp.watchLeaks()
-	e.tl.add("leak watcher started")
+	e.tl.Add("leak watcher started")
 	return e
 }
 
@@ -82,13 +84,13 @@ func (e *lcEnv) start(conf1, conf2 string, together bool) {
 				e.t.Fatal(err)
 			}
 		}
-		e.tl.add("gw1 and gw2: gosec start (together)")
+		e.tl.Add("gw1 and gw2: gosec start (together)")
 	} else {
 		for _, d := range []*daemon{e.gw1, e.gw2} {
 			if err := d.launch(); err != nil {
 				e.t.Fatal(err)
 			}
-			e.tl.add("%s: gosec start", gwName(d))
+			e.tl.Add("%s: gosec start", gwName(d))
 		}
 	}
 	e.mon = newSAMonitor(e.tl, lcConn, e.daemons())
@@ -102,47 +104,56 @@ func (e *lcEnv) daemons() map[string]*daemon { return map[string]*daemon{"gw1": 
 // ctl runs a gosec command on d and puts it on the timeline.
 func (e *lcEnv) ctl(d *daemon, args ...string) string {
 	e.t.Helper()
-	e.tl.add("%s: gosec %s", gwName(d), strings.Join(args, " "))
+	e.tl.Add("%s: gosec %s", gwName(d), strings.Join(args, " "))
 	out := d.mustCtl(args...)
-	e.tl.add("%s: gosec %s returned", gwName(d), strings.Join(args, " "))
+	e.tl.Add("%s: gosec %s returned", gwName(d), strings.Join(args, " "))
 	return out
 }
 
 // traffic starts the ping stream lan1 -> lan2 and, with withTCP, the TCP
 // stream.
-func (e *lcEnv) traffic(withTCP bool) (*pingStream, *tcpStream) {
-	p := e.tp.startPing(e.tp.ns("lan1"), "10.2.0.2")
-	e.tl.add("ping lan1 -> 10.2.0.2 started (every 0.2 s)")
-	var s *tcpStream
+func (e *lcEnv) traffic(withTCP bool) (*wire.Ping, *wire.TCPStream) {
+	p := wire.StartPing(e.t, e.tp.ns("lan1"), "10.2.0.2")
+	e.tl.Add("ping lan1 -> 10.2.0.2 started (every 0.2 s)")
+	var s *wire.TCPStream
 	if withTCP {
-		s = e.tp.startTCP(e.tp.ns("lan1"), e.tp.ns("lan2"), "10.2.0.2", tcpRate)
-		e.tl.add("TCP stream lan1 -> lan2 started")
+		s = wire.StartTCP(e.t, e.tp.ns("lan1"), e.tp.ns("lan2"), "10.2.0.2", tcpRate)
+		e.tl.Add("TCP stream lan1 -> lan2 started")
 	}
 	return p, s
+}
+
+// stopTCP ends the TCP stream and logs how much arrived intact.
+func (e *lcEnv) stopTCP(s *wire.TCPStream) error {
+	n, err := s.Stop()
+	if err == nil {
+		e.t.Logf("TCP stream: %d bytes arrived intact (SHA-256 of sent and received equal)", n)
+	}
+	return err
 }
 
 // finish stops the SA monitor and judges the capture.
 func (e *lcEnv) finish() {
 	e.t.Helper()
 	e.mon.stop()
-	e.leaks.check(e.t, e.tl, e.daemons())
+	checkLeaks(e.t, e.leaks, e.tl, e.daemons())
 }
 
 // noLoss fails if any request of pr sent in [from, to) went unanswered.
-func (e *lcEnv) noLoss(pr pingResult, from, to time.Time, what string) {
+func (e *lcEnv) noLoss(pr wire.PingResult, from, to time.Time, what string) {
 	e.t.Helper()
-	lost := pr.lostBetween(from, to)
-	e.t.Logf("ping: %d sent, %d answered, %d lost in total; %s: %d lost", pr.sent, len(pr.replied), len(pr.lost), what, len(lost))
+	lost := pr.LostBetween(from, to)
+	e.t.Logf("ping: %d sent, %d answered, %d lost in total; %s: %d lost", pr.Sent, len(pr.Replied), len(pr.Lost), what, len(lost))
 	if len(lost) > 0 {
-		tl := e.tl.withLogs(e.daemons())
+		tl := withLogs(e.tl, e.daemons())
 		e.t.Errorf("%s: %d pings lost (a lifecycle event here must lose nothing):%s\ntimeline:\n%s",
-			what, len(lost), pr.describeLoss(lost, tl), tl.String())
+			what, len(lost), pr.DescribeLoss(lost, tl), tl.String())
 	}
 }
 
 // noSAs waits until d has no SA of the conn left.
 func (e *lcEnv) noSAs(gw string, timeout time.Duration) bool {
-	return waitFor(timeout, func() bool {
+	return wire.WaitFor(timeout, func() bool {
 		return len(e.mon.current(gw, "in SA ")) == 0 && len(e.mon.current(gw, "out SA ")) == 0
 	})
 }
@@ -210,9 +221,9 @@ func TestSALifecycle(t *testing.T) {
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
 		const want = 11 // the first inbound SA and 10 successors
-		ok := waitFor(100*time.Second, func() bool { return e.mon.count("gw1", "in SA ") >= want })
-		pr := ping.stop()
-		terr := tcp.stop()
+		ok := wire.WaitFor(100*time.Second, func() bool { return e.mon.count("gw1", "in SA ") >= want })
+		pr := ping.Stop()
+		terr := e.stopTCP(tcp)
 		e.finish()
 		if n := e.mon.count("gw1", "in SA "); !ok {
 			t.Errorf("gw1 saw %d inbound SAs in 100 s, want %d (10 rekeys)\ntimeline:\n%s", n, want, e.tl.String())
@@ -234,13 +245,13 @@ func TestSALifecycle(t *testing.T) {
 		e.start(conf, conf, true)
 		ping, _ := e.traffic(false)
 		time.Sleep(20 * time.Second) // beyond the 5 s grace of a replaced pair
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
-		if pr.firstRep == 0 {
-			t.Fatalf("no ping answered in 20 s after both gateways started with auto=start\n%s", tail(pr.output, 10))
+		if pr.FirstRep == 0 {
+			t.Fatalf("no ping answered in 20 s after both gateways started with auto=start\n%s", tail(pr.Output, 10))
 		}
-		t.Logf("first answer to icmp_seq %d (%.1f s after start)", pr.firstRep, pr.sentAt(pr.firstRep).Sub(pr.start).Seconds())
-		e.noLoss(pr, pr.sentAt(pr.firstRep), time.Time{}, "after the tunnel came up")
+		t.Logf("first answer to icmp_seq %d (%.1f s after start)", pr.FirstRep, pr.SentAt(pr.FirstRep).Sub(pr.Start).Seconds())
+		e.noLoss(pr, pr.SentAt(pr.FirstRep), time.Time{}, "after the tunnel came up")
 		e.spisConsistent()
 	})
 
@@ -252,18 +263,18 @@ func TestSALifecycle(t *testing.T) {
 		e.start(conf, conf, false)
 		e.ctl(e.gw1, "up", lcConn)
 		ping, _ := e.traffic(false)
-		waitFor(5*time.Second, func() bool { return len(e.mon.current("gw1", "out SA ")) > 0 })
+		wire.WaitFor(5*time.Second, func() bool { return len(e.mon.current("gw1", "out SA ")) > 0 })
 		gone := e.noSAs("gw1", 25*time.Second) && e.noSAs("gw2", 5*time.Second)
 		expired := time.Now()
-		e.tl.add("test: no SA left on either gateway")
+		e.tl.Add("test: no SA left on either gateway")
 		time.Sleep(5 * time.Second)
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
 		if !gone {
 			t.Fatalf("the SAs did not expire within 25 s of lifetime=10s\ntimeline:\n%s", e.tl.String())
 		}
 		e.noLoss(pr, time.Time{}, expired.Add(-2*time.Second), "before the hard expiry")
-		if n := pr.repliedBetween(expired.Add(time.Second), time.Time{}); n > 0 {
+		if n := pr.RepliedBetween(expired.Add(time.Second), time.Time{}); n > 0 {
 			t.Errorf("%d pings answered after the SAs expired without rekey: the traffic must be dropped", n)
 		}
 	})
@@ -283,7 +294,7 @@ func TestSALifecycle(t *testing.T) {
 			t.Errorf("gw1 still has SAs 5 s after gw2's Delete")
 		}
 		time.Sleep(4 * time.Second)
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
 		e.noLoss(pr, time.Time{}, down.Add(-time.Second), "before the Delete")
 	})
@@ -302,7 +313,7 @@ func TestSALifecycle(t *testing.T) {
 			t.Errorf("gw2 still has SAs 5 s after gw1's gosec down")
 		}
 		time.Sleep(4 * time.Second)
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
 		e.noLoss(pr, time.Time{}, down.Add(-time.Second), "before gosec down")
 	})
@@ -313,30 +324,30 @@ func TestSALifecycle(t *testing.T) {
 	t.Run("kill9-restart", func(t *testing.T) {
 		e := newLC(t, "gsl06-")
 		e.start(lcConf("start"), lcConf("add"), false)
-		if !waitFor(20*time.Second, func() bool { return len(e.mon.current("gw1", "out SA ")) > 0 }) {
+		if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.current("gw1", "out SA ")) > 0 }) {
 			t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
 		}
 		ping, _ := e.traffic(false)
 		time.Sleep(3 * time.Second)
 		killed := time.Now()
-		e.tl.add("gw1: kill -9 %d", e.gw1.pid)
+		e.tl.Add("gw1: kill -9 %d", e.gw1.pid)
 		if err := e.gw1.kill9(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Second)
-		e.tl.add("gw1: gosec start again")
+		e.tl.Add("gw1: gosec start again")
 		if err := e.gw1.launch(); err != nil {
 			t.Errorf("gosec start after kill -9: %v", err)
 		}
 		restarted := time.Now()
-		back := waitFor(30*time.Second, func() bool {
+		back := wire.WaitFor(30*time.Second, func() bool {
 			out, err := e.tp.run(e.tp.ns("lan1"), 3*time.Second, "ping", "-c", "1", "-W", "1", "10.2.0.2")
 			return err == nil && strings.Contains(out, "1 received")
 		})
-		e.tl.add("test: tunnel back: %v", back)
+		e.tl.Add("test: tunnel back: %v", back)
 		backAt := time.Now()
 		time.Sleep(3 * time.Second)
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
 		e.noLoss(pr, time.Time{}, killed.Add(-time.Second), "before the kill")
 		if !back {
@@ -361,31 +372,31 @@ func TestSALifecycle(t *testing.T) {
 		ping, _ := e.traffic(false)
 		time.Sleep(3 * time.Second)
 		killed := time.Now()
-		e.tl.add("gw2: kill -9 %d", e.gw2.pid)
+		e.tl.Add("gw2: kill -9 %d", e.gw2.pid)
 		if err := e.gw2.kill9(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second)
-		e.tl.add("gw2: gosec start again")
+		e.tl.Add("gw2: gosec start again")
 		if err := e.gw2.launch(); err != nil {
 			t.Fatalf("gosec start after kill -9: %v", err)
 		}
 		before := e.mon.count("gw1", "in SA ")
-		renewed := waitFor(30*time.Second, func() bool { return e.mon.count("gw1", "in SA ") > before })
-		e.tl.add("test: gw1 has a new inbound SA: %v", renewed)
+		renewed := wire.WaitFor(30*time.Second, func() bool { return e.mon.count("gw1", "in SA ") > before })
+		e.tl.Add("test: gw1 has a new inbound SA: %v", renewed)
 		time.Sleep(4 * time.Second)
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
 		e.noLoss(pr, time.Time{}, killed.Add(-time.Second), "before the kill")
 		if !renewed {
 			t.Fatalf("gw1 did not negotiate a new SA pair within 30 s of gw2's restart (dpdaction=restart)\ntimeline:\n%s", e.tl.String())
 		}
-		lost := pr.lostBetween(killed.Add(-time.Second), time.Time{})
-		allowed := int((delay + timeout + time.Second + 3*time.Second) / pingInterval)
-		t.Logf("lost across the peer restart: %d pings (%.1f s), allowed %d", len(lost), float64(len(lost))*pingInterval.Seconds(), allowed)
+		lost := pr.LostBetween(killed.Add(-time.Second), time.Time{})
+		allowed := int((delay + timeout + time.Second + 3*time.Second) / wire.PingInterval)
+		t.Logf("lost across the peer restart: %d pings (%.1f s), allowed %d", len(lost), float64(len(lost))*wire.PingInterval.Seconds(), allowed)
 		if len(lost) > allowed {
 			t.Errorf("%d pings lost across the peer restart, more than dpddelay+dpdtimeout+4 s allow (%d):%s",
-				len(lost), allowed, pr.describeLoss(lost, e.tl.withLogs(e.daemons())))
+				len(lost), allowed, pr.DescribeLoss(lost, withLogs(e.tl, e.daemons())))
 		}
 	})
 
@@ -401,18 +412,18 @@ func TestSALifecycle(t *testing.T) {
 		}
 		ping, _ := e.traffic(false)
 		time.Sleep(10 * time.Second)
-		pr := ping.stop()
+		pr := ping.Stop()
 		e.finish()
-		if pr.firstRep == 0 {
-			t.Fatalf("no ping answered within 10 s of the first packet (auto=route)\n%s", tail(pr.output, 10))
+		if pr.FirstRep == 0 {
+			t.Fatalf("no ping answered within 10 s of the first packet (auto=route)\n%s", tail(pr.Output, 10))
 		}
-		delay := pr.replied[pr.firstRep].Sub(pr.start)
+		delay := pr.Replied[pr.FirstRep].Sub(pr.Start)
 		t.Logf("first answered icmp_seq %d, %.2f s after the first packet (the first request was %s)",
-			pr.firstRep, delay.Seconds(), map[bool]string{true: "held and sent", false: "dropped"}[pr.firstRep == 1])
+			pr.FirstRep, delay.Seconds(), map[bool]string{true: "answered", false: "not answered (dropped while negotiating)"}[pr.FirstRep == 1])
 		if delay > 5*time.Second {
 			t.Errorf("the first answer came %.1f s after the first packet: on-demand negotiation should take a Main Mode and a Quick Mode (< 5 s)", delay.Seconds())
 		}
-		e.noLoss(pr, pr.sentAt(pr.firstRep), time.Time{}, "after the first answer")
+		e.noLoss(pr, pr.SentAt(pr.FirstRep), time.Time{}, "after the first answer")
 	})
 
 	// (9) reauthentication: the ISAKMP SA (ikelifetime=15s) is replaced
@@ -437,9 +448,9 @@ func TestSALifecycle(t *testing.T) {
 			n = len(cookies)
 			return n
 		}
-		ok := waitFor(50*time.Second, func() bool { return established() >= 3 })
-		pr := ping.stop()
-		terr := tcp.stop()
+		ok := wire.WaitFor(50*time.Second, func() bool { return established() >= 3 })
+		pr := ping.Stop()
+		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
 			t.Errorf("gw1 saw %d established ISAKMP SAs in 50 s, want 3 (2 reauthentications)\ntimeline:\n%s", established(), e.tl.String())
@@ -461,9 +472,9 @@ func TestSALifecycle(t *testing.T) {
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
 		const want = 5 // 4 rekeys: 2 MB each at 1 MB/s
-		ok := waitFor(40*time.Second, func() bool { return e.mon.count("gw1", "in SA ") >= want })
-		pr := ping.stop()
-		terr := tcp.stop()
+		ok := wire.WaitFor(40*time.Second, func() bool { return e.mon.count("gw1", "in SA ") >= want })
+		pr := ping.Stop()
+		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
 			t.Errorf("gw1 saw %d inbound SAs in 40 s at 1 MB/s with lifebytes=4000000, want %d\ntimeline:\n%s",
@@ -486,7 +497,7 @@ func TestSALifecycle(t *testing.T) {
 		var wg sync.WaitGroup
 		outs := make([]string, 2)
 		errs := make([]error, 2)
-		e.tl.add("gw1 and gw2: gosec up (together)")
+		e.tl.Add("gw1 and gw2: gosec up (together)")
 		for i, d := range []*daemon{e.gw1, e.gw2} {
 			wg.Add(1)
 			go func() { defer wg.Done(); outs[i], errs[i] = d.ctl(60*time.Second, "up", lcConn) }()
@@ -498,11 +509,11 @@ func TestSALifecycle(t *testing.T) {
 			}
 		}
 		ping, tcp := e.traffic(true)
-		ok := waitFor(40*time.Second, func() bool {
+		ok := wire.WaitFor(40*time.Second, func() bool {
 			return e.mon.count("gw1", "in SA ") >= 6 && e.mon.count("gw2", "in SA ") >= 6
 		})
-		pr := ping.stop()
-		terr := tcp.stop()
+		pr := ping.Stop()
+		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
 			t.Errorf("inbound SAs seen in 40 s: gw1 %d, gw2 %d; want >= 6 each (both rekeying)\ntimeline:\n%s",
