@@ -11,9 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -130,118 +128,33 @@ type saView struct {
 	} `json:"isakmp"`
 }
 
-// saMonitor polls both daemons and records every SA and ISAKMP SA that
-// appears or goes on the timeline.
-type saMonitor struct {
-	tl      *wire.Timeline
-	conn    string
-	daemons map[string]*daemon
-	stopCh  chan struct{}
-	done    chan struct{}
-	mu      sync.Mutex
-	cur     map[string]map[string]bool // gw -> "in 1234abcd" / "out ..." / "isakmp ..."
-	seen    map[string]map[string]bool
-}
-
-func newSAMonitor(tl *wire.Timeline, conn string, daemons map[string]*daemon) *saMonitor {
-	m := &saMonitor{tl: tl, conn: conn, daemons: daemons, stopCh: make(chan struct{}), done: make(chan struct{}),
-		cur: map[string]map[string]bool{}, seen: map[string]map[string]bool{}}
-	for gw := range daemons {
-		m.cur[gw], m.seen[gw] = map[string]bool{}, map[string]bool{}
-	}
-	go m.run()
-	return m
-}
-
-func (m *saMonitor) run() {
-	defer close(m.done)
-	t := time.NewTicker(300 * time.Millisecond)
-	defer t.Stop()
-	for {
-		for _, gw := range []string{"gw1", "gw2"} {
-			if d := m.daemons[gw]; d != nil {
-				m.poll(gw, d)
+// gosecSAs is a wire.Monitor source: the conn's SAs ("in SA <spi>",
+// "out SA <spi>") and the ISAKMP SAs ("ISAKMP SA <cookies> <state>") of
+// a gosec daemon.
+func gosecSAs(d *daemon, conn string) func() (map[string]bool, error) {
+	return func() (map[string]bool, error) {
+		out, err := d.ctl(5*time.Second, "statusall", "--json")
+		if err != nil {
+			return nil, err
+		}
+		var v saView
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			return nil, err
+		}
+		now := map[string]bool{}
+		for _, c := range v.Conns {
+			if c.Name != conn {
+				continue
+			}
+			for _, sa := range c.SAs {
+				now[sa.Dir+" SA "+sa.SPI] = true
 			}
 		}
-		select {
-		case <-m.stopCh:
-			return
-		case <-t.C:
+		for _, p := range v.ISAKMP {
+			now["ISAKMP SA "+p.ICookie+"/"+p.RCookie+" "+p.State] = true
 		}
+		return now, nil
 	}
-}
-
-func (m *saMonitor) poll(gw string, d *daemon) {
-	out, err := d.ctl(5*time.Second, "statusall", "--json")
-	if err != nil {
-		return // daemon down (killed) or busy: keep the last view
-	}
-	var v saView
-	if json.Unmarshal([]byte(out), &v) != nil {
-		return
-	}
-	now := map[string]bool{}
-	for _, c := range v.Conns {
-		if c.Name != m.conn {
-			continue
-		}
-		for _, sa := range c.SAs {
-			now[sa.Dir+" SA "+sa.SPI] = true
-		}
-	}
-	for _, p := range v.ISAKMP {
-		now["ISAKMP SA "+p.ICookie+"/"+p.RCookie+" "+p.State] = true
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for k := range now {
-		if !m.cur[gw][k] {
-			m.tl.Add("%s: %s appeared", gw, k)
-		}
-		m.seen[gw][k] = true
-	}
-	for k := range m.cur[gw] {
-		if !now[k] {
-			m.tl.Add("%s: %s gone", gw, k)
-		}
-	}
-	m.cur[gw] = now
-}
-
-func (m *saMonitor) stop() {
-	select {
-	case <-m.stopCh:
-	default:
-		close(m.stopCh)
-	}
-	<-m.done
-}
-
-// count returns how many distinct entries with prefix gw has shown.
-func (m *saMonitor) count(gw, prefix string) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := 0
-	for k := range m.seen[gw] {
-		if strings.HasPrefix(k, prefix) {
-			n++
-		}
-	}
-	return n
-}
-
-// current returns the entries with prefix gw shows now.
-func (m *saMonitor) current(gw, prefix string) []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for k := range m.cur[gw] {
-		if strings.HasPrefix(k, prefix) {
-			out = append(out, strings.TrimPrefix(k, prefix))
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 // kill9 kills the daemon's process with SIGKILL, as a crash would.

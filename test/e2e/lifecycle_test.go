@@ -53,7 +53,7 @@ type lcEnv struct {
 	tl       *wire.Timeline
 	leaks    *wire.LeakWatcher
 	gw1, gw2 *daemon
-	mon      *saMonitor
+	mon      *wire.Monitor
 }
 
 // newLC builds the topology and starts the leak watcher before any daemon
@@ -93,8 +93,9 @@ func (e *lcEnv) start(conf1, conf2 string, together bool) {
 			e.tl.Add("%s: gosec start", gwName(d))
 		}
 	}
-	e.mon = newSAMonitor(e.tl, lcConn, e.daemons())
-	e.t.Cleanup(e.mon.stop)
+	e.mon = wire.NewMonitor(e.tl, 300*time.Millisecond, map[string]func() (map[string]bool, error){
+		"gw1": gosecSAs(e.gw1, lcConn), "gw2": gosecSAs(e.gw2, lcConn)})
+	e.t.Cleanup(e.mon.Stop)
 }
 
 func gwName(d *daemon) string { return d.ns[strings.LastIndex(d.ns, "-")+1:] }
@@ -135,7 +136,7 @@ func (e *lcEnv) stopTCP(s *wire.TCPStream) error {
 // finish stops the SA monitor and judges the capture.
 func (e *lcEnv) finish() {
 	e.t.Helper()
-	e.mon.stop()
+	e.mon.Stop()
 	checkLeaks(e.t, e.leaks, e.tl, e.daemons())
 }
 
@@ -154,7 +155,7 @@ func (e *lcEnv) noLoss(pr wire.PingResult, from, to time.Time, what string) {
 // noSAs waits until d has no SA of the conn left.
 func (e *lcEnv) noSAs(gw string, timeout time.Duration) bool {
 	return wire.WaitFor(timeout, func() bool {
-		return len(e.mon.current(gw, "in SA ")) == 0 && len(e.mon.current(gw, "out SA ")) == 0
+		return len(e.mon.Current(gw, "in SA ")) == 0 && len(e.mon.Current(gw, "out SA ")) == 0
 	})
 }
 
@@ -221,11 +222,11 @@ func TestSALifecycle(t *testing.T) {
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
 		const want = 11 // the first inbound SA and 10 successors
-		ok := wire.WaitFor(100*time.Second, func() bool { return e.mon.count("gw1", "in SA ") >= want })
+		ok := wire.WaitFor(100*time.Second, func() bool { return e.mon.Count("gw1", "in SA ") >= want })
 		pr := ping.Stop()
 		terr := e.stopTCP(tcp)
 		e.finish()
-		if n := e.mon.count("gw1", "in SA "); !ok {
+		if n := e.mon.Count("gw1", "in SA "); !ok {
 			t.Errorf("gw1 saw %d inbound SAs in 100 s, want %d (10 rekeys)\ntimeline:\n%s", n, want, e.tl.String())
 		} else {
 			t.Logf("gw1 saw %d inbound SAs (%d rekeys)", n, n-1)
@@ -263,7 +264,7 @@ func TestSALifecycle(t *testing.T) {
 		e.start(conf, conf, false)
 		e.ctl(e.gw1, "up", lcConn)
 		ping, _ := e.traffic(false)
-		wire.WaitFor(5*time.Second, func() bool { return len(e.mon.current("gw1", "out SA ")) > 0 })
+		wire.WaitFor(5*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 })
 		gone := e.noSAs("gw1", 25*time.Second) && e.noSAs("gw2", 5*time.Second)
 		expired := time.Now()
 		e.tl.Add("test: no SA left on either gateway")
@@ -324,7 +325,7 @@ func TestSALifecycle(t *testing.T) {
 	t.Run("kill9-restart", func(t *testing.T) {
 		e := newLC(t, "gsl06-")
 		e.start(lcConf("start"), lcConf("add"), false)
-		if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.current("gw1", "out SA ")) > 0 }) {
+		if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
 			t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
 		}
 		ping, _ := e.traffic(false)
@@ -381,8 +382,8 @@ func TestSALifecycle(t *testing.T) {
 		if err := e.gw2.launch(); err != nil {
 			t.Fatalf("gosec start after kill -9: %v", err)
 		}
-		before := e.mon.count("gw1", "in SA ")
-		renewed := wire.WaitFor(30*time.Second, func() bool { return e.mon.count("gw1", "in SA ") > before })
+		before := e.mon.Count("gw1", "in SA ")
+		renewed := wire.WaitFor(30*time.Second, func() bool { return e.mon.Count("gw1", "in SA ") > before })
 		e.tl.Add("test: gw1 has a new inbound SA: %v", renewed)
 		time.Sleep(4 * time.Second)
 		pr := ping.Stop()
@@ -407,7 +408,7 @@ func TestSALifecycle(t *testing.T) {
 		e := newLC(t, "gsl08-")
 		e.start(lcConf("route"), lcConf("add"), false)
 		time.Sleep(3 * time.Second)
-		if out := e.mon.current("gw1", "out SA "); len(out) > 0 {
+		if out := e.mon.Current("gw1", "out SA "); len(out) > 0 {
 			t.Errorf("auto=route negotiated before any packet (gw1 has outbound SAs %v): on-demand negotiation is not implemented", out)
 		}
 		ping, _ := e.traffic(false)
@@ -436,17 +437,13 @@ func TestSALifecycle(t *testing.T) {
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
 		established := func() int {
-			n := 0
-			e.mon.mu.Lock()
-			defer e.mon.mu.Unlock()
 			cookies := map[string]bool{}
-			for k := range e.mon.seen["gw1"] {
-				if strings.HasPrefix(k, "ISAKMP SA ") && (strings.HasSuffix(k, "MAIN_I4") || strings.HasSuffix(k, "MAIN_R3")) {
-					cookies[strings.Fields(k)[2]] = true
+			for _, k := range e.mon.Seen("gw1", "ISAKMP SA ") {
+				if strings.HasSuffix(k, "MAIN_I4") || strings.HasSuffix(k, "MAIN_R3") {
+					cookies[strings.Fields(k)[0]] = true
 				}
 			}
-			n = len(cookies)
-			return n
+			return len(cookies)
 		}
 		ok := wire.WaitFor(50*time.Second, func() bool { return established() >= 3 })
 		pr := ping.Stop()
@@ -472,13 +469,13 @@ func TestSALifecycle(t *testing.T) {
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
 		const want = 5 // 4 rekeys: 2 MB each at 1 MB/s
-		ok := wire.WaitFor(40*time.Second, func() bool { return e.mon.count("gw1", "in SA ") >= want })
+		ok := wire.WaitFor(40*time.Second, func() bool { return e.mon.Count("gw1", "in SA ") >= want })
 		pr := ping.Stop()
 		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
 			t.Errorf("gw1 saw %d inbound SAs in 40 s at 1 MB/s with lifebytes=4000000, want %d\ntimeline:\n%s",
-				e.mon.count("gw1", "in SA "), want, e.tl.String())
+				e.mon.Count("gw1", "in SA "), want, e.tl.String())
 		}
 		e.noLoss(pr, time.Time{}, time.Time{}, "during the rekeys by bytes")
 		if terr != nil {
@@ -510,14 +507,14 @@ func TestSALifecycle(t *testing.T) {
 		}
 		ping, tcp := e.traffic(true)
 		ok := wire.WaitFor(40*time.Second, func() bool {
-			return e.mon.count("gw1", "in SA ") >= 6 && e.mon.count("gw2", "in SA ") >= 6
+			return e.mon.Count("gw1", "in SA ") >= 6 && e.mon.Count("gw2", "in SA ") >= 6
 		})
 		pr := ping.Stop()
 		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
 			t.Errorf("inbound SAs seen in 40 s: gw1 %d, gw2 %d; want >= 6 each (both rekeying)\ntimeline:\n%s",
-				e.mon.count("gw1", "in SA "), e.mon.count("gw2", "in SA "), e.tl.String())
+				e.mon.Count("gw1", "in SA "), e.mon.Count("gw2", "in SA "), e.tl.String())
 		}
 		e.noLoss(pr, time.Time{}, time.Time{}, "during the colliding rekeys")
 		if terr != nil {

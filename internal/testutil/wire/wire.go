@@ -552,3 +552,101 @@ func WaitFor(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Monitor polls snapshot sources (a daemon's status, say) and puts every
+// entry that appears or goes on the timeline, remembering all it saw.
+type Monitor struct {
+	tl      *Timeline
+	sources map[string]func() (map[string]bool, error)
+	labels  []string
+	stopCh  chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	cur     map[string]map[string]bool
+	seen    map[string]map[string]bool
+}
+
+// NewMonitor polls every source every interval until Stop. A source that
+// fails (a daemon killed or busy) keeps its last view.
+func NewMonitor(tl *Timeline, interval time.Duration, sources map[string]func() (map[string]bool, error)) *Monitor {
+	m := &Monitor{tl: tl, sources: sources, stopCh: make(chan struct{}), done: make(chan struct{}),
+		cur: map[string]map[string]bool{}, seen: map[string]map[string]bool{}}
+	for l := range sources {
+		m.labels = append(m.labels, l)
+		m.cur[l], m.seen[l] = map[string]bool{}, map[string]bool{}
+	}
+	sort.Strings(m.labels)
+	go m.run(interval)
+	return m
+}
+
+func (m *Monitor) run(interval time.Duration) {
+	defer close(m.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for _, l := range m.labels {
+			if now, err := m.sources[l](); err == nil {
+				m.update(l, now)
+			}
+		}
+		select {
+		case <-m.stopCh:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Monitor) update(label string, now map[string]bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range now {
+		if !m.cur[label][k] {
+			m.tl.Add("%s: %s appeared", label, k)
+		}
+		m.seen[label][k] = true
+	}
+	for k := range m.cur[label] {
+		if !now[k] {
+			m.tl.Add("%s: %s gone", label, k)
+		}
+	}
+	m.cur[label] = now
+}
+
+// Stop ends the polling (idempotent).
+func (m *Monitor) Stop() {
+	m.once.Do(func() { close(m.stopCh) })
+	<-m.done
+}
+
+// Seen returns every entry with prefix label has shown, prefix removed.
+func (m *Monitor) Seen(label, prefix string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return withPrefix(m.seen[label], prefix)
+}
+
+// Current returns the entries with prefix label shows now, prefix
+// removed.
+func (m *Monitor) Current(label, prefix string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return withPrefix(m.cur[label], prefix)
+}
+
+// Count is len(Seen(label, prefix)).
+func (m *Monitor) Count(label, prefix string) int { return len(m.Seen(label, prefix)) }
+
+func withPrefix(set map[string]bool, prefix string) []string {
+	var out []string
+	for k := range set {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, strings.TrimPrefix(k, prefix))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
