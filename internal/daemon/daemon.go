@@ -320,10 +320,6 @@ func (d *Daemon) teardown() {
 	}
 }
 
-func (d *Daemon) onSAEvent(ev sad.Event) {
-	d.log.Info("SA event", "event", ev.Kind.String(), "spi", fmt.Sprintf("%08x", ev.SA.SPI))
-}
-
 // handle serves one control request.
 func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(string)) (any, error) {
 	arg := func() (string, error) {

@@ -271,6 +271,39 @@ func ikeProto(c *ConnSpec) sad.Proto {
 	return sad.ESP
 }
 
+// hardLife is a negotiated SA's hard lifetime in the data plane: past it
+// the SA fails closed and the key manager removes the pair. The key
+// manager's own timer removes it by time; the SAD's time limit is the
+// backstop.
+func hardLife(ch *ike.ChildSA) sad.Lifetime {
+	return sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes, Packets: ch.LifePackets}
+}
+
+// softLife is where the data plane asks the key manager to rekey (bytes
+// and packets; the key manager times rekeys by time itself).
+func softLife(ch *ike.ChildSA) sad.Lifetime {
+	return sad.Lifetime{Bytes: ch.SoftBytes, Packets: ch.SoftPackets}
+}
+
+// onSAEvent hands the SAD's lifetime events of negotiated SAs to the key
+// manager: soft (and sequence numbers running out) rekeys, hard removes.
+func (d *Daemon) onSAEvent(ev sad.Event) {
+	d.log.Info("SA event", "event", ev.Kind.String(), "conn", ev.SA.Conn, "spi", fmt.Sprintf("%08x", ev.SA.SPI))
+	d.mu.Lock()
+	e := d.ike
+	conn, ok := d.conns.Conns[ev.SA.Conn]
+	d.mu.Unlock()
+	if e == nil || !ok || conn.IKE == nil {
+		return
+	}
+	switch ev.Kind {
+	case sad.SoftExpired, sad.SeqExhausted:
+		e.SoftExpire(ev.SA.Conn, ev.SA.SPI)
+	case sad.HardExpired:
+		e.HardExpire(ev.SA.Conn, ev.SA.SPI)
+	}
+}
+
 // ikeInstaller puts negotiated SAs into the SAD under their conn's stable
 // policies.
 type ikeInstaller struct{ d *Daemon }
@@ -295,7 +328,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 		return fmt.Errorf("conn %s: %w", ch.Conn, err)
 	}
 	in := &sad.SA{SPI: ch.InSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Remote, Dst: ch.Local, ReqID: pp.reqid,
-		Dir: sad.Inbound, Conn: ch.Conn, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
+		Dir: sad.Inbound, Conn: ch.Conn, Hard: hardLife(ch), Soft: softLife(ch)}
 	if ch.Encap != nil {
 		in.Encap = &sad.Encap{SrcPort: ch.Encap.DstPort, DstPort: ch.Encap.SrcPort}
 	}
@@ -332,7 +365,7 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 		return errors.New("outbound SA before inbound SA")
 	}
 	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: k.pair.reqid,
-		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
+		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: hardLife(ch), Soft: softLife(ch)}
 	var err error
 	if ch.Proto == sad.AH {
 		out.AH, err = ah.NewSuite(ch.OutAH)
