@@ -21,6 +21,7 @@ type End struct {
 	NextHop      netip.Addr
 	RSASigKey    string
 	Cert         string
+	UpDown       string // leftupdown: shell command run as SAs come and go
 
 	// Manual keying: the SA whose destination is this side.
 	SPI        uint32
@@ -51,14 +52,18 @@ type Conn struct {
 	Rekey       bool
 	RekeyMargin time.Duration
 	RekeyFuzz   int // percent
-	KeyingTries int // 0 = forever
-	DPDDelay    time.Duration
-	DPDTimeout  time.Duration
-	DPDAction   string // none, clear, hold, restart
-	ForceEncaps bool
-	EncapPort   uint16 // NAT-T port for manual ESP-in-UDP (4500)
-	Type        string // tunnel, transport, passthrough, drop
-	Auto        string // add, start, route, ignore
+	// LifeBytes/LifePackets limit each IPsec SA's volume (0: none);
+	// MarginBytes/MarginPackets start the rekey that much before.
+	LifeBytes, LifePackets     uint64
+	MarginBytes, MarginPackets uint64
+	KeyingTries                int // 0 = forever
+	DPDDelay                   time.Duration
+	DPDTimeout                 time.Duration
+	DPDAction                  string // none, clear, hold, restart
+	ForceEncaps                bool
+	EncapPort                  uint16 // NAT-T port for manual ESP-in-UDP (4500)
+	Type                       string // tunnel, transport, passthrough, drop
+	Auto                       string // add, start, route, ignore
 	// ReplayWindow is the anti-replay window in packets; 0 turns it off.
 	ReplayWindow int
 	ESN          bool

@@ -67,6 +67,9 @@ var endKeywords = map[string]endHandler{
 		return setKey(c, &e.ESPAuthKey, v)
 	},
 	"ahkey": func(c *Conn, e *End, v string, _ *resolver) error { return setKey(c, &e.AHKey, v) },
+	// ipsec.conf(5): the updown script of this end, a shell command line
+	// run with the PLUTO_* environment as SAs come and go.
+	"updown": func(_ *Conn, e *End, v string, _ *resolver) error { e.UpDown = v; return nil },
 }
 
 // setupSupported are the config setup keywords gosec implements (the
@@ -99,9 +102,15 @@ func init() {
 		"rekeymargin": func(c *Conn, v string, _ *resolver) error { return setDuration(&c.RekeyMargin, v) },
 		"margintime":  func(c *Conn, v string, _ *resolver) error { return setDuration(&c.RekeyMargin, v) },
 		"rekeyfuzz":   setFuzz,
-		"keyingtries": setKeyingTries,
-		"dpddelay":    func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDDelay, v) },
-		"dpdtimeout":  func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDTimeout, v) },
+		// strongSwan ipsec.conf(5): volume lifetimes of each IPsec SA and
+		// how long before them the rekey starts.
+		"lifebytes":     func(c *Conn, v string, _ *resolver) error { return setCount(&c.LifeBytes, "lifebytes", v) },
+		"lifepackets":   func(c *Conn, v string, _ *resolver) error { return setCount(&c.LifePackets, "lifepackets", v) },
+		"marginbytes":   func(c *Conn, v string, _ *resolver) error { return setCount(&c.MarginBytes, "marginbytes", v) },
+		"marginpackets": func(c *Conn, v string, _ *resolver) error { return setCount(&c.MarginPackets, "marginpackets", v) },
+		"keyingtries":   setKeyingTries,
+		"dpddelay":      func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDDelay, v) },
+		"dpdtimeout":    func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDTimeout, v) },
 		"dpdaction": func(c *Conn, v string, _ *resolver) error {
 			// strongSwan 5 adds trap (as hold: the policy stays and
 			// traffic renegotiates).
@@ -735,6 +744,16 @@ func setFuzz(c *Conn, v string, _ *resolver) error {
 		return fmt.Errorf("bad percentage %q", v)
 	}
 	c.RekeyFuzz = int(n)
+	return nil
+}
+
+// setCount parses a non-negative count (bytes or packets; 0: no limit).
+func setCount(dst *uint64, kw, v string) error {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("bad %s %q (a whole number; 0 for no limit)", kw, v)
+	}
+	*dst = n
 	return nil
 }
 

@@ -43,6 +43,8 @@ type ConnSpec struct {
 	Encap *sad.Encap
 	// Type is tunnel, transport, passthrough or drop.
 	Type string
+	// UpDown is this end's updown command (leftupdown/rightupdown).
+	UpDown string
 	// Proposal is the human-readable algorithm summary for status.
 	Proposal string
 	// Manual holds the keys of a manually keyed conn; nil for IKE conns.

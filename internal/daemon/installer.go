@@ -393,6 +393,7 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 	if err := d.guardLocked(a); err != nil {
 		errs = append(errs, fmt.Errorf("filter: %w", err))
 	}
+	d.updownLocked(true, k)
 	reqid := k.pair.reqid
 	plane := d.plane
 	d.mu.Unlock()
@@ -421,6 +422,7 @@ func (i ikeInstaller) Remove(ch *ike.ChildSA) {
 
 func (d *Daemon) removeChildLocked(k *ikeChild) {
 	if k.out != nil {
+		d.updownLocked(false, k)
 		d.sad.Delete(k.out.SPI, k.out.Proto, k.out.Dst)
 		k.out = nil
 	}
