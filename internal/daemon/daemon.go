@@ -348,6 +348,12 @@ func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(
 			return nil, err
 		}
 		return nil, d.down(name, progress)
+	case "unroute":
+		name, err := arg()
+		if err != nil {
+			return nil, err
+		}
+		return nil, d.unroute(name, progress)
 	case "status", "statusall":
 		return d.status(req.Cmd == "statusall"), nil
 	case "reload":

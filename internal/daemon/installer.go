@@ -473,8 +473,8 @@ func (d *Daemon) releaseLocked(a *activeConn) {
 		"conn", a.spec.Name)
 }
 
-// unrouteLocked removes everything conn a owns: SAs, policies, routes
-// (those no other conn needs) and filter entries.
+// unrouteLocked removes conn a's SAs, policies and routes (those no other
+// conn needs); its filter guard stays (forgetGuardLocked lifts it).
 func (d *Daemon) unrouteLocked(a *activeConn) {
 	for _, k := range append([]*ikeChild(nil), a.children...) {
 		d.removeChildLocked(k)
@@ -492,10 +492,25 @@ func (d *Daemon) unrouteLocked(a *activeConn) {
 		}
 	}
 	a.pairs = map[selKey]*policyPair{}
-	if err := d.filter.RemoveConn(a.spec.Name); err != nil {
-		d.log.Warn("remove filter", "conn", a.spec.Name, "err", err)
+	if a.filtered {
+		// The guard stays: until the conn is up again, unrouted or
+		// removed from the configuration, its traffic is dropped.
+		d.guardKept[a.spec.Name] = true
 	}
 	a.guarded, a.filtered = nil, false
+}
+
+// forgetGuardLocked lifts the guard conn name kept after it went down (or
+// that a crashed predecessor left): `gosec unroute`, or the conn removed
+// from the configuration.
+func (d *Daemon) forgetGuardLocked(name string) {
+	if !d.guardKept[name] {
+		return
+	}
+	delete(d.guardKept, name)
+	if err := d.filter.RemoveConn(name); err != nil {
+		d.log.Warn("remove filter", "conn", name, "err", err)
+	}
 }
 
 // onTrap is the data plane's call when a packet meets a trap policy with no
