@@ -349,7 +349,31 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	k := &ikeChild{ch: ch, pair: pp, in: in}
 	d.ikeChildren[childKey(ch)] = k
 	a.children = append(a.children, k)
+	// Route and guard now, not only with the outbound SA: the peer may
+	// send before our outbound SA exists (a responder installs it at QM3),
+	// and the answers must meet the policy (dropped, no SA yet), not the
+	// main table's default route.
+	if err := d.routeChildLocked(a, ch); err != nil {
+		d.log.Warn("conn installed incompletely", "conn", ch.Conn, "err", err)
+	}
 	return nil
+}
+
+// routeChildLocked routes child ch's remote selector into the TUN and
+// guards it (idempotent).
+func (d *Daemon) routeChildLocked(a *activeConn, ch *ike.ChildSA) error {
+	rt := netio.Route{Dst: ch.RemoteTS.Masked(), Src: ch.Local}
+	if ch.Mode == sad.Tunnel {
+		rt.Src = localAddrIn([]netip.Prefix{ch.LocalTS})
+	}
+	var errs []error
+	if err := d.addRouteLocked(a, rt); err != nil {
+		errs = append(errs, fmt.Errorf("route %v: %w", rt.Dst, err))
+	}
+	if err := d.guardLocked(a); err != nil {
+		errs = append(errs, fmt.Errorf("filter: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // InstallOutbound installs the outbound SA: from then on the data plane
@@ -381,18 +405,7 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 		return fmt.Errorf("outbound SA: %w", err)
 	}
 	k.out = out
-	a := d.activeLocked(ch.Conn)
-	rt := netio.Route{Dst: ch.RemoteTS.Masked(), Src: ch.Local}
-	if ch.Mode == sad.Tunnel {
-		rt.Src = localAddrIn([]netip.Prefix{ch.LocalTS})
-	}
-	var errs []error
-	if err := d.addRouteLocked(a, rt); err != nil {
-		errs = append(errs, fmt.Errorf("route %v: %w", rt.Dst, err))
-	}
-	if err := d.guardLocked(a); err != nil {
-		errs = append(errs, fmt.Errorf("filter: %w", err))
-	}
+	err = d.routeChildLocked(d.activeLocked(ch.Conn), ch)
 	d.updownLocked(true, k)
 	reqid := k.pair.reqid
 	plane := d.plane
@@ -400,10 +413,10 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 	if plane != nil {
 		plane.ReleaseHeld(reqid)
 	}
-	if len(errs) > 0 {
+	if err != nil {
 		// The SAs stay: the policies already keep the traffic from leaving
 		// in the clear; say what is missing.
-		d.log.Warn("conn installed incompletely", "conn", ch.Conn, "err", errors.Join(errs...))
+		d.log.Warn("conn installed incompletely", "conn", ch.Conn, "err", err)
 	}
 	return nil
 }
