@@ -81,7 +81,7 @@ func openSecrets(path string, top bool) ([]byte, error) {
 		return nil, fmt.Errorf("not a regular file")
 	}
 	if err := checkKeyFileOwner(fi, path); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("refusing a secrets file: %v", err)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("refusing a secrets file that %s (mode %04o): it holds keys; run: chmod 600 %s", accessWho(perm), perm, path)
