@@ -317,7 +317,7 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 	}
 	if strings.HasPrefix(v, "%") {
 		if len(v) > 1 && v[1] != '%' && !strings.ContainsAny(v[1:], "%") && (strings.Contains(v, ".") || strings.Contains(v, ":")) {
-			return fmt.Errorf("the %% prefix (strongSwan's %sallowany=yes: accept the peer from any address) is not supported; write %s, or %%any", "left/right", v[1:])
+			return need("a peer allowed at any address (%host)", "strongSwan's %%name is %s with rightallowany=yes; write %s, or %%any", v[1:], v[1:])
 		}
 		return fmt.Errorf("unknown special value %q", v)
 	}

@@ -22,6 +22,11 @@ type Options struct {
 	// NoInclude makes every include line an error instead of reading
 	// files: for Parse of text that must not reach the file system.
 	NoInclude bool
+	// Root, when set, is where absolute include patterns are looked up,
+	// as in a chroot: to check a configuration written for another
+	// host's file system (the upstream test suites include
+	// /testing/baseconfigs/...).
+	Root string
 	// OpenKeyFiles does not warn of manual keys in files that group or
 	// others may read or write, or that someone else than root or this
 	// user owns. For tests of checked-out files: gosec never sets it.
@@ -85,14 +90,14 @@ func (r *resolver) defaultRoute() (netip.Addr, error) {
 // Config holds every diagnostic; the error is non-nil when any of them is
 // an error (a *DiagError listing all of them).
 func Load(path string, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude}
+	p := &parser{noInclude: opts.NoInclude, root: opts.Root}
 	p.readFile(path, pos{file: path})
 	return p.finish(opts)
 }
 
 // Parse is Load for text already in memory (name labels the messages).
 func Parse(name string, data []byte, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude, order: []string{name}}
+	p := &parser{noInclude: opts.NoInclude, root: opts.Root, order: []string{name}}
 	if len(data) > MaxFileSize {
 		p.errorf(pos{file: name}, "file larger than %d bytes", MaxFileSize)
 	} else {
@@ -461,6 +466,10 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			needs(err, at, what)
 		}
 	}
+	if skip == nil && len(c.AH.List) > 0 && c.Set("esp") {
+		at := c.set["ah"]
+		needs(need("AH+ESP bundles", "gosec negotiates ESP or AH per conn"), at, "esp= with ah=")
+	}
 	if skip != nil {
 		return c, skip
 	}
@@ -512,9 +521,6 @@ func (p *parser) validate(c *Conn) {
 	}
 	if c.Left.Any && c.Right.Any {
 		p.errorf(at, "conn %s: left and right cannot both be %%any", c.Name)
-	}
-	if len(c.AH.List) > 0 && c.Set("esp") {
-		p.errorf(at, "conn %s sets both esp= and ah=; gosec supports one of them per conn (AH+ESP bundles are not implemented)", c.Name)
 	}
 	if len(c.AH.List) > 0 && !c.Set("esp") && !c.Set("phase2alg") {
 		c.ESP = Proposals{}

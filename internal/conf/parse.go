@@ -126,6 +126,8 @@ type parser struct {
 	seen map[Diag]bool
 	// noInclude refuses include lines (Options.NoInclude).
 	noInclude bool
+	// root is Options.Root.
+	root string
 	// work counts keyword settings merged by flatten (MaxResolveWork).
 	work int
 	// hints remembers suggestions for unknown keywords.
@@ -380,6 +382,8 @@ func (p *parser) include(from, pattern string, at pos) {
 	}
 	if !filepath.IsAbs(pattern) {
 		pattern = filepath.Join(filepath.Dir(from), pattern)
+	} else if p.root != "" {
+		pattern = filepath.Join(p.root, pattern)
 	}
 	matches, err := filepath.Glob(pattern)
 	if err != nil {
