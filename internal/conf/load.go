@@ -477,7 +477,11 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 	p.validate(c)
 	if len(p.diags) == errs {
 		if err := c.needAuth(); err != nil {
-			needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			if at, ok := c.set["authby"]; ok {
+				needs(err, at, "authby="+c.AuthBy)
+			} else {
+				needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			}
 			return c, skip
 		}
 	}
@@ -489,7 +493,15 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 // "defaults to pubkey"; Libreswan/Openswan/FreeS/WAN: rsasig), which gosec
 // does not implement.
 func (c *Conn) needAuth() error {
-	if c.Manual || c.Set("authby") || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+	if c.Manual || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+		return nil
+	}
+	if c.Set("authby") {
+		if c.AuthBy == "never" {
+			// Libreswan: authby=never is for shunts; authby=null is
+			// RFC 7619 NULL authentication (IKEv2, opportunistic).
+			return need("NULL authentication", "authby=never/null on a negotiated conn; gosec authenticates with pre-shared keys, authby=secret")
+		}
 		return nil
 	}
 	for _, side := range []string{"leftauth", "rightauth"} {

@@ -168,9 +168,14 @@ func TestMessagesNameTheCause(t *testing.T) {
 		{"leftxauthserver=yes", "leftxauthserver=yes: XAUTH"},
 		{"leftmodecfgclient=yes", "leftmodecfgclient=yes: Mode Config is not supported by gosec"},
 		{"rightsourceip=10.3.0.0/24", "rightsourceip=10.3.0.0/24: virtual IPs (Mode Config)"},
+		{"type=transport\n\tauthby=never", "authby=never: NULL authentication is not supported by gosec"},
 	}
 	for _, tt := range tests {
-		cfg := loadText(t, "conn x\n"+ends+"\t"+tt.line+"\n")
+		text := "conn x\n" + ends + "\t" + tt.line + "\n"
+		if strings.Contains(tt.line, "authby=") {
+			text = "conn x\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\t" + tt.line + "\n"
+		}
+		cfg := loadText(t, text)
 		d := renderDiags(cfg.Diags)
 		if len(cfg.Skipped) != 1 || !strings.Contains(d, "t.conf:5: conn x skipped: ") || !strings.Contains(d, tt.want) {
 			t.Errorf("%s: %q, want %q at line 5", tt.line, d, tt.want)
