@@ -78,7 +78,7 @@ func upstreamFiles(t testing.TB, dir string) map[string][]string {
 			t.Fatalf("MANIFEST line %q: want corpus-path repository tag commit path", line)
 		}
 		path := fields[0]
-		if strings.Contains(path, "/testing/baseconfigs/") {
+		if strings.Contains(path, "/testing/baseconfigs/") || strings.HasSuffix(path, "secrets") {
 			continue
 		}
 		source, _, _ := strings.Cut(path, "/")
@@ -233,4 +233,50 @@ func TestUpstreamCorpus(t *testing.T) {
 		fmt.Fprintf(&summary, "skipped for %s: %d conns\n", f, features[f])
 	}
 	checkGolden(t, "SUMMARY", summary.String())
+}
+
+// TestUpstreamSecrets loads the ipsec.secrets files of the same suites
+// (testdata/conf/upstream, MANIFEST): none is rejected (RSA key blocks,
+// XAUTH, EAP and other entries are skipped with a warning each), and the
+// diagnostics and PSK count of each are in secrets.golden.
+func TestUpstreamSecrets(t *testing.T) {
+	dir := filepath.Join(corpusDir(t), "upstream")
+	data, err := os.ReadFile(filepath.Join(dir, "MANIFEST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) == 5 && strings.HasSuffix(f[0], "secrets") {
+			files = append(files, f[0])
+		}
+	}
+	if len(files) < 100 {
+		t.Fatalf("%d secrets files in the MANIFEST, want the 117 of collect.py", len(files))
+	}
+	sort.Strings(files)
+	t.Chdir(dir)
+	var out strings.Builder
+	for _, f := range files {
+		// Checked out, the files are 0644: the mode and owner checks
+		// have their own tests.
+		p := &secretsParser{openFiles: true}
+		p.read(f, pos{file: f}, nil)
+		sortDiags(p.diags, nil)
+		// Openswan's test includes a file its harness creates under
+		// /etc/ipsec.d: the one error the corpus expects.
+		harness := f == "openswan-v2.6.51/tests/unit/libopenswan/lo03-includesecrets/key-2048.secrets"
+		if errs := p.diags.Errors(); len(errs) > 0 && !harness {
+			t.Errorf("%s rejected:\n%s", f, renderDiags(errs))
+		}
+		psks := 0
+		for _, s := range p.list {
+			if s.Type == "PSK" {
+				psks++
+			}
+		}
+		out.WriteString(renderDiags(p.diags))
+		fmt.Fprintf(&out, "%s: %d entries, %d PSK\n\n", f, len(p.list), psks)
+	}
+	checkGolden(t, "secrets.golden", out.String())
 }

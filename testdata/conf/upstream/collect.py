@@ -69,6 +69,16 @@ collect("libreswan-v3.32", "libreswan+libreswan", "v3.32", lsel + lex + sorted(i
 osw = [p for p in ls("xelerance+Openswan", "v2.6.51", "tests") if p.endswith(".conf")]
 collect("openswan-v2.6.51", "xelerance+Openswan", "v2.6.51", osw)
 
+# ipsec.secrets of the same suites (PSK, FreeS/WAN RSA key blocks,
+# XAUTH, EAP, certificates' keys).
+def secrets(repo, tag, prefix, cond=lambda p: True):
+    return [p for p in ls(repo, tag, prefix) if (p.endswith("ipsec.secrets") or p.endswith(".secrets")) and cond(p)]
+collect("strongswan-4.6.4", "strongswan+strongswan", "4.6.4",
+        secrets("strongswan+strongswan", "4.6.4", "testing/tests/ikev1") + secrets("strongswan+strongswan", "4.6.4", "testing/hosts"))
+collect("strongswan-5.9.14", "strongswan+strongswan", "5.9.14", secrets("strongswan+strongswan", "5.9.14", "testing/tests/ikev1-stroke"))
+collect("libreswan-v3.32", "libreswan+libreswan", "v3.32", secrets("libreswan+libreswan", "v3.32", "testing/baseconfigs"))
+collect("openswan-v2.6.51", "xelerance+Openswan", "v2.6.51", secrets("xelerance+Openswan", "v2.6.51", "tests"))
+
 with open(os.path.join(OUT, "MANIFEST"), "w") as f:
     f.write("# corpus-path repository tag commit path-in-repository\n")
     f.write("\n".join(sorted(manifest)) + "\n")
