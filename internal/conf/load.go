@@ -418,8 +418,8 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			h, eh, left, ok := lookupKeyword(k.key)
 			if !ok {
 				if f, isFeature := featureKeywords[k.key]; isFeature {
-					if feat := f(k.value); feat != "" {
-						needs(&needError{Feature: feat}, k.pos, k.key+"="+k.value)
+					if err := f(k.value); err != nil {
+						needs(err, k.pos, k.raw()+"="+k.value)
 					} else if k.key == "leftauth" || k.key == "rightauth" {
 						// strongSwan's per-end authby: psk is what gosec does.
 						c.AuthBy = "secret"

@@ -113,7 +113,7 @@ func TestValueForms(t *testing.T) {
 		t.Errorf("leftauth=psk: %s", renderDiags(cfg.Diags))
 	}
 	cfg = loadText(t, "conn x\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tleftauth=psk\n\tleftauth2=xauth\n\trightauth=psk\n")
-	if len(cfg.Skipped) != 1 || !strings.Contains(cfg.Skipped[0].Msg, "leftauth2=xauth") || cfg.Skipped[0].At.line != 5 {
+	if len(cfg.Skipped) != 1 || !strings.Contains(cfg.Skipped[0].Msg, "leftauth2=xauth: XAUTH is not supported by gosec") || cfg.Skipped[0].At.line != 5 {
 		t.Errorf("leftauth2=xauth: %+v", cfg.Skipped)
 	}
 	// No authby: RSA signatures, the upstream default; skipped at the
@@ -167,7 +167,7 @@ func TestMessagesNameTheCause(t *testing.T) {
 		{"rightsubnet=2001:db8::/64", "IPv6 is not supported by gosec (subnet 2001:db8::/64 is IPv6)"},
 		{"leftxauthserver=yes", "leftxauthserver=yes: XAUTH"},
 		{"leftmodecfgclient=yes", "leftmodecfgclient=yes: Mode Config is not supported by gosec"},
-		{"rightsourceip=10.3.0.0/24", "rightsourceip=10.3.0.0/24: virtual IPs (Mode Config)"},
+		{"rightsourceip=10.3.0.0/24", "rightsourceip=10.3.0.0/24: Mode Config is not supported by gosec (virtual IPs)"},
 		{"type=transport\n\tauthby=never", "authby=never: NULL authentication is not supported by gosec"},
 	}
 	for _, tt := range tests {
