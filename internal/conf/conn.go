@@ -130,12 +130,12 @@ type Skipped struct {
 	Feature string
 	// Msg says which keyword needs it, and why.
 	Msg string
-	// At is the line of that keyword.
-	At pos
+	// at is the line of that keyword (Where).
+	at pos
 }
 
 // Where returns the file and line of the keyword that needs the feature.
-func (s Skipped) Where() (string, int) { return s.At.file, s.At.line }
+func (s Skipped) Where() (string, int) { return s.at.file, s.at.line }
 
 // Conn returns the conn named name, or nil.
 func (c *Config) Conn(name string) *Conn {

@@ -188,7 +188,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		}
 		skip.Name, skip.File, skip.Line = c.Name, c.File, c.Line
 		cfg.Skipped = append(cfg.Skipped, *skip)
-		p.add(Diag{File: skip.At.file, Line: skip.At.line, Skip: true, Warning: true,
+		p.add(Diag{File: skip.at.file, Line: skip.at.line, Skip: true, Warning: true,
 			Msg: fmt.Sprintf("conn %s skipped: %s", c.Name, skip.Msg)})
 	}
 	if !opts.OpenKeyFiles {
@@ -394,7 +394,7 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			return false
 		}
 		if skip == nil {
-			skip = &Skipped{Feature: ne.Feature, At: at, Msg: what + ": " + ne.Error()}
+			skip = &Skipped{Feature: ne.Feature, at: at, Msg: what + ": " + ne.Error()}
 		}
 		return true
 	}

@@ -113,13 +113,13 @@ func TestValueForms(t *testing.T) {
 		t.Errorf("leftauth=psk: %s", renderDiags(cfg.Diags))
 	}
 	cfg = loadText(t, "conn x\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tleftauth=psk\n\tleftauth2=xauth\n\trightauth=psk\n")
-	if len(cfg.Skipped) != 1 || !strings.Contains(cfg.Skipped[0].Msg, "leftauth2=xauth: XAUTH is not supported by gosec") || cfg.Skipped[0].At.line != 5 {
+	if len(cfg.Skipped) != 1 || !strings.Contains(cfg.Skipped[0].Msg, "leftauth2=xauth: XAUTH is not supported by gosec") || cfg.Skipped[0].at.line != 5 {
 		t.Errorf("leftauth2=xauth: %+v", cfg.Skipped)
 	}
 	// No authby: RSA signatures, the upstream default; skipped at the
 	// conn's line, the daemon starts with the others.
 	cfg = loadText(t, "conn rsa\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\nconn psk\n"+ends)
-	if len(cfg.Conns) != 1 || cfg.Conns[0].Name != "psk" || len(cfg.Skipped) != 1 || cfg.Skipped[0].At.line != 1 || cfg.Diags.Err() != nil {
+	if len(cfg.Conns) != 1 || cfg.Conns[0].Name != "psk" || len(cfg.Skipped) != 1 || cfg.Skipped[0].at.line != 1 || cfg.Diags.Err() != nil {
 		t.Errorf("no authby: %s", renderDiags(cfg.Diags))
 	}
 }
