@@ -310,8 +310,8 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 		}
 		e.Addr = a
 		return nil
-	case "%any6", "::":
-		return need("IPv6", "%s is an IPv6 address", v)
+	case "%any6", "::", "%defaultroute6":
+		return need("IPv6", "%s is IPv6", v)
 	case "%opportunistic", "%opportunisticgroup", "%group", "%oppo", "%oe", "%oppohere", "%oppothere":
 		return need("opportunistic encryption", "%s", v)
 	}
