@@ -329,14 +329,14 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 		}
 		e.Addr = a
 		return nil
-	case "%any6", "::":
-		return need("IPv6", "%s is an IPv6 address", v)
+	case "%any6", "::", "%defaultroute6":
+		return need("IPv6", "%s is IPv6", v)
 	case "%opportunistic", "%opportunisticgroup", "%group", "%oppo", "%oe", "%oppohere", "%oppothere":
 		return need("opportunistic encryption", "%s", v)
 	}
 	if strings.HasPrefix(v, "%") {
 		if len(v) > 1 && v[1] != '%' && !strings.ContainsAny(v[1:], "%") && (strings.Contains(v, ".") || strings.Contains(v, ":")) {
-			return fmt.Errorf("the %% prefix (strongSwan's %sallowany=yes: accept the peer from any address) is not supported; write %s, or %%any", "left/right", v[1:])
+			return need("a peer allowed at any address (%host)", "strongSwan's %%name is %s with rightallowany=yes; write %s, or %%any", v[1:], v[1:])
 		}
 		return fmt.Errorf("unknown special value %q", v)
 	}

@@ -22,6 +22,15 @@ type Options struct {
 	// NoInclude makes every include line an error instead of reading
 	// files: for Parse of text that must not reach the file system.
 	NoInclude bool
+	// Root, when set, is where absolute include patterns are looked up,
+	// as in a chroot: to check a configuration written for another
+	// host's file system (the upstream test suites include
+	// /testing/baseconfigs/...).
+	Root string
+	// OpenKeyFiles does not warn of manual keys in files that group or
+	// others may read or write, or that someone else than root or this
+	// user owns. For tests of checked-out files: gosec never sets it.
+	OpenKeyFiles bool
 }
 
 type resolver struct {
@@ -81,14 +90,14 @@ func (r *resolver) defaultRoute() (netip.Addr, error) {
 // Config holds every diagnostic; the error is non-nil when any of them is
 // an error (a *DiagError listing all of them).
 func Load(path string, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude}
+	p := &parser{noInclude: opts.NoInclude, root: opts.Root}
 	p.readFile(path, pos{file: path})
 	return p.finish(opts)
 }
 
 // Parse is Load for text already in memory (name labels the messages).
 func Parse(name string, data []byte, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude, order: []string{name}}
+	p := &parser{noInclude: opts.NoInclude, root: opts.Root, order: []string{name}}
 	if len(data) > MaxFileSize {
 		p.errorf(pos{file: name}, "file larger than %d bytes", MaxFileSize)
 	} else {
@@ -182,12 +191,52 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		}
 		skip.Name, skip.File, skip.Line = c.Name, c.File, c.Line
 		cfg.Skipped = append(cfg.Skipped, *skip)
-		p.add(Diag{File: skip.At.file, Line: skip.At.line, Skip: true, Warning: true,
+		p.add(Diag{File: skip.at.file, Line: skip.at.line, Skip: true, Warning: true,
 			Msg: fmt.Sprintf("conn %s skipped: %s", c.Name, skip.Msg)})
+	}
+	if !opts.OpenKeyFiles {
+		p.checkKeyFiles(cfg.Conns)
 	}
 	cfg.Diags = p.diags
 	sortDiags(cfg.Diags, p.order)
 	return cfg, cfg.Diags.Err()
+}
+
+// manualKeyKeywords hold keys in ipsec.conf.
+var manualKeyKeywords = []string{"espenckey", "espauthkey", "ahkey", "leftespenckey", "leftespauthkey",
+	"leftahkey", "rightespenckey", "rightespauthkey", "rightahkey"}
+
+// checkKeyFiles gives the files that hold manual keys the check of
+// ipsec.secrets (issue 13): the mode and owner fstat saw when the file was
+// read, reported at the first key of each file (as a warning: see below).
+func (p *parser) checkKeyFiles(conns []*Conn) {
+	checked := map[string]bool{}
+	for _, c := range conns {
+		if !c.Manual {
+			continue
+		}
+		for _, kw := range manualKeyKeywords {
+			at, ok := c.set[kw]
+			if !ok || checked[at.file] {
+				continue
+			}
+			checked[at.file] = true
+			fi := p.infos[at.file]
+			if fi == nil {
+				continue // parsed from memory
+			}
+			// A warning for now, not the refusal ipsec.secrets gets: the
+			// test harnesses of test/e2e and test/kernelpeer write their
+			// manual-key configurations 0644 and must change first.
+			if err := checkKeyFileOwner(fi, at.file); err != nil {
+				p.warnf(at, "manual keys: %v", err)
+				continue
+			}
+			if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+				p.warnf(at, "manual keys in a file that %s (mode %04o); run: chmod 600 %s", accessWho(perm), perm, at.file)
+			}
+		}
+	}
 }
 
 // sortDiags orders diagnostics by file (in the order the files were
@@ -348,7 +397,7 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			return false
 		}
 		if skip == nil {
-			skip = &Skipped{Feature: ne.Feature, At: at, Msg: what + ": " + ne.Error()}
+			skip = &Skipped{Feature: ne.Feature, at: at, Msg: what + ": " + ne.Error()}
 		}
 		return true
 	}
@@ -372,8 +421,8 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			h, eh, left, ok := lookupKeyword(k.key)
 			if !ok {
 				if f, isFeature := featureKeywords[k.key]; isFeature {
-					if feat := f(k.value); feat != "" {
-						needs(&needError{Feature: feat}, k.pos, k.key+"="+k.value)
+					if err := f(k.value); err != nil {
+						needs(err, k.pos, k.raw()+"="+k.value)
 					} else if k.key == "leftauth" || k.key == "rightauth" {
 						// strongSwan's per-end authby: psk is what gosec does.
 						c.AuthBy = "secret"
@@ -420,6 +469,10 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			needs(err, at, what)
 		}
 	}
+	if skip == nil && len(c.AH.List) > 0 && c.Set("esp") {
+		at := c.set["ah"]
+		needs(need("AH+ESP bundles", "gosec negotiates ESP or AH per conn"), at, "esp= with ah=")
+	}
 	if skip != nil {
 		return c, skip
 	}
@@ -427,7 +480,11 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 	p.validate(c)
 	if len(p.diags) == errs {
 		if err := c.needAuth(); err != nil {
-			needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			if at, ok := c.set["authby"]; ok {
+				needs(err, at, "authby="+c.AuthBy)
+			} else {
+				needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			}
 			return c, skip
 		}
 	}
@@ -439,7 +496,15 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 // "defaults to pubkey"; Libreswan/Openswan/FreeS/WAN: rsasig), which gosec
 // does not implement.
 func (c *Conn) needAuth() error {
-	if c.Manual || c.Set("authby") || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+	if c.Manual || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+		return nil
+	}
+	if c.Set("authby") {
+		if c.AuthBy == "never" {
+			// Libreswan: authby=never is for shunts; authby=null is
+			// RFC 7619 NULL authentication (IKEv2, opportunistic).
+			return need("NULL authentication", "authby=never/null on a negotiated conn; gosec authenticates with pre-shared keys, authby=secret")
+		}
 		return nil
 	}
 	for _, side := range []string{"leftauth", "rightauth"} {
@@ -471,9 +536,6 @@ func (p *parser) validate(c *Conn) {
 	}
 	if c.Left.Any && c.Right.Any {
 		p.errorf(at, "conn %s: left and right cannot both be %%any", c.Name)
-	}
-	if len(c.AH.List) > 0 && c.Set("esp") {
-		p.errorf(at, "conn %s sets both esp= and ah=; gosec supports one of them per conn (AH+ESP bundles are not implemented)", c.Name)
 	}
 	if len(c.AH.List) > 0 && !c.Set("esp") && !c.Set("phase2alg") {
 		c.ESP = Proposals{}
@@ -539,7 +601,11 @@ func (p *parser) validateManual(c *Conn, at pos) {
 	check := func(kw string, got []byte, want int) {
 		if want == 0 {
 			if len(got) != 0 {
-				p.errorf(at, "conn %s: %s given, but %s needs no such key", c.Name, kw, s.Name())
+				where := at
+				if kp, ok := c.set[kw]; ok {
+					where = kp
+				}
+				p.errorf(where, "conn %s: %s given, but %s needs no such key", c.Name, kw, s.Name())
 			}
 			return
 		}
@@ -551,7 +617,15 @@ func (p *parser) validateManual(c *Conn, at pos) {
 			return
 		}
 		if len(got) != want {
-			p.errorf(at, "conn %s: %s is %d bytes; %s needs %d", c.Name, kw, len(got), s.Name(), want)
+			// At the line of the keyword holding the key (leftespenckey=,
+			// or FreeS/WAN's espenckey= for both ends).
+			where := at
+			if kp, ok := c.set[kw]; ok {
+				where = kp
+			} else if kp, ok := c.set[strings.TrimPrefix(strings.TrimPrefix(kw, "left"), "right")]; ok {
+				where = kp
+			}
+			p.errorf(where, "conn %s: %s is %d bytes; %s needs %d", c.Name, kw, len(got), s.Name(), want)
 		}
 	}
 	for _, side := range []struct {
