@@ -416,8 +416,13 @@ func (e *Engine) forget(p *p1) {
 	p.stopTimer()
 	for _, q := range p.qms {
 		q.stopTimer()
-		if q.inSPI != 0 && !q.installed {
+		switch {
+		case q.inSPI != 0 && !q.installed:
 			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+		case q.installed && q.state == "QUICK_R1" && q.child != nil:
+			// A responder's inbound SA, installed at QM1, whose QM3
+			// never came: no child owns it.
+			e.cfg.Installer.Remove(q.child)
 		}
 	}
 	if e.sas[p.key()] == p {
