@@ -11,7 +11,7 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/')
 RACE_PKGS := ./esp/... ./ah/... ./sad/... ./spd/... ./internal/...
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e fuzz fuzz-ci demo clean
+.PHONY: all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-ike fuzz fuzz-ci demo clean
 
 all: build
 
@@ -64,6 +64,13 @@ bench:
 # LAN-to-LAN throughput and latency: gosec vs plain routing vs strongSwan.
 bench-e2e: build
 	scripts/bench-e2e.sh
+
+# IKE under floods (root, namespaces): spoofed maximum-size first
+# messages and Diffie-Hellman third messages against gosec while an
+# established tunnel rekeys and runs DPD, and strongSwan connects.
+bench-ike:
+	scripts/deps.sh bench
+	flock /tmp/gosec-roottests.lock scripts/bench-ike.sh
 
 clean:
 	rm -rf bin

@@ -679,9 +679,11 @@ const maxSAIBody = 32 << 10
 // (about 120), its empty Quick Mode map, its half-open timer, and its
 // entries in sas, classes, halfOpen and perPeer. At the default
 // MaxHalfOpen of 8192 entries that is at most 8192 x 2 KB = 16 MB, plus
-// at most MaxHalfOpenBytes (16 MB) of SA payloads: 32 MB in all, whatever
+// at most MaxHalfOpenBytes (4 MB) of SA payloads: 20 MB in all, whatever
 // the peers send (each entry used to pin its whole first message, up to
-// 64 KB: 512 MB).
+// 64 KB: 512 MB). Entries past MM3 (at most MaxHalfOpenPerPeer per
+// address) also hold their 3 Diffie-Hellman values and keys, about 2 KB
+// more.
 const halfOpenEntryBytes = 2048
 
 // respondMM1 handles a first Main Mode message: find the conn, choose a
@@ -894,7 +896,8 @@ func (e *Engine) mainR2Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32
 		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", keErr)
 		return
 	}
-	p.dh, p.gxi, p.ni, p.gxr, p.nr = dh, gxi, ni, dh.Public(), e.random(32)
+	// The private value is not needed past this point: not kept.
+	p.gxi, p.ni, p.gxr, p.nr = gxi, ni, dh.Public(), e.random(32)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {
 		e.warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
