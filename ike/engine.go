@@ -341,8 +341,8 @@ func (e *Engine) terminate(name string, notify bool) bool {
 	had := false
 	for _, ch := range e.children[name] {
 		had = true
-		if notify && ch.p != nil && ch.p.established() && e.sas[ch.p.key()] == ch.p {
-			e.sendDelete(ch.p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
+		if p := e.p1ForChild(ch); notify && p != nil {
+			e.sendDelete(p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
 		}
 		ch.stop()
 		e.cfg.Installer.Remove(ch.sa)

@@ -72,6 +72,8 @@ type fakeInstaller struct {
 	outbound map[uint32]*ChildSA
 	removed  []uint32
 	released []uint32
+	// inCalls and outCalls count InstallInbound and InstallOutbound.
+	inCalls, outCalls int
 }
 
 func newInstaller(base uint32) *fakeInstaller {
@@ -92,12 +94,14 @@ func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
+	f.inCalls++
 	f.mu.Unlock()
 	return nil
 }
 func (f *fakeInstaller) InstallOutbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.outbound[c.InSPI] = c
+	f.outCalls++
 	f.mu.Unlock()
 	return nil
 }

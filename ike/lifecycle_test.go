@@ -561,3 +561,231 @@ func TestAbsurdLifeBytesRefused(t *testing.T) {
 		t.Fatal("SAs installed")
 	}
 }
+
+// gate holds the messages of the fake network while closed, so that
+// two exchanges can be made to cross; open delivers them in order.
+type gate struct {
+	mu     sync.Mutex
+	closed bool
+	held   []heldMsg
+}
+
+type heldMsg struct {
+	from, to netip.AddrPort
+	msg      []byte
+}
+
+func (g *gate) install(r *rig) {
+	r.net.mu.Lock()
+	r.net.drop = func(from, to netip.AddrPort, msg []byte) bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.closed {
+			g.held = append(g.held, heldMsg{from, to, append([]byte(nil), msg...)})
+		}
+		return g.closed
+	}
+	r.net.mu.Unlock()
+}
+
+func (g *gate) set(closed bool) {
+	g.mu.Lock()
+	g.closed = closed
+	g.mu.Unlock()
+}
+
+func (g *gate) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.held)
+}
+
+func (g *gate) open(r *rig) {
+	g.mu.Lock()
+	held := g.held
+	g.held, g.closed = nil, false
+	g.mu.Unlock()
+	for _, m := range held {
+		e := r.a
+		if m.to.Addr() == addrB {
+			e = r.b
+		}
+		e.HandleMessage(m.msg, m.from, m.to, m.to.Port() == 4500)
+	}
+}
+
+// checkMirrored: both sides hold the same pairs (each of A's has its
+// mirror on B and the reverse), at least one.
+func checkMirrored(t *testing.T, r *rig) {
+	t.Helper()
+	ca, cb := r.ia.children(), r.ib.children()
+	if len(ca) == 0 || len(ca) != len(cb) {
+		t.Fatalf("A has %d pairs, B %d", len(ca), len(cb))
+	}
+	checkPairSubset(t, r.ia, r.ib)
+	checkPairSubset(t, r.ib, r.ia)
+}
+
+// TestRekeyCollision: both peers rekey the same pair at once (their
+// Quick Modes cross). Each side ends with both new pairs and without the
+// old one; neither deletes a pair the other sends on.
+func TestRekeyCollision(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = time.Hour, true, 10*time.Minute
+	}
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	old := r.ia.children()[0]
+	g := &gate{}
+	g.install(r)
+	g.set(true)
+	r.a.SoftExpire("c", old.InSPI)
+	r.b.SoftExpire("c", old.OutSPI)
+	waitFor(t, func() bool { return g.count() == 2 }) // both QM1s
+	g.open(r)
+	waitFor(t, func() bool { return len(r.ia.children()) == 3 && len(r.ib.children()) == 3 })
+	fc.Advance(rekeyGrace + time.Second)
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	time.Sleep(50 * time.Millisecond)
+	checkMirrored(t, r)
+	for _, c := range r.ia.children() {
+		if c.InSPI == old.InSPI {
+			t.Fatal("the old pair survived")
+		}
+	}
+	r.ia.mu.Lock()
+	defer r.ia.mu.Unlock()
+	if r.ia.inCalls != 3 || r.ia.outCalls != 3 {
+		t.Fatalf("A installed %d inbound and %d outbound SAs, want 3 each", r.ia.inCalls, r.ia.outCalls)
+	}
+}
+
+// TestDuplicateQuickMode: replayed Quick Mode messages (a retransmission
+// arriving late) never install anything twice.
+func TestDuplicateQuickMode(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	var mu sync.Mutex
+	var toB []heldMsg
+	r.net.drop = func(from, to netip.AddrPort, msg []byte) bool {
+		if to.Addr() == addrB {
+			mu.Lock()
+			toB = append(toB, heldMsg{from, to, append([]byte(nil), msg...)})
+			mu.Unlock()
+		}
+		return false
+	}
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	mu.Lock()
+	msgs := toB
+	mu.Unlock()
+	for i := 0; i < 3; i++ {
+		for _, m := range msgs {
+			r.b.HandleMessage(m.msg, m.from, m.to, false)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	r.ib.mu.Lock()
+	in, out := r.ib.inCalls, r.ib.outCalls
+	r.ib.mu.Unlock()
+	if in != 1 || out != 1 || len(r.ib.children()) != 1 {
+		t.Fatalf("after replays B installed %d inbound, %d outbound SAs (%d pairs), want 1", in, out, len(r.ib.children()))
+	}
+	checkMirrored(t, r)
+}
+
+// TestDoubleInitiation: both sides auto=start at the same moment (their
+// Main Modes cross). Both end with working, mirrored SAs, and after the
+// grace period nobody has deleted the pair the other sends on.
+func TestDoubleInitiation(t *testing.T) {
+	for run := 0; run < 5; run++ {
+		ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+		for _, c := range []*Conn{ca, cb} {
+			c.Rekey, c.RekeyMargin = true, 2*time.Minute
+		}
+		fc := clock.NewFake(time.Unix(1e9, 0))
+		r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+		g := &gate{}
+		g.install(r)
+		g.set(true)
+		r.a.Start("c")
+		r.b.Start("c")
+		waitFor(t, func() bool { return g.count() == 2 }) // both MM1s
+		g.open(r)
+		waitFor(t, func() bool { return len(r.ia.children()) >= 1 && len(r.ib.children()) >= 1 })
+		time.Sleep(100 * time.Millisecond)
+		for i := 0; i < 3; i++ {
+			fc.Advance(rekeyGrace)
+			time.Sleep(30 * time.Millisecond)
+		}
+		checkMirrored(t, r)
+		p1s, _, _ := r.a.Status(context.Background())
+		if len(p1s) == 0 {
+			t.Fatal("A has no ISAKMP SA left")
+		}
+		r.cancel()
+	}
+}
+
+// TestReauthentication: the ISAKMP SA is replaced by a new Main Mode
+// before ikelifetime ends; the IPsec SAs keep running through it, the old
+// ISAKMP SA goes at its expiry, and a later rekey uses the new one.
+func TestReauthentication(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.IKELifetime, c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, time.Hour, true, 10*time.Second
+	}
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	child := r.ia.children()[0]
+	isakmps := func(e *Engine) []ISAKMPStatus {
+		p1s, _, _ := e.Status(context.Background())
+		return p1s
+	}
+	old := isakmps(r.a)[0].ICookie
+	fc.Advance(91 * time.Second)
+	waitFor(t, func() bool {
+		a, b := isakmps(r.a), isakmps(r.b)
+		return len(a) == 2 && len(b) == 2 && strings.HasPrefix(a[1].State, "MAIN_I4") && b[1].State == "MAIN_R3"
+	})
+	fc.Advance(5 * time.Second) // B's own reauthentication time: it sees A's
+	time.Sleep(50 * time.Millisecond)
+	if n := len(isakmps(r.b)); n != 2 {
+		t.Fatalf("B has %d ISAKMP SAs: it reauthenticated as well", n)
+	}
+	if len(r.ia.children()) != 1 || len(r.ib.children()) != 1 || r.ia.children()[0].InSPI != child.InSPI {
+		t.Fatal("the IPsec SAs did not survive the reauthentication")
+	}
+	fc.Advance(5 * time.Second) // 101 s: the old ISAKMP SA expires
+	waitFor(t, func() bool { a, b := isakmps(r.a), isakmps(r.b); return len(a) == 1 && len(b) == 1 })
+	newCookie := isakmps(r.a)[0].ICookie
+	if newCookie == old {
+		t.Fatal("the old ISAKMP SA stayed and the new one went")
+	}
+	if len(r.ia.children()) != 1 || len(r.ib.children()) != 1 {
+		t.Fatal("the IPsec SAs went with the old ISAKMP SA")
+	}
+	r.a.SoftExpire("c", child.InSPI)
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	_, cs, _ := r.a.Status(context.Background())
+	for _, c := range cs {
+		if !strings.HasPrefix(c.ISAKMP, newCookie) {
+			t.Fatalf("child %s made under ISAKMP SA %q, want the new %s", c.InSPI, c.ISAKMP, newCookie)
+		}
+	}
+	fc.Advance(rekeyGrace + time.Second) // the replaced pair is deleted through the new ISAKMP SA
+	waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+	checkMirrored(t, r)
+}
