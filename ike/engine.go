@@ -276,10 +276,13 @@ func (e *Engine) Initiate(ctx context.Context, name string, progress func(string
 	}
 }
 
-// Start begins negotiating conn name in the background (auto=start).
+// Start begins negotiating conn name in the background (auto=start, a
+// trap, dpdaction=hold once the peer is back): only the selector pairs
+// without a live IPsec SA or a negotiation under way, so calling it again
+// while one runs does nothing.
 func (e *Engine) Start(name string) {
 	e.post(func() {
-		if err := e.initiate(name, nil); err != nil {
+		if err := e.startBackground(name); err != nil {
 			e.log.Error("auto=start", "conn", name, "err", err)
 		}
 	})

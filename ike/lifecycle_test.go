@@ -789,3 +789,99 @@ func TestReauthentication(t *testing.T) {
 	waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
 	checkMirrored(t, r)
 }
+
+// restartB makes B lose every state without telling A, as a crash and
+// restart of its daemon does.
+func restartB(r *rig) {
+	r.b.call(context.Background(), func() {
+		for name := range r.b.conns {
+			r.b.terminate(name, false)
+		}
+	})
+}
+
+// TestDPDActions: after the peer restarts (its state gone, so R_U_THERE
+// goes unanswered), restart negotiates the tunnel again, hold and clear
+// remove the SAs, and hold's Start brings it back once (however often
+// it is called).
+func TestDPDActions(t *testing.T) {
+	for _, action := range []string{"restart", "hold", "clear"} {
+		t.Run(action, func(t *testing.T) {
+			ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+			ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 10*time.Second, 30*time.Second, action
+			fc := clock.NewFake(time.Unix(1e9, 0))
+			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+			if _, err := r.up(r.a, "c"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+			old := r.ia.children()[0].InSPI
+			restartB(r)
+			waitFor(t, func() bool { return len(r.ib.children()) == 0 })
+			gone := func() bool {
+				for _, c := range r.ia.children() {
+					if c.InSPI == old {
+						return false
+					}
+				}
+				return true
+			}
+			for i := 0; i < 8 && !gone(); i++ {
+				fc.Advance(10 * time.Second)
+				time.Sleep(30 * time.Millisecond)
+			}
+			waitFor(t, gone)
+			switch action {
+			case "restart":
+				waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+				checkMirrored(t, r)
+			case "hold", "clear":
+				time.Sleep(50 * time.Millisecond)
+				if n := len(r.ia.children()) + len(r.ib.children()); n != 0 {
+					t.Fatalf("%d SAs after the dead peer", n)
+				}
+				if action == "hold" {
+					for i := 0; i < 5; i++ {
+						r.a.Start("c") // a trap firing on every packet
+					}
+					waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+					time.Sleep(50 * time.Millisecond)
+					checkMirrored(t, r)
+					if p1s, _, _ := r.a.Status(context.Background()); len(p1s) != 1 {
+						t.Fatalf("five Starts made %d ISAKMP SAs", len(p1s))
+					}
+					r.a.Start("c") // up: nothing more
+					time.Sleep(50 * time.Millisecond)
+					if len(r.ia.children()) != 1 {
+						t.Fatalf("Start on an established conn made %d pairs", len(r.ia.children()))
+					}
+				}
+			}
+			if !strings.Contains(r.logText(), "dead peer detected") {
+				t.Fatal("no dead-peer log line")
+			}
+		})
+	}
+}
+
+// TestPeerRestartInitialContact: the restarted peer initiates again; its
+// INITIAL-CONTACT makes us drop the stale SAs at once (no DPD needed).
+func TestPeerRestartInitialContact(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	old := r.ia.children()[0].InSPI
+	restartB(r)
+	r.b.Start("c")
+	waitFor(t, func() bool {
+		c := r.ia.children()
+		return len(c) == 1 && c[0].InSPI != old && len(r.ib.children()) == 1
+	})
+	checkMirrored(t, r)
+	if p1s, _, _ := r.a.Status(context.Background()); len(p1s) != 1 {
+		t.Fatalf("A keeps %d ISAKMP SAs", len(p1s))
+	}
+}
