@@ -885,3 +885,38 @@ func TestPeerRestartInitialContact(t *testing.T) {
 		t.Fatalf("A keeps %d ISAKMP SAs", len(p1s))
 	}
 }
+
+// TestRekeyRetry: a rekey whose Quick Mode is lost is tried again before
+// the pair expires.
+func TestRekeyRetry(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 20*time.Second
+	}
+	cb.Rekey = false
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	var mu sync.Mutex
+	lost := true
+	r.net.mu.Lock()
+	r.net.drop = func(_, _ netip.AddrPort, _ []byte) bool { mu.Lock(); defer mu.Unlock(); return lost }
+	r.net.mu.Unlock()
+	fc.Advance(80 * time.Second) // the rekey starts, and every message is lost
+	for i := 0; i < 8; i++ {
+		fc.Advance(time.Second)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(r.logText(), "rekey failed") {
+		t.Fatalf("the first rekey did not fail:\n%s", r.logText())
+	}
+	mu.Lock()
+	lost = false
+	mu.Unlock()
+	fc.Advance(3 * time.Second) // 91 s: the retry, 10 s after the first try
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	checkMirrored(t, r)
+}

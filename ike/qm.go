@@ -868,6 +868,7 @@ func (e *Engine) rekey(c *child) {
 		return
 	}
 	c.rekeying = true
+	e.armRekeyRetry(c)
 	p := e.newestP1(c.identity, conn)
 	if p == nil {
 		p = e.newestP1("", conn)
@@ -875,13 +876,40 @@ func (e *Engine) rekey(c *child) {
 	if p != nil {
 		e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
 			if err != nil {
-				c.rekeying = false
 				e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
 			}
 		}, nil)
 		return
 	}
+	for _, q := range e.sas {
+		if q.conn == conn && q.initiator && !q.established() && !q.reauthOnly {
+			return // a Main Mode under way negotiates every selector pair
+		}
+	}
 	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
+}
+
+// armRekeyRetry tries the rekey of c again if no successor exists after
+// half its remaining lifetime (between 5 s and 2 min): a lost exchange
+// or a peer briefly away must not let the pair expire without one.
+func (e *Engine) armRekeyRetry(c *child) {
+	left := time.Minute
+	if c.sa.Lifetime > 0 {
+		left = c.sa.Lifetime - e.cfg.Clock.Now().Sub(c.established)
+	}
+	d := min(max(left/2, 5*time.Second), 2*time.Minute)
+	if c.sa.Lifetime > 0 && d >= left {
+		return
+	}
+	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(d, func() {
+		e.post(func() {
+			if c.rekeyed || !e.hasChild(c) {
+				return
+			}
+			c.rekeying = false
+			e.softExpire(c, "no successor yet: retrying the rekey")
+		})
+	}))
 }
 
 // deleteChild removes c, telling the peer.
