@@ -143,6 +143,14 @@ type Transport interface {
 	Send(msg []byte, to netip.AddrPort, natt bool) error
 }
 
+// SourceTransport is a Transport that can also choose the local
+// address a message leaves from; the engine uses it to answer from the
+// address a request was sent to.
+type SourceTransport interface {
+	Transport
+	SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error
+}
+
 // PSKFunc returns the pre-shared key for a pair of IDs (strongSwan's
 // best-match rules), or false.
 type PSKFunc func(localID, remoteID string) ([]byte, bool)

@@ -64,6 +64,11 @@ func (t *fakeTransport) Send(msg []byte, to netip.AddrPort, natt bool) error {
 	return nil
 }
 
+// SendFrom sends from src, as a host with several addresses can.
+func (t *fakeTransport) SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error {
+	return (&fakeTransport{net: t.net, local: src}).Send(msg, to, natt)
+}
+
 // fakeInstaller records what the engine installs.
 type fakeInstaller struct {
 	mu       sync.Mutex
@@ -74,6 +79,9 @@ type fakeInstaller struct {
 	released []uint32
 	// inCalls and outCalls count InstallInbound and InstallOutbound.
 	inCalls, outCalls int
+	// installs counts InstallInbound calls per SPI (an SA installed
+	// twice is a bug).
+	installs map[uint32]int
 }
 
 func newInstaller(base uint32) *fakeInstaller {
@@ -95,6 +103,10 @@ func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
 	f.inCalls++
+	if f.installs == nil {
+		f.installs = map[uint32]int{}
+	}
+	f.installs[c.InSPI]++
 	f.mu.Unlock()
 	return nil
 }

@@ -107,6 +107,26 @@ func (e *Engine) sendDeleteISAKMP(p *p1) {
 	e.sendInfo(p, []isakmp.Payload{&isakmp.Delete{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, SPISize: 16, SPIs: [][]byte{spi}}})
 }
 
+// maxInfoIDs is how many message IDs of authenticated Informationals an
+// ISAKMP SA remembers for replay protection. Peers choose them at random
+// (strongSwan, Libreswan, gosec), so a replay of any of the last 64
+// (DPD every 30 s: the last half hour) is recognised.
+const maxInfoIDs = 64
+
+// infoSeen reports whether id was handled before, and remembers it.
+func (p *p1) infoSeen(id uint32) bool {
+	for _, x := range p.infoIDs {
+		if x == id {
+			return true
+		}
+	}
+	if len(p.infoIDs) >= maxInfoIDs {
+		p.infoIDs = append(p.infoIDs[:0], p.infoIDs[1:]...)
+	}
+	p.infoIDs = append(p.infoIDs, id)
+	return false
+}
+
 // handleInfo processes a protected Informational exchange.
 func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	if p.cbc == nil || (!p.established() && p.state != "MAIN_I3") {
@@ -142,6 +162,13 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 		e.warn("Informational HASH(1) does not verify", "peer", p.peer)
 		return
 	}
+	if p.infoSeen(h.MessageID) {
+		// A replay: the message authenticates, but it was handled before.
+		e.Stats.Replays.Add(1)
+		e.warn("replayed protected Informational dropped", "peer", p.peer, "msgid", h.MessageID)
+		return
+	}
+	e.authentic(p)
 	for _, pl := range ps {
 		switch v := pl.(type) {
 		case *isakmp.Delete:
@@ -217,6 +244,7 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 	case notifyRUThereAck:
 		if len(n.Data) == 4 && be32u(n.Data) == p.dpdSeq {
 			p.dpdWaiting = false
+			e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "dpd", Result: "alive"})
 		}
 		return
 	case notifyInitialContact:
@@ -360,6 +388,7 @@ func (e *Engine) startDPD(p *p1) {
 func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
 	c := p.conn
 	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "peer_id", p.peerID, "no_answer_for", timeout, "dpdaction", c.DPDAction)
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: c.Name, Kind: "dpd", Result: "dead"})
 	id := p.identity()
 	for _, q := range e.sortedSAs() {
 		if q == p || (q.established() && q.identity() == id) {

@@ -221,6 +221,7 @@ func (e *Engine) armQM(q *qm, tries int, w *waiter) {
 func (e *Engine) failQM(q *qm, err error) {
 	e.Stats.Failed.Add(1)
 	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.msgID, "state", q.state, "err", err)
+	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
 	q.stopTimer()
 	if q.inSPI != 0 && !q.installed {
 		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
@@ -339,6 +340,7 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	sa, ok1 := find[*isakmp.SA](ps)
 	nonce, ok2 := find[*isakmp.Nonce](ps)
 	if !ok1 || !ok2 {
@@ -426,6 +428,7 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	e.Stats.ChildrenInstalled.Add(1)
 	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn,
 		identity: q.p.identity(), seq: e.nextSeq()}
+	e.observeChild(q, ch)
 	// The pair this one replaces (a rekey, ours or the peer's) goes after
 	// a short grace period, so that packets in flight still open.
 	// Only pairs installed before this exchange began are replaced: when
@@ -524,6 +527,7 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	q.iv = last
 	q.lastRecv = sum
 	sa, ok1 := find[*isakmp.SA](ps)
@@ -684,6 +688,7 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	q.stopTimer()
 	q.lastRecv = sum
 	if err := e.install(q, q.child, true); err != nil {

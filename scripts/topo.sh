@@ -5,12 +5,19 @@
 #   scripts/topo.sh up   [PREFIX]   site-to-site:
 #     PREFIXlan1 10.1.0.2 --eth0|lan0-- PREFIXgw1 10.1.0.1  192.0.2.1 --wan0|wan0-- 192.0.2.2 PREFIXgw2 10.2.0.1 --lan0|eth0-- PREFIXlan2 10.2.0.2
 #   scripts/topo.sh down [PREFIX]   removes them and ends every process inside
+#   scripts/topo.sh up PREFIX wan-default
+#     the same, and each gateway also has a default route out of its WAN
+#     link (via the other gateway's WAN address), as a real gateway has: a
+#     packet for the remote LAN that gosec does not protect then leaves on
+#     the wire in the clear (and is forwarded), so a leak is visible.
 #
 # PREFIX defaults to "gs-". Gateways forward; LAN hosts route via their
-# gateway only; IPv6 is off.
+# gateway only (and gateways have no default route unless wan-default is
+# given); IPv6 is off.
 set -euo pipefail
 cmd=${1:-}
 P=${2:-gs-}
+opt=${3:-}
 nss=("${P}lan1" "${P}gw1" "${P}gw2" "${P}lan2")
 
 ns_exec() { ip netns exec "$1" "${@:2}"; }
@@ -58,10 +65,19 @@ up() {
   for gw in "${P}gw1" "${P}gw2"; do
     ns_exec "$gw" sysctl -qw net.ipv4.ip_forward=1
   done
+  if [ "$opt" = wan-default ]; then
+    ns_exec "${P}gw1" ip route add default via 192.0.2.2 dev wan0
+    ns_exec "${P}gw2" ip route add default via 192.0.2.1 dev wan0
+  fi
 }
 
 case "$cmd" in
-  up) up ;;
+  up)
+    case "$opt" in
+      ""|wan-default) ;;
+      *) echo "unknown option $opt (want wan-default)" >&2; exit 2 ;;
+    esac
+    up ;;
   down) down ;;
-  *) echo "usage: $0 up|down [PREFIX]" >&2; exit 2 ;;
+  *) echo "usage: $0 up [PREFIX [wan-default]] | down [PREFIX]" >&2; exit 2 ;;
 esac

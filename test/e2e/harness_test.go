@@ -49,6 +49,9 @@ func gosecBinary(t testing.TB) string {
 		buildBin = filepath.Join(dir, "gosec")
 		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/gosec")
 		cmd.Dir = moduleRoot(t)
+		// As make build: no cgo, so that --user can change every
+		// thread's credentials (internal/privs).
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -68,7 +71,10 @@ type topo struct {
 
 func (tp *topo) ns(name string) string { return tp.prefix + name }
 
-func newTopo(t testing.TB, prefix string) *topo {
+// newTopo builds the topology with namespace prefix; opts are extra
+// arguments of scripts/topo.sh up (wan-default: gateways route by default
+// out of their WAN link, so a leak reaches the wire).
+func newTopo(t testing.TB, prefix string, opts ...string) *topo {
 	t.Helper()
 	testutil.NeedRoot(t)
 	for _, tool := range []string{"ip", "ping", "socat", "nft"} {
@@ -77,7 +83,7 @@ func newTopo(t testing.TB, prefix string) *topo {
 	}
 	tp := &topo{t: t, prefix: prefix, root: moduleRoot(t)}
 	script := filepath.Join(tp.root, "scripts", "topo.sh")
-	if out, err := exec.Command(script, "up", prefix).CombinedOutput(); err != nil {
+	if out, err := exec.Command(script, append([]string{"up", prefix}, opts...)...).CombinedOutput(); err != nil {
 		t.Fatalf("topo up: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command(script, "down", prefix).Run() })
@@ -110,10 +116,25 @@ type daemon struct {
 	dir    string
 	socket string
 	conf   string
+	pid    int      // of the last start (from gosec start's output)
+	extra  []string // more `gosec start` arguments
 }
 
-// startDaemon writes conf (and secrets) and starts gosec in namespace ns.
-func (tp *topo) startDaemon(ns, conf, secrets string) *daemon {
+// startDaemon writes conf (and secrets) and starts gosec in namespace ns;
+// extra are more `gosec start` arguments.
+func (tp *topo) startDaemon(ns, conf, secrets string, extra ...string) *daemon {
+	tp.t.Helper()
+	d := tp.newDaemon(ns, conf, secrets)
+	d.extra = extra
+	if err := d.launch(); err != nil {
+		tp.t.Fatal(err)
+	}
+	return d
+}
+
+// newDaemon writes conf (and secrets) for a daemon in namespace ns, which
+// launch starts; the test's cleanup stops it.
+func (tp *topo) newDaemon(ns, conf, secrets string) *daemon {
 	tp.t.Helper()
 	dir := tp.t.TempDir()
 	d := &daemon{tp: tp, ns: ns, bin: gosecBinary(tp.t), dir: dir,
@@ -124,12 +145,6 @@ func (tp *topo) startDaemon(ns, conf, secrets string) *daemon {
 	if err := os.WriteFile(filepath.Join(dir, "ipsec.secrets"), []byte(secrets), 0o600); err != nil {
 		tp.t.Fatal(err)
 	}
-	out, err := tp.run(ns, 30*time.Second, d.bin, "start", "--config", d.conf, "--socket", d.socket,
-		"--log", filepath.Join(dir, "gosec.log"))
-	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "gosec.log"))
-		tp.t.Fatalf("gosec start in %s: %v\n%s\nlog:\n%s", ns, err, out, log)
-	}
 	tp.t.Cleanup(func() {
 		d.ctl(10*time.Second, "stop")
 		if tp.t.Failed() {
@@ -138,6 +153,22 @@ func (tp *topo) startDaemon(ns, conf, secrets string) *daemon {
 		}
 	})
 	return d
+}
+
+// launch runs gosec start with the daemon's files and records its pid.
+func (d *daemon) launch() error {
+	args := append([]string{d.bin, "start", "--config", d.conf, "--socket", d.socket,
+		"--log", filepath.Join(d.dir, "gosec.log")}, d.extra...)
+	out, err := d.tp.run(d.ns, 30*time.Second, args...)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(d.dir, "gosec.log"))
+		return fmt.Errorf("gosec start in %s: %v\n%s\nlog:\n%s", d.ns, err, out, tail(string(log), 60))
+	}
+	d.pid = 0
+	if i := strings.Index(out, "(pid "); i >= 0 {
+		fmt.Sscanf(out[i:], "(pid %d", &d.pid)
+	}
+	return nil
 }
 
 // ctl runs a gosec CLI command against this daemon.
