@@ -332,10 +332,13 @@ func (e *Engine) Initiate(ctx context.Context, name string, progress func(string
 	}
 }
 
-// Start begins negotiating conn name in the background (auto=start).
+// Start begins negotiating conn name in the background (auto=start, a
+// trap, dpdaction=hold once the peer is back): only the selector pairs
+// without a live IPsec SA or a negotiation under way, so calling it again
+// while one runs does nothing.
 func (e *Engine) Start(name string) {
 	e.post(func() {
-		if err := e.initiate(name, nil); err != nil {
+		if err := e.startBackground(name); err != nil {
 			e.log.Error("auto=start", "conn", name, "err", err)
 		}
 	})
@@ -397,8 +400,8 @@ func (e *Engine) terminate(name string, notify bool) bool {
 	had := false
 	for _, ch := range e.children[name] {
 		had = true
-		if notify && ch.p != nil && ch.p.established() && e.sas[ch.p.key()] == ch.p {
-			e.sendDelete(ch.p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
+		if p := e.p1ForChild(ch); notify && p != nil {
+			e.sendDelete(p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
 		}
 		ch.stop()
 		e.cfg.Installer.Remove(ch.sa)

@@ -79,10 +79,16 @@ type p1 struct {
 	keepalive          clock.Timer
 	keepaliveOn        bool
 	expire             clock.Timer
-	dpd                clock.Timer
-	dpdSeq             uint32
-	dpdWaiting         bool
-	dpdSince           time.Time
+	// reauth is the timer of the reauthentication (a new Main Mode
+	// before this SA expires); reauthOnly marks such a Main Mode, which
+	// negotiates no Quick Mode: the children live on and later rekeys
+	// use the newest ISAKMP SA; reauthed marks an SA already replaced.
+	reauth               clock.Timer
+	reauthOnly, reauthed bool
+	dpd                  clock.Timer
+	dpdSeq               uint32
+	dpdWaiting           bool
+	dpdSince             time.Time
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -106,6 +112,10 @@ func (p *p1) stopTimer() {
 	if p.expire != nil {
 		p.expire.Stop()
 		p.expire = nil
+	}
+	if p.reauth != nil {
+		p.reauth.Stop()
+		p.reauth = nil
 	}
 	if p.dpd != nil {
 		p.dpd.Stop()
@@ -187,6 +197,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 			}
 			np := e.startMain(p.conn, nil, p.attempt+1)
 			np.waiters = waiters
+			np.reauthOnly = p.reauthOnly
 			return
 		}
 	}
@@ -634,11 +645,12 @@ func (e *Engine) established(p *p1) {
 				}
 			})
 		})
+		e.armReauth(p)
 	}
 	if p.initiator {
 		ws := p.waiters
 		p.waiters = nil
-		if len(ws) == 0 {
+		if len(ws) == 0 && !p.reauthOnly {
 			e.startQuick(p, nil)
 		}
 		for _, w := range ws {
