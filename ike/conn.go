@@ -54,6 +54,21 @@ type Conn struct {
 	// new one is installed). Without it a child just expires.
 	Rekey       bool
 	RekeyMargin time.Duration
+	// RekeyFuzz (percent, may exceed 100) widens the margin by a random
+	// 0..RekeyFuzz% of it for the side that initiated the SA, as
+	// strongSwan computes rekey = life - margin - random(0, margin x
+	// fuzz); 0 means no randomness. The other side rekeys only when half
+	// the margin is left (Libreswan's rule), so the initiator goes first.
+	RekeyFuzz int
+	// LifeBytes and LifePackets are hard volume limits of each IPsec SA
+	// (strongSwan lifebytes/lifepackets; 0: none). LifeBytes is proposed
+	// in kilobytes (RFC 2407 4.5 SA-Life-Type 2); IKEv1 has no packet
+	// lifetime attribute, so LifePackets applies locally only.
+	// MarginBytes and MarginPackets are how much before them the rekey
+	// starts (strongSwan marginbytes/marginpackets; 0: a tenth), widened
+	// by RekeyFuzz on the initiating side like RekeyMargin.
+	LifeBytes, LifePackets     uint64
+	MarginBytes, MarginPackets uint64
 	// DPDDelay > 0 with DPDAction clear, hold or restart sends RFC 3706
 	// R_U_THERE every DPDDelay to a peer that announced DPD; with no
 	// answer for DPDTimeout the peer is dead and DPDAction applies.
@@ -87,9 +102,19 @@ type ChildSA struct {
 	LocalPort         uint16
 	RemotePort        uint16
 	Lifetime          time.Duration
-	// LifeBytes is the byte lifetime the peer asked for; 0: none.
-	LifeBytes    uint64
-	ReplayWindow int
+	// LifeBytes is the negotiated byte lifetime (the smaller of ours and
+	// the peer's); 0: none. LifePackets is the conn's packet lifetime.
+	// Both are hard limits: the data plane's hard event (HardExpire)
+	// removes the pair.
+	LifeBytes   uint64
+	LifePackets uint64
+	// SoftBytes and SoftPackets are where the data plane should raise its
+	// soft event (SoftExpire) so that the engine rekeys in time; 0: none.
+	// RekeyAfter is when, after installation, the engine itself rekeys
+	// by time (it runs that timer; a soft time event is harmless).
+	SoftBytes, SoftPackets uint64
+	RekeyAfter             time.Duration
+	ReplayWindow           int
 	// Suite names the algorithms for status ("aes128-sha1").
 	Suite string
 }
@@ -116,6 +141,14 @@ type Transport interface {
 	// Send sends msg to the peer: from UDP 500 when natt is false, from
 	// the NAT-T port with the non-ESP marker when it is true.
 	Send(msg []byte, to netip.AddrPort, natt bool) error
+}
+
+// SourceTransport is a Transport that can also choose the local
+// address a message leaves from; the engine uses it to answer from the
+// address a request was sent to.
+type SourceTransport interface {
+	Transport
+	SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error
 }
 
 // PSKFunc returns the pre-shared key for a pair of IDs (strongSwan's

@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +45,21 @@ type Config struct {
 	HalfOpenTimeout time.Duration
 	// LogKeys logs derived keys (debug only).
 	LogKeys bool
+	// CryptoWorkers is the number of goroutines that do the responder's
+	// Diffie-Hellman work off the engine goroutine (default: one less
+	// than GOMAXPROCS, at least one); MaxCryptoPerPeer bounds the jobs
+	// one source address may have queued or running on them (default 2).
+	CryptoWorkers    int
+	MaxCryptoPerPeer int
+	// MaxHalfOpenBytes bounds the octets half-open responder SAs keep of
+	// their peers' SA payloads (needed for HASH_I); beyond it the oldest
+	// half-open SA is forgotten, as beyond MaxHalfOpen.
+	MaxHalfOpenBytes int
+	// SaveKeys, if set, receives each phase-1 SA's initiator cookie and
+	// encryption key (key export for Wireshark, opt-in).
+	SaveKeys func(icookie [8]byte, encKey []byte)
+	// Observer, if set, is told how exchanges end (metrics).
+	Observer Observer
 }
 
 func (c *Config) defaults() {
@@ -67,10 +84,11 @@ func (c *Config) defaults() {
 	if c.Retransmits == 0 {
 		c.Retransmits = 4
 	}
-	// About 1 KB each: 8 MB at most. A real peer's half-open SA lives
-	// one round trip before its MM3 makes it MAIN_R2; a flood must send
-	// more first messages than these caps within that round trip to push
-	// it out, and MAIN_R2 SAs are evicted only after every MAIN_R1 one.
+	// A real peer's half-open SA lives one round trip before its MM3
+	// makes it MAIN_R2; a flood must send more first messages than these
+	// caps within that round trip to push it out, and MAIN_R2 SAs are
+	// evicted only after every MAIN_R1 one. What each entry costs is
+	// computed at halfOpenEntryBytes (p1.go).
 	if c.MaxHalfOpen == 0 {
 		c.MaxHalfOpen = 8192
 	}
@@ -79,6 +97,15 @@ func (c *Config) defaults() {
 	}
 	if c.HalfOpenTimeout == 0 {
 		c.HalfOpenTimeout = 30 * time.Second
+	}
+	if c.MaxHalfOpenBytes == 0 {
+		c.MaxHalfOpenBytes = 16 << 20
+	}
+	if c.CryptoWorkers == 0 {
+		c.CryptoWorkers = max(1, runtime.GOMAXPROCS(0)-1)
+	}
+	if c.MaxCryptoPerPeer == 0 {
+		c.MaxCryptoPerPeer = 2
 	}
 }
 
@@ -89,6 +116,12 @@ type Counters struct {
 	HalfOpenEvicted, QueueFull, NoConn, NoProposal    atomic.Uint64
 	Notifies, Deletes, Established, ChildrenInstalled atomic.Uint64
 	AuthFailed, Failed                                atomic.Uint64
+	// CryptoBusy counts messages dropped because the Diffie-Hellman
+	// workers (or the sender's share of them) were busy; Replays counts
+	// protected Informationals whose message ID was seen before.
+	CryptoBusy, Replays atomic.Uint64
+	// HalfOpen is the number of responder SAs still negotiating (a gauge).
+	HalfOpen atomic.Int64
 }
 
 // Snapshot returns the counters as a name -> value map.
@@ -101,15 +134,46 @@ func (c *Counters) Snapshot() map[string]uint64 {
 		"no-conn": c.NoConn.Load(), "no-proposal": c.NoProposal.Load(), "notifies": c.Notifies.Load(),
 		"deletes": c.Deletes.Load(), "established": c.Established.Load(),
 		"children-installed": c.ChildrenInstalled.Load(), "auth-failed": c.AuthFailed.Load(), "failed": c.Failed.Load(),
+		"crypto-busy": c.CryptoBusy.Load(), "replays": c.Replays.Load(), "half-open": uint64(max(0, c.HalfOpen.Load())),
 	}
 }
 
 type cookies struct{ i, r [8]byte }
 
+type respKey struct {
+	icky [8]byte
+	peer netip.Addr
+}
+
 // Engine negotiates SAs. Create it with New, run it with Run.
 type Engine struct {
-	cfg   Config
-	ev    chan func()
+	cfg Config
+	// Events, served in this order (sched.go): internal events (timers,
+	// crypto results; never dropped), commands, then received messages
+	// by class: established ISAKMP SAs and our own negotiations first,
+	// responder negotiations under way next, new negotiations last.
+	wake     chan struct{}
+	imu      sync.Mutex
+	internal []func()
+	ctl      chan func()
+	queues   [nClasses]chan inMsg
+	qbytes   [nClasses]atomic.Int64
+	jobs     chan func() func()
+	// cryptoPeer counts the crypto jobs of each source address.
+	cryptoPeer map[netip.Addr]int
+	// inline runs crypto jobs on the engine goroutine (the fuzz driver).
+	inline bool
+	// classes and mine let the reading goroutines classify a message by
+	// its cookies without the engine goroutine (sched.go).
+	cmu     sync.RWMutex
+	classes map[cookies]int
+	mine    map[[8]byte]bool
+	// halfOpenBytes is what half-open SAs keep of their peers' SA payloads.
+	halfOpenBytes int
+	// responders finds our responder SAs by the peer's cookie and
+	// address: a retransmitted or replayed MM1 is recognised in O(1).
+	responders map[respKey]*p1
+
 	conns map[string]*Conn
 	order []string
 	// sas holds every phase-1 SA by its cookie pair (the responder cookie
@@ -120,6 +184,10 @@ type Engine struct {
 	children map[string][]*child
 	log      *slog.Logger
 	rl       *ratelog.Limiter
+	// seq orders lifecycle events (ISAKMP SAs created and established,
+	// Quick Modes started, children installed) independently of the
+	// clock, whose readings may be equal.
+	seq uint64
 
 	// Stats counts messages by outcome.
 	Stats Counters
@@ -135,6 +203,16 @@ type child struct {
 	conn        *Conn
 	rekeyed     bool
 	timers      []clock.Timer
+	// identity is the identity pair of the ISAKMP SA that negotiated it
+	// (p1.identity): Deletes and INITIAL-CONTACT from other identities
+	// do not touch it.
+	identity string
+	// seq is when it was installed (Engine.seq).
+	seq uint64
+	// rekeying is set while a Quick Mode negotiates its successor;
+	// rekeyAt is when its rekey is due (0: never), from its installation.
+	rekeying bool
+	rekeyAt  time.Duration
 }
 
 func (c *child) stop() {
@@ -147,44 +225,33 @@ func (c *child) stop() {
 // New returns an engine; call Run to start it.
 func New(cfg Config) *Engine {
 	cfg.defaults()
-	return &Engine{
-		cfg: cfg, ev: make(chan func(), 1024), conns: map[string]*Conn{},
+	e := &Engine{
+		cfg: cfg, wake: make(chan struct{}, 1), ctl: make(chan func(), 64), jobs: make(chan func() func(), 4*cfg.CryptoWorkers),
+		cryptoPeer: map[netip.Addr]int{}, responders: map[respKey]*p1{}, classes: map[cookies]int{}, mine: map[[8]byte]bool{}, conns: map[string]*Conn{},
 		sas: map[cookies]*p1{}, children: map[string][]*child{}, perPeer: map[netip.Addr]int{},
 		log: cfg.Log, rl: &ratelog.Limiter{Log: cfg.Log, Clock: cfg.Clock, Burst: 10},
 	}
+	for i := range e.queues {
+		e.queues[i] = make(chan inMsg, queueLen[i])
+	}
+	return e
 }
 
 // Run processes events until ctx ends; then it deletes every SA it made
 // (telling peers) and returns.
 func (e *Engine) Run(ctx context.Context) {
-	for {
-		select {
-		case f := <-e.ev:
-			f()
-		case <-ctx.Done():
-			e.shutdown()
-			return
-		}
+	e.startWorkers(ctx)
+	for e.next(ctx, true) {
 	}
+	e.shutdown()
 }
 
-// post queues f to run on the engine goroutine; false if the queue is
-// full.
-func (e *Engine) post(f func()) bool {
-	select {
-	case e.ev <- f:
-		return true
-	default:
-		e.Stats.QueueFull.Add(1)
-		return false
-	}
-}
-
-// call runs f on the engine goroutine and waits for it.
+// call runs f on the engine goroutine, before any received message that
+// is still queued, and waits for it.
 func (e *Engine) call(ctx context.Context, f func()) error {
 	done := make(chan struct{})
 	select {
-	case e.ev <- func() { f(); close(done) }:
+	case e.ctl <- func() { f(); close(done) }:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -216,8 +283,7 @@ func (e *Engine) HandleMessage(msg []byte, from, to netip.AddrPort, natt bool) {
 		e.Stats.Malformed.Add(1)
 		return
 	}
-	b := append([]byte(nil), msg...)
-	e.post(func() { e.handle(b, from, to, natt) })
+	e.enqueue(msg, from, to, natt)
 }
 
 // waiter is a `gosec up` waiting for its conn.
@@ -375,6 +441,10 @@ func (e *Engine) forget(p *p1) {
 	}
 	if e.sas[p.key()] == p {
 		delete(e.sas, p.key())
+		e.unclassify(p)
+	}
+	if k := (respKey{p.icky, p.peer.Addr()}); !p.initiator && e.responders[k] == p {
+		delete(e.responders, k)
 	}
 	e.dropHalfOpen(p)
 }
@@ -384,6 +454,8 @@ func (e *Engine) dropHalfOpen(p *p1) {
 	for i, h := range e.halfOpen {
 		if h == p {
 			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
+			e.halfOpenBytes -= len(p.saiBody)
+			e.Stats.HalfOpen.Add(-1)
 			if e.perPeer[p.peer.Addr()]--; e.perPeer[p.peer.Addr()] <= 0 {
 				delete(e.perPeer, p.peer.Addr())
 			}
@@ -400,9 +472,19 @@ func (e *Engine) send(p *p1, msg []byte) {
 
 func (e *Engine) transmit(p *p1, msg []byte) {
 	e.Stats.Sent.Add(1)
-	if err := e.cfg.Transport.Send(msg, p.peer, p.natt); err != nil {
-		e.log.Warn("IKE send failed", "peer", p.peer, "err", err)
+	if err := e.sendFrom(p.local.Addr(), msg, p.peer, p.natt); err != nil {
+		e.warn("IKE send failed", "peer", p.peer, "err", err)
 	}
+}
+
+// sendFrom sends msg from local address src when the transport can
+// choose it (a responder answers from the address the request was sent
+// to, which need not be the outgoing interface's first address).
+func (e *Engine) sendFrom(src netip.Addr, msg []byte, to netip.AddrPort, natt bool) error {
+	if st, ok := e.cfg.Transport.(SourceTransport); ok && src.IsValid() && !src.IsUnspecified() {
+		return st.SendFrom(msg, src, to, natt)
+	}
+	return e.cfg.Transport.Send(msg, to, natt)
 }
 
 // handle dispatches one received message on the engine goroutine.
@@ -454,12 +536,13 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 		}
 		return
 	}
-	if natt {
-		// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved.
-		p.natt = true
-		p.peer = from
-		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
+	// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved:
+	// believed once this message authenticates (authentic).
+	p.floatTo = netip.AddrPort{}
+	if natt && (!p.natt || from != p.peer) {
+		p.floatTo = from
 	}
+	defer func() { p.floatTo = netip.AddrPort{} }()
 	switch h.Exchange {
 	case isakmp.ExchMain:
 		e.handleMain(p, h, msg, sum)
@@ -474,6 +557,17 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 	default:
 		e.Stats.Malformed.Add(1)
 		e.warn("unsupported IKE exchange type", "peer", from, "exchange", h.Exchange)
+	}
+}
+
+// authentic is called once the message being handled has authenticated
+// (its HASH verified): only then may it change what we know of the peer.
+func (e *Engine) authentic(p *p1) {
+	if p.floatTo.IsValid() {
+		p.natt = true
+		p.peer = p.floatTo
+		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
+		p.floatTo = netip.AddrPort{}
 	}
 }
 

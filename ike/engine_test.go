@@ -29,7 +29,10 @@ type fakeNet struct {
 	drop func(from, to netip.AddrPort, msg []byte) bool
 	// rewrite, if set, may change the source as a NAT would.
 	rewrite func(from netip.AddrPort) netip.AddrPort
-	sent    int
+	// byPort, if set, delivers to an address and port (a NAT's mapping)
+	// before engines does by address.
+	byPort map[netip.AddrPort]*Engine
+	sent   int
 }
 
 type fakeTransport struct {
@@ -46,6 +49,9 @@ func (t *fakeTransport) Send(msg []byte, to netip.AddrPort, natt bool) error {
 	t.net.mu.Lock()
 	t.net.sent++
 	dst := t.net.engines[to.Addr()]
+	if e := t.net.byPort[to]; e != nil {
+		dst = e
+	}
 	drop := t.net.drop != nil && t.net.drop(from, to, msg)
 	if t.net.rewrite != nil {
 		from = t.net.rewrite(from)
@@ -58,6 +64,11 @@ func (t *fakeTransport) Send(msg []byte, to netip.AddrPort, natt bool) error {
 	return nil
 }
 
+// SendFrom sends from src, as a host with several addresses can.
+func (t *fakeTransport) SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error {
+	return (&fakeTransport{net: t.net, local: src}).Send(msg, to, natt)
+}
+
 // fakeInstaller records what the engine installs.
 type fakeInstaller struct {
 	mu       sync.Mutex
@@ -66,6 +77,9 @@ type fakeInstaller struct {
 	outbound map[uint32]*ChildSA
 	removed  []uint32
 	released []uint32
+	// installs counts InstallInbound calls per SPI (an SA installed
+	// twice is a bug).
+	installs map[uint32]int
 }
 
 func newInstaller(base uint32) *fakeInstaller {
@@ -86,6 +100,10 @@ func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
+	if f.installs == nil {
+		f.installs = map[uint32]int{}
+	}
+	f.installs[c.InSPI]++
 	f.mu.Unlock()
 	return nil
 }

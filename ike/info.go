@@ -107,6 +107,26 @@ func (e *Engine) sendDeleteISAKMP(p *p1) {
 	e.sendInfo(p, []isakmp.Payload{&isakmp.Delete{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, SPISize: 16, SPIs: [][]byte{spi}}})
 }
 
+// maxInfoIDs is how many message IDs of authenticated Informationals an
+// ISAKMP SA remembers for replay protection. Peers choose them at random
+// (strongSwan, Libreswan, gosec), so a replay of any of the last 64
+// (DPD every 30 s: the last half hour) is recognised.
+const maxInfoIDs = 64
+
+// infoSeen reports whether id was handled before, and remembers it.
+func (p *p1) infoSeen(id uint32) bool {
+	for _, x := range p.infoIDs {
+		if x == id {
+			return true
+		}
+	}
+	if len(p.infoIDs) >= maxInfoIDs {
+		p.infoIDs = append(p.infoIDs[:0], p.infoIDs[1:]...)
+	}
+	p.infoIDs = append(p.infoIDs, id)
+	return false
+}
+
 // handleInfo processes a protected Informational exchange.
 func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	if p.cbc == nil || (!p.established() && p.state != "MAIN_I3") {
@@ -142,6 +162,13 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 		e.warn("Informational HASH(1) does not verify", "peer", p.peer)
 		return
 	}
+	if p.infoSeen(h.MessageID) {
+		// A replay: the message authenticates, but it was handled before.
+		e.Stats.Replays.Add(1)
+		e.warn("replayed protected Informational dropped", "peer", p.peer, "msgid", h.MessageID)
+		return
+	}
+	e.authentic(p)
 	for _, pl := range ps {
 		switch v := pl.(type) {
 		case *isakmp.Delete:
@@ -179,7 +206,10 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 			for name, list := range e.children {
 				keep := list[:0]
 				for _, ch := range list {
-					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() {
+					// Only the identity that negotiated an SA may delete
+					// it: clients behind one NAT share an address and may
+					// pick the same SPIs.
+					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() && ch.identity == p.identity() {
 						e.log.Info("peer deleted IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", out))
 						ch.stop()
 						e.cfg.Installer.Remove(ch.sa)
@@ -214,9 +244,15 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 	case notifyRUThereAck:
 		if len(n.Data) == 4 && be32u(n.Data) == p.dpdSeq {
 			p.dpdWaiting = false
+			e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "dpd", Result: "alive"})
 		}
 		return
-	case notifyInitialContact, notifyResponderLifetime:
+	case notifyInitialContact:
+		// strongSwan also honours it in an Informational exchange
+		// (ikev1/tasks/informational.c).
+		e.initialContact(p)
+		return
+	case notifyResponderLifetime:
 		return
 	}
 	if uint16(n.Kind) < 8192 {
@@ -269,19 +305,28 @@ func (e *Engine) handlePlainInfo(p *p1, h isakmp.Header, msg []byte, from netip.
 }
 
 // initialContact honours INITIAL-CONTACT (RFC 2407 4.6.3.3): the peer
-// has no state from before, so every other SA with it is stale and goes
-// without a Delete.
+// has no state from before, so the SAs that the same pair of identities
+// established before p's negotiation began are stale and go without a
+// Delete (strongSwan's check_uniqueness with force_replace). SAs of other
+// identities (other clients behind the same NAT) stay, and so do SAs
+// established while p was negotiated (both peers initiating at once).
 func (e *Engine) initialContact(p *p1) {
+	id := p.identity()
 	for _, q := range e.sortedSAs() {
-		if q != p && q.peer.Addr() == p.peer.Addr() && q.established() {
-			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "cookies", q.cookieString())
+		if q != p && q.established() && q.identity() == id && q.estSeq < p.createdSeq {
+			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "peer_id", p.peerID, "cookies", q.cookieString())
 			e.forget(q)
+			for _, ch := range e.allChildren() {
+				if ch.p == q {
+					ch.p = nil
+				}
+			}
 		}
 	}
 	for name, list := range e.children {
 		keep := list[:0]
 		for _, ch := range list {
-			if ch.sa.Remote == p.peer.Addr() {
+			if ch.identity == id && ch.seq < p.createdSeq {
 				e.log.Info("INITIAL-CONTACT: removing the peer's old IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI))
 				ch.stop()
 				e.cfg.Installer.Remove(ch.sa)
@@ -337,6 +382,7 @@ func (e *Engine) startDPD(p *p1) {
 func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
 	c := p.conn
 	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "no_answer_for", timeout, "dpdaction", c.DPDAction)
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: c.Name, Kind: "dpd", Result: "dead"})
 	e.forget(p)
 	if c.DPDAction == "hold" {
 		return

@@ -45,6 +45,22 @@ type p1 struct {
 	cbc     *ikecrypto.CBC
 	iv      []byte // the running phase-1 IV; after MM6, the last phase-1 block
 	peerID  string
+	// peerIDPay is the peer's authenticated phase-1 ID; localIDKey and
+	// peerIDKey identify the pair of identities (idKey form); pskSum is
+	// the SHA-256 of the pre-shared key that authenticated them. A Quick
+	// Mode, Delete or INITIAL-CONTACT under this SA acts only within
+	// what these authorize.
+	peerIDPay             *isakmp.ID
+	localIDKey, peerIDKey string
+	pskSum                [32]byte
+	// computing: MM3's Diffie-Hellman work is on a crypto worker.
+	computing bool
+	// infoIDs are the message IDs of the last authenticated protected
+	// Informationals (replay protection, info.go).
+	infoIDs []uint32
+	// floatTo is where the message being handled came from, over NAT-T;
+	// it becomes peer only once that message authenticates (authentic).
+	floatTo netip.AddrPort
 
 	lastSent    []byte
 	lastRecv    [32]byte
@@ -52,19 +68,21 @@ type p1 struct {
 	timer       clock.Timer
 	timerGen    int
 
-	created     time.Time
-	estTime     time.Time
-	attempt     int
-	waiters     []*waiter
-	qms         map[uint32]*qm
-	failure     error
-	keepalive   clock.Timer
-	keepaliveOn bool
-	expire      clock.Timer
-	dpd         clock.Timer
-	dpdSeq      uint32
-	dpdWaiting  bool
-	dpdSince    time.Time
+	created time.Time
+	estTime time.Time
+	// createdSeq and estSeq order creation and establishment (Engine.seq).
+	createdSeq, estSeq uint64
+	attempt            int
+	waiters            []*waiter
+	qms                map[uint32]*qm
+	failure            error
+	keepalive          clock.Timer
+	keepaliveOn        bool
+	expire             clock.Timer
+	dpd                clock.Timer
+	dpdSeq             uint32
+	dpdWaiting         bool
+	dpdSince           time.Time
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -152,6 +170,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 		name = p.conn.Name
 	}
 	e.log.Warn("ISAKMP SA failed", "conn", name, "peer", p.peer, "state", p.state, "err", err)
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: name, Kind: "main", Result: failResult(timeout)})
 	waiters := p.waiters
 	p.waiters = nil
 	e.forget(p)
@@ -177,7 +196,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 
 // startMain sends MM1 for conn c.
 func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
-	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), attempt: attempt,
+	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
 		peer: netip.AddrPortFrom(c.Remote, 500), local: netip.AddrPortFrom(c.Local, 500), qms: map[uint32]*qm{}}
 	copy(p.icky[:], e.random(8))
 	if w != nil {
@@ -192,6 +211,7 @@ func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
 	}
 	msg := isakmp.Encode(isakmp.Header{ICookie: p.icky, Version: 0x10, Exchange: isakmp.ExchMain}, ps)
 	e.sas[p.key()] = p
+	e.classify(p)
 	var offered []string
 	for _, s := range p.suites {
 		offered = append(offered, s.String())
@@ -372,12 +392,17 @@ func (p *p1) natDetected() bool { return p.weBehindNAT || p.peerBehindNAT }
 
 // psk finds the pre-shared key of p's conn.
 func (e *Engine) psk(p *p1) ([]byte, error) {
-	lid, rid := p.conn.LocalID, p.conn.RemoteID
+	return e.pskFor(p.conn, p.peer.Addr())
+}
+
+// pskFor finds the pre-shared key of conn c with the peer at peer.
+func (e *Engine) pskFor(c *Conn, peer netip.Addr) ([]byte, error) {
+	lid, rid := c.LocalID, c.RemoteID
 	if lid == "" {
-		lid = p.conn.Local.String()
+		lid = c.Local.String()
 	}
 	if rid == "" || rid == "%any" {
-		rid = p.peer.Addr().String()
+		rid = peer.String()
 	}
 	if e.cfg.PSK == nil {
 		return nil, errors.New("no ipsec.secrets loaded")
@@ -400,11 +425,15 @@ func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
 		return err
 	}
 	p.keys = ikecrypto.DerivePSK(p.suite.Hash, psk, p.ni, p.nr, gxy, p.icky[:], p.rcky[:], keyLen)
+	p.pskSum = sha256.Sum256(psk)
 	p.cbc, err = ikecrypto.NewCBC(p.suite.Cipher, p.keys.Key)
 	if err != nil {
 		return err
 	}
 	p.iv = ikecrypto.Phase1IV(p.suite.Hash, p.gxi, p.gxr, p.cbc.BlockSize())
+	if e.cfg.SaveKeys != nil {
+		e.cfg.SaveKeys(p.icky, p.keys.Key)
+	}
 	if e.cfg.LogKeys {
 		e.log.Debug("phase-1 keys", "skeyid", hex.EncodeToString(p.keys.SKEYID), "skeyid_d", hex.EncodeToString(p.keys.D),
 			"skeyid_a", hex.EncodeToString(p.keys.A), "skeyid_e", hex.EncodeToString(p.keys.E), "enc_key", hex.EncodeToString(p.keys.Key),
@@ -480,16 +509,24 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
 	}
 	id := idPayload(p.conn.LocalID, p.conn.Local)
+	p.localIDKey = idKey(id)
 	idBody := isakmp.EncodeBody(id)
 	hashI := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
-	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI},
-		&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(24578), SPI: append(p.icky[:], p.rcky[:]...)}}
+	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI}}
+	ic := e.wantInitialContact(p)
+	if ic {
+		out = append(out, &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyInitialContact, SPI: append(p.icky[:], p.rcky[:]...)})
+	}
 	plain := isakmp.AppendPayloads(nil, out)
 	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
 	p.iv = last
 	p.state = "MAIN_I3"
 	p.lastReplyTo = sum
-	p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	if ic {
+		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
+	} else {
+		p.say("generating ID_PROT request 0 [ ID HASH ]")
+	}
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(m))
 	e.send(p, m)
 	e.arm(p, 0)
@@ -533,7 +570,8 @@ func (e *Engine) mainI4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.failP1(p, fmt.Errorf("peer identified as %s, but rightid expects %s", idString(id), expectedID(p.conn.RemoteID, p.conn.Remote)), false)
 		return
 	}
-	p.peerID = idString(id)
+	e.authentic(p)
+	p.peerID, p.peerIDPay, p.peerIDKey = idString(id), id, idKey(id)
 	p.iv = last
 	p.lastRecv = sum
 	p.lastSent = nil
@@ -567,12 +605,15 @@ func (e *Engine) established(p *p1) {
 		p.state = "MAIN_R3"
 	}
 	p.estTime = e.cfg.Clock.Now()
+	p.estSeq = e.nextSeq()
 	e.Stats.Established.Add(1)
 	e.dropHalfOpen(p)
+	e.classify(p)
 	nat := ""
 	if p.natt {
 		nat = fmt.Sprintf(", NAT-T on port %d", e.cfg.NATTPort)
 	}
+	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "main", Result: "established", Latency: p.estTime.Sub(p.created)})
 	e.log.Info("ISAKMP SA established", "conn", p.conn.Name, "peer", p.peer, "peer_id", p.peerID, "state", p.state,
 		"suite", p.suite.String(), "cookies", p.cookieString(), "natt", p.natt)
 	p.say("IKE_SA %s[%s] established between %v[%s]...%v[%s] (%s%s)", p.conn.Name, p.cookieString(),
@@ -626,19 +667,37 @@ func (e *Engine) startKeepalive(p *p1) {
 	p.keepalive = e.cfg.Clock.AfterFunc(20*time.Second, tick)
 }
 
+// maxSAIBody bounds the SA payload of a first Main Mode message that
+// the responder keeps for HASH_I. The transform cap (isakmp.MaxSATransforms)
+// allows about 20 KB of ordinary transforms; what a real peer sends is a
+// few hundred octets (strongSwan's longest default offer about 5 KB).
+const maxSAIBody = 32 << 10
+
+// halfOpenEntryBytes is what one half-open responder SA costs besides
+// the SA payload it keeps, checked by TestHalfOpenBytes (1.6 KB measured
+// on amd64): the p1 struct (864 octets), its MM2 for retransmission
+// (about 120), its empty Quick Mode map, its half-open timer, and its
+// entries in sas, classes, halfOpen and perPeer. At the default
+// MaxHalfOpen of 8192 entries that is at most 8192 x 2 KB = 16 MB, plus
+// at most MaxHalfOpenBytes (16 MB) of SA payloads: 32 MB in all, whatever
+// the peers send (each entry used to pin its whole first message, up to
+// 64 KB: 512 MB).
+const halfOpenEntryBytes = 2048
+
 // respondMM1 handles a first Main Mode message: find the conn, choose a
-// proposal, answer with MM2. Nothing expensive happens here, and
-// half-open SAs are bounded.
+// proposal, answer with MM2. Nothing expensive happens here: the SA
+// payload is parsed once (bounded by isakmp's caps), matched against
+// every conn without formatting, refusals are logged at a limited rate,
+// and half-open SAs are bounded in number and in octets.
 func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) {
-	// A retransmitted MM1 for an SA we already answered.
-	for _, q := range e.halfOpen {
-		if q.icky == h.ICookie && q.peer == from {
-			if q.state == "MAIN_R1" && q.lastSent != nil {
-				e.Stats.Duplicate.Add(1)
-				e.transmit(q, q.lastSent)
-			}
-			return
+	// A retransmitted MM1 for an SA we already answered (a map lookup:
+	// this runs for every message of a flood), or one replayed later.
+	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
+		e.Stats.Duplicate.Add(1)
+		if q.state == "MAIN_R1" && q.peer == from && q.lastSent != nil {
+			e.transmit(q, q.lastSent)
 		}
+		return
 	}
 	tmp := &p1{e: e, peer: from}
 	ps, raws, ok := e.decode(tmp, h.Next, msg[isakmp.HeaderLen:], "MM1")
@@ -651,10 +710,17 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		e.warn("MM1 without SA payload", "peer", from)
 		return
 	}
+	saiBody := rawBody(raws, isakmp.PayloadSA)
+	if len(saiBody) > maxSAIBody {
+		e.Stats.Malformed.Add(1)
+		e.warn("MM1 with an oversized SA payload", "peer", from, "octets", len(saiBody))
+		return
+	}
 	var conn *Conn
 	var chosen isakmp.Proposal
 	var suite p1Suite
 	var lastErr error
+	var offers []p1Cand
 	for _, name := range e.order {
 		c := e.conns[name]
 		if c.Remote.IsValid() && c.Remote != from.Addr() {
@@ -666,7 +732,14 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		if len(c.IKE) == 0 {
 			continue
 		}
-		pr, s, err := selectP1(p1Suites(c), sa)
+		if offers == nil {
+			var err error
+			if offers, err = p1Offers(sa); err != nil {
+				lastErr = err
+				break
+			}
+		}
+		pr, s, err := selectP1From(p1Suites(c), offers)
 		if err != nil {
 			lastErr = err
 			continue
@@ -678,12 +751,12 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		if lastErr == nil {
 			e.Stats.NoConn.Add(1)
 			e.warn("no conn for IKE peer", "peer", from)
-			e.sendPlainNotify(h.ICookie, [8]byte{}, from, natt, notifyNoProposalChosen) // NO_PROPOSAL_CHOSEN
+			e.sendPlainNotifyFrom(to.Addr(), h.ICookie, [8]byte{}, from, natt, notifyNoProposalChosen) // NO_PROPOSAL_CHOSEN
 			return
 		}
 		e.Stats.NoProposal.Add(1)
-		e.log.Warn("Main Mode from peer refused", "peer", from, "err", lastErr)
-		e.sendPlainNotify(h.ICookie, [8]byte{}, from, natt, notifyNoProposalChosen)
+		e.warn("Main Mode from peer refused", "peer", from, "err", lastErr)
+		e.sendPlainNotifyFrom(to.Addr(), h.ICookie, [8]byte{}, from, natt, notifyNoProposalChosen)
 		return
 	}
 	local := to
@@ -691,12 +764,15 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		local = netip.AddrPortFrom(conn.Local, to.Port())
 	}
 	p := &p1{e: e, conn: conn, state: "MAIN_R1", icky: h.ICookie, peer: from, local: local, natt: natt,
-		created: e.cfg.Clock.Now(), suite: suite, qms: map[uint32]*qm{}}
+		created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), suite: suite, qms: map[uint32]*qm{}}
 	copy(p.rcky[:], e.random(8))
-	p.saiBody = rawBody(raws, isakmp.PayloadSA)
+	// A copy: a subslice would keep the whole message (up to 64 KB).
+	p.saiBody = append([]byte(nil), saiBody...)
 	p.noteVendorIDs(ps)
 	e.admitHalfOpen(p)
 	e.sas[p.key()] = p
+	e.responders[respKey{p.icky, from.Addr()}] = p
+	e.classify(p)
 	out := []isakmp.Payload{&isakmp.SA{DOI: doiIPsec, Situation: sitIDOnly, Proposals: []isakmp.Proposal{chosen}}}
 	if p.peerNATT != 0 {
 		out = append(out, &isakmp.VendorID{Data: isakmp.VendorNATT})
@@ -720,10 +796,12 @@ func (e *Engine) admitHalfOpen(p *p1) {
 	if e.perPeer[p.peer.Addr()] >= e.cfg.MaxHalfOpenPerPeer {
 		e.evictHalfOpen(func(q *p1) bool { return q.peer.Addr() == p.peer.Addr() })
 	}
-	for len(e.halfOpen) >= e.cfg.MaxHalfOpen {
+	for len(e.halfOpen) > 0 && (len(e.halfOpen) >= e.cfg.MaxHalfOpen || e.halfOpenBytes+len(p.saiBody) > e.cfg.MaxHalfOpenBytes) {
 		e.evictHalfOpen(func(*p1) bool { return true })
 	}
 	e.halfOpen = append(e.halfOpen, p)
+	e.halfOpenBytes += len(p.saiBody)
+	e.Stats.HalfOpen.Add(1)
 	e.perPeer[p.peer.Addr()]++
 }
 
@@ -764,8 +842,15 @@ func (e *Engine) armHalfOpen(p *p1) {
 	})
 }
 
-// mainR2: MM3 received (KE, Ni, NAT-D); send MM4.
+// mainR2: MM3 received (KE, Ni, NAT-D): the Diffie-Hellman work runs
+// on a crypto worker (a reachable source needs no key to send MM3), then
+// mainR2Keyed sends MM4.
 func (e *Engine) mainR2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	if p.computing {
+		// A retransmitted (or forged) MM3 while the first one's DH runs.
+		e.Stats.Duplicate.Add(1)
+		return
+	}
 	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM3")
 	if !ok {
 		return
@@ -777,21 +862,42 @@ func (e *Engine) mainR2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("MM3 without a valid KE and nonce", "peer", p.peer)
 		return
 	}
-	dh, err := ikecrypto.GenerateDH(p.suite.Group, e.cfg.Rand)
-	if err != nil {
-		e.failP1(p, err, false)
+	group, rnd, gxi := p.suite.Group, e.cfg.Rand, ke.Data
+	p.computing = true
+	queued := e.offload(p.peer.Addr(), func() func() {
+		dh, genErr := ikecrypto.GenerateDH(group, rnd)
+		var gxy []byte
+		var keErr error
+		if genErr == nil {
+			gxy, keErr = dh.SharedSecret(gxi)
+		}
+		return func() { e.mainR2Keyed(p, ps, gxi, nonce.Data, sum, dh, gxy, genErr, keErr) }
+	})
+	if !queued {
+		p.computing = false
+		e.warn("MM3 dropped: the Diffie-Hellman workers are busy (the peer retransmits)", "peer", p.peer)
+	}
+}
+
+// mainR2Keyed finishes MM3 once its Diffie-Hellman work is done.
+func (e *Engine) mainR2Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32]byte, dh *ikecrypto.DH, gxy []byte, genErr, keErr error) {
+	p.computing = false
+	if e.sas[p.key()] != p || p.state != "MAIN_R1" {
+		return // forgotten (evicted, timed out) while the worker ran
+	}
+	if genErr != nil {
+		e.failP1(p, genErr, false)
 		return
 	}
-	gxy, err := dh.SharedSecret(ke.Data)
-	if err != nil {
+	if keErr != nil {
 		e.Stats.Malformed.Add(1)
-		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", err)
+		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", keErr)
 		return
 	}
-	p.dh, p.gxi, p.ni, p.gxr, p.nr = dh, ke.Data, nonce.Data, dh.Public(), e.random(32)
+	p.dh, p.gxi, p.ni, p.gxr, p.nr = dh, gxi, ni, dh.Public(), e.random(32)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {
-		e.log.Warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
+		e.warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
 		e.forget(p)
 		return
 	}
@@ -816,7 +922,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.Stats.AuthFailed.Add(1)
 		e.log.Warn("Main Mode responder: MM5 did not decrypt to valid payloads: the pre-shared keys most likely differ",
 			"conn", p.conn.Name, "peer", p.peer)
-		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, notifyPayloadMalformed)
+		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyPayloadMalformed)
 		e.forget(p)
 		return
 	}
@@ -834,26 +940,36 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.Stats.AuthFailed.Add(1)
 		e.log.Warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
 			"conn", p.conn.Name, "peer", p.peer, "peer_id", idString(id))
-		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, notifyInvalidHashInfo)
+		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyInvalidHashInfo)
 		e.forget(p)
 		return
+	}
+	myID := idPayload(p.conn.LocalID, p.local.Addr())
+	p.peerID, p.peerIDPay, p.peerIDKey, p.localIDKey = idString(id), id, idKey(id), idKey(myID)
+	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
+		// Like Pluto's refine_host_connection: another conn between
+		// the same endpoints whose rightid the peer's ID matches and
+		// whose pre-shared key is the one that just authenticated it.
+		if c := e.refineConn(p); c != nil {
+			e.log.Info("Main Mode responder: peer ID selects another conn", "from", p.conn.Name, "to", c.Name, "peer_id", p.peerID)
+			p.conn = c
+		}
 	}
 	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
 		e.Stats.AuthFailed.Add(1)
 		e.log.Warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
 			"peer_id", idString(id), "expected", expectedID(p.conn.RemoteID, p.peer.Addr()))
-		e.sendPlainNotify(p.icky, p.rcky, p.peer, p.natt, notifyInvalidIDInfo)
+		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyInvalidIDInfo)
 		e.forget(p)
 		return
 	}
-	p.peerID = idString(id)
+	e.authentic(p)
 	p.iv = last
 	for _, n := range findAll[*isakmp.Notify](ps) {
 		if uint16(n.Kind) == notifyInitialContact {
 			e.initialContact(p)
 		}
 	}
-	myID := idPayload(p.conn.LocalID, p.local.Addr())
 	hashR := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, isakmp.EncodeBody(myID))
 	out := []isakmp.Payload{myID, &isakmp.Hash{Data: hashR}}
 	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.iv)
@@ -868,11 +984,17 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 // sendPlainNotify answers with an unprotected Informational exchange
 // carrying one Notify (before keys exist, or when they cannot be trusted).
 func (e *Engine) sendPlainNotify(icky, rcky [8]byte, to netip.AddrPort, natt bool, typ uint16) {
+	e.sendPlainNotifyFrom(netip.Addr{}, icky, rcky, to, natt, typ)
+}
+
+// sendPlainNotifyFrom is sendPlainNotify from local address src (the
+// address the peer's message was sent to; invalid: the kernel chooses).
+func (e *Engine) sendPlainNotifyFrom(src netip.Addr, icky, rcky [8]byte, to netip.AddrPort, natt bool, typ uint16) {
 	h := isakmp.Header{ICookie: icky, RCookie: rcky, Version: 0x10, Exchange: isakmp.ExchInfo, MessageID: be32u(e.random(4))}
 	n := &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(typ)}
 	msg := isakmp.Encode(h, []isakmp.Payload{n})
 	e.Stats.Sent.Add(1)
-	if err := e.cfg.Transport.Send(msg, to, natt); err != nil {
-		e.log.Warn("IKE send failed", "peer", to, "err", err)
+	if err := e.sendFrom(src, msg, to, natt); err != nil {
+		e.warn("IKE send failed", "peer", to, "err", err)
 	}
 }

@@ -147,10 +147,25 @@ func p1SA(suites []p1Suite) *isakmp.SA {
 // p1Offer is a decoded phase-1 transform of the peer, with what gosec
 // could not accept in it.
 type p1Offer struct {
-	suite   p1Suite
-	auth    uint64
-	problem string // attribute gosec does not support at all
+	suite p1Suite
+	auth  uint64
+	// problem is an attribute gosec does not support at all (its type in
+	// problemAttr), formatted only when a refusal is explained.
+	problem     uint8
+	problemAttr uint16
 }
+
+// Problems of an offered transform (p1Offer.problem, p2Offer.problem).
+const (
+	problemNone = iota
+	problemNotNumeric
+	problemCustomGroup
+	problemAHTransform
+	problemESPTransform
+	problemProtocol
+	problemAuthAlg
+	problemAHNoAuth
+)
 
 func parseP1Transform(t isakmp.Transform) p1Offer {
 	var o p1Offer
@@ -159,7 +174,7 @@ func parseP1Transform(t isakmp.Transform) p1Offer {
 	for _, a := range t.Attrs {
 		v, ok := a.Uint()
 		if !ok {
-			o.problem = fmt.Sprintf("attribute %d has no numeric value", a.Type)
+			o.problem, o.problemAttr = problemNotNumeric, a.Type
 			continue
 		}
 		switch a.Type {
@@ -180,7 +195,7 @@ func parseP1Transform(t isakmp.Transform) p1Offer {
 				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
 			}
 		case 5, 6, 7, 8, 9, 10, 13, 15, 16:
-			o.problem = fmt.Sprintf("attribute %d (custom groups or PRF) is not supported", a.Type)
+			o.problem, o.problemAttr = problemCustomGroup, a.Type
 		}
 	}
 	if o.suite.Cipher == ikecrypto.CipherDES3 {
@@ -191,7 +206,29 @@ func parseP1Transform(t isakmp.Transform) p1Offer {
 	return o
 }
 
-// diff lists how offer differs from ours, in words.
+// mismatches counts how offer differs from ours, without formatting
+// anything (the matching loop runs it for every offered transform).
+func (o p1Offer) mismatches(ours p1Suite) int {
+	n := 0
+	if o.suite.Cipher != ours.Cipher || o.suite.KeyBits != ours.KeyBits {
+		n++
+	}
+	if o.suite.Hash != ours.Hash {
+		n++
+	}
+	if o.suite.Group != ours.Group {
+		n++
+	}
+	if o.auth != authPSK {
+		n++
+	}
+	if o.problem != problemNone {
+		n++
+	}
+	return n
+}
+
+// diff lists how offer differs from ours, in words (explanations only).
 func (o p1Offer) diff(ours p1Suite) []string {
 	var d []string
 	if o.suite.Cipher != ours.Cipher || o.suite.KeyBits != ours.KeyBits {
@@ -206,10 +243,30 @@ func (o p1Offer) diff(ours p1Suite) []string {
 	if o.auth != authPSK {
 		d = append(d, fmt.Sprintf("authentication method %d vs pre-shared key", o.auth))
 	}
-	if o.problem != "" {
-		d = append(d, o.problem)
+	if o.problem != problemNone {
+		d = append(d, problemText(o.problem, o.problemAttr))
 	}
 	return d
+}
+
+func problemText(problem uint8, v uint16) string {
+	switch problem {
+	case problemNotNumeric:
+		return fmt.Sprintf("attribute %d has no numeric value", v)
+	case problemCustomGroup:
+		return fmt.Sprintf("attribute %d (custom groups or PRF) is not supported", v)
+	case problemAHTransform:
+		return fmt.Sprintf("AH transform %d is not supported", v)
+	case problemESPTransform:
+		return fmt.Sprintf("ESP transform %d is not supported", v)
+	case problemProtocol:
+		return fmt.Sprintf("protocol %d is not supported", v)
+	case problemAuthAlg:
+		return fmt.Sprintf("authentication algorithm %d is not supported", v)
+	case problemAHNoAuth:
+		return "AH transform without authentication algorithm"
+	}
+	return ""
 }
 
 func cipherName(s p1Suite) string {
@@ -222,24 +279,105 @@ func cipherName(s p1Suite) string {
 	return fmt.Sprintf("cipher%d", s.Cipher)
 }
 
+// maxExplained bounds how many offered transforms a refusal names; the
+// rest are counted ("and 2540 more"), so that an explanation stays under
+// about 1 KB whatever the peer sent.
+const maxExplained = 8
+
 // errNoProposal explains a failed selection; it becomes the log line and
-// what `gosec up` prints.
-type errNoProposal struct{ msg string }
+// what `gosec up` prints. Its text is built only when asked for (a
+// refusal that the rate limiter does not log costs no formatting).
+type errNoProposal struct {
+	msg    string
+	phase  int
+	p1     []p1Cand
+	ours1  []p1Suite
+	p2     []p2Cand
+	ours2  []p2Suite
+	mode   sad.Mode
+	cached string
+}
 
-func (e *errNoProposal) Error() string { return e.msg }
+func (e *errNoProposal) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	if e.cached != "" {
+		return e.cached
+	}
+	var offered, accept []string
+	best, bestDiff, bestN := "", []string(nil), -1
+	if e.phase == 1 {
+		for i, c := range e.p1 {
+			if i < maxExplained {
+				offered = append(offered, c.o.suite.String())
+			}
+			for _, s := range e.ours1 {
+				if n := c.o.mismatches(s); bestN < 0 || n < bestN {
+					bestN, best, bestDiff = n, fmt.Sprintf("%s vs our %s", c.o.suite, s), c.o.diff(s)
+				}
+			}
+		}
+		for i, s := range e.ours1 {
+			if i < maxExplained {
+				accept = append(accept, s.String())
+			}
+		}
+	} else {
+		for i, c := range e.p2 {
+			if i < maxExplained {
+				offered = append(offered, c.o.suite.String()+" "+encapName(c.o.encap))
+			}
+			for _, s := range e.ours2 {
+				if n := c.o.mismatches(s, e.mode); bestN < 0 || n < bestN {
+					bestN, best, bestDiff = n, fmt.Sprintf("%s vs our %s", c.o.suite, s), c.o.diff(s, e.mode)
+				}
+			}
+		}
+		for i, s := range e.ours2 {
+			if i < maxExplained {
+				accept = append(accept, s.String()+" "+e.mode.String())
+			}
+		}
+	}
+	more := func(list []string, total int) string {
+		s := strings.Join(list, ", ")
+		if total > len(list) {
+			s += fmt.Sprintf(", and %d more", total-len(list))
+		}
+		return s
+	}
+	nOffered, nOurs := len(e.p1), len(e.ours1)
+	if e.phase != 1 {
+		nOffered, nOurs = len(e.p2), len(e.ours2)
+	}
+	msg := fmt.Sprintf("no acceptable phase-%d proposal: peer offered [%s], this conn accepts [%s]",
+		e.phase, more(offered, nOffered), more(accept, nOurs))
+	if bestDiff != nil {
+		msg += fmt.Sprintf("; nearest (%s) differs in %s", best, strings.Join(bestDiff, ", "))
+	}
+	e.cached = msg
+	return msg
+}
 
-// selectP1 picks, as responder, the first of our suites that one of the
-// peer's transforms matches. It returns the transform to send back as is.
-func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
+// p1Cand is one transform the peer offered in phase 1, with its proposal.
+type p1Cand struct {
+	p isakmp.Proposal
+	t isakmp.Transform
+	o p1Offer
+}
+
+// p1Offers decodes the peer's phase-1 transforms once, for matching
+// against every candidate conn.
+func p1Offers(sa *isakmp.SA) ([]p1Cand, error) {
 	if sa.DOI != doiIPsec || len(sa.Proposals) == 0 {
-		return isakmp.Proposal{}, p1Suite{}, &errNoProposal{fmt.Sprintf("SA payload with DOI %d and %d proposals", sa.DOI, len(sa.Proposals))}
+		return nil, &errNoProposal{msg: fmt.Sprintf("SA payload with DOI %d and %d proposals", sa.DOI, len(sa.Proposals))}
 	}
-	type cand struct {
-		p isakmp.Proposal
-		t isakmp.Transform
-		o p1Offer
+	n := 0
+	for _, p := range sa.Proposals {
+		n += len(p.Transforms)
 	}
-	var offers []cand
+	offers := make([]p1Cand, 0, n)
 	for _, p := range sa.Proposals {
 		if p.Protocol != isakmp.ProtoISAKMP {
 			continue
@@ -248,12 +386,28 @@ func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
 			if t.ID != keyIKE {
 				continue
 			}
-			offers = append(offers, cand{p, t, parseP1Transform(t)})
+			offers = append(offers, p1Cand{p, t, parseP1Transform(t)})
 		}
 	}
+	return offers, nil
+}
+
+// selectP1 picks, as responder, the first of our suites that one of the
+// peer's transforms matches. It returns the transform to send back as is.
+func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
+	offers, err := p1Offers(sa)
+	if err != nil {
+		return isakmp.Proposal{}, p1Suite{}, err
+	}
+	return selectP1From(ours, offers)
+}
+
+// selectP1From is selectP1 over already decoded offers.
+func selectP1From(ours []p1Suite, offers []p1Cand) (isakmp.Proposal, p1Suite, error) {
 	for _, s := range ours {
-		for _, c := range offers {
-			if len(c.o.diff(s)) == 0 {
+		for i := range offers {
+			c := &offers[i]
+			if c.o.mismatches(s) == 0 {
 				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, SPI: c.p.SPI, Transforms: []isakmp.Transform{c.t}}
 				got := s
 				if c.o.suite.Life > 0 {
@@ -263,26 +417,7 @@ func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
 			}
 		}
 	}
-	var offered []string
-	best, bestDiff := "", []string(nil)
-	for _, c := range offers {
-		offered = append(offered, c.o.suite.String())
-		for _, s := range ours {
-			if d := c.o.diff(s); bestDiff == nil || len(d) < len(bestDiff) {
-				best, bestDiff = fmt.Sprintf("%s vs our %s", c.o.suite, s), d
-			}
-		}
-	}
-	var accept []string
-	for _, s := range ours {
-		accept = append(accept, s.String())
-	}
-	msg := fmt.Sprintf("no acceptable phase-1 proposal: peer offered [%s], this conn accepts [%s]",
-		strings.Join(offered, ", "), strings.Join(accept, ", "))
-	if bestDiff != nil {
-		msg += fmt.Sprintf("; nearest (%s) differs in %s", best, strings.Join(bestDiff, ", "))
-	}
-	return isakmp.Proposal{}, p1Suite{}, &errNoProposal{msg}
+	return isakmp.Proposal{}, p1Suite{}, &errNoProposal{phase: 1, p1: offers, ours1: ours}
 }
 
 // acceptP1Reply checks, as initiator, the responder's choice against
@@ -293,7 +428,7 @@ func acceptP1Reply(ours []p1Suite, sa *isakmp.SA) (p1Suite, error) {
 	}
 	o := parseP1Transform(sa.Proposals[0].Transforms[0])
 	for _, s := range ours {
-		if len(o.diff(s)) == 0 {
+		if o.mismatches(s) == 0 {
 			if o.suite.Life > 0 && o.suite.Life < s.Life {
 				s.Life = o.suite.Life
 			}
@@ -311,10 +446,62 @@ type p2Suite struct {
 	Integ   conf.Integ
 	Group   ikecrypto.Group // PFS group, 0 without PFS
 	Life    time.Duration
-	// LifeKB is a lifetime in kilobytes the peer asked for (gosec
-	// proposes none); 0 means no limit.
+	// LifeKB is the lifetime in kilobytes: lifebytes rounded up when we
+	// propose, the smaller of both sides' once negotiated; 0: no limit.
 	LifeKB uint64
 	ESN    bool
+	// lifeNote says how a peer's lifetime was clamped, for the log.
+	lifeNote string
+}
+
+// Bounds on the lifetimes a peer may impose on a child SA. Below the
+// floors (or below what this conn itself configures, if that is lower)
+// a proposal is refused: an SA of a few packets or seconds would make
+// the gateways rekey without pause. A kilobyte value whose byte count
+// overflows 64 bits is taken as no byte limit, a number of seconds
+// beyond 2^31 as 2^31 s.
+const (
+	minChildLife   = 10 * time.Second
+	minChildLifeKB = 1024 // 1 MiB
+	maxChildLifeKB = ^uint64(0) / 1024
+	maxChildLife   = 1 << 31 // seconds
+)
+
+// lifeProblem says why the peer's lifetimes in o are unacceptable next
+// to ours, or "".
+func (o p2Offer) lifeProblem(ours p2Suite) string {
+	if o.suite.Life > 0 {
+		floor := minChildLife
+		if ours.Life > 0 && ours.Life < floor {
+			floor = ours.Life
+		}
+		if o.suite.Life < floor {
+			return fmt.Sprintf("lifetime of %v is below the minimum of %v", o.suite.Life, floor)
+		}
+	}
+	if o.suite.LifeKB > 0 {
+		floor := uint64(minChildLifeKB)
+		if ours.LifeKB > 0 && ours.LifeKB < floor {
+			floor = ours.LifeKB
+		}
+		if o.suite.LifeKB < floor {
+			return fmt.Sprintf("lifetime of %d kilobytes is below the minimum of %d kilobytes", o.suite.LifeKB, floor)
+		}
+	}
+	return ""
+}
+
+// adoptLife combines our suite's lifetimes with the peer's: the smaller
+// of each, a zero meaning no limit.
+func adoptLife(ours p2Suite, o p2Offer) p2Suite {
+	if o.suite.Life > 0 && (ours.Life <= 0 || o.suite.Life < ours.Life) {
+		ours.Life = o.suite.Life
+	}
+	if o.suite.LifeKB > 0 && (ours.LifeKB == 0 || o.suite.LifeKB < ours.LifeKB) {
+		ours.LifeKB = o.suite.LifeKB
+	}
+	ours.lifeNote = o.suite.lifeNote
+	return ours
 }
 
 func (s p2Suite) String() string {
@@ -350,7 +537,8 @@ func p2Suites(c *Conn) []p2Suite {
 		if s.DH != 0 {
 			g = ikecrypto.Group(s.DH)
 		}
-		out = append(out, p2Suite{Proto: proto, Encr: s.Cipher.Encr, KeyBits: s.Cipher.KeyBits, Integ: s.Integ, Group: g, Life: c.Lifetime, ESN: s.ESN})
+		out = append(out, p2Suite{Proto: proto, Encr: s.Cipher.Encr, KeyBits: s.Cipher.KeyBits, Integ: s.Integ, Group: g, Life: c.Lifetime, ESN: s.ESN,
+			LifeKB: (c.LifeBytes + 1023) / 1024})
 	}
 	if len(c.AH) > 0 {
 		for _, s := range c.AH {
@@ -387,6 +575,9 @@ func (s p2Suite) transform(num uint8, encap uint16) isakmp.Transform {
 	}
 	t.Attrs = append(t.Attrs, isakmp.Basic(p2LifeType, lifeSeconds),
 		isakmp.Uint(p2LifeDuration, uint64(s.Life/time.Second)))
+	if s.LifeKB > 0 {
+		t.Attrs = append(t.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, s.LifeKB))
+	}
 	return t
 }
 
@@ -406,9 +597,10 @@ func p2SA(suites []p2Suite, spi uint32, encap uint16) *isakmp.SA {
 
 // p2Offer is one decoded phase-2 transform of the peer.
 type p2Offer struct {
-	suite   p2Suite
-	encap   uint16
-	problem string
+	suite       p2Suite
+	encap       uint16
+	problem     uint8 // problemNone, ... (see p1Offer)
+	problemAttr uint16
 }
 
 func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
@@ -429,7 +621,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		case 7:
 			o.suite.Integ = conf.IntegSHA512
 		default:
-			o.problem = fmt.Sprintf("AH transform %d is not supported", t.ID)
+			o.problem, o.problemAttr = problemAHTransform, uint16(t.ID)
 		}
 	case isakmp.ProtoESP:
 		o.suite.Proto = sad.ESP
@@ -440,20 +632,20 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 			}
 		}
 		if !found {
-			o.problem = fmt.Sprintf("ESP transform %d is not supported", t.ID)
+			o.problem, o.problemAttr = problemESPTransform, uint16(t.ID)
 		}
 		if o.suite.Encr == conf.EncrChaCha20Poly1305 {
 			o.suite.KeyBits = 256
 		}
 	default:
-		o.problem = fmt.Sprintf("protocol %d is not supported", proto)
+		o.problem, o.problemAttr = problemProtocol, uint16(proto)
 	}
 	lifeType := uint64(lifeSeconds)
 	authSeen := false
 	for _, a := range t.Attrs {
 		v, ok := a.Uint()
 		if !ok {
-			o.problem = fmt.Sprintf("attribute %d has no numeric value", a.Type)
+			o.problem, o.problemAttr = problemNotNumeric, a.Type
 			continue
 		}
 		switch a.Type {
@@ -462,8 +654,16 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		case p2LifeDuration:
 			switch lifeType {
 			case lifeSeconds:
-				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
+				if v > maxChildLife {
+					o.suite.lifeNote = fmt.Sprintf("a lifetime of %d s was clamped to %d s", v, uint64(maxChildLife))
+					v = maxChildLife
+				}
+				o.suite.Life = time.Duration(v) * time.Second
 			case lifeKilobytes:
+				if v > maxChildLifeKB {
+					o.suite.lifeNote = fmt.Sprintf("a lifetime of %d kilobytes overflows a byte count and was taken as no byte limit", v)
+					v = 0
+				}
 				o.suite.LifeKB = v
 			}
 		case p2GroupDesc:
@@ -484,7 +684,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 			case 7:
 				o.suite.Integ = conf.IntegSHA512
 			default:
-				o.problem = fmt.Sprintf("authentication algorithm %d is not supported", v)
+				o.problem, o.problemAttr = problemAuthAlg, uint16(v)
 			}
 		case p2KeyLength:
 			o.suite.KeyBits = int(v)
@@ -499,7 +699,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		}
 	}
 	if o.suite.Proto == sad.AH && !authSeen {
-		o.problem = "AH transform without authentication algorithm"
+		o.problem = problemAHNoAuth
 	}
 	return o
 }
@@ -511,10 +711,41 @@ func encapUDP(e uint16) bool {
 	return e == encapUDPTunnel || e == encapUDPTransport || e == encapUDPTunnelDraft || e == encapUDPTransportDft
 }
 
+// mismatches counts how offer differs from ours without formatting.
+func (o p2Offer) mismatches(ours p2Suite, mode sad.Mode) int {
+	n := 0
+	if o.problem != problemNone {
+		n++
+	}
+	if o.suite.Proto != ours.Proto {
+		n++
+	}
+	if o.suite.Proto == sad.ESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
+		n++
+	}
+	if o.suite.Integ != ours.Integ {
+		n++
+	}
+	if o.suite.Group != ours.Group {
+		n++
+	}
+	if isTransport(o.encap) != (mode == sad.Transport) {
+		n++
+	}
+	if o.suite.ESN != ours.ESN {
+		n++
+	}
+	if o.lifeProblem(ours) != "" {
+		n++
+	}
+	return n
+}
+
+// diff lists how offer differs from ours, in words (explanations only).
 func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
 	var d []string
-	if o.problem != "" {
-		d = append(d, o.problem)
+	if o.problem != problemNone {
+		d = append(d, problemText(o.problem, o.problemAttr))
 	}
 	if o.suite.Proto != ours.Proto {
 		d = append(d, fmt.Sprintf("protocol %s vs %s", o.suite.Proto, ours.Proto))
@@ -534,6 +765,9 @@ func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
 	}
 	if o.suite.ESN != ours.ESN {
 		d = append(d, "extended sequence numbers")
+	}
+	if lp := o.lifeProblem(ours); lp != "" {
+		d = append(d, lp)
 	}
 	return d
 }
@@ -563,58 +797,38 @@ func encapName(e uint16) string {
 // It returns the proposal to send back (without our SPI yet), the suite,
 // the peer's SPI and the encapsulation mode.
 func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2Suite, uint32, uint16, error) {
-	type cand struct {
-		p isakmp.Proposal
-		t isakmp.Transform
-		o p2Offer
-	}
-	var offers []cand
+	var offers []p2Cand
 	for _, p := range sa.Proposals {
 		if len(p.SPI) != 4 {
 			continue
 		}
 		for _, t := range p.Transforms {
-			offers = append(offers, cand{p, t, parseP2Transform(p.Protocol, t)})
+			offers = append(offers, p2Cand{p, t, parseP2Transform(p.Protocol, t)})
 		}
 	}
 	// Proposals sharing a number form a bundle (ESP+AH); gosec takes
 	// single-protocol proposals only.
-	count := map[uint8]int{}
+	var count [256]int
 	for _, p := range sa.Proposals {
 		count[p.Num]++
 	}
 	for _, s := range ours {
-		for _, c := range offers {
-			if count[c.p.Num] == 1 && len(c.o.diff(s, mode)) == 0 {
+		for i := range offers {
+			c := &offers[i]
+			if count[c.p.Num] == 1 && c.o.mismatches(s, mode) == 0 {
 				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, Transforms: []isakmp.Transform{c.t}}
-				got := s
-				if c.o.suite.Life > 0 && c.o.suite.Life < got.Life {
-					got.Life = c.o.suite.Life
-				}
-				got.LifeKB = c.o.suite.LifeKB
-				return chosen, got, be32u(c.p.SPI), c.o.encap, nil
+				return chosen, adoptLife(s, c.o), be32u(c.p.SPI), c.o.encap, nil
 			}
 		}
 	}
-	var offered, accept []string
-	best, bestDiff := "", []string(nil)
-	for _, c := range offers {
-		offered = append(offered, c.o.suite.String()+" "+encapName(c.o.encap))
-		for _, s := range ours {
-			if d := c.o.diff(s, mode); bestDiff == nil || len(d) < len(bestDiff) {
-				best, bestDiff = fmt.Sprintf("%s vs our %s", c.o.suite, s), d
-			}
-		}
-	}
-	for _, s := range ours {
-		accept = append(accept, s.String()+" "+mode.String())
-	}
-	msg := fmt.Sprintf("no acceptable phase-2 proposal: peer offered [%s], this conn accepts [%s]",
-		strings.Join(offered, ", "), strings.Join(accept, ", "))
-	if bestDiff != nil {
-		msg += fmt.Sprintf("; nearest (%s) differs in %s", best, strings.Join(bestDiff, ", "))
-	}
-	return isakmp.Proposal{}, p2Suite{}, 0, 0, &errNoProposal{msg}
+	return isakmp.Proposal{}, p2Suite{}, 0, 0, &errNoProposal{phase: 2, p2: offers, ours2: ours, mode: mode}
+}
+
+// p2Cand is one transform the peer offered in Quick Mode.
+type p2Cand struct {
+	p isakmp.Proposal
+	t isakmp.Transform
+	o p2Offer
 }
 
 // acceptP2Reply checks, as initiator, the responder's choice.
@@ -625,12 +839,13 @@ func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint3
 	p := sa.Proposals[0]
 	o := parseP2Transform(p.Protocol, p.Transforms[0])
 	for _, s := range ours {
-		if len(o.diff(s, mode)) == 0 {
-			if o.suite.Life > 0 && o.suite.Life < s.Life {
-				s.Life = o.suite.Life
-			}
-			s.LifeKB = o.suite.LifeKB
-			return s, be32u(p.SPI), o.encap, nil
+		if o.mismatches(s, mode) == 0 {
+			return adoptLife(s, o), be32u(p.SPI), o.encap, nil
+		}
+	}
+	for _, s := range ours {
+		if lp := o.lifeProblem(s); lp != "" {
+			return p2Suite{}, 0, 0, fmt.Errorf("the responder chose %s with a %s", o.suite, lp)
 		}
 	}
 	return p2Suite{}, 0, 0, fmt.Errorf("the responder chose %s (%s), which we did not offer", o.suite, encapName(o.encap))

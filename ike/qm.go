@@ -32,16 +32,20 @@ type qm struct {
 	gqm       []byte
 	localTS   netip.Prefix
 	remoteTS  netip.Prefix
-	idci      *isakmp.ID
-	idcr      *isakmp.ID
-	lastSent  []byte
-	lastRecv  [32]byte
-	timer     clock.Timer
-	timerGen  int
-	done      func(error)
-	w         *waiter // the `gosec up` that started it, if any
-	child     *ChildSA
-	installed bool
+	// proto, lport and rport are the negotiated IDci/IDcr protocol and
+	// ports (0: any), installed with the SAs.
+	proto        uint8
+	lport, rport uint16
+	idci         *isakmp.ID
+	idcr         *isakmp.ID
+	lastSent     []byte
+	lastRecv     [32]byte
+	timer        clock.Timer
+	timerGen     int
+	done         func(error)
+	w            *waiter // the `gosec up` that started it, if any
+	child        *ChildSA
+	installed    bool
 }
 
 func (q *qm) stopTimer() {
@@ -146,6 +150,7 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 		ps = append(ps, &isakmp.KE{Data: dh.Public()})
 	}
 	q.idci, q.idcr = tsID(lts, c.Proto, c.LocalPort), tsID(rts, c.Proto, c.RemotePort)
+	q.proto, q.lport, q.rport = c.Proto, c.LocalPort, c.RemotePort
 	ps = append(ps, q.idci, q.idcr)
 	if c.Mode == sad.Transport && encapUDP(q.encap) {
 		draft := p.peerNATT == 2
@@ -212,6 +217,7 @@ func (e *Engine) armQM(q *qm, tries int, w *waiter) {
 func (e *Engine) failQM(q *qm, err error) {
 	e.Stats.Failed.Add(1)
 	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.msgID, "state", q.state, "err", err)
+	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
 	q.stopTimer()
 	if q.inSPI != 0 && !q.installed {
 		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
@@ -289,8 +295,16 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	out := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.outSPI), ni, nr, n)
 	ch := &ChildSA{Conn: c.Name, Proto: s.Proto, Mode: c.Mode, InSPI: q.inSPI, OutSPI: q.outSPI,
 		Local: p.local.Addr(), Remote: p.peer.Addr(), LocalTS: q.localTS, RemoteTS: q.remoteTS,
-		Proto8: c.Proto, LocalPort: c.LocalPort, RemotePort: c.RemotePort, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
-		ReplayWindow: c.ReplayWindow, Suite: s.String()}
+		Proto8: q.proto, LocalPort: q.lport, RemotePort: q.rport, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
+		LifePackets: c.LifePackets, ReplayWindow: c.ReplayWindow, Suite: s.String()}
+	if c.LifeBytes > 0 && c.LifeBytes < ch.LifeBytes {
+		ch.LifeBytes = c.LifeBytes // exact, not rounded up to kilobytes
+	}
+	ch.RekeyAfter = e.rekeyTimeFor(c, s.Life, q.initiator)
+	if ch.RekeyAfter > 0 || (s.Life <= 0 && c.Rekey && (q.initiator || c.Remote.IsValid())) {
+		ch.SoftBytes = e.softVolume(ch.LifeBytes, c.MarginBytes, c.RekeyFuzz, q.initiator)
+		ch.SoftPackets = e.softVolume(ch.LifePackets, c.MarginPackets, c.RekeyFuzz, q.initiator)
+	}
 	if encapUDP(q.encap) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
 	}
@@ -322,6 +336,7 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	sa, ok1 := find[*isakmp.SA](ps)
 	nonce, ok2 := find[*isakmp.Nonce](ps)
 	if !ok1 || !ok2 {
@@ -335,6 +350,9 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q.suite, q.outSPI, q.nr = suite, outSPI, nonce.Data
+	if suite.lifeNote != "" {
+		e.log.Warn("Quick Mode: the responder's lifetime was bounded", "conn", q.conn.Name, "peer", p.peer, "why", suite.lifeNote)
+	}
 	if encapUDP(encap) != encapUDP(q.encap) {
 		e.failQM(q, fmt.Errorf("conn %s: the responder chose %s, we proposed %s", q.conn.Name, encapName(encap), encapName(q.encap)))
 		return
@@ -403,7 +421,9 @@ func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
 // childUp records an established child.
 func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	e.Stats.ChildrenInstalled.Add(1)
-	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn}
+	nc := &child{sa: ch, p: q.p, established: e.cfg.Clock.Now(), initiator: q.initiator, group: groupName(q.suite.Group), conn: q.conn,
+		identity: q.p.identity(), seq: e.nextSeq()}
+	e.observeChild(q, ch)
 	// The pair this one replaces (a rekey, ours or the peer's) goes after
 	// a short grace period, so that packets in flight still open.
 	for _, old := range e.children[ch.Conn] {
@@ -429,11 +449,12 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	q.finish(nil)
 }
 
-// connsForTS lists the conns with peer p whose selectors contain the
-// proposed ones (p's own conn first).
-func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix) []*Conn {
+// connsForTS lists the conns that ISAKMP SA p authorizes (same
+// endpoints, identities and key: see authorizes) whose selectors contain
+// the proposed ones (p's own conn first).
+func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rport, lport uint16) []*Conn {
 	try := func(c *Conn) bool {
-		if c.Remote.IsValid() && c.Remote != p.peer.Addr() {
+		if !e.authorizes(p, c) || !protoPortsFit(c, proto, rport, lport) {
 			return false
 		}
 		for _, pair := range selectorPairs(withRemote(c, p.peer.Addr())) {
@@ -457,6 +478,20 @@ func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix) []*Conn {
 }
 
 // withRemote fills in the peer's address for a right=%any conn.
+// protoPortsFit reports whether the protocol and ports a peer proposed
+// in IDci/IDcr lie within conn c's leftprotoport/rightprotoport (0 in c
+// means any). A narrower proposal is accepted and installed as proposed,
+// as strongSwan narrows; a wider one is refused.
+func protoPortsFit(c *Conn, proto uint8, rport, lport uint16) bool {
+	if c.Proto != 0 && c.Proto != proto {
+		return false
+	}
+	if c.RemotePort != 0 && c.RemotePort != rport {
+		return false
+	}
+	return c.LocalPort == 0 || c.LocalPort == lport
+}
+
 func withRemote(c *Conn, peer netip.Addr) *Conn {
 	if c.Remote.IsValid() {
 		return c
@@ -483,6 +518,7 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	q.iv = last
 	q.lastRecv = sum
 	sa, ok1 := find[*isakmp.SA](ps)
@@ -509,27 +545,33 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		}
 		q.idci, q.idcr = ids[0], ids[1]
 		proto, rport, lport = ids[0].Protocol, ids[0].Port, ids[1].Port
+		if ids[0].Protocol != ids[1].Protocol || (proto == 0 && (rport != 0 || lport != 0)) {
+			e.Stats.NoProposal.Add(1)
+			e.sendNotify(p, notifyInvalidIDInfo, nil)
+			e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): IDci and IDcr protocols differ, or ports without a protocol",
+				"peer", p.peer, "idci", idProtoPort(ids[0]), "idcr", idProtoPort(ids[1]))
+			return
+		}
 	} else if len(ids) != 0 {
 		e.Stats.Malformed.Add(1)
 		e.warn("QM1 with one client ID", "peer", p.peer)
 		return
 	}
-	cands := e.connsForTS(p, remoteTS, localTS)
+	cands := e.connsForTS(p, remoteTS, localTS, proto, rport, lport)
 	if len(cands) == 0 {
 		e.Stats.NoProposal.Add(1)
 		var ours []string
 		for _, pair := range selectorPairs(withRemote(p.conn, p.peer.Addr())) {
 			ours = append(ours, fmt.Sprintf("%v === %v", pair[0], pair[1]))
 		}
-		e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): the peer's traffic selectors match no conn",
-			"conn", p.conn.Name, "peer", p.peer, "proposed", fmt.Sprintf("%v === %v (ours: local %v, remote %v)", remoteTS, localTS, localTS, remoteTS),
+		e.log.Warn("Quick Mode refused (INVALID_ID_INFORMATION): the peer's traffic selectors match no conn its ISAKMP SA authorizes", "peer_id", p.peerID,
+			"conn", p.conn.Name, "peer", p.peer, "proposed", fmt.Sprintf("%v === %v (ours: local %v, remote %v), protocol %d, ports %d/%d", remoteTS, localTS, localTS, remoteTS, proto, rport, lport),
 			"configured", ours)
 		e.sendNotify(p, 18, nil)
 		return
 	}
 	q.localTS, q.remoteTS = localTS, remoteTS
-	_ = proto
-	_, _ = rport, lport
+	q.proto, q.lport, q.rport = proto, lport, rport
 	// Like Pluto, switch to another conn with this peer whose selectors
 	// and proposals fit when the phase-1 conn's do not.
 	var c *Conn
@@ -558,6 +600,9 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	q.conn = c
 	q.suites = p2Suites(c)
 	q.suite, q.outSPI, q.encap = suite, outSPI, encap
+	if suite.lifeNote != "" {
+		e.log.Warn("Quick Mode: the peer's lifetime was bounded", "conn", c.Name, "peer", p.peer, "why", suite.lifeNote)
+	}
 	var ke *isakmp.KE
 	if suite.Group != 0 {
 		peerKE, ok := find[*isakmp.KE](ps)
@@ -634,6 +679,7 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.msgID)
 		return
 	}
+	e.authentic(p)
 	q.stopTimer()
 	q.lastRecv = sum
 	if err := e.install(q, q.child, true); err != nil {
@@ -649,31 +695,156 @@ var errNoSA = errors.New("no ISAKMP SA")
 // rekeyGrace is how long a replaced SA pair stays installed.
 const rekeyGrace = 5 * time.Second
 
-// armChild schedules the rekey (initiator, rekey=yes) and the hard
-// expiry of a child.
+// armChild schedules the rekey (rekey=yes) and the hard expiry of a
+// child; see rekeyTime for when.
 func (e *Engine) armChild(c *child) {
 	life := c.sa.Lifetime
 	if life <= 0 {
 		return
 	}
-	if c.initiator && c.conn != nil && c.conn.Rekey {
-		margin := c.conn.RekeyMargin
-		if margin <= 0 || margin >= life {
-			margin = life / 10
-		}
-		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life-margin, func() {
-			e.post(func() {
-				if c.rekeyed || !e.hasChild(c) {
-					return
-				}
-				e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI))
-				e.rekey(c)
-			})
+	if at := c.sa.RekeyAfter; at > 0 {
+		c.rekeyAt = at
+		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(at, func() {
+			e.post(func() { e.softExpire(c, "lifetime") })
 		}))
 	}
 	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life, func() {
 		e.post(func() { e.deleteChild(c, "lifetime expired") })
 	}))
+}
+
+// rekeyTime is when, after its installation, child c is rekeyed; 0 for
+// never. The side that initiated c rekeys at lifetime - margin -
+// random(0, margin x rekeyfuzz), as strongSwan's child_cfg computes it
+// (src/libcharon/config/child_cfg.c, get_lifetime with jitter); the
+// responder waits until only half the margin is left, as Libreswan does
+// (programs/pluto/rekeyfuzz.c, fuzz_rekey_margin: "Give the responder a
+// smaller margin so that its rekey event is scheduled later"), so that
+// both peers do not rekey at once. A responder of a right=%any conn
+// cannot initiate and never rekeys. A margin that leaves no lifetime is
+// cut to a tenth of the lifetime.
+func (e *Engine) rekeyTime(c *child) time.Duration {
+	return e.rekeyTimeFor(c.conn, c.sa.Lifetime, c.initiator)
+}
+
+func (e *Engine) rekeyTimeFor(conn *Conn, life time.Duration, initiator bool) time.Duration {
+	if conn == nil || !conn.Rekey || life <= 0 {
+		return 0
+	}
+	margin := conn.RekeyMargin
+	if margin <= 0 || margin >= life {
+		margin = life / 10
+	}
+	if !initiator {
+		if !conn.Remote.IsValid() {
+			return 0
+		}
+		return life - margin/2
+	}
+	at := life - margin
+	if conn.RekeyFuzz > 0 {
+		span := uint64(margin) * uint64(conn.RekeyFuzz) / 100
+		at -= time.Duration(be64u(e.random(8)) % (span + 1))
+	}
+	if at < life/10 {
+		at = life / 10
+	}
+	return at
+}
+
+// softVolume is the soft byte or packet limit for a hard limit: hard -
+// margin - random(0, margin x fuzz) on the side that initiated the SA,
+// hard - margin/2 on the other (as rekeyTimeFor); margin 0 means a tenth
+// of hard; never below a tenth of hard. 0 for no hard limit.
+func (e *Engine) softVolume(hard, margin uint64, fuzz int, initiator bool) uint64 {
+	if hard == 0 {
+		return 0
+	}
+	if margin == 0 || margin >= hard {
+		margin = hard / 10
+	}
+	soft := hard - margin/2
+	if initiator {
+		soft = hard - margin
+		if fuzz > 0 {
+			span := margin / 100 * uint64(fuzz)
+			if margin < 1<<40 {
+				span = margin * uint64(fuzz) / 100
+			}
+			if span < ^uint64(0) {
+				span = be64u(e.random(8)) % (span + 1)
+			}
+			if span > soft {
+				span = soft
+			}
+			soft -= span
+		}
+	}
+	return max(soft, hard/10, 1)
+}
+
+func be64u(b []byte) uint64 { return uint64(be32u(b[:4]))<<32 | uint64(be32u(b[4:8])) }
+
+// softExpire starts the rekey of c unless it is replaced, already being
+// rekeyed, or its conn does not rekey.
+func (e *Engine) softExpire(c *child, why string) {
+	if c.rekeyed || c.rekeying || !e.hasChild(c) {
+		return
+	}
+	if c.conn == nil || !c.conn.Rekey || (!c.initiator && !c.conn.Remote.IsValid()) {
+		return
+	}
+	e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "why", why)
+	e.rekey(c)
+}
+
+// SoftExpire reports the data plane's soft lifetime event (time, bytes,
+// packets or sequence numbers near exhaustion) of an SA of conn, named by
+// its inbound or outbound SPI: the engine negotiates the successor now,
+// unless one exists or is under way. Safe from any goroutine.
+func (e *Engine) SoftExpire(conn string, spi uint32) {
+	e.postLifecycle(func() {
+		if c := e.childBySPI(conn, spi); c != nil {
+			e.softExpire(c, "soft lifetime reached in the data plane")
+		}
+	})
+}
+
+// HardExpire reports the data plane's hard lifetime event of an SA of
+// conn (inbound or outbound SPI): the pair is removed and the peer told.
+// Safe from any goroutine.
+func (e *Engine) HardExpire(conn string, spi uint32) {
+	e.postLifecycle(func() {
+		if c := e.childBySPI(conn, spi); c != nil {
+			e.deleteChild(c, "hard lifetime reached in the data plane")
+		}
+	})
+}
+
+// postLifecycle queues a lifecycle event; such events must not be lost,
+// so a full queue is retried from another goroutine for a while.
+func (e *Engine) postLifecycle(f func()) {
+	if e.post(f) {
+		return
+	}
+	go func() {
+		for i := 0; i < 100; i++ {
+			time.Sleep(50 * time.Millisecond)
+			if e.post(f) {
+				return
+			}
+		}
+		e.log.Error("IKE event queue full: a lifetime event was lost")
+	}()
+}
+
+func (e *Engine) childBySPI(conn string, spi uint32) *child {
+	for _, c := range e.children[conn] {
+		if c.sa.InSPI == spi || c.sa.OutSPI == spi {
+			return c
+		}
+	}
+	return nil
 }
 
 func (e *Engine) hasChild(c *child) bool {
@@ -692,10 +863,12 @@ func (e *Engine) rekey(c *child) {
 	if conn == nil {
 		return
 	}
+	c.rekeying = true
 	for _, p := range e.sortedSAs() {
 		if p.conn == conn && p.established() && (p.suite.Life <= 0 || e.cfg.Clock.Now().Sub(p.estTime) < p.suite.Life) {
 			e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
 				if err != nil {
+					c.rekeying = false
 					e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
 				}
 			}, nil)
@@ -728,4 +901,9 @@ func (e *Engine) deleteChild(c *child, why string) {
 		e.children[c.sa.Conn] = list
 	}
 	e.log.Info("IPsec SA deleted", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "out_spi", fmt.Sprintf("%08x", c.sa.OutSPI), "why", why)
+}
+
+// idProtoPort renders a client ID's protocol and port for logs.
+func idProtoPort(id *isakmp.ID) string {
+	return fmt.Sprintf("%s proto %d port %d", idString(id), id.Protocol, id.Port)
 }

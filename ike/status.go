@@ -45,13 +45,24 @@ type ChildStatus struct {
 	ISAKMP          string `json:"isakmp,omitempty"` // cookies of the phase-1 SA that made it
 }
 
+// maxListedHalfOpen bounds the half-open responder SAs Status lists.
+const maxListedHalfOpen = 16
+
 // Status returns the phase-1 SAs and the IPsec SA pairs, ordered by conn.
 func (e *Engine) Status(ctx context.Context) ([]ISAKMPStatus, []ChildStatus, error) {
 	var p1s []ISAKMPStatus
 	var cs []ChildStatus
 	err := e.call(ctx, func() {
 		now := e.cfg.Clock.Now()
+		halfOpen := 0
 		for _, p := range e.sortedSAs() {
+			// A flood leaves thousands of half-open responder SAs: list
+			// the first maxListedHalfOpen; the half-open counter has them all.
+			if !p.initiator && !p.established() {
+				if halfOpen++; halfOpen > maxListedHalfOpen {
+					continue
+				}
+			}
 			st := ISAKMPStatus{State: p.state, Initiator: p.initiator, ICookie: hex.EncodeToString(p.icky[:]),
 				RCookie: hex.EncodeToString(p.rcky[:]), Local: p.local.String(), Remote: p.peer.String(), PeerID: p.peerID,
 				NATT: p.natt, AgeSeconds: int64(now.Sub(p.created) / time.Second)}

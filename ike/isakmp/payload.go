@@ -297,6 +297,18 @@ func Decode(rp RawPayload) (Payload, error) {
 	return &Unknown{T: rp.Type, Data: clone(b)}, nil
 }
 
+// MaxProposals and MaxSATransforms bound what one SA payload may carry,
+// checked before any transform is decoded. Real peers stay well below:
+// strongSwan puts a whole ike= or esp= line into one proposal with one
+// transform per combination of cipher, integrity and group (a long line
+// makes a hundred or two, and the count field caps a proposal at 255);
+// Libreswan and racoon send a few dozen. 512 transforms of ordinary
+// attributes take about 20 KB, and matching them costs microseconds.
+const (
+	MaxProposals    = 32
+	MaxSATransforms = 512
+)
+
 func decodeSA(b []byte) (*SA, error) {
 	if len(b) < 8 {
 		return nil, fmt.Errorf("%w: SA payload of %d octets", ErrLength, len(b))
@@ -321,6 +333,20 @@ func decodeSA(b []byte) (*SA, error) {
 	}
 	if end != len(rest) {
 		return nil, fmt.Errorf("%w: %d octets after the last proposal", ErrLength, len(rest)-end)
+	}
+	// Cheap limits before the transforms are decoded: the proposal
+	// count, and the transform counts their headers announce.
+	if len(ps) > MaxProposals {
+		return nil, fmt.Errorf("%w: %d proposals in one SA payload (at most %d)", ErrTooMany, len(ps), MaxProposals)
+	}
+	total := 0
+	for _, rp := range ps {
+		if len(rp.Body) >= 4 {
+			total += int(rp.Body[3])
+		}
+	}
+	if total > MaxSATransforms {
+		return nil, fmt.Errorf("%w: %d transforms in one SA payload (at most %d)", ErrTooMany, total, MaxSATransforms)
 	}
 	for _, rp := range ps {
 		if rp.Type != PayloadProposal {

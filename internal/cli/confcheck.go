@@ -5,14 +5,24 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/gosec-ipsec/gosec/internal/conf"
 )
 
+// Exit statuses of gosec conf check.
+const (
+	ConfCheckOK      = 0 // every conn loads
+	ConfCheckErrors  = 1 // the files have errors: gosec start would refuse them
+	ConfCheckSkipped = 3 // valid, but some conns need a feature gosec lacks
+)
+
 // ConfCheck runs `gosec conf check`: it loads ipsec.conf and
 // ipsec.secrets, prints every problem as file:line: message, with --dump
-// each resolved conn, and exits 1 when there are errors (warnings alone
-// exit 0).
+// each resolved conn, then a summary: the conns loaded, those skipped and
+// why. It exits 0 when everything loads (warnings allowed), 1 when the
+// files have errors and 3 when they are valid but some conns were skipped
+// for a feature gosec lacks (gosec start then runs the others).
 func ConfCheck(env Env, args []string) int {
 	fs := flag.NewFlagSet("gosec conf check", flag.ContinueOnError)
 	var cf ConfigFlags
@@ -54,10 +64,37 @@ func ConfCheck(env Env, args []string) int {
 		}
 	}
 	if failed {
-		return 1
+		errs := len(cfg.Diags.Errors())
+		if sec != nil {
+			errs += len(sec.Diags.Errors())
+		}
+		fmt.Fprintf(env.Stderr, "%s: %d errors; gosec start would refuse this configuration\n", cf.Config, max(errs, 1))
+		return ConfCheckErrors
 	}
-	fmt.Fprintf(env.Stderr, "%s: %d conns, configuration OK\n", cf.Config, len(cfg.Conns))
-	return 0
+	if len(cfg.Skipped) == 0 {
+		fmt.Fprintf(env.Stderr, "%s: %d conns, configuration OK\n", cf.Config, len(cfg.Conns))
+		return ConfCheckOK
+	}
+	fmt.Fprintf(env.Stderr, "%s: %d conns loaded, %d skipped: %s\n", cf.Config, len(cfg.Conns), len(cfg.Skipped), skipSummary(cfg.Skipped))
+	return ConfCheckSkipped
+}
+
+// skipSummary groups the skipped conns by the feature they need:
+// "IPv6: a, b; XAUTH: c".
+func skipSummary(skipped []conf.Skipped) string {
+	var order []string
+	names := map[string][]string{}
+	for _, s := range skipped {
+		if _, ok := names[s.Feature]; !ok {
+			order = append(order, s.Feature)
+		}
+		names[s.Feature] = append(names[s.Feature], s.Name)
+	}
+	parts := make([]string, len(order))
+	for i, f := range order {
+		parts[i] = fmt.Sprintf("%s (%s)", f, strings.Join(names[f], ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // loadSecretsFor loads the secrets file; a missing one is fine when no

@@ -22,6 +22,8 @@ import (
 
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
+	"github.com/gosec-ipsec/gosec/internal/metrics"
+	"github.com/gosec-ipsec/gosec/internal/privs"
 )
 
 // Env is what a command reads and writes; tests replace it.
@@ -90,6 +92,10 @@ func Start(env Env, args []string) int {
 	local := fs.String("local", "", "which side of manually keyed conns is this host: left or right (default: by local addresses)")
 	tunName := fs.String("tun", "gosec0", "name of the TUN device")
 	mtu := fs.Int("mtu", 1500, "MTU of the path to the peers")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on ADDR (host:port), e.g. 127.0.0.1:9569 (default: metrics= in config setup, else off)")
+	runAs := fs.String("user", "", "after opening sockets and devices, run as this user keeping only CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	saveKeys := fs.String("save-keys", "", "write every SA's keys to DIR in Wireshark's formats (ikev1_decryption_table, esp_sa); debugging only")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file until it stops (performance work)")
 	if _, ok := parse(env, fs, args); !ok {
 		return 2
@@ -97,6 +103,10 @@ func Start(env Env, args []string) int {
 	cf.Resolve()
 	if *local != "" && *local != "left" && *local != "right" {
 		fmt.Fprintf(env.Stderr, "gosec start: --local must be left or right, not %q\n", *local)
+		return 2
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		fmt.Fprintf(env.Stderr, "gosec start: --log-format must be text or json, not %q\n", *logFormat)
 		return 2
 	}
 	if !*nofork && os.Getenv(daemonEnvMarker) == "" {
@@ -117,7 +127,38 @@ func Start(env Env, args []string) int {
 	if *debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	var handler slog.Handler
+	switch *logFormat {
+	case "text":
+		handler = slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})
+	case "json":
+		handler = slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level})
+	default:
+		fmt.Fprintf(env.Stderr, "gosec start: --log-format must be text or json, not %q\n", *logFormat)
+		return 2
+	}
+	log := slog.New(handler)
+	// Not dumpable, whatever else happens: no core file with keys in it,
+	// no ptrace or /proc/PID/mem by other processes of the same user.
+	if err := privs.SetNotDumpable(); err != nil {
+		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
+		return 1
+	}
+	drop := func() error { return nil }
+	if *runAs != "" {
+		uid, gid, err := privs.Lookup(*runAs)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "gosec start: --user: %v\n", err)
+			return 1
+		}
+		drop = func() error {
+			if err := privs.Drop(uid, gid); err != nil {
+				return err
+			}
+			log.Info("privileges dropped", "user", *runAs, "uid", uid, "gid", gid, "capabilities", "cap_net_admin,cap_net_raw,cap_net_bind_service")
+			return nil
+		}
+	}
 	if *cpuProfile != "" {
 		f, err := os.OpenFile(*cpuProfile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
@@ -130,11 +171,22 @@ func Start(env Env, args []string) int {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	mx := metrics.New()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err := daemon.Run(ctx, daemon.Options{
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
+		SaveKeysDir: *saveKeys, Observer: mx,
+		Started: func(d *daemon.Daemon) error {
+			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {
+				return err
+			}
+			if err := drop(); err != nil {
+				return err
+			}
+			return notifyReady(ctx, d, log)
+		},
 	})
 	if err != nil {
 		log.Error("gosec exited", "err", err)

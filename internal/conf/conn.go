@@ -68,6 +68,11 @@ type Conn struct {
 	// Manual is set for manually keyed conns (any *spi= or key keyword).
 	Manual bool
 
+	// ikev2 is Libreswan's ikev2= ("no", "propose", "yes") and ikev2Raw
+	// its value as written; resolveIKEVersion weighs it against
+	// keyexchange=.
+	ikev2, ikev2Raw string
+
 	// set records which keywords were given, with where (for messages).
 	set map[string]pos
 	// bad records the keywords given with a value that was refused, so
@@ -105,10 +110,30 @@ func (c *Conn) ManualSuite() Suite {
 
 // Config is a loaded ipsec.conf.
 type Config struct {
-	Conns []*Conn // in file order, %default and ignored templates included
-	Setup map[string]string
-	Diags Diags
+	// Conns are the conns that loaded, in file order (templates with
+	// auto=ignore included); conns that need a feature gosec lacks are in
+	// Skipped instead.
+	Conns   []*Conn
+	Skipped []Skipped
+	Setup   map[string]string
+	Diags   Diags
 }
+
+// Skipped is a conn left out because it needs something gosec lacks.
+type Skipped struct {
+	Name string
+	File string // where the conn starts
+	Line int
+	// Feature is what is missing ("IPv6", "XAUTH", ...).
+	Feature string
+	// Msg says which keyword needs it, and why.
+	Msg string
+	// At is the line of that keyword.
+	At pos
+}
+
+// Where returns the file and line of the keyword that needs the feature.
+func (s Skipped) Where() (string, int) { return s.At.file, s.At.line }
 
 // Conn returns the conn named name, or nil.
 func (c *Config) Conn(name string) *Conn {

@@ -2,6 +2,7 @@ package conf
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -10,6 +11,33 @@ import (
 	"sync"
 	"time"
 )
+
+// needError says that a keyword's value needs a feature gosec lacks: the
+// conn is skipped (reported once, at that keyword's line), and the other
+// conns still load.
+type needError struct {
+	// Feature names what is missing ("IPv6", "XAUTH", ...); the summary of
+	// gosec conf check groups skipped conns by it.
+	Feature string
+	// Detail says more, when the feature's name alone does not.
+	Detail string
+}
+
+func (e *needError) Error() string {
+	msg := e.Feature + " is not supported by gosec"
+	if e.Detail != "" {
+		msg += " (" + e.Detail + ")"
+	}
+	return msg
+}
+
+// need returns a *needError.
+func need(feature, detail string, args ...any) error {
+	if len(args) > 0 {
+		detail = fmt.Sprintf(detail, args...)
+	}
+	return &needError{Feature: feature, Detail: detail}
+}
 
 // handler applies one keyword's value to a conn.
 type handler func(c *Conn, v string, r *resolver) error
@@ -21,10 +49,14 @@ var connKeywords = map[string]handler{}
 
 // endKeywords are the keywords that exist as left<kw> and right<kw>.
 var endKeywords = map[string]endHandler{
-	"":          setHost,
-	"subnet":    setSubnets,
-	"subnets":   setSubnets, // Libreswan: leftsubnets={a b}
-	"id":        func(_ *Conn, e *End, v string, _ *resolver) error { e.ID = v; return nil },
+	"":        setHost,
+	"subnet":  setSubnets,
+	"subnets": setSubnets, // Libreswan: leftsubnets={a b}
+	"id":      func(_ *Conn, e *End, v string, _ *resolver) error { e.ID = v; return nil },
+	// FreeS/WAN's manual keying: leftespspi/leftahspi are the SPI of
+	// the SA towards left (ipsec.conf(5) of FreeS/WAN 2.04).
+	"espspi":    setSPI,
+	"ahspi":     setSPI,
 	"protoport": setProtoPort,
 	"nexthop":   setNextHop,
 	"rsasigkey": func(_ *Conn, e *End, v string, _ *resolver) error { e.RSASigKey = v; return nil },
@@ -37,38 +69,11 @@ var endKeywords = map[string]endHandler{
 	"ahkey": func(c *Conn, e *End, v string, _ *resolver) error { return setKey(c, &e.AHKey, v) },
 }
 
-// setupUnsupported are the config setup keywords of strongSwan, Libreswan
-// and FreeS/WAN; gosec implements none of them, and a warning names each.
-var setupUnsupported = map[string]string{
-	"charondebug": "use gosec start --debug", "plutodebug": "use gosec start --debug", "uniqueids": "",
-	"strictcrlpolicy": "", "cachecrls": "", "charonstart": "", "plutostart": "", "protostack": "gosec is its own stack",
-	"interfaces": "gosec listens on all addresses", "virtual_private": "", "nat_traversal": "NAT-T is always on",
-	"nhelpers": "", "plutostderrlog": "", "logfile": "use gosec start --log", "dumpdir": "", "klipsdebug": "",
-	"keep_alive": "", "myid": "", "oe": "", "crlcheckinterval": "", "listen": "", "ikev1-policy": "",
-}
-
-// knownUnsupported are strongSwan / Libreswan / FreeS/WAN conn keywords
-// that gosec knowingly ignores: a warning names them.
-var knownUnsupported = map[string]string{
-	"compress": "IPComp is not implemented", "mobike": "IKEv2 only", "leftfirewall": "", "rightfirewall": "",
-	"leftupdown": "", "rightupdown": "", "leftsourceip": "", "rightsourceip": "", "leftdns": "", "rightdns": "",
-	"leftsendcert": "", "rightsendcert": "", "leftauth": "", "rightauth": "", "leftauth2": "", "rightauth2": "",
-	"leftca": "", "rightca": "", "leftgroups": "", "rightgroups": "", "lefthostaccess": "", "righthostaccess": "",
-	"leftallowany": "", "rightallowany": "", "leftikeport": "", "rightikeport": "", "leftsigkey": "", "rightsigkey": "",
-	"leftxauthserver": "", "rightxauthserver": "", "leftxauthclient": "", "rightxauthclient": "",
-	"leftmodecfgserver": "", "rightmodecfgserver": "", "leftmodecfgclient": "", "rightmodecfgclient": "",
-	"leftvti": "", "rightvti": "", "leftcert2": "", "rightcert2": "",
-	"eap_identity": "", "aaa_identity": "", "xauth": "", "xauth_identity": "", "reauth": "", "closeaction": "",
-	"inactivity": "", "mark": "", "mark_in": "", "mark_out": "", "reqid": "", "installpolicy": "", "fragmentation": "",
-	"ikedscp": "", "tfc": "", "modeconfig": "", "narrowing": "", "sha256_96": "", "margintime_ike": "",
-	"ikelifetime_bytes": "", "lifebytes": "", "lifepackets": "", "marginbytes": "", "marginpackets": "", "me_peerid": "",
-	"mediated_by": "", "mediation": "", "hw_offload": "", "replay_window_ike": "", "sequence": "", "sha2-truncbug": "",
-	"dpdactionike": "", "ikepad": "", "nat-keepalive": "", "initial-contact": "", "cisco-unity": "", "remote-peer-type": "",
-	"nm-configured": "", "salifetime_bytes": "", "nic-offload": "", "vti-interface": "", "vti-routing": "",
-	"vti-shared": "", "priority": "", "metric": "", "mtu": "", "tcp-remoteport": "", "enable-tcp": "", "overlapip": "",
-	"ms-dh-downgrade": "", "ignore-peer-dns": "", "sendca": "", "modecfgpull": "", "modecfgdns": "", "modecfgbanner": "",
-	"policy-label": "", "nflog-group": "", "decap-dscp": "", "nopmtudisc": "", "authby2": "", "ipsec-interface": "",
-	"failureshunt": "", "negotiationshunt": "", "connaddrfamily": "", "hostaddrfamily": "", "clientaddrfamily": "",
+// setupSupported are the config setup keywords gosec implements (the
+// daemon reads them from Config.Setup).
+var setupSupported = map[string]string{
+	"savekeys": "directory for key export to Wireshark (ikev1_decryption_table, esp_sa)",
+	"metrics":  "address of the Prometheus endpoint, e.g. 127.0.0.1:9569",
 }
 
 func init() {
@@ -98,7 +103,9 @@ func init() {
 		"dpddelay":    func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDDelay, v) },
 		"dpdtimeout":  func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDTimeout, v) },
 		"dpdaction": func(c *Conn, v string, _ *resolver) error {
-			return setEnum(&c.DPDAction, v, map[string]string{"none": "none", "clear": "clear", "hold": "hold", "restart": "restart"})
+			// strongSwan 5 adds trap (as hold: the policy stays and
+			// traffic renegotiates).
+			return setEnum(&c.DPDAction, v, map[string]string{"none": "none", "clear": "clear", "hold": "hold", "restart": "restart", "trap": "hold"})
 		},
 		"forceencaps":   func(c *Conn, v string, _ *resolver) error { return setBool(&c.ForceEncaps, v) },
 		"encapsulation": setEncapsulation,
@@ -106,14 +113,51 @@ func init() {
 			return setEnum(&c.Type, v, map[string]string{"tunnel": "tunnel", "transport": "transport", "passthrough": "passthrough", "pass": "passthrough", "drop": "drop", "reject": "drop"})
 		},
 		"auto": func(c *Conn, v string, _ *resolver) error {
-			return setEnum(&c.Auto, v, map[string]string{"add": "add", "start": "start", "route": "route", "ignore": "ignore", "ondemand": "route", "up": "start"})
+			return setEnum(&c.Auto, v, map[string]string{"add": "add", "start": "start", "route": "route", "ignore": "ignore", "ondemand": "route", "up": "start", "keep": "start", "manual": "start"})
 		},
 		"replay_window": setReplayWindow,
+		// FreeS/WAN 2.04 ipsec.conf(5): auth=esp|ah, whether
+		// authentication is done by ESP or by a separate AH.
+		"auth": func(c *Conn, v string, r *resolver) error {
+			if v == "esp" {
+				return nil
+			}
+			if v == "ah" {
+				return setPhase2(c, v, r)
+			}
+			return fmt.Errorf("auth must be esp or ah")
+		},
+		// Libreswan aliases (lib/libswan/ipsecconf/conn.c, A(...)):
+		// ipsec-lifetime is the name of keylife/lifetime/salifetime
+		// since 5.0, ikev1-dpdtimeout the old dpdtimeout.
+		"ipsec-lifetime":   func(c *Conn, v string, _ *resolver) error { return setDuration(&c.KeyLife, v) },
+		"ikev1-dpdtimeout": func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDTimeout, v) },
+		// FreeS/WAN manual keying: spi= and the keys without left/right
+		// are used for both directions unless leftspi= etc. say otherwise.
+		"spi": func(c *Conn, v string, r *resolver) error {
+			for _, e := range []*End{&c.Left, &c.Right} {
+				if err := setSPI(c, e, v, r); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		"espenckey":     bothKeys(func(e *End) *[]byte { return &e.ESPEncKey }),
+		"espauthkey":    bothKeys(func(e *End) *[]byte { return &e.ESPAuthKey }),
+		"ahkey":         bothKeys(func(e *End) *[]byte { return &e.AHKey }),
 		"replay-window": setReplayWindow,
-		"esn":           func(c *Conn, v string, _ *resolver) error { return setBool(&c.ESN, v) },
-		"ah_align":      setAHAlign,
-		"encapsport":    setEncapPort,
-		"also":          nil, // resolved before interpretation
+		"esn": func(c *Conn, v string, _ *resolver) error {
+			// Libreswan: esn=either lets the peer choose; gosec
+			// then proposes none.
+			if v == "either" {
+				c.ESN = false
+				return nil
+			}
+			return setBool(&c.ESN, v)
+		},
+		"ah_align":   setAHAlign,
+		"encapsport": setEncapPort,
+		"also":       nil, // resolved before interpretation
 	} {
 		connKeywords[k] = h
 	}
@@ -154,7 +198,10 @@ func buildKeywordList() []string {
 	for k := range endKeywords {
 		out = append(out, "left"+k, "right"+k)
 	}
-	for k := range knownUnsupported {
+	for k := range ignoredConn {
+		out = append(out, k)
+	}
+	for k := range featureKeywords {
 		out = append(out, k)
 	}
 	sort.Strings(out)
@@ -166,14 +213,20 @@ func isConnKeyword(key string) bool {
 	if _, _, _, ok := lookupKeyword(key); ok {
 		return true
 	}
-	_, ok := knownUnsupported[key]
+	if _, ok := featureKeywords[key]; ok {
+		return true
+	}
+	_, ok := ignoredConn[key]
 	return ok
 }
 
 // setupKeywords lists the config setup keywords, for suggestions.
 func setupKeywords() []string {
 	var out []string
-	for k := range setupUnsupported {
+	for k := range ignoredSetup {
+		out = append(out, k)
+	}
+	for k := range setupSupported {
 		out = append(out, k)
 	}
 	sort.Strings(out)
@@ -195,11 +248,39 @@ func suggest(key string, setup bool) string {
 		names = setupKeywords()
 	}
 	for _, k := range names {
-		if d := editDistance(key, k); d < bestD {
+		// Among equally near keywords, a missing letter ("authy" for
+		// authby) is likelier than an extra one ("leftsubnett" for
+		// leftsubnet), and both than a wrong one.
+		if d := editDistance(key, k); d < bestD || d == bestD && best != "" && weightedDistance(key, k) < weightedDistance(key, best) {
 			best, bestD = k, d
 		}
 	}
 	return best
+}
+
+// weightedDistance is editDistance with a letter missing from a costing
+// 2, a letter too many 3 and a wrong letter 4.
+func weightedDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 999
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = 2 * j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = 3 * i
+		for j := 1; j <= len(b); j++ {
+			cost := 4
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+3, cur[j-1]+2, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func editDistance(a, b string) int {
@@ -240,12 +321,11 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 		e.Addr = a
 		return nil
 	case "%any6", "::":
-		return fmt.Errorf("IPv6 is not supported yet")
+		return need("IPv6", "%s is an IPv6 address", v)
+	case "%opportunistic", "%opportunisticgroup", "%group", "%oppo", "%oe", "%oppohere", "%oppothere":
+		return need("opportunistic encryption", "%s", v)
 	}
 	if strings.HasPrefix(v, "%") {
-		if v == "%opportunistic" || v == "%group" || v == "%oppo" {
-			return fmt.Errorf("%s (opportunistic encryption) is not supported", v)
-		}
 		if len(v) > 1 && v[1] != '%' && !strings.ContainsAny(v[1:], "%") && (strings.Contains(v, ".") || strings.Contains(v, ":")) {
 			return fmt.Errorf("the %% prefix (strongSwan's %sallowany=yes: accept the peer from any address) is not supported; write %s, or %%any", "left/right", v[1:])
 		}
@@ -253,7 +333,7 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 	}
 	if a, err := netip.ParseAddr(strings.TrimPrefix(v, "%")); err == nil {
 		if !a.Is4() {
-			return fmt.Errorf("%s: IPv6 is not supported yet", v)
+			return need("IPv6", "%s is an IPv6 address", v)
 		}
 		e.Addr = a
 		return nil
@@ -272,7 +352,16 @@ func setSubnets(_ *Conn, e *End, v string, _ *resolver) error {
 	if v == "%dynamic" {
 		return nil // strongSwan: the end's own address, as with no subnet
 	}
+	if strings.HasPrefix(v, "vhost:") || strings.HasPrefix(v, "vnet:") {
+		return need("virtual subnets", "%s: the peer's subnet chosen behind its NAT, of FreeS/WAN/Openswan NAT traversal", v)
+	}
+	if v == "%opportunisticgroup" || v == "%opportunistic" || v == "%group" {
+		return need("opportunistic encryption", "%s", v)
+	}
 	for _, s := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+		if s == "%no" || s == "%priv" || s == "%all" {
+			return need("virtual subnets", "%s in a subnet list", s)
+		}
 		if i := strings.IndexByte(s, '['); i >= 0 {
 			return fmt.Errorf("subnet %q: protocol/port selectors inside subnets are not supported (use leftprotoport)", s)
 		}
@@ -289,7 +378,7 @@ func setSubnets(_ *Conn, e *End, v string, _ *resolver) error {
 			return fmt.Errorf("bad subnet %q", s)
 		}
 		if !p.Addr().Is4() {
-			return fmt.Errorf("subnet %s: IPv6 is not supported yet", s)
+			return need("IPv6", "subnet %s is IPv6", s)
 		}
 		if p.Masked() != p {
 			return fmt.Errorf("subnet %s has host bits set (did you mean %s?)", s, p.Masked())
@@ -302,7 +391,24 @@ func setSubnets(_ *Conn, e *End, v string, _ *resolver) error {
 	return nil
 }
 
-var protoNames = map[string]uint8{"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "sctp": 132, "%any": 0, "any": 0}
+var protoNames = map[string]uint8{"icmp": 1, "igmp": 2, "ipip": 4, "ipencap": 4, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "ospf": 89, "sctp": 132, "udplite": 136, "%any": 0, "any": 0}
+
+// serviceNames are the well-known services (IANA service name registry,
+// as /etc/services spells them) that leftprotoport= may name instead of
+// a port number: strongSwan and Libreswan look the name up with
+// getservbyname(3) (ipsec.conf(5): "leftprotoport=tcp/http"); gosec keeps
+// a table of its own so that a configuration means the same on every host.
+var serviceNames = map[string]uint16{
+	"ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53, "dns": 53,
+	"bootps": 67, "bootpc": 68, "tftp": 69, "gopher": 70, "finger": 79, "http": 80, "www": 80,
+	"kerberos": 88, "pop3": 110, "sunrpc": 111, "ident": 113, "auth": 113, "nntp": 119, "ntp": 123,
+	"netbios-ns": 137, "netbios-dgm": 138, "netbios-ssn": 139, "imap": 143, "imap2": 143, "snmp": 161,
+	"snmp-trap": 162, "bgp": 179, "irc": 194, "ldap": 389, "https": 443, "microsoft-ds": 445,
+	"isakmp": 500, "syslog": 514, "submission": 587, "ldaps": 636, "rsync": 873, "imaps": 993,
+	"pop3s": 995, "socks": 1080, "openvpn": 1194, "ms-sql-s": 1433, "l2tp": 1701, "l2f": 1701,
+	"pptp": 1723, "radius": 1812, "radius-acct": 1813, "nfs": 2049, "mysql": 3306, "ms-wbt-server": 3389,
+	"ipsec-nat-t": 4500, "sip": 5060, "sips": 5061, "postgresql": 5432, "x11": 6000, "http-alt": 8080,
+}
 
 func setProtoPort(_ *Conn, e *End, v string, _ *resolver) error {
 	proto, port, hasPort := strings.Cut(v, "/")
@@ -310,14 +416,23 @@ func setProtoPort(_ *Conn, e *End, v string, _ *resolver) error {
 		e.Proto = n
 	} else if n, err := strconv.ParseUint(proto, 10, 8); err == nil {
 		e.Proto = uint8(n)
+	} else if p := strings.ToLower(proto); p == "ipv6-icmp" || p == "icmpv6" || p == "icmp6" || p == "58" {
+		return need("IPv6", "protocol %s is ICMPv6", proto)
 	} else {
-		return fmt.Errorf("unknown protocol %q", proto)
+		return fmt.Errorf("unknown protocol %q (tcp, udp, icmp, a number...)", proto)
 	}
 	e.Port = 0
 	if hasPort && port != "%any" && port != "" {
+		if n, ok := serviceNames[strings.ToLower(port)]; ok {
+			e.Port = n
+			return nil
+		}
 		n, err := strconv.ParseUint(port, 10, 16)
 		if err != nil {
-			return fmt.Errorf("bad port %q (a number or %%any)", port)
+			if strings.ContainsAny(port, "-:") {
+				return fmt.Errorf("port range %q: gosec's selectors take one port or %%any", port)
+			}
+			return fmt.Errorf("bad port %q (a number, a service name such as ssh, or %%any)", port)
 		}
 		e.Port = uint16(n)
 	}
@@ -329,8 +444,11 @@ func setNextHop(_ *Conn, e *End, v string, _ *resolver) error {
 		return nil
 	}
 	a, err := netip.ParseAddr(v)
-	if err != nil || !a.Is4() {
-		return fmt.Errorf("bad next hop %q", v)
+	if err != nil {
+		return fmt.Errorf("bad next hop %q (an IPv4 address, %%direct or %%defaultroute)", v)
+	}
+	if !a.Is4() {
+		return need("IPv6", "the next hop %s is IPv6", v)
 	}
 	e.NextHop = a
 	return nil
@@ -363,45 +481,123 @@ func setKey(c *Conn, dst *[]byte, v string) error {
 	return nil
 }
 
+// setKeyExchange is keyexchange=: strongSwan's ikev1, ikev2 and ike
+// (ipsec.conf(5): ike means IKEv2 when initiating, either when responding)
+// and Libreswan's ikev1 and ikev2. Which of keyexchange= and ikev2= wins is
+// decided in resolveIKEVersion.
 func setKeyExchange(c *Conn, v string, _ *resolver) error {
-	switch v {
+	switch strings.ToLower(v) {
 	case "ikev1":
 		c.KeyExchange = "ikev1"
 	case "ikev2":
-		return fmt.Errorf("keyexchange=ikev2 is not supported: gosec speaks IKEv1 only")
+		c.KeyExchange = "ikev2"
 	case "ike":
-		return fmt.Errorf("keyexchange=ike means IKEv2 in strongSwan, which gosec does not speak; write keyexchange=ikev1")
+		c.KeyExchange = "ike"
 	default:
-		return fmt.Errorf("unknown key exchange %q (ikev1)", v)
+		return fmt.Errorf("unknown key exchange %q (ikev1, ikev2 or ike)", v)
 	}
 	return nil
 }
 
+// setLibreswanIKEv2 is Libreswan's ikev2=. Its values, as
+// configs/d.ipsec.conf/ikev2.xml (v3.32) and keywords.c's kw_fourvalued
+// list define them: never/no (IKEv1 only), permit (IKEv1 by us, either
+// from the peer; "interpreted as no" since 3.28), propose/yes (IKEv2,
+// falling back to IKEv1 before 3.28; "interpreted as yes" since),
+// insist/always (IKEv2 only).
 func setLibreswanIKEv2(c *Conn, v string, _ *resolver) error {
-	switch v {
+	switch strings.ToLower(v) {
 	case "no", "never", "permit":
-		c.KeyExchange = "ikev1"
-		return nil
-	case "yes", "insist", "propose":
-		return fmt.Errorf("ikev2=%s is not supported: gosec speaks IKEv1 only (ikev2=no)", v)
-	}
-	return fmt.Errorf("bad ikev2 value %q", v)
-}
-
-func setAuthBy(c *Conn, v string, _ *resolver) error {
-	switch v {
-	case "secret", "psk":
-		c.AuthBy = "secret"
-	case "rsasig", "pubkey", "rsa":
-		c.AuthBy = "pubkey"
-	case "never", "null":
-		c.AuthBy = "never"
-	case "xauthpsk", "xauthrsasig", "ecdsasig", "rsa-sha2":
-		return fmt.Errorf("authby=%s is not supported (secret, psk, rsasig, pubkey are)", v)
+		c.ikev2, c.ikev2Raw = "no", v
+	case "propose":
+		c.ikev2, c.ikev2Raw = "propose", v
+	case "yes", "insist", "always":
+		c.ikev2, c.ikev2Raw = "yes", v
 	default:
-		return fmt.Errorf("unknown authby %q (secret, psk, rsasig, pubkey)", v)
+		return fmt.Errorf("bad ikev2 value %q (no, never, permit, propose, yes, insist)", v)
 	}
 	return nil
+}
+
+// setAuthBy is authby=: one method, or Libreswan's list of them
+// ("secret|rsasig", "rsasig,secret"). gosec authenticates with pre-shared
+// keys; a list that offers one is used with it alone.
+func setAuthBy(c *Conn, v string, _ *resolver) error {
+	methods := strings.FieldsFunc(strings.ToLower(v), func(r rune) bool { return r == '|' || r == ',' || r == ' ' })
+	if len(methods) == 0 {
+		return fmt.Errorf("empty authby")
+	}
+	var missing error
+	for _, m := range methods {
+		switch m {
+		case "secret", "psk":
+			c.AuthBy = "secret"
+			return nil
+		case "never", "null":
+			if len(methods) == 1 {
+				c.AuthBy = "never"
+				return nil
+			}
+		case "rsasig", "pubkey", "rsa", "rsa-sha1", "rsa-sha2", "rsa-sha2_256", "rsa-sha2_384", "rsa-sha2_512",
+			"ecdsa", "ecdsasig", "ecdsa-sha2", "ecdsa-sha2_256", "ecdsa-sha2_384", "ecdsa-sha2_512", "eddsa":
+			if missing == nil {
+				missing = need("public-key authentication", "RSA/ECDSA signatures and certificates; gosec authenticates with pre-shared keys, authby=secret")
+			}
+		case "xauthpsk", "xauthrsasig", "hybridinitrsa", "hybridrespsa", "hybridinitrsasig", "hybridrespsig":
+			if missing == nil {
+				missing = need("XAUTH", "an extended authentication round after phase 1")
+			}
+		default:
+			return fmt.Errorf("unknown authby %q (secret, psk, rsasig, pubkey, never)", m)
+		}
+	}
+	return missing
+}
+
+// resolveIKEVersion applies Libreswan's precedence (programs/pluto/
+// extract.c, v5.4, extract_ike_version): keyexchange= wins over ikev2=,
+// whose value counts only when keyexchange= is absent.
+func (p *parser) resolveIKEVersion(c *Conn) (error, pos, string) {
+	kx, hasKX := c.set["keyexchange"]
+	iv, hasIV := c.set["ikev2"]
+	if hasKX && hasIV {
+		if (c.KeyExchange == "ikev1" && c.ikev2 == "yes") || (c.KeyExchange == "ikev2" && c.ikev2 == "no") {
+			p.warnf(iv, "ikev2= is ignored: keyexchange=%s (line %d) wins, as in Libreswan", c.KeyExchange, kx.line)
+		}
+	} else if hasIV {
+		switch c.ikev2 {
+		case "no":
+			c.KeyExchange = "ikev1"
+		case "propose":
+			// Before Libreswan 3.28 propose fell back to IKEv1.
+			p.warnf(iv, "ikev2=propose: gosec uses IKEv1, the fallback Libreswan before 3.28 allowed (since 3.28 it means ikev2=yes)")
+			c.KeyExchange = "ikev1"
+		case "yes":
+			c.KeyExchange = "ikev2"
+			return need("IKEv2", "gosec speaks IKEv1: ikev2=no"), iv, "ikev2=" + c.ikev2Raw
+		}
+	}
+	switch c.KeyExchange {
+	case "ikev2":
+		return need("IKEv2", "gosec speaks IKEv1: keyexchange=ikev1"), kx, "keyexchange=ikev2"
+	case "ike":
+		return need("IKEv2", "keyexchange=ike is IKEv2 in strongSwan; gosec speaks IKEv1: keyexchange=ikev1"), kx, "keyexchange=ike"
+	}
+	return nil, pos{}, ""
+}
+
+// bothKeys is FreeS/WAN's espenckey=/espauthkey=/ahkey= without
+// left/right: the key of both directions, unless leftespenckey= etc.
+// (applied after it) say otherwise.
+func bothKeys(field func(*End) *[]byte) handler {
+	return func(c *Conn, v string, _ *resolver) error {
+		for _, e := range []*End{&c.Left, &c.Right} {
+			if err := setKey(c, field(e), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 func setProposals(dst *Proposals, v string, kind proposalKind) error {
@@ -442,11 +638,16 @@ func setPhase2(c *Conn, v string, _ *resolver) error {
 // setPhase2Alg is Libreswan's phase2alg: ESP algorithms, or AH ones
 // (integrity only) for phase2=ah.
 func setPhase2Alg(c *Conn, v string) error {
-	if ps, err := parseProposals(v, kindESP); err == nil {
+	ps, err := parseProposals(v, kindESP)
+	if err == nil {
 		c.ESP = ps
 		return nil
 	}
-	ps, err := parseProposals(v, kindAH)
+	var ne *needError
+	if errors.As(err, &ne) {
+		return err
+	}
+	ps, err = parseProposals(v, kindAH)
 	if err != nil {
 		return err
 	}
@@ -455,9 +656,13 @@ func setPhase2Alg(c *Conn, v string) error {
 }
 
 func setPFSGroup(c *Conn, v string, _ *resolver) error {
+	v = strings.ToLower(v)
 	g, ok := dhNames[v]
-	if !ok || !g.Supported() {
-		return fmt.Errorf("unknown or unsupported DH group %q", v)
+	if ok && !g.Supported() || !ok && isUnsupportedAlg(v) {
+		return need("DH group "+v, "gosec implements modp1024 and up, ecp256/384/521")
+	}
+	if !ok {
+		return fmt.Errorf("unknown DH group %q", v)
 	}
 	for i := range c.ESP.List {
 		c.ESP.List[i].DH = []DHGroup{g}

@@ -243,7 +243,7 @@ func TestLimitIncludeDepthAndCount(t *testing.T) {
 func TestNoIncludeAndSpecialFiles(t *testing.T) {
 	opts := testOptions()
 	opts.NoInclude = true
-	cfg, err := Parse("mem.conf", []byte("include /etc/*\nconn x\n\tleft=192.0.2.1\n\tright=192.0.2.2\n"), opts)
+	cfg, err := Parse("mem.conf", []byte("include /etc/*\nconn x\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tauthby=secret\n"), opts)
 	if err == nil || !hasDiag(cfg, "include is not allowed here") {
 		t.Errorf("NoInclude: %v", err)
 	}

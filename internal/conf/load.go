@@ -110,15 +110,21 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		switch s.kind {
 		case "config":
 			for _, k := range s.kvs {
-				if why, ok := setupUnsupported[k.key]; ok {
+				if isUserParam(k.key) {
+					continue
+				}
+				if _, ok := setupSupported[k.key]; ok {
+					continue
+				}
+				if why, ok := ignoredSetup[k.key]; ok {
 					p.warnUnsupported(k, why)
 					continue
 				}
 				if isConnKeyword(k.key) {
-					p.errorf(k.pos, "%s is a conn keyword; it is not allowed in config setup", k.key)
+					p.errorf(k.pos, "%s is a conn keyword; it is not allowed in config setup", k.raw())
 					continue
 				}
-				p.errorf(k.pos, "unknown config setup keyword %q%s", k.key, p.hint(k.key, true))
+				p.errorf(k.pos, "unknown config setup keyword %q%s", k.raw(), p.hint(k.key, true))
 			}
 			for _, k := range s.kvs {
 				cfg.Setup[k.key] = k.value
@@ -150,14 +156,34 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			order = append(order, s)
 		}
 	}
+	// Conns named by also=: with auto=ignore they are templates, whose
+	// needs are reported through the conns that use them.
+	referenced := map[string]bool{}
+	for _, s := range order {
+		for _, k := range s.kvs {
+			if k.key == "also" {
+				referenced[k.value] = true
+			}
+		}
+	}
 	for _, s := range order {
 		if p.work > MaxResolveWork {
 			p.errorf(s.pos, "configuration too large to resolve: more than %d keyword settings merged through conn %%default and also=; conn %s and those after it are not checked", MaxResolveWork, s.name)
 			break
 		}
 		kvs := p.flatten(s, conns, defaults)
-		c := p.interpret(s, kvs, r)
-		cfg.Conns = append(cfg.Conns, c)
+		c, skip := p.interpret(s, kvs, r)
+		if skip == nil {
+			cfg.Conns = append(cfg.Conns, c)
+			continue
+		}
+		if referenced[c.Name] && c.Auto == "ignore" {
+			continue // a template: the conns using it say what they need
+		}
+		skip.Name, skip.File, skip.Line = c.Name, c.File, c.Line
+		cfg.Skipped = append(cfg.Skipped, *skip)
+		p.add(Diag{File: skip.At.file, Line: skip.At.line, Skip: true, Warning: true,
+			Msg: fmt.Sprintf("conn %s skipped: %s", c.Name, skip.Msg)})
 	}
 	cfg.Diags = p.diags
 	sortDiags(cfg.Diags, p.order)
@@ -187,7 +213,7 @@ func sortDiags(ds Diags, order []string) {
 }
 
 func (p *parser) warnUnsupported(k kv, why string) {
-	msg := fmt.Sprintf("%s is not supported by gosec and is ignored", k.key)
+	msg := fmt.Sprintf("%s is not supported by gosec and is ignored", k.raw())
 	if why != "" {
 		msg += " (" + why + ")"
 	}
@@ -289,22 +315,44 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 }
 
 // order in which keywords are applied: algorithms before what modifies
-// them (pfsgroup, phase2), manual keys after the algorithms.
+// them (pfsgroup, phase2), manual keys after the algorithms, and the keys
+// of one end after FreeS/WAN's keys of both.
 func applyRank(key string) int {
 	switch key {
 	case "esp", "ah", "phase2alg", "ike":
 		return 0
-	case "phase2", "pfsgroup":
+	case "phase2", "pfsgroup", "auth":
 		return 1
+	}
+	for _, side := range []string{"left", "right"} {
+		switch strings.TrimPrefix(key, side) {
+		case "spi", "espspi", "ahspi", "espenckey", "espauthkey", "ahkey":
+			if strings.HasPrefix(key, side) {
+				return 3
+			}
+		}
 	}
 	return 2
 }
 
-// interpret turns the flattened keywords of a conn into a Conn.
-func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
+// interpret turns the flattened keywords of a conn into a Conn. A conn
+// that needs a feature gosec lacks comes back with a *Skipped saying
+// which, at the line of the first keyword that needs it.
+func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) {
 	c := defaultConn()
 	c.Name, c.File, c.Line = s.name, s.file, s.line
-	for rank := 0; rank <= 2; rank++ {
+	var skip *Skipped
+	needs := func(err error, at pos, what string) bool {
+		var ne *needError
+		if !errors.As(err, &ne) {
+			return false
+		}
+		if skip == nil {
+			skip = &Skipped{Feature: ne.Feature, At: at, Msg: what + ": " + ne.Error()}
+		}
+		return true
+	}
+	for rank := 0; rank <= 3; rank++ {
 		for _, k := range kvs {
 			if applyRank(k.key) != rank {
 				continue
@@ -313,17 +361,37 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 				c.bad[k.key] = true
 				continue
 			}
+			if isUserParam(k.key) {
+				continue // FreeS/WAN: x- and x_ are the user's own
+			}
+			if k.value == "" {
+				// An empty value is the keyword left out (and hides a
+				// value of conn %default or of an also= conn).
+				continue
+			}
 			h, eh, left, ok := lookupKeyword(k.key)
 			if !ok {
-				if why, known := knownUnsupported[k.key]; known {
+				if f, isFeature := featureKeywords[k.key]; isFeature {
+					if feat := f(k.value); feat != "" {
+						needs(&needError{Feature: feat}, k.pos, k.key+"="+k.value)
+					} else if k.key == "leftauth" || k.key == "rightauth" {
+						// strongSwan's per-end authby: psk is what gosec does.
+						c.AuthBy = "secret"
+						c.set[k.key] = k.pos
+					} else {
+						p.warnUnsupported(k, "")
+					}
+					continue
+				}
+				if why, known := ignoredConn[k.key]; known {
 					p.warnUnsupported(k, why)
 					continue
 				}
-				if _, setup := setupUnsupported[k.key]; setup {
-					p.errorf(k.pos, "%s is a config setup keyword; it is not allowed in a conn section", k.key)
+				if _, setup := ignoredSetup[k.key]; setup {
+					p.errorf(k.pos, "%s is a config setup keyword; it is not allowed in a conn section", k.raw())
 					continue
 				}
-				p.errorf(k.pos, "unknown keyword %q%s", k.key, p.hint(k.key, false))
+				p.errorf(k.pos, "unknown keyword %q%s", k.raw(), p.hint(k.key, false))
 				continue
 			}
 			var err error
@@ -338,15 +406,48 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) *Conn {
 				err = h(c, k.value, r)
 			}
 			if err != nil {
-				p.errorf(k.pos, "%s=%s: %v", k.key, k.value, err)
 				c.bad[k.key] = true
+				if !needs(err, k.pos, k.key+"="+k.value) {
+					p.errorf(k.pos, "%s=%s: %v", k.raw(), k.value, err)
+				}
 				continue
 			}
 			c.set[k.key] = k.pos
 		}
 	}
+	if skip == nil {
+		if err, at, what := p.resolveIKEVersion(c); err != nil {
+			needs(err, at, what)
+		}
+	}
+	if skip != nil {
+		return c, skip
+	}
+	errs := len(p.diags)
 	p.validate(c)
-	return c
+	if len(p.diags) == errs {
+		if err := c.needAuth(); err != nil {
+			needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			return c, skip
+		}
+	}
+	return c, nil
+}
+
+// needAuth reports a conn negotiated by IKE with no authby=: every
+// upstream defaults to signatures (strongSwan's ipsec.conf(5): authby
+// "defaults to pubkey"; Libreswan/Openswan/FreeS/WAN: rsasig), which gosec
+// does not implement.
+func (c *Conn) needAuth() error {
+	if c.Manual || c.Set("authby") || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+		return nil
+	}
+	for _, side := range []string{"leftauth", "rightauth"} {
+		if c.Set(side) {
+			return nil
+		}
+	}
+	return need("public-key authentication", "the upstream default; write authby=secret for pre-shared keys")
 }
 
 // validate checks a conn as a whole.

@@ -2,6 +2,7 @@ package conf
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -287,6 +288,32 @@ var integUnsupported = map[string]bool{
 	"sha256_96": true, "md5_128": true, "sha1_160": true, "prfaesxcbc": true, "prfaescmac": true,
 }
 
+// unsupportedPrefixes are the families of algorithms gosec does not
+// implement, whatever key or ICV length follows their name.
+var unsupportedPrefixes = []string{"camellia", "serpent", "twofish", "blowfish", "cast", "aes_ccm", "aesccm",
+	"aes_xcbc", "aes_cmac", "aes_gmac", "null_auth_aes_gmac", "des", "idea", "curve", "x25519", "x448",
+	"ecp192", "ecp224", "modp1024s", "modp2048s", "sha2_256_96", "ripemd", "tiger", "whirlpool", "gost"}
+
+// isUnsupportedAlg reports whether tok names an algorithm (of any
+// upstream's spelling) that gosec does not implement.
+func isUnsupportedAlg(tok string) bool {
+	if cipherUnsupported[tok] || integUnsupported[tok] || dhUnsupported[tok] {
+		return true
+	}
+	if strings.HasPrefix(tok, "aes") && strings.Contains(tok, "ccm") {
+		return true // aes128ccm16, aes_ccm_a_128...
+	}
+	if strings.HasPrefix(tok, "3des") {
+		return false
+	}
+	for _, p := range unsupportedPrefixes {
+		if strings.HasPrefix(tok, p) {
+			return true
+		}
+	}
+	return false
+}
+
 var cipherUnsupported = map[string]bool{
 	"des": true, "cast128": true, "blowfish": true, "blowfish128": true, "camellia": true, "camellia128": true,
 	"camellia192": true, "camellia256": true, "serpent": true, "twofish": true, "aes128ccm16": true,
@@ -304,8 +331,16 @@ func parseCipher(tok string) (Cipher, bool) {
 		return Cipher{Encr: EncrAESCBC, KeyBits: 128}, true
 	case "chacha20poly1305", "chacha20_poly1305":
 		return Cipher{Encr: EncrChaCha20Poly1305, KeyBits: 256}, true
-	case "aes_gcm", "aes_gcm_16", "aes_gcm16":
+	// Libreswan's AES-GCM names (lib/libswan/ike_alg_encrypt.c): the ICV
+	// length as _8/_12/_16 or, from RFC 4106's AES-GCM-8/12/16 once named
+	// "a", "b", "c", as _a/_b/_c; the key length follows ("aes_gcm_c_256",
+	// or as a separate token, "aes_gcm_c-256").
+	case "aes_gcm", "aes_gcm_16", "aes_gcm16", "aes_gcm_c":
 		return Cipher{Encr: EncrAESGCM16, KeyBits: 128}, true
+	case "aes_gcm_12", "aes_gcm12", "aes_gcm_b":
+		return Cipher{Encr: EncrAESGCM12, KeyBits: 128}, true
+	case "aes_gcm_8", "aes_gcm8", "aes_gcm_a":
+		return Cipher{Encr: EncrAESGCM8, KeyBits: 128}, true
 	case "aes_ctr", "aesctr":
 		return Cipher{Encr: EncrAESCTR, KeyBits: 128}, true
 	}
@@ -316,11 +351,11 @@ func parseCipher(tok string) (Cipher, bool) {
 			return Cipher{Encr: EncrAESCBC, KeyBits: bits}, true
 		case "aes" + b + "ctr", "aes_ctr" + b, "aes_ctr_" + b:
 			return Cipher{Encr: EncrAESCTR, KeyBits: bits}, true
-		case "aes" + b + "gcm16", "aes" + b + "gcm128", "aes_gcm" + b, "aes_gcm_16_" + b, "aes_gcm16_" + b:
+		case "aes" + b + "gcm16", "aes" + b + "gcm128", "aes_gcm" + b, "aes_gcm_16_" + b, "aes_gcm16_" + b, "aes_gcm_c_" + b, "aes_gcm_" + b:
 			return Cipher{Encr: EncrAESGCM16, KeyBits: bits}, true
-		case "aes" + b + "gcm12", "aes" + b + "gcm96", "aes_gcm_12_" + b:
+		case "aes" + b + "gcm12", "aes" + b + "gcm96", "aes_gcm_12_" + b, "aes_gcm_b_" + b:
 			return Cipher{Encr: EncrAESGCM12, KeyBits: bits}, true
-		case "aes" + b + "gcm8", "aes" + b + "gcm64", "aes_gcm_8_" + b:
+		case "aes" + b + "gcm8", "aes" + b + "gcm64", "aes_gcm_8_" + b, "aes_gcm_a_" + b:
 			return Cipher{Encr: EncrAESGCM8, KeyBits: bits}, true
 		}
 	}
@@ -357,25 +392,66 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 	var prfs []Integ
 	// Libreswan writes the DH group after ';' ("aes128-sha1;modp2048").
 	item = strings.ReplaceAll(item, ";", "-")
+	nullInteg := false
+	prev := "" // what the previous token was: "cipher", "integ" or ""
 	for _, tok := range strings.Split(item, "-") {
 		if tok == "" {
 			return p, fmt.Errorf("empty algorithm name")
+		}
+		last := prev
+		prev = ""
+		// FreeS/WAN writes integrity algorithms as hmac-md5-96
+		// (ipsec.conf(5) of FreeS/WAN 2.04, ah= and esp=).
+		if tok == "hmac" {
+			continue
+		}
+		if n, err := strconv.Atoi(tok); err == nil {
+			switch last {
+			case "cipher":
+				// Libreswan's key length as a token of its own
+				// ("aes-128", "aes_gcm-256", lib/libswan/proposals.c
+				// parse_encrypt: "<alg>-<keylen>").
+				c := &p.Ciphers[len(p.Ciphers)-1]
+				if (c.Encr == EncrAESCBC || c.Encr == EncrAESCTR || c.Encr.AEAD() && c.Encr != EncrChaCha20Poly1305) && (n == 128 || n == 192 || n == 256) {
+					c.KeyBits = n
+					continue
+				}
+				return p, fmt.Errorf("key length %d does not fit %s", n, c.Name())
+			case "integ":
+				// The truncation in bits (FreeS/WAN's md5-96/sha1-96,
+				// Libreswan's sha2_256-128): the RFC's is the only one.
+				i := p.Integs[len(p.Integs)-1]
+				if want := map[Integ]int{IntegMD5: 96, IntegSHA1: 96, IntegSHA256: 128, IntegSHA384: 192, IntegSHA512: 256}[i]; n == want {
+					continue
+				}
+				return p, need("truncation "+i.Name()+"-"+tok, "gosec truncates %s to %d bits, as RFC 2403/2404/4868 say", i.Name(), map[Integ]int{IntegMD5: 96, IntegSHA1: 96, IntegSHA256: 128, IntegSHA384: 192, IntegSHA512: 256}[i])
+			}
+			return p, fmt.Errorf("number %s where an algorithm name belongs", tok)
+		}
+		// Libreswan: "null" after the encryption algorithm is the null
+		// integrity of an AEAD cipher ("esp=aes_gcm-null",
+		// "phase2alg=aes_gcm256-null").
+		if (tok == "null" || tok == "none") && len(p.Ciphers) > 0 && kind == kindESP {
+			nullInteg = true
+			continue
 		}
 		if c, ok := parseCipher(tok); ok {
 			if kind == kindAH {
 				return p, fmt.Errorf("%s is an encryption algorithm; ah= takes integrity algorithms only", tok)
 			}
 			if kind == kindIKE && (c.Encr != Encr3DES && c.Encr != EncrAESCBC) {
-				return p, fmt.Errorf("%s is not supported for IKEv1 phase 1 (3des and aes128/192/256 are)", tok)
+				return p, need("algorithm "+tok+" in IKE", "IKEv1 phase 1 takes 3des and aes128/192/256")
 			}
 			if kind == kindESP && (c.Encr == EncrAESGCM8 || c.Encr == EncrAESGCM12) {
-				return p, fmt.Errorf("%s is not supported (aes*gcm16 is)", tok)
+				return p, need("algorithm "+tok, "of AES-GCM, gosec implements the 16-octet ICV (aes*gcm16, aes_gcm_c)")
 			}
 			p.Ciphers = append(p.Ciphers, c)
+			prev = "cipher"
 			continue
 		}
 		if i, ok := integNames[tok]; ok {
 			p.Integs = append(p.Integs, i)
+			prev = "integ"
 			continue
 		}
 		if i, ok := prfNames[tok]; ok {
@@ -387,7 +463,7 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 		}
 		if g, ok := dhNames[tok]; ok {
 			if !g.Supported() {
-				return p, fmt.Errorf("DH group %s is not supported (modp1024 and up, ecp256/384/521 are)", tok)
+				return p, need("DH group "+tok, "gosec implements modp1024 and up, ecp256/384/521")
 			}
 			p.DH = append(p.DH, g)
 			continue
@@ -406,11 +482,36 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 			p.ESN = append(p.ESN, false)
 			continue
 		}
-		switch {
-		case cipherUnsupported[tok], integUnsupported[tok], dhUnsupported[tok]:
-			return p, fmt.Errorf("algorithm %s is not supported by gosec", tok)
+		if isUnsupportedAlg(tok) {
+			return p, need("algorithm "+tok, "")
 		}
 		return p, fmt.Errorf("unknown algorithm %q", tok)
+	}
+	// Algorithms left out are filled in as Libreswan does for IKEv1
+	// (lib/libswan/ike_info.c and esp_info.c, v4.15: default_v1_ike_prfs
+	// sha2_256, sha2_512, sha1; default_v1_esp_integ sha1, sha2_512,
+	// sha2_256). Libreswan's default groups (modp2048, modp1536, ...) are
+	// not filled in: a proposal without one takes modp2048 in gosec's
+	// phase 1, Libreswan's first.
+	switch kind {
+	case kindIKE:
+		if len(p.Ciphers) > 0 && len(p.Integs) == 0 && len(prfs) == 0 {
+			p.Integs = []Integ{IntegSHA256, IntegSHA512, IntegSHA1}
+		}
+		if len(p.Integs) == 0 && len(prfs) == 1 {
+			p.Integs = prfs // strongSwan's aes128-prfsha256: the PRF's hash
+		}
+	case kindESP:
+		plain := false
+		for _, c := range p.Ciphers {
+			plain = plain || !c.Encr.AEAD()
+		}
+		if plain && len(p.Integs) == 0 && !nullInteg {
+			p.Integs = []Integ{IntegSHA1, IntegSHA512, IntegSHA256}
+		}
+		if plain && nullInteg {
+			return p, fmt.Errorf("encryption without integrity is refused (RFC 4303 3.2): null integrity goes with AEAD ciphers (aes_gcm-null)")
+		}
 	}
 	switch kind {
 	case kindIKE:

@@ -52,6 +52,53 @@ func (p *secretsParser) errorf(at pos, format string, args ...any) {
 	}
 }
 
+func (p *secretsParser) warnf(at pos, format string, args ...any) {
+	if len(p.diags) < MaxDiagnostics {
+		p.diags = append(p.diags, Diag{File: at.file, Line: at.line, Msg: fmt.Sprintf(format, args...), Warning: true})
+	}
+}
+
+// openSecrets opens a secrets file once and checks it on the open
+// descriptor (fstat: what is checked is what is read, with no window
+// between a stat and the open): a regular file, owned by root or by the
+// user gosec runs as, that neither group nor others may read or write.
+// The null device is an empty secrets file (--secrets /dev/null: no
+// secrets). It returns nil data and no error for the null device.
+func openSecrets(path string, top bool) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %v", unwrapPath(err))
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %v", err)
+	}
+	if top && isNullDevice(fi) {
+		return nil, nil
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file")
+	}
+	if err := checkKeyFileOwner(fi, path); err != nil {
+		return nil, err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("refusing a secrets file that %s (mode %04o): it holds keys; run: chmod 600 %s", accessWho(perm), perm, path)
+	}
+	if fi.Size() > MaxFileSize {
+		return nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
+	}
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(&limitReader{f, MaxFileSize + 1}); err != nil {
+		return nil, fmt.Errorf("cannot read: %v", err)
+	}
+	if buf.Len() > MaxFileSize {
+		return nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
+	}
+	return buf.Bytes(), nil
+}
+
 func (p *secretsParser) read(path string, from pos, stack []string) {
 	abs, _ := filepath.Abs(path)
 	for _, f := range stack {
@@ -68,36 +115,16 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 		p.errorf(from, "more than %d files included", MaxFiles)
 		return
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		p.errorf(pos{file: path}, "cannot read: %v", unwrapPath(err))
-		return
-	}
-	if !fi.Mode().IsRegular() {
-		p.errorf(pos{file: path}, "not a regular file")
-		return
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		p.errorf(pos{file: path}, "refusing a secrets file that %s (mode %04o): it holds keys; run: chmod 600 %s", accessWho(perm), perm, path)
-		return
-	}
-	data, err := readLimited(path)
+	data, err := openSecrets(path, len(stack) == 0)
 	if err != nil {
 		p.errorf(pos{file: path}, "%v", err)
 		return
 	}
 	stack = append(stack, abs)
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), MaxFileSize)
-	line := 0
-	for sc.Scan() {
-		line++
-		at := pos{file: path, line: line}
-		text := strings.TrimSpace(stripComment(sc.Text()))
-		if text == "" {
-			continue
-		}
-		if f := strings.Fields(text); f[0] == "include" {
+	for _, e := range secretEntries(data) {
+		at := pos{file: path, line: e.line}
+		text := e.text
+		if f := strings.Fields(text); f[0] == "include" && !e.continued {
 			if len(f) != 2 {
 				p.errorf(at, "include takes exactly one file name or pattern")
 				continue
@@ -116,48 +143,145 @@ func (p *secretsParser) read(path string, from pos, stack []string) {
 			}
 			continue
 		}
-		colon := strings.Index(text, ":")
-		if colon < 0 {
-			p.errorf(at, "expected [ID ...] : TYPE value")
-			continue
-		}
-		ids := strings.Fields(text[:colon])
-		for i := range ids {
-			ids[i] = unquote(ids[i])
-		}
-		rest := strings.TrimSpace(text[colon+1:])
-		typ, val := rest, ""
-		if i := strings.IndexAny(rest, " \t"); i >= 0 {
-			typ, val = rest[:i], strings.TrimSpace(rest[i:])
-		}
-		s := Secret{IDs: ids, Type: strings.ToUpper(typ), File: path, Line: line}
-		switch s.Type {
-		case "PSK":
-			v, err := secretValue(val)
-			if err != nil {
-				p.errorf(at, "PSK: %v", err)
-				continue
-			}
-			s.Value = v
-		case "RSA":
-			f := strings.Fields(val)
-			if len(f) == 0 || len(f) > 2 {
-				p.errorf(at, "RSA takes a key file and an optional passphrase")
-				continue
-			}
-			s.Value = unquote(f[0])
-			if len(f) == 2 {
-				s.Passphrase = unquote(f[1])
-			}
-		case "XAUTH", "EAP", "NTLM", "ECDSA", "BLISS", "PIN", "P12", "PKCS8":
-			p.errorf(at, "%s secrets are not supported by gosec (PSK and RSA are)", s.Type)
-			continue
-		default:
-			p.errorf(at, "unknown secret type %q (PSK or RSA)", typ)
-			continue
-		}
-		p.list = append(p.list, s)
+		p.entry(text, at, path)
 	}
+}
+
+// secretEntry is one entry of ipsec.secrets: its first line and its text
+// with the continuation lines joined.
+type secretEntry struct {
+	text      string
+	line      int
+	continued bool
+}
+
+// secretEntries splits a secrets file into entries. As ipsec.secrets(5)
+// of FreeS/WAN, Openswan and Libreswan say, an entry may continue on the
+// following lines if they start with white space; a FreeS/WAN RSA key
+// ": RSA {" runs to its closing brace however the lines inside are
+// indented.
+func secretEntries(data []byte) []secretEntry {
+	var out []secretEntry
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), MaxFileSize)
+	line, depth := 0, 0
+	for sc.Scan() {
+		line++
+		raw := stripComment(sc.Text())
+		text := strings.TrimSpace(raw)
+		if text == "" {
+			continue
+		}
+		indented := raw[0] == ' ' || raw[0] == '\t'
+		if (indented || depth > 0) && len(out) > 0 {
+			last := &out[len(out)-1]
+			last.text += " " + text
+			last.continued = true
+		} else {
+			out = append(out, secretEntry{text: text, line: line})
+		}
+		depth += strings.Count(text, "{") - strings.Count(text, "}")
+		if depth < 0 {
+			depth = 0
+		}
+	}
+	return out
+}
+
+// secretTypes are the entry types of the upstream ipsec.secrets(5):
+// strongSwan's PSK, RSA, ECDSA, BLISS, PKCS8, P12, EAP, NTLM, XAUTH, PIN,
+// PPK; Libreswan's PSK, RSA, XAUTH, PPK, NULL.
+var secretTypes = map[string]bool{
+	"PSK": true, "RSA": true, "ECDSA": true, "BLISS": true, "PKCS8": true, "P12": true, "EAP": true,
+	"NTLM": true, "XAUTH": true, "PIN": true, "PPK": true, "NULL": true, "PRIVATE": true,
+}
+
+// secretSeparator finds the ':' between the selectors and the secret: a
+// colon with white space (or the line's start or end) on both sides, so
+// that IPv6 addresses in the selectors ("2001:db8::2 : PSK ...") stay
+// whole; as a fallback, a colon written against the type (":PSK").
+func secretSeparator(s string) int {
+	space := func(i int) bool { return i < 0 || i >= len(s) || s[i] == ' ' || s[i] == '\t' }
+	inQuote := byte(0)
+	fallback := -1
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuote != 0:
+			if c == inQuote {
+				inQuote = 0
+			}
+		case c == '"' || c == '\'':
+			inQuote = c
+		case c == ':' && space(i-1):
+			if space(i + 1) {
+				return i
+			}
+			if fallback < 0 {
+				rest := s[i+1:]
+				if j := strings.IndexAny(rest, " \t"); j >= 0 {
+					rest = rest[:j]
+				}
+				if secretTypes[strings.ToUpper(rest)] {
+					fallback = i
+				}
+			}
+		}
+	}
+	return fallback
+}
+
+// entry reads one "[selectors] : TYPE value" entry.
+func (p *secretsParser) entry(text string, at pos, path string) {
+	colon := secretSeparator(text)
+	if colon < 0 {
+		p.errorf(at, "expected [ID ...] : TYPE value (the colon with white space around it)")
+		return
+	}
+	ids := strings.Fields(text[:colon])
+	for i := range ids {
+		ids[i] = unquote(ids[i])
+	}
+	rest := strings.TrimSpace(text[colon+1:])
+	typ, val := rest, ""
+	if i := strings.IndexAny(rest, " \t"); i >= 0 {
+		typ, val = rest[:i], strings.TrimSpace(rest[i:])
+	}
+	s := Secret{IDs: ids, Type: strings.ToUpper(typ), File: path, Line: at.line}
+	switch s.Type {
+	case "PSK":
+		v, err := secretValue(val)
+		if err != nil {
+			p.errorf(at, "PSK: %v", err)
+			return
+		}
+		s.Value = v
+	case "RSA":
+		if strings.HasPrefix(val, "{") {
+			p.warnf(at, "RSA key block skipped: RSA authentication is not implemented (gosec uses the PSK entries)")
+			return
+		}
+		f := strings.Fields(val)
+		if len(f) == 0 || len(f) > 2 {
+			p.errorf(at, "RSA takes a key file and an optional passphrase")
+			return
+		}
+		s.Value = unquote(f[0])
+		if len(f) == 2 {
+			s.Passphrase = unquote(f[1])
+		}
+	case "":
+		p.errorf(at, "no secret type after the colon (PSK, RSA...)")
+		return
+	default:
+		if secretTypes[s.Type] {
+			p.warnf(at, "%s entry skipped: gosec does not use %s secrets (it uses PSK entries)", s.Type, s.Type)
+		} else {
+			p.warnf(at, "entry of unknown type %q skipped (gosec uses PSK entries)", typ)
+		}
+		return
+	}
+	p.list = append(p.list, s)
 }
 
 // accessWho says who other than the owner may read or write a file of

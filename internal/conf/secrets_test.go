@@ -3,6 +3,7 @@ package conf
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -191,9 +192,9 @@ include loop.secrets
 		`s:4: PSK: bad base64 after 0s`,
 		`s:5: PSK: unquoted secret with white space`,
 		`s:6: PSK: empty secret`,
-		`s:7: XAUTH secrets are not supported by gosec (PSK and RSA are)`,
-		`s:8: unknown secret type "FOO" (PSK or RSA)`,
-		`s:9: expected [ID ...] : TYPE value`,
+		`s:7: warning: XAUTH entry skipped: gosec does not use XAUTH secrets (it uses PSK entries)`,
+		`s:8: warning: entry of unknown type "FOO" skipped (gosec uses PSK entries)`,
+		`s:9: expected [ID ...] : TYPE value (the colon with white space around it)`,
 		`s:10: RSA takes a key file and an optional passphrase`,
 		`s:11: PSK: text "trailing" after the closing quote`,
 		`s:12: include: missing.secrets does not exist`,
@@ -266,6 +267,109 @@ func TestSecretsPermissions(t *testing.T) {
 	}
 	if _, err := LoadSecrets(filepath.Join(dir, "main")); err == nil || !strings.Contains(err.Error(), "others may read") {
 		t.Errorf("world-readable included secrets file: err %v", err)
+	}
+}
+
+// TestSecretsForms checks the entry forms of ipsec.secrets(5) (FreeS/WAN
+// 2.04, Openswan 2.6, Libreswan, strongSwan 5): continuation lines,
+// FreeS/WAN's RSA key blocks, the colon separator with white space around
+// it (IPv6 selectors), and the entry types gosec does not use, each
+// skipped with one warning while the PSKs of the file load.
+func TestSecretsForms(t *testing.T) {
+	text := `# FreeS/WAN ipsec.secrets(5): "entries ... may be continued on
+# subsequent lines, indented"
+192.0.2.1 192.0.2.2
+	: PSK "continued"
+# Libreswan/strongSwan: IPv6 selectors; the separator is " : "
+2001:db8::1 2001:db8::2 : PSK "six"
+192.0.2.3 2001:db8::3 : PSK 'mixed'
+# FreeS/WAN's raw RSA key block: one entry, skipped
+: RSA	{
+	# RSA 2048 bits   host   Mon Jan  1 00:00:00 2001
+	Modulus: 0xc8d2
+	PublicExponent: 0x03
+	PrivateExponent: 0x85
+	}
+@road : XAUTH "pw"
+@ec : ECDSA ec.pem
+user : EAP "x"
+192.0.2.9 :PSK "glued"
+@after : PSK "after the block"
+`
+	t.Chdir(writeSecrets(t, map[string]string{"s": text}))
+	s, err := LoadSecrets("s")
+	if err != nil {
+		t.Fatalf("LoadSecrets: %v", err)
+	}
+	want := map[string]string{
+		"192.0.2.1 192.0.2.2":     "continued",
+		"2001:db8::1 2001:db8::2": "six",
+		"192.0.2.3 2001:db8::3":   "mixed",
+		"192.0.2.9":               "glued",
+		"@after":                  "after the block",
+	}
+	got := map[string]string{}
+	lines := map[string]int{}
+	for _, sec := range s.List {
+		got[strings.Join(sec.IDs, " ")] = sec.Value
+		lines[strings.Join(sec.IDs, " ")] = sec.Line
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("secrets %v, want %v", got, want)
+	}
+	if lines["192.0.2.1 192.0.2.2"] != 3 || lines["@after"] != 19 {
+		t.Errorf("entry lines %v: an entry is at its first line", lines)
+	}
+	var warns []string
+	for _, d := range s.Diags {
+		warns = append(warns, d.String())
+	}
+	wantWarns := []string{
+		"s:9: warning: RSA key block skipped: RSA authentication is not implemented (gosec uses the PSK entries)",
+		"s:15: warning: XAUTH entry skipped: gosec does not use XAUTH secrets (it uses PSK entries)",
+		"s:16: warning: ECDSA entry skipped: gosec does not use ECDSA secrets (it uses PSK entries)",
+		"s:17: warning: EAP entry skipped: gosec does not use EAP secrets (it uses PSK entries)",
+	}
+	if !reflect.DeepEqual(warns, wantWarns) {
+		t.Errorf("diagnostics\n%s\nwant\n%s", strings.Join(warns, "\n"), strings.Join(wantWarns, "\n"))
+	}
+	if sec, ok := s.FindPSK("2001:db8::1", "2001:db8::2"); !ok || sec.Value != "six" {
+		t.Errorf("FindPSK over IPv6 selectors: %+v %v", sec, ok)
+	}
+}
+
+// TestSecretsNullDevice: --secrets /dev/null is no secrets (issue 13).
+func TestSecretsNullDevice(t *testing.T) {
+	s, err := LoadSecrets(os.DevNull)
+	if err != nil || len(s.List) != 0 {
+		t.Fatalf("LoadSecrets(%s): %v, %d secrets", os.DevNull, err, len(s.List))
+	}
+	// Included, it is still refused: an include names a file of keys.
+	dir := writeSecrets(t, map[string]string{"s": "include /dev/null\n"})
+	if _, err := LoadSecrets(filepath.Join(dir, "s")); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("include /dev/null: %v", err)
+	}
+}
+
+// TestSecretsOwner: a secrets file owned by someone other than root or
+// the user gosec runs as is refused (its owner could change the keys).
+func TestSecretsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file away")
+	}
+	dir := writeSecrets(t, map[string]string{"s": ": PSK \"k\"\n"})
+	p := filepath.Join(dir, "s")
+	if err := os.Chown(p, 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSecrets(p); err == nil || !strings.Contains(err.Error(), "owned by uid 4242") {
+		t.Errorf("secrets owned by uid 4242: %v", err)
+	}
+	if err := os.Chown(p, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSecrets(p); err != nil {
+		t.Errorf("secrets owned by root: %v", err)
 	}
 }
 

@@ -24,6 +24,8 @@ type Config struct {
 	Conns   map[string]*ConnSpec
 	Order   []string      // conn names in file order
 	Secrets *conf.Secrets // nil when there is no ipsec.secrets
+	// Setup holds the config setup keywords (savekeys=, metrics=).
+	Setup map[string]string
 }
 
 // ConnSpec is one conn as the daemon runs it.
@@ -61,16 +63,21 @@ type Manual struct {
 	ESN           bool
 }
 
-// activeConn is what up installed for a conn, so that down removes
-// exactly that.
+// activeConn is what a conn has installed (manual keys, shunt, or IKE:
+// routed or up), so that down removes exactly that.
 type activeConn struct {
 	spec     *ConnSpec
-	reqid    uint32
+	reqid    uint32 // manual and shunt conns; an IKE conn's first pair
 	in, out  *sad.SA
 	policies []uint64
 	routes   []netio.Route
 	since    string
-	children []*ikeChild // IPsec SAs negotiated by IKE
+	// IKE conns: the stable policies of each selector pair, the SA pairs
+	// negotiated under them, and the prefixes the filter guards.
+	pairs    map[selKey]*policyPair
+	children []*ikeChild
+	guarded  []netip.Prefix
+	filtered bool // guarded is what the filter holds
 }
 
 // autoStart brings up the conns marked auto=start (and, for manually keyed
@@ -81,10 +88,12 @@ func (d *Daemon) autoStart() {
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
 		if c.IKE != nil {
-			if (c.Auto == "start" || c.Auto == "route") && c.IKEUnsupported == "" && d.ike != nil {
-				if c.Auto == "route" {
-					d.log.Info("auto=route: gosec negotiates at start, not on first packet", "conn", name)
+			if routedAtStart(c) {
+				if err := d.routeConnLocked(c); err != nil {
+					d.log.Error("route conn", "conn", name, "err", err)
 				}
+			}
+			if c.Auto == "start" && c.IKEUnsupported == "" && d.ike != nil {
 				d.ike.Start(name)
 			}
 			continue
@@ -153,10 +162,9 @@ func (d *Daemon) upLocked(ctx context.Context, c *ConnSpec, progress func(string
 	}
 	progress(fmt.Sprintf("SAs installed: SPI %08x inbound, %08x outbound, %s", a.in.SPI, a.out.SPI, c.Proposal))
 	for _, rt := range d.routes(c) {
-		if err := d.router.AddRoute(rt); err != nil {
+		if err := d.addRouteLocked(a, rt); err != nil {
 			return fail(fmt.Errorf("conn %s: route %v: %w", c.Name, rt.Dst, err))
 		}
-		a.routes = append(a.routes, rt)
 	}
 	if err := d.filter.AddConn(c.Name, d.protected(c)); err != nil {
 		return fail(fmt.Errorf("conn %s: filter: %w", c.Name, err))
@@ -205,11 +213,34 @@ func (d *Daemon) down(name string, progress func(string)) error {
 			return err
 		}
 		d.mu.Lock()
+		_, wasActive := d.active[name]
 		d.downLocked(name)
+		if !wasActive && d.guardKept[name] {
+			// The guard a crashed predecessor left, or that stayed when
+			// the conn's last SA went: down lifts it.
+			if err := d.filter.RemoveConn(name); err != nil {
+				d.log.Warn("remove filter", "conn", name, "err", err)
+			}
+			delete(d.guardKept, name)
+			wasActive = true
+		}
+		// As with strongSwan's `ipsec down`, an auto=route conn keeps its
+		// trap: the next packet negotiates again.
+		retrap := c.Auto == "route" && routedAtStart(c)
+		if retrap {
+			if err := d.routeConnLocked(c); err != nil {
+				d.log.Error("route conn", "conn", name, "err", err)
+			}
+		}
 		d.mu.Unlock()
-		if had {
+		switch {
+		case had && retrap:
+			progress(fmt.Sprintf("connection '%s' closed: Delete sent to the peer, SAs removed; its trap policy stays (auto=route)", name))
+		case had:
 			progress(fmt.Sprintf("connection '%s' closed: Delete sent to the peer, SAs, policies and routes removed", name))
-		} else {
+		case wasActive && !retrap:
+			progress(fmt.Sprintf("connection '%s' closed: policies and routes removed", name))
+		default:
 			progress(fmt.Sprintf("connection '%s' is not up", name))
 		}
 		return nil
@@ -243,11 +274,11 @@ func (d *Daemon) downLocked(name string) {
 // remove undoes what up installed: routes first, so that no new traffic
 // enters the TUN, then the outbound SA, policies and the inbound SA.
 func (d *Daemon) remove(a *activeConn) {
-	for _, rt := range a.routes {
-		if err := d.router.DelRoute(rt.Dst); err != nil {
-			d.log.Warn("remove route", "conn", a.spec.Name, "dst", rt.Dst, "err", err)
-		}
+	if a.pairs != nil {
+		d.unrouteLocked(a)
+		return
 	}
+	d.delRoutesLocked(a)
 	if err := d.filter.RemoveConn(a.spec.Name); err != nil && a.in != nil {
 		d.log.Warn("remove filter", "conn", a.spec.Name, "err", err)
 	}
@@ -259,9 +290,6 @@ func (d *Daemon) remove(a *activeConn) {
 	}
 	if a.in != nil {
 		d.sad.Delete(a.in.SPI, a.in.Proto, a.in.Dst)
-	}
-	for _, k := range append([]*ikeChild(nil), a.children...) {
-		d.removeChildLocked(k)
 	}
 	if d.plane != nil {
 		d.plane.ClearTrap(a.reqid)
@@ -438,6 +466,7 @@ func (d *Daemon) reload(progress func(string)) error {
 	}
 	d.mu.Lock()
 	d.conns, d.secrets = cfg, cfg.Secrets
+	d.rerouteLocked(old, cfg, progress)
 	d.mu.Unlock()
 	if d.ike != nil {
 		if err := d.ike.SetConns(context.Background(), d.ikeConns()); err != nil {
@@ -501,4 +530,55 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// rerouteLocked brings the routed state of IKE conns in line with a
+// reloaded configuration without a moment in which their traffic could
+// leave in the clear: a changed conn's new policies, routes and guard are
+// in place before the old ones go (routes are reference-counted, the
+// filter replaces a conn's rules in one transaction).
+func (d *Daemon) rerouteLocked(old, cfg *Config, progress func(string)) {
+	for _, name := range old.Order {
+		oc := old.Conns[name]
+		a := d.active[name]
+		if oc.IKE == nil || a == nil || a.pairs == nil {
+			continue
+		}
+		nc, ok := cfg.Conns[name]
+		if ok && reflect.DeepEqual(nc, oc) {
+			a.spec = nc
+			continue
+		}
+		delete(d.active, name)
+		routed := false
+		if ok && routedAtStart(nc) {
+			if err := d.routeConnLocked(nc); err != nil {
+				d.log.Error("route conn", "conn", name, "err", err)
+			} else {
+				routed = true
+			}
+		}
+		for _, k := range append([]*ikeChild(nil), a.children...) {
+			d.removeChildLocked(k)
+		}
+		d.delRoutesLocked(a)
+		for _, pp := range a.pairs {
+			for _, id := range pp.ids {
+				d.spd.Delete(id)
+			}
+		}
+		if !routed {
+			if err := d.filter.RemoveConn(name); err != nil {
+				d.log.Warn("remove filter", "conn", name, "err", err)
+			}
+			progress(fmt.Sprintf("conn '%s' changed or removed: its policies and routes were removed", name))
+		}
+	}
+	for _, name := range cfg.Order {
+		if c := cfg.Conns[name]; routedAtStart(c) && d.active[name] == nil {
+			if err := d.routeConnLocked(c); err != nil {
+				d.log.Error("route conn", "conn", name, "err", err)
+			}
+		}
+	}
 }

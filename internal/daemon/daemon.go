@@ -21,6 +21,7 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/internal/savekeys"
 	"github.com/gosec-ipsec/gosec/sad"
 	"github.com/gosec-ipsec/gosec/spd"
 )
@@ -43,10 +44,19 @@ type Options struct {
 	Table       int    // routing table for routes into the TUN
 	FilterTable string // nftables table name
 	Debug       bool
+	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
+	// savekeys= in config setup does the same.
+	SaveKeysDir string
 	Log         *slog.Logger
 	Clock       clock.Clock
 	// Ready, if set, is called once the control socket is accepting.
 	Ready func()
+	// Started, if set, is called with the running daemon before Ready
+	// (the metrics endpoint reads Snapshot through it); an error stops
+	// the daemon.
+	Started func(d *Daemon) error
+	// Observer, if set, is told how IKE exchanges end (metrics).
+	Observer ike.Observer
 }
 
 func (o *Options) defaults() {
@@ -98,8 +108,8 @@ type Daemon struct {
 	esp    *netio.RawConn
 	ah     *netio.RawConn
 	natt   *netio.NATT
-	router *netio.Router
-	filter *netio.Filter
+	router routeTable
+	filter cleartextFilter
 	plane  *dataplane.Plane
 
 	// The key manager and its UDP 500 socket.
@@ -108,16 +118,33 @@ type Daemon struct {
 	ikeStop context.CancelFunc
 	ikeDone chan struct{}
 
-	mu          sync.Mutex // guards conns, secrets, active, ikeChildren, ikeErr, reqid
+	mu          sync.Mutex // guards everything below
 	conns       *Config
 	secrets     *conf.Secrets
 	active      map[string]*activeConn
 	ikeChildren map[string]*ikeChild
 	ikeErr      map[string]string
 	reqid       uint32
+	reqids      map[selKey]uint32    // stable reqid of each selector pair
+	reqConn     map[uint32]string    // reqid -> conn (trap triggers)
+	routeRefs   map[netip.Prefix]int // conns that need each route into the TUN
+	negotiating map[string]bool      // conns an on-demand negotiation runs for
+	guardKept   map[string]bool      // conns down whose filter guard stays
 
 	stop     context.CancelFunc
 	stopOnce sync.Once
+
+	// keys writes SA keys for Wireshark when key export is on; warnings
+	// are shown by status and statusall.
+	keys     *savekeys.Writer
+	warnings []string
+}
+
+func newDaemon(opts Options) *Daemon {
+	return &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{},
+		ikeChildren: map[string]*ikeChild{}, ikeErr: map[string]string{}, reqids: map[selKey]uint32{},
+		reqConn: map[uint32]string{}, routeRefs: map[netip.Prefix]int{}, negotiating: map[string]bool{},
+		guardKept: map[string]bool{}}
 }
 
 // Run starts a daemon and blocks until it is stopped (by ctx, by the stop
@@ -125,13 +152,18 @@ type Daemon struct {
 // installed before it returns.
 func Run(ctx context.Context, opts Options) (err error) {
 	opts.defaults()
-	d := &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{},
-		ikeChildren: map[string]*ikeChild{}, ikeErr: map[string]string{}}
+	d := newDaemon(opts)
 	cfg, err := d.loadConfig()
 	if err != nil {
 		return err
 	}
 	d.conns, d.secrets = cfg, cfg.Secrets
+	if err := d.openSaveKeys(cfg); err != nil {
+		return err
+	}
+	if d.keys != nil {
+		defer d.keys.Close()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -162,6 +194,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 
 	d.autoStart()
 	d.log.Info("gosec started", "version", Version, "socket", opts.Socket, "tun", opts.TUNName, "pid", os.Getpid())
+	if opts.Started != nil {
+		if err := opts.Started(d); err != nil {
+			d.stopIKE()
+			return err
+		}
+	}
 	if opts.Ready != nil {
 		opts.Ready()
 	}
@@ -209,18 +247,40 @@ func (d *Daemon) setup() error {
 		return fmt.Errorf("daemon: NAT-T socket: %w", err)
 	}
 	d.natt = &netio.NATT{Conn: udp}
-	d.router, err = netio.NewRouter(netio.RouteConfig{Table: o.Table, Mark: o.Mark, TUNIndex: d.tun.Index()})
+	router, err := netio.NewRouter(netio.RouteConfig{Table: o.Table, Mark: o.Mark, TUNIndex: d.tun.Index()})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.filter, err = netio.NewFilter(netio.FilterConfig{Table: o.FilterTable, TUN: d.tun.Name(), IKEPorts: []uint16{500, uint16(o.NATTPort)}})
+	d.router = router
+	// The guard of every conn routed at start is in the very transaction
+	// that replaces a crashed predecessor's table, and the guards that
+	// table held for conns still configured stay until those conns are up
+	// again or taken down: protected traffic never leaves in the clear
+	// across a crash and restart.
+	guards := map[string][]netip.Prefix{}
+	for _, name := range d.conns.Order {
+		if c := d.conns.Conns[name]; routedAtStart(c) || (c.Manual != nil && (c.Auto == "start" || c.Auto == "route")) {
+			guards[name] = d.protected(c)
+		}
+	}
+	filter, err := netio.NewFilter(netio.FilterConfig{Table: o.FilterTable, TUN: d.tun.Name(), IKEPorts: []uint16{500, uint16(o.NATTPort)},
+		Mark: o.Mark, Guards: guards, KeepStale: func(conn string) bool {
+			c, ok := d.conns.Conns[conn]
+			return ok && c.Type != "passthrough" && c.Type != "drop"
+		}})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
+	}
+	d.filter = filter
+	for name, ps := range filter.Kept() {
+		d.guardKept[name] = true
+		d.log.Warn("keeping the cleartext guard a previous gosec left for this conn: its traffic is dropped until it is up or taken down",
+			"conn", name, "prefixes", fmt.Sprint(ps))
 	}
 	d.plane, err = dataplane.New(dataplane.Config{
 		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt,
 		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU,
-		Log: d.log, Debug: o.Debug,
+		Log: d.log, Debug: o.Debug, OnTrap: d.onTrap,
 	})
 	return err
 }
@@ -258,10 +318,6 @@ func (d *Daemon) teardown() {
 	if err := errors.Join(errs...); err != nil {
 		d.log.Warn("teardown", "err", err)
 	}
-}
-
-func (d *Daemon) onSAEvent(ev sad.Event) {
-	d.log.Info("SA event", "event", ev.Kind.String(), "spi", fmt.Sprintf("%08x", ev.SA.SPI))
 }
 
 // handle serves one control request.

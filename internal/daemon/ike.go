@@ -10,23 +10,10 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"github.com/gosec-ipsec/gosec/ah"
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/netio"
-	"github.com/gosec-ipsec/gosec/sad"
-	"github.com/gosec-ipsec/gosec/spd"
 )
-
-// ikeChild is one IPsec SA pair that IKE negotiated, as installed.
-type ikeChild struct {
-	ch       *ike.ChildSA
-	reqid    uint32
-	in, out  *sad.SA
-	policies []uint64
-	routes   []netio.Route
-}
 
 // ikeConn maps a resolved conf conn to the key manager's view.
 func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
@@ -35,7 +22,7 @@ func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
 		Mode: s.Mode, LocalSubnets: s.LocalSubnets, RemoteSubnets: s.RemoteSubnets,
 		Proto: s.Proto, LocalPort: s.LocalPort, RemotePort: s.RemotePort,
 		IKELifetime: c.IKELifetime, Lifetime: c.KeyLife, KeyingTries: c.KeyingTries,
-		Rekey: c.Rekey, RekeyMargin: c.RekeyMargin,
+		Rekey: c.Rekey, RekeyMargin: c.RekeyMargin, RekeyFuzz: c.RekeyFuzz,
 		DPDDelay: c.DPDDelay, DPDTimeout: c.DPDTimeout, DPDAction: c.DPDAction,
 		ForceEncaps: c.ForceEncaps, ReplayWindow: c.ReplayWindow, AHAlign8: c.AHAlign == 8,
 	}
@@ -100,6 +87,7 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 	d.ike = ike.New(ike.Config{
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
 		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.Debug && d.opts.LogKeys,
+		SaveKeys: d.saveIKEKeys(), Observer: d.opts.Observer,
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)
@@ -189,175 +177,6 @@ func (d *Daemon) ikeConns() []*ike.Conn {
 		}
 	}
 	return out
-}
-
-// ikeInstaller puts negotiated SAs into the SAD, SPD, routes and filter.
-type ikeInstaller struct{ d *Daemon }
-
-func (i ikeInstaller) AllocSPI(proto sad.Proto) (uint32, error) { return i.d.sad.AllocSPI(proto) }
-
-func (i ikeInstaller) ReleaseSPI(proto sad.Proto, spi uint32) { i.d.sad.ReleaseSPI(spi, proto) }
-
-func childKey(ch *ike.ChildSA) string { return fmt.Sprintf("%s/%08x", ch.Conn, ch.InSPI) }
-
-func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
-	d := i.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.reqid++
-	k := &ikeChild{ch: ch, reqid: d.reqid}
-	in := &sad.SA{SPI: ch.InSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Remote, Dst: ch.Local, ReqID: k.reqid,
-		Dir: sad.Inbound, Conn: ch.Conn, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
-	if ch.Encap != nil {
-		in.Encap = &sad.Encap{SrcPort: ch.Encap.DstPort, DstPort: ch.Encap.SrcPort}
-	}
-	var err error
-	if in.Replay, err = sad.NewWindow(ch.ReplayWindow, false); err != nil {
-		return err
-	}
-	if ch.Proto == sad.AH {
-		in.AH, err = ah.NewSuite(ch.InAH)
-	} else {
-		in.ESP, err = esp.NewSuite(ch.InESP)
-	}
-	if err != nil {
-		return fmt.Errorf("inbound suite: %w", err)
-	}
-	if err := d.sad.Add(in); err != nil {
-		return err
-	}
-	k.in = in
-	d.ikeChildren[childKey(ch)] = k
-	return nil
-}
-
-func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
-	d := i.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	k := d.ikeChildren[childKey(ch)]
-	if k == nil {
-		return errors.New("outbound SA before inbound SA")
-	}
-	spec := d.conns.Conns[ch.Conn]
-	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: k.reqid,
-		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: sad.Lifetime{Time: ch.Lifetime, Bytes: ch.LifeBytes}}
-	var err error
-	if ch.Proto == sad.AH {
-		out.AH, err = ah.NewSuite(ch.OutAH)
-	} else {
-		out.ESP, err = esp.NewSuite(ch.OutESP)
-	}
-	if err != nil {
-		return fmt.Errorf("outbound suite: %w", err)
-	}
-	tmplProto := uint8(50)
-	if ch.Proto == sad.AH {
-		tmplProto = 51
-	}
-	mode := spd.TemplateTransport
-	if ch.Mode == sad.Tunnel {
-		mode = spd.TemplateTunnel
-	}
-	fail := func(err error) error {
-		d.removeChildLocked(k)
-		return err
-	}
-	for _, dir := range []spd.Direction{spd.Out, spd.In} {
-		tsrc, tdst := ch.Local, ch.Remote
-		if dir == spd.In {
-			tsrc, tdst = ch.Remote, ch.Local
-		}
-		id, err := d.spd.Add(&spd.Policy{Name: ch.Conn, Dir: dir, Action: spd.Protect, ReqID: k.reqid,
-			Sel: spd.Selector{Local: ch.LocalTS, Remote: ch.RemoteTS, Proto: ch.Proto8,
-				LocalPorts: portRange(ch.LocalPort), RemotePorts: portRange(ch.RemotePort)},
-			Templates: []spd.Template{{Proto: tmplProto, Mode: mode, TunnelSrc: tsrc, TunnelDst: tdst}}})
-		if err != nil {
-			return fail(fmt.Errorf("policy: %w", err))
-		}
-		k.policies = append(k.policies, id)
-	}
-	if err := d.sad.Add(out); err != nil {
-		return fail(fmt.Errorf("outbound SA: %w", err))
-	}
-	k.out = out
-	rt := netio.Route{Dst: ch.RemoteTS.Masked(), Src: ch.Local}
-	if ch.Mode == sad.Tunnel {
-		rt.Src = localAddrIn([]netip.Prefix{ch.LocalTS})
-	}
-	if err := d.router.AddRoute(rt); err != nil {
-		return fail(fmt.Errorf("route %v: %w", rt.Dst, err))
-	}
-	k.routes = append(k.routes, rt)
-	a := d.active[ch.Conn]
-	if a == nil && spec != nil {
-		a = &activeConn{spec: spec, reqid: k.reqid, since: d.opts.Clock.Now().Format("2006-01-02 15:04:05")}
-		d.active[ch.Conn] = a
-	}
-	if a != nil {
-		a.children = append(a.children, k)
-		if err := d.filter.AddConn(ch.Conn, childRemotes(a)); err != nil {
-			d.log.Warn("filter", "conn", ch.Conn, "err", err)
-		}
-	}
-	return nil
-}
-
-func childRemotes(a *activeConn) []netip.Prefix {
-	var out []netip.Prefix
-	for _, k := range a.children {
-		out = append(out, k.ch.RemoteTS)
-	}
-	return out
-}
-
-func (i ikeInstaller) Remove(ch *ike.ChildSA) {
-	d := i.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if k := d.ikeChildren[childKey(ch)]; k != nil {
-		d.removeChildLocked(k)
-	}
-}
-
-// removeChildLocked removes a negotiated SA pair: routes, outbound SA,
-// policies, inbound SA.
-func (d *Daemon) removeChildLocked(k *ikeChild) {
-	for _, rt := range k.routes {
-		if err := d.router.DelRoute(rt.Dst); err != nil {
-			d.log.Warn("remove route", "conn", k.ch.Conn, "dst", rt.Dst, "err", err)
-		}
-	}
-	k.routes = nil
-	if k.out != nil {
-		d.sad.Delete(k.out.SPI, k.out.Proto, k.out.Dst)
-	}
-	for _, id := range k.policies {
-		d.spd.Delete(id)
-	}
-	k.policies = nil
-	if k.in != nil {
-		d.sad.Delete(k.in.SPI, k.in.Proto, k.in.Dst)
-	}
-	delete(d.ikeChildren, childKey(k.ch))
-	if a := d.active[k.ch.Conn]; a != nil {
-		kept := a.children[:0]
-		for _, c := range a.children {
-			if c != k {
-				kept = append(kept, c)
-			}
-		}
-		a.children = kept
-		if len(a.children) == 0 && a.in == nil {
-			d.filter.RemoveConn(k.ch.Conn)
-			delete(d.active, k.ch.Conn)
-		} else {
-			d.filter.AddConn(k.ch.Conn, childRemotes(a))
-		}
-	}
-	if d.plane != nil {
-		d.plane.ClearTrap(k.reqid)
-	}
 }
 
 // upIKE negotiates an IKE conn; d.mu must NOT be held (the key manager

@@ -14,9 +14,15 @@ import (
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
+// StatusSchema is the version of the JSON that `gosec status --json` and
+// `gosec statusall --json` print (the "schema" field). It goes up when a
+// field changes meaning or goes away; new fields do not change it.
+const StatusSchema = 1
+
 // Status is what `gosec status` and `gosec statusall` show (and, with
 // --json, print).
 type Status struct {
+	Schema  int                     `json:"schema"`
 	Version string                  `json:"version"`
 	PID     int                     `json:"pid"`
 	Started time.Time               `json:"started"`
@@ -31,7 +37,25 @@ type Status struct {
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
+	// Warnings are conditions an administrator must know about, such as
+	// key export being on.
+	Warnings []string `json:"warnings,omitempty"`
+	// IKEQueue is how many events wait for the key manager; IKEHalfOpen
+	// how many phase-1 SAs are still negotiating.
+	IKEQueue    int `json:"ike_queue_depth"`
+	IKEHalfOpen int `json:"ike_half_open"`
 }
+
+// Setup returns the config setup keywords of the loaded configuration.
+func (d *Daemon) Setup() map[string]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conns.Setup
+}
+
+// Snapshot is what statusall shows, for readers in the same process (the
+// metrics endpoint).
+func (d *Daemon) Snapshot() *Status { return d.status(true) }
 
 // NATTStatus counts what arrived on the NAT-T port besides ESP.
 type NATTStatus struct {
@@ -58,6 +82,12 @@ type ConnStatus struct {
 	Since         string     `json:"since,omitempty"`
 	SAs           []SAStatus `json:"sas"`
 	Cleartext     uint64     `json:"cleartext_dropped"`
+	// Guarded counts cleartext to the conn's protected prefixes that the
+	// outbound guard dropped (it would have left outside the TUN).
+	Guarded uint64 `json:"cleartext_out_dropped"`
+	// GuardKept: the conn is down but its guard stays (its last SA went,
+	// or a crashed gosec left it) until it is up again or taken down.
+	GuardKept bool `json:"guard_kept,omitempty"`
 	// Children are the IPsec SA pairs IKE negotiated (their SAs are in
 	// SAs too); IKEError is why the last `gosec up` failed.
 	Children    []ike.ChildStatus `json:"children,omitempty"`
@@ -81,13 +111,17 @@ type SAStatus struct {
 	ReplayWindow int               `json:"replay_window"`
 	Drops        map[string]uint64 `json:"drops"`
 	Lifetime     string            `json:"lifetime"`
+	// LifeLeftSeconds and LifeLeftBytes are what remains of the hard
+	// lifetime (absent when there is no such limit).
+	LifeLeftSeconds *int64  `json:"life_left_seconds,omitempty"`
+	LifeLeftBytes   *uint64 `json:"life_left_bytes,omitempty"`
 }
 
 // status gathers the daemon's state.
 func (d *Daemon) status(all bool) *Status {
 	now := d.opts.Clock.Now()
 	st := &Status{
-		Version: Version, PID: os.Getpid(), Started: d.started,
+		Schema: StatusSchema, Version: Version, Warnings: d.warnings, PID: os.Getpid(), Started: d.started,
 		Uptime: now.Sub(d.started).Truncate(time.Second).String(),
 		Socket: d.opts.Socket, TUN: d.opts.TUNName,
 	}
@@ -107,6 +141,12 @@ func (d *Daemon) status(all bool) *Status {
 		st.ISAKMP, children, _ = d.ike.Status(ctx)
 		cancel()
 		st.IKE = d.ike.Stats.Snapshot()
+		st.IKEQueue = d.ike.QueueDepth()
+		for _, p := range st.ISAKMP {
+			if p.State != "MAIN_I4" && p.State != "MAIN_R3" {
+				st.IKEHalfOpen++
+			}
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -126,22 +166,29 @@ func (d *Daemon) status(all bool) *Status {
 				cs.Children = append(cs.Children, ch)
 			}
 		}
+		if d.guardKept[name] && d.filter != nil {
+			cs.GuardKept = true
+			cs.Guarded, _ = d.filter.Guarded(name)
+		}
 		if a, ok := d.active[name]; ok {
 			cs.State, cs.ReqID, cs.Since = "installed", a.reqid, a.since
+			if a.pairs != nil && len(a.children) == 0 {
+				// Policies without SAs: traffic is held (trap) or dropped.
+				cs.State = "routed"
+			}
 			for _, sa := range []*sad.SA{a.in, a.out} {
 				if sa != nil {
 					cs.SAs = append(cs.SAs, saStatus(sa, now))
 				}
 			}
 			for _, k := range a.children {
-				for _, sa := range []*sad.SA{k.in, k.out} {
-					if sa != nil {
-						cs.SAs = append(cs.SAs, saStatus(sa, now))
-					}
+				if k.in != nil && k.out != nil { // half-installed pairs are not shown
+					cs.SAs = append(cs.SAs, saStatus(k.in, now), saStatus(k.out, now))
 				}
 			}
 			if d.filter != nil {
 				cs.Cleartext, _ = d.filter.Dropped(name)
+				cs.Guarded, _ = d.filter.Guarded(name)
 			}
 		}
 		st.Conns = append(st.Conns, cs)
@@ -167,6 +214,14 @@ func saStatus(sa *sad.SA, now time.Time) SAStatus {
 	}
 	if sa.Replay != nil {
 		out.ReplayWindow = sa.Replay.Size()
+	}
+	if sa.Hard.Time > 0 {
+		left := int64((sa.Hard.Time - now.Sub(s.Created)) / time.Second)
+		out.LifeLeftSeconds = &left
+	}
+	if sa.Hard.Bytes > 0 {
+		left := sa.Hard.Bytes - min(s.BytesIn+s.BytesOut, sa.Hard.Bytes)
+		out.LifeLeftBytes = &left
 	}
 	for r := drop.Reason(1); r < drop.Count; r++ {
 		if n := s.Drops[r]; n != 0 {
@@ -227,6 +282,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 			up++
 		}
 	}
+	for _, warning := range s.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warning)
+	}
 	if all {
 		fmt.Fprintf(w, "Status of gosec daemon (%s, pid %d, up %s):\n", s.Version, s.PID, s.Uptime)
 		fmt.Fprintf(w, "  control socket: %s\n", s.Socket)
@@ -276,8 +334,19 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		if c.Unsupported != "" && all {
 			fmt.Fprintf(w, "%14s: cannot be negotiated: %s\n", c.Name, c.Unsupported)
 		}
+		if c.State == "routed" {
+			how := "dropped"
+			if c.Auto == "route" {
+				how = "held and negotiated on demand"
+			}
+			fmt.Fprintf(w, "%14s: ROUTED, no SA: its traffic is %s; cleartext dropped by filter: %d in, %d out\n", c.Name, how, c.Cleartext, c.Guarded)
+			continue
+		}
 		if c.State != "installed" {
-			if !all {
+			switch {
+			case c.GuardKept:
+				fmt.Fprintf(w, "%14s: down, cleartext to its subnets blocked until it is up again or `gosec down` (%d dropped)\n", c.Name, c.Guarded)
+			case !all:
 				fmt.Fprintf(w, "%14s: down\n", c.Name)
 			}
 			continue
@@ -328,7 +397,7 @@ func (c ConnStatus) writeSA(w io.Writer, all bool, in, out *SAStatus, child *ike
 		fmt.Fprintf(w, "%14s:  in:  %d packets, %s, last %s, replay window %d (highest seq %d)\n", id,
 			in.Packets, bytesText(in.Bytes), ago(in.LastPacket), in.ReplayWindow, in.Seq)
 		fmt.Fprintf(w, "%14s:  out: %d packets, %s, last %s, seq %d\n", id, out.Packets, bytesText(out.Bytes), ago(out.LastPacket), out.Seq)
-		fmt.Fprintf(w, "%14s:  drops in: %s; drops out: %s; cleartext dropped by filter: %d\n", id, dropsText(in.Drops), dropsText(out.Drops), c.Cleartext)
+		fmt.Fprintf(w, "%14s:  drops in: %s; drops out: %s; cleartext dropped by filter: %d in, %d out\n", id, dropsText(in.Drops), dropsText(out.Drops), c.Cleartext, c.Guarded)
 		fmt.Fprintf(w, "%14s:  lifetime: %s\n", id, in.Lifetime)
 		fmt.Fprintf(w, "%14s:   %s\n", id, sel)
 	}

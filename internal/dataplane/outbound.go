@@ -73,8 +73,17 @@ func (p *Plane) outbound(st *outState, b []byte, off, n int, icmp []byte) ([]byt
 	}
 	sa := p.cfg.SAD.Outbound(pol.ReqID)
 	if sa == nil {
+		// Fail closed: a protect policy without a usable SA never lets the
+		// packet out. A trap policy holds it (bounded) and asks IKE.
 		if pol.Trap {
+			held := p.held.hold(pol.ReqID, pkt)
 			p.trap(pol.ReqID)
+			if held {
+				p.stats.Held.Add(1)
+				return nil, outDrop, netip.AddrPort{}
+			}
+			p.dropPkt(nil, drop.NoBuffer, "hold", t.Dst)
+			return nil, outDrop, netip.AddrPort{}
 		}
 		p.dropPkt(nil, drop.NoSA, "tun", t.Dst)
 		return nil, outDrop, netip.AddrPort{}
@@ -275,25 +284,32 @@ func (p *Plane) tunLoop() error {
 				back = append(back, out)
 			}
 		}
-		p.send(p.cfg.ESP, raw)
-		if len(rawAH) > 0 {
-			if p.cfg.AH != nil {
-				p.send(p.cfg.AH, rawAH)
-			} else {
-				p.send(p.cfg.ESP, rawAH)
-			}
-		}
-		if len(udp) > 0 {
-			if p.cfg.NATT == nil {
-				p.stats.SendErrors.Add(uint64(len(udp)))
-			} else {
-				p.sendUDP(udp)
-			}
-		}
+		p.dispatch(raw, rawAH, udp)
 		if len(back) > 0 {
 			if _, err := tun.Write(back, netio.TUNHeadroom); err != nil {
 				p.stats.SendErrors.Add(uint64(len(back)))
 			}
+		}
+	}
+}
+
+// dispatch sends sealed packets to their sockets.
+func (p *Plane) dispatch(raw, rawAH, udp []netio.Msg) {
+	if len(raw) > 0 {
+		p.send(p.cfg.ESP, raw)
+	}
+	if len(rawAH) > 0 {
+		if p.cfg.AH != nil {
+			p.send(p.cfg.AH, rawAH)
+		} else {
+			p.send(p.cfg.ESP, rawAH)
+		}
+	}
+	if len(udp) > 0 {
+		if p.cfg.NATT == nil {
+			p.stats.SendErrors.Add(uint64(len(udp)))
+		} else {
+			p.sendUDP(udp)
 		}
 	}
 }

@@ -54,6 +54,7 @@ type Stats struct {
 	OutBytes   atomic.Uint64
 	Bypassed   atomic.Uint64 // sent in the clear by a bypass policy
 	SendErrors atomic.Uint64
+	Held       atomic.Uint64 // held by a trap policy until its SA existed
 }
 
 // StatsSnapshot is a plain copy of Stats.
@@ -65,6 +66,7 @@ type StatsSnapshot struct {
 	OutBytes   uint64            `json:"out_bytes"`
 	Bypassed   uint64            `json:"bypassed"`
 	SendErrors uint64            `json:"send_errors"`
+	Held       uint64            `json:"held"`
 }
 
 // Plane is a running data plane.
@@ -76,6 +78,7 @@ type Plane struct {
 
 	trapMu   sync.Mutex
 	trapSeen map[uint32]struct{}
+	held     holdQueue
 }
 
 // New returns a Plane for cfg; Run starts it.
@@ -107,6 +110,7 @@ func (p *Plane) Stats() StatsSnapshot {
 	s.OutBytes = p.stats.OutBytes.Load()
 	s.Bypassed = p.stats.Bypassed.Load()
 	s.SendErrors = p.stats.SendErrors.Load()
+	s.Held = p.stats.Held.Load()
 	return s
 }
 

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -35,6 +37,20 @@ type FilterConfig struct {
 	// then skips the TUN table, so strict rp_filter (=1) no longer drops
 	// ESP from a transport-mode peer whose address is routed into the TUN.
 	InboundMark uint32
+	// Mark is the firewall mark of the daemon's own sockets: packets that
+	// carry it (ESP, AH, IKE, and cleartext a bypass policy lets out) are
+	// exempt from the outbound guard.
+	Mark uint32
+	// Guards are the protected prefixes per conn that the outbound guard
+	// holds from the first instant the table exists (conns that are routed
+	// at start), installed in the same transaction that replaces a stale
+	// table, so that there is no moment without them.
+	Guards map[string][]netip.Prefix
+	// KeepStale, if set, is asked for each conn whose guard rules a stale
+	// table (a crashed daemon's) holds: those it keeps are carried over
+	// into the new table, so protected traffic of a conn that was up before
+	// the crash stays blocked until it is up again or taken down.
+	KeepStale func(conn string) bool
 }
 
 // Filter is the daemon's nftables table `inet <Table>`:
@@ -52,10 +68,17 @@ type FilterConfig struct {
 //	chain mark (filter hook prerouting, priority mangle; only with InboundMark):
 //	    meta l4proto {esp, ah} meta mark set InboundMark
 //	    udp dport {IKE ports} meta mark set InboundMark
+//	chain guard (filter hook postrouting, priority 0, policy accept):
+//	    oifname <TUN> return
+//	    meta mark <Mark> return
+//	    per conn, per remote prefix: ip daddr <prefix> counter drop
 //
 // so that cleartext from a protected peer or subnet that did not come out of
 // the TUN (KLIPS-style policy enforcement) never reaches a local socket or
-// gets forwarded. It is safe for concurrent use.
+// gets forwarded, and cleartext to a protected peer or subnet never leaves
+// through any interface but the TUN: not when a route into the TUN is
+// missing, and not after the daemon died (the table outlives the process;
+// the TUN and its routes do not). It is safe for concurrent use.
 type Filter struct {
 	cfg   FilterConfig
 	ns    netns.NsHandle
@@ -68,13 +91,26 @@ type Filter struct {
 	// fragment still meets the IKE-port exemption; fwd drops forwarded
 	// fragments from protected prefixes as they are.
 	local, fwd *nftables.Chain
+	// guard drops cleartext to protected prefixes that would leave
+	// through another interface than the TUN.
+	guard *nftables.Chain
+	// kept are the stale guards carried over from a crashed daemon.
+	kept map[string][]netip.Prefix
+	// nl is one lasting netlink socket, opened in NewFilter: entering
+	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
+	// dropped its privileges (internal/privs) no longer has.
+	nl *nftables.Conn
 }
 
 func (f *Filter) conn() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)))
+	if f.nl != nil {
+		return f.nl, nil
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)), nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}
+	f.nl = c
 	return c, nil
 }
 
@@ -102,6 +138,16 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		return nil, err
 	}
 	f.table = &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}
+	guards := map[string][]netip.Prefix{}
+	for name, ps := range cfg.Guards {
+		guards[name] = append(guards[name], ps...)
+	}
+	if cfg.KeepStale != nil {
+		f.kept = staleGuards(c, f.table, cfg.KeepStale)
+		for name, ps := range f.kept {
+			guards[name] = append(guards[name], ps...)
+		}
+	}
 	// Add-then-delete removes a stale table without failing when there is
 	// none; the whole batch is one atomic transaction.
 	c.AddTable(f.table)
@@ -135,6 +181,27 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	for _, r := range exemptions(cfg) {
 		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.fwd, Exprs: r, UserData: []byte("gosec:exempt")})
 	}
+	f.guard = c.AddChain(&nftables.Chain{
+		Name: "guard", Table: f.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityFilter,
+	})
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: f.guard, UserData: []byte("gosec:exempt"), Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		cmpEq(ifname(cfg.TUN)...),
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}})
+	if cfg.Mark != 0 {
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.guard, UserData: []byte("gosec:exempt"), Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			cmpEq(binary.NativeEndian.AppendUint32(nil, cfg.Mark)...),
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		}})
+	}
+	for _, name := range sortedKeys(guards) {
+		for _, p := range dedupPrefixes(guards[name]) {
+			c.AddRule(&nftables.Rule{Table: f.table, Chain: f.guard, UserData: guardTag(name), Exprs: prefixDropExprs(p, 16)})
+		}
+	}
 	if cfg.InboundMark != 0 {
 		mark := c.AddChain(&nftables.Chain{
 			Name: "mark", Table: f.table, Type: nftables.ChainTypeFilter,
@@ -155,6 +222,7 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	if err := c.Flush(); err != nil {
 		ns.Close()
+		c.CloseLasting()
 		return nil, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err)
 	}
 	return f, nil
@@ -234,9 +302,69 @@ func exemptions(cfg FilterConfig) [][]expr.Any {
 
 func connTag(name string) []byte { return []byte("gosec:conn:" + name) }
 
-// AddConn adds the cleartext drop for conn name's protected remote prefixes
-// (its remote subnets in tunnel mode, the peer's /32 in transport mode).
-// Adding a conn again replaces its rules.
+const guardPrefix = "gosec:guard:"
+
+func guardTag(name string) []byte { return []byte(guardPrefix + name) }
+
+// staleGuards reads the guard rules of an existing table (a crashed
+// daemon's) and returns those of the conns keep accepts.
+func staleGuards(c *nftables.Conn, t *nftables.Table, keep func(string) bool) map[string][]netip.Prefix {
+	rules, err := c.GetRules(t, &nftables.Chain{Name: "guard", Table: t})
+	if err != nil {
+		return nil // no stale table, or no guard chain in it
+	}
+	out := map[string][]netip.Prefix{}
+	for _, r := range rules {
+		tag := string(r.UserData)
+		if !strings.HasPrefix(tag, guardPrefix) {
+			continue
+		}
+		name := strings.TrimPrefix(tag, guardPrefix)
+		if p, ok := prefixOf(r.Exprs); ok && keep(name) {
+			out[name] = append(out[name], p)
+		}
+	}
+	return out
+}
+
+// Kept returns the stale guards NewFilter carried over, by conn.
+func (f *Filter) Kept() map[string][]netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string][]netip.Prefix, len(f.kept))
+	for k, v := range f.kept {
+		out[k] = append([]netip.Prefix(nil), v...)
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func dedupPrefixes(ps []netip.Prefix) []netip.Prefix {
+	seen := map[netip.Prefix]bool{}
+	var out []netip.Prefix
+	for _, p := range ps {
+		p = p.Masked()
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// AddConn adds the cleartext drops for conn name's protected remote
+// prefixes (its remote subnets in tunnel mode, the peer's /32 in transport
+// mode): inbound, cleartext from them that did not come out of the TUN;
+// outbound (the guard), cleartext to them that would not leave through the
+// TUN. Adding a conn again replaces its rules, in one transaction.
 func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 	for _, p := range remotes {
 		if !p.Addr().Is4() {
@@ -253,25 +381,59 @@ func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 		return err
 	}
 	for _, p := range remotes {
-		p = p.Masked()
-		a := p.Addr().As4()
-		mask := net4Mask(p.Bits())
 		for _, ch := range f.chains() {
-			c.AddRule(&nftables.Rule{Table: f.table, Chain: ch, UserData: connTag(name), Exprs: []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				cmpEq(unix.NFPROTO_IPV4),
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}},
-				cmpEq(a[:]...),
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			}})
+			c.AddRule(&nftables.Rule{Table: f.table, Chain: ch, UserData: connTag(name), Exprs: prefixDropExprs(p, 12)})
 		}
+	}
+	for _, p := range dedupPrefixes(remotes) {
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.guard, UserData: guardTag(name), Exprs: prefixDropExprs(p, 16)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("netio: filter: add conn %s: %w", name, err)
 	}
 	return nil
+}
+
+// prefixDropExprs: ip saddr (off 12) or ip daddr (off 16) in p: counter drop.
+func prefixDropExprs(p netip.Prefix, off uint32) []expr.Any {
+	p = p.Masked()
+	a := p.Addr().As4()
+	mask := net4Mask(p.Bits())
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		cmpEq(unix.NFPROTO_IPV4),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}},
+		cmpEq(a[:]...),
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+// prefixOf reads back the prefix of a rule made by prefixDropExprs.
+func prefixOf(exprs []expr.Any) (netip.Prefix, bool) {
+	var addr []byte
+	var mask []byte
+	for _, e := range exprs {
+		switch e := e.(type) {
+		case *expr.Bitwise:
+			mask = e.Mask
+		case *expr.Cmp:
+			if len(e.Data) == 4 {
+				addr = e.Data
+			}
+		}
+	}
+	if len(addr) != 4 || len(mask) != 4 {
+		return netip.Prefix{}, false
+	}
+	bits := 0
+	for _, m := range mask {
+		for i := 7; i >= 0 && m&(1<<i) != 0; i-- {
+			bits++
+		}
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(addr)), bits).Masked(), true
 }
 
 func net4Mask(bits int) [4]byte {
@@ -285,16 +447,18 @@ func net4Mask(bits int) [4]byte {
 // chains are the chains that hold per-conn cleartext drops.
 func (f *Filter) chains() []*nftables.Chain { return []*nftables.Chain{f.clear, f.local, f.fwd} }
 
-// delConnRules queues the deletion of conn name's rules on c.
+// delConnRules queues the deletion of conn name's rules (inbound drops and
+// guard) on c.
 func (f *Filter) delConnRules(c *nftables.Conn, name string) error {
-	tag := connTag(name)
-	for _, ch := range f.chains() {
+	delete(f.kept, name)
+	tag, gtag := connTag(name), guardTag(name)
+	for _, ch := range append(f.chains(), f.guard) {
 		rules, err := c.GetRules(f.table, ch)
 		if err != nil {
 			return fmt.Errorf("netio: filter: list rules: %w", err)
 		}
 		for _, r := range rules {
-			if bytes.Equal(r.UserData, tag) {
+			if bytes.Equal(r.UserData, tag) || bytes.Equal(r.UserData, gtag) {
 				if err := c.DelRule(r); err != nil {
 					return fmt.Errorf("netio: filter: delete rule of %s: %w", name, err)
 				}
@@ -321,8 +485,19 @@ func (f *Filter) RemoveConn(name string) error {
 	return nil
 }
 
-// Dropped returns the packet counters of conn name's drop rules, summed.
+// Dropped returns the packet counters of conn name's inbound drop rules,
+// summed.
 func (f *Filter) Dropped(name string) (uint64, error) {
+	return f.counted(f.chains(), connTag(name))
+}
+
+// Guarded returns how many cleartext packets to conn name's protected
+// prefixes the outbound guard dropped.
+func (f *Filter) Guarded(name string) (uint64, error) {
+	return f.counted([]*nftables.Chain{f.guard}, guardTag(name))
+}
+
+func (f *Filter) counted(chains []*nftables.Chain, tag []byte) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c, err := f.conn()
@@ -330,8 +505,7 @@ func (f *Filter) Dropped(name string) (uint64, error) {
 		return 0, err
 	}
 	var n uint64
-	tag := connTag(name)
-	for _, ch := range f.chains() {
+	for _, ch := range chains {
 		rules, err := c.GetRules(f.table, ch)
 		if err != nil {
 			return 0, fmt.Errorf("netio: filter: list rules: %w", err)
@@ -357,7 +531,14 @@ func (f *Filter) Close() error {
 	if f.ns == -1 {
 		return nil
 	}
-	defer func() { f.ns.Close(); f.ns = -1 }()
+	defer func() {
+		f.ns.Close()
+		f.ns = -1
+		if f.nl != nil {
+			f.nl.CloseLasting()
+			f.nl = nil
+		}
+	}()
 	c, err := f.conn()
 	if err != nil {
 		return err

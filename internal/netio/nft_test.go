@@ -2,6 +2,7 @@ package netio
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -182,5 +183,108 @@ func TestFilterCleartext(t *testing.T) {
 	nettest.MustDo(t, p.A.NS, func() error { return RemoveFilterTable("gnio-f") })
 	if out := nettest.MustExec(t, p.A.NS, "nft", "list", "tables"); strings.Contains(out, "gnio-f") {
 		t.Errorf("table left after Close: %s", out)
+	}
+}
+
+// TestFilterGuard checks the outbound guard: cleartext to a protected
+// prefix that does not leave through the TUN is dropped and counted, the
+// daemon's marked packets pass, and the guard survives a "crash" (a table
+// left behind) into the next daemon's table for the conns it keeps.
+func TestFilterGuard(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gnio-fg", netip.MustParsePrefix("10.231.18.0/24"))
+	const mark = 0x77
+	var rx *net.UDPConn
+	nettest.MustDo(t, p.B.NS, func() (err error) {
+		rx, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 7001})
+		return err
+	})
+	defer rx.Close()
+	// send sends one datagram from A to B, with SO_MARK m when non-zero,
+	// and reports whether B received it.
+	send := func(m uint32, msg string) bool {
+		t.Helper()
+		nettest.MustDo(t, p.A.NS, func() error {
+			c, err := ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 0), Mark: m})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			// A drop in the output path answers the local sender EPERM.
+			if _, err = c.Send([]Msg{{Buf: []byte(msg), To: netip.AddrPortFrom(p.BAddr, 7001)}}); errors.Is(err, unix.EPERM) {
+				err = nil
+			}
+			return err
+		})
+		buf := make([]byte, 100)
+		rx.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, _, err := rx.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return false
+			}
+			if string(buf[:n]) == msg {
+				return true
+			}
+		}
+	}
+	peer := []netip.Prefix{netip.PrefixFrom(p.BAddr, 32)}
+	newFilter := func(cfg FilterConfig) *Filter {
+		t.Helper()
+		cfg.Table, cfg.TUN, cfg.Mark = "gnio-g", "gnio-gdtun", mark
+		var f *Filter
+		nettest.MustDo(t, p.A.NS, func() (err error) { f, err = NewFilter(cfg); return err })
+		return f
+	}
+	f := newFilter(FilterConfig{})
+	if !send(0, "before") {
+		t.Fatal("no guard yet, but the datagram did not arrive")
+	}
+	if err := f.AddConn("peer", peer); err != nil {
+		t.Fatal(err)
+	}
+	if send(0, "guarded") {
+		t.Fatal("cleartext to a protected prefix left through the veth")
+	}
+	if n, err := f.Guarded("peer"); err != nil || n != 1 {
+		t.Errorf("Guarded(peer) = %d, %v; want 1", n, err)
+	}
+	if !send(mark, "marked") {
+		t.Error("the daemon's marked packet was dropped by the guard")
+	}
+	// A crash: the table stays. The next daemon keeps the conn's guard.
+	f2 := newFilter(FilterConfig{KeepStale: func(c string) bool { return c == "peer" }})
+	if got := f2.Kept(); len(got["peer"]) != 1 || got["peer"][0] != peer[0] {
+		t.Errorf("Kept() = %v, want peer: %v", got, peer)
+	}
+	if send(0, "after restart") {
+		t.Fatal("cleartext left after the restart: the stale guard was not kept")
+	}
+	// Taking the conn down lifts it.
+	if err := f2.RemoveConn("peer"); err != nil {
+		t.Fatal(err)
+	}
+	if !send(0, "down") {
+		t.Fatal("guard still dropping after RemoveConn")
+	}
+	// Initial guards are in place from the first transaction; a stale
+	// guard of a conn the daemon does not keep is gone.
+	if err := f2.AddConn("peer", peer); err != nil {
+		t.Fatal(err)
+	}
+	f3 := newFilter(FilterConfig{KeepStale: func(string) bool { return false }})
+	if !send(0, "not kept") {
+		t.Fatal("a stale guard the daemon did not keep still drops")
+	}
+	f4 := newFilter(FilterConfig{Guards: map[string][]netip.Prefix{"routed": peer}})
+	if send(0, "initial") {
+		t.Fatal("initial guard missing")
+	}
+	_ = f3
+	if err := f4.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !send(0, "closed") {
+		t.Fatal("guard left after Close")
 	}
 }

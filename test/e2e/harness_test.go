@@ -49,6 +49,9 @@ func gosecBinary(t testing.TB) string {
 		buildBin = filepath.Join(dir, "gosec")
 		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/gosec")
 		cmd.Dir = moduleRoot(t)
+		// As make build: no cgo, so that --user can change every
+		// thread's credentials (internal/privs).
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -113,13 +116,16 @@ type daemon struct {
 	dir    string
 	socket string
 	conf   string
-	pid    int // of the last start (from gosec start's output)
+	pid    int      // of the last start (from gosec start's output)
+	extra  []string // more `gosec start` arguments
 }
 
-// startDaemon writes conf (and secrets) and starts gosec in namespace ns.
-func (tp *topo) startDaemon(ns, conf, secrets string) *daemon {
+// startDaemon writes conf (and secrets) and starts gosec in namespace ns;
+// extra are more `gosec start` arguments.
+func (tp *topo) startDaemon(ns, conf, secrets string, extra ...string) *daemon {
 	tp.t.Helper()
 	d := tp.newDaemon(ns, conf, secrets)
+	d.extra = extra
 	if err := d.launch(); err != nil {
 		tp.t.Fatal(err)
 	}
@@ -151,8 +157,9 @@ func (tp *topo) newDaemon(ns, conf, secrets string) *daemon {
 
 // launch runs gosec start with the daemon's files and records its pid.
 func (d *daemon) launch() error {
-	out, err := d.tp.run(d.ns, 30*time.Second, d.bin, "start", "--config", d.conf, "--socket", d.socket,
-		"--log", filepath.Join(d.dir, "gosec.log"))
+	args := append([]string{d.bin, "start", "--config", d.conf, "--socket", d.socket,
+		"--log", filepath.Join(d.dir, "gosec.log")}, d.extra...)
+	out, err := d.tp.run(d.ns, 30*time.Second, args...)
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(d.dir, "gosec.log"))
 		return fmt.Errorf("gosec start in %s: %v\n%s\nlog:\n%s", d.ns, err, out, tail(string(log), 60))

@@ -1,0 +1,64 @@
+package ike
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Observer is told how exchanges end, for metrics. The engine calls it
+// from its own goroutine: it must be quick and must not call back into
+// the engine.
+type Observer interface {
+	Exchange(ev ExchangeEvent)
+}
+
+// ExchangeEvent is one finished exchange.
+type ExchangeEvent struct {
+	Peer netip.Addr
+	Conn string
+	// Kind is "main" (phase 1), "quick" (phase 2) or "dpd".
+	Kind string
+	// Result is "established", "rekeyed" (a quick mode that replaced a
+	// child), "failed", "timeout" (no answer after the retransmissions),
+	// "alive" or "dead" (DPD).
+	Result string
+	// Latency is how long a successful Main Mode took, from the first
+	// message to the last; zero otherwise.
+	Latency time.Duration
+}
+
+// observe reports ev to the Observer, if there is one.
+func (e *Engine) observe(ev ExchangeEvent) {
+	if e.cfg.Observer != nil {
+		e.cfg.Observer.Exchange(ev)
+	}
+}
+
+// observeChild reports an established child: "rekeyed" when it replaces
+// a child with the same selectors. Call it before the old one is marked.
+func (e *Engine) observeChild(q *qm, ch *ChildSA) {
+	result := "established"
+	for _, old := range e.children[ch.Conn] {
+		if old.sa.LocalTS == ch.LocalTS && old.sa.RemoteTS == ch.RemoteTS && !old.rekeyed {
+			result = "rekeyed"
+		}
+	}
+	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: ch.Conn, Kind: "quick", Result: result})
+}
+
+// QueueDepth is how many received messages and commands wait for the
+// engine's goroutine.
+func (e *Engine) QueueDepth() int {
+	n := len(e.ctl)
+	for i := range e.queues {
+		n += len(e.queues[i])
+	}
+	return n
+}
+
+func failResult(timeout bool) string {
+	if timeout {
+		return "timeout"
+	}
+	return "failed"
+}

@@ -1,0 +1,234 @@
+// Package metrics is gosec's Prometheus endpoint. Everything per conn and
+// per SA is read from the daemon's status snapshot at scrape time by a
+// custom Collector, so a series exists exactly as long as its SA: nothing
+// labelled by SPI outlives the SA, and thousands of tunnels cost nothing
+// between scrapes. What the snapshot cannot know (how IKE exchanges ended,
+// how long Main Mode took) is counted by an ike.Observer, labelled by peer
+// address, exchange and result only.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gosec-ipsec/gosec/ike"
+	"github.com/gosec-ipsec/gosec/internal/daemon"
+)
+
+// Source returns the daemon's status (statusall's data); nil while the
+// daemon is not running yet.
+type Source func() *daemon.Status
+
+// Metrics holds the registry, the exchange counters and the snapshot
+// collector.
+type Metrics struct {
+	reg       *prometheus.Registry
+	source    atomic.Pointer[Source]
+	exchanges *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+}
+
+// New builds the registry (with the Go runtime and process collectors).
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.exchanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gosec_ike_exchanges_total",
+		Help: "IKE exchanges by peer, kind (main, quick, dpd) and result (established, rekeyed, failed, timeout, alive, dead).",
+	}, []string{"peer", "exchange", "result"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "gosec_ike_negotiation_seconds",
+		Help:    "Time from the first to the last message of successful Main Mode negotiations.",
+		Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+	}, []string{"exchange"})
+	m.reg.MustRegister(m.exchanges, m.latency, snapshotCollector{m},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// SetSource tells the collector where to read the status from.
+func (m *Metrics) SetSource(s Source) { m.source.Store(&s) }
+
+// Exchange implements ike.Observer.
+func (m *Metrics) Exchange(ev ike.ExchangeEvent) {
+	m.exchanges.WithLabelValues(ev.Peer.String(), ev.Kind, ev.Result).Inc()
+	if ev.Latency > 0 {
+		m.latency.WithLabelValues(ev.Kind).Observe(ev.Latency.Seconds())
+	}
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// Listen opens the endpoint's socket (before privileges are dropped).
+func Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves /metrics on ln until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	log.Info("metrics endpoint", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+// Descriptions of the snapshot's metrics.
+var (
+	descUp          = prometheus.NewDesc("gosec_up", "1 while the daemon answers.", nil, nil)
+	descPlanePkts   = prometheus.NewDesc("gosec_dataplane_packets_total", "Packets through the data plane by direction (in: opened, out: sealed).", []string{"dir"}, nil)
+	descPlaneBytes  = prometheus.NewDesc("gosec_dataplane_bytes_total", "Bytes through the data plane by direction.", []string{"dir"}, nil)
+	descBypassed    = prometheus.NewDesc("gosec_dataplane_bypassed_total", "Packets that bypassed IPsec by policy.", nil, nil)
+	descSendErrors  = prometheus.NewDesc("gosec_dataplane_send_errors_total", "Packets the data plane could not send.", nil, nil)
+	descDrops       = prometheus.NewDesc("gosec_drops_total", "Packets dropped, by reason (all SAs and none).", []string{"reason"}, nil)
+	descNATT        = prometheus.NewDesc("gosec_natt_received_total", "Non-ESP datagrams on the NAT-T port, by kind.", []string{"kind"}, nil)
+	descConnUp      = prometheus.NewDesc("gosec_conn_up", "1 when the conn has SAs installed.", []string{"conn"}, nil)
+	descConnSAs     = prometheus.NewDesc("gosec_conn_sas", "SAs installed for the conn.", []string{"conn"}, nil)
+	descCleartext   = prometheus.NewDesc("gosec_conn_cleartext_dropped_total", "Cleartext packets from the conn's protected peers dropped by the filter.", []string{"conn"}, nil)
+	descConnPkts    = prometheus.NewDesc("gosec_conn_packets_total", "Packets of the conn's current SAs, by direction.", []string{"conn", "dir"}, nil)
+	descConnBytes   = prometheus.NewDesc("gosec_conn_bytes_total", "Bytes of the conn's current SAs, by direction.", []string{"conn", "dir"}, nil)
+	descSAPkts      = prometheus.NewDesc("gosec_sa_packets_total", "Packets of one SA.", saLabels, nil)
+	descSABytes     = prometheus.NewDesc("gosec_sa_bytes_total", "Bytes of one SA.", saLabels, nil)
+	descSADrops     = prometheus.NewDesc("gosec_sa_drops_total", "Packets of one SA dropped, by reason.", append(saLabels, "reason"), nil)
+	descSASeq       = prometheus.NewDesc("gosec_sa_sequence", "Highest sequence number accepted (in) or sent (out).", saLabels, nil)
+	descSAReplay    = prometheus.NewDesc("gosec_sa_replay_window", "Anti-replay window size in packets (0: off).", saLabels, nil)
+	descSALifeSecs  = prometheus.NewDesc("gosec_sa_lifetime_left_seconds", "Seconds until the SA's hard lifetime ends.", saLabels, nil)
+	descSALifeBytes = prometheus.NewDesc("gosec_sa_lifetime_left_bytes", "Bytes until the SA's hard byte lifetime ends.", saLabels, nil)
+	descISAKMP      = prometheus.NewDesc("gosec_isakmp_sas", "Phase-1 SAs by state.", []string{"state"}, nil)
+	descISAKMPLife  = prometheus.NewDesc("gosec_isakmp_lifetime_left_seconds", "Seconds until an established phase-1 SA's lifetime ends.", []string{"conn", "icookie"}, nil)
+	descIKEMsgs     = prometheus.NewDesc("gosec_ike_messages_total", "IKE messages by outcome (received, sent, retransmits, malformed, ...).", []string{"outcome"}, nil)
+	descHalfOpen    = prometheus.NewDesc("gosec_ike_half_open", "Phase-1 SAs still negotiating.", nil, nil)
+	descQueue       = prometheus.NewDesc("gosec_ike_queue_depth", "Events waiting for the key manager.", nil, nil)
+)
+
+var saLabels = []string{"conn", "spi", "dir", "proto"}
+
+// snapshotCollector turns one status snapshot into metrics.
+type snapshotCollector struct{ m *Metrics }
+
+func (c snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descDrops, descNATT,
+		descConnUp, descConnSAs, descCleartext, descConnPkts, descConnBytes, descSAPkts, descSABytes, descSADrops, descSASeq, descSAReplay,
+		descSALifeSecs, descSALifeBytes, descISAKMP, descISAKMPLife, descIKEMsgs, descHalfOpen, descQueue} {
+		ch <- d
+	}
+}
+
+func (c snapshotCollector) Collect(ch chan<- prometheus.Metric) {
+	src := c.m.source.Load()
+	var st *daemon.Status
+	if src != nil {
+		st = (*src)()
+	}
+	if st == nil {
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 0)
+		return
+	}
+	collectStatus(ch, st)
+}
+
+func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+}
+
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+// collectStatus emits the metrics of one snapshot.
+func collectStatus(ch chan<- prometheus.Metric, st *daemon.Status) {
+	gauge(ch, descUp, 1)
+	p := st.Plane
+	counter(ch, descPlanePkts, p.InPackets, "in")
+	counter(ch, descPlanePkts, p.OutPackets, "out")
+	counter(ch, descPlaneBytes, p.InBytes, "in")
+	counter(ch, descPlaneBytes, p.OutBytes, "out")
+	counter(ch, descBypassed, p.Bypassed)
+	counter(ch, descSendErrors, p.SendErrors)
+	for reason, n := range st.Drops {
+		counter(ch, descDrops, n, reason)
+	}
+	counter(ch, descNATT, st.NATT.Keepalives, "keepalive")
+	counter(ch, descNATT, st.NATT.IKE, "ike")
+	counter(ch, descNATT, st.NATT.Invalid, "invalid")
+	for _, c := range st.Conns {
+		up := 0.0
+		if c.State == "installed" {
+			up = 1
+		}
+		gauge(ch, descConnUp, up, c.Name)
+		gauge(ch, descConnSAs, float64(len(c.SAs)), c.Name)
+		counter(ch, descCleartext, c.Cleartext, c.Name)
+		var pkts, bytes [2]uint64
+		for _, sa := range c.SAs {
+			i := 0
+			if sa.Dir == "out" {
+				i = 1
+			}
+			pkts[i] += sa.Packets
+			bytes[i] += sa.Bytes
+			l := []string{c.Name, sa.SPI, sa.Dir, sa.Proto}
+			counter(ch, descSAPkts, sa.Packets, l...)
+			counter(ch, descSABytes, sa.Bytes, l...)
+			for reason, n := range sa.Drops {
+				counter(ch, descSADrops, n, append(l, reason)...)
+			}
+			gauge(ch, descSASeq, float64(sa.Seq), l...)
+			gauge(ch, descSAReplay, float64(sa.ReplayWindow), l...)
+			if sa.LifeLeftSeconds != nil {
+				gauge(ch, descSALifeSecs, float64(*sa.LifeLeftSeconds), l...)
+			}
+			if sa.LifeLeftBytes != nil {
+				gauge(ch, descSALifeBytes, float64(*sa.LifeLeftBytes), l...)
+			}
+		}
+		if c.State == "installed" {
+			counter(ch, descConnPkts, pkts[0], c.Name, "in")
+			counter(ch, descConnPkts, pkts[1], c.Name, "out")
+			counter(ch, descConnBytes, bytes[0], c.Name, "in")
+			counter(ch, descConnBytes, bytes[1], c.Name, "out")
+		}
+	}
+	states := map[string]int{}
+	for _, s := range st.ISAKMP {
+		states[s.State]++
+		if s.LifeLeftSeconds > 0 {
+			gauge(ch, descISAKMPLife, float64(s.LifeLeftSeconds), s.Conn, s.ICookie)
+		}
+	}
+	for state, n := range states {
+		gauge(ch, descISAKMP, float64(n), state)
+	}
+	for outcome, n := range st.IKE {
+		counter(ch, descIKEMsgs, n, outcome)
+	}
+	gauge(ch, descHalfOpen, float64(st.IKEHalfOpen))
+	gauge(ch, descQueue, float64(st.IKEQueue))
+}
+
+var _ ike.Observer = (*Metrics)(nil)

@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/privs"
+)
+
+// TestUnprivilegedDaemon: both gateways run `gosec start --user nobody`.
+// Once started, every thread of each daemon is uid/gid 65534 with exactly
+// CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE (effective,
+// permitted and bounding), no_new_privs, and the process is not dumpable.
+// As such it negotiates a tunnel, carries traffic, rekeys the child,
+// reloads a changed configuration (reading it and the secrets as nobody),
+// brings the new conn up, and on stop removes its TUN device.
+func TestUnprivilegedDaemon(t *testing.T) {
+	tp := newTopo(t, "gsp-")
+	const nobody = 65534
+	conf := func(extra string) string {
+		return `conn pv
+	left=192.0.2.1
+	right=192.0.2.2
+	leftsubnet=10.1.0.0/24
+	rightsubnet=10.2.0.0/24
+	authby=secret
+	keyexchange=ikev1
+	ike=aes128-sha256-modp2048!
+	esp=aes128gcm16!
+	ikelifetime=1h
+	lifetime=24s
+	rekeymargin=12s
+	rekeyfuzz=0%
+	keyingtries=1
+	auto=add
+
+` + extra
+	}
+	secrets := "192.0.2.1 192.0.2.2 : PSK \"gosec-privs-psk\"\n"
+	var gws []*daemon
+	for _, gw := range []string{"gw1", "gw2"} {
+		d := tp.startDaemon(tp.ns(gw), conf(""), secrets, "--user", "nobody")
+		// The files must stay readable for reload: the directory
+		// (and the test's temporary root above it) open to nobody, the
+		// secrets owned by nobody (mode 0600).
+		for _, dir := range []string{d.dir, filepath.Dir(d.dir)} {
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Chown(filepath.Join(d.dir, "ipsec.secrets"), nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		gws = append(gws, d)
+	}
+	gw1, gw2 := gws[0], gws[1]
+
+	for _, d := range gws {
+		var st struct{ PID int }
+		if err := json.Unmarshal([]byte(d.mustCtl("statusall", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		threads, err := privs.Threads(fmt.Sprint(st.PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, th := range threads {
+			if th.UID != "65534 65534 65534 65534" || th.GID != "65534 65534 65534 65534" {
+				t.Fatalf("%s: thread %s: uid %q gid %q", d.ns, th.TID, th.UID, th.GID)
+			}
+			if th.CapEff != privs.KeptMask() || th.CapPrm != privs.KeptMask() || th.Bnd != privs.KeptMask() {
+				t.Fatalf("%s: thread %s: CapEff %x CapPrm %x CapBnd %x, want %x", d.ns, th.TID, th.CapEff, th.CapPrm, th.Bnd, privs.KeptMask())
+			}
+			if !th.NoNewPrivs {
+				t.Fatalf("%s: thread %s: no_new_privs is off", d.ns, th.TID)
+			}
+		}
+		// A process that is not dumpable has its /proc files owned by
+		// root, whatever its uid.
+		var fi syscall.Stat_t
+		if err := syscall.Stat(fmt.Sprintf("/proc/%d/status", st.PID), &fi); err != nil {
+			t.Fatal(err)
+		}
+		if fi.Uid != 0 {
+			t.Fatalf("%s: /proc/%d is owned by uid %d: the daemon is dumpable", d.ns, st.PID, fi.Uid)
+		}
+		if !strings.Contains(d.log(), `msg="privileges dropped" user=nobody`) {
+			t.Fatalf("%s: no privilege drop in the log", d.ns)
+		}
+		t.Logf("%s: pid %d, %d threads, all uid 65534 with capabilities %x only", d.ns, st.PID, len(threads), privs.KeptMask())
+	}
+
+	out := gw1.mustCtl("up", "pv")
+	if !strings.Contains(out, "established successfully") {
+		t.Fatalf("gosec up:\n%s", out)
+	}
+	if err := tp.ping(tp.ns("lan1"), "10.2.0.2", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.transfer(tp.ns("lan1"), tp.ns("lan2"), "10.2.0.2", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	first := ikeStatusOf(t, gw1).Conns[0].Children[0].InSPI
+
+	// The child rekeys 12 s before its 24 s lifetime: a new SA pair
+	// installed (routes, policies) without root.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rekeyed := false
+		for _, ch := range ikeStatusOf(t, gw1).Conns[0].Children {
+			if ch.InSPI != first {
+				rekeyed = true
+			}
+		}
+		if rekeyed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no rekey within 30 s; log:\n%s", tail(gw1.log(), 20))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err := tp.ping(tp.ns("lan1"), "10.2.0.2", 3); err != nil {
+		t.Fatalf("after the rekey: %v", err)
+	}
+
+	// Reload with a second conn (transport mode between the gateways).
+	extra := `conn pv2
+	left=192.0.2.1
+	right=192.0.2.2
+	type=transport
+	authby=secret
+	keyexchange=ikev1
+	ike=aes128-sha1-modp2048!
+	esp=aes128-sha1!
+	keyingtries=1
+	auto=add
+`
+	for _, d := range gws {
+		d.rewrite(conf(extra), secrets)
+		if out, err := d.ctl(30*time.Second, "reload"); err != nil {
+			t.Fatalf("%s: reload as nobody: %v\n%s", d.ns, err, out)
+		}
+	}
+	// (pv goes down first: a second phase 1 between the same peers
+	// carries INITIAL-CONTACT, which makes the responder forget the
+	// first one's SAs.)
+	gw1.mustCtl("down", "pv")
+	out = gw1.mustCtl("up", "pv2")
+	if !strings.Contains(out, "established successfully") {
+		t.Fatalf("gosec up pv2 after reload:\n%s", out)
+	}
+	if err := tp.ping(tp.ns("gw1"), "192.0.2.2", 3); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, gw2, "pv2"); len(st.SAs) != 2 || st.in.Packets == 0 {
+		t.Fatalf("pv2 on gw2 after the ping: %+v", st)
+	}
+
+	// Stop: everything it made goes, with the capabilities it kept.
+	gw1.mustCtl("stop")
+	if out, err := tp.run(tp.ns("gw1"), 5*time.Second, "ip", "link", "show", "gosec0"); err == nil {
+		t.Fatalf("gosec0 still there after stop:\n%s", out)
+	}
+	if out, _ := tp.run(tp.ns("gw1"), 5*time.Second, "nft", "list", "tables"); strings.Contains(out, "gosec") {
+		t.Fatalf("nftables table still there after stop:\n%s", out)
+	}
+	for _, d := range gws {
+		if log := d.log(); strings.Contains(log, "not permitted") || strings.Contains(log, "level=WARN msg=teardown") {
+			t.Fatalf("%s: something needed a privilege the daemon dropped:\n%s", d.ns, tail(log, 30))
+		}
+	}
+}
