@@ -54,35 +54,12 @@ func checkLeaks(t *testing.T, w *wire.LeakWatcher, tl *wire.Timeline, daemons ma
 
 var logTime = regexp.MustCompile(`^time=(\S+)`)
 
-// logEvents returns the daemon's INFO-level log lines (SAs established,
-// rekeyed, expired, deleted...) as timeline events labelled gw.
-func logEvents(gw string, d *daemon) []wire.Event {
-	var out []wire.Event
-	for _, line := range strings.Split(d.log(), "\n") {
-		m := logTime.FindStringSubmatch(line)
-		if m == nil || !strings.Contains(line, "level=INFO") {
-			continue
-		}
-		ts, err := time.Parse(time.RFC3339Nano, m[1])
-		if err != nil {
-			continue
-		}
-		what := strings.TrimSpace(strings.Replace(line[len(m[0]):], "level=INFO ", "", 1))
-		what = strings.Replace(what, " room=ike", "", 1)
-		if len(what) > 160 {
-			what = what[:160] + "..."
-		}
-		out = append(out, wire.Event{At: ts, What: gw + " log: " + what})
-	}
-	return out
-}
-
 // withLogs merges both daemons' log events into the timeline.
 func withLogs(tl *wire.Timeline, daemons map[string]*daemon) *wire.Timeline {
 	var ev []wire.Event
 	for gw, d := range daemons {
 		if d != nil {
-			ev = append(ev, logEvents(gw, d)...)
+			ev = append(ev, wire.LogEvents(gw, d.log())...)
 		}
 	}
 	return tl.With(ev)

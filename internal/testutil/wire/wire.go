@@ -499,8 +499,8 @@ func (s *TCPStream) Stop() (int64, error) {
 	var werr error
 	select {
 	case werr = <-s.wrDone:
-	case <-time.After(60 * time.Second):
-		werr = fmt.Errorf("the sender was stuck for 60 s (TCP stalled)")
+	case <-time.After(20 * time.Second):
+		werr = fmt.Errorf("the sender was stuck for 20 s (TCP stalled)")
 	}
 	wait := func(c *exec.Cmd, what string) error {
 		done := make(chan error, 1)
@@ -511,10 +511,10 @@ func (s *TCPStream) Stop() (int64, error) {
 				return fmt.Errorf("%s: %v", what, err)
 			}
 			return nil
-		case <-time.After(60 * time.Second):
+		case <-time.After(20 * time.Second):
 			c.Process.Kill()
 			<-done
-			return fmt.Errorf("%s did not finish within 60 s", what)
+			return fmt.Errorf("%s did not finish within 20 s", what)
 		}
 	}
 	serr := wait(s.sender, "socat sender")
@@ -648,5 +648,31 @@ func withPrefix(set map[string]bool, prefix string) []string {
 		}
 	}
 	sort.Strings(out)
+	return out
+}
+
+var slogTime = regexp.MustCompile(`^time=(\S+)`)
+
+// LogEvents turns the INFO lines of a gosec log (slog text format: SAs
+// established, rekeyed, expired, deleted...) into events labelled label,
+// for Timeline.With: they carry exact times where a Monitor polls.
+func LogEvents(label, log string) []Event {
+	var out []Event
+	for _, line := range strings.Split(log, "\n") {
+		m := slogTime.FindStringSubmatch(line)
+		if m == nil || !strings.Contains(line, "level=INFO") {
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			continue
+		}
+		what := strings.TrimSpace(strings.Replace(line[len(m[0]):], "level=INFO ", "", 1))
+		what = strings.Replace(what, " room=ike", "", 1)
+		if len(what) > 160 {
+			what = what[:160] + "..."
+		}
+		out = append(out, Event{At: ts, What: label + " log: " + what})
+	}
 	return out
 }

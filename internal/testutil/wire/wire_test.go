@@ -79,3 +79,15 @@ func TestParsePing(t *testing.T) {
 		t.Fatalf("lost %v, want [4 5 6 7]", got)
 	}
 }
+
+func TestLogEvents(t *testing.T) {
+	log := `time=2026-12-02T16:50:51.689Z level=INFO msg="gosec started" version=0.1.0
+time=2026-12-02T16:50:52.000Z level=WARN msg="dropped packet" reason=no-sa
+not a log line
+time=2026-12-02T16:50:54.855Z level=INFO msg="IPsec SA deleted" room=ike conn=lc in_spi=9f1eebc1`
+	ev := LogEvents("gw2", log)
+	if len(ev) != 2 || ev[1].What != `gw2 log: msg="IPsec SA deleted" conn=lc in_spi=9f1eebc1` ||
+		!ev[1].At.Equal(time.Date(2026, 12, 2, 16, 50, 54, 855e6, time.UTC)) {
+		t.Fatalf("LogEvents = %+v", ev)
+	}
+}
