@@ -20,21 +20,32 @@ func ConfCheck(env Env, args []string) int {
 	var cf ConfigFlags
 	cf.Register(fs)
 	dump := fs.Bool("dump", false, "print each resolved conn")
+	asJSON := fs.Bool("json", false, "print diagnostics and resolved conns as JSON (schema in the README)")
 	pos, ok := parse(env, fs, args)
 	if !ok {
 		return 2
 	}
 	if len(pos) != 0 {
-		fmt.Fprintln(env.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump]")
+		fmt.Fprintln(env.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump] [--json]")
 		return 2
 	}
 	cf.Resolve()
 	cfg, err := conf.Load(cf.Config, conf.Options{})
+	failed := err != nil
+	sec, serr := loadSecretsFor(cfg, cf.Secrets)
+	if *asJSON {
+		if serr != nil && sec == nil {
+			sec = &conf.Secrets{Diags: conf.Diags{{File: cf.Secrets, Msg: serr.Error()}}}
+		}
+		writeConfCheckJSON(env.Stdout, cf.Config, cf.Secrets, cfg, sec, !failed && serr == nil)
+		if failed || serr != nil {
+			return 1
+		}
+		return 0
+	}
 	for _, d := range cfg.Diags {
 		fmt.Fprintln(env.Stderr, d)
 	}
-	failed := err != nil
-	sec, serr := loadSecretsFor(cfg, cf.Secrets)
 	if sec != nil {
 		for _, d := range sec.Diags {
 			fmt.Fprintln(env.Stderr, d)
