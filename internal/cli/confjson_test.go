@@ -45,10 +45,10 @@ func TestConfCheckJSON(t *testing.T) {
 		},
 		{
 			name:     "error",
-			conf:     "conn bad\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tbogus=1\n",
+			conf:     "conn bad\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tauthby=secret\n\tbogus=1\n",
 			wantCode: 1,
 			check: func(t *testing.T, out confCheckJSON) {
-				if out.OK || len(out.Diagnostics) == 0 || out.Diagnostics[0].Severity != "error" || out.Diagnostics[0].Line != 4 {
+				if out.OK || len(out.Diagnostics) == 0 || out.Diagnostics[0].Severity != "error" || out.Diagnostics[0].Line != 5 {
 					t.Fatalf("%+v", out)
 				}
 			},
@@ -58,7 +58,9 @@ func TestConfCheckJSON(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			cfg := filepath.Join(dir, "ipsec.conf")
-			if err := os.WriteFile(cfg, []byte(tt.conf), 0o644); err != nil {
+			// 0600: a config holding manual keys that others may read draws
+			// a warning of its own.
+			if err := os.WriteFile(cfg, []byte(tt.conf), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(filepath.Join(dir, "ipsec.secrets"), []byte("192.0.2.1 192.0.2.2 : PSK \"very-secret-psk\"\n"), 0o600); err != nil {
