@@ -79,6 +79,8 @@ type Plane struct {
 	trapMu   sync.Mutex
 	trapSeen map[uint32]struct{}
 	held     holdQueue
+	// sendHeld, if set, replaces dispatch for released packets (tests).
+	sendHeld func(raw, rawAH, udp []netio.Msg)
 }
 
 // New returns a Plane for cfg; Run starts it.
