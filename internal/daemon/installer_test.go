@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -400,5 +401,18 @@ func TestReloadRemovedConnLiftsGuard(t *testing.T) {
 	}
 	if f.guards("other") == nil || !r.has("10.3.0.0/24") {
 		t.Fatalf("the other conn lost its guard or route: %v %v", f.conns, r.routes)
+	}
+}
+
+// TestStatusAnyPeer: a right=%any conn shows as %any, not "invalid IP".
+func TestStatusAnyPeer(t *testing.T) {
+	spec := ikeSpec("rw", "add", ts1, ts2)
+	spec.Remote = netip.Addr{}
+	d, _, _ := testDaemon(t, spec)
+	var b strings.Builder
+	st := d.status(true)
+	st.WriteText(&b, true)
+	if st.Conns[0].Remote != "%any" || strings.Contains(b.String(), "invalid IP") {
+		t.Fatalf("remote %q in\n%s", st.Conns[0].Remote, b.String())
 	}
 }
