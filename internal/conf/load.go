@@ -150,12 +150,44 @@ func (p *parser) finish(opts Options) (*Config, error) {
 				}
 				continue
 			}
+			if s.name == "%oedefault" {
+				// FreeS/WAN and Openswan: the defaults of the implicit
+				// opportunistic-encryption conns.
+				p.warnf(s.pos, "conn %%oedefault is ignored: it holds the defaults of opportunistic encryption, which gosec does not implement")
+				continue
+			}
 			if strings.HasPrefix(s.name, "%") {
 				p.errorf(s.pos, "conn %s: names starting with %% are reserved", s.name)
 				continue
 			}
 			if prev, dup := conns[s.name]; dup {
-				p.errorf(s.pos, "conn %s is defined twice (first at %s:%d)", s.name, prev.file, prev.line)
+				// strongSwan 5 merges the sections of one name, a
+				// keyword set again taking the later value
+				// (src/starter/parser/conf_parser.c, add_section and
+				// add_setting); Libreswan's tests rely on it (their
+				// ikev2-oe.conf redefines the OE conns).
+				p.warnf(s.pos, "conn %s is defined again (first at %s:%d): the two are merged, the keywords here winning (as strongSwan does)", s.name, prev.file, prev.line)
+				again := map[string]bool{}
+				for _, k := range s.kvs {
+					if k.key != "also" && k.key != "alsoflip" {
+						again[k.key] = true
+					}
+				}
+				var kept []kv
+				first := map[string]kv{}
+				for _, k := range prev.kvs {
+					if f, dup := first[k.key]; dup && k.key != "also" && k.key != "alsoflip" {
+						// Reported here, as the merge drops it.
+						p.errorf(k.pos, "%s is set twice in conn %s (first at line %d)", k.key, prev.name, f.line)
+					}
+					if _, ok := first[k.key]; !ok {
+						first[k.key] = k
+					}
+					if !again[k.key] {
+						kept = append(kept, k)
+					}
+				}
+				prev.kvs = append(kept, s.kvs...)
 				continue
 			}
 			conns[s.name] = s
@@ -167,7 +199,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 	referenced := map[string]bool{}
 	for _, s := range order {
 		for _, k := range s.kvs {
-			if k.key == "also" {
+			if k.key == "also" || k.key == "alsoflip" {
 				referenced[k.value] = true
 			}
 		}
@@ -177,8 +209,23 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			p.errorf(s.pos, "configuration too large to resolve: more than %d keyword settings merged through conn %%default and also=; conn %s and those after it are not checked", MaxResolveWork, s.name)
 			break
 		}
-		kvs := p.flatten(s, conns, defaults)
+		kvs, missing := p.flatten(s, conns, defaults)
 		c, skip := p.interpret(s, kvs, r)
+		if len(missing) > 0 {
+			// A conn naming a conn that does not exist cannot be
+			// resolved. If it is to be loaded that is an error; an
+			// auto=ignore conn is never loaded by itself (FreeS/WAN and
+			// Libreswan resolve also= when a conn is added), so it is
+			// only left out.
+			for _, a := range missing {
+				if c.Auto == "ignore" {
+					p.warnf(a.pos, "%s=%s: no conn named %q; conn %s (auto=ignore) is left out", a.key, a.value, a.value, c.Name)
+				} else {
+					p.errorf(a.pos, "%s=%s: no conn named %q", a.key, a.value, a.value)
+				}
+			}
+			continue
+		}
 		if skip == nil {
 			cfg.Conns = append(cfg.Conns, c)
 			continue
@@ -294,22 +341,23 @@ func (p *parser) hint(key string, setup bool) string {
 // flatten merges a conn's own keywords, those of the conns it includes
 // with also= (in order, recursively; the first setting of a keyword wins)
 // and those of conn %default.
-func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) []kv {
+func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) (out []kv, missing []kv) {
 	seen := map[string]bool{}
 	// visited: a section reached a second time (a diamond of also=) adds
 	// nothing, as every keyword it sets is already set; without this a
 	// chain of conns each naming the next two times would be walked
 	// 2^depth times.
 	visited := map[*section]bool{}
-	var out []kv
-	var visit func(sec *section, chain []string, depth int)
-	visit = func(sec *section, chain []string, depth int) {
+	// flip is FreeS/WAN's alsoflip= (ipsec.conf(5) of FreeS/WAN 2.04 and
+	// Openswan): the conn's keywords with left and right swapped.
+	var visit func(sec *section, chain []string, depth int, flip bool)
+	visit = func(sec *section, chain []string, depth int, flip bool) {
 		visited[sec] = true
 		p.work += len(sec.kvs)
 		own := map[string]pos{}
 		var alsos []kv
 		for _, k := range sec.kvs {
-			if k.key == "also" {
+			if k.key == "also" || k.key == "alsoflip" {
 				alsos = append(alsos, k)
 				continue
 			}
@@ -318,6 +366,9 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 				continue
 			}
 			own[k.key] = k.pos
+			if flip {
+				k.key = flipSide(k.key)
+			}
 			if !seen[k.key] {
 				seen[k.key] = true
 				out = append(out, k)
@@ -326,12 +377,12 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 		for _, a := range alsos {
 			target, ok := conns[a.value]
 			if !ok {
-				p.errorf(a.pos, "also=%s: no conn named %q", a.value, a.value)
+				missing = append(missing, a)
 				continue
 			}
 			for _, c := range chain {
 				if c == a.value {
-					p.errorf(a.pos, "also=%s makes a loop: %s -> %s", a.value, strings.Join(chain, " -> "), a.value)
+					p.errorf(a.pos, "%s=%s makes a loop: %s -> %s", a.key, a.value, strings.Join(chain, " -> "), a.value)
 					return
 				}
 			}
@@ -342,14 +393,14 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 				p.errorf(a.pos, "also= chain deeper than %d", MaxAlsoDepth)
 				return
 			}
-			visit(target, append(chain, a.value), depth+1)
+			visit(target, append(chain, a.value), depth+1, flip != (a.key == "alsoflip"))
 		}
 	}
-	visit(s, []string{s.name}, 0)
+	visit(s, []string{s.name}, 0, false)
 	p.work += len(defaults)
 	for _, k := range defaults {
-		if k.key == "also" {
-			p.errorf(k.pos, "also= is not allowed in conn %%default")
+		if k.key == "also" || k.key == "alsoflip" {
+			p.errorf(k.pos, "%s= is not allowed in conn %%default", k.key)
 			continue
 		}
 		if !seen[k.key] {
@@ -357,7 +408,18 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 			out = append(out, k)
 		}
 	}
-	return out
+	return out, missing
+}
+
+// flipSide swaps left and right in a keyword (alsoflip=).
+func flipSide(key string) string {
+	switch {
+	case strings.HasPrefix(key, "left"):
+		return "right" + key[len("left"):]
+	case strings.HasPrefix(key, "right"):
+		return "left" + key[len("right"):]
+	}
+	return key
 }
 
 // order in which keywords are applied: algorithms before what modifies

@@ -205,3 +205,31 @@ func TestHints(t *testing.T) {
 		t.Errorf("auth=ah: %s", renderDiags(cfg.Diags))
 	}
 }
+
+// TestAlsoFlip: FreeS/WAN's alsoflip= (ipsec.conf(5) of FreeS/WAN 2.04:
+// "like also, except that the left and right parameters of the conn
+// named are interchanged"), and conn %oedefault ignored with a warning.
+func TestAlsoFlip(t *testing.T) {
+	cfg := loadText(t, `conn %oedefault
+	dpddelay=20
+
+conn gw
+	left=192.0.2.1
+	leftsubnet=10.1.0.0/16
+	authby=secret
+
+conn peer
+	left=192.0.2.2
+	leftsubnet=10.2.0.0/16
+	alsoflip=gw
+	auto=add
+`)
+	c := cfg.Conn("peer")
+	if c == nil || c.Left.Addr.String() != "192.0.2.2" || c.Right.Addr.String() != "192.0.2.1" ||
+		len(c.Right.Subnets) != 1 || c.Right.Subnets[0].String() != "10.1.0.0/16" || c.AuthBy != "secret" {
+		t.Fatalf("alsoflip: %+v\n%s", c, renderDiags(cfg.Diags))
+	}
+	if d := renderDiags(cfg.Diags); !strings.Contains(d, "t.conf:1: warning: conn %oedefault is ignored") || cfg.Diags.Err() != nil {
+		t.Errorf("diagnostics %q", d)
+	}
+}

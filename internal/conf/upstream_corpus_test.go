@@ -78,7 +78,11 @@ func upstreamFiles(t testing.TB, dir string) map[string][]string {
 			t.Fatalf("MANIFEST line %q: want corpus-path repository tag commit path", line)
 		}
 		path := fields[0]
-		if strings.Contains(path, "/testing/baseconfigs/") || strings.HasSuffix(path, "secrets") {
+		// Files a harness installs (Libreswan's testing/baseconfigs, the
+		// strongSwan scenarios' extra /etc files) are read through the
+		// configurations that include them.
+		if strings.Contains(fields[4], "testing/baseconfigs/") || strings.HasSuffix(path, "secrets") ||
+			strings.Contains(path, "/hosts/") && !strings.HasSuffix(path, "/etc/ipsec.conf") {
 			continue
 		}
 		source, _, _ := strings.Cut(path, "/")
@@ -129,8 +133,16 @@ func upstreamFiles(t testing.TB, dir string) map[string][]string {
 func checkUpstream(path, source string) (string, int, *Config) {
 	opts := testOptions()
 	opts.Root = source
+	if i := strings.Index(path, "/etc/ipsec.conf"); strings.HasPrefix(source, "strongswan-") && i > 0 {
+		opts.Root = path[:i] // the harness installs hosts/HOST/etc as /etc
+	}
 	opts.LookupHost = func(name string) ([]netip.Addr, error) {
 		if a, ok := upstreamNames[name]; ok {
+			return []netip.Addr{netip.MustParseAddr(a)}, nil
+		}
+		// The placeholders of the files a strongSwan configuration
+		// includes (the harness substitutes them in every file).
+		if a, ok := strongSwanHosts[name]; ok && strings.HasPrefix(name, "PH_IP_") {
 			return []netip.Addr{netip.MustParseAddr(a)}, nil
 		}
 		return nil, errors.New("no such host (test resolver)")
