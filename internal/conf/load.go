@@ -574,6 +574,17 @@ func (c *Conn) needAuth() error {
 	return need("public-key authentication", "the upstream default; write authby=secret for pre-shared keys")
 }
 
+// where is the line of the first of the keywords that is set, else the
+// conn's header: every error points at the line that causes it.
+func (c *Conn) where(keys ...string) pos {
+	for _, k := range keys {
+		if at, ok := c.set[k]; ok {
+			return at
+		}
+	}
+	return pos{file: c.File, line: c.Line}
+}
+
 // validate checks a conn as a whole.
 func (p *parser) validate(c *Conn) {
 	at := pos{file: c.File, line: c.Line}
@@ -594,7 +605,7 @@ func (p *parser) validate(c *Conn) {
 		return
 	}
 	if c.Left.Any && c.Right.Any {
-		p.errorf(at, "conn %s: left and right cannot both be %%any", c.Name)
+		p.errorf(c.where("right"), "conn %s: left and right cannot both be %%any", c.Name)
 	}
 	if len(c.AH.List) > 0 && !c.Set("esp") && !c.Set("phase2alg") {
 		c.ESP = Proposals{}
@@ -602,16 +613,17 @@ func (p *parser) validate(c *Conn) {
 	if c.Proto() == "esp" {
 		for _, pr := range c.ESP.List {
 			if len(pr.Ciphers) == 0 {
-				p.errorf(at, "conn %s: phase2alg names no encryption algorithm for ESP (for AH, write phase2=ah)", c.Name)
+				p.errorf(c.where("phase2alg", "esp"), "conn %s: phase2alg names no encryption algorithm for ESP (for AH, write phase2=ah)", c.Name)
 				break
 			}
 		}
 	}
 	if c.Type == "transport" && (len(c.Left.Subnets) > 0 || len(c.Right.Subnets) > 0) {
-		for _, e := range []*End{&c.Left, &c.Right} {
+		for i, e := range []*End{&c.Left, &c.Right} {
+			side := [...]string{"left", "right"}[i]
 			for _, s := range e.Subnets {
 				if e.Addr.IsValid() && (s.Bits() != 32 || s.Addr() != e.Addr) {
-					p.errorf(at, "conn %s: type=transport protects the hosts themselves; subnet %s differs from the host %s", c.Name, s, e.Addr)
+					p.errorf(c.where(side+"subnet", side+"subnets"), "conn %s: type=transport protects the hosts themselves; subnet %s differs from the host %s", c.Name, s, e.Addr)
 				}
 			}
 		}
@@ -632,7 +644,7 @@ func (p *parser) validateManual(c *Conn, at pos) {
 			p.errorf(at, "manually keyed conn %s needs %sspi= (the SPI of the SA towards %s)", c.Name, side.name, side.name)
 		}
 		if side.e.Any || side.e.DefaultRoute && !side.e.Addr.IsValid() {
-			p.errorf(at, "manually keyed conn %s needs a fixed %s= address", c.Name, side.name)
+			p.errorf(c.where(side.name), "manually keyed conn %s needs a fixed %s= address", c.Name, side.name)
 		}
 	}
 	ps := c.ESP
@@ -649,12 +661,12 @@ func (p *parser) validateManual(c *Conn, at pos) {
 		suites = append(suites, pr.Suites()...)
 	}
 	if len(suites) != 1 {
-		p.errorf(at, "manually keyed conn %s: %s= must name exactly one suite, not %d", c.Name, proto, len(suites))
+		p.errorf(c.where(proto, "phase2alg"), "manually keyed conn %s: %s= must name exactly one suite, not %d", c.Name, proto, len(suites))
 		return
 	}
 	s := suites[0]
 	if s.DH != 0 {
-		p.errorf(at, "manually keyed conn %s: a DH group makes no sense without IKE", c.Name)
+		p.errorf(c.where(proto, "phase2alg", "pfsgroup"), "manually keyed conn %s: a DH group makes no sense without IKE", c.Name)
 	}
 	c.ESN = c.ESN || s.ESN
 	check := func(kw string, got []byte, want int) {
