@@ -137,6 +137,11 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			}
 		case "ca":
 			p.warnf(s.pos, "ca sections are not supported (certificate authentication is not implemented); ca %q ignored", s.name)
+			for _, k := range s.kvs {
+				if _, ok := caKeywords[k.key]; !ok && !isUserParam(k.key) {
+					p.errorf(k.pos, "unknown ca keyword %q (strongSwan's ca sections take cacert, crluri, ocspuri, certuribase, ldaphost, ldapbase, auto, also)", k.raw())
+				}
+			}
 		case "conn":
 			if s.name == "%default" {
 				own := map[string]int{}

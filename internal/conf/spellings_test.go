@@ -261,3 +261,13 @@ func TestLibreswanValues(t *testing.T) {
 		t.Errorf("%+v %s", c, renderDiags(cfg.Diags))
 	}
 }
+
+// TestCASections: strongSwan's ca sections (keywords.txt, KW_CA_*) are
+// ignored with one warning; a keyword no ca section knows is an error.
+func TestCASections(t *testing.T) {
+	cfg := loadText(t, "ca myca\n\tcacert=ca.pem\n\tcrluri=http://crl\n\tauto=add\n\tcacertt=x\n")
+	d := renderDiags(cfg.Diags)
+	if !strings.Contains(d, `t.conf:1: warning: ca sections are not supported`) || !strings.Contains(d, `t.conf:5: unknown ca keyword "cacertt"`) || strings.Count(d, "\n") != 2 {
+		t.Errorf("diagnostics %q", d)
+	}
+}
