@@ -86,8 +86,8 @@ func TestConfCheckBinary(t *testing.T) {
 		{"13-manual-ah-3des.conf", true, 0, "13-manual-ah-3des.conf: 2 conns, configuration OK\n"},
 		{"17-unsupported-warnings.conf", true, 3, "17-unsupported-warnings.conf: 0 conns loaded, 1 skipped: Mode Config (warned)\n"},
 		{"10-rsasig-cert.conf", false, 3, "10-rsasig-cert.conf: 0 conns loaded, 2 skipped: public-key authentication (raw-rsa, certs)\n"},
-		{"32-err-mixed.conf", true, 1, "32-err-mixed.conf: 9 errors; gosec start would refuse this configuration\n"},
-		{"32-err-mixed.conf", false, 1, "32-err-mixed.conf: 9 errors; gosec start would refuse this configuration\n"},
+		{"32-err-mixed.conf", true, 1, "32-err-mixed.conf: 8 errors; gosec start would refuse this configuration\n"},
+		{"32-err-mixed.conf", false, 1, "32-err-mixed.conf: 8 errors; gosec start would refuse this configuration\n"},
 		{"26-err-manual.conf", true, 1, "26-err-manual.conf: 15 errors; gosec start would refuse this configuration\n"},
 	}
 	for _, tt := range tests {

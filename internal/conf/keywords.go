@@ -167,6 +167,7 @@ func init() {
 		"ah_align":   setAHAlign,
 		"encapsport": setEncapPort,
 		"also":       nil, // resolved before interpretation
+		"alsoflip":   nil, // as also=, left and right swapped
 	} {
 		connKeywords[k] = h
 	}

@@ -205,3 +205,69 @@ func TestHints(t *testing.T) {
 		t.Errorf("auth=ah: %s", renderDiags(cfg.Diags))
 	}
 }
+
+// TestAlsoFlip: FreeS/WAN's alsoflip= (ipsec.conf(5) of FreeS/WAN 2.04:
+// "like also, except that the left and right parameters of the conn
+// named are interchanged"), and conn %oedefault ignored with a warning.
+func TestAlsoFlip(t *testing.T) {
+	cfg := loadText(t, `conn %oedefault
+	dpddelay=20
+
+conn gw
+	left=192.0.2.1
+	leftsubnet=10.1.0.0/16
+	authby=secret
+
+conn peer
+	left=192.0.2.2
+	leftsubnet=10.2.0.0/16
+	alsoflip=gw
+	auto=add
+`)
+	c := cfg.Conn("peer")
+	if c == nil || c.Left.Addr.String() != "192.0.2.2" || c.Right.Addr.String() != "192.0.2.1" ||
+		len(c.Right.Subnets) != 1 || c.Right.Subnets[0].String() != "10.1.0.0/16" || c.AuthBy != "secret" {
+		t.Fatalf("alsoflip: %+v\n%s", c, renderDiags(cfg.Diags))
+	}
+	if d := renderDiags(cfg.Diags); !strings.Contains(d, "t.conf:1: warning: conn %oedefault is ignored") || cfg.Diags.Err() != nil {
+		t.Errorf("diagnostics %q", d)
+	}
+}
+
+// TestFreeSWANManualKeys: FreeS/WAN 2.04 ipsec.conf(5) manual keying:
+// spi= and espenckey=/espauthkey= without a side are for both
+// directions, leftespspi= (and leftahspi=) the SPI of the SA towards
+// left, a sided keyword overriding the both-sides one.
+func TestFreeSWANManualKeys(t *testing.T) {
+	cfg := loadText(t, "conn m\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tesp=3des-md5-96\n\tspi=0x200\n\trightespspi=0x300\n"+
+		"\tespenckey=0x"+strings.Repeat("11", 24)+"\n\tleftespenckey=0x"+strings.Repeat("22", 24)+"\n\tespauthkey=0x"+strings.Repeat("33", 16)+"\n\tauto=manual\n")
+	c := cfg.Conn("m")
+	if c == nil || cfg.Diags.Err() != nil {
+		t.Fatalf("not loaded: %s", renderDiags(cfg.Diags))
+	}
+	if c.Left.SPI != 0x200 || c.Right.SPI != 0x300 || c.Left.ESPEncKey[0] != 0x22 || c.Right.ESPEncKey[0] != 0x11 ||
+		len(c.Left.ESPAuthKey) != 16 || len(c.Right.ESPAuthKey) != 16 || c.Auto != "start" {
+		t.Errorf("manual keys: %+v", c)
+	}
+}
+
+// TestLibreswanValues: values Libreswan accepts that strongSwan does not
+// (ipsec.conf(5) of Libreswan: esn=either, auto=ondemand/keep) and
+// strongSwan 5's dpdaction=trap.
+func TestLibreswanValues(t *testing.T) {
+	cfg := loadText(t, "conn x\n"+ends+"\tesn=either\n\tauto=keep\n\tdpdaction=trap\n\ttype=reject\n")
+	c := cfg.Conn("x")
+	if c == nil || c.ESN || c.Auto != "start" || c.DPDAction != "hold" || c.Type != "drop" || len(cfg.Diags) != 0 {
+		t.Errorf("%+v %s", c, renderDiags(cfg.Diags))
+	}
+}
+
+// TestCASections: strongSwan's ca sections (keywords.txt, KW_CA_*) are
+// ignored with one warning; a keyword no ca section knows is an error.
+func TestCASections(t *testing.T) {
+	cfg := loadText(t, "ca myca\n\tcacert=ca.pem\n\tcrluri=http://crl\n\tauto=add\n\tcacertt=x\n")
+	d := renderDiags(cfg.Diags)
+	if !strings.Contains(d, `t.conf:1: warning: ca sections are not supported`) || !strings.Contains(d, `t.conf:5: unknown ca keyword "cacertt"`) || strings.Count(d, "\n") != 2 {
+		t.Errorf("diagnostics %q", d)
+	}
+}

@@ -82,7 +82,7 @@ var ignoredConn = func() map[string]string {
 		reject-simultaneous-ike-auth retransmit-interval retransmit-timeout share-lease
 		failureshunt negotiationshunt dns-match-id pam-authorize ignore-peer-dns
 		hostaddrfamily connaddrfamily clientaddrfamily endaddrfamily tunneladdrfamily
-		disablearrivalcheck alsoflip spibase`, m)
+		disablearrivalcheck spibase`, m)
 	words("IKEv2 only", `mobike reauth narrowing intermediate ppk ppk-ids
 		session-resumption send-supported-auth-methods send-redirect redirect-to
 		accept-redirect accept-redirect-to eap eap_identity aaa_identity me_peerid mediated_by

@@ -18,15 +18,17 @@ def git(repo, *args):
 
 manifest = []
 
-def collect(source, repo, tag, paths):
+def collect(source, repo, tag, paths, where=lambda p: p):
+    """Copy paths; where(p) is the path in the corpus (the repository's
+    path, or where the suite's harness installs the file)."""
     commit = git(repo, "rev-parse", tag + "^{commit}").decode().strip()
     for p in paths:
         data = git(repo, "show", f"{commit}:{p}")
-        dst = os.path.join(OUT, source, p)
+        dst = os.path.join(OUT, source, where(p))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         with open(dst, "wb") as f:
             f.write(data)
-        manifest.append(f"{source}/{p} {repo.replace('+', '/')} {tag} {commit} {p}")
+        manifest.append(f"{source}/{where(p)} {repo.replace('+', '/')} {tag} {commit} {p}")
     print(source, len(paths))
 
 def ls(repo, tag, prefix):
@@ -35,6 +37,10 @@ def ls(repo, tag, prefix):
 # strongSwan 4.6.4 (pluto, the 4.x era): every IKEv1 scenario's ipsec.conf.
 ss4 = [p for p in ls("strongswan+strongswan", "4.6.4", "testing/tests/ikev1")
        if p.endswith("/etc/ipsec.conf")]
+# The files they include from /etc, where the harness installs the
+# scenario's hosts/HOST/etc (starter-includes: ipsec.connections...).
+ss4 += [p for p in ls("strongswan+strongswan", "4.6.4", "testing/tests/ikev1")
+        if re.search(r"/hosts/[^/]+/etc/ipsec\.(connections|host|peers/)", p)]
 collect("strongswan-4.6.4", "strongswan+strongswan", "4.6.4", ss4)
 
 # strongSwan 5.9.14: the IKEv1 scenarios of the stroke-era ipsec.conf.
@@ -64,6 +70,21 @@ for p in lsel:
     for m in re.finditer(rb"(?m)^\s*include\s+/testing/(\S+)", git("libreswan+libreswan", "show", f"v3.32:{p}")):
         inc.add("testing/" + m.group(1).decode())
 collect("libreswan-v3.32", "libreswan+libreswan", "v3.32", lsel + lex + sorted(inc))
+
+# The files the Libreswan tests include from /etc/ipsec.d, where the
+# harness installs testing/baseconfigs/all/etc.
+collect("libreswan-v3.32", "libreswan+libreswan", "v3.32",
+        [p for p in ls("libreswan+libreswan", "v3.32", "testing/baseconfigs/all/etc/ipsec.d") if p.endswith(".conf")],
+        lambda p: p.replace("testing/baseconfigs/all/", ""))
+
+# Openswan 2.4.4's test suite, the FreeS/WAN-era one ("FreeS/WAN IPsec
+# configuration file", version 2.0): testing/pluto/*/*.conf, with
+# /etc/ipsec.d/ipsec.conf.common where its harness installs it.
+o24 = sorted(p for p in ls("xelerance+Openswan", "2.4.4", "testing/pluto")
+             if re.fullmatch(r"testing/pluto/[^/]+/[^/]+\.conf", p) and is_ikev1_ipsec_conf("xelerance+Openswan", "2.4.4", p))
+collect("openswan-2.4.4", "xelerance+Openswan", "2.4.4", o24)
+collect("openswan-2.4.4", "xelerance+Openswan", "2.4.4", ["testing/baseconfigs/all/etc/ipsec.d/ipsec.conf.common"],
+        lambda p: p.replace("testing/baseconfigs/all/", ""))
 
 # Openswan 2.6.51: its test suite's configurations (tests/) and examples.
 osw = [p for p in ls("xelerance+Openswan", "v2.6.51", "tests") if p.endswith(".conf")]
