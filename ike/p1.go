@@ -935,7 +935,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	ps, raws, ok := e.decode(p, h.Next, plain, "MM5")
 	if !ok {
 		e.Stats.AuthFailed.Add(1)
-		e.log.Warn("Main Mode responder: MM5 did not decrypt to valid payloads: the pre-shared keys most likely differ",
+		e.warn("Main Mode responder: MM5 did not decrypt to valid payloads: the pre-shared keys most likely differ",
 			"conn", p.conn.Name, "peer", p.peer)
 		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyPayloadMalformed)
 		e.forget(p)
@@ -953,7 +953,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	if !hashEqual(want, hash.Data) {
 		e.Stats.BadHash.Add(1)
 		e.Stats.AuthFailed.Add(1)
-		e.log.Warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
+		e.warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
 			"conn", p.conn.Name, "peer", p.peer, "peer_id", idString(id))
 		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyInvalidHashInfo)
 		e.forget(p)
@@ -972,7 +972,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
 		e.Stats.AuthFailed.Add(1)
-		e.log.Warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
+		e.warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
 			"peer_id", idString(id), "expected", expectedID(p.conn.RemoteID, p.peer.Addr()))
 		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyInvalidIDInfo)
 		e.forget(p)
