@@ -713,28 +713,50 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		}
 		return
 	}
-	tmp := &p1{e: e, peer: from}
-	ps, raws, ok := e.decode(tmp, h.Next, msg[isakmp.HeaderLen:], "MM1")
-	if !ok {
+	// The SA payload is matched in place (selectP1Raw); the other
+	// payloads (vendor IDs) are decoded.
+	raws, _, err := isakmp.SplitPayloads(h.Next, msg[isakmp.HeaderLen:])
+	if err != nil {
+		e.Stats.Malformed.Add(1)
+		e.warn("malformed IKE message", "peer", from, "message", "MM1", "err", err)
 		return
 	}
-	sa, ok := find[*isakmp.SA](ps)
-	if !ok {
+	var ps []isakmp.Payload
+	var saiBody []byte
+	for _, rp := range raws {
+		if rp.Type == isakmp.PayloadSA {
+			if saiBody == nil {
+				saiBody = rp.Body
+			}
+			continue
+		}
+		pl, err := isakmp.Decode(rp)
+		if err != nil {
+			e.Stats.Malformed.Add(1)
+			e.warn("malformed IKE message", "peer", from, "message", "MM1", "err", err)
+			return
+		}
+		ps = append(ps, pl)
+	}
+	if saiBody == nil {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM1 without SA payload", "peer", from)
 		return
 	}
-	saiBody := rawBody(raws, isakmp.PayloadSA)
 	if len(saiBody) > maxSAIBody {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM1 with an oversized SA payload", "peer", from, "octets", len(saiBody))
+		return
+	}
+	if _, err := isakmp.WalkSA(saiBody, func(isakmp.ProposalView, isakmp.TransformView) bool { return false }); err != nil {
+		e.Stats.Malformed.Add(1)
+		e.warn("malformed IKE message", "peer", from, "message", "MM1", "err", fmt.Errorf("SA payload: %w", err))
 		return
 	}
 	var conn *Conn
 	var chosen isakmp.Proposal
 	var suite p1Suite
 	var lastErr error
-	var offers []p1Cand
 	for _, name := range e.order {
 		c := e.conns[name]
 		if c.Remote.IsValid() && c.Remote != from.Addr() {
@@ -746,16 +768,12 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		if len(c.IKE) == 0 {
 			continue
 		}
-		if offers == nil {
-			var err error
-			if offers, err = p1Offers(sa); err != nil {
-				lastErr = err
-				break
-			}
-		}
-		pr, s, err := selectP1From(p1Suites(c), offers)
+		pr, s, err := selectP1Raw(p1Suites(c), saiBody)
 		if err != nil {
 			lastErr = err
+			if ep, ok := err.(*errNoProposal); ok && ep.msg != "" {
+				break // the SA payload itself is unacceptable
+			}
 			continue
 		}
 		conn, chosen, suite = c, pr, s

@@ -147,8 +147,9 @@ func p1SA(suites []p1Suite) *isakmp.SA {
 // p1Offer is a decoded phase-1 transform of the peer, with what gosec
 // could not accept in it.
 type p1Offer struct {
-	suite p1Suite
-	auth  uint64
+	suite    p1Suite
+	auth     uint64
+	lifeType uint64
 	// problem is an attribute gosec does not support at all (its type in
 	// problemAttr), formatted only when a refusal is explained.
 	problem     uint8
@@ -168,42 +169,59 @@ const (
 )
 
 func parseP1Transform(t isakmp.Transform) p1Offer {
-	var o p1Offer
-	o.auth = authPSK
-	lifeType := uint64(lifeSeconds)
+	o := newP1Offer()
 	for _, a := range t.Attrs {
-		v, ok := a.Uint()
-		if !ok {
-			o.problem, o.problemAttr = problemNotNumeric, a.Type
-			continue
-		}
-		switch a.Type {
-		case p1Encryption:
-			o.suite.Cipher = ikecrypto.Cipher(v)
-		case p1KeyLength:
-			o.suite.KeyBits = int(v)
-		case p1Hash:
-			o.suite.Hash = ikecrypto.Hash(v)
-		case p1AuthMethod:
-			o.auth = v
-		case p1GroupDesc:
-			o.suite.Group = ikecrypto.Group(v)
-		case p1LifeType:
-			lifeType = v
-		case p1LifeDuration:
-			if lifeType == lifeSeconds {
-				o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
-			}
-		case 5, 6, 7, 8, 9, 10, 13, 15, 16:
-			o.problem, o.problemAttr = problemCustomGroup, a.Type
-		}
+		o.attr(a.Type, a.Value)
 	}
+	o.finish()
+	return o
+}
+
+// parseP1View is parseP1Transform over a transform read in place.
+func parseP1View(t isakmp.TransformView) p1Offer {
+	o := newP1Offer()
+	t.EachAttr(o.attr)
+	o.finish()
+	return o
+}
+
+func newP1Offer() p1Offer { return p1Offer{auth: authPSK, lifeType: lifeSeconds} }
+
+// attr takes one phase-1 attribute into the offer.
+func (o *p1Offer) attr(typ uint16, value []byte) {
+	v, ok := isakmp.Attr{Type: typ, Value: value}.Uint()
+	if !ok {
+		o.problem, o.problemAttr = problemNotNumeric, typ
+		return
+	}
+	switch typ {
+	case p1Encryption:
+		o.suite.Cipher = ikecrypto.Cipher(v)
+	case p1KeyLength:
+		o.suite.KeyBits = int(v)
+	case p1Hash:
+		o.suite.Hash = ikecrypto.Hash(v)
+	case p1AuthMethod:
+		o.auth = v
+	case p1GroupDesc:
+		o.suite.Group = ikecrypto.Group(v)
+	case p1LifeType:
+		o.lifeType = v
+	case p1LifeDuration:
+		if o.lifeType == lifeSeconds {
+			o.suite.Life = time.Duration(min(v, 1<<31)) * time.Second
+		}
+	case 5, 6, 7, 8, 9, 10, 13, 15, 16:
+		o.problem, o.problemAttr = problemCustomGroup, typ
+	}
+}
+
+func (o *p1Offer) finish() {
 	if o.suite.Cipher == ikecrypto.CipherDES3 {
 		o.suite.KeyBits = 0
 	} else if o.suite.Cipher == ikecrypto.CipherAES && o.suite.KeyBits == 0 {
 		o.suite.KeyBits = 128 // RFC 3602 allows the default
 	}
-	return o
 }
 
 // mismatches counts how offer differs from ours, without formatting
@@ -290,7 +308,7 @@ const maxExplained = 8
 type errNoProposal struct {
 	msg    string
 	phase  int
-	p1     []p1Cand
+	sai    []byte // phase 1: the peer's SA payload body, walked again to explain
 	ours1  []p1Suite
 	p2     []p2Cand
 	ours2  []p2Suite
@@ -307,17 +325,23 @@ func (e *errNoProposal) Error() string {
 	}
 	var offered, accept []string
 	best, bestDiff, bestN := "", []string(nil), -1
+	nOffered, nOurs := 0, len(e.ours1)
 	if e.phase == 1 {
-		for i, c := range e.p1 {
-			if i < maxExplained {
-				offered = append(offered, c.o.suite.String())
+		isakmp.WalkSA(e.sai, func(p isakmp.ProposalView, t isakmp.TransformView) bool {
+			if p.Protocol != isakmp.ProtoISAKMP || t.ID != keyIKE {
+				return true
+			}
+			o := parseP1View(t)
+			if nOffered++; nOffered <= maxExplained {
+				offered = append(offered, o.suite.String())
 			}
 			for _, s := range e.ours1 {
-				if n := c.o.mismatches(s); bestN < 0 || n < bestN {
-					bestN, best, bestDiff = n, fmt.Sprintf("%s vs our %s", c.o.suite, s), c.o.diff(s)
+				if n := o.mismatches(s); bestN < 0 || n < bestN {
+					bestN, best, bestDiff = n, fmt.Sprintf("%s vs our %s", o.suite, s), o.diff(s)
 				}
 			}
-		}
+			return true
+		})
 		for i, s := range e.ours1 {
 			if i < maxExplained {
 				accept = append(accept, s.String())
@@ -347,7 +371,6 @@ func (e *errNoProposal) Error() string {
 		}
 		return s
 	}
-	nOffered, nOurs := len(e.p1), len(e.ours1)
 	if e.phase != 1 {
 		nOffered, nOurs = len(e.p2), len(e.ours2)
 	}
@@ -360,64 +383,47 @@ func (e *errNoProposal) Error() string {
 	return msg
 }
 
-// p1Cand is one transform the peer offered in phase 1, with its proposal.
-type p1Cand struct {
-	p isakmp.Proposal
-	t isakmp.Transform
-	o p1Offer
-}
-
-// p1Offers decodes the peer's phase-1 transforms once, for matching
-// against every candidate conn.
-func p1Offers(sa *isakmp.SA) ([]p1Cand, error) {
-	if sa.DOI != doiIPsec || len(sa.Proposals) == 0 {
-		return nil, &errNoProposal{msg: fmt.Sprintf("SA payload with DOI %d and %d proposals", sa.DOI, len(sa.Proposals))}
-	}
-	n := 0
-	for _, p := range sa.Proposals {
-		n += len(p.Transforms)
-	}
-	offers := make([]p1Cand, 0, n)
-	for _, p := range sa.Proposals {
-		if p.Protocol != isakmp.ProtoISAKMP {
-			continue
-		}
-		for _, t := range p.Transforms {
-			if t.ID != keyIKE {
-				continue
-			}
-			offers = append(offers, p1Cand{p, t, parseP1Transform(t)})
-		}
-	}
-	return offers, nil
-}
-
 // selectP1 picks, as responder, the first of our suites that one of the
 // peer's transforms matches. It returns the transform to send back as is.
 func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
-	offers, err := p1Offers(sa)
-	if err != nil {
-		return isakmp.Proposal{}, p1Suite{}, err
-	}
-	return selectP1From(ours, offers)
+	return selectP1Raw(ours, isakmp.EncodeBody(sa))
 }
 
-// selectP1From is selectP1 over already decoded offers.
-func selectP1From(ours []p1Suite, offers []p1Cand) (isakmp.Proposal, p1Suite, error) {
+// selectP1Raw is selectP1 over the SA payload body as received: it reads
+// the transforms in place (isakmp.WalkSA), allocates nothing while it
+// matches, and builds the explanation of a refusal only if asked for.
+func selectP1Raw(ours []p1Suite, sai []byte) (isakmp.Proposal, p1Suite, error) {
 	for _, s := range ours {
-		for i := range offers {
-			c := &offers[i]
-			if c.o.mismatches(s) == 0 {
-				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, SPI: c.p.SPI, Transforms: []isakmp.Transform{c.t}}
-				got := s
-				if c.o.suite.Life > 0 {
-					got.Life = c.o.suite.Life
-				}
-				return chosen, got, nil
+		var chosen isakmp.Proposal
+		var got p1Suite
+		found := false
+		doi, err := isakmp.WalkSA(sai, func(p isakmp.ProposalView, t isakmp.TransformView) bool {
+			if p.Protocol != isakmp.ProtoISAKMP || t.ID != keyIKE {
+				return true
 			}
+			o := parseP1View(t)
+			if o.mismatches(s) != 0 {
+				return true
+			}
+			chosen = isakmp.Proposal{Num: p.Num, Protocol: p.Protocol, SPI: append([]byte(nil), p.SPI...), Transforms: []isakmp.Transform{t.Transform()}}
+			got = s
+			if o.suite.Life > 0 {
+				got.Life = o.suite.Life
+			}
+			found = true
+			return false
+		})
+		if err != nil {
+			return isakmp.Proposal{}, p1Suite{}, &errNoProposal{msg: fmt.Sprintf("malformed SA payload: %v", err)}
+		}
+		if doi != doiIPsec {
+			return isakmp.Proposal{}, p1Suite{}, &errNoProposal{msg: fmt.Sprintf("SA payload with DOI %d", doi)}
+		}
+		if found {
+			return chosen, got, nil
 		}
 	}
-	return isakmp.Proposal{}, p1Suite{}, &errNoProposal{phase: 1, p1: offers, ours1: ours}
+	return isakmp.Proposal{}, p1Suite{}, &errNoProposal{phase: 1, sai: sai, ours1: ours}
 }
 
 // acceptP1Reply checks, as initiator, the responder's choice against
