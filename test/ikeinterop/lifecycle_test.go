@@ -47,9 +47,18 @@ func newLifecycle(t *testing.T, gosecExtra, ssExtra []string) *lcEnv {
 	t.Helper()
 	cn := conn{name: lcName, ike: "aes128-sha256-modp2048", esp: "aes128-sha256", left: "192.0.2.1", right: "192.0.2.2",
 		leftSub: "10.1.0.0/24", rightSub: "10.2.0.0/24"}
+	// render appends the extra keywords to the conn; one the conn
+	// already sets (auto=) replaces it, since a keyword twice in a conn
+	// is an error.
 	render := func(c conn, extra []string) string {
 		s := c.text()
 		for _, l := range extra {
+			k, _, _ := strings.Cut(l, "=")
+			re := regexp.MustCompile(`(?m)^\t` + regexp.QuoteMeta(k) + `=.*$`)
+			if i := strings.Index(s, "conn "+c.name); i >= 0 && re.MatchString(s[i:]) {
+				s = s[:i] + re.ReplaceAllLiteralString(s[i:], "\t"+l)
+				continue
+			}
 			s += "\t" + l + "\n"
 		}
 		return s
