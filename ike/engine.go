@@ -92,14 +92,18 @@ func (c *Config) defaults() {
 	if c.MaxHalfOpen == 0 {
 		c.MaxHalfOpen = 8192
 	}
+	// One address rarely needs more than a few negotiations at once
+	// (strongSwan blocks a peer address past 5 half-open IKE SAs by
+	// default); 128 leaves room for many hosts behind one NAT while a
+	// single reachable flooder holds at most 128 entries.
 	if c.MaxHalfOpenPerPeer == 0 {
-		c.MaxHalfOpenPerPeer = c.MaxHalfOpen / 2
+		c.MaxHalfOpenPerPeer = min(128, c.MaxHalfOpen/2)
 	}
 	if c.HalfOpenTimeout == 0 {
 		c.HalfOpenTimeout = 30 * time.Second
 	}
 	if c.MaxHalfOpenBytes == 0 {
-		c.MaxHalfOpenBytes = 16 << 20
+		c.MaxHalfOpenBytes = 4 << 20
 	}
 	if c.CryptoWorkers == 0 {
 		c.CryptoWorkers = max(1, runtime.GOMAXPROCS(0)-1)
@@ -328,10 +332,13 @@ func (e *Engine) Initiate(ctx context.Context, name string, progress func(string
 	}
 }
 
-// Start begins negotiating conn name in the background (auto=start).
+// Start begins negotiating conn name in the background (auto=start, a
+// trap, dpdaction=hold once the peer is back): only the selector pairs
+// without a live IPsec SA or a negotiation under way, so calling it again
+// while one runs does nothing.
 func (e *Engine) Start(name string) {
 	e.post(func() {
-		if err := e.initiate(name, nil); err != nil {
+		if err := e.startBackground(name); err != nil {
 			e.log.Error("auto=start", "conn", name, "err", err)
 		}
 	})
@@ -393,8 +400,8 @@ func (e *Engine) terminate(name string, notify bool) bool {
 	had := false
 	for _, ch := range e.children[name] {
 		had = true
-		if notify && ch.p != nil && ch.p.established() && e.sas[ch.p.key()] == ch.p {
-			e.sendDelete(ch.p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
+		if p := e.p1ForChild(ch); notify && p != nil {
+			e.sendDelete(p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
 		}
 		ch.stop()
 		e.cfg.Installer.Remove(ch.sa)
@@ -435,8 +442,13 @@ func (e *Engine) forget(p *p1) {
 	p.stopTimer()
 	for _, q := range p.qms {
 		q.stopTimer()
-		if q.inSPI != 0 && !q.installed {
+		switch {
+		case q.inSPI != 0 && !q.installed:
 			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+		case q.installed && q.state == "QUICK_R1" && q.child != nil:
+			// A responder's inbound SA, installed at QM1, whose QM3
+			// never came: no child owns it.
+			e.cfg.Installer.Remove(q.child)
 		}
 	}
 	if e.sas[p.key()] == p {

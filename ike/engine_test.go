@@ -77,6 +77,8 @@ type fakeInstaller struct {
 	outbound map[uint32]*ChildSA
 	removed  []uint32
 	released []uint32
+	// inCalls and outCalls count InstallInbound and InstallOutbound.
+	inCalls, outCalls int
 	// installs counts InstallInbound calls per SPI (an SA installed
 	// twice is a bug).
 	installs map[uint32]int
@@ -100,6 +102,7 @@ func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
+	f.inCalls++
 	if f.installs == nil {
 		f.installs = map[uint32]int{}
 	}
@@ -110,6 +113,7 @@ func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 func (f *fakeInstaller) InstallOutbound(c *ChildSA) error {
 	f.mu.Lock()
 	f.outbound[c.InSPI] = c
+	f.outCalls++
 	f.mu.Unlock()
 	return nil
 }

@@ -280,7 +280,9 @@ func TestRefusalLogsBounded(t *testing.T) {
 	}
 	waitFor(t, func() bool { return r.b.Stats.NoProposal.Load()+r.b.Stats.QueueFull.Load() == 500 })
 	logs := r.logText()
-	if n := strings.Count(logs, "Main Mode from peer refused"); n > 20 || n == 0 {
+	// 10 lines a second get through (the test may span a few seconds on
+	// a loaded machine); unlimited, it would be 500.
+	if n := strings.Count(logs, "Main Mode from peer refused"); n > 50 || n == 0 {
 		t.Fatalf("%d refusal lines for 500 refused messages", n)
 	}
 	if len(logs) > 64<<10 {

@@ -377,23 +377,97 @@ func (e *Engine) startDPD(p *p1) {
 	p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
 }
 
-// deadPeer applies dpdaction: clear removes the SAs, restart removes and
-// renegotiates them, hold keeps them (traffic stays protected but stops).
+// deadPeer applies dpdaction once the peer of p stopped answering: every
+// ISAKMP SA and IPsec SA of that identity pair is gone on the peer's side
+// (or unreachable), so all of them are removed without a Delete. Then
+// each affected conn follows its own dpdaction (p's conn when it has
+// none): clear leaves it down; hold leaves it down too, while the daemon
+// keeps its policies trapping (fail closed) and asks for it again with
+// Start; restart negotiates it again at once (a new Main Mode, then Quick
+// Mode for its selectors), when its peer's address is known.
 func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
 	c := p.conn
-	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "no_answer_for", timeout, "dpdaction", c.DPDAction)
+	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "peer_id", p.peerID, "no_answer_for", timeout, "dpdaction", c.DPDAction)
 	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: c.Name, Kind: "dpd", Result: "dead"})
-	e.forget(p)
-	if c.DPDAction == "hold" {
-		return
-	}
-	for _, ch := range append([]*child(nil), e.children[c.Name]...) {
-		if ch.p == p || ch.sa.Remote == p.peer.Addr() {
-			ch.p = nil
-			e.deleteChild(ch, "dead peer")
+	id := p.identity()
+	for _, q := range e.sortedSAs() {
+		if q == p || (q.established() && q.identity() == id) {
+			e.forget(q)
+			for _, ch := range e.allChildren() {
+				if ch.p == q {
+					ch.p = nil
+				}
+			}
 		}
 	}
-	if c.DPDAction == "restart" && c.Remote.IsValid() {
-		e.startMain(c, nil, 1)
+	affected := []*Conn{c}
+	seen := map[string]bool{c.Name: true}
+	for _, ch := range e.allChildren() {
+		if ch.identity != id {
+			continue
+		}
+		e.deleteChild(ch, "dead peer")
+		if cc := e.conns[ch.sa.Conn]; cc != nil && !seen[cc.Name] {
+			seen[cc.Name] = true
+			affected = append(affected, cc)
+		}
 	}
+	for _, cc := range affected {
+		action := cc.DPDAction
+		if action == "" || action == "none" {
+			action = c.DPDAction
+		}
+		if action == "restart" && cc.Remote.IsValid() {
+			e.log.Info("dpdaction=restart: negotiating again", "conn", cc.Name, "peer", cc.Remote)
+			e.startMain(cc, nil, 1)
+		}
+	}
+}
+
+// startBackground is Start: it negotiates what conn name lacks, and
+// nothing that is already up or under way, so that a trap that fires on
+// every packet, or auto=start racing the peer, starts one negotiation.
+func (e *Engine) startBackground(name string) error {
+	c, ok := e.conns[name]
+	if !ok {
+		return fmt.Errorf("no connection named %q", name)
+	}
+	for _, p := range e.sas {
+		if p.conn == c && p.initiator && !p.established() && !p.reauthOnly {
+			return nil // its Quick Modes follow
+		}
+	}
+	p := e.newestP1("", c)
+	if p == nil {
+		return e.initiate(name, nil)
+	}
+	for _, pair := range selectorPairs(c) {
+		if e.pairCovered(c, pair) {
+			continue
+		}
+		e.quickI1(p, c, pair[0], pair[1], func(err error) {
+			if err != nil {
+				e.log.Warn("Quick Mode failed", "conn", name, "err", err)
+			}
+		}, nil)
+	}
+	return nil
+}
+
+// pairCovered reports whether conn c has a live (not replaced) IPsec SA
+// pair for the selectors, or a Quick Mode for them under way.
+func (e *Engine) pairCovered(c *Conn, pair [2]netip.Prefix) bool {
+	for _, ch := range e.children[c.Name] {
+		if !ch.rekeyed && ch.sa.LocalTS == pair[0] && ch.sa.RemoteTS == pair[1] {
+			return true
+		}
+	}
+	for _, q := range e.sas {
+		for _, x := range q.qms {
+			if x.initiator && x.state == "QUICK_I1" && x.conn == c && x.localTS == pair[0] && x.remoteTS == pair[1] {
+				return true
+			}
+		}
+	}
+	return false
 }

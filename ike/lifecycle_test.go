@@ -397,6 +397,7 @@ func TestResponderRekeysLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	r.barrier()
 	fc.Advance(92 * time.Second)
 	time.Sleep(100 * time.Millisecond)
 	if n := len(r.ib.children()); n != 1 {
@@ -560,4 +561,398 @@ func TestAbsurdLifeBytesRefused(t *testing.T) {
 	if len(r.ib.children())+len(r.ia.children()) != 0 {
 		t.Fatal("SAs installed")
 	}
+}
+
+// gate holds the messages of the fake network while closed, so that
+// two exchanges can be made to cross; open delivers them in order.
+type gate struct {
+	mu     sync.Mutex
+	closed bool
+	held   []gateMsg
+}
+
+type gateMsg struct {
+	from, to netip.AddrPort
+	msg      []byte
+}
+
+func (g *gate) install(r *rig) {
+	r.net.mu.Lock()
+	r.net.drop = func(from, to netip.AddrPort, msg []byte) bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.closed {
+			g.held = append(g.held, gateMsg{from, to, append([]byte(nil), msg...)})
+		}
+		return g.closed
+	}
+	r.net.mu.Unlock()
+}
+
+func (g *gate) set(closed bool) {
+	g.mu.Lock()
+	g.closed = closed
+	g.mu.Unlock()
+}
+
+func (g *gate) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.held)
+}
+
+func (g *gate) open(r *rig) {
+	g.mu.Lock()
+	held := g.held
+	g.held, g.closed = nil, false
+	g.mu.Unlock()
+	for _, m := range held {
+		e := r.a
+		if m.to.Addr() == addrB {
+			e = r.b
+		}
+		e.HandleMessage(m.msg, m.from, m.to, m.to.Port() == 4500)
+	}
+}
+
+// checkMirrored: both sides hold the same pairs (each of A's has its
+// mirror on B and the reverse), at least one.
+func checkMirrored(t *testing.T, r *rig) {
+	t.Helper()
+	ca, cb := r.ia.children(), r.ib.children()
+	if len(ca) == 0 || len(ca) != len(cb) {
+		t.Fatalf("A has %d pairs, B %d", len(ca), len(cb))
+	}
+	checkPairSubset(t, r.ia, r.ib)
+	checkPairSubset(t, r.ib, r.ia)
+}
+
+// TestRekeyCollision: both peers rekey the same pair at once (their
+// Quick Modes cross). Both sides end with the same new pairs (both, or
+// one when a side saw one exchange finish before the other began) and
+// without the old one; neither deletes a pair the other sends on.
+func TestRekeyCollision(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = time.Hour, true, 10*time.Minute
+	}
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	old := r.ia.children()[0]
+	g := &gate{}
+	g.install(r)
+	g.set(true)
+	r.a.SoftExpire("c", old.InSPI)
+	r.b.SoftExpire("c", old.OutSPI)
+	waitFor(t, func() bool { return g.count() == 2 }) // both QM1s
+	g.open(r)
+	waitFor(t, func() bool { return len(r.ia.children()) == 3 && len(r.ib.children()) == 3 })
+	r.barrier()
+	fc.Advance(rekeyGrace + time.Second)
+	// Each side keeps both new pairs, unless one exchange completed on a
+	// side before the other began there: then that side replaces it,
+	// deletes it, and its peer follows the Delete. Either way both sides
+	// end with the same pairs, one at least.
+	waitFor(t, func() bool {
+		a, b := r.ia.children(), r.ib.children()
+		return len(a) >= 1 && len(a) <= 2 && len(a) == len(b) && !hasSPI(a, old.InSPI) && !hasSPI(b, old.OutSPI)
+	})
+	r.barrier()
+	fc.Advance(rekeyGrace + time.Second)
+	time.Sleep(50 * time.Millisecond)
+	r.barrier()
+	checkMirrored(t, r)
+	for _, c := range r.ia.children() {
+		if c.InSPI == old.InSPI {
+			t.Fatal("the old pair survived")
+		}
+	}
+	r.ia.mu.Lock()
+	defer r.ia.mu.Unlock()
+	if r.ia.inCalls != 3 || r.ia.outCalls != 3 {
+		t.Fatalf("A installed %d inbound and %d outbound SAs, want 3 each", r.ia.inCalls, r.ia.outCalls)
+	}
+}
+
+// TestDuplicateQuickMode: replayed Quick Mode messages (a retransmission
+// arriving late) never install anything twice.
+func TestDuplicateQuickMode(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	var mu sync.Mutex
+	var toB []gateMsg
+	r.net.drop = func(from, to netip.AddrPort, msg []byte) bool {
+		if to.Addr() == addrB {
+			mu.Lock()
+			toB = append(toB, gateMsg{from, to, append([]byte(nil), msg...)})
+			mu.Unlock()
+		}
+		return false
+	}
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	mu.Lock()
+	msgs := toB
+	mu.Unlock()
+	for i := 0; i < 3; i++ {
+		for _, m := range msgs {
+			r.b.HandleMessage(m.msg, m.from, m.to, false)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	r.ib.mu.Lock()
+	in, out := r.ib.inCalls, r.ib.outCalls
+	r.ib.mu.Unlock()
+	if in != 1 || out != 1 || len(r.ib.children()) != 1 {
+		t.Fatalf("after replays B installed %d inbound, %d outbound SAs (%d pairs), want 1", in, out, len(r.ib.children()))
+	}
+	checkMirrored(t, r)
+}
+
+// TestDoubleInitiation: both sides auto=start at the same moment (their
+// Main Modes cross). Both end with working, mirrored SAs, and after the
+// grace period nobody has deleted the pair the other sends on.
+func TestDoubleInitiation(t *testing.T) {
+	for run := 0; run < 5; run++ {
+		ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+		for _, c := range []*Conn{ca, cb} {
+			c.Rekey, c.RekeyMargin = true, 2*time.Minute
+		}
+		fc := clock.NewFake(time.Unix(1e9, 0))
+		r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+		g := &gate{}
+		g.install(r)
+		g.set(true)
+		r.a.Start("c")
+		r.b.Start("c")
+		waitFor(t, func() bool { return g.count() == 2 }) // both MM1s
+		g.open(r)
+		waitFor(t, func() bool { return len(r.ia.children()) >= 1 && len(r.ib.children()) >= 1 })
+		time.Sleep(100 * time.Millisecond)
+		r.barrier()
+		for i := 0; i < 3; i++ {
+			fc.Advance(rekeyGrace)
+			time.Sleep(30 * time.Millisecond)
+		}
+		checkMirrored(t, r)
+		p1s, _, _ := r.a.Status(context.Background())
+		if len(p1s) == 0 {
+			t.Fatal("A has no ISAKMP SA left")
+		}
+		r.cancel()
+	}
+}
+
+// TestReauthentication: the ISAKMP SA is replaced by a new Main Mode
+// before ikelifetime ends; the IPsec SAs keep running through it, the old
+// ISAKMP SA goes at its expiry, and a later rekey uses the new one.
+func TestReauthentication(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.IKELifetime, c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, time.Hour, true, 10*time.Second
+	}
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	r.barrier()
+	child := r.ia.children()[0]
+	isakmps := func(e *Engine) []ISAKMPStatus {
+		p1s, _, _ := e.Status(context.Background())
+		return p1s
+	}
+	old := isakmps(r.a)[0].ICookie
+	fc.Advance(91 * time.Second)
+	waitFor(t, func() bool {
+		a, b := isakmps(r.a), isakmps(r.b)
+		return len(a) == 2 && len(b) == 2 && strings.HasPrefix(a[1].State, "MAIN_I4") && b[1].State == "MAIN_R3"
+	})
+	fc.Advance(5 * time.Second) // B's own reauthentication time: it sees A's
+	time.Sleep(50 * time.Millisecond)
+	if n := len(isakmps(r.b)); n != 2 {
+		t.Fatalf("B has %d ISAKMP SAs: it reauthenticated as well", n)
+	}
+	if len(r.ia.children()) != 1 || len(r.ib.children()) != 1 || r.ia.children()[0].InSPI != child.InSPI {
+		t.Fatal("the IPsec SAs did not survive the reauthentication")
+	}
+	fc.Advance(5 * time.Second) // 101 s: the old ISAKMP SA expires
+	waitFor(t, func() bool { a, b := isakmps(r.a), isakmps(r.b); return len(a) == 1 && len(b) == 1 })
+	newCookie := isakmps(r.a)[0].ICookie
+	if newCookie == old {
+		t.Fatal("the old ISAKMP SA stayed and the new one went")
+	}
+	if len(r.ia.children()) != 1 || len(r.ib.children()) != 1 {
+		t.Fatal("the IPsec SAs went with the old ISAKMP SA")
+	}
+	r.a.SoftExpire("c", child.InSPI)
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	_, cs, _ := r.a.Status(context.Background())
+	for _, c := range cs {
+		if !strings.HasPrefix(c.ISAKMP, newCookie) {
+			t.Fatalf("child %s made under ISAKMP SA %q, want the new %s", c.InSPI, c.ISAKMP, newCookie)
+		}
+	}
+	r.barrier()
+	fc.Advance(rekeyGrace + time.Second) // the replaced pair is deleted through the new ISAKMP SA
+	waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+	checkMirrored(t, r)
+}
+
+// restartB makes B lose every state without telling A, as a crash and
+// restart of its daemon does.
+func restartB(r *rig) {
+	r.b.call(context.Background(), func() {
+		for name := range r.b.conns {
+			r.b.terminate(name, false)
+		}
+	})
+}
+
+// TestDPDActions: after the peer restarts (its state gone, so R_U_THERE
+// goes unanswered), restart negotiates the tunnel again, hold and clear
+// remove the SAs, and hold's Start brings it back once (however often
+// it is called).
+func TestDPDActions(t *testing.T) {
+	for _, action := range []string{"restart", "hold", "clear"} {
+		t.Run(action, func(t *testing.T) {
+			ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+			ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 10*time.Second, 30*time.Second, action
+			fc := clock.NewFake(time.Unix(1e9, 0))
+			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+			if _, err := r.up(r.a, "c"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+			old := r.ia.children()[0].InSPI
+			r.barrier()
+			restartB(r)
+			waitFor(t, func() bool { return len(r.ib.children()) == 0 })
+			gone := func() bool {
+				for _, c := range r.ia.children() {
+					if c.InSPI == old {
+						return false
+					}
+				}
+				return true
+			}
+			for i := 0; i < 8 && !gone(); i++ {
+				fc.Advance(10 * time.Second)
+				time.Sleep(30 * time.Millisecond)
+			}
+			waitFor(t, gone)
+			switch action {
+			case "restart":
+				waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+				checkMirrored(t, r)
+			case "hold", "clear":
+				time.Sleep(50 * time.Millisecond)
+				if n := len(r.ia.children()) + len(r.ib.children()); n != 0 {
+					t.Fatalf("%d SAs after the dead peer", n)
+				}
+				if action == "hold" {
+					for i := 0; i < 5; i++ {
+						r.a.Start("c") // a trap firing on every packet
+					}
+					waitFor(t, func() bool { return len(r.ia.children()) == 1 && len(r.ib.children()) == 1 })
+					time.Sleep(50 * time.Millisecond)
+					checkMirrored(t, r)
+					if p1s, _, _ := r.a.Status(context.Background()); len(p1s) != 1 {
+						t.Fatalf("five Starts made %d ISAKMP SAs", len(p1s))
+					}
+					r.a.Start("c") // up: nothing more
+					time.Sleep(50 * time.Millisecond)
+					if len(r.ia.children()) != 1 {
+						t.Fatalf("Start on an established conn made %d pairs", len(r.ia.children()))
+					}
+				}
+			}
+			if !strings.Contains(r.logText(), "dead peer detected") {
+				t.Fatal("no dead-peer log line")
+			}
+		})
+	}
+}
+
+// TestPeerRestartInitialContact: the restarted peer initiates again; its
+// INITIAL-CONTACT makes us drop the stale SAs at once (no DPD needed).
+func TestPeerRestartInitialContact(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	old := r.ia.children()[0].InSPI
+	restartB(r)
+	r.b.Start("c")
+	waitFor(t, func() bool {
+		c := r.ia.children()
+		return len(c) == 1 && c[0].InSPI != old && len(r.ib.children()) == 1
+	})
+	checkMirrored(t, r)
+	if p1s, _, _ := r.a.Status(context.Background()); len(p1s) != 1 {
+		t.Fatalf("A keeps %d ISAKMP SAs", len(p1s))
+	}
+}
+
+// TestRekeyRetry: a rekey whose Quick Mode is lost is tried again before
+// the pair expires.
+func TestRekeyRetry(t *testing.T) {
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	for _, c := range []*Conn{ca, cb} {
+		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 20*time.Second
+	}
+	cb.Rekey = false
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 1 })
+	var mu sync.Mutex
+	lost := true
+	r.net.mu.Lock()
+	r.net.drop = func(_, _ netip.AddrPort, _ []byte) bool { mu.Lock(); defer mu.Unlock(); return lost }
+	r.net.mu.Unlock()
+	r.barrier()
+	fc.Advance(80 * time.Second) // the rekey starts, and every message is lost
+	for i := 0; i < 8; i++ {
+		fc.Advance(time.Second)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(r.logText(), "rekey failed") {
+		t.Fatalf("the first rekey did not fail:\n%s", r.logText())
+	}
+	mu.Lock()
+	lost = false
+	mu.Unlock()
+	fc.Advance(3 * time.Second) // 91 s: the retry, 10 s after the first try
+	waitFor(t, func() bool { return len(r.ia.children()) == 2 && len(r.ib.children()) == 2 })
+	checkMirrored(t, r)
+}
+
+// barrier waits until both engines have handled everything queued so
+// far (an SA is visible in the installer just before the engine arms its
+// timers in the same event).
+func (r *rig) barrier() {
+	for _, e := range []*Engine{r.a, r.b} {
+		e.call(context.Background(), func() {})
+	}
+}
+
+func hasSPI(cs []*ChildSA, in uint32) bool {
+	for _, c := range cs {
+		if c.InSPI == in {
+			return true
+		}
+	}
+	return false
 }

@@ -79,10 +79,16 @@ type p1 struct {
 	keepalive          clock.Timer
 	keepaliveOn        bool
 	expire             clock.Timer
-	dpd                clock.Timer
-	dpdSeq             uint32
-	dpdWaiting         bool
-	dpdSince           time.Time
+	// reauth is the timer of the reauthentication (a new Main Mode
+	// before this SA expires); reauthOnly marks such a Main Mode, which
+	// negotiates no Quick Mode: the children live on and later rekeys
+	// use the newest ISAKMP SA; reauthed marks an SA already replaced.
+	reauth               clock.Timer
+	reauthOnly, reauthed bool
+	dpd                  clock.Timer
+	dpdSeq               uint32
+	dpdWaiting           bool
+	dpdSince             time.Time
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -106,6 +112,10 @@ func (p *p1) stopTimer() {
 	if p.expire != nil {
 		p.expire.Stop()
 		p.expire = nil
+	}
+	if p.reauth != nil {
+		p.reauth.Stop()
+		p.reauth = nil
 	}
 	if p.dpd != nil {
 		p.dpd.Stop()
@@ -187,6 +197,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 			}
 			np := e.startMain(p.conn, nil, p.attempt+1)
 			np.waiters = waiters
+			np.reauthOnly = p.reauthOnly
 			return
 		}
 	}
@@ -634,11 +645,12 @@ func (e *Engine) established(p *p1) {
 				}
 			})
 		})
+		e.armReauth(p)
 	}
 	if p.initiator {
 		ws := p.waiters
 		p.waiters = nil
-		if len(ws) == 0 {
+		if len(ws) == 0 && !p.reauthOnly {
 			e.startQuick(p, nil)
 		}
 		for _, w := range ws {
@@ -679,9 +691,11 @@ const maxSAIBody = 32 << 10
 // (about 120), its empty Quick Mode map, its half-open timer, and its
 // entries in sas, classes, halfOpen and perPeer. At the default
 // MaxHalfOpen of 8192 entries that is at most 8192 x 2 KB = 16 MB, plus
-// at most MaxHalfOpenBytes (16 MB) of SA payloads: 32 MB in all, whatever
+// at most MaxHalfOpenBytes (4 MB) of SA payloads: 20 MB in all, whatever
 // the peers send (each entry used to pin its whole first message, up to
-// 64 KB: 512 MB).
+// 64 KB: 512 MB). Entries past MM3 (at most MaxHalfOpenPerPeer per
+// address) also hold their 3 Diffie-Hellman values and keys, about 2 KB
+// more.
 const halfOpenEntryBytes = 2048
 
 // respondMM1 handles a first Main Mode message: find the conn, choose a
@@ -894,7 +908,8 @@ func (e *Engine) mainR2Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32
 		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", keErr)
 		return
 	}
-	p.dh, p.gxi, p.ni, p.gxr, p.nr = dh, gxi, ni, dh.Public(), e.random(32)
+	// The private value is not needed past this point: not kept.
+	p.gxi, p.ni, p.gxr, p.nr = gxi, ni, dh.Public(), e.random(32)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {
 		e.warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
@@ -920,7 +935,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	ps, raws, ok := e.decode(p, h.Next, plain, "MM5")
 	if !ok {
 		e.Stats.AuthFailed.Add(1)
-		e.log.Warn("Main Mode responder: MM5 did not decrypt to valid payloads: the pre-shared keys most likely differ",
+		e.warn("Main Mode responder: MM5 did not decrypt to valid payloads: the pre-shared keys most likely differ",
 			"conn", p.conn.Name, "peer", p.peer)
 		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyPayloadMalformed)
 		e.forget(p)
@@ -938,7 +953,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	if !hashEqual(want, hash.Data) {
 		e.Stats.BadHash.Add(1)
 		e.Stats.AuthFailed.Add(1)
-		e.log.Warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
+		e.warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
 			"conn", p.conn.Name, "peer", p.peer, "peer_id", idString(id))
 		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyInvalidHashInfo)
 		e.forget(p)
@@ -957,7 +972,7 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 	if !idMatches(p.conn.RemoteID, p.peer.Addr(), id) {
 		e.Stats.AuthFailed.Add(1)
-		e.log.Warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
+		e.warn("Main Mode responder: peer ID does not match rightid", "conn", p.conn.Name, "peer", p.peer,
 			"peer_id", idString(id), "expected", expectedID(p.conn.RemoteID, p.peer.Addr()))
 		e.sendPlainNotifyFrom(p.local.Addr(), p.icky, p.rcky, p.peer, p.natt, notifyInvalidIDInfo)
 		e.forget(p)

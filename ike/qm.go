@@ -32,6 +32,10 @@ type qm struct {
 	gqm       []byte
 	localTS   netip.Prefix
 	remoteTS  netip.Prefix
+	// startSeq is when the exchange began (Engine.seq); outInstalled is
+	// set once the outbound SA is installed, which happens only once.
+	startSeq     uint64
+	outInstalled bool
 	// proto, lport and rport are the negotiated IDci/IDcr protocol and
 	// ports (0: any), installed with the SAs.
 	proto        uint8
@@ -125,7 +129,7 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 
 // quickI1 sends QM1.
 func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
-	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w}
+	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
 	q.msgID = e.randomMsgID(p)
 	bs := p.cbc.BlockSize()
 	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.msgID, bs)
@@ -410,10 +414,11 @@ func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
 		}
 		q.installed = true
 	}
-	if both {
+	if both && !q.outInstalled {
 		if err := e.cfg.Installer.InstallOutbound(ch); err != nil {
 			return fmt.Errorf("conn %s: installing outbound SA: %w", ch.Conn, err)
 		}
+		q.outInstalled = true
 	}
 	return nil
 }
@@ -426,8 +431,12 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	e.observeChild(q, ch)
 	// The pair this one replaces (a rekey, ours or the peer's) goes after
 	// a short grace period, so that packets in flight still open.
+	// Only pairs installed before this exchange began are replaced: when
+	// both peers rekey (or initiate) at once, neither new pair replaces
+	// the other, so no side deletes the pair the other sends on; both
+	// live until their expiry, or until the next rekey replaces both.
 	for _, old := range e.children[ch.Conn] {
-		if old.sa.LocalTS == ch.LocalTS && old.sa.RemoteTS == ch.RemoteTS && !old.rekeyed {
+		if old.sa.LocalTS == ch.LocalTS && old.sa.RemoteTS == ch.RemoteTS && !old.rekeyed && old.seq < q.startSeq {
 			old.rekeyed = true
 			o := old
 			o.timers = append(o.timers, e.cfg.Clock.AfterFunc(rekeyGrace, func() { e.post(func() { e.deleteChild(o, "replaced by a newer SA") }) }))
@@ -508,7 +517,7 @@ func contains(outer, inner netip.Prefix) bool {
 // quickR1: QM1 received; choose; install inbound; send QM2.
 func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	bs := p.cbc.BlockSize()
-	q := &qm{p: p, msgID: h.MessageID, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs)}
+	q := &qm{p: p, msgID: h.MessageID, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return
@@ -864,18 +873,48 @@ func (e *Engine) rekey(c *child) {
 		return
 	}
 	c.rekeying = true
-	for _, p := range e.sortedSAs() {
-		if p.conn == conn && p.established() && (p.suite.Life <= 0 || e.cfg.Clock.Now().Sub(p.estTime) < p.suite.Life) {
-			e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
-				if err != nil {
-					c.rekeying = false
-					e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
-				}
-			}, nil)
-			return
+	e.armRekeyRetry(c)
+	p := e.newestP1(c.identity, conn)
+	if p == nil {
+		p = e.newestP1("", conn)
+	}
+	if p != nil {
+		e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
+			if err != nil {
+				e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
+			}
+		}, nil)
+		return
+	}
+	for _, q := range e.sas {
+		if q.conn == conn && q.initiator && !q.established() && !q.reauthOnly {
+			return // a Main Mode under way negotiates every selector pair
 		}
 	}
 	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
+}
+
+// armRekeyRetry tries the rekey of c again if no successor exists after
+// half its remaining lifetime (between 5 s and 2 min): a lost exchange
+// or a peer briefly away must not let the pair expire without one.
+func (e *Engine) armRekeyRetry(c *child) {
+	left := time.Minute
+	if c.sa.Lifetime > 0 {
+		left = c.sa.Lifetime - e.cfg.Clock.Now().Sub(c.established)
+	}
+	d := min(max(left/2, 5*time.Second), 2*time.Minute)
+	if c.sa.Lifetime > 0 && d >= left {
+		return
+	}
+	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(d, func() {
+		e.post(func() {
+			if c.rekeyed || !e.hasChild(c) {
+				return
+			}
+			c.rekeying = false
+			e.softExpire(c, "no successor yet: retrying the rekey")
+		})
+	}))
 }
 
 // deleteChild removes c, telling the peer.
@@ -884,8 +923,8 @@ func (e *Engine) deleteChild(c *child, why string) {
 		return
 	}
 	c.stop()
-	if c.p != nil && c.p.established() && e.sas[c.p.key()] == c.p {
-		e.sendDelete(c.p, c.sa.Proto, [][]byte{be32(c.sa.InSPI)})
+	if p := e.p1ForChild(c); p != nil {
+		e.sendDelete(p, c.sa.Proto, [][]byte{be32(c.sa.InSPI)})
 	}
 	e.cfg.Installer.Remove(c.sa)
 	list := e.children[c.sa.Conn]

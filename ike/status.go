@@ -98,8 +98,8 @@ func (e *Engine) Status(ctx context.Context) ([]ISAKMPStatus, []ChildStatus, err
 			if c.Lifetime > 0 {
 				st.LifeLeftSeconds = int64((c.Lifetime - now.Sub(ch.established)) / time.Second)
 			}
-			if ch.p != nil {
-				st.ISAKMP = ch.p.cookieString()
+			if p := e.p1ForChild(ch); p != nil {
+				st.ISAKMP = p.cookieString() // after a reauthentication, the ISAKMP SA that now speaks for it
 			}
 			cs = append(cs, st)
 		}

@@ -1,7 +1,7 @@
 // Command gosec is the userspace IPsec daemon and its control tool.
 //
 //	gosec start [--config F] [--secrets F] [--socket S] [--nofork] [--log F] [--debug]
-//	gosec up CONN | down CONN | status [--json] | statusall [--json] | reload | stop
+//	gosec up CONN | down CONN | unroute CONN | status [--json] | statusall [--json] | reload | stop
 //	gosec conf check [--config F] [--secrets F] [--dump]
 package main
 
@@ -17,7 +17,8 @@ const usage = `usage: gosec COMMAND [ARGS]
 commands:
   start        start the daemon (returns once it answers; --nofork stays in the foreground)
   up CONN      bring a connection up
-  down CONN    take a connection down
+  down CONN    take a connection down (its traffic stays blocked; auto=route keeps its trap)
+  unroute CONN take it down and lift its trap and block: its traffic goes unprotected
   status       one line per connection and SA (--json for scripts)
   statusall    everything: connections, algorithms, SAs, counters, drops (--json)
   reload       re-read the configuration
@@ -49,6 +50,8 @@ func run(args []string) int {
 		return cli.Up(env, rest)
 	case "down":
 		return cli.Down(env, rest)
+	case "unroute":
+		return cli.Unroute(env, rest)
 	case "status":
 		return cli.Status(env, rest, false)
 	case "statusall":

@@ -406,6 +406,15 @@ func decodeTransform(b []byte) (Transform, error) {
 	}
 	t.Num, t.ID = b[0], b[1]
 	rest := b[4:]
+	// One copy of the attribute values for the whole transform, not one
+	// allocation per attribute (a flood of large SA payloads allocates
+	// less); values are sub-slices of it with their capacity capped.
+	vals := make([]byte, 0, len(rest))
+	value := func(v []byte) []byte {
+		off := len(vals)
+		vals = append(vals, v...)
+		return vals[off:len(vals):len(vals)]
+	}
 	for len(rest) > 0 {
 		if len(t.Attrs) >= 64 {
 			return t, fmt.Errorf("%w: more than 64 attributes", ErrTooMany)
@@ -415,7 +424,7 @@ func decodeTransform(b []byte) (Transform, error) {
 		}
 		typ := binary.BigEndian.Uint16(rest)
 		if typ&0x8000 != 0 {
-			t.Attrs = append(t.Attrs, Attr{Type: typ & 0x7fff, Value: clone(rest[2:4])})
+			t.Attrs = append(t.Attrs, Attr{Type: typ & 0x7fff, Value: value(rest[2:4])})
 			rest = rest[4:]
 			continue
 		}
@@ -423,7 +432,7 @@ func decodeTransform(b []byte) (Transform, error) {
 		if 4+l > len(rest) {
 			return t, fmt.Errorf("%w: attribute %d of %d octets runs past the transform", ErrTruncated, typ, l)
 		}
-		t.Attrs = append(t.Attrs, Attr{Type: typ, Value: clone(rest[4 : 4+l])})
+		t.Attrs = append(t.Attrs, Attr{Type: typ, Value: value(rest[4 : 4+l])})
 		rest = rest[4+l:]
 	}
 	return t, nil

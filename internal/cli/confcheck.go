@@ -5,16 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/gosec-ipsec/gosec/internal/conf"
-)
-
-// Exit statuses of gosec conf check.
-const (
-	ConfCheckOK      = 0 // every conn loads
-	ConfCheckErrors  = 1 // the files have errors: gosec start would refuse them
-	ConfCheckSkipped = 3 // valid, but some conns need a feature gosec lacks
 )
 
 // ConfCheck runs `gosec conf check`: it loads ipsec.conf and
@@ -28,21 +20,32 @@ func ConfCheck(env Env, args []string) int {
 	var cf ConfigFlags
 	cf.Register(fs)
 	dump := fs.Bool("dump", false, "print each resolved conn")
+	asJSON := fs.Bool("json", false, "print diagnostics and resolved conns as JSON (schema in the README)")
 	pos, ok := parse(env, fs, args)
 	if !ok {
 		return 2
 	}
 	if len(pos) != 0 {
-		fmt.Fprintln(env.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump]")
+		fmt.Fprintln(env.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump] [--json]")
 		return 2
 	}
 	cf.Resolve()
 	cfg, err := conf.Load(cf.Config, conf.Options{})
+	failed := err != nil
+	sec, serr := loadSecretsFor(cfg, cf.Secrets)
+	if *asJSON {
+		if serr != nil && sec == nil {
+			sec = &conf.Secrets{Diags: conf.Diags{{File: cf.Secrets, Msg: serr.Error()}}}
+		}
+		writeConfCheckJSON(env.Stdout, cf.Config, cf.Secrets, cfg, sec, !failed && serr == nil)
+		if failed || serr != nil {
+			return 1
+		}
+		return 0
+	}
 	for _, d := range cfg.Diags {
 		fmt.Fprintln(env.Stderr, d)
 	}
-	failed := err != nil
-	sec, serr := loadSecretsFor(cfg, cf.Secrets)
 	if sec != nil {
 		for _, d := range sec.Diags {
 			fmt.Fprintln(env.Stderr, d)
@@ -63,38 +66,16 @@ func ConfCheck(env Env, args []string) int {
 			sec.Dump(env.Stdout)
 		}
 	}
-	if failed {
-		errs := len(cfg.Diags.Errors())
-		if sec != nil {
-			errs += len(sec.Diags.Errors())
-		}
-		fmt.Fprintf(env.Stderr, "%s: %d errors; gosec start would refuse this configuration\n", cf.Config, max(errs, 1))
-		return ConfCheckErrors
+	extra := 0
+	if sec != nil {
+		extra = len(sec.Diags.Errors())
 	}
-	if len(cfg.Skipped) == 0 {
-		fmt.Fprintf(env.Stderr, "%s: %d conns, configuration OK\n", cf.Config, len(cfg.Conns))
-		return ConfCheckOK
+	if failed && len(cfg.Diags.Errors())+extra == 0 {
+		extra = 1 // the secrets file could not be read
 	}
-	fmt.Fprintf(env.Stderr, "%s: %d conns loaded, %d skipped: %s\n", cf.Config, len(cfg.Conns), len(cfg.Skipped), skipSummary(cfg.Skipped))
-	return ConfCheckSkipped
-}
-
-// skipSummary groups the skipped conns by the feature they need:
-// "IPv6: a, b; XAUTH: c".
-func skipSummary(skipped []conf.Skipped) string {
-	var order []string
-	names := map[string][]string{}
-	for _, s := range skipped {
-		if _, ok := names[s.Feature]; !ok {
-			order = append(order, s.Feature)
-		}
-		names[s.Feature] = append(names[s.Feature], s.Name)
-	}
-	parts := make([]string, len(order))
-	for i, f := range order {
-		parts[i] = fmt.Sprintf("%s (%s)", f, strings.Join(names[f], ", "))
-	}
-	return strings.Join(parts, "; ")
+	verdict, code := cfg.Summary(cf.Config, extra)
+	fmt.Fprintln(env.Stderr, verdict)
+	return code
 }
 
 // loadSecretsFor loads the secrets file; a missing one is fine when no

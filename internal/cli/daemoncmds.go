@@ -308,6 +308,9 @@ func Up(env Env, args []string) int { return simple(env, "up", args, true) }
 // Down runs `gosec down CONN`.
 func Down(env Env, args []string) int { return simple(env, "down", args, true) }
 
+// Unroute runs `gosec unroute CONN`.
+func Unroute(env Env, args []string) int { return simple(env, "unroute", args, true) }
+
 // Reload runs `gosec reload`.
 func Reload(env Env, args []string) int { return simple(env, "reload", args, false) }
 

@@ -46,9 +46,21 @@ func TestConfCheckBinary(t *testing.T) {
 		}
 		return string(b)
 	}
+	// The binary runs on copies of the corpus files with the mode an
+	// administrator gives files holding manual keys: a checkout gives them
+	// 0644, which gosec refuses (TestManualKeyFiles).
+	work := filepath.Join(tmp, "corpus")
+	if err := os.Mkdir(work, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range corpusFiles(t) {
+		if err := os.WriteFile(filepath.Join(work, name), []byte(golden(name)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	run := func(args ...string) (stdout, stderr string, code int) {
 		cmd := exec.Command(bin, args...)
-		cmd.Dir = dir
+		cmd.Dir = work
 		var o, e bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &o, &e
 		err := cmd.Run()
@@ -72,10 +84,10 @@ func TestConfCheckBinary(t *testing.T) {
 		{"11-manual-esp.conf", true, 0, "11-manual-esp.conf: 1 conns, configuration OK\n"},
 		{"11-manual-esp.conf", false, 0, "11-manual-esp.conf: 1 conns, configuration OK\n"},
 		{"13-manual-ah-3des.conf", true, 0, "13-manual-ah-3des.conf: 2 conns, configuration OK\n"},
-		{"17-unsupported-warnings.conf", true, 3, "17-unsupported-warnings.conf: 0 conns loaded, 1 skipped: virtual IPs (Mode Config) (warned)\n"},
+		{"17-unsupported-warnings.conf", true, 3, "17-unsupported-warnings.conf: 0 conns loaded, 1 skipped: Mode Config (warned)\n"},
 		{"10-rsasig-cert.conf", false, 3, "10-rsasig-cert.conf: 0 conns loaded, 2 skipped: public-key authentication (raw-rsa, certs)\n"},
-		{"32-err-mixed.conf", true, 1, "32-err-mixed.conf: 9 errors; gosec start would refuse this configuration\n"},
-		{"32-err-mixed.conf", false, 1, "32-err-mixed.conf: 9 errors; gosec start would refuse this configuration\n"},
+		{"32-err-mixed.conf", true, 1, "32-err-mixed.conf: 8 errors; gosec start would refuse this configuration\n"},
+		{"32-err-mixed.conf", false, 1, "32-err-mixed.conf: 8 errors; gosec start would refuse this configuration\n"},
 		{"26-err-manual.conf", true, 1, "26-err-manual.conf: 15 errors; gosec start would refuse this configuration\n"},
 	}
 	for _, tt := range tests {

@@ -1,7 +1,9 @@
 package conf
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -21,6 +23,7 @@ type End struct {
 	NextHop      netip.Addr
 	RSASigKey    string
 	Cert         string
+	UpDown       string // leftupdown: shell command run as SAs come and go
 
 	// Manual keying: the SA whose destination is this side.
 	SPI        uint32
@@ -51,14 +54,18 @@ type Conn struct {
 	Rekey       bool
 	RekeyMargin time.Duration
 	RekeyFuzz   int // percent
-	KeyingTries int // 0 = forever
-	DPDDelay    time.Duration
-	DPDTimeout  time.Duration
-	DPDAction   string // none, clear, hold, restart
-	ForceEncaps bool
-	EncapPort   uint16 // NAT-T port for manual ESP-in-UDP (4500)
-	Type        string // tunnel, transport, passthrough, drop
-	Auto        string // add, start, route, ignore
+	// LifeBytes/LifePackets limit each IPsec SA's volume (0: none);
+	// MarginBytes/MarginPackets start the rekey that much before.
+	LifeBytes, LifePackets     uint64
+	MarginBytes, MarginPackets uint64
+	KeyingTries                int // 0 = forever
+	DPDDelay                   time.Duration
+	DPDTimeout                 time.Duration
+	DPDAction                  string // none, clear, hold, restart
+	ForceEncaps                bool
+	EncapPort                  uint16 // NAT-T port for manual ESP-in-UDP (4500)
+	Type                       string // tunnel, transport, passthrough, drop
+	Auto                       string // add, start, route, ignore
 	// ReplayWindow is the anti-replay window in packets; 0 turns it off.
 	ReplayWindow int
 	ESN          bool
@@ -128,12 +135,12 @@ type Skipped struct {
 	Feature string
 	// Msg says which keyword needs it, and why.
 	Msg string
-	// At is the line of that keyword.
-	At pos
+	// at is the line of that keyword (Where).
+	at pos
 }
 
 // Where returns the file and line of the keyword that needs the feature.
-func (s Skipped) Where() (string, int) { return s.At.file, s.At.line }
+func (s Skipped) Where() (string, int) { return s.at.file, s.at.line }
 
 // Conn returns the conn named name, or nil.
 func (c *Config) Conn(name string) *Conn {
@@ -157,4 +164,30 @@ func defaultConn() *Conn {
 		DPDAction: "none", Type: "tunnel", Auto: "ignore", ReplayWindow: 64, AHAlign: 4,
 		EncapPort: 4500, set: map[string]pos{}, bad: map[string]bool{},
 	}
+}
+
+// Summary is the verdict gosec conf check prints after the diagnostics of
+// the configuration named name, and its exit status: 0 when every conn
+// loads, 1 when there are errors, 3 when the configuration is valid but
+// some conns were skipped for a feature gosec lacks (grouped by it).
+func (c *Config) Summary(name string, extraErrors int) (string, int) {
+	if errs := len(c.Diags.Errors()) + extraErrors; errs > 0 {
+		return fmt.Sprintf("%s: %d errors; gosec start would refuse this configuration", name, errs), 1
+	}
+	if len(c.Skipped) == 0 {
+		return fmt.Sprintf("%s: %d conns, configuration OK", name, len(c.Conns)), 0
+	}
+	var order []string
+	names := map[string][]string{}
+	for _, s := range c.Skipped {
+		if _, ok := names[s.Feature]; !ok {
+			order = append(order, s.Feature)
+		}
+		names[s.Feature] = append(names[s.Feature], s.Name)
+	}
+	parts := make([]string, len(order))
+	for i, f := range order {
+		parts[i] = fmt.Sprintf("%s (%s)", f, strings.Join(names[f], ", "))
+	}
+	return fmt.Sprintf("%s: %d conns loaded, %d skipped: %s", name, len(c.Conns), len(c.Skipped), strings.Join(parts, "; ")), 3
 }

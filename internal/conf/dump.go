@@ -41,6 +41,9 @@ func (e *End) dump(w io.Writer, side string, manual bool) {
 	if e.Cert != "" {
 		fmt.Fprintf(w, "    cert: %s\n", e.Cert)
 	}
+	if e.UpDown != "" {
+		fmt.Fprintf(w, "    updown: %s\n", e.UpDown)
+	}
 	if e.RSASigKey != "" {
 		fmt.Fprintf(w, "    rsasigkey: <hidden>\n")
 	}
@@ -77,6 +80,9 @@ func (c *Conn) Dump(w io.Writer) {
 		fmt.Fprintf(w, "  pfs: %s\n", yesNo(c.PFS))
 		fmt.Fprintf(w, "  lifetimes: ike %s, ipsec %s; rekey=%s margin %s fuzz %d%%; keyingtries=%s\n",
 			c.IKELifetime, c.KeyLife, yesNo(c.Rekey), c.RekeyMargin, c.RekeyFuzz, tries(c.KeyingTries))
+		if c.LifeBytes != 0 || c.LifePackets != 0 {
+			fmt.Fprintf(w, "  volume: lifebytes %d (margin %d), lifepackets %d (margin %d)\n", c.LifeBytes, c.MarginBytes, c.LifePackets, c.MarginPackets)
+		}
 		fmt.Fprintf(w, "  dpd: delay %s, timeout %s, action %s\n", c.DPDDelay, c.DPDTimeout, c.DPDAction)
 	}
 	fmt.Fprintf(w, "  type=%s auto=%s forceencaps=%s replay_window=%d esn=%s", c.Type, c.Auto, yesNo(c.ForceEncaps), c.ReplayWindow, yesNo(c.ESN))

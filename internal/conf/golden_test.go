@@ -38,6 +38,9 @@ func testOptions() Options {
 			return nil, errors.New("no such host (test resolver)")
 		},
 		DefaultRoute: func() (netip.Addr, error) { return netip.MustParseAddr("192.0.2.100"), nil },
+		// A checkout gives the corpus mode 0644; TestManualKeyFiles checks
+		// the refusal.
+		OpenKeyFiles: true,
 	}
 }
 

@@ -67,6 +67,9 @@ var endKeywords = map[string]endHandler{
 		return setKey(c, &e.ESPAuthKey, v)
 	},
 	"ahkey": func(c *Conn, e *End, v string, _ *resolver) error { return setKey(c, &e.AHKey, v) },
+	// ipsec.conf(5): the updown script of this end, a shell command line
+	// run with the PLUTO_* environment as SAs come and go.
+	"updown": func(_ *Conn, e *End, v string, _ *resolver) error { e.UpDown = v; return nil },
 }
 
 // setupSupported are the config setup keywords gosec implements (the
@@ -99,9 +102,15 @@ func init() {
 		"rekeymargin": func(c *Conn, v string, _ *resolver) error { return setDuration(&c.RekeyMargin, v) },
 		"margintime":  func(c *Conn, v string, _ *resolver) error { return setDuration(&c.RekeyMargin, v) },
 		"rekeyfuzz":   setFuzz,
-		"keyingtries": setKeyingTries,
-		"dpddelay":    func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDDelay, v) },
-		"dpdtimeout":  func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDTimeout, v) },
+		// strongSwan ipsec.conf(5): volume lifetimes of each IPsec SA and
+		// how long before them the rekey starts.
+		"lifebytes":     func(c *Conn, v string, _ *resolver) error { return setCount(&c.LifeBytes, "lifebytes", v) },
+		"lifepackets":   func(c *Conn, v string, _ *resolver) error { return setCount(&c.LifePackets, "lifepackets", v) },
+		"marginbytes":   func(c *Conn, v string, _ *resolver) error { return setCount(&c.MarginBytes, "marginbytes", v) },
+		"marginpackets": func(c *Conn, v string, _ *resolver) error { return setCount(&c.MarginPackets, "marginpackets", v) },
+		"keyingtries":   setKeyingTries,
+		"dpddelay":      func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDDelay, v) },
+		"dpdtimeout":    func(c *Conn, v string, _ *resolver) error { return setDuration(&c.DPDTimeout, v) },
 		"dpdaction": func(c *Conn, v string, _ *resolver) error {
 			// strongSwan 5 adds trap (as hold: the policy stays and
 			// traffic renegotiates).
@@ -158,6 +167,7 @@ func init() {
 		"ah_align":   setAHAlign,
 		"encapsport": setEncapPort,
 		"also":       nil, // resolved before interpretation
+		"alsoflip":   nil, // as also=, left and right swapped
 	} {
 		connKeywords[k] = h
 	}
@@ -320,14 +330,14 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 		}
 		e.Addr = a
 		return nil
-	case "%any6", "::":
-		return need("IPv6", "%s is an IPv6 address", v)
+	case "%any6", "::", "%defaultroute6":
+		return need("IPv6", "%s is IPv6", v)
 	case "%opportunistic", "%opportunisticgroup", "%group", "%oppo", "%oe", "%oppohere", "%oppothere":
 		return need("opportunistic encryption", "%s", v)
 	}
 	if strings.HasPrefix(v, "%") {
 		if len(v) > 1 && v[1] != '%' && !strings.ContainsAny(v[1:], "%") && (strings.Contains(v, ".") || strings.Contains(v, ":")) {
-			return fmt.Errorf("the %% prefix (strongSwan's %sallowany=yes: accept the peer from any address) is not supported; write %s, or %%any", "left/right", v[1:])
+			return need("a peer allowed at any address (%host)", "strongSwan's %%name is %s with rightallowany=yes; write %s, or %%any", v[1:], v[1:])
 		}
 		return fmt.Errorf("unknown special value %q", v)
 	}
@@ -735,6 +745,16 @@ func setFuzz(c *Conn, v string, _ *resolver) error {
 		return fmt.Errorf("bad percentage %q", v)
 	}
 	c.RekeyFuzz = int(n)
+	return nil
+}
+
+// setCount parses a non-negative count (bytes or packets; 0: no limit).
+func setCount(dst *uint64, kw, v string) error {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("bad %s %q (a whole number; 0 for no limit)", kw, v)
+	}
+	*dst = n
 	return nil
 }
 

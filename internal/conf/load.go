@@ -22,6 +22,15 @@ type Options struct {
 	// NoInclude makes every include line an error instead of reading
 	// files: for Parse of text that must not reach the file system.
 	NoInclude bool
+	// Root, when set, is where absolute include patterns are looked up,
+	// as in a chroot: to check a configuration written for another
+	// host's file system (the upstream test suites include
+	// /testing/baseconfigs/...).
+	Root string
+	// OpenKeyFiles does not warn of manual keys in files that group or
+	// others may read or write, or that someone else than root or this
+	// user owns. For tests of checked-out files: gosec never sets it.
+	OpenKeyFiles bool
 }
 
 type resolver struct {
@@ -81,14 +90,14 @@ func (r *resolver) defaultRoute() (netip.Addr, error) {
 // Config holds every diagnostic; the error is non-nil when any of them is
 // an error (a *DiagError listing all of them).
 func Load(path string, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude}
+	p := &parser{noInclude: opts.NoInclude, root: opts.Root}
 	p.readFile(path, pos{file: path})
 	return p.finish(opts)
 }
 
 // Parse is Load for text already in memory (name labels the messages).
 func Parse(name string, data []byte, opts Options) (*Config, error) {
-	p := &parser{noInclude: opts.NoInclude, order: []string{name}}
+	p := &parser{noInclude: opts.NoInclude, root: opts.Root, order: []string{name}}
 	if len(data) > MaxFileSize {
 		p.errorf(pos{file: name}, "file larger than %d bytes", MaxFileSize)
 	} else {
@@ -131,6 +140,11 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			}
 		case "ca":
 			p.warnf(s.pos, "ca sections are not supported (certificate authentication is not implemented); ca %q ignored", s.name)
+			for _, k := range s.kvs {
+				if _, ok := caKeywords[k.key]; !ok && !isUserParam(k.key) {
+					p.errorf(k.pos, "unknown ca keyword %q (strongSwan's ca sections take cacert, crluri, ocspuri, certuribase, ldaphost, ldapbase, auto, also)", k.raw())
+				}
+			}
 		case "conn":
 			if s.name == "%default" {
 				own := map[string]int{}
@@ -144,12 +158,44 @@ func (p *parser) finish(opts Options) (*Config, error) {
 				}
 				continue
 			}
+			if s.name == "%oedefault" {
+				// FreeS/WAN and Openswan: the defaults of the implicit
+				// opportunistic-encryption conns.
+				p.warnf(s.pos, "conn %%oedefault is ignored: it holds the defaults of opportunistic encryption, which gosec does not implement")
+				continue
+			}
 			if strings.HasPrefix(s.name, "%") {
 				p.errorf(s.pos, "conn %s: names starting with %% are reserved", s.name)
 				continue
 			}
 			if prev, dup := conns[s.name]; dup {
-				p.errorf(s.pos, "conn %s is defined twice (first at %s:%d)", s.name, prev.file, prev.line)
+				// strongSwan 5 merges the sections of one name, a
+				// keyword set again taking the later value
+				// (src/starter/parser/conf_parser.c, add_section and
+				// add_setting); Libreswan's tests rely on it (their
+				// ikev2-oe.conf redefines the OE conns).
+				p.warnf(s.pos, "conn %s is defined again (first at %s:%d): the two are merged, the keywords here winning (as strongSwan does)", s.name, prev.file, prev.line)
+				again := map[string]bool{}
+				for _, k := range s.kvs {
+					if k.key != "also" && k.key != "alsoflip" {
+						again[k.key] = true
+					}
+				}
+				var kept []kv
+				first := map[string]kv{}
+				for _, k := range prev.kvs {
+					if f, dup := first[k.key]; dup && k.key != "also" && k.key != "alsoflip" {
+						// Reported here, as the merge drops it.
+						p.errorf(k.pos, "%s is set twice in conn %s (first at line %d)", k.key, prev.name, f.line)
+					}
+					if _, ok := first[k.key]; !ok {
+						first[k.key] = k
+					}
+					if !again[k.key] {
+						kept = append(kept, k)
+					}
+				}
+				prev.kvs = append(kept, s.kvs...)
 				continue
 			}
 			conns[s.name] = s
@@ -161,7 +207,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 	referenced := map[string]bool{}
 	for _, s := range order {
 		for _, k := range s.kvs {
-			if k.key == "also" {
+			if k.key == "also" || k.key == "alsoflip" {
 				referenced[k.value] = true
 			}
 		}
@@ -171,8 +217,23 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			p.errorf(s.pos, "configuration too large to resolve: more than %d keyword settings merged through conn %%default and also=; conn %s and those after it are not checked", MaxResolveWork, s.name)
 			break
 		}
-		kvs := p.flatten(s, conns, defaults)
+		kvs, missing := p.flatten(s, conns, defaults)
 		c, skip := p.interpret(s, kvs, r)
+		if len(missing) > 0 {
+			// A conn naming a conn that does not exist cannot be
+			// resolved. If it is to be loaded that is an error; an
+			// auto=ignore conn is never loaded by itself (FreeS/WAN and
+			// Libreswan resolve also= when a conn is added), so it is
+			// only left out.
+			for _, a := range missing {
+				if c.Auto == "ignore" {
+					p.warnf(a.pos, "%s=%s: no conn named %q; conn %s (auto=ignore) is left out", a.key, a.value, a.value, c.Name)
+				} else {
+					p.errorf(a.pos, "%s=%s: no conn named %q", a.key, a.value, a.value)
+				}
+			}
+			continue
+		}
 		if skip == nil {
 			cfg.Conns = append(cfg.Conns, c)
 			continue
@@ -182,12 +243,52 @@ func (p *parser) finish(opts Options) (*Config, error) {
 		}
 		skip.Name, skip.File, skip.Line = c.Name, c.File, c.Line
 		cfg.Skipped = append(cfg.Skipped, *skip)
-		p.add(Diag{File: skip.At.file, Line: skip.At.line, Skip: true, Warning: true,
+		p.add(Diag{File: skip.at.file, Line: skip.at.line, Skip: true, Warning: true,
 			Msg: fmt.Sprintf("conn %s skipped: %s", c.Name, skip.Msg)})
+	}
+	if !opts.OpenKeyFiles {
+		p.checkKeyFiles(cfg.Conns)
 	}
 	cfg.Diags = p.diags
 	sortDiags(cfg.Diags, p.order)
 	return cfg, cfg.Diags.Err()
+}
+
+// manualKeyKeywords hold keys in ipsec.conf.
+var manualKeyKeywords = []string{"espenckey", "espauthkey", "ahkey", "leftespenckey", "leftespauthkey",
+	"leftahkey", "rightespenckey", "rightespauthkey", "rightahkey"}
+
+// checkKeyFiles gives the files that hold manual keys the check of
+// ipsec.secrets (issue 13): the mode and owner fstat saw when the file was
+// read, reported at the first key of each file (as a warning: see below).
+func (p *parser) checkKeyFiles(conns []*Conn) {
+	checked := map[string]bool{}
+	for _, c := range conns {
+		if !c.Manual {
+			continue
+		}
+		for _, kw := range manualKeyKeywords {
+			at, ok := c.set[kw]
+			if !ok || checked[at.file] {
+				continue
+			}
+			checked[at.file] = true
+			fi := p.infos[at.file]
+			if fi == nil {
+				continue // parsed from memory
+			}
+			// A warning for now, not the refusal ipsec.secrets gets: the
+			// test harnesses of test/e2e and test/kernelpeer write their
+			// manual-key configurations 0644 and must change first.
+			if err := checkKeyFileOwner(fi, at.file); err != nil {
+				p.warnf(at, "manual keys: %v", err)
+				continue
+			}
+			if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+				p.warnf(at, "manual keys in a file that %s (mode %04o); run: chmod 600 %s", accessWho(perm), perm, at.file)
+			}
+		}
+	}
 }
 
 // sortDiags orders diagnostics by file (in the order the files were
@@ -248,22 +349,23 @@ func (p *parser) hint(key string, setup bool) string {
 // flatten merges a conn's own keywords, those of the conns it includes
 // with also= (in order, recursively; the first setting of a keyword wins)
 // and those of conn %default.
-func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) []kv {
+func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) (out []kv, missing []kv) {
 	seen := map[string]bool{}
 	// visited: a section reached a second time (a diamond of also=) adds
 	// nothing, as every keyword it sets is already set; without this a
 	// chain of conns each naming the next two times would be walked
 	// 2^depth times.
 	visited := map[*section]bool{}
-	var out []kv
-	var visit func(sec *section, chain []string, depth int)
-	visit = func(sec *section, chain []string, depth int) {
+	// flip is FreeS/WAN's alsoflip= (ipsec.conf(5) of FreeS/WAN 2.04 and
+	// Openswan): the conn's keywords with left and right swapped.
+	var visit func(sec *section, chain []string, depth int, flip bool)
+	visit = func(sec *section, chain []string, depth int, flip bool) {
 		visited[sec] = true
 		p.work += len(sec.kvs)
 		own := map[string]pos{}
 		var alsos []kv
 		for _, k := range sec.kvs {
-			if k.key == "also" {
+			if k.key == "also" || k.key == "alsoflip" {
 				alsos = append(alsos, k)
 				continue
 			}
@@ -272,6 +374,9 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 				continue
 			}
 			own[k.key] = k.pos
+			if flip {
+				k.key = flipSide(k.key)
+			}
 			if !seen[k.key] {
 				seen[k.key] = true
 				out = append(out, k)
@@ -280,12 +385,12 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 		for _, a := range alsos {
 			target, ok := conns[a.value]
 			if !ok {
-				p.errorf(a.pos, "also=%s: no conn named %q", a.value, a.value)
+				missing = append(missing, a)
 				continue
 			}
 			for _, c := range chain {
 				if c == a.value {
-					p.errorf(a.pos, "also=%s makes a loop: %s -> %s", a.value, strings.Join(chain, " -> "), a.value)
+					p.errorf(a.pos, "%s=%s makes a loop: %s -> %s", a.key, a.value, strings.Join(chain, " -> "), a.value)
 					return
 				}
 			}
@@ -296,14 +401,14 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 				p.errorf(a.pos, "also= chain deeper than %d", MaxAlsoDepth)
 				return
 			}
-			visit(target, append(chain, a.value), depth+1)
+			visit(target, append(chain, a.value), depth+1, flip != (a.key == "alsoflip"))
 		}
 	}
-	visit(s, []string{s.name}, 0)
+	visit(s, []string{s.name}, 0, false)
 	p.work += len(defaults)
 	for _, k := range defaults {
-		if k.key == "also" {
-			p.errorf(k.pos, "also= is not allowed in conn %%default")
+		if k.key == "also" || k.key == "alsoflip" {
+			p.errorf(k.pos, "%s= is not allowed in conn %%default", k.key)
 			continue
 		}
 		if !seen[k.key] {
@@ -311,7 +416,18 @@ func (p *parser) flatten(s *section, conns map[string]*section, defaults []kv) [
 			out = append(out, k)
 		}
 	}
-	return out
+	return out, missing
+}
+
+// flipSide swaps left and right in a keyword (alsoflip=).
+func flipSide(key string) string {
+	switch {
+	case strings.HasPrefix(key, "left"):
+		return "right" + key[len("left"):]
+	case strings.HasPrefix(key, "right"):
+		return "left" + key[len("right"):]
+	}
+	return key
 }
 
 // order in which keywords are applied: algorithms before what modifies
@@ -348,7 +464,7 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			return false
 		}
 		if skip == nil {
-			skip = &Skipped{Feature: ne.Feature, At: at, Msg: what + ": " + ne.Error()}
+			skip = &Skipped{Feature: ne.Feature, at: at, Msg: what + ": " + ne.Error()}
 		}
 		return true
 	}
@@ -372,8 +488,8 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			h, eh, left, ok := lookupKeyword(k.key)
 			if !ok {
 				if f, isFeature := featureKeywords[k.key]; isFeature {
-					if feat := f(k.value); feat != "" {
-						needs(&needError{Feature: feat}, k.pos, k.key+"="+k.value)
+					if err := f(k.value); err != nil {
+						needs(err, k.pos, k.raw()+"="+k.value)
 					} else if k.key == "leftauth" || k.key == "rightauth" {
 						// strongSwan's per-end authby: psk is what gosec does.
 						c.AuthBy = "secret"
@@ -420,6 +536,10 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 			needs(err, at, what)
 		}
 	}
+	if skip == nil && len(c.AH.List) > 0 && c.Set("esp") {
+		at := c.set["ah"]
+		needs(need("AH+ESP bundles", "gosec negotiates ESP or AH per conn"), at, "esp= with ah=")
+	}
 	if skip != nil {
 		return c, skip
 	}
@@ -427,7 +547,11 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 	p.validate(c)
 	if len(p.diags) == errs {
 		if err := c.needAuth(); err != nil {
-			needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			if at, ok := c.set["authby"]; ok {
+				needs(err, at, "authby="+c.AuthBy)
+			} else {
+				needs(err, pos{file: c.File, line: c.Line}, "no authby= (RSA signatures)")
+			}
 			return c, skip
 		}
 	}
@@ -439,7 +563,15 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 // "defaults to pubkey"; Libreswan/Openswan/FreeS/WAN: rsasig), which gosec
 // does not implement.
 func (c *Conn) needAuth() error {
-	if c.Manual || c.Set("authby") || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+	if c.Manual || c.bad["authby"] || (c.Type != "tunnel" && c.Type != "transport") {
+		return nil
+	}
+	if c.Set("authby") {
+		if c.AuthBy == "never" {
+			// Libreswan: authby=never is for shunts; authby=null is
+			// RFC 7619 NULL authentication (IKEv2, opportunistic).
+			return need("NULL authentication", "authby=never/null on a negotiated conn; gosec authenticates with pre-shared keys, authby=secret")
+		}
 		return nil
 	}
 	for _, side := range []string{"leftauth", "rightauth"} {
@@ -448,6 +580,17 @@ func (c *Conn) needAuth() error {
 		}
 	}
 	return need("public-key authentication", "the upstream default; write authby=secret for pre-shared keys")
+}
+
+// where is the line of the first of the keywords that is set, else the
+// conn's header: every error points at the line that causes it.
+func (c *Conn) where(keys ...string) pos {
+	for _, k := range keys {
+		if at, ok := c.set[k]; ok {
+			return at
+		}
+	}
+	return pos{file: c.File, line: c.Line}
 }
 
 // validate checks a conn as a whole.
@@ -470,10 +613,7 @@ func (p *parser) validate(c *Conn) {
 		return
 	}
 	if c.Left.Any && c.Right.Any {
-		p.errorf(at, "conn %s: left and right cannot both be %%any", c.Name)
-	}
-	if len(c.AH.List) > 0 && c.Set("esp") {
-		p.errorf(at, "conn %s sets both esp= and ah=; gosec supports one of them per conn (AH+ESP bundles are not implemented)", c.Name)
+		p.errorf(c.where("right"), "conn %s: left and right cannot both be %%any", c.Name)
 	}
 	if len(c.AH.List) > 0 && !c.Set("esp") && !c.Set("phase2alg") {
 		c.ESP = Proposals{}
@@ -481,16 +621,17 @@ func (p *parser) validate(c *Conn) {
 	if c.Proto() == "esp" {
 		for _, pr := range c.ESP.List {
 			if len(pr.Ciphers) == 0 {
-				p.errorf(at, "conn %s: phase2alg names no encryption algorithm for ESP (for AH, write phase2=ah)", c.Name)
+				p.errorf(c.where("phase2alg", "esp"), "conn %s: phase2alg names no encryption algorithm for ESP (for AH, write phase2=ah)", c.Name)
 				break
 			}
 		}
 	}
 	if c.Type == "transport" && (len(c.Left.Subnets) > 0 || len(c.Right.Subnets) > 0) {
-		for _, e := range []*End{&c.Left, &c.Right} {
+		for i, e := range []*End{&c.Left, &c.Right} {
+			side := [...]string{"left", "right"}[i]
 			for _, s := range e.Subnets {
 				if e.Addr.IsValid() && (s.Bits() != 32 || s.Addr() != e.Addr) {
-					p.errorf(at, "conn %s: type=transport protects the hosts themselves; subnet %s differs from the host %s", c.Name, s, e.Addr)
+					p.errorf(c.where(side+"subnet", side+"subnets"), "conn %s: type=transport protects the hosts themselves; subnet %s differs from the host %s", c.Name, s, e.Addr)
 				}
 			}
 		}
@@ -511,7 +652,7 @@ func (p *parser) validateManual(c *Conn, at pos) {
 			p.errorf(at, "manually keyed conn %s needs %sspi= (the SPI of the SA towards %s)", c.Name, side.name, side.name)
 		}
 		if side.e.Any || side.e.DefaultRoute && !side.e.Addr.IsValid() {
-			p.errorf(at, "manually keyed conn %s needs a fixed %s= address", c.Name, side.name)
+			p.errorf(c.where(side.name), "manually keyed conn %s needs a fixed %s= address", c.Name, side.name)
 		}
 	}
 	ps := c.ESP
@@ -528,18 +669,22 @@ func (p *parser) validateManual(c *Conn, at pos) {
 		suites = append(suites, pr.Suites()...)
 	}
 	if len(suites) != 1 {
-		p.errorf(at, "manually keyed conn %s: %s= must name exactly one suite, not %d", c.Name, proto, len(suites))
+		p.errorf(c.where(proto, "phase2alg"), "manually keyed conn %s: %s= must name exactly one suite, not %d", c.Name, proto, len(suites))
 		return
 	}
 	s := suites[0]
 	if s.DH != 0 {
-		p.errorf(at, "manually keyed conn %s: a DH group makes no sense without IKE", c.Name)
+		p.errorf(c.where(proto, "phase2alg", "pfsgroup"), "manually keyed conn %s: a DH group makes no sense without IKE", c.Name)
 	}
 	c.ESN = c.ESN || s.ESN
 	check := func(kw string, got []byte, want int) {
 		if want == 0 {
 			if len(got) != 0 {
-				p.errorf(at, "conn %s: %s given, but %s needs no such key", c.Name, kw, s.Name())
+				where := at
+				if kp, ok := c.set[kw]; ok {
+					where = kp
+				}
+				p.errorf(where, "conn %s: %s given, but %s needs no such key", c.Name, kw, s.Name())
 			}
 			return
 		}
@@ -551,7 +696,15 @@ func (p *parser) validateManual(c *Conn, at pos) {
 			return
 		}
 		if len(got) != want {
-			p.errorf(at, "conn %s: %s is %d bytes; %s needs %d", c.Name, kw, len(got), s.Name(), want)
+			// At the line of the keyword holding the key (leftespenckey=,
+			// or FreeS/WAN's espenckey= for both ends).
+			where := at
+			if kp, ok := c.set[kw]; ok {
+				where = kp
+			} else if kp, ok := c.set[strings.TrimPrefix(strings.TrimPrefix(kw, "left"), "right")]; ok {
+				where = kp
+			}
+			p.errorf(where, "conn %s: %s is %d bytes; %s needs %d", c.Name, kw, len(got), s.Name(), want)
 		}
 	}
 	for _, side := range []struct {

@@ -15,7 +15,7 @@ func checkKeyFileOwner(fi fs.FileInfo, path string) error {
 		return nil
 	}
 	if euid := uint32(os.Geteuid()); st.Uid != 0 && st.Uid != euid {
-		return fmt.Errorf("refusing a file holding keys owned by uid %d (root or uid %d, the user gosec runs as, may own it); run: chown %d %s", st.Uid, euid, euid, path)
+		return fmt.Errorf("the file is owned by uid %d, neither root nor uid %d (the user gosec runs as), who could change the keys; run: chown %d %s", st.Uid, euid, euid, path)
 	}
 	return nil
 }

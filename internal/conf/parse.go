@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -125,10 +126,15 @@ type parser struct {
 	seen map[Diag]bool
 	// noInclude refuses include lines (Options.NoInclude).
 	noInclude bool
+	// root is Options.Root.
+	root string
 	// work counts keyword settings merged by flatten (MaxResolveWork).
 	work int
 	// hints remembers suggestions for unknown keywords.
 	hints map[string]string
+	// infos holds what fstat said of each file read, by its name in
+	// diagnostics.
+	infos map[string]fs.FileInfo
 }
 
 func (p *parser) add(d Diag) {
@@ -187,11 +193,15 @@ func (p *parser) readFile(path string, from pos) {
 			return
 		}
 	}
-	data, err := readLimited(path)
+	data, fi, err := readLimited(path)
 	if err != nil {
 		p.errorf(pos{file: path}, "%v", err)
 		return
 	}
+	if p.infos == nil {
+		p.infos = map[string]fs.FileInfo{}
+	}
+	p.infos[path] = fi
 	p.stack = append(p.stack, abs)
 	p.names = append(p.names, path)
 	p.order = append(p.order, path)
@@ -202,30 +212,33 @@ func (p *parser) readFile(path string, from pos) {
 	p.parse(path, data)
 }
 
-func readLimited(path string) ([]byte, error) {
+// readLimited reads a file of at most MaxFileSize bytes, and returns what
+// fstat said of the descriptor it read (for the check of files holding
+// manual keys).
+func readLimited(path string) ([]byte, fs.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read: %v", unwrapPath(err))
+		return nil, nil, fmt.Errorf("cannot read: %v", unwrapPath(err))
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if fi.IsDir() {
-		return nil, fmt.Errorf("is a directory")
+		return nil, nil, fmt.Errorf("is a directory")
 	}
 	if fi.Size() > MaxFileSize {
-		return nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
+		return nil, nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
 	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(&limitReader{f, MaxFileSize + 1}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if buf.Len() > MaxFileSize {
-		return nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
+		return nil, nil, fmt.Errorf("file larger than %d bytes", MaxFileSize)
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), fi, nil
 }
 
 type limitReader struct {
@@ -369,6 +382,8 @@ func (p *parser) include(from, pattern string, at pos) {
 	}
 	if !filepath.IsAbs(pattern) {
 		pattern = filepath.Join(filepath.Dir(from), pattern)
+	} else if p.root != "" {
+		pattern = filepath.Join(p.root, pattern)
 	}
 	matches, err := filepath.Glob(pattern)
 	if err != nil {

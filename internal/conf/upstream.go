@@ -82,7 +82,7 @@ var ignoredConn = func() map[string]string {
 		reject-simultaneous-ike-auth retransmit-interval retransmit-timeout share-lease
 		failureshunt negotiationshunt dns-match-id pam-authorize ignore-peer-dns
 		hostaddrfamily connaddrfamily clientaddrfamily endaddrfamily tunneladdrfamily
-		disablearrivalcheck alsoflip spibase`, m)
+		disablearrivalcheck spibase`, m)
 	words("IKEv2 only", `mobike reauth narrowing intermediate ppk ppk-ids
 		session-resumption send-supported-auth-methods send-redirect redirect-to
 		accept-redirect accept-redirect-to eap eap_identity aaa_identity me_peerid mediated_by
@@ -97,8 +97,7 @@ var ignoredConn = func() map[string]string {
 	words("IPsec-over-TCP (RFC 8229) is not implemented", `enable-tcp tcp-remoteport`, m)
 	words("IP-TFS is not implemented", `iptfs iptfs-drop-time iptfs-fragmentation
 		iptfs-init-delay iptfs-max-queue-size iptfs-packet-size iptfs-reorder-window`, m)
-	words("gosec limits SAs by time and by the kilobytes the peer asks for", `lifebytes
-		lifepackets marginbytes marginpackets ipsec-max-bytes ipsec-max-packets`, m)
+	words("use lifebytes/lifepackets", `ipsec-max-bytes ipsec-max-packets`, m)
 	words("Mode Config is not implemented (a conn that needs it is skipped)", `modecfgbanner
 		modecfgdns modecfgdns1 modecfgdns2 modecfgdomain modecfgdomains modecfgwins1
 		modecfgwins2 modeconfig`, m)
@@ -112,8 +111,8 @@ var ignoredConn = func() map[string]string {
 	// left*/right* keywords.
 	for _, side := range []string{"left", "right"} {
 		for kw, why := range map[string]string{
-			"firewall": "gosec installs its own filter", "updown": "gosec runs no updown script",
-			"updown-config": "gosec runs no updown script", "hostaccess": "", "allowany": "",
+			"firewall":      "gosec installs its own filter",
+			"updown-config": "", "hostaccess": "", "allowany": "",
 			"ikeport": "gosec uses the ports of gosec start", "dns": "Mode Config is not implemented",
 			"groups": "", "groups2": "", "ca": "certificates are not implemented",
 			"ca2": "certificates are not implemented", "cert2": "certificates are not implemented",
@@ -136,48 +135,51 @@ var ignoredConn = func() map[string]string {
 }()
 
 // featureKeywords are keywords that make a conn need a feature gosec
-// lacks, depending on their value. Each returns the feature needed by
-// value v ("" when the value needs nothing gosec lacks: the keyword is
-// then accepted and ignored with a warning).
-var featureKeywords = func() map[string]func(v string) string {
-	yes := func(feature string) func(string) string {
-		return func(v string) string {
+// lacks, depending on their value. Each returns a *needError for value v,
+// or nil when the value needs nothing gosec lacks: the keyword is then
+// accepted and ignored with a warning. The features are named coarsely
+// (the summary of gosec conf check groups skipped conns by them), the
+// details say more.
+var featureKeywords = func() map[string]func(v string) error {
+	yes := func(feature, detail string) func(string) error {
+		return func(v string) error {
 			if isYes(v) {
-				return feature
+				return need(feature, detail)
 			}
-			return ""
+			return nil
 		}
 	}
-	m := map[string]func(string) string{
-		"modecfgpull": yes("Mode Config"),
+	const xauth = "an extended authentication round after phase 1"
+	m := map[string]func(string) error{
+		"modecfgpull": yes("Mode Config", "the client pulls its configuration"),
 	}
 	for _, side := range []string{"left", "right"} {
-		m[side+"xauthserver"] = yes("XAUTH (an extended authentication round after phase 1)")
-		m[side+"xauthclient"] = yes("XAUTH (an extended authentication round after phase 1)")
-		m[side+"modecfgserver"] = yes("Mode Config")
-		m[side+"modecfgclient"] = yes("Mode Config")
-		m[side+"addresspool"] = func(string) string { return "Mode Config (address pools)" }
-		m[side+"autheap"] = func(v string) string {
+		m[side+"xauthserver"] = yes("XAUTH", xauth)
+		m[side+"xauthclient"] = yes("XAUTH", xauth)
+		m[side+"modecfgserver"] = yes("Mode Config", "")
+		m[side+"modecfgclient"] = yes("Mode Config", "")
+		m[side+"addresspool"] = func(string) error { return need("Mode Config", "address pools") }
+		m[side+"autheap"] = func(v string) error {
 			if v == "none" {
-				return ""
+				return nil
 			}
-			return "EAP (IKEv2)"
+			return need("EAP", "IKEv2 only")
 		}
 		// strongSwan: leftauth= is the first authentication round, and
 		// leftauth2= a second one (XAUTH in IKEv1); ipsec.conf(5).
 		m[side+"auth"] = endAuthFeature
-		m[side+"auth2"] = func(v string) string {
-			return "a second authentication round (" + side + "auth2=" + v + ", XAUTH in IKEv1)"
+		m[side+"auth2"] = func(v string) error {
+			return need("XAUTH", "a second authentication round, XAUTH in IKEv1")
 		}
 		// strongSwan: leftsourceip=%config asks for a virtual IP and
 		// rightsourceip=10.3.0.0/24 hands them out (Mode Config in
 		// IKEv1); a plain address is only the source address of the
 		// tunnel's route (Libreswan, strongSwan 4 pluto).
-		m[side+"sourceip"] = func(v string) string {
+		m[side+"sourceip"] = func(v string) error {
 			if strings.HasPrefix(v, "%") || strings.Contains(v, "/") || strings.Contains(v, "-") || strings.Contains(v, ",") {
-				return "virtual IPs (Mode Config)"
+				return need("Mode Config", "virtual IPs")
 			}
-			return ""
+			return nil
 		}
 	}
 	return m
@@ -185,25 +187,22 @@ var featureKeywords = func() map[string]func(v string) string {
 
 // endAuthFeature judges strongSwan's leftauth=/rightauth=: psk (secret)
 // is what gosec does; anything else is another method.
-func endAuthFeature(v string) string {
-	switch strings.ToLower(v) {
-	case "psk", "secret":
-		return ""
-	case "pubkey", "rsa", "ecdsa", "rsasig":
-		return "public-key authentication (RSA/ECDSA, certificates)"
-	case "xauth", "xauthpsk", "xauthrsasig":
-		return "XAUTH"
+func endAuthFeature(v string) error {
+	l := strings.ToLower(v)
+	switch {
+	case l == "psk" || l == "secret":
+		return nil
+	case strings.HasPrefix(l, "pubkey") || strings.HasPrefix(l, "rsa") || strings.HasPrefix(l, "ecdsa") ||
+		strings.HasPrefix(l, "ike:") || strings.HasPrefix(l, "ed25519") || strings.HasPrefix(l, "ed448"):
+		return need("public-key authentication", "RSA/ECDSA signatures and certificates")
+	case strings.HasPrefix(l, "xauth"):
+		return need("XAUTH", "an extended authentication round after phase 1")
+	case strings.HasPrefix(l, "eap"):
+		return need("EAP", "IKEv2 only")
+	case l == "null":
+		return need("NULL authentication", "RFC 7619, IKEv2")
 	}
-	if strings.HasPrefix(v, "rsa") || strings.HasPrefix(v, "ecdsa") || strings.HasPrefix(v, "pubkey") {
-		return "public-key authentication (RSA/ECDSA, certificates)"
-	}
-	if strings.HasPrefix(v, "xauth") {
-		return "XAUTH"
-	}
-	if strings.HasPrefix(v, "eap") {
-		return "EAP (IKEv2)"
-	}
-	return "authentication method " + v
+	return need("authentication method "+v, "")
 }
 
 func isYes(v string) bool {

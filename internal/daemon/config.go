@@ -73,6 +73,7 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 		Name: c.Name, Auto: c.Auto, Local: local.Addr, Remote: remote.Addr,
 		LocalSubnets: local.Subnets, RemoteSubnets: remote.Subnets,
 		LocalPort: local.Port, RemotePort: remote.Port, Proposal: c.ESP.String(), Type: c.Type,
+		UpDown: local.UpDown,
 	}
 	if c.Proto() == "ah" {
 		s.Proposal = "ah " + c.AH.String()

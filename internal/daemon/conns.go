@@ -43,6 +43,8 @@ type ConnSpec struct {
 	Encap *sad.Encap
 	// Type is tunnel, transport, passthrough or drop.
 	Type string
+	// UpDown is this end's updown command (leftupdown/rightupdown).
+	UpDown string
 	// Proposal is the human-readable algorithm summary for status.
 	Proposal string
 	// Manual holds the keys of a manually keyed conn; nil for IKE conns.
@@ -215,15 +217,6 @@ func (d *Daemon) down(name string, progress func(string)) error {
 		d.mu.Lock()
 		_, wasActive := d.active[name]
 		d.downLocked(name)
-		if !wasActive && d.guardKept[name] {
-			// The guard a crashed predecessor left, or that stayed when
-			// the conn's last SA went: down lifts it.
-			if err := d.filter.RemoveConn(name); err != nil {
-				d.log.Warn("remove filter", "conn", name, "err", err)
-			}
-			delete(d.guardKept, name)
-			wasActive = true
-		}
 		// As with strongSwan's `ipsec down`, an auto=route conn keeps its
 		// trap: the next packet negotiates again.
 		retrap := c.Auto == "route" && routedAtStart(c)
@@ -237,9 +230,9 @@ func (d *Daemon) down(name string, progress func(string)) error {
 		case had && retrap:
 			progress(fmt.Sprintf("connection '%s' closed: Delete sent to the peer, SAs removed; its trap policy stays (auto=route)", name))
 		case had:
-			progress(fmt.Sprintf("connection '%s' closed: Delete sent to the peer, SAs, policies and routes removed", name))
+			progress(fmt.Sprintf("connection '%s' closed: Delete sent to the peer, SAs, policies and routes removed; %s", name, guardNote))
 		case wasActive && !retrap:
-			progress(fmt.Sprintf("connection '%s' closed: policies and routes removed", name))
+			progress(fmt.Sprintf("connection '%s' closed: policies and routes removed; %s", name, guardNote))
 		default:
 			progress(fmt.Sprintf("connection '%s' is not up", name))
 		}
@@ -257,7 +250,36 @@ func (d *Daemon) down(name string, progress func(string)) error {
 		return nil
 	}
 	d.downLocked(name)
-	progress(fmt.Sprintf("connection '%s' closed: SAs, policies and routes removed", name))
+	progress(fmt.Sprintf("connection '%s' closed: SAs, policies and routes removed; %s", name, guardNote))
+	return nil
+}
+
+// guardNote tells the administrator what happens to a downed conn's
+// traffic.
+const guardNote = "its traffic stays blocked until it is up again (gosec unroute lifts the block)"
+
+// unroute takes conn name down, removes its trap (auto=route) and lifts its
+// guard: its traffic is routed normally again, in the clear. As strongSwan's
+// `ipsec unroute`, this is the administrator's explicit decision.
+func (d *Daemon) unroute(name string, progress func(string)) error {
+	d.mu.Lock()
+	_, known := d.conns.Conns[name]
+	_, active := d.active[name]
+	guarded := d.guardKept[name]
+	d.mu.Unlock()
+	if !known && !active && !guarded {
+		return fmt.Errorf("no connection named %q", name)
+	}
+	if d.ike != nil {
+		if _, err := d.downIKE(context.Background(), name); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.downLocked(name)
+	d.forgetGuardLocked(name)
+	progress(fmt.Sprintf("connection '%s' unrouted: no SAs, policies, routes or guard; its traffic is routed normally, unprotected", name))
 	return nil
 }
 
@@ -279,8 +301,10 @@ func (d *Daemon) remove(a *activeConn) {
 		return
 	}
 	d.delRoutesLocked(a)
-	if err := d.filter.RemoveConn(a.spec.Name); err != nil && a.in != nil {
-		d.log.Warn("remove filter", "conn", a.spec.Name, "err", err)
+	if a.in != nil {
+		// A keyed conn's guard stays until it is up again, unrouted or
+		// removed from the configuration.
+		d.guardKept[a.spec.Name] = true
 	}
 	if a.out != nil {
 		d.sad.Delete(a.out.SPI, a.out.Proto, a.out.Dst)
@@ -568,10 +592,14 @@ func (d *Daemon) rerouteLocked(old, cfg *Config, progress func(string)) {
 			}
 		}
 		if !routed {
-			if err := d.filter.RemoveConn(name); err != nil {
-				d.log.Warn("remove filter", "conn", name, "err", err)
-			}
+			d.guardKept[name] = true
 			progress(fmt.Sprintf("conn '%s' changed or removed: its policies and routes were removed", name))
+		}
+	}
+	// The guards of conns no longer configured go with them.
+	for name := range d.guardKept {
+		if _, ok := cfg.Conns[name]; !ok {
+			d.forgetGuardLocked(name)
 		}
 	}
 	for _, name := range cfg.Order {

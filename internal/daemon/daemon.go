@@ -131,6 +131,9 @@ type Daemon struct {
 	negotiating map[string]bool      // conns an on-demand negotiation runs for
 	guardKept   map[string]bool      // conns down whose filter guard stays
 
+	// updown runs leftupdown/rightupdown scripts (nil: none run).
+	updown *updownRunner
+
 	stop     context.CancelFunc
 	stopOnce sync.Once
 
@@ -153,6 +156,8 @@ func newDaemon(opts Options) *Daemon {
 func Run(ctx context.Context, opts Options) (err error) {
 	opts.defaults()
 	d := newDaemon(opts)
+	d.updown = newUpdownRunner(d.log)
+	defer d.updown.close()
 	cfg, err := d.loadConfig()
 	if err != nil {
 		return err
@@ -343,6 +348,12 @@ func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(
 			return nil, err
 		}
 		return nil, d.down(name, progress)
+	case "unroute":
+		name, err := arg()
+		if err != nil {
+			return nil, err
+		}
+		return nil, d.unroute(name, progress)
 	case "status", "statusall":
 		return d.status(req.Cmd == "statusall"), nil
 	case "reload":

@@ -23,6 +23,7 @@ func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
 		Proto: s.Proto, LocalPort: s.LocalPort, RemotePort: s.RemotePort,
 		IKELifetime: c.IKELifetime, Lifetime: c.KeyLife, KeyingTries: c.KeyingTries,
 		Rekey: c.Rekey, RekeyMargin: c.RekeyMargin, RekeyFuzz: c.RekeyFuzz,
+		LifeBytes: c.LifeBytes, LifePackets: c.LifePackets, MarginBytes: c.MarginBytes, MarginPackets: c.MarginPackets,
 		DPDDelay: c.DPDDelay, DPDTimeout: c.DPDTimeout, DPDAction: c.DPDAction,
 		ForceEncaps: c.ForceEncaps, ReplayWindow: c.ReplayWindow, AHAlign8: c.AHAlign == 8,
 	}

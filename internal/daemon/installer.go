@@ -349,7 +349,31 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	k := &ikeChild{ch: ch, pair: pp, in: in}
 	d.ikeChildren[childKey(ch)] = k
 	a.children = append(a.children, k)
+	// Route and guard now, not only with the outbound SA: the peer may
+	// send before our outbound SA exists (a responder installs it at QM3),
+	// and the answers must meet the policy (dropped, no SA yet), not the
+	// main table's default route.
+	if err := d.routeChildLocked(a, ch); err != nil {
+		d.log.Warn("conn installed incompletely", "conn", ch.Conn, "err", err)
+	}
 	return nil
+}
+
+// routeChildLocked routes child ch's remote selector into the TUN and
+// guards it (idempotent).
+func (d *Daemon) routeChildLocked(a *activeConn, ch *ike.ChildSA) error {
+	rt := netio.Route{Dst: ch.RemoteTS.Masked(), Src: ch.Local}
+	if ch.Mode == sad.Tunnel {
+		rt.Src = localAddrIn([]netip.Prefix{ch.LocalTS})
+	}
+	var errs []error
+	if err := d.addRouteLocked(a, rt); err != nil {
+		errs = append(errs, fmt.Errorf("route %v: %w", rt.Dst, err))
+	}
+	if err := d.guardLocked(a); err != nil {
+		errs = append(errs, fmt.Errorf("filter: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // InstallOutbound installs the outbound SA: from then on the data plane
@@ -381,28 +405,18 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 		return fmt.Errorf("outbound SA: %w", err)
 	}
 	k.out = out
-	a := d.activeLocked(ch.Conn)
-	rt := netio.Route{Dst: ch.RemoteTS.Masked(), Src: ch.Local}
-	if ch.Mode == sad.Tunnel {
-		rt.Src = localAddrIn([]netip.Prefix{ch.LocalTS})
-	}
-	var errs []error
-	if err := d.addRouteLocked(a, rt); err != nil {
-		errs = append(errs, fmt.Errorf("route %v: %w", rt.Dst, err))
-	}
-	if err := d.guardLocked(a); err != nil {
-		errs = append(errs, fmt.Errorf("filter: %w", err))
-	}
+	err = d.routeChildLocked(d.activeLocked(ch.Conn), ch)
+	d.updownLocked(true, k)
 	reqid := k.pair.reqid
 	plane := d.plane
 	d.mu.Unlock()
 	if plane != nil {
 		plane.ReleaseHeld(reqid)
 	}
-	if len(errs) > 0 {
+	if err != nil {
 		// The SAs stay: the policies already keep the traffic from leaving
 		// in the clear; say what is missing.
-		d.log.Warn("conn installed incompletely", "conn", ch.Conn, "err", errors.Join(errs...))
+		d.log.Warn("conn installed incompletely", "conn", ch.Conn, "err", err)
 	}
 	return nil
 }
@@ -421,6 +435,7 @@ func (i ikeInstaller) Remove(ch *ike.ChildSA) {
 
 func (d *Daemon) removeChildLocked(k *ikeChild) {
 	if k.out != nil {
+		d.updownLocked(false, k)
 		d.sad.Delete(k.out.SPI, k.out.Proto, k.out.Dst)
 		k.out = nil
 	}
@@ -471,8 +486,8 @@ func (d *Daemon) releaseLocked(a *activeConn) {
 		"conn", a.spec.Name)
 }
 
-// unrouteLocked removes everything conn a owns: SAs, policies, routes
-// (those no other conn needs) and filter entries.
+// unrouteLocked removes conn a's SAs, policies and routes (those no other
+// conn needs); its filter guard stays (forgetGuardLocked lifts it).
 func (d *Daemon) unrouteLocked(a *activeConn) {
 	for _, k := range append([]*ikeChild(nil), a.children...) {
 		d.removeChildLocked(k)
@@ -490,10 +505,25 @@ func (d *Daemon) unrouteLocked(a *activeConn) {
 		}
 	}
 	a.pairs = map[selKey]*policyPair{}
-	if err := d.filter.RemoveConn(a.spec.Name); err != nil {
-		d.log.Warn("remove filter", "conn", a.spec.Name, "err", err)
+	if a.filtered {
+		// The guard stays: until the conn is up again, unrouted or
+		// removed from the configuration, its traffic is dropped.
+		d.guardKept[a.spec.Name] = true
 	}
 	a.guarded, a.filtered = nil, false
+}
+
+// forgetGuardLocked lifts the guard conn name kept after it went down (or
+// that a crashed predecessor left): `gosec unroute`, or the conn removed
+// from the configuration.
+func (d *Daemon) forgetGuardLocked(name string) {
+	if !d.guardKept[name] {
+		return
+	}
+	delete(d.guardKept, name)
+	if err := d.filter.RemoveConn(name); err != nil {
+		d.log.Warn("remove filter", "conn", name, "err", err)
+	}
 }
 
 // onTrap is the data plane's call when a packet meets a trap policy with no

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -218,15 +219,24 @@ func TestLastSARemovedFailsClosed(t *testing.T) {
 			if spi, _ := outSPI(t, d, "10.2.0.2"); spi != again.OutSPI {
 				t.Fatalf("up again: sealing with %08x", spi)
 			}
-			// gosec down removes it all.
+			// gosec down removes SAs, policies and routes (an auto=route
+			// conn keeps its trap); the guard stays.
 			if err := d.down("site", func(string) {}); err != nil {
 				t.Fatal(err)
 			}
-			if _, protected := outSPI(t, d, "10.2.0.2"); (protected || r.has("10.2.0.0/24") || f.guards("site") != nil) && tc.auto != "route" {
+			_, protected = outSPI(t, d, "10.2.0.2")
+			if trap := tc.auto == "route"; protected != trap || r.has("10.2.0.0/24") != trap || !slices.Contains(f.guards("site"), ts2) {
 				t.Fatalf("after down: policy %v, routes %v, guards %v", protected, r.routes, f.conns)
 			}
 			if d.sad.Len() != 0 {
 				t.Fatalf("after down: %d SAs", d.sad.Len())
+			}
+			// gosec unroute lifts everything.
+			if err := d.unroute("site", func(string) {}); err != nil {
+				t.Fatal(err)
+			}
+			if _, protected := outSPI(t, d, "10.2.0.2"); protected || r.has("10.2.0.0/24") || f.guards("site") != nil || len(d.spd.All()) != 0 {
+				t.Fatalf("after unroute: policy %v, routes %v, guards %v", protected, r.routes, f.conns)
 			}
 		})
 	}
@@ -365,5 +375,44 @@ func TestReloadChangedConnNoGap(t *testing.T) {
 	}
 	if n := len(d.spd.All()); n != 4 {
 		t.Errorf("%d policies after reload, want 4", n)
+	}
+}
+
+// TestReloadRemovedConnLiftsGuard: a conn taken down keeps its guard; once
+// it is removed from the configuration, the guard goes with it.
+func TestReloadRemovedConnLiftsGuard(t *testing.T) {
+	d, r, f := testDaemon(t, ikeSpec("site", "start", ts1, ts2), ikeSpec("other", "start", ts1, ts3))
+	d.autoStart()
+	install(t, d, child("site", ts1, ts2))
+	if err := d.down("site", func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if f.guards("site") == nil || !d.guardKept["site"] {
+		t.Fatalf("guard lifted by down: %v", f.conns)
+	}
+	oldCfg := d.conns
+	cfg := &Config{Conns: map[string]*ConnSpec{"other": oldCfg.Conns["other"]}, Order: []string{"other"}}
+	d.mu.Lock()
+	d.conns = cfg
+	d.rerouteLocked(oldCfg, cfg, func(string) {})
+	d.mu.Unlock()
+	if f.guards("site") != nil || d.guardKept["site"] || r.has("10.2.0.0/24") {
+		t.Fatalf("after the conn left the configuration: guards %v, routes %v", f.conns, r.routes)
+	}
+	if f.guards("other") == nil || !r.has("10.3.0.0/24") {
+		t.Fatalf("the other conn lost its guard or route: %v %v", f.conns, r.routes)
+	}
+}
+
+// TestStatusAnyPeer: a right=%any conn shows as %any, not "invalid IP".
+func TestStatusAnyPeer(t *testing.T) {
+	spec := ikeSpec("rw", "add", ts1, ts2)
+	spec.Remote = netip.Addr{}
+	d, _, _ := testDaemon(t, spec)
+	var b strings.Builder
+	st := d.status(true)
+	st.WriteText(&b, true)
+	if st.Conns[0].Remote != "%any" || strings.Contains(b.String(), "invalid IP") {
+		t.Fatalf("remote %q in\n%s", st.Conns[0].Remote, b.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -154,7 +155,7 @@ func (d *Daemon) status(all bool) *Status {
 		c := d.conns.Conns[name]
 		cs := ConnStatus{
 			Name: name, State: "down", Keying: "ike", Auto: c.Auto, Mode: c.Mode.String(),
-			Local: c.Local.String(), Remote: c.Remote.String(), Proposal: c.Proposal, Encap: c.Encap != nil,
+			Local: addrText(c.Local), Remote: addrText(c.Remote), Proposal: c.Proposal, Encap: c.Encap != nil,
 			LocalSubnets: prefixStrings(c.LocalSubnets), RemoteSubnets: prefixStrings(c.RemoteSubnets),
 		}
 		if c.Manual != nil {
@@ -194,6 +195,15 @@ func (d *Daemon) status(all bool) *Status {
 		st.Conns = append(st.Conns, cs)
 	}
 	return st
+}
+
+// addrText is an end's address as ipsec.conf writes it: %any when it is
+// not known (right=%any), not Go's "invalid IP".
+func addrText(a netip.Addr) string {
+	if !a.IsValid() || a.IsUnspecified() {
+		return "%any"
+	}
+	return a.String()
 }
 
 func saStatus(sa *sad.SA, now time.Time) SAStatus {

@@ -96,7 +96,11 @@ func (p *Plane) ReleaseHeld(reqid uint32) int {
 				}
 			}
 		}
-		p.dispatch(raw, rawAH, udp)
+		if p.sendHeld != nil {
+			p.sendHeld(raw, rawAH, udp)
+		} else {
+			p.dispatch(raw, rawAH, udp)
+		}
 	}
 	return len(pkts)
 }

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/netio"
@@ -79,6 +80,9 @@ type Plane struct {
 	trapMu   sync.Mutex
 	trapSeen map[uint32]struct{}
 	held     holdQueue
+	dropLog  [drop.Count]logGate
+	// sendHeld, if set, replaces dispatch for released packets (tests).
+	sendHeld func(raw, rawAH, udp []netio.Msg)
 }
 
 // New returns a Plane for cfg; Run starts it.
@@ -162,7 +166,45 @@ func (p *Plane) dropPkt(sa *sad.SA, r drop.Reason, where string, peer netip.Addr
 		p.log.Debug("drop", "reason", r.String(), "where", where, "peer", peer)
 		return
 	}
-	p.rl.Warn(r.String(), "dropped packet", "reason", r.String(), "where", where, "peer", peer)
+	// Decide before building any log arguments: a flood of drops costs two
+	// atomic operations per packet, no allocation and no shared lock.
+	suppressed, ok := p.dropLog[r].allow(time.Now().UnixNano())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		p.log.Warn("dropped packet", "reason", r.String(), "where", where, "peer", peer, "suppressed", suppressed)
+		return
+	}
+	p.log.Warn("dropped packet", "reason", r.String(), "where", where, "peer", peer)
+}
+
+// Drop log rate: at most dropLogBurst lines per reason in each
+// dropLogInterval; the next line says how many were suppressed.
+const (
+	dropLogInterval = int64(time.Second)
+	dropLogBurst    = 5
+)
+
+// logGate is one drop reason's log budget, lock-free.
+type logGate struct {
+	start      atomic.Int64 // unix nanoseconds of the current interval
+	n          atomic.Int32 // lines in it
+	suppressed atomic.Uint64
+}
+
+// allow reports whether a line may be logged at now, and how many were
+// suppressed since the last one that was.
+func (g *logGate) allow(now int64) (uint64, bool) {
+	start := g.start.Load()
+	if now-start >= dropLogInterval && g.start.CompareAndSwap(start, now) {
+		g.n.Store(0)
+	}
+	if g.n.Add(1) > dropLogBurst {
+		g.suppressed.Add(1)
+		return 0, false
+	}
+	return g.suppressed.Swap(0), true
 }
 
 func (p *Plane) trap(reqid uint32) {
