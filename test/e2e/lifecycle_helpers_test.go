@@ -35,9 +35,25 @@ func (tp *topo) watchLeaks() *wire.LeakWatcher {
 // checkLeaks fails t if any packet leaked, listing the packets with the
 // event each followed (from the timeline merged with both daemons' logs)
 // and the sender's last log line.
-func checkLeaks(t *testing.T, w *wire.LeakWatcher, tl *wire.Timeline, daemons map[string]*daemon) {
+//
+// exempt, if set, names the packets the documented behaviour allows (the
+// cleartext a gateway sends after its own administrator ran gosec down:
+// "routed normally again", README): they are logged, not judged.
+func checkLeaks(t *testing.T, w *wire.LeakWatcher, tl *wire.Timeline, daemons map[string]*daemon, exempt func(wire.Leak) string) {
 	t.Helper()
-	leaks, problems := w.Stop()
+	all, problems := w.Stop()
+	var leaks []wire.Leak
+	allowed := map[string]int{}
+	for _, l := range all {
+		if why := exempt(l); why != "" {
+			allowed[why]++
+			continue
+		}
+		leaks = append(leaks, l)
+	}
+	for why, n := range allowed {
+		t.Logf("not judged: %d cleartext packets %s", n, why)
+	}
 	if len(leaks) == 0 && len(problems) == 0 {
 		t.Logf("leak watcher: no cleartext packet of 10.1.0.0/24 or 10.2.0.0/24 on the wire")
 		return

@@ -54,6 +54,11 @@ type lcEnv struct {
 	leaks    *wire.LeakWatcher
 	gw1, gw2 *daemon
 	mon      *wire.Monitor
+	// downBy and downAt: the gateway whose administrator ran gosec down,
+	// and when; its cleartext after that is documented ("routed normally
+	// again") and not judged.
+	downBy string
+	downAt time.Time
 }
 
 // newLC builds the topology and starts the leak watcher before any daemon
@@ -137,7 +142,12 @@ func (e *lcEnv) stopTCP(s *wire.TCPStream) error {
 func (e *lcEnv) finish() {
 	e.t.Helper()
 	e.mon.Stop()
-	checkLeaks(e.t, e.leaks, e.tl, e.daemons())
+	checkLeaks(e.t, e.leaks, e.tl, e.daemons(), func(l wire.Leak) string {
+		if e.downBy != "" && l.Label == e.downBy && !l.At.Before(e.downAt) {
+			return "sent by " + e.downBy + " after its own gosec down (README: the administrator's decision, routed normally again)"
+		}
+		return ""
+	})
 }
 
 // noLoss fails if any request of pr sent in [from, to) went unanswered.
@@ -217,17 +227,17 @@ func TestSALifecycle(t *testing.T) {
 	// late answers still count as answered.
 	t.Run("rekey-time", func(t *testing.T) {
 		e := newLC(t, "gsl01-")
-		conf := lcConf("add", "lifetime=10s", "rekeymargin=5s", "rekeyfuzz=0%")
+		conf := lcConf("add", "lifetime=8s", "rekeymargin=4s", "rekeyfuzz=0%")
 		e.start(conf, conf, false)
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
 		const want = 11 // the first inbound SA and 10 successors
-		ok := wire.WaitFor(100*time.Second, func() bool { return e.mon.Count("gw1", "in SA ") >= want })
+		ok := wire.WaitFor(80*time.Second, func() bool { return e.mon.Count("gw1", "in SA ") >= want })
 		pr := ping.Stop()
 		terr := e.stopTCP(tcp)
 		e.finish()
 		if n := e.mon.Count("gw1", "in SA "); !ok {
-			t.Errorf("gw1 saw %d inbound SAs in 100 s, want %d (10 rekeys)\ntimeline:\n%s", n, want, e.tl.String())
+			t.Errorf("gw1 saw %d inbound SAs in 80 s, want %d (10 rekeys)\ntimeline:\n%s", n, want, e.tl.String())
 		} else {
 			t.Logf("gw1 saw %d inbound SAs (%d rekeys)", n, n-1)
 		}
@@ -245,11 +255,11 @@ func TestSALifecycle(t *testing.T) {
 		conf := lcConf("start")
 		e.start(conf, conf, true)
 		ping, _ := e.traffic(false)
-		time.Sleep(20 * time.Second) // beyond the 5 s grace of a replaced pair
+		time.Sleep(12 * time.Second) // beyond the 5 s grace of a replaced pair
 		pr := ping.Stop()
 		e.finish()
 		if pr.FirstRep == 0 {
-			t.Fatalf("no ping answered in 20 s after both gateways started with auto=start\n%s", tail(pr.Output, 10))
+			t.Fatalf("no ping answered in 12 s after both gateways started with auto=start\n%s", tail(pr.Output, 10))
 		}
 		t.Logf("first answer to icmp_seq %d (%.1f s after start)", pr.FirstRep, pr.SentAt(pr.FirstRep).Sub(pr.Start).Seconds())
 		e.noLoss(pr, pr.SentAt(pr.FirstRep), time.Time{}, "after the tunnel came up")
@@ -260,19 +270,19 @@ func TestSALifecycle(t *testing.T) {
 	// and the traffic after it is dropped, never sent in the clear.
 	t.Run("hard-expiry", func(t *testing.T) {
 		e := newLC(t, "gsl03-")
-		conf := lcConf("add", "lifetime=10s", "rekey=no")
+		conf := lcConf("add", "lifetime=6s", "rekey=no")
 		e.start(conf, conf, false)
 		e.ctl(e.gw1, "up", lcConn)
 		ping, _ := e.traffic(false)
 		wire.WaitFor(5*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 })
-		gone := e.noSAs("gw1", 25*time.Second) && e.noSAs("gw2", 5*time.Second)
+		gone := e.noSAs("gw1", 20*time.Second) && e.noSAs("gw2", 5*time.Second)
 		expired := time.Now()
 		e.tl.Add("test: no SA left on either gateway")
-		time.Sleep(5 * time.Second)
+		time.Sleep(4 * time.Second)
 		pr := ping.Stop()
 		e.finish()
 		if !gone {
-			t.Fatalf("the SAs did not expire within 25 s of lifetime=10s\ntimeline:\n%s", e.tl.String())
+			t.Fatalf("the SAs did not expire within 20 s of lifetime=6s\ntimeline:\n%s", e.tl.String())
 		}
 		e.noLoss(pr, time.Time{}, expired.Add(-2*time.Second), "before the hard expiry")
 		if n := pr.RepliedBetween(expired.Add(time.Second), time.Time{}); n > 0 {
@@ -281,7 +291,10 @@ func TestSALifecycle(t *testing.T) {
 	})
 
 	// (4) Delete from the peer: gw2 runs gosec down; gw1 removes the pair
-	// and its traffic stays off the wire (dropped, not cleartext).
+	// and its traffic stays off the wire (dropped, not cleartext: the
+	// conn keeps its filter guard). gw2's own cleartext after its
+	// administrator's gosec down is documented ("routed normally again")
+	// and only logged.
 	t.Run("delete-from-peer", func(t *testing.T) {
 		e := newLC(t, "gsl04-")
 		conf := lcConf("add")
@@ -290,6 +303,7 @@ func TestSALifecycle(t *testing.T) {
 		ping, _ := e.traffic(false)
 		time.Sleep(3 * time.Second)
 		down := time.Now()
+		e.downBy, e.downAt = "gw2", down
 		e.ctl(e.gw2, "down", lcConn)
 		if !e.noSAs("gw1", 5*time.Second) {
 			t.Errorf("gw1 still has SAs 5 s after gw2's Delete")
@@ -300,7 +314,10 @@ func TestSALifecycle(t *testing.T) {
 		e.noLoss(pr, time.Time{}, down.Add(-time.Second), "before the Delete")
 	})
 
-	// (5) gosec down on the gateway the traffic enters first.
+	// (5) gosec down on the gateway the traffic enters first (gw1): the
+	// README makes its cleartext afterwards the administrator's decision
+	// (logged, not judged); the peer, told by a Delete, must not send any,
+	// and nothing may leak before the down.
 	t.Run("down-local", func(t *testing.T) {
 		e := newLC(t, "gsl05-")
 		conf := lcConf("add")
@@ -309,6 +326,7 @@ func TestSALifecycle(t *testing.T) {
 		ping, _ := e.traffic(false)
 		time.Sleep(3 * time.Second)
 		down := time.Now()
+		e.downBy, e.downAt = "gw1", down
 		e.ctl(e.gw1, "down", lcConn)
 		if !e.noSAs("gw2", 5*time.Second) {
 			t.Errorf("gw2 still has SAs 5 s after gw1's gosec down")
@@ -335,7 +353,7 @@ func TestSALifecycle(t *testing.T) {
 		if err := e.gw1.kill9(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Second)
+		time.Sleep(3 * time.Second)
 		e.tl.Add("gw1: gosec start again")
 		if err := e.gw1.launch(); err != nil {
 			t.Errorf("gosec start after kill -9: %v", err)
@@ -407,16 +425,16 @@ func TestSALifecycle(t *testing.T) {
 	t.Run("auto-route", func(t *testing.T) {
 		e := newLC(t, "gsl08-")
 		e.start(lcConf("route"), lcConf("add"), false)
-		time.Sleep(3 * time.Second)
+		time.Sleep(2 * time.Second)
 		if out := e.mon.Current("gw1", "out SA "); len(out) > 0 {
 			t.Errorf("auto=route negotiated before any packet (gw1 has outbound SAs %v): on-demand negotiation is not implemented", out)
 		}
 		ping, _ := e.traffic(false)
-		time.Sleep(10 * time.Second)
+		time.Sleep(7 * time.Second)
 		pr := ping.Stop()
 		e.finish()
 		if pr.FirstRep == 0 {
-			t.Fatalf("no ping answered within 10 s of the first packet (auto=route)\n%s", tail(pr.Output, 10))
+			t.Fatalf("no ping answered within 7 s of the first packet (auto=route)\n%s", tail(pr.Output, 10))
 		}
 		delay := pr.Replied[pr.FirstRep].Sub(pr.Start)
 		t.Logf("first answered icmp_seq %d, %.2f s after the first packet (the first request was %s)",
@@ -427,12 +445,12 @@ func TestSALifecycle(t *testing.T) {
 		e.noLoss(pr, pr.SentAt(pr.FirstRep), time.Time{}, "after the first answer")
 	})
 
-	// (9) reauthentication: the ISAKMP SA (ikelifetime=15s) is replaced
+	// (9) reauthentication: the ISAKMP SA (ikelifetime=12s) is replaced
 	// before it ends, twice, while traffic flows; nothing leaks or is
 	// lost.
 	t.Run("reauth", func(t *testing.T) {
 		e := newLC(t, "gsl09-")
-		conf := lcConf("add", "ikelifetime=15s", "rekeymargin=5s", "rekeyfuzz=0%", "lifetime=1h")
+		conf := lcConf("add", "ikelifetime=12s", "rekeymargin=4s", "rekeyfuzz=0%", "lifetime=1h")
 		e.start(conf, conf, false)
 		e.ctl(e.gw1, "up", lcConn)
 		ping, tcp := e.traffic(true)
@@ -445,12 +463,12 @@ func TestSALifecycle(t *testing.T) {
 			}
 			return len(cookies)
 		}
-		ok := wire.WaitFor(50*time.Second, func() bool { return established() >= 3 })
+		ok := wire.WaitFor(35*time.Second, func() bool { return established() >= 3 })
 		pr := ping.Stop()
 		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
-			t.Errorf("gw1 saw %d established ISAKMP SAs in 50 s, want 3 (2 reauthentications)\ntimeline:\n%s", established(), e.tl.String())
+			t.Errorf("gw1 saw %d established ISAKMP SAs in 35 s (ikelifetime=12s), want 3 (2 reauthentications)\ntimeline:\n%s", established(), e.tl.String())
 		}
 		e.noLoss(pr, time.Time{}, time.Time{}, "during the reauthentications")
 		if terr != nil {
@@ -489,7 +507,7 @@ func TestSALifecycle(t *testing.T) {
 	// ends sending only on SAs the other has.
 	t.Run("rekey-collision", func(t *testing.T) {
 		e := newLC(t, "gsl11-")
-		conf := lcConf("add", "lifetime=10s", "rekeymargin=5s", "rekeyfuzz=0%")
+		conf := lcConf("add", "lifetime=8s", "rekeymargin=4s", "rekeyfuzz=0%")
 		e.start(conf, conf, false)
 		var wg sync.WaitGroup
 		outs := make([]string, 2)
@@ -506,14 +524,14 @@ func TestSALifecycle(t *testing.T) {
 			}
 		}
 		ping, tcp := e.traffic(true)
-		ok := wire.WaitFor(40*time.Second, func() bool {
+		ok := wire.WaitFor(30*time.Second, func() bool {
 			return e.mon.Count("gw1", "in SA ") >= 6 && e.mon.Count("gw2", "in SA ") >= 6
 		})
 		pr := ping.Stop()
 		terr := e.stopTCP(tcp)
 		e.finish()
 		if !ok {
-			t.Errorf("inbound SAs seen in 40 s: gw1 %d, gw2 %d; want >= 6 each (both rekeying)\ntimeline:\n%s",
+			t.Errorf("inbound SAs seen in 30 s: gw1 %d, gw2 %d; want >= 6 each (both rekeying)\ntimeline:\n%s",
 				e.mon.Count("gw1", "in SA "), e.mon.Count("gw2", "in SA "), e.tl.String())
 		}
 		e.noLoss(pr, time.Time{}, time.Time{}, "during the colliding rekeys")
