@@ -11,7 +11,10 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/')
 RACE_PKGS := ./esp/... ./ah/... ./sad/... ./spd/... ./ike/... ./internal/...
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-ike fuzz fuzz-ci demo clean
+deb:
+	scripts/mkdeb.sh bin
+
+.PHONY: deb all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-ike fuzz fuzz-ci demo clean
 
 all: build
 

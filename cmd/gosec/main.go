@@ -1,8 +1,9 @@
 // Command gosec is the userspace IPsec daemon and its control tool.
 //
-//	gosec start [--config F] [--secrets F] [--socket S] [--nofork] [--log F] [--debug]
+//	gosec start [--config F] [--secrets F] [--socket S] [--nofork] [--log F] [--log-format text|json] [--debug]
+//	            [--user NAME] [--metrics ADDR] [--save-keys DIR]
 //	gosec up CONN | down CONN | unroute CONN | status [--json] | statusall [--json] | reload | stop
-//	gosec conf check [--config F] [--secrets F] [--dump]
+//	gosec conf check [--config F] [--secrets F] [--dump] [--json]
 package main
 
 import (
@@ -15,7 +16,9 @@ import (
 const usage = `usage: gosec COMMAND [ARGS]
 
 commands:
-  start        start the daemon (returns once it answers; --nofork stays in the foreground)
+  start        start the daemon (returns once it answers; --nofork stays in the foreground;
+               --user NAME drops privileges, --metrics ADDR serves Prometheus metrics,
+               --save-keys DIR exports keys for Wireshark, --log-format json)
   up CONN      bring a connection up
   down CONN    take a connection down (its traffic stays blocked; auto=route keeps its trap)
   unroute CONN take it down and lift its trap and block: its traffic goes unprotected
@@ -23,7 +26,7 @@ commands:
   statusall    everything: connections, algorithms, SAs, counters, drops (--json)
   reload       re-read the configuration
   stop         stop the daemon (it removes everything it installed)
-  conf check   check ipsec.conf and ipsec.secrets (--dump prints the resolved conns)
+  conf check   check ipsec.conf and ipsec.secrets (--dump prints the resolved conns, --json)
   help         this text
 
 Every command that reads configuration takes --config FILE (default

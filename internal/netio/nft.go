@@ -106,7 +106,7 @@ func (f *Filter) conn() (*nftables.Conn, error) {
 	if f.nl != nil {
 		return f.nl, nil
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)), nftables.AsLasting())
+	c, err := nftablesHere()
 	if err != nil {
 		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}

@@ -104,12 +104,7 @@ func NewRouter(cfg RouteConfig) (*Router, error) {
 	if cfg.TUNIndex <= 0 {
 		return nil, errors.New("netio: router: no TUN interface index")
 	}
-	ns, err := netns.Get()
-	if err != nil {
-		return nil, fmt.Errorf("netio: router: current namespace: %w", err)
-	}
-	nl, err := netlink.NewHandleAt(ns)
-	ns.Close()
+	nl, err := netlinkHere()
 	if err != nil {
 		return nil, fmt.Errorf("netio: router: netlink: %w", err)
 	}
@@ -242,12 +237,7 @@ func (r *Router) Close() error {
 // Rules and routes of anyone else are left alone.
 func CleanupRoutes(cfg RouteConfig) error {
 	cfg.defaults()
-	ns, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("netio: cleanup: current namespace: %w", err)
-	}
-	nl, err := netlink.NewHandleAt(ns)
-	ns.Close()
+	nl, err := netlinkHere()
 	if err != nil {
 		return fmt.Errorf("netio: cleanup: netlink: %w", err)
 	}

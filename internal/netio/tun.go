@@ -9,7 +9,6 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -81,13 +80,7 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 	// wireguard's tun reports link events on a small channel with blocking
 	// sends; drain it so its listener goroutines never stall.
 	go t.drainEvents()
-	ns, err := netns.Get()
-	if err != nil {
-		t.Close()
-		return nil, fmt.Errorf("netio: tun %s: current namespace: %w", t.name, err)
-	}
-	t.nl, err = netlink.NewHandleAt(ns)
-	ns.Close()
+	t.nl, err = netlinkHere()
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("netio: tun %s: netlink: %w", t.name, err)
