@@ -228,8 +228,10 @@ func Run(ctx context.Context, opts Options) (err error) {
 func (d *Daemon) setup() error {
 	o := d.opts
 	// Remove what a crashed predecessor may have left.
+	// The filter table is not removed here: its guard must hold until
+	// NewFilter replaces it in one transaction (a crashed predecessor's
+	// guard is what keeps protected traffic from leaving meanwhile).
 	_ = netio.CleanupRoutes(netio.RouteConfig{Table: o.Table, Mark: o.Mark})
-	_ = netio.RemoveFilterTable(o.FilterTable)
 
 	d.sad = sad.New(o.Clock, d.onSAEvent)
 	d.spd = spd.New()
