@@ -306,7 +306,7 @@ const streamPort = 5010
 
 func startGuestStream(t *testing.T, g *kernelpeer.Ctl, rate int) *guestStream {
 	t.Helper()
-	if _, err := g.Check("rm -f /tmp/s /tmp/s.done; (nc -l -p " + strconv.Itoa(streamPort) + " > /tmp/s 2>/tmp/s.err; touch /tmp/s.done) </dev/null >/dev/null 2>&1 &"); err != nil {
+	if _, err := g.Check("rm -f /tmp/s /tmp/s.done /tmp/s.pid; (nc -l -p " + strconv.Itoa(streamPort) + " > /tmp/s 2>/tmp/s.err & echo $! > /tmp/s.pid; wait $!; touch /tmp/s.done) </dev/null >/dev/null 2>&1 &"); err != nil {
 		t.Fatal(err)
 	}
 	if !waitFor(5*time.Second, func() bool {
@@ -328,7 +328,7 @@ func startGuestStream(t *testing.T, g *kernelpeer.Ctl, rate int) *guestStream {
 	}
 	t.Cleanup(func() {
 		s.cmd.Process.Kill()
-		g.Run("pkill -f 'nc -l -p " + strconv.Itoa(streamPort) + "'; rm -f /tmp/s")
+		g.Run("test -f /tmp/s.done || kill $(cat /tmp/s.pid) 2>/dev/null; rm -f /tmp/s")
 	})
 	go func() {
 		const tick = 20 * time.Millisecond
