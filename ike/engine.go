@@ -43,6 +43,15 @@ type Config struct {
 	MaxHalfOpenPerPeer int
 	// HalfOpenTimeout forgets a responder negotiation that stalls.
 	HalfOpenTimeout time.Duration
+	// OutboundDelay is how long a Quick Mode initiator waits after
+	// sending QM3 before it installs the outbound SA (and reports the
+	// child up). An IKEv1 responder such as strongSwan's charon installs
+	// its inbound SA only when QM3 arrives; packets we seal with the new
+	// SPI before that are dropped by the peer (in Linux: a larval SA,
+	// XfrmAcquireError). Meanwhile a rekey keeps sending on the old
+	// outbound SA and an on-demand conn keeps its packets held. 0 installs
+	// at once, before QM3 leaves.
+	OutboundDelay time.Duration
 	// LogKeys logs derived keys (debug only).
 	LogKeys bool
 	// CryptoWorkers is the number of goroutines that do the responder's
@@ -445,9 +454,11 @@ func (e *Engine) forget(p *p1) {
 		switch {
 		case q.inSPI != 0 && !q.installed:
 			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
-		case q.installed && q.state == "QUICK_R1" && q.child != nil:
+		case q.installed && q.state == "QUICK_R1" && q.child != nil,
+			q.outPending() && q.child != nil:
 			// A responder's inbound SA, installed at QM1, whose QM3
-			// never came: no child owns it.
+			// never came, or an initiator's waiting for its outbound SA
+			// (Config.OutboundDelay): no child owns it.
 			e.cfg.Installer.Remove(q.child)
 		}
 	}

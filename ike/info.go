@@ -464,7 +464,7 @@ func (e *Engine) pairCovered(c *Conn, pair [2]netip.Prefix) bool {
 	}
 	for _, q := range e.sas {
 		for _, x := range q.qms {
-			if x.initiator && x.state == "QUICK_I1" && x.conn == c && x.localTS == pair[0] && x.remoteTS == pair[1] {
+			if x.initiator && (x.state == "QUICK_I1" || x.outPending()) && x.conn == c && x.localTS == pair[0] && x.remoteTS == pair[1] {
 				return true
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -955,4 +956,50 @@ func hasSPI(cs []*ChildSA, in uint32) bool {
 		}
 	}
 	return false
+}
+
+// orderInstaller records when its engine installed an outbound SA, on a
+// sequence shared by both engines of a rig.
+type orderInstaller struct {
+	*fakeInstaller
+	seq   *atomic.Int64
+	outAt atomic.Int64
+}
+
+func (o *orderInstaller) InstallOutbound(c *ChildSA) error {
+	o.outAt.Store(o.seq.Add(1))
+	return o.fakeInstaller.InstallOutbound(c)
+}
+
+// TestInitiatorOutboundAfterQM3: with OutboundDelay, a Quick Mode
+// initiator installs its inbound SA, sends QM3 and installs its outbound
+// SA only after the delay, so the responder (which installs on QM3) has
+// its inbound SA first; Initiate reports the child up only then.
+func TestInitiatorOutboundAfterQM3(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	var seq atomic.Int64
+	var inst []*orderInstaller
+	r := newRig(t, "k", "k", []*Conn{ca}, []*Conn{cb}, func(c *Config) {
+		o := &orderInstaller{fakeInstaller: c.Installer.(*fakeInstaller), seq: &seq}
+		inst = append(inst, o)
+		c.Installer = o
+		c.OutboundDelay = delay
+	})
+	a, b := inst[0], inst[1]
+	start := time.Now()
+	if _, err := r.up(r.a, "c"); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	checkPair(t, r.ia, r.ib, 1)
+	if a.outAt.Load() == 0 || b.outAt.Load() == 0 || a.outAt.Load() < b.outAt.Load() {
+		t.Fatalf("outbound installs: initiator #%d, responder #%d; the responder's (on QM3) must come first", a.outAt.Load(), b.outAt.Load())
+	}
+	if took < delay {
+		t.Fatalf("Initiate returned after %v, before the outbound delay of %v", took, delay)
+	}
+	if r.ia.inCalls != 1 || r.ia.outCalls != 1 || r.ib.inCalls != 1 || r.ib.outCalls != 1 {
+		t.Fatalf("install calls: A in %d out %d, B in %d out %d, want 1 each", r.ia.inCalls, r.ia.outCalls, r.ib.inCalls, r.ib.outCalls)
+	}
 }

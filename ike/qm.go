@@ -385,19 +385,52 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 	q.iv = last
 	q.lastRecv = sum
 	q.stopTimer()
-	// QM3 first, so that the responder installs its outbound SA as soon
-	// as possible; then ours.
 	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.msgID, q.ni, q.nr)}})
 	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
-	if err := e.install(q, ch, true); err != nil {
+	if e.cfg.OutboundDelay <= 0 {
+		if err := e.install(q, ch, true); err != nil {
+			e.failQM(q, err)
+			return
+		}
+		q.lastSent = m
+		e.transmit(p, m)
+		q.state = "QUICK_I2"
+		e.childUp(q, ch)
+		return
+	}
+	// Our inbound SA before QM3 (the responder may send on the new pair
+	// as soon as QM3 arrives), then QM3, then, once the responder has had
+	// OutboundDelay to install its inbound SA, our outbound SA: packets
+	// sent on it earlier would meet the responder's larval SA.
+	if err := e.install(q, ch, false); err != nil {
 		e.failQM(q, err)
 		return
 	}
 	q.lastSent = m
 	e.transmit(p, m)
 	q.state = "QUICK_I2"
-	e.childUp(q, ch)
+	q.timerGen++
+	gen := q.timerGen
+	q.timer = e.cfg.Clock.AfterFunc(e.cfg.OutboundDelay, func() {
+		e.post(func() {
+			// forget and failQM stop this timer and remove the inbound SA
+			if q.timerGen != gen || q.p.qms[q.msgID] != q || e.sas[q.p.key()] != q.p {
+				return
+			}
+			if err := e.install(q, ch, true); err != nil {
+				e.failQM(q, err)
+				return
+			}
+			e.childUp(q, ch)
+		})
+	})
+}
+
+// outPending reports whether q is an initiator's Quick Mode that has sent
+// QM3 and waits for OutboundDelay before installing its outbound SA.
+func (q *qm) outPending() bool {
+	return q.initiator && q.state == "QUICK_I2" && q.installed && !q.outInstalled
 }
 
 func sameID(a, b *isakmp.ID) bool {

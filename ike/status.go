@@ -84,7 +84,7 @@ func (e *Engine) Status(ctx context.Context) ([]ISAKMPStatus, []ChildStatus, err
 				st.LifeLeftSeconds = int64((p.suite.Life - now.Sub(p.estTime)) / time.Second)
 			}
 			for _, q := range p.qms {
-				if q.state == "QUICK_I1" || q.state == "QUICK_R1" {
+				if q.state == "QUICK_I1" || q.state == "QUICK_R1" || q.outPending() {
 					st.QuickModes++
 				}
 			}

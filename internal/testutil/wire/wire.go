@@ -126,11 +126,14 @@ func LeakFilter(protected ...netip.Prefix) string {
 		strings.Join(quoted, " or ") + "))"
 }
 
-// Tap is one capture point: the packets a host sends on an interface.
+// Tap is one capture point: the packets a host sends on an interface
+// (or, with Dir "in", those it receives there: what the host at the other
+// end of a point-to-point link, a VM behind a tap say, sent).
 type Tap struct {
 	Label string // who sends: "gw1", "gosec", "strongswan"...
 	NetNS string
 	Iface string
+	Dir   string // tcpdump -Q: "out" (the default) or "in"
 }
 
 // LeakWatcher runs tcpdump on its taps (outgoing direction only, so each
@@ -165,7 +168,11 @@ func WatchLeaks(tb testing.TB, filter string, taps ...Tap) *LeakWatcher {
 	w := &LeakWatcher{}
 	for _, tap := range taps {
 		c := &leakCapture{tap: tap}
-		c.cmd = exec.Command("ip", "netns", "exec", tap.NetNS, "tcpdump", "-l", "-n", "-tt", "-Q", "out", "-i", tap.Iface, filter)
+		dir := tap.Dir
+		if dir == "" {
+			dir = "out"
+		}
+		c.cmd = exec.Command("ip", "netns", "exec", tap.NetNS, "tcpdump", "-l", "-n", "-tt", "-Q", dir, "-i", tap.Iface, filter)
 		c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.stderr
 		if err := c.cmd.Start(); err != nil {
 			tb.Fatalf("tcpdump on %s %s: %v", tap.NetNS, tap.Iface, err)
@@ -287,13 +294,15 @@ type Ping struct {
 	start time.Time
 }
 
-// StartPing pings dst from namespace ns; the test's cleanup kills it.
-func StartPing(tb testing.TB, ns, dst string) *Ping {
+// StartPing pings dst from namespace ns, with ping's options opts (-I
+// src, say); the test's cleanup kills it.
+func StartPing(tb testing.TB, ns, dst string, opts ...string) *Ping {
 	tb.Helper()
 	p := &Ping{}
 	// -D timestamps every line, -O reports every request still unanswered
 	// when the next goes out. No -W: a late answer still counts.
-	p.cmd = exec.Command("ip", "netns", "exec", ns, "ping", "-D", "-O", "-n", "-i", "0.2", dst)
+	args := append([]string{"netns", "exec", ns, "ping", "-D", "-O", "-n", "-i", "0.2"}, opts...)
+	p.cmd = exec.Command("ip", append(args, dst)...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	p.start = time.Now()
 	if err := p.cmd.Start(); err != nil {

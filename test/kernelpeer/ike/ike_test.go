@@ -101,11 +101,17 @@ func TestKernelIKE(t *testing.T) {
 // with k's conn and nothing negotiated yet.
 func prepare(t *testing.T, g *kernelpeer.Ctl, k kcase) *daemon {
 	t.Helper()
+	return prepareConfs(t, g, k.conf(hostIP, guestIP, hostNet, guestNet, k.gosecOnly), k.conf(guestIP, hostIP, guestNet, hostNet, ""))
+}
+
+// prepareConfs is prepare with both sides' ipsec.conf given.
+func prepareConfs(t *testing.T, g *kernelpeer.Ctl, gosecConf, guestConf string) *daemon {
+	t.Helper()
 	// a clean guest: no daemon, no SAs, no policies
 	if _, err := g.Check("ike stop >/dev/null; ip xfrm state flush; ip xfrm policy flush"); err != nil {
 		t.Fatal(err)
 	}
-	if err := pushFile(g, "/etc/ipsec.conf", k.conf(guestIP, hostIP, guestNet, hostNet, ""), 0o644); err != nil {
+	if err := pushFile(g, "/etc/ipsec.conf", guestConf, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := pushFile(g, "/etc/ipsec.secrets", fmt.Sprintf("%s %s : PSK \"%s\"\n", guestIP, hostIP, psk), 0o600); err != nil {
@@ -121,7 +127,7 @@ func prepare(t *testing.T, g *kernelpeer.Ctl, k kcase) *daemon {
 		}
 		g.Run("ike stop")
 	})
-	return startDaemon(t, k.conf(hostIP, guestIP, hostNet, guestNet, k.gosecOnly),
+	return startDaemon(t, gosecConf,
 		fmt.Sprintf("%s %s : PSK \"%s\"\n", hostIP, guestIP, psk))
 }
 
