@@ -353,7 +353,17 @@ func TestSALifecycle(t *testing.T) {
 		if err := e.gw1.kill9(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(3 * time.Second)
+		time.Sleep(2 * time.Second)
+		// A fast probe (100 packets/s) across the restart: a window of a
+		// few milliseconds without guard while the new daemon sets up
+		// would slip between the 0.2 s pings.
+		probe := exec.Command("ip", "netns", "exec", e.tp.ns("lan1"), "ping", "-q", "-n", "-i", "0.01", "-w", "4", "10.2.0.2")
+		if err := probe.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer probe.Wait()
+		e.tl.Add("probe: ping every 10 ms from lan1 for 4 s")
+		time.Sleep(time.Second)
 		e.tl.Add("gw1: gosec start again")
 		if err := e.gw1.launch(); err != nil {
 			t.Errorf("gosec start after kill -9: %v", err)
