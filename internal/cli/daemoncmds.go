@@ -177,7 +177,7 @@ func Start(env Env, args []string) int {
 	err := daemon.Run(ctx, daemon.Options{
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
-		SaveKeysDir: *saveKeys, Observer: mx,
+		SaveKeysDir: *saveKeys, Observer: mx, Stopping: notifyStopping,
 		Started: func(d *daemon.Daemon) error {
 			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {
 				return err

@@ -11,6 +11,9 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/sdnotify"
 )
 
+// notifyStopping tells systemd that the daemon is stopping.
+func notifyStopping() { sdnotify.Notify("STOPPING=1") }
+
 // notifyReady tells systemd (Type=notify) that the daemon is up and, with
 // WatchdogSec=, keeps its watchdog fed while the daemon stays healthy; a
 // stuck key manager stops the keep-alives and systemd restarts gosec.
@@ -32,7 +35,6 @@ func notifyReady(ctx context.Context, d *daemon.Daemon, log *slog.Logger) error 
 		for {
 			select {
 			case <-ctx.Done():
-				sdnotify.Notify("STOPPING=1")
 				return
 			case <-tick.C:
 				hctx, cancel := context.WithTimeout(ctx, interval/4)

@@ -55,6 +55,9 @@ type Options struct {
 	// (the metrics endpoint reads Snapshot through it); an error stops
 	// the daemon.
 	Started func(d *Daemon) error
+	// Stopping, if set, is called when the daemon begins to stop
+	// (systemd's STOPPING=1).
+	Stopping func()
 	// Observer, if set, is told how IKE exchanges end (metrics).
 	Observer ike.Observer
 }
@@ -218,6 +221,9 @@ func Run(ctx context.Context, opts Options) (err error) {
 	case err = <-srvErr:
 	}
 	d.log.Info("gosec stopping")
+	if opts.Stopping != nil {
+		opts.Stopping()
+	}
 	// Delete negotiated SAs (telling peers) while the sockets still work.
 	d.stopIKE()
 	cancel()
