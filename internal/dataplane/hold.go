@@ -71,29 +71,11 @@ func (p *Plane) ReleaseHeld(reqid uint32) int {
 	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
 	for _, b := range pkts {
 		out, kind, to := p.outbound(st, b[:cap(b)], netio.Headroom, len(b)-netio.Headroom, icmp)
-		var raw, rawAH, udp []netio.Msg
-		if len(st.frags) > 0 {
-			for _, f := range st.frags {
-				if kind == outRawAH {
-					rawAH = append(rawAH, netio.Msg{Buf: f})
-				} else {
-					raw = append(raw, netio.Msg{Buf: f})
-				}
-			}
-			st.frags = st.frags[:0]
-			st.arenaUsed = 0
-		} else {
-			switch kind {
-			case outRaw:
-				raw = append(raw, netio.Msg{Buf: out})
-			case outRawAH:
-				rawAH = append(rawAH, netio.Msg{Buf: out})
-			case outUDP:
-				udp = append(udp, netio.Msg{Buf: out, To: to})
-			case outTUN:
-				if _, err := p.cfg.TUN.Write([][]byte{out}, netio.TUNHeadroom); err != nil {
-					p.stats.SendErrors.Add(1)
-				}
+		raw, rawAH, udp, back := st.sort(out, kind, to, nil, nil, nil, nil)
+		st.arenaUsed = 0
+		if len(back) > 0 {
+			if _, err := p.cfg.TUN.Write(back, netio.TUNHeadroom); err != nil {
+				p.stats.SendErrors.Add(1)
 			}
 		}
 		if p.sendHeld != nil {

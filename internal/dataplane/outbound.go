@@ -39,6 +39,33 @@ type outState struct {
 	arenaUsed int
 }
 
+// sort appends what outbound produced (the packet, or the outer
+// fragments in st.frags) to the list of the socket it goes to.
+func (st *outState) sort(out []byte, kind outKind, to netip.AddrPort, raw, rawAH, udp []netio.Msg, back [][]byte) ([]netio.Msg, []netio.Msg, []netio.Msg, [][]byte) {
+	if len(st.frags) > 0 {
+		for _, f := range st.frags {
+			if kind == outRawAH {
+				rawAH = append(rawAH, netio.Msg{Buf: f})
+			} else {
+				raw = append(raw, netio.Msg{Buf: f})
+			}
+		}
+		st.frags = st.frags[:0]
+		return raw, rawAH, udp, back
+	}
+	switch kind {
+	case outRaw:
+		raw = append(raw, netio.Msg{Buf: out})
+	case outRawAH:
+		rawAH = append(rawAH, netio.Msg{Buf: out})
+	case outUDP:
+		udp = append(udp, netio.Msg{Buf: out, To: to})
+	case outTUN:
+		back = append(back, out)
+	}
+	return raw, rawAH, udp, back
+}
+
 // outerArena bounds the outer fragments of one TUN batch.
 const outerArena = 256 << 10
 
@@ -262,27 +289,7 @@ func (p *Plane) tunLoop() error {
 		}
 		for i := 0; i < n; i++ {
 			out, kind, to := p.outbound(st, bufs[i], netio.Headroom, sizes[i], icmp[i])
-			if len(st.frags) > 0 {
-				for _, f := range st.frags {
-					if kind == outRawAH {
-						rawAH = append(rawAH, netio.Msg{Buf: f})
-					} else {
-						raw = append(raw, netio.Msg{Buf: f})
-					}
-				}
-				st.frags = st.frags[:0]
-				continue
-			}
-			switch kind {
-			case outRaw:
-				raw = append(raw, netio.Msg{Buf: out})
-			case outRawAH:
-				rawAH = append(rawAH, netio.Msg{Buf: out})
-			case outUDP:
-				udp = append(udp, netio.Msg{Buf: out, To: to})
-			case outTUN:
-				back = append(back, out)
-			}
+			raw, rawAH, udp, back = st.sort(out, kind, to, raw, rawAH, udp, back)
 		}
 		p.dispatch(raw, rawAH, udp)
 		if len(back) > 0 {
