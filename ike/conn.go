@@ -117,6 +117,14 @@ type ChildSA struct {
 	ReplayWindow           int
 	// Suite names the algorithms for status ("aes128-sha1").
 	Suite string
+
+	// What the Installer made of it, set and read by the Installer only
+	// (under its own lock): the SAD entries of the pair (nil until
+	// installed, and once removed) and the stable request ID of its
+	// selector pair. The engine negotiates a ChildSA and the data plane
+	// carries it: one value from Quick Mode to the SAD.
+	InSA, OutSA *sad.SA
+	ReqID       uint32
 }
 
 // Installer puts negotiated SAs into the data plane. The engine calls it

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 
 	"github.com/gosec-ipsec/gosec/ah"
@@ -77,7 +78,7 @@ type activeConn struct {
 	// IKE conns: the stable policies of each selector pair, the SA pairs
 	// negotiated under them, and the prefixes the filter guards.
 	pairs    map[selKey]*policyPair
-	children []*ikeChild
+	children []*ike.ChildSA
 	guarded  []netip.Prefix
 	filtered bool // guarded is what the filter holds
 }
@@ -582,15 +583,10 @@ func (d *Daemon) rerouteLocked(old, cfg *Config, progress func(string)) {
 				routed = true
 			}
 		}
-		for _, k := range append([]*ikeChild(nil), a.children...) {
+		for _, k := range slices.Clone(a.children) {
 			d.removeChildLocked(k)
 		}
-		d.delRoutesLocked(a)
-		for _, pp := range a.pairs {
-			for _, id := range pp.ids {
-				d.spd.Delete(id)
-			}
-		}
+		d.dropPoliciesLocked(a)
 		if !routed {
 			d.guardKept[name] = true
 			progress(fmt.Sprintf("conn '%s' changed or removed: its policies and routes were removed", name))

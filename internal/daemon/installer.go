@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ah"
@@ -67,13 +68,6 @@ type policyPair struct {
 	ids   [2]uint64 // Out, In
 	tmpl  spd.Template
 	trap  bool
-}
-
-// ikeChild is one IPsec SA pair that IKE negotiated, as installed.
-type ikeChild struct {
-	ch      *ike.ChildSA
-	pair    *policyPair
-	in, out *sad.SA
 }
 
 func childKey(ch *ike.ChildSA) string { return fmt.Sprintf("%s/%08x", ch.Conn, ch.InSPI) }
@@ -318,7 +312,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	d := i.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.ikeChildren[childKey(ch)] != nil {
+	if ch.InSA != nil || d.ikeChildren[childKey(ch)] != nil {
 		return fmt.Errorf("conn %s: SA %08x is installed already", ch.Conn, ch.InSPI)
 	}
 	d.saveChildKeys(ch)
@@ -346,9 +340,9 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	if err := d.sad.Add(in); err != nil {
 		return err
 	}
-	k := &ikeChild{ch: ch, pair: pp, in: in}
-	d.ikeChildren[childKey(ch)] = k
-	a.children = append(a.children, k)
+	ch.InSA, ch.ReqID = in, pp.reqid
+	d.ikeChildren[childKey(ch)] = ch
+	a.children = append(a.children, ch)
 	// Route and guard now, not only with the outbound SA: the peer may
 	// send before our outbound SA exists (a responder installs it at QM3),
 	// and the answers must meet the policy (dropped, no SA yet), not the
@@ -383,12 +377,11 @@ func (d *Daemon) routeChildLocked(a *activeConn, ch *ike.ChildSA) error {
 func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 	d := i.d
 	d.mu.Lock()
-	k := d.ikeChildren[childKey(ch)]
-	if k == nil {
+	if d.ikeChildren[childKey(ch)] != ch {
 		d.mu.Unlock()
 		return errors.New("outbound SA before inbound SA")
 	}
-	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: k.pair.reqid,
+	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: ch.ReqID,
 		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: hardLife(ch), Soft: softLife(ch)}
 	var err error
 	if ch.Proto == sad.AH {
@@ -404,10 +397,10 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 		d.mu.Unlock()
 		return fmt.Errorf("outbound SA: %w", err)
 	}
-	k.out = out
+	ch.OutSA = out
 	err = d.routeChildLocked(d.activeLocked(ch.Conn), ch)
-	d.updownLocked(true, k)
-	reqid := k.pair.reqid
+	d.updownLocked(true, ch)
+	reqid := ch.ReqID
 	plane := d.plane
 	d.mu.Unlock()
 	if plane != nil {
@@ -428,36 +421,30 @@ func (i ikeInstaller) Remove(ch *ike.ChildSA) {
 	d := i.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if k := d.ikeChildren[childKey(ch)]; k != nil {
-		d.removeChildLocked(k)
+	if d.ikeChildren[childKey(ch)] == ch {
+		d.removeChildLocked(ch)
 	}
 }
 
-func (d *Daemon) removeChildLocked(k *ikeChild) {
-	if k.out != nil {
-		d.updownLocked(false, k)
-		d.sad.Delete(k.out.SPI, k.out.Proto, k.out.Dst)
-		k.out = nil
+func (d *Daemon) removeChildLocked(ch *ike.ChildSA) {
+	if ch.OutSA != nil {
+		d.updownLocked(false, ch)
+		d.sad.Delete(ch.OutSA.SPI, ch.OutSA.Proto, ch.OutSA.Dst)
+		ch.OutSA = nil
 	}
-	if k.in != nil {
-		d.sad.Delete(k.in.SPI, k.in.Proto, k.in.Dst)
-		k.in = nil
+	if ch.InSA != nil {
+		d.sad.Delete(ch.InSA.SPI, ch.InSA.Proto, ch.InSA.Dst)
+		ch.InSA = nil
 	}
-	delete(d.ikeChildren, childKey(k.ch))
-	if a := d.active[k.ch.Conn]; a != nil {
-		kept := a.children[:0]
-		for _, c := range a.children {
-			if c != k {
-				kept = append(kept, c)
-			}
-		}
-		a.children = kept
+	delete(d.ikeChildren, childKey(ch))
+	if a := d.active[ch.Conn]; a != nil {
+		a.children = slices.DeleteFunc(a.children, func(c *ike.ChildSA) bool { return c == ch })
 	}
-	if d.plane != nil && d.sad.Outbound(k.pair.reqid) == nil {
+	if d.plane != nil && d.sad.Outbound(ch.ReqID) == nil {
 		// The next packet may ask IKE again (trap policies).
-		d.plane.ClearTrap(k.pair.reqid)
+		d.plane.ClearTrap(ch.ReqID)
 	}
-	if a := d.active[k.ch.Conn]; a != nil && len(a.children) == 0 && !keepRouted(a.spec) {
+	if a := d.active[ch.Conn]; a != nil && len(a.children) == 0 && !keepRouted(a.spec) {
 		d.releaseLocked(a)
 	}
 }
@@ -472,26 +459,17 @@ func keepRouted(c *ConnSpec) bool { return routedAtStart(c) || trapConn(c) }
 // carry the same traffic, but keeps its filter guard: until the conn is up
 // again or taken down, cleartext to its protected prefixes is dropped.
 func (d *Daemon) releaseLocked(a *activeConn) {
-	d.delRoutesLocked(a)
-	for _, pp := range a.pairs {
-		for _, id := range pp.ids {
-			if id != 0 {
-				d.spd.Delete(id)
-			}
-		}
-	}
+	d.dropPoliciesLocked(a)
 	delete(d.active, a.spec.Name)
 	d.guardKept[a.spec.Name] = true
 	d.log.Info("conn has no SA left: policies and routes removed, cleartext to its prefixes stays blocked until it is up again or taken down",
 		"conn", a.spec.Name)
 }
 
-// unrouteLocked removes conn a's SAs, policies and routes (those no other
-// conn needs); its filter guard stays (forgetGuardLocked lifts it).
-func (d *Daemon) unrouteLocked(a *activeConn) {
-	for _, k := range append([]*ikeChild(nil), a.children...) {
-		d.removeChildLocked(k)
-	}
+// dropPoliciesLocked removes conn a's routes (those no other conn needs)
+// and the policies of its selector pairs; their reqids stay reserved for
+// the pairs.
+func (d *Daemon) dropPoliciesLocked(a *activeConn) {
 	d.delRoutesLocked(a)
 	for _, pp := range a.pairs {
 		for _, id := range pp.ids {
@@ -499,12 +477,23 @@ func (d *Daemon) unrouteLocked(a *activeConn) {
 				d.spd.Delete(id)
 			}
 		}
-		if d.plane != nil {
+	}
+	a.pairs = map[selKey]*policyPair{}
+}
+
+// unrouteLocked removes conn a's SAs, policies and routes (those no other
+// conn needs); its filter guard stays (forgetGuardLocked lifts it).
+func (d *Daemon) unrouteLocked(a *activeConn) {
+	for _, k := range slices.Clone(a.children) {
+		d.removeChildLocked(k)
+	}
+	if d.plane != nil {
+		for _, pp := range a.pairs {
 			d.plane.DropHeld(pp.reqid)
 			d.plane.ClearTrap(pp.reqid)
 		}
 	}
-	a.pairs = map[selKey]*policyPair{}
+	d.dropPoliciesLocked(a)
 	if a.filtered {
 		// The guard stays: until the conn is up again, unrouted or
 		// removed from the configuration, its traffic is dropped.

@@ -183,8 +183,8 @@ func (d *Daemon) status(all bool) *Status {
 				}
 			}
 			for _, k := range a.children {
-				if k.in != nil && k.out != nil { // half-installed pairs are not shown
-					cs.SAs = append(cs.SAs, saStatus(k.in, now), saStatus(k.out, now))
+				if k.InSA != nil && k.OutSA != nil { // half-installed pairs are not shown
+					cs.SAs = append(cs.SAs, saStatus(k.InSA, now), saStatus(k.OutSA, now))
 				}
 			}
 			if d.filter != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -133,17 +134,9 @@ func updownEnv(verb string, spec *ConnSpec, ch *ike.ChildSA, reqid uint32, iface
 	return env
 }
 
+// netmask is p's mask in dotted form, as PLUTO_*_CLIENT_MASK has it.
 func netmask(p netip.Prefix) string {
-	m := net4Mask(p.Bits())
-	return netip.AddrFrom4(m).String()
-}
-
-func net4Mask(bits int) [4]byte {
-	var m [4]byte
-	for i := 0; i < bits && i < 32; i++ {
-		m[i/8] |= 0x80 >> (i % 8)
-	}
-	return m
+	return net.IP(net.CIDRMask(p.Bits(), p.Addr().BitLen())).String()
 }
 
 // updownVerb is Pluto's verb for an SA pair of ch going up or down:
@@ -161,13 +154,13 @@ func updownVerb(up bool, ch *ike.ChildSA) string {
 	return v + "-client"
 }
 
-// updownLocked queues the updown script of child k's conn, if it has one.
-func (d *Daemon) updownLocked(up bool, k *ikeChild) {
-	spec := d.conns.Conns[k.ch.Conn]
+// updownLocked queues the updown script of ch's conn, if it has one.
+func (d *Daemon) updownLocked(up bool, ch *ike.ChildSA) {
+	spec := d.conns.Conns[ch.Conn]
 	if spec == nil || spec.UpDown == "" || d.updown == nil {
 		return
 	}
-	verb := updownVerb(up, k.ch)
-	d.updown.post(updownEvent{script: spec.UpDown, verb: verb, conn: k.ch.Conn,
-		env: updownEnv(verb, spec, k.ch, k.pair.reqid, d.opts.TUNName)})
+	verb := updownVerb(up, ch)
+	d.updown.post(updownEvent{script: spec.UpDown, verb: verb, conn: ch.Conn,
+		env: updownEnv(verb, spec, ch, ch.ReqID, d.opts.TUNName)})
 }
