@@ -81,3 +81,48 @@ conn bob
 		t.Fatalf("bob has SAs: %+v", st)
 	}
 }
+
+// TestTwoConnsSameGateways: two conns between the same two gateways (two
+// subnet pairs, a common setup). Bringing up the second must not remove the
+// first (issue 10: INITIAL-CONTACT from the second Main Mode used to clear
+// every SA of the peer's address).
+func TestTwoConnsSameGateways(t *testing.T) {
+	tp := newTopo(t, "gsx-")
+	conn := func(name, rsub string) string {
+		return "conn " + name + `
+	left=192.0.2.1
+	right=192.0.2.2
+	leftsubnet=10.1.0.0/24
+	rightsubnet=` + rsub + `
+	authby=secret
+	keyexchange=ikev1
+	ike=aes128-sha256-modp2048!
+	esp=aes128gcm16!
+	keyingtries=1
+	auto=add
+`
+	}
+	// Both gateways load the same file; each takes the side whose
+	// address it has.
+	conf := conn("first", "10.2.0.0/24") + "\n" + conn("second", "10.2.9.0/24")
+	const secrets = "192.0.2.1 192.0.2.2 : PSK \"two-conns\"\n"
+	gw1 := tp.startDaemon(tp.ns("gw1"), conf, secrets)
+	gw2 := tp.startDaemon(tp.ns("gw2"), conf, secrets)
+	gw1.mustCtl("up", "first")
+	before := statusOf(t, gw2, "first")
+	if err := tp.ping(tp.ns("lan1"), "10.2.0.2", 3); err != nil {
+		t.Fatalf("first conn carries no traffic: %v", err)
+	}
+	gw1.mustCtl("up", "second")
+	time.Sleep(2 * time.Second)
+	if s := statusOf(t, gw2, "second"); len(s.SAs) == 0 {
+		t.Fatalf("the second conn is not up on gw2: %+v", s)
+	}
+	after := statusOf(t, gw2, "first")
+	if len(after.SAs) == 0 || after.in.SPI != before.in.SPI {
+		t.Fatalf("bringing up the second conn removed or replaced the first's SAs on gw2: before %+v after %+v\n%s", before, after, tail(gw2.log(), 20))
+	}
+	if err := tp.ping(tp.ns("lan1"), "10.2.0.2", 3); err != nil {
+		t.Fatalf("the first conn stopped carrying traffic after the second came up: %v\n%s", err, tail(gw2.log(), 20))
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -443,6 +444,40 @@ func TestSALifecycle(t *testing.T) {
 			t.Errorf("the first answer came %.1f s after the first packet: on-demand negotiation should take a Main Mode and a Quick Mode (< 5 s)", delay.Seconds())
 		}
 		e.noLoss(pr, pr.SentAt(pr.FirstRep), time.Time{}, "after the first answer")
+	})
+
+	// (8b) the trap comes back: after the peer deletes the on-demand SA
+	// pair, the next packets negotiate a new one (never leaked).
+	t.Run("auto-route-retrap", func(t *testing.T) {
+		e := newLC(t, "gsl12-")
+		e.start(lcConf("route"), lcConf("add"), false)
+		ping, _ := e.traffic(false)
+		if !wire.WaitFor(7*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
+			t.Fatalf("the first packet did not bring the tunnel up")
+		}
+		first := e.mon.Current("gw1", "out SA ")
+		deleted := time.Now()
+		e.ctl(e.gw2, "down", lcConn)
+		back := wire.WaitFor(10*time.Second, func() bool {
+			for _, sa := range e.mon.Current("gw1", "out SA ") {
+				if !slices.Contains(first, sa) {
+					return true
+				}
+			}
+			return false
+		})
+		time.Sleep(2 * time.Second)
+		pr := ping.Stop()
+		e.finish()
+		if !back {
+			t.Fatalf("after the peer's Delete the trap did not negotiate a new SA pair for the next packets (gw1 outbound SAs %v)\ntimeline:\n%s",
+				e.mon.Current("gw1", "out SA "), e.tl.String())
+		}
+		n := pr.RepliedBetween(deleted, time.Time{})
+		t.Logf("after the Delete: a new SA pair on demand, %d pings answered", n)
+		if n == 0 {
+			t.Errorf("no ping answered after the trap renegotiated")
+		}
 	})
 
 	// (9) reauthentication: the ISAKMP SA (ikelifetime=12s) is replaced
