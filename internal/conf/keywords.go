@@ -21,9 +21,16 @@ type needError struct {
 	Feature string
 	// Detail says more, when the feature's name alone does not.
 	Detail string
+	// Msg, when set, is the whole message: for a conn skipped for
+	// another cause than a feature gosec lacks (a host name that does
+	// not resolve).
+	Msg string
 }
 
 func (e *needError) Error() string {
+	if e.Msg != "" {
+		return e.Msg
+	}
 	msg := e.Feature + " is not supported by gosec"
 	if e.Detail != "" {
 		msg += " (" + e.Detail + ")"
@@ -348,9 +355,15 @@ func setHost(_ *Conn, e *End, v string, r *resolver) error {
 		e.Addr = a
 		return nil
 	}
+	if strings.Trim(v, "0123456789.") == "" {
+		return fmt.Errorf("bad IPv4 address %q", v)
+	}
+	if !isHostName(v) {
+		return fmt.Errorf("bad address %q (an IPv4 address, a host name, %%any or %%defaultroute)", v)
+	}
 	a, err := r.lookup(v)
 	if err != nil {
-		return fmt.Errorf("cannot resolve %q: %v", v, err)
+		return cannotResolve(v, err)
 	}
 	e.Addr = a
 	return nil
@@ -449,19 +462,52 @@ func setProtoPort(_ *Conn, e *End, v string, _ *resolver) error {
 	return nil
 }
 
-func setNextHop(_ *Conn, e *End, v string, _ *resolver) error {
+func setNextHop(_ *Conn, e *End, v string, r *resolver) error {
 	if v == "%direct" || v == "%defaultroute" {
 		return nil
 	}
 	a, err := netip.ParseAddr(v)
 	if err != nil {
-		return fmt.Errorf("bad next hop %q (an IPv4 address, %%direct or %%defaultroute)", v)
+		if strings.HasPrefix(v, "%") || !isHostName(v) {
+			return fmt.Errorf("bad next hop %q (an IPv4 address, a host name, %%direct or %%defaultroute)", v)
+		}
+		// A name, as Libreswan's and Openswan's confread.c allow: they
+		// read the next hop with ttoaddr(), which looks names up.
+		if a, err = r.lookup(v); err != nil {
+			return cannotResolve(v, err)
+		}
 	}
 	if !a.Is4() {
 		return need("IPv6", "the next hop %s is IPv6", v)
 	}
 	e.NextHop = a
 	return nil
+}
+
+// isHostName reports whether v can be a DNS name (letters, digits,
+// hyphens and dots).
+func isHostName(v string) bool {
+	if v == "" || len(v) > 253 {
+		return false
+	}
+	for _, r := range v {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// FeatureUnresolved is the Skipped.Feature of a conn skipped because a
+// host name in it did not resolve.
+const FeatureUnresolved = "host names that do not resolve"
+
+// cannotResolve skips the conn of a host name that does not resolve: the
+// file still loads (Libreswan's addconn too loads the other conns, and
+// Pluto retries the name); gosec tries again at the next gosec reload.
+func cannotResolve(name string, err error) error {
+	return &needError{Feature: FeatureUnresolved,
+		Msg: fmt.Sprintf("cannot resolve %q: %v; tried again at gosec reload", name, err)}
 }
 
 func setSPI(c *Conn, e *End, v string, _ *resolver) error {

@@ -36,12 +36,29 @@ type Options struct {
 type resolver struct {
 	opts  Options
 	cache map[string]netip.Addr
+	// failed remembers names that did not resolve, so that conns sharing
+	// a name wait for the resolver's time-out once per load.
+	failed map[string]error
 }
 
 func (r *resolver) lookup(name string) (netip.Addr, error) {
 	if a, ok := r.cache[name]; ok {
 		return a, nil
 	}
+	if err, ok := r.failed[name]; ok {
+		return netip.Addr{}, err
+	}
+	a, err := r.resolve(name)
+	if err != nil {
+		if r.failed == nil {
+			r.failed = map[string]error{}
+		}
+		r.failed[name] = err
+	}
+	return a, err
+}
+
+func (r *resolver) resolve(name string) (netip.Addr, error) {
 	look := r.opts.LookupHost
 	if look == nil {
 		look = systemLookup

@@ -36,7 +36,7 @@ func (d *Daemon) loadConfig() (*Config, error) {
 	}
 	out, err := resolveConns(cfg, d.opts.Local, conf.LocalAddrs())
 	if out != nil {
-		out.Secrets, out.Setup = secrets, cfg.Setup
+		out.Secrets, out.Setup, out.Skipped = secrets, cfg.Setup, cfg.Skipped
 	}
 	return out, err
 }

@@ -27,6 +27,9 @@ type Config struct {
 	Secrets *conf.Secrets // nil when there is no ipsec.secrets
 	// Setup holds the config setup keywords (savekeys=, metrics=).
 	Setup map[string]string
+	// Skipped are the conns the configuration names but gosec left out
+	// (a feature it lacks, a host name that did not resolve).
+	Skipped []conf.Skipped
 }
 
 // ConnSpec is one conn as the daemon runs it.
@@ -469,11 +472,12 @@ func (d *Daemon) reload(progress func(string)) error {
 	if err != nil {
 		return err
 	}
-	// IKE conns that changed or vanished are deleted first (the key
-	// manager calls back into the daemon, so without d.mu).
 	d.mu.Lock()
 	old := d.conns
 	d.mu.Unlock()
+	keepUnresolved(old, cfg, progress)
+	// IKE conns that changed or vanished are deleted first (the key
+	// manager calls back into the daemon, so without d.mu).
 	var restart []string
 	for _, name := range old.Order {
 		oc := old.Conns[name]
@@ -546,6 +550,28 @@ func (d *Daemon) reload(progress func(string)) error {
 	}
 	progress(fmt.Sprintf("configuration reloaded: %d conns", len(cfg.Order)))
 	return errors.Join(errs...)
+}
+
+// keepUnresolved carries over, at reload, the conns whose host name did
+// not resolve this time but did when they were loaded: a passing DNS
+// failure must not take a working tunnel down (Pluto too keeps a conn
+// whose name it is retrying). Conns skipped for another reason, and
+// those never loaded, are reported as skipped.
+func keepUnresolved(old, cfg *Config, progress func(string)) {
+	for _, s := range cfg.Skipped {
+		file, line := s.Where()
+		prev, had := old.Conns[s.Name]
+		if s.Feature != conf.FeatureUnresolved || !had {
+			progress(fmt.Sprintf("%s:%d: conn '%s' skipped: %s", file, line, s.Name, s.Msg))
+			continue
+		}
+		if _, loaded := cfg.Conns[s.Name]; loaded {
+			continue
+		}
+		cfg.Conns[s.Name] = prev
+		cfg.Order = append(cfg.Order, s.Name)
+		progress(fmt.Sprintf("%s:%d: conn '%s': %s; it keeps the addresses of the previous load (%v, %v)", file, line, s.Name, s.Msg, prev.Local, prev.Remote))
+	}
 }
 
 func contains(list []string, s string) bool {
