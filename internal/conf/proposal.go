@@ -362,6 +362,47 @@ func parseCipher(tok string) (Cipher, bool) {
 	return Cipher{}, false
 }
 
+// defaultIKEv1Groups are the groups an ike= proposal naming none takes:
+// Libreswan's default_v1_groups less curve25519 (see parseProposal).
+var defaultIKEv1Groups = []DHGroup{14, 5, 19}
+
+// expandKeyLengths turns each AES cipher named without a key length
+// ("aes", "aes_cbc", "aes_ctr", "aes_gcm", bare[i] set) into two, as
+// Libreswan's IKEv1 proposals do: in IKE the longest key, then the
+// default (programs/pluto/spdb_struct.c v3.32, ikev1_spdb_struct.c v4.15,
+// oakley_alg_makedb: "for (ks = max_ks; ; ks = def_ks)": aes256, aes128);
+// in ESP the default, then the longest (programs/pluto/plutoalg.c v3.32,
+// ikev1_spdb_struct.c v4.15, kernel_alg_db_add: "add default here and add
+// another max entry": aes128, aes256). strongSwan reads "aes" as aes128
+// (proposal_keywords_static.txt), which the expansion contains; Openswan
+// 2.6 sent no key length, which peers read as 128.
+func expandKeyLengths(cs []Cipher, bare []bool, kind proposalKind) []Cipher {
+	lengths := []int{128, 256}
+	if kind == kindIKE {
+		lengths = []int{256, 128}
+	}
+	var out []Cipher
+	add := func(c Cipher) {
+		for _, o := range out {
+			if o == c {
+				return
+			}
+		}
+		out = append(out, c)
+	}
+	for i, c := range cs {
+		if !bare[i] {
+			add(c)
+			continue
+		}
+		for _, n := range lengths {
+			c.KeyBits = n
+			add(c)
+		}
+	}
+	return out
+}
+
 // parseProposals parses "a-b-c,d-e!" for the given kind.
 func parseProposals(v string, kind proposalKind) (Proposals, error) {
 	var ps Proposals
@@ -390,6 +431,9 @@ func parseProposals(v string, kind proposalKind) (Proposals, error) {
 func parseProposal(item string, kind proposalKind) (Proposal, error) {
 	var p Proposal
 	var prfs []Integ
+	// bare[i]: p.Ciphers[i] was named without a key length ("aes",
+	// "aes_gcm"), which Libreswan expands to two (see expandKeyLengths).
+	var bare []bool
 	// Libreswan writes the DH group after ';' ("aes128-sha1;modp2048").
 	item = strings.ReplaceAll(item, ";", "-")
 	nullInteg := false
@@ -414,6 +458,7 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 				c := &p.Ciphers[len(p.Ciphers)-1]
 				if (c.Encr == EncrAESCBC || c.Encr == EncrAESCTR || c.Encr.AEAD() && c.Encr != EncrChaCha20Poly1305) && (n == 128 || n == 192 || n == 256) {
 					c.KeyBits = n
+					bare[len(bare)-1] = false
 					continue
 				}
 				return p, fmt.Errorf("key length %d does not fit %s", n, c.Name())
@@ -446,6 +491,8 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 				return p, need("algorithm "+tok, "of AES-GCM, gosec implements the 16-octet ICV (aes*gcm16, aes_gcm_c)")
 			}
 			p.Ciphers = append(p.Ciphers, c)
+			bare = append(bare, c.Encr != EncrChaCha20Poly1305 && c.KeyBits != 0 &&
+				!strings.Contains(tok, "128") && !strings.Contains(tok, "192") && !strings.Contains(tok, "256"))
 			prev = "cipher"
 			continue
 		}
@@ -487,16 +534,24 @@ func parseProposal(item string, kind proposalKind) (Proposal, error) {
 		}
 		return p, fmt.Errorf("unknown algorithm %q", tok)
 	}
+	p.Ciphers = expandKeyLengths(p.Ciphers, bare, kind)
 	// Algorithms left out are filled in as Libreswan does for IKEv1
-	// (lib/libswan/ike_info.c and esp_info.c, v4.15: default_v1_ike_prfs
-	// sha2_256, sha2_512, sha1; default_v1_esp_integ sha1, sha2_512,
-	// sha2_256). Libreswan's default groups (modp2048, modp1536, ...) are
-	// not filled in: a proposal without one takes modp2048 in gosec's
-	// phase 1, Libreswan's first.
+	// (lib/libswan/ike_info.c and esp_info.c, v3.32 to v5.2:
+	// default_v1_ike_prfs sha2_256, sha2_512, sha1; default_v1_groups
+	// modp2048, modp1536, and from v4 secp256r1 and curve25519;
+	// default_v1_esp_integ sha1, sha2_512, sha2_256). curve25519 is left
+	// out: gosec does not implement it. Openswan 2.6 and strongSwan 4's
+	// pluto filled md5, sha1 and modp1536, modp1024
+	// (programs/pluto/plutoalg.c and src/pluto/alg_info.c,
+	// alg_info_ike_add): a peer of theirs meets these defaults at sha1 and
+	// modp1536. strongSwan 5 refuses an IKE proposal without a group.
 	switch kind {
 	case kindIKE:
 		if len(p.Ciphers) > 0 && len(p.Integs) == 0 && len(prfs) == 0 {
 			p.Integs = []Integ{IntegSHA256, IntegSHA512, IntegSHA1}
+		}
+		if len(p.Ciphers) > 0 && len(p.DH) == 0 {
+			p.DH = append([]DHGroup(nil), defaultIKEv1Groups...)
 		}
 		if len(p.Integs) == 0 && len(prfs) == 1 {
 			p.Integs = prfs // strongSwan's aes128-prfsha256: the PRF's hash

@@ -48,7 +48,9 @@ func TestParseProposals(t *testing.T) {
 		}, true, "aes128-sha1-modp2048,aes128-sha1-ecp521,aes128-sha256-modp2048,aes128-sha256-ecp521,aes256-sha1-modp2048,aes256-sha1-ecp521,aes256-sha256-modp2048,aes256-sha256-ecp521"},
 		{"AES128-SHA1-MODP3072", kindIKE, []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{IntegSHA1}, DH: []DHGroup{15}}}, false, "aes128-sha1-modp3072"},
 		{"aes128-sha256-prfsha256-modp6144", kindIKE, []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{IntegSHA256}, DH: []DHGroup{17}}}, false, "aes128-sha256-modp6144"},
-		{"aes-sha-modp8192", kindIKE, []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{IntegSHA1}, DH: []DHGroup{18}}}, false, "aes128-sha1-modp8192"},
+		// A bare "aes" in IKE is aes256 then aes128, as Libreswan's
+		// oakley_alg_makedb (TestLibreswanIKEv1Defaults).
+		{"aes-sha-modp8192", kindIKE, []Proposal{{Ciphers: []Cipher{aes256, aes128}, Integs: []Integ{IntegSHA1}, DH: []DHGroup{18}}}, false, "aes256-sha1-modp8192,aes128-sha1-modp8192"},
 		// Libreswan: the DH group after ';', dh numbers, aes_cbc names.
 		{"aes128-sha1;modp2048", kindIKE, []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{IntegSHA1}, DH: []DHGroup{14}}}, false, "aes128-sha1-modp2048"},
 		{"aes_cbc_256-sha2_256;dh19", kindIKE, []Proposal{{Ciphers: []Cipher{aes256}, Integs: []Integ{IntegSHA256}, DH: []DHGroup{19}}}, false, "aes256-sha256-ecp256"},
@@ -203,5 +205,69 @@ func TestAlgorithmNumbers(t *testing.T) {
 		if got := tt.c.KeyLen(); got != tt.want {
 			t.Errorf("%s KeyLen = %d, want %d", tt.c.Name(), got, tt.want)
 		}
+	}
+}
+
+// TestLibreswanIKEv1Defaults: what Libreswan's IKEv1 proposals fill in
+// when ike= or esp= leaves algorithms out, rendered in strongSwan's syntax
+// and parsed back to the same suites (a round trip: gosec's dump can be
+// pasted into a strongSwan configuration).
+//   - ike= hash: lib/libswan/ike_info.c default_v1_ike_prfs (v3.32 to
+//     v5.2): sha2_256, sha2_512, sha1.
+//   - ike= group: ike_info.c default_v1_groups: modp2048, modp1536 (v3.x),
+//     and secp256r1, curve25519 (v4.x, v5.x); curve25519 left out.
+//   - ike= "aes": programs/pluto/spdb_struct.c (v3.32) and
+//     ikev1_spdb_struct.c (v4.15) oakley_alg_makedb, max key then default:
+//     aes256, aes128.
+//   - esp= integrity: lib/libswan/esp_info.c default_v1_esp_integ: sha1,
+//     sha2_512, sha2_256.
+//   - esp= "aes": programs/pluto/plutoalg.c (v3.32) and
+//     ikev1_spdb_struct.c (v4.15) kernel_alg_db_add, default key then max:
+//     aes128, aes256.
+func TestLibreswanIKEv1Defaults(t *testing.T) {
+	tests := []struct {
+		value string
+		kind  proposalKind
+		want  string
+	}{
+		{"aes", kindIKE, "aes256-sha256-modp2048,aes256-sha256-modp1536,aes256-sha256-ecp256," +
+			"aes256-sha512-modp2048,aes256-sha512-modp1536,aes256-sha512-ecp256," +
+			"aes256-sha1-modp2048,aes256-sha1-modp1536,aes256-sha1-ecp256," +
+			"aes128-sha256-modp2048,aes128-sha256-modp1536,aes128-sha256-ecp256," +
+			"aes128-sha512-modp2048,aes128-sha512-modp1536,aes128-sha512-ecp256," +
+			"aes128-sha1-modp2048,aes128-sha1-modp1536,aes128-sha1-ecp256"},
+		{"3des-md5", kindIKE, "3des-md5-modp2048,3des-md5-modp1536,3des-md5-ecp256"},
+		{"aes_cbc-sha2_256;dh19", kindIKE, "aes256-sha256-ecp256,aes128-sha256-ecp256"},
+		{"aes_cbc_128-sha1", kindIKE, "aes128-sha1-modp2048,aes128-sha1-modp1536,aes128-sha1-ecp256"},
+		{"aes-sha1", kindESP, "aes128-sha1,aes256-sha1"},
+		{"aes", kindESP, "aes128-sha1,aes128-sha512,aes128-sha256,aes256-sha1,aes256-sha512,aes256-sha256"},
+		{"aes_gcm", kindESP, "aes128gcm16,aes256gcm16"},
+		{"aes-192-sha1", kindESP, "aes192-sha1"},
+		{"aes-aes256-sha1", kindESP, "aes128-sha1,aes256-sha1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			ps, err := parseProposals(tt.value, tt.kind)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ps.String(); got != tt.want {
+				t.Fatalf("%s:\n got %s\nwant %s", tt.value, got, tt.want)
+			}
+			back, err := parseProposals(ps.String(), tt.kind)
+			if err != nil {
+				t.Fatalf("the rendering does not parse: %v", err)
+			}
+			var a, b []Suite
+			for _, p := range ps.List {
+				a = append(a, p.Suites()...)
+			}
+			for _, p := range back.List {
+				b = append(b, p.Suites()...)
+			}
+			if !reflect.DeepEqual(a, b) {
+				t.Errorf("round trip differs:\n%v\n%v", a, b)
+			}
+		})
 	}
 }

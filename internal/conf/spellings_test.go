@@ -23,16 +23,34 @@ func TestProposalSpellings(t *testing.T) {
 		name, kw, value string
 		want            []Proposal
 	}{
-		// Libreswan lib/libswan/ike_info.c (v4.15) default_v1_ike_prfs:
-		// an ike= without hash takes sha2_256, sha2_512, sha1.
-		{"ike=aes256 (Libreswan defaults)", "ike", "aes256", []Proposal{{Ciphers: []Cipher{aes256}, Integs: []Integ{sha256, sha512, sha1}}}},
-		// esp_info.c default_v1_esp_integ: sha1, sha2_512, sha2_256.
+		// Libreswan lib/libswan/ike_info.c (v3.32 to v5.2)
+		// default_v1_ike_prfs: an ike= without hash takes sha2_256,
+		// sha2_512, sha1; default_v1_groups: without a group modp2048,
+		// modp1536 (and secp256r1, curve25519 from v4: gosec lacks
+		// curve25519).
+		{"ike=aes256 (Libreswan defaults)", "ike", "aes256", []Proposal{{Ciphers: []Cipher{aes256}, Integs: []Integ{sha256, sha512, sha1}, DH: []DHGroup{14, 5, 19}}}},
+		{"ike=3des-sha1 (Libreswan default groups)", "ike", "3des-sha1", []Proposal{{Ciphers: []Cipher{tdes}, Integs: []Integ{sha1}, DH: []DHGroup{14, 5, 19}}}},
+		{"ike=aes-sha1;modp1536 (group given)", "ike", "aes-sha1;modp1536", []Proposal{{Ciphers: []Cipher{aes256, aes128}, Integs: []Integ{sha1}, DH: []DHGroup{5}}}},
+		// Libreswan programs/pluto/spdb_struct.c (v3.32) and
+		// ikev1_spdb_struct.c (v4.15) oakley_alg_makedb: an IKE cipher
+		// without key length is proposed with the longest key, then the
+		// default ("for (ks = max_ks; ; ks = def_ks)").
+		{"ike=aes (Libreswan: aes256, aes128)", "ike", "aes", []Proposal{{Ciphers: []Cipher{aes256, aes128}, Integs: []Integ{sha256, sha512, sha1}, DH: []DHGroup{14, 5, 19}}}},
+		{"ike=aes-128-sha1 (key length given)", "ike", "aes-128-sha1", []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{sha1}, DH: []DHGroup{14, 5, 19}}}},
+		// esp_info.c default_v1_esp_integ: sha1, sha2_512, sha2_256;
+		// plutoalg.c (v3.32) / ikev1_spdb_struct.c (v4.15)
+		// kernel_alg_db_add: an ESP cipher without key length is the
+		// default, then the longest ("add default here and add another
+		// max entry").
 		{"esp=3des,aes (Libreswan defaults)", "esp", "3des,aes", []Proposal{
 			{Ciphers: []Cipher{tdes}, Integs: []Integ{sha1, sha512, sha256}},
-			{Ciphers: []Cipher{aes128}, Integs: []Integ{sha1, sha512, sha256}},
+			{Ciphers: []Cipher{aes128, aes256}, Integs: []Integ{sha1, sha512, sha256}},
 		}},
-		// Libreswan ipsec.conf(5) esp=: "aes_gcm-null" (AEAD, null integrity).
-		{"esp=aes_gcm-null", "esp", "aes_gcm-null", []Proposal{{Ciphers: []Cipher{gcm128}}}},
+		// strongSwan's aes128 is one key length (no expansion).
+		{"esp=aes128-sha1 (strongSwan)", "esp", "aes128-sha1", []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{sha1}}}},
+		// Libreswan ipsec.conf(5) esp=: "aes_gcm-null" (AEAD, null
+		// integrity); AES_GCM_16's default key is 128, its longest 256.
+		{"esp=aes_gcm-null", "esp", "aes_gcm-null", []Proposal{{Ciphers: []Cipher{gcm128, gcm256}}}},
 		{"phase2alg=aes_gcm256-null", "phase2alg", "aes_gcm256-null", []Proposal{{Ciphers: []Cipher{gcm256}}}},
 		// Libreswan proposals.c: the key length as its own token.
 		{"esp=aes_gcm-256", "esp", "aes_gcm-256", []Proposal{{Ciphers: []Cipher{gcm256}}}},
@@ -41,7 +59,7 @@ func TestProposalSpellings(t *testing.T) {
 		{"esp=aes-128-sha1", "esp", "aes-128-sha1", []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{sha1}}}},
 		// FreeS/WAN ipsec.conf(5) (2.04) esp=: "3des-md5-96".
 		{"esp=3des-md5-96", "esp", "3des-md5-96", []Proposal{{Ciphers: []Cipher{tdes}, Integs: []Integ{md5}}}},
-		{"esp=aes-sha2_256-128", "esp", "aes-sha2_256-128", []Proposal{{Ciphers: []Cipher{aes128}, Integs: []Integ{sha256}}}},
+		{"esp=aes-sha2_256-128", "esp", "aes-sha2_256-128", []Proposal{{Ciphers: []Cipher{aes128, aes256}, Integs: []Integ{sha256}}}},
 		// FreeS/WAN ipsec.conf(5) ah=: "hmac-md5".
 		{"ah=hmac-md5", "ah", "hmac-md5", []Proposal{{Integs: []Integ{md5}}}},
 		{"ah=hmac-sha1-96", "ah", "hmac-sha1-96", []Proposal{{Integs: []Integ{sha1}}}},
