@@ -19,8 +19,9 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-# ipsec.secrets must be readable by root only; git does not keep modes.
-cp demo/ipsec.conf "$RUN/ipsec.conf"
+# ipsec.secrets, and ipsec.conf as it holds manual keys (demo-manual), must
+# be readable by root only; git does not keep modes.
+install -m 600 demo/ipsec.conf "$RUN/ipsec.conf"
 install -m 600 demo/ipsec.secrets "$RUN/ipsec.secrets"
 
 step "topology: ${P}lan1 - ${P}gw1 ==== ${P}gw2 - ${P}lan2"

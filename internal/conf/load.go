@@ -27,9 +27,10 @@ type Options struct {
 	// host's file system (the upstream test suites include
 	// /testing/baseconfigs/...).
 	Root string
-	// OpenKeyFiles does not warn of manual keys in files that group or
-	// others may read or write, or that someone else than root or this
-	// user owns. For tests of checked-out files: gosec never sets it.
+	// OpenKeyFiles accepts manual keys in files that group or others may
+	// read or write, or that someone else than root, the gosec user or
+	// this user owns (refused otherwise). For tests of checked-out files:
+	// gosec never sets it.
 	OpenKeyFiles bool
 }
 
@@ -229,6 +230,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			}
 		}
 	}
+	var interpreted []*Conn // loaded and skipped: checkKeyFiles
 	for _, s := range order {
 		if p.work > MaxResolveWork {
 			p.errorf(s.pos, "configuration too large to resolve: more than %d keyword settings merged through conn %%default and also=; conn %s and those after it are not checked", MaxResolveWork, s.name)
@@ -251,6 +253,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			}
 			continue
 		}
+		interpreted = append(interpreted, c)
 		if skip == nil {
 			cfg.Conns = append(cfg.Conns, c)
 			continue
@@ -264,7 +267,7 @@ func (p *parser) finish(opts Options) (*Config, error) {
 			Msg: fmt.Sprintf("conn %s skipped: %s", c.Name, skip.Msg)})
 	}
 	if !opts.OpenKeyFiles {
-		p.checkKeyFiles(cfg.Conns)
+		p.checkKeyFiles(interpreted)
 	}
 	cfg.Diags = p.diags
 	sortDiags(cfg.Diags, p.order)
@@ -276,34 +279,42 @@ var manualKeyKeywords = []string{"espenckey", "espauthkey", "ahkey", "leftespenc
 	"leftahkey", "rightespenckey", "rightespauthkey", "rightahkey"}
 
 // checkKeyFiles gives the files that hold manual keys the check of
-// ipsec.secrets (issue 13): the mode and owner fstat saw when the file was
-// read, reported at the first key of each file (as a warning: see below).
+// ipsec.secrets (issue 13): owned by root, the gosec user or the user
+// gosec runs as, and neither group nor others may read or write them. It
+// judges the mode and owner fstat saw on the descriptor the file was read
+// from (no stat-then-open window), and reports an error at the first key
+// keyword of each file: the whole configuration is refused, as a secrets
+// file would be. Every conn counts, loaded or skipped: its keys are in
+// the file either way.
 func (p *parser) checkKeyFiles(conns []*Conn) {
-	checked := map[string]bool{}
+	first := map[string]pos{} // each file's first key keyword
+	var files []string
 	for _, c := range conns {
-		if !c.Manual {
-			continue
-		}
 		for _, kw := range manualKeyKeywords {
 			at, ok := c.set[kw]
-			if !ok || checked[at.file] {
+			if !ok {
 				continue
 			}
-			checked[at.file] = true
-			fi := p.infos[at.file]
-			if fi == nil {
-				continue // parsed from memory
+			if f, seen := first[at.file]; !seen {
+				files = append(files, at.file)
+				first[at.file] = at
+			} else if at.line < f.line {
+				first[at.file] = at
 			}
-			// A warning for now, not the refusal ipsec.secrets gets: the
-			// test harnesses of test/e2e and test/kernelpeer write their
-			// manual-key configurations 0644 and must change first.
-			if err := checkKeyFileOwner(fi, at.file); err != nil {
-				p.warnf(at, "manual keys: %v", err)
-				continue
-			}
-			if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-				p.warnf(at, "manual keys in a file that %s (mode %04o); run: chmod 600 %s", accessWho(perm), perm, at.file)
-			}
+		}
+	}
+	for _, file := range files {
+		at := first[file]
+		fi := p.infos[file]
+		if fi == nil {
+			continue // parsed from memory
+		}
+		if err := checkKeyFileOwner(fi, file); err != nil {
+			p.errorf(at, "refusing manual keys in this file: %v", err)
+			continue
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			p.errorf(at, "refusing manual keys in a file that %s (mode %04o), as a secrets file would be refused; run: chmod 600 %s", accessWho(perm), perm, file)
 		}
 	}
 }

@@ -436,9 +436,14 @@ func TestManualKeyFiles(t *testing.T) {
 	}{
 		{manual, 0o600, ""},
 		{manual, 0o400, ""},
-		{manual, 0o644, "ipsec.conf:7: warning: manual keys in a file that group may read, others may read (mode 0644); run: chmod 600 ipsec.conf"},
-		{manual, 0o640, "ipsec.conf:7: warning: manual keys in a file that group may read (mode 0640)"},
+		{manual, 0o644, "ipsec.conf:7: refusing manual keys in a file that group may read, others may read (mode 0644), as a secrets file would be refused; run: chmod 600 ipsec.conf"},
+		{manual, 0o640, "ipsec.conf:7: refusing manual keys in a file that group may read (mode 0640)"},
+		{manual, 0o602, "ipsec.conf:7: refusing manual keys in a file that others may write (mode 0602)"},
 		{psk, 0o644, ""},
+		// A conn gosec skips still has its keys in the file.
+		{strings.Replace(manual, "right=192.0.2.2", "right=2001:db8::2", 1), 0o644, "ipsec.conf:7: refusing manual keys"},
+		// The first key keyword of the file, whichever conn holds it.
+		{psk + "conn z\n\tahkey=0x00\n\tauto=ignore\n" + manual, 0o644, "ipsec.conf:6: refusing manual keys"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mode.String(), func(t *testing.T) {
@@ -451,12 +456,12 @@ func TestManualKeyFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg, err := Load("ipsec.conf", Options{})
-			if err != nil {
-				t.Fatalf("mode %04o: %v", tt.mode, err)
-			}
 			got := renderDiags(cfg.Diags)
-			if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
-				t.Errorf("mode %04o: diagnostics %q, want %q", tt.mode, got, tt.want)
+			if tt.want == "" && (err != nil || got != "") {
+				t.Fatalf("mode %04o: %v\n%s", tt.mode, err, got)
+			}
+			if tt.want != "" && (err == nil || !strings.Contains(got, tt.want)) {
+				t.Errorf("mode %04o: error %v, diagnostics %q, want the error %q", tt.mode, err, got, tt.want)
 			}
 		})
 	}
@@ -469,7 +474,7 @@ func TestManualKeyFiles(t *testing.T) {
 		if err := os.Chown(p, 4242, 4242); err != nil {
 			t.Fatal(err)
 		}
-		if cfg, _ := Load(p, Options{}); !strings.Contains(renderDiags(cfg.Diags), "warning: manual keys: the file is owned by uid 4242") {
+		if cfg, err := Load(p, Options{}); err == nil || !strings.Contains(renderDiags(cfg.Diags), "ipsec.conf:7: refusing manual keys in this file: the file is owned by uid 4242") {
 			t.Errorf("manual keys owned by uid 4242: %q", renderDiags(cfg.Diags))
 		}
 	}

@@ -139,7 +139,7 @@ func (tp *topo) newDaemon(ns, conf, secrets string) *daemon {
 	dir := tp.t.TempDir()
 	d := &daemon{tp: tp, ns: ns, bin: gosecBinary(tp.t), dir: dir,
 		socket: filepath.Join(dir, "gosec.ctl"), conf: filepath.Join(dir, "ipsec.conf")}
-	if err := os.WriteFile(d.conf, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(d.conf, []byte(conf), 0o600); err != nil {
 		tp.t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "ipsec.secrets"), []byte(secrets), 0o600); err != nil {

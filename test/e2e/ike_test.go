@@ -214,7 +214,7 @@ func (d *daemon) log() string {
 // rewrite replaces the daemon's ipsec.conf and ipsec.secrets (for reload).
 func (d *daemon) rewrite(conf, secrets string) {
 	d.tp.t.Helper()
-	if err := os.WriteFile(d.conf, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(d.conf, []byte(conf), 0o600); err != nil {
 		d.tp.t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(d.dir, "ipsec.secrets"), []byte(secrets), 0o600); err != nil {

@@ -583,7 +583,7 @@ func confRefuses(t *testing.T, conf, keyword string) string {
 	t.Helper()
 	dir := t.TempDir()
 	cf := filepath.Join(dir, "ipsec.conf")
-	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "ipsec.secrets"), []byte(lcSecrets), 0o600); err != nil {

@@ -98,7 +98,7 @@ func newEnv(t *testing.T, prefix string, nat bool, gosecConf, gosecSecrets, ssCo
 	write(filepath.Join(e.ssDir, "ipsec.conf"), ssConf, 0o644)
 	write(filepath.Join(e.ssDir, "ipsec.secrets"), ssSecrets, 0o600)
 	e.gsConf = filepath.Join(e.dir, "ipsec.conf")
-	write(e.gsConf, gosecConf, 0o644)
+	write(e.gsConf, gosecConf, 0o600)
 	write(filepath.Join(e.dir, "ipsec.secrets"), gosecSecrets, 0o600)
 	e.gsSock, e.gsLog = filepath.Join(e.dir, "gosec.ctl"), filepath.Join(e.dir, "gosec.log")
 

@@ -195,7 +195,7 @@ func startDaemon(t *testing.T, conf string) *daemon {
 	d := &daemon{bin: gosecBinary(t), dir: dir, socket: filepath.Join(dir, "gosec.ctl"),
 		conf: filepath.Join(dir, "ipsec.conf"), secrets: filepath.Join(dir, "ipsec.secrets"),
 		log: filepath.Join(dir, "gosec.log")}
-	if err := os.WriteFile(d.conf, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(d.conf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(d.secrets, nil, 0o600); err != nil {
