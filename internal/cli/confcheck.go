@@ -41,6 +41,9 @@ func ConfCheck(env Env, args []string) int {
 		if failed || serr != nil {
 			return 1
 		}
+		if len(cfg.Skipped) > 0 {
+			return 3 // as without --json: valid, some conns skipped
+		}
 		return 0
 	}
 	for _, d := range cfg.Diags {

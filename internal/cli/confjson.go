@@ -24,7 +24,20 @@ type confCheckJSON struct {
 	Diagnostics []diagJSON        `json:"diagnostics"`
 	Setup       map[string]string `json:"setup"`
 	Conns       []connJSON        `json:"conns"`
-	SecretList  []secretJSON      `json:"secret_list"`
+	// Skipped are the conns left out (a feature gosec lacks, a host name
+	// that does not resolve); the exit status is then 3.
+	Skipped    []skippedJSON `json:"skipped"`
+	SecretList []secretJSON  `json:"secret_list"`
+}
+
+type skippedJSON struct {
+	Name string `json:"name"`
+	File string `json:"file"`
+	Line int    `json:"line"` // of the keyword that needs the feature
+	// Feature is what is missing ("IPv6", "host names that do not
+	// resolve"...), Message the whole reason.
+	Feature string `json:"feature"`
+	Message string `json:"message"`
 }
 
 type diagJSON struct {
@@ -105,7 +118,7 @@ func endToJSON(e *conf.End) endJSON {
 // writeConfCheckJSON prints the result of a check as JSON.
 func writeConfCheckJSON(w io.Writer, configPath, secretsPath string, cfg *conf.Config, sec *conf.Secrets, ok bool) error {
 	out := confCheckJSON{Schema: ConfCheckSchema, Config: configPath, Secrets: secretsPath, OK: ok,
-		Diagnostics: []diagJSON{}, Conns: []connJSON{}, SecretList: []secretJSON{}, Setup: map[string]string{}}
+		Diagnostics: []diagJSON{}, Conns: []connJSON{}, Skipped: []skippedJSON{}, SecretList: []secretJSON{}, Setup: map[string]string{}}
 	addDiags := func(ds conf.Diags) {
 		for _, d := range ds {
 			sev := "error"
@@ -138,6 +151,10 @@ func writeConfCheckJSON(w io.Writer, configPath, secretsPath string, cfg *conf.C
 				cj.ESP = c.ESP.String()
 			}
 			out.Conns = append(out.Conns, cj)
+		}
+		for _, sk := range cfg.Skipped {
+			file, line := sk.Where()
+			out.Skipped = append(out.Skipped, skippedJSON{Name: sk.Name, File: file, Line: line, Feature: sk.Feature, Message: sk.Msg})
 		}
 	}
 	if sec != nil {

@@ -44,6 +44,21 @@ func TestConfCheckJSON(t *testing.T) {
 			},
 		},
 		{
+			// A conn skipped (IPv6) is listed with the keyword's line, and
+			// the exit status is 3 as without --json.
+			name:     "skipped",
+			conf:     "conn six\n\tleft=192.0.2.1\n\tright=2001:db8::2\n\tauthby=secret\n\tauto=add\n\nconn four\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tauthby=secret\n\tauto=add\n",
+			wantCode: 3,
+			check: func(t *testing.T, out confCheckJSON) {
+				if !out.OK || len(out.Conns) != 1 || len(out.Skipped) != 1 {
+					t.Fatalf("%+v", out)
+				}
+				if s := out.Skipped[0]; s.Name != "six" || s.Line != 3 || s.Feature != "IPv6" || !strings.Contains(s.Message, "right=2001:db8::2") {
+					t.Fatalf("skipped: %+v", s)
+				}
+			},
+		},
+		{
 			name:     "error",
 			conf:     "conn bad\n\tleft=192.0.2.1\n\tright=192.0.2.2\n\tauthby=secret\n\tbogus=1\n",
 			wantCode: 1,
