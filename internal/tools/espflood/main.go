@@ -2,7 +2,7 @@
 // (or at a given rate), for the flood test of issue 12 (scripts/bench-flood.sh).
 //
 //	espflood -dst 192.0.2.2 -mode unknown-spi [-pps 100000] [-d 10s]
-//	espflood -dst 192.0.2.2 -mode bad-icv -spi 0x2001 [-seq 0x80000000]
+//	espflood -dst 192.0.2.2 -mode bad-icv -spi 00002001 [-seq 0x80000000]
 //
 // Modes:
 //
@@ -37,6 +37,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -95,7 +97,10 @@ func main() {
 	flag.StringVar(&dst, "dst", "", "gateway address to flood (required)")
 	flag.StringVar(&src, "src", "", "local source address (default: the route's)")
 	flag.StringVar(&mode, "mode", string(UnknownSPI), "unknown-spi or bad-icv")
-	flag.Uint64Var(&spi, "spi", 0, "first SPI (unknown-spi, default 0xf1000000) or the inbound SA's SPI (bad-icv, required)")
+	flag.Func("spi", "SPI in hex, with or without 0x, as gosec status prints it: the first one (unknown-spi, default f1000000) or the inbound SA's (bad-icv, required)", func(v string) (err error) {
+		spi, err = parseSPI(v)
+		return err
+	})
 	flag.Uint64Var(&seq, "seq", 0x80000000, "first sequence number")
 	flag.IntVar(&cfg.Size, "size", 124, "ESP bytes after SPI and sequence number")
 	flag.IntVar(&cfg.Batch, "batch", 64, "packets per sendmmsg")
@@ -144,6 +149,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "espflood:", err)
 		os.Exit(1)
 	}
+}
+
+// parseSPI reads an SPI written in hex, with or without 0x.
+func parseSPI(v string) (uint64, error) {
+	h := strings.TrimPrefix(strings.ToLower(v), "0x")
+	n, err := strconv.ParseUint(h, 16, 32)
+	if err != nil || h == "" {
+		return 0, fmt.Errorf("want a 32-bit hex number, got %q", v)
+	}
+	return n, nil
 }
 
 // batch is a set of prebuilt ESP packets sent with one sendmmsg.

@@ -44,3 +44,21 @@ func TestFill(t *testing.T) {
 		}
 	}
 }
+
+// TestParseSPI: SPIs are hex as gosec status prints them (a leading 0 is
+// not octal).
+func TestParseSPI(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"00002001", 0x2001, true}, {"0x2001", 0x2001, true}, {"0XF1000000", 0xf1000000, true},
+		{"", 0, false}, {"0x", 0, false}, {"100000000", 0, false}, {"12g", 0, false},
+	} {
+		got, err := parseSPI(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseSPI(%q) = %#x, %v; want %#x, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
