@@ -224,6 +224,15 @@ for m in $MODES; do
   [ "$tot" -gt 0 ] || { log "bench-flood: gosec counted no $want drops during the $m flood"; exit 1; }
 done
 
+# How fast can one flooder go here, with no tunnel traffic? (2 s, unpaced)
+u0=$(drops unknown-spi) r0=$(rx_atk)
+ip netns exec "$ATK" "$TMP/espflood" -dst 192.0.2.2 -mode unknown-spi -pps 0 -d 2s >"$TMP/max.json"
+MAX_PPS=$(jq -r '.pps | floor' "$TMP/max.json") MAX_CPU=$(jq -r '100 * .cpu_seconds / .seconds | floor' "$TMP/max.json")
+MAX_SECS=$(jq -r .seconds "$TMP/max.json")
+MAX_RX=$(awk -v n="$(($(rx_atk) - r0))" -v s="$MAX_SECS" 'BEGIN {printf "%.0f", n / s}')
+MAX_DROP=$(awk -v n="$(($(drops unknown-spi) - u0))" -v s="$MAX_SECS" 'BEGIN {printf "%.0f", n / s}')
+log "bench-flood: unpaced flooder, no tunnel traffic: sent $MAX_PPS pkt/s (CPU $MAX_CPU % of a core), at gw2 $MAX_RX pkt/s, gosec dropped $MAX_DROP pkt/s as unknown-spi"
+
 log "bench-flood: BenchmarkDrop (internal/dataplane)"
 BENCH=$(go test -run '^$' -bench '^BenchmarkDrop$' -benchmem -benchtime 200000x ./internal/dataplane/ 2>&1) ||
   { log "$BENCH"; log "bench-flood: BenchmarkDrop failed"; exit 1; }
@@ -266,6 +275,7 @@ RATE_TXT="$PPS packets/s"; [ "$PPS" = 0 ] && RATE_TXT="as fast as the flooder ca
     done
   fi
   echo "Packets that arrived at gw2 but are not in gosec's drop counters were lost before gosec read them (its socket's receive queue was full)."
+  echo "One unpaced flooder without tunnel traffic (2 s, unknown-spi) sent $MAX_PPS packets/s using $MAX_CPU % of a core; $MAX_RX/s arrived at gw2 and gosec dropped $MAX_DROP/s as unknown-spi."
   echo
   echo "Dropping forged packets in the data plane without the kernel (\`go test -bench BenchmarkDrop -benchmem ./internal/dataplane/\`, 200000 packets each; the goal is 0 allocations per dropped packet):"
   echo
