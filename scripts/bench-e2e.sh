@@ -32,7 +32,7 @@
 #     -P DIR     afterwards, profile both gosec daemons with perf (cpu-clock,
 #                call graphs, kernel included) during one more 1-stream run per
 #                suite and encapsulation: DIR/gosec-SUITE-ENCAP-gwN.{perf.data,txt}
-# Defaults take about 8-9 minutes (-s aes128gcm16 about 2.5). Root only.
+# Defaults take about 6-7 minutes (-s aes128gcm16 about 2). Root only.
 # Uses bin/gosec (GOSEC=path overrides; `make bench-e2e` builds it first).
 #
 # Three identical topologies (scripts/topo.sh shape, all names start with gbe-):
