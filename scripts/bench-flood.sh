@@ -286,7 +286,7 @@ RATE_TXT="$PPS packets/s"; [ "$PPS" = 0 ] && RATE_TXT="as fast as the flooder ca
       "$(med "$m|gw1")" "$(med "$m|gw2")" "$(med "$m|flood_cpu")" "$(med "$m|mach")"
   done
   echo
-  echo "control: the same unknown-spi flood at the same rate, sent to a MAC address gw2 does not own, so it costs the flooder and the link the same but gw2's kernel discards it before IP and gosec never sees it. \"of control\" is therefore what the flood costs gosec itself; \"of no flood\" (the goal of issue 12) also includes what making the flood costs this machine."
+  echo "control: the same unknown-spi flood at the same rate, sent to a MAC address gw2 does not own, so it costs the same to make and to carry over the link, but gw2's kernel discards it before IP and gosec never sees it. \"of control\" is therefore about what the flood costs gw2 (its kernel's IP receive and raw socket delivery, which on veth run in the flooder's context and show in its CPU, plus gosec); \"of no flood\" (the goal of issue 12) also includes what making the flood costs this machine."
   echo
   if [ "$PPS" -gt 0 ]; then
     for m in control $MODES; do
