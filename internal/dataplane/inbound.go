@@ -193,7 +193,7 @@ func (p *Plane) finishInbound(sa *sad.SA, inner []byte, err error, full uint64, 
 
 // rawLoop receives ESP or AH batches from a raw socket and writes what
 // opens into the TUN.
-func (p *Plane) rawLoop(c *netio.RawConn) error {
+func (p *Plane) rawLoop(c PacketConn) error {
 	const batch = 64
 	ms := make([]netio.Msg, batch)
 	store := make([][]byte, batch)

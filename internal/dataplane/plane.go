@@ -26,12 +26,20 @@ import (
 	"github.com/gosec-ipsec/gosec/spd"
 )
 
+// PacketConn is a raw IP socket for ESP or AH (netio.RawConn, or an
+// AF_PACKET ring): Recv fills whole IPv4 packets into ms, Send sends whole
+// IPv4 packets (the destination taken from their headers).
+type PacketConn interface {
+	Recv(ms []netio.Msg) (int, error)
+	Send(ms []netio.Msg) (int, error)
+}
+
 // Config wires a Plane to its devices and databases.
 type Config struct {
 	TUN  *netio.TUN
-	ESP  *netio.RawConn // raw IP protocol 50; also sends bypassed cleartext
-	AH   *netio.RawConn // raw IP protocol 51; nil: no AH
-	NATT *netio.NATT    // ESP-in-UDP on the NAT-T port; nil: none
+	ESP  PacketConn  // raw IP protocol 50; also sends bypassed cleartext
+	AH   PacketConn  // raw IP protocol 51; nil: no AH
+	NATT *netio.NATT // ESP-in-UDP on the NAT-T port; nil: none
 	SAD  *sad.DB
 	SPD  *spd.DB
 	// WireMTU is the MTU of the path to the peers (default 1500): sealed
