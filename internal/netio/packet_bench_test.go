@@ -229,13 +229,31 @@ func BenchmarkESPSend(b *testing.B) {
 	_, bMAC := linkInfo(b, p.B.NS, p.B.Name)
 	const batch = 32
 	out := espPackets(p, batch, 1400)
-	for _, tc := range []string{"raw-sendmmsg", "packet-sendmmsg", "packet-sendmmsg-bypass", "packet-txring-bypass"} {
+	for _, tc := range []string{"raw-sendmmsg", "packet-sendmmsg", "packet-sendmmsg-bypass", "packet-txring-bypass", "PacketConn"} {
 		b.Run(tc, func(b *testing.B) {
 			tx, rx := rawPair(b, p)
 			var send func([]Msg) (int, error)
 			switch tc {
 			case "raw-sendmmsg":
 				send = tx.Send
+			case "PacketConn":
+				var pc *PacketConn
+				nettest.MustDo(b, p.A.NS, func() (err error) {
+					pc, err = ListenPacket(PacketConfig{RawConfig: RawConfig{Proto: 50, Mark: testMark, Buffer: 8 << 20}})
+					return err
+				})
+				defer pc.Close()
+				// Resolve the neighbour: one packet through the raw socket,
+				// then wait for the cache.
+				if _, err := pc.Send(out[:1]); err != nil {
+					b.Fatal(err)
+				}
+				for deadline := time.Now().Add(3 * time.Second); pc.hops.lookup(p.BAddr) == nil; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						b.Fatal("no AF_PACKET next hop")
+					}
+				}
+				send = pc.Send
 			default:
 				var fd int
 				nettest.MustDo(b, p.A.NS, func() error {

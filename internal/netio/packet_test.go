@@ -187,6 +187,26 @@ func TestPacketConnSend(t *testing.T) {
 		}
 	}
 
+	if !testutil.RaceEnabled {
+		batch := ms[:32]
+		in := recvMsgs(64, 2048)
+		allocs := testing.AllocsPerRun(20, func() {
+			if _, err := tx.Send(batch); err != nil {
+				t.Fatal(err)
+			}
+			for got := 0; got < len(batch); {
+				n, err := rx.Recv(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got += n
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%v allocs per 32-packet AF_PACKET send", allocs)
+		}
+	}
+
 	// Cleartext (protocol 253) goes through the raw socket.
 	c := build(0, true, 9)
 	c.Buf[9] = 253
