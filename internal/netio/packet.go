@@ -182,7 +182,7 @@ func (c *PacketConn) Send(ms []Msg) (int, error) {
 	defer c.mu.Unlock()
 	sent := 0
 	for sent < len(ms) {
-		k := c.prepare(ms[sent:])
+		k, toRaw := c.prepare(ms[sent:])
 		if k > 0 {
 			n, err := c.flush(k)
 			c.viaPacket.Add(uint64(n))
@@ -190,9 +190,13 @@ func (c *PacketConn) Send(ms []Msg) (int, error) {
 			if err != nil {
 				return sent, err
 			}
+		}
+		if !toRaw {
 			continue
 		}
-		// A run of packets for the raw socket.
+		// ms[sent] was judged for the raw socket (judging again could
+		// give another answer: a stale neighbour's probe is taken once);
+		// so are the packets after it up to the next AF_PACKET one.
 		j := sent + 1
 		for j < len(ms) && j-sent < MaxBatch && c.hopFor(&ms[j]) == nil {
 			j++
@@ -231,14 +235,14 @@ func (c *PacketConn) hopFor(m *Msg) *hop {
 }
 
 // prepare fills the batch with the leading run of ms that has AF_PACKET
-// hops and returns its length (0: ms[0] goes to the raw socket).
-func (c *PacketConn) prepare(ms []Msg) int {
-	k := 0
+// hops and returns its length k; toRaw says that ms[k] was judged for the
+// raw socket (the run did not end at the batch limit or the end of ms).
+func (c *PacketConn) prepare(ms []Msg) (k int, toRaw bool) {
 	for k < len(ms) && k < MaxBatch {
 		m := &ms[k]
 		h := c.hopFor(m)
 		if h == nil {
-			break
+			return k, true
 		}
 		c.fixHeader(m.Buf)
 		c.iovs[2*k].Base = &h.eth[0]
@@ -255,7 +259,7 @@ func (c *PacketConn) prepare(ms []Msg) int {
 		hd.Hdr.Iovlen = 2
 		k++
 	}
-	return k
+	return k, false
 }
 
 // fixHeader does what raw_send_hdrinc does to a header before sending:

@@ -207,10 +207,26 @@ func TestPacketConnSend(t *testing.T) {
 		}
 	}
 
+	// A stale neighbour's probe: exactly one packet of the batch (the
+	// first) takes the raw socket, the rest AF_PACKET, all in order.
+	before := tx.Stats()
+	(*tx.hops.tab.Load())[marked].probe.Store(true)
+	if n, err := tx.Send(ms[:10]); n != 10 || err != nil {
+		t.Fatalf("Send with probe: %d, %v", n, err)
+	}
+	for i, g := range recvN(t, rx, 10, 2*time.Second) {
+		if seq := binary.BigEndian.Uint32(g[24:]); seq != uint32(i+1) {
+			t.Fatalf("probe batch: packet %d has seq %d", i, seq)
+		}
+	}
+	if s := tx.Stats(); s.Raw != before.Raw+1 || s.Packet != before.Packet+9 {
+		t.Errorf("probe batch: stats %+v then %+v, want 1 raw and 9 AF_PACKET", before, s)
+	}
+
 	// Cleartext (protocol 253) goes through the raw socket.
 	c := build(0, true, 9)
 	c.Buf[9] = 253
-	before := tx.Stats()
+	before = tx.Stats()
 	if _, err := tx.Send([]Msg{c}); err != nil {
 		t.Fatal(err)
 	}
