@@ -29,7 +29,9 @@ func (f *firstCall) called() { f.once.Do(func() { close(f.ready) }) }
 type fakeTUN struct {
 	firstCall
 	// gate, if set, holds the first read until it is closed.
-	gate  chan struct{}
+	gate chan struct{}
+	// pace, if set, lets each read through only with a token from it.
+	pace  chan struct{}
 	batch int
 	mtu   int
 
@@ -72,6 +74,13 @@ func (t *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if t.left == 0 {
 		<-t.closed
 		return 0, netio.ErrClosed
+	}
+	if t.pace != nil {
+		select {
+		case <-t.pace:
+		case <-t.closed:
+			return 0, netio.ErrClosed
+		}
 	}
 	select {
 	case <-t.closed:

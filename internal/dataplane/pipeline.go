@@ -33,9 +33,11 @@ import (
 // full (the reader then does the work itself rather than wait).
 
 // inlineMax is the largest batch a reader seals or opens itself when its
-// lane is idle (see BenchmarkPipeline: a hand-off costs a few
-// microseconds of goroutine wake-up, more than one packet's cryptography).
-const inlineMax = 2
+// lane is idle (BenchmarkPipelineLatency: a hand-off to a worker and the
+// sequential stage costs two goroutine wake-ups, several microseconds,
+// more than one small packet's cryptography). A variable for that
+// benchmark only.
+var inlineMax = 2
 
 // jobQueueLen bounds the containers waiting for a worker, all readers
 // together. A reader never blocks on it: when it is full, the reader
