@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -230,13 +231,19 @@ func BenchmarkPipeline(b *testing.B) {
 				l.start()
 				l.waitReady()
 				b.ReportAllocs()
+				cpu0 := cpuTime()
 				b.ResetTimer()
 				close(gate)
 				<-l.tunB.done
 				b.StopTimer()
 				sec := b.Elapsed().Seconds()
+				cpu := (cpuTime() - cpu0).Seconds()
 				b.ReportMetric(float64(b.N)/sec, "pkts/s")
 				b.ReportMetric(float64(l.tunB.bytes.Load())*8/sec/1e9, "Gbit/s")
+				// On a shared machine the CPU the process got says more
+				// than the GOMAXPROCS it was allowed.
+				b.ReportMetric(cpu/sec, "cpus")
+				b.ReportMetric(float64(b.N)/cpu, "pkts/cpu-s")
 				l.stop(b)
 			})
 		}
@@ -271,4 +278,13 @@ func BenchmarkPipelineLatency(b *testing.B) {
 			l.stop(b)
 		})
 	}
+}
+
+// cpuTime is the user and system time the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
