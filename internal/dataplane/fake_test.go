@@ -124,19 +124,35 @@ func (t *fakeTUN) Write(bufs [][]byte, offset int) (int, error) {
 	return bytes, nil
 }
 
-// fakeWire is one direction of a link: a bounded queue of datagrams in
-// preallocated buffers. A full queue blocks the sender (no loss).
+// fakeWire is one direction of a link: a bounded queue of frames, each
+// the datagrams of one send call (up to wireFrame of them) in
+// preallocated buffers, so that the fake costs a channel operation per
+// batch, not per packet. A full queue blocks the sender (no loss).
 type fakeWire struct {
-	q         chan []byte
-	pool      chan []byte
+	q         chan *wireFrame
+	pool      chan *wireFrame
 	closeOnce sync.Once
 	closed    chan struct{}
+	// The receiver's frame in progress (only the receiving loop reads).
+	cur *wireFrame
+	pos int
+}
+
+const wireFrameLen = 64
+
+type wireFrame struct {
+	bufs [wireFrameLen][]byte
+	n    int
 }
 
 func newFakeWire(depth int) *fakeWire {
-	w := &fakeWire{q: make(chan []byte, depth), pool: make(chan []byte, depth), closed: make(chan struct{})}
+	w := &fakeWire{q: make(chan *wireFrame, depth), pool: make(chan *wireFrame, depth), closed: make(chan struct{})}
 	for i := 0; i < depth; i++ {
-		w.pool <- make([]byte, 2048)
+		f := &wireFrame{}
+		for j := range f.bufs {
+			f.bufs[j] = make([]byte, 2048)
+		}
+		w.pool <- f
 	}
 	return w
 }
@@ -144,42 +160,46 @@ func newFakeWire(depth int) *fakeWire {
 func (w *fakeWire) Close() { w.closeOnce.Do(func() { close(w.closed) }) }
 
 func (w *fakeWire) send(ms []netio.Msg) (int, error) {
-	for i := range ms {
-		var b []byte
+	sent := 0
+	for sent < len(ms) {
+		var f *wireFrame
 		select {
-		case b = <-w.pool:
+		case f = <-w.pool:
 		case <-w.closed:
-			return i, netio.ErrClosed
+			return sent, netio.ErrClosed
 		}
-		n := copy(b[:cap(b)], ms[i].Buf)
-		w.q <- b[:n]
+		f.n = min(len(ms)-sent, wireFrameLen)
+		for i := 0; i < f.n; i++ {
+			b := f.bufs[i]
+			f.bufs[i] = b[:copy(b[:cap(b)], ms[sent+i].Buf)]
+		}
+		sent += f.n
+		w.q <- f
 	}
-	return len(ms), nil
+	return sent, nil
 }
 
 // recv fills ms from the queue: it waits for the first datagram and takes
-// what else is there; each is given to fill.
+// the rest of its frame; each is given to fill.
 func (w *fakeWire) recv(ms []netio.Msg, fill func(i int, b []byte)) (int, error) {
-	var b []byte
-	select {
-	case b = <-w.q:
-	case <-w.closed:
-		return 0, netio.ErrClosed
+	if w.cur == nil {
+		select {
+		case w.cur = <-w.q:
+			w.pos = 0
+		case <-w.closed:
+			return 0, netio.ErrClosed
+		}
 	}
 	k := 0
-	for {
-		fill(k, b)
-		w.pool <- b[:cap(b)]
-		k++
-		if k == len(ms) {
-			return k, nil
-		}
-		select {
-		case b = <-w.q:
-		default:
-			return k, nil
-		}
+	for ; k < len(ms) && w.pos < w.cur.n; k++ {
+		fill(k, w.cur.bufs[w.pos])
+		w.pos++
 	}
+	if w.pos == w.cur.n {
+		w.pool <- w.cur
+		w.cur = nil
+	}
+	return k, nil
 }
 
 // fakeRaw is a raw ESP/AH socket on a fakeWire pair.
