@@ -14,7 +14,7 @@ FUZZTIME ?= 10s
 deb:
 	scripts/mkdeb.sh bin
 
-.PHONY: deb all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-ike fuzz fuzz-ci demo clean
+.PHONY: deb all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-ike fuzz fuzz-ci demo clean
 
 all: build
 
@@ -65,6 +65,11 @@ demo: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./esp/ ./ah/ ./sad/ ./spd/ ./internal/integ/ ./internal/dataplane/
 	scripts/bench-esp-ratio.sh
+
+# The data plane's parallel pipeline without the kernel (fake devices):
+# throughput per GOMAXPROCS 1..nproc, scaling, packets/s per core.
+bench-pipeline:
+	scripts/bench-pipeline.sh
 
 # LAN-to-LAN throughput, latency and CPU: gosec (raw ESP, ESP-in-UDP) vs
 # plain routing vs strongSwan, four suites, with the goals of issue 12.

@@ -96,6 +96,7 @@ func Start(env Env, args []string) int {
 	runAs := fs.String("user", "", "after opening sockets and devices, run as this user keeping only CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	saveKeys := fs.String("save-keys", "", "write every SA's keys to DIR in Wireshark's formats (ikev1_decryption_table, esp_sa); debugging only")
+	afpacket := fs.Bool("afpacket", true, "send ESP and AH through AF_PACKET on the outgoing Ethernet link with a neighbour cache, the raw sockets only where that cannot be used (default); --afpacket=false sends everything through the raw IPv4 sockets")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file until it stops (performance work)")
 	if _, ok := parse(env, fs, args); !ok {
 		return 2
@@ -178,6 +179,7 @@ func Start(env Env, args []string) int {
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
 		SaveKeysDir: *saveKeys, Observer: mx, Stopping: notifyStopping,
+		RawSocketsOnly: !*afpacket,
 		Started: func(d *daemon.Daemon) error {
 			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {
 				return err

@@ -44,6 +44,11 @@ type Options struct {
 	Table       int    // routing table for routes into the TUN
 	FilterTable string // nftables table name
 	Debug       bool
+	// RawSocketsOnly sends ESP and AH through the raw IPv4 sockets (the
+	// kernel's IP output path per packet) instead of AF_PACKET on the
+	// outgoing Ethernet link (netio.PacketConn, the default; it falls back
+	// to the raw sockets by itself when AF_PACKET cannot be opened).
+	RawSocketsOnly bool
 	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
 	// savekeys= in config setup does the same.
 	SaveKeysDir string
@@ -108,8 +113,8 @@ type Daemon struct {
 	sad    *sad.DB
 	spd    *spd.DB
 	tun    *netio.TUN
-	esp    *netio.RawConn
-	ah     *netio.RawConn
+	esp    espSocket
+	ah     espSocket
 	natt   *netio.NATT
 	router routeTable
 	filter cleartextFilter
@@ -230,6 +235,31 @@ func Run(ctx context.Context, opts Options) (err error) {
 	return err
 }
 
+// espSocket carries ESP or AH: a netio.PacketConn (AF_PACKET send) or a
+// netio.RawConn.
+type espSocket interface {
+	Recv(ms []netio.Msg) (int, error)
+	Send(ms []netio.Msg) (int, error)
+	Close() error
+}
+
+// listenESP opens the socket for ESP or AH: AF_PACKET sending with the raw
+// socket for receive and fallback, unless turned off or unavailable.
+func (d *Daemon) listenESP(cfg netio.RawConfig) (espSocket, error) {
+	if !d.opts.RawSocketsOnly {
+		c, err := netio.ListenPacket(netio.PacketConfig{RawConfig: cfg, Clock: d.opts.Clock, Log: d.log})
+		if err == nil {
+			return c, nil
+		}
+		d.log.Warn("AF_PACKET send path unavailable; sending through the raw socket", "proto", cfg.Proto, "err", err)
+	}
+	c, err := netio.ListenRaw(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 // setup creates the devices, sockets, routes and filters.
 func (d *Daemon) setup() error {
 	o := d.opts
@@ -247,11 +277,11 @@ func (d *Daemon) setup() error {
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.esp, err = netio.ListenRaw(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20})
+	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20})
 	if err != nil {
 		return fmt.Errorf("daemon: raw ESP socket: %w", err)
 	}
-	d.ah, err = netio.ListenRaw(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20})
+	d.ah, err = d.listenESP(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20})
 	if err != nil {
 		return fmt.Errorf("daemon: raw AH socket: %w", err)
 	}

@@ -69,10 +69,10 @@ func (p *Plane) ReleaseHeld(reqid uint32) int {
 	}
 	st := &outState{ipid: uint16(rand.Uint32())}
 	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
+	var j outJob
 	for _, b := range pkts {
-		out, kind, to := p.outbound(st, b[:cap(b)], netio.Headroom, len(b)-netio.Headroom, icmp)
-		raw, rawAH, udp, back := st.sort(out, kind, to, nil, nil, nil, nil)
-		st.arenaUsed = 0
+		p.outboundJob(st, &j, b[:cap(b)], netio.Headroom, len(b)-netio.Headroom, icmp)
+		raw, rawAH, udp, back := sortOut(&j, st.fa.frags, nil, nil, nil, nil)
 		if len(back) > 0 {
 			if _, err := p.cfg.TUN.Write(back, netio.TUNHeadroom); err != nil {
 				p.stats.SendErrors.Add(1)

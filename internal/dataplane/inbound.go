@@ -21,13 +21,67 @@ const rxLead = 64
 // rxBufSize holds the largest IPv4 packet (a reassembled one included).
 const rxBufSize = 65535
 
+// inElem is one received ESP or AH packet on its way in: what the reader
+// found for it and what the worker made of it.
+type inElem struct {
+	// Set by the reader; sa nil: dropped.
+	sa    *sad.SA
+	full  uint64
+	peer  netip.Addr
+	pkt   []byte // raw: the whole IPv4 packet; UDP: the ESP packet
+	proto sad.Proto
+	udp   bool
+	slot  int // raw: the receive buffer the packet is in
+	// Set by the worker.
+	inner []byte
+	err   error
+}
+
 // inboundRaw opens pkt, a whole IPv4 packet from a raw ESP or AH socket,
-// in place and returns the inner IPv4 packet to write into the TUN, or nil.
+// in place and returns the inner IPv4 packet to write into the TUN, or nil
+// (all in the calling goroutine; the pipeline splits the same work).
 func (p *Plane) inboundRaw(pkt []byte) []byte {
+	var e inElem
+	if !p.rawPrepare(pkt, &e) {
+		return nil
+	}
+	p.open(&e, nil)
+	return p.finishOne(&e)
+}
+
+// inboundUDP opens b, an ESP packet that arrived in UDP from from, in
+// place. Tunnel mode returns the inner packet inside b (preceded by at least
+// netio.TUNHeadroom bytes that belong to this or the previous segment's ESP
+// header or trailer). Transport mode returns a copy in scr with the IPv4
+// header rebuilt in front, since b has no guaranteed room for it.
+func (p *Plane) inboundUDP(b []byte, from netip.AddrPort, local netip.Addr, scr *scratch) []byte {
+	var e inElem
+	if !p.udpPrepare(b, from, local, &e) {
+		return nil
+	}
+	p.open(&e, scr)
+	return p.finishOne(&e)
+}
+
+// finishOne finishes one packet and counts it.
+func (p *Plane) finishOne(e *inElem) []byte {
+	inner := p.finishInbound(e.sa, e.inner, e.err, e.full, e.peer)
+	if inner != nil {
+		e.sa.CountIn(len(inner))
+		p.stats.InPackets.Add(1)
+		p.stats.InBytes.Add(uint64(len(inner)))
+	}
+	return inner
+}
+
+// rawPrepare is the reader's part for a packet from a raw socket: header
+// checks, SA lookup and the replay pre-check. False: dropped.
+func (p *Plane) rawPrepare(pkt []byte, e *inElem) bool {
+	e.sa, e.inner, e.err, e.udp = nil, nil, nil, false
 	hl, total, err := iphdr.HeaderLen(pkt)
 	if err != nil {
 		p.dropPkt(nil, drop.Malformed, "raw", netip.Addr{})
-		return nil
+		return false
 	}
 	pkt = pkt[:total]
 	src := netip.AddrFrom4([4]byte(pkt[iphdr.OffSrc : iphdr.OffSrc+4]))
@@ -35,7 +89,7 @@ func (p *Plane) inboundRaw(pkt []byte) []byte {
 	if binary.BigEndian.Uint16(pkt[iphdr.OffFlagsFrag:])&0x3fff != 0 {
 		// The kernel reassembles before raw delivery; a fragment here is junk.
 		p.dropPkt(nil, drop.Malformed, "raw", src)
-		return nil
+		return false
 	}
 	var (
 		spi, seq uint32
@@ -50,45 +104,33 @@ func (p *Plane) inboundRaw(pkt []byte) []byte {
 		proto = sad.AH
 	default:
 		p.dropPkt(nil, drop.Malformed, "raw", src)
-		return nil
+		return false
 	}
 	if err != nil {
 		p.dropPkt(nil, drop.Malformed, "raw", src)
-		return nil
+		return false
 	}
 	sa := p.cfg.SAD.Lookup(spi, proto, dst)
 	if sa == nil {
 		p.dropPkt(nil, drop.UnknownSPI, "raw", src)
-		return nil
+		return false
 	}
 	full, ok := p.checkReplay(sa, seq, src)
 	if !ok {
-		return nil
+		return false
 	}
-	var inner []byte
-	switch {
-	case proto == sad.ESP && sa.Mode == sad.Tunnel:
-		inner, err = sa.ESP.OpenTunnel(pkt, full)
-	case proto == sad.ESP:
-		inner, err = sa.ESP.OpenTransport(pkt, full)
-	case sa.Mode == sad.Tunnel:
-		inner, err = sa.AH.OpenTunnel(pkt, full)
-	default:
-		inner, err = sa.AH.OpenTransport(pkt, full)
-	}
-	return p.finishInbound(sa, inner, err, full, src)
+	e.sa, e.full, e.peer, e.pkt, e.proto = sa, full, src, pkt, proto
+	return true
 }
 
-// inboundUDP opens b, an ESP packet that arrived in UDP from from, in
-// place. Tunnel mode returns the inner packet inside b (preceded by at least
-// netio.TUNHeadroom bytes that belong to this or the previous segment's ESP
-// header or trailer). Transport mode returns a copy in scr with the IPv4
-// header rebuilt in front, since b has no guaranteed room for it.
-func (p *Plane) inboundUDP(b []byte, from netip.AddrPort, local netip.Addr, scr *scratch) []byte {
+// udpPrepare is the reader's part for an ESP packet from the NAT-T
+// socket. False: dropped.
+func (p *Plane) udpPrepare(b []byte, from netip.AddrPort, local netip.Addr, e *inElem) bool {
+	e.sa, e.inner, e.err, e.udp = nil, nil, nil, true
 	spi, seq, err := esp.ParseHeader(b)
 	if err != nil {
 		p.dropPkt(nil, drop.Malformed, "udp", from.Addr())
-		return nil
+		return false
 	}
 	sa := p.cfg.SAD.Lookup(spi, sad.ESP, local)
 	if sa == nil {
@@ -98,27 +140,49 @@ func (p *Plane) inboundUDP(b []byte, from netip.AddrPort, local netip.Addr, scr 
 	}
 	if sa == nil {
 		p.dropPkt(nil, drop.UnknownSPI, "udp", from.Addr())
-		return nil
+		return false
 	}
 	full, ok := p.checkReplay(sa, seq, from.Addr())
 	if !ok {
-		return nil
+		return false
 	}
-	payload, nh, err := sa.ESP.Open(b, full)
-	if err != nil {
-		return p.finishInbound(sa, nil, err, full, from.Addr())
-	}
-	if sa.Mode == sad.Tunnel {
-		if nh != iphdr.ProtoIPIP {
-			return p.finishInbound(sa, nil, errInnerProto, full, from.Addr())
+	e.sa, e.full, e.peer, e.pkt, e.proto = sa, full, from.Addr(), b, sad.ESP
+	return true
+}
+
+// open is the workers' part: it authenticates and decrypts e.pkt in place
+// into e.inner, or sets e.err. UDP transport mode rebuilds the IPv4 header
+// in a buffer from scr.
+func (p *Plane) open(e *inElem, scr *scratch) {
+	sa, pkt, full := e.sa, e.pkt, e.full
+	if !e.udp {
+		switch {
+		case e.proto == sad.ESP && sa.Mode == sad.Tunnel:
+			e.inner, e.err = sa.ESP.OpenTunnel(pkt, full)
+		case e.proto == sad.ESP:
+			e.inner, e.err = sa.ESP.OpenTransport(pkt, full)
+		case sa.Mode == sad.Tunnel:
+			e.inner, e.err = sa.AH.OpenTunnel(pkt, full)
+		default:
+			e.inner, e.err = sa.AH.OpenTransport(pkt, full)
 		}
-		return p.finishInbound(sa, payload, nil, full, from.Addr())
+		return
 	}
-	ip := scr.get(netio.TUNHeadroom + iphdr.IPv4MinLen + len(payload))[netio.TUNHeadroom:]
-	copy(ip[iphdr.IPv4MinLen:], payload)
-	o := iphdr.Outer{Src: sa.Src.As4(), Dst: sa.Dst.As4(), TTL: 64, ID: uint16(seq) | 1}
-	iphdr.PutIPv4(ip, &o, nh, len(ip))
-	return p.finishInbound(sa, ip, nil, full, from.Addr())
+	payload, nh, err := sa.ESP.Open(pkt, full)
+	switch {
+	case err != nil:
+		e.err = err
+	case sa.Mode == sad.Tunnel && nh != iphdr.ProtoIPIP:
+		e.err = errInnerProto
+	case sa.Mode == sad.Tunnel:
+		e.inner = payload
+	default:
+		ip := scr.get(netio.TUNHeadroom + iphdr.IPv4MinLen + len(payload))[netio.TUNHeadroom:]
+		copy(ip[iphdr.IPv4MinLen:], payload)
+		o := iphdr.Outer{Src: sa.Src.As4(), Dst: sa.Dst.As4(), TTL: 64, ID: uint16(full) | 1}
+		iphdr.PutIPv4(ip, &o, nh, len(ip))
+		e.inner = ip
+	}
 }
 
 // scratch hands out reusable buffers for one loop iteration.
@@ -156,8 +220,10 @@ func (p *Plane) checkReplay(sa *sad.SA, seq uint32, peer netip.Addr) (uint64, bo
 	return full, true
 }
 
-// finishInbound updates the replay window after a good ICV, checks the
-// inner packet against the SA's policy and counts it.
+// finishInbound updates the replay window after a good ICV and checks the
+// inner packet against the SA's policy; the caller counts it. The pipeline
+// runs it in its sequential stage, so that the window moves in the order
+// the packets arrived.
 func (p *Plane) finishInbound(sa *sad.SA, inner []byte, err error, full uint64, peer netip.Addr) []byte {
 	if err != nil {
 		r := drop.ReasonOf(err)
@@ -185,75 +251,158 @@ func (p *Plane) finishInbound(sa *sad.SA, inner []byte, err error, full uint64, 
 		p.dropPkt(sa, drop.PolicyMismatch, "inner", peer)
 		return nil
 	}
-	sa.CountIn(len(inner))
-	p.stats.InPackets.Add(1)
-	p.stats.InBytes.Add(uint64(len(inner)))
 	return inner
 }
 
-// rawLoop receives ESP or AH batches from a raw socket and writes what
-// opens into the TUN.
-func (p *Plane) rawLoop(c *netio.RawConn) error {
-	const batch = 64
-	ms := make([]netio.Msg, batch)
-	store := make([][]byte, batch)
-	for i := range ms {
-		store[i] = make([]byte, rxLead+rxBufSize)
+// inBatch is a socket reader's container: one receive and what becomes
+// of each packet in it.
+type inBatch struct {
+	batchSync
+	p     *Plane
+	ms    []netio.Msg
+	store [][]byte
+	pkts  []netio.Packet // UDP: the ESP packets of the receive
+	els   []inElem
+	n     int
+	scr   scratch // UDP transport mode's rebuilt packets
+}
+
+func newInBatch(p *Plane, msgs, pkts int) *inBatch {
+	b := &inBatch{p: p, ms: make([]netio.Msg, msgs), store: make([][]byte, msgs), els: make([]inElem, pkts)}
+	for i := range b.store {
+		b.store[i] = make([]byte, rxLead+rxBufSize)
 	}
-	out := make([][]byte, 0, batch)
-	for {
-		for i := range ms {
-			ms[i] = netio.Msg{Buf: store[i][rxLead:]}
-		}
-		n, err := c.Recv(ms)
-		if err != nil {
-			return err
-		}
-		out = out[:0]
-		for i := 0; i < n; i++ {
-			if ms[i].Trunc {
-				p.dropPkt(nil, drop.Malformed, "raw", ms[i].From.Addr())
-				continue
-			}
-			inner := p.inboundRaw(ms[i].Buf[:ms[i].N])
-			if inner == nil {
-				continue
-			}
-			out = append(out, tunSlice(store[i], inner, len(store[i])))
-		}
-		p.writeTUN(out)
+	if pkts > msgs {
+		b.pkts = make([]netio.Packet, pkts)
+	}
+	return b
+}
+
+// arm offers the receive buffers again.
+func (b *inBatch) arm() {
+	for i := range b.ms {
+		b.ms[i] = netio.Msg{Buf: b.store[i][rxLead:]}
 	}
 }
 
-// udpLoop receives ESP-in-UDP batches and writes what opens into the TUN.
-func (p *Plane) udpLoop() error {
-	const batch = 32
-	ms := make([]netio.Msg, batch)
-	store := make([][]byte, batch)
-	for i := range ms {
-		store[i] = make([]byte, rxLead+rxBufSize)
-	}
-	pkts := make([]netio.Packet, batch*64)
-	local := p.cfg.NATT.Conn.LocalAddr().Addr()
-	var scr scratch
-	tw := newTUNWriter(p)
-	for {
-		for i := range ms {
-			ms[i] = netio.Msg{Buf: store[i][rxLead:]}
+// crypt opens the batch's packets (a worker, or the reader inline).
+func (b *inBatch) crypt() {
+	b.scr.reset()
+	for i := 0; i < b.n; i++ {
+		if e := &b.els[i]; e.sa != nil {
+			b.p.open(e, &b.scr)
 		}
-		n, err := p.cfg.NATT.ReadESP(ms, pkts)
+	}
+}
+
+// inSink is a sequential stage's way into the TUN, reused across batches.
+type inSink struct {
+	out [][]byte   // raw: packets in their receive buffers
+	tw  *tunWriter // UDP: copies behind GRO super-buffers
+	run saRun
+}
+
+// finish updates replay windows, checks policies, counts and writes the
+// batch into the TUN, in the order it was received.
+func (b *inBatch) finish(s *inSink) {
+	p := b.p
+	s.out = s.out[:0]
+	for i := 0; i < b.n; i++ {
+		e := &b.els[i]
+		if e.sa == nil {
+			continue
+		}
+		inner := p.finishInbound(e.sa, e.inner, e.err, e.full, e.peer)
+		if inner == nil {
+			continue
+		}
+		s.run.add(e.sa, len(inner))
+		if s.tw != nil {
+			s.tw.add(inner)
+		} else {
+			s.out = append(s.out, tunSlice(b.store[e.slot], inner, len(b.store[e.slot])))
+		}
+	}
+	s.run.flush(p)
+	if s.tw != nil {
+		s.tw.flush()
+	} else {
+		p.writeTUN(s.out)
+	}
+}
+
+// rawBatch is how many packets one raw socket receive takes.
+const rawBatch = 64
+
+// rawLoop receives ESP or AH batches from a raw socket and passes them
+// down the pipeline (open on the workers, write to the TUN in order).
+func (p *Plane) rawLoop(c PacketConn, jobs chan cryptoJob, workers int) error {
+	batches := make([]*inBatch, lanes(workers))
+	for i := range batches {
+		batches[i] = newInBatch(p, rawBatch, rawBatch)
+	}
+	sink := &inSink{out: make([][]byte, 0, rawBatch)}
+	l := newLane(p, jobs, batches, func(b *inBatch) { b.finish(sink) })
+	defer l.close()
+	for {
+		b := l.get()
+		b.arm()
+		n, err := c.Recv(b.ms)
 		if err != nil {
+			l.put(b)
 			return err
 		}
-		scr.reset()
+		work := 0
 		for i := 0; i < n; i++ {
-			inner := p.inboundUDP(pkts[i].B, pkts[i].From, local, &scr)
-			if inner == nil {
+			e := &b.els[i]
+			e.sa = nil
+			if b.ms[i].Trunc {
+				p.dropPkt(nil, drop.Malformed, "raw", b.ms[i].From.Addr())
 				continue
 			}
-			tw.add(inner)
+			if p.rawPrepare(b.ms[i].Buf[:b.ms[i].N], e) {
+				e.slot = i
+				work++
+			}
 		}
-		tw.flush()
+		b.n = n
+		l.submit(b, work)
+	}
+}
+
+// UDP receive batches: datagrams per receive, and ESP packets they may
+// hold once GRO super-buffers are split.
+const (
+	udpBatch   = 32
+	udpPackets = udpBatch * 64
+)
+
+// udpLoop receives ESP-in-UDP batches and passes them down the pipeline.
+func (p *Plane) udpLoop(jobs chan cryptoJob, workers int) error {
+	batches := make([]*inBatch, lanes(workers))
+	for i := range batches {
+		batches[i] = newInBatch(p, udpBatch, udpPackets)
+	}
+	local := p.cfg.NATT.LocalAddr().Addr()
+	sink := &inSink{tw: newTUNWriter(p)}
+	l := newLane(p, jobs, batches, func(b *inBatch) { b.finish(sink) })
+	defer l.close()
+	for {
+		b := l.get()
+		b.arm()
+		n, err := p.cfg.NATT.ReadESP(b.ms, b.pkts)
+		if err != nil {
+			l.put(b)
+			return err
+		}
+		work := 0
+		for i := 0; i < n; i++ {
+			if p.udpPrepare(b.pkts[i].B, b.pkts[i].From, local, &b.els[i]) {
+				work++
+			}
+		}
+		b.n = n
+		l.submit(b, work)
 	}
 }
 

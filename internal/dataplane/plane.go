@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,18 +27,50 @@ import (
 	"github.com/gosec-ipsec/gosec/spd"
 )
 
-// Config wires a Plane to its devices and databases.
+// PacketConn is a raw IP socket for ESP or AH (netio.RawConn, or an
+// AF_PACKET ring): Recv fills whole IPv4 packets into ms, Send sends whole
+// IPv4 packets (the destination taken from their headers).
+type PacketConn interface {
+	Recv(ms []netio.Msg) (int, error)
+	Send(ms []netio.Msg) (int, error)
+}
+
+// TUNDevice is the plaintext side (netio.TUN): batches of IPv4 packets
+// read at an offset and written with netio.TUNHeadroom in front.
+type TUNDevice interface {
+	BatchSize() int
+	MTU() (int, error)
+	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	Write(bufs [][]byte, offset int) (int, error)
+}
+
+// UDPConn is the ESP-in-UDP socket on the NAT-T port (netio.NATT): it
+// reads only the ESP packets of a batch (IKE and keepalives go elsewhere)
+// and sends ESP runs coalesced (UDP_SEGMENT).
+type UDPConn interface {
+	ReadESP(ms []netio.Msg, out []netio.Packet) (int, error)
+	SendCoalesced(ms []netio.Msg) (int, error)
+	LocalAddr() netip.AddrPort
+}
+
+// Config wires a Plane to its devices and databases. The devices are
+// interfaces so that the plane runs on fakes (benchmarks, tests); a nil
+// AH or NATT must be a nil interface, not a typed nil pointer.
 type Config struct {
-	TUN  *netio.TUN
-	ESP  *netio.RawConn // raw IP protocol 50; also sends bypassed cleartext
-	AH   *netio.RawConn // raw IP protocol 51; nil: no AH
-	NATT *netio.NATT    // ESP-in-UDP on the NAT-T port; nil: none
+	TUN  TUNDevice
+	ESP  PacketConn // raw IP protocol 50; also sends bypassed cleartext
+	AH   PacketConn // raw IP protocol 51; nil: no AH
+	NATT UDPConn    // ESP-in-UDP on the NAT-T port; nil: none
 	SAD  *sad.DB
 	SPD  *spd.DB
 	// WireMTU is the MTU of the path to the peers (default 1500): sealed
 	// packets larger than it are not sent; the sender gets ICMP
 	// fragmentation-needed with the inner MTU that fits.
 	WireMTU int
+	// Workers is the number of goroutines that seal and open in parallel
+	// (default GOMAXPROCS; with 1, or a negative value, every reader does
+	// its own cryptography inline).
+	Workers int
 	// OnTrap is called (from the TUN loop, so it must not block) when a
 	// packet matches a trap policy that has no SA yet.
 	OnTrap func(reqid uint32)
@@ -56,6 +89,15 @@ type Stats struct {
 	Bypassed   atomic.Uint64 // sent in the clear by a bypass policy
 	SendErrors atomic.Uint64
 	Held       atomic.Uint64 // held by a trap policy until its SA existed
+	// Stalls counts the times a reader found all its batches in flight
+	// and waited for one: the pipeline's drop policy is back-pressure, so
+	// the kernel's socket or TUN queue holds (or drops, and counts) what
+	// arrives meanwhile; nothing already read is dropped for lack of room.
+	Stalls atomic.Uint64
+	// Inline counts the batches a reader sealed or opened itself instead
+	// of handing them to the workers (small batches with the pipeline
+	// idle, for latency; or the workers' queue full).
+	Inline atomic.Uint64
 }
 
 // StatsSnapshot is a plain copy of Stats.
@@ -68,6 +110,8 @@ type StatsSnapshot struct {
 	Bypassed   uint64            `json:"bypassed"`
 	SendErrors uint64            `json:"send_errors"`
 	Held       uint64            `json:"held"`
+	Stalls     uint64            `json:"stalls"`
+	Inline     uint64            `json:"inline_batches"`
 }
 
 // Plane is a running data plane.
@@ -83,6 +127,7 @@ type Plane struct {
 	dropLog  [drop.Count]logGate
 	// sendHeld, if set, replaces dispatch for released packets (tests).
 	sendHeld func(raw, rawAH, udp []netio.Msg)
+	stopped  chan struct{}
 }
 
 // New returns a Plane for cfg; Run starts it.
@@ -97,7 +142,7 @@ func New(cfg Config) (*Plane, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Plane{cfg: cfg, log: log, rl: ratelog.Limiter{Log: log}, trapSeen: map[uint32]struct{}{}}, nil
+	return &Plane{cfg: cfg, log: log, rl: ratelog.Limiter{Log: log}, trapSeen: map[uint32]struct{}{}, stopped: make(chan struct{})}, nil
 }
 
 // Stats returns a snapshot of the plane-wide counters.
@@ -115,33 +160,66 @@ func (p *Plane) Stats() StatsSnapshot {
 	s.Bypassed = p.stats.Bypassed.Load()
 	s.SendErrors = p.stats.SendErrors.Load()
 	s.Held = p.stats.Held.Load()
+	s.Stalls = p.stats.Stalls.Load()
+	s.Inline = p.stats.Inline.Load()
 	return s
 }
 
 // Run runs the loops until ctx ends or a device fails. The caller closes
-// the devices after Run returns (closing them also ends the loops).
+// the devices after Run returns (closing them also ends the loops, and
+// then the workers and sequential stages; Stopped tells when all have).
 func (p *Plane) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
+	workers := p.cfg.Workers
+	if workers == 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	if workers < 2 {
+		workers = 0 // one core: hand-offs would only cost
+	}
+	var jobs chan cryptoJob
+	if workers > 0 {
+		jobs = make(chan cryptoJob, jobQueueLen)
+	}
+	var readers, all sync.WaitGroup
 	errc := make(chan error, 4)
 	start := func(name string, f func() error) {
-		wg.Add(1)
+		readers.Add(1)
+		all.Add(1)
 		go func() {
-			defer wg.Done()
+			defer all.Done()
+			defer readers.Done()
 			if err := f(); err != nil && ctx.Err() == nil && !errors.Is(err, netio.ErrClosed) {
 				errc <- fmt.Errorf("dataplane: %s loop: %w", name, err)
 			}
 		}()
 	}
-	start("tun", p.tunLoop)
-	start("esp", func() error { return p.rawLoop(p.cfg.ESP) })
+	start("tun", func() error { return p.tunLoop(jobs, workers) })
+	start("esp", func() error { return p.rawLoop(p.cfg.ESP, jobs, workers) })
 	if p.cfg.AH != nil {
-		start("ah", func() error { return p.rawLoop(p.cfg.AH) })
+		start("ah", func() error { return p.rawLoop(p.cfg.AH, jobs, workers) })
 	}
 	if p.cfg.NATT != nil {
-		start("udp", p.udpLoop)
+		start("udp", func() error { return p.udpLoop(jobs, workers) })
+	}
+	for i := 0; i < workers; i++ {
+		all.Add(1)
+		go func() {
+			defer all.Done()
+			worker(jobs)
+		}()
 	}
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() {
+		// Every reader has ended (and waited for its sequential stage):
+		// nothing more is queued for the workers.
+		readers.Wait()
+		if jobs != nil {
+			close(jobs)
+		}
+		close(done)
+		all.Wait()
+		close(p.stopped)
+	}()
 	select {
 	case <-ctx.Done():
 		return nil
@@ -151,6 +229,10 @@ func (p *Plane) Run(ctx context.Context) error {
 		return nil
 	}
 }
+
+// Stopped is closed when every goroutine Run started has ended (after the
+// devices were closed).
+func (p *Plane) Stopped() <-chan struct{} { return p.stopped }
 
 // dropPkt counts a drop globally and on sa (when known), and logs it at a
 // limited rate. Dummy packets are dropped quietly.

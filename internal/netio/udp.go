@@ -372,6 +372,13 @@ func (d *NATT) ReadESP(ms []Msg, out []Packet) (int, error) {
 	return k, nil
 }
 
+// SendCoalesced sends ESP packets on the NAT-T socket, runs coalesced
+// (UDPConn.SendCoalesced).
+func (d *NATT) SendCoalesced(ms []Msg) (int, error) { return d.Conn.SendCoalesced(ms) }
+
+// LocalAddr is the NAT-T socket's local address.
+func (d *NATT) LocalAddr() netip.AddrPort { return d.Conn.LocalAddr() }
+
 // WriteIKE sends an IKE message from the NAT-T port with the non-ESP marker
 // in front (RFC 3948 2.2). It allocates; IKE is not the hot path.
 func (d *NATT) WriteIKE(msg []byte, to netip.AddrPort) error {

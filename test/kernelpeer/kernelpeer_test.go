@@ -300,13 +300,25 @@ func bulkSize() int {
 // wireCount is one nft counter.
 type wireCount struct{ Packets, Bytes uint64 }
 
-// wireCounters reads the nft counters kpeer.sh keeps on the tap. They
-// count what the netfilter hooks see: a UDP GSO or GRO buffer (gosec's
+// wireCounters reads the nft counters kpeer.sh keeps on the tap (inbound
+// at the inet input hook, outbound at the tap's netdev egress hook, which
+// AF_PACKET sends pass too). They count what the netfilter hooks see: a UDP GSO or GRO buffer (gosec's
 // ESP-in-UDP sends with UDP_SEGMENT) counts once, with all its bytes.
 func wireCounters() (map[string]wireCount, error) {
-	out, err := inNS(10*time.Second, "nft", "-j", "list", "counters", "table", "inet", "gkp")
+	m := map[string]wireCount{}
+	for _, table := range [][2]string{{"inet", "gkp"}, {"netdev", "gkpo"}} {
+		if err := readCounters(table[0], table[1], m); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// readCounters adds the counters of one nft table to m.
+func readCounters(family, table string, m map[string]wireCount) error {
+	out, err := inNS(10*time.Second, "nft", "-j", "list", "counters", "table", family, table)
 	if err != nil {
-		return nil, fmt.Errorf("nft list counters: %v\n%s", err, out)
+		return fmt.Errorf("nft list counters: %v\n%s", err, out)
 	}
 	var doc struct {
 		Nftables []struct {
@@ -318,18 +330,19 @@ func wireCounters() (map[string]wireCount, error) {
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		return nil, fmt.Errorf("nft -j: %w\n%s", err, out)
+		return fmt.Errorf("nft -j: %w\n%s", err, out)
 	}
-	m := map[string]wireCount{}
+	n := 0
 	for _, o := range doc.Nftables {
 		if o.Counter != nil {
 			m[o.Counter.Name] = wireCount{o.Counter.Packets, o.Counter.Bytes}
+			n++
 		}
 	}
-	if len(m) == 0 {
-		return nil, fmt.Errorf("no nft counters in table inet gkp:\n%s", out)
+	if n == 0 {
+		return fmt.Errorf("no nft counters in table %s %s:\n%s", family, table, out)
 	}
-	return m, nil
+	return nil
 }
 
 // startCapture records the tap to dir/name.pcap when KPEER_PCAP=dir is set.

@@ -207,26 +207,35 @@ do_up() {
   ip -n "$NS" link set "${LAN}p" up
   ip -n "$NS" link set "$LAN" up
   # Counters per carrier and direction (read by the Go tests): ESP, AH,
-  # ESP-in-UDP on 4500, and anything else in the clear.
+  # ESP-in-UDP on 4500, and anything else in the clear. What leaves is
+  # counted at the tap's netdev egress hook, which every sender passes:
+  # gosec sends ESP/AH through AF_PACKET (no IP output, so the inet output
+  # hook never sees it) and everything else through the IP stack.
   ip netns exec "$NS" nft -f - <<EOF
+table netdev gkpo {
+  counter esp_out {}
+  counter ah_out {}
+  counter udp4500_out {}
+  counter other_out {}
+  chain egress {
+    type filter hook egress device "$TAP" priority 0; policy accept;
+    meta protocol != ip accept
+    ip protocol esp counter name esp_out accept
+    ip protocol ah counter name ah_out accept
+    udp dport 4500 counter name udp4500_out accept
+    counter name other_out
+  }
+}
 table inet gkp {
   counter esp_in {}
-  counter esp_out {}
   counter ah_in {}
-  counter ah_out {}
   counter udp4500_in {}
-  counter udp4500_out {}
   counter other_in {}
-  counter other_out {}
   chain out {
     type filter hook output priority 0; policy accept;
     icmp type destination-unreachable icmp code prot-unreachable drop
     oifname "$TAP" ip daddr != $GUEST_IP drop
     oifname "$TAP" meta nfproto ipv6 drop
-    oifname "$TAP" ip protocol esp counter name esp_out accept
-    oifname "$TAP" ip protocol ah counter name ah_out accept
-    oifname "$TAP" udp dport 4500 counter name udp4500_out accept
-    oifname "$TAP" counter name other_out
   }
   chain in {
     type filter hook input priority 0; policy accept;
