@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -200,6 +201,20 @@ func TestManualMatrix(t *testing.T) {
 				t.Fatalf("gw2's inbound SA encap = %v, want %v", st.in.Encap, c.udp)
 			}
 		})
+	}
+	// Raw ESP and AH left through AF_PACKET (the default send path,
+	// internal/netio.PacketConn), not only through the raw sockets.
+	for _, gw := range []*daemon{gw1, gw2} {
+		log, _ := os.ReadFile(filepath.Join(gw.dir, "gosec.log"))
+		for _, proto := range []string{" proto=50 ", " proto=51 "} {
+			found := false
+			for _, line := range strings.Split(string(log), "\n") {
+				found = found || strings.Contains(line, `msg="sending through AF_PACKET"`) && strings.Contains(line, proto)
+			}
+			if !found {
+				t.Errorf("%s: no %s destination went through AF_PACKET:\n%s", gw.ns, proto, tail(string(log), 30))
+			}
+		}
 	}
 }
 
