@@ -37,8 +37,20 @@ type link struct {
 // bytes after the IPv4 and ICMP headers.
 const stampAt = 28
 
-func newLink(t testing.TB, spec suiteSpec, encap bool, workers, batch int, pkt []byte, count int) *link {
+// wireMode is how a link's packets travel.
+type wireMode int
+
+const (
+	wireRaw      wireMode = iota // raw ESP
+	wireUDP                      // ESP-in-UDP
+	wireUDPQueue                 // ESP-in-UDP, received on b's second NAT-T socket
+)
+
+func (m wireMode) String() string { return [...]string{"raw", "udp", "udp-queue"}[m] }
+
+func newLink(t testing.TB, spec suiteSpec, mode wireMode, workers, batch int, pkt []byte, count int) *link {
 	t.Helper()
+	encap := mode != wireRaw
 	l := &link{
 		a:    newSide(t, gw1, gw2, lan1, lan2, sad.Tunnel, spec, 0x1001, 0x2001, encap),
 		b:    newSide(t, gw2, gw1, lan2, lan1, sad.Tunnel, spec, 0x2001, 0x1001, encap),
@@ -60,6 +72,13 @@ func newLink(t testing.TB, spec suiteSpec, encap bool, workers, batch int, pkt [
 	if encap {
 		cfgA.NATT = &fakeNATT{tx: ab, rx: ba, local: netip.AddrPortFrom(gw1, 4500), from: netip.AddrPortFrom(gw2, 4500), firstCall: newFirstCall()}
 		cfgB.NATT = &fakeNATT{tx: ba, rx: ab, local: netip.AddrPortFrom(gw2, 4500), from: netip.AddrPortFrom(gw1, 4500), firstCall: newFirstCall()}
+		if mode == wireUDPQueue {
+			// b's first socket hears nothing; its second gets a's packets.
+			q := &fakeNATT{rx: ab, local: netip.AddrPortFrom(gw2, 4500), from: netip.AddrPortFrom(gw1, 4500), firstCall: newFirstCall()}
+			cfgB.NATT.(*fakeNATT).rx = wire()
+			cfgB.NATTQueues = []UDPConn{q}
+			l.devices = append(l.devices, &q.firstCall)
+		}
 		ab, ba = wire(), wire() // the raw sockets stay idle
 	}
 	ra := &fakeRaw{tx: ab, rx: ba, from: netip.AddrPortFrom(gw2, 0), firstCall: newFirstCall()}
@@ -127,13 +146,13 @@ func (l *link) stop(t testing.TB) {
 func TestPipelineOrder(t *testing.T) {
 	const count = 3000
 	for _, spec := range specs()[:2] {
-		for _, encap := range []bool{false, true} {
+		for _, mode := range []wireMode{wireRaw, wireUDP, wireUDPQueue} {
 			for _, batch := range []int{1, 64} {
-				name := fmt.Sprintf("%s/udp=%v/batch=%d", spec.name, encap, batch)
+				name := fmt.Sprintf("%s/%v/batch=%d", spec.name, mode, batch)
 				t.Run(name, func(t *testing.T) {
 					pkt, n := icmpPacket(t, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 200)
 					tmpl := pkt[netio.Headroom : netio.Headroom+n]
-					l := newLink(t, spec, encap, 4, batch, tmpl, count)
+					l := newLink(t, spec, mode, 4, batch, tmpl, count)
 					var next uint32 = 1
 					var bad []string
 					l.tunB.check = func(p []byte) {
@@ -181,7 +200,7 @@ func TestPipelineOrder(t *testing.T) {
 // sequential stage updates the window.
 func TestPipelineReplayDuplicate(t *testing.T) {
 	spec := specs()[0]
-	l := newLink(t, spec, false, 2, 1, nil, 0)
+	l := newLink(t, spec, wireRaw, 2, 1, nil, 0)
 	pkt, n := icmpPacket(t, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 100)
 	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
 	out, _, _ := l.a.p.outbound(&l.a.outState, pkt, netio.Headroom, n, icmp)
@@ -315,7 +334,7 @@ func BenchmarkPipeline(b *testing.B) {
 		for _, size := range []int{64, 1400} {
 			b.Run(fmt.Sprintf("%s/%d", spec.name, size), func(b *testing.B) {
 				pkt, n := icmpPacket(b, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), size-28)
-				l := newLink(b, spec, false, 0, 64, pkt[netio.Headroom:netio.Headroom+n], b.N)
+				l := newLink(b, spec, wireRaw, 0, 64, pkt[netio.Headroom:netio.Headroom+n], b.N)
 				gate := make(chan struct{})
 				l.tunA.gate = gate
 				l.start()
@@ -355,7 +374,7 @@ func BenchmarkPipelineLatency(b *testing.B) {
 			inlineMax = mode.inline
 			defer func() { inlineMax = saved }()
 			pkt, n := icmpPacket(b, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 56)
-			l := newLink(b, pipeSpecs()[2], false, 2, 1, pkt[netio.Headroom:netio.Headroom+n], b.N)
+			l := newLink(b, pipeSpecs()[2], wireRaw, 2, 1, pkt[netio.Headroom:netio.Headroom+n], b.N)
 			l.tunA.pace = make(chan struct{}, 1)
 			l.tunB.check = func([]byte) { l.tunA.pace <- struct{}{} }
 			l.start()
