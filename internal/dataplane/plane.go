@@ -4,9 +4,12 @@
 // those sockets, checks it against its SA's policy and writes the inner
 // packet into the TUN for the kernel to deliver or forward.
 //
-// Each socket has its own loop goroutine with its own preallocated buffers;
-// SA and policy lookups read immutable snapshots, counters are atomics, so
-// the hot path takes no global lock and allocates nothing per packet.
+// Each device (the TUN, each socket) has a reader goroutine; a pool of
+// workers seals and opens in parallel; a sequential stage per reader sends
+// or writes in the order packets were read (pipeline.go). Buffers are
+// preallocated per reader and recycled; SA and policy lookups read
+// immutable snapshots, counters are atomics added once per batch, so the
+// hot path takes no global lock and allocates nothing per packet.
 package dataplane
 
 import (
