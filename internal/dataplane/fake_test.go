@@ -193,7 +193,7 @@ func (w *fakeWire) send(ms []netio.Msg) (int, error) {
 }
 
 // recv fills ms from the queue: it waits for the first datagram and takes
-// the rest of its frame; each is given to fill.
+// what else is queued, up to len(ms); each is given to fill.
 func (w *fakeWire) recv(ms []netio.Msg, fill func(i int, b []byte)) (int, error) {
 	if w.cur == nil {
 		select {
@@ -204,15 +204,27 @@ func (w *fakeWire) recv(ms []netio.Msg, fill func(i int, b []byte)) (int, error)
 		}
 	}
 	k := 0
-	for ; k < len(ms) && w.pos < w.cur.n; k++ {
-		fill(k, w.cur.bufs[w.pos])
-		w.pos++
-	}
-	if w.pos == w.cur.n {
+	for {
+		for ; k < len(ms) && w.pos < w.cur.n; k++ {
+			fill(k, w.cur.bufs[w.pos])
+			w.pos++
+		}
+		if w.pos < w.cur.n {
+			return k, nil
+		}
 		w.pool <- w.cur
 		w.cur = nil
+		if k == len(ms) {
+			return k, nil
+		}
+		// Take what else is queued, as recvmmsg does.
+		select {
+		case w.cur = <-w.q:
+			w.pos = 0
+		default:
+			return k, nil
+		}
 	}
-	return k, nil
 }
 
 // fakeRaw is a raw ESP/AH socket on a fakeWire pair.
