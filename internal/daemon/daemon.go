@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -104,21 +105,27 @@ func (o *Options) defaults() {
 // (8), ESP header (8), IV (16), padding (15), trailer (2), ICV (32).
 const maxOverhead = 101
 
+// maxNATTQueues bounds the NAT-T sockets (and their readers).
+const maxNATTQueues = 4
+
 // Daemon is a running gosec daemon.
 type Daemon struct {
 	opts    Options
 	log     *slog.Logger
 	started time.Time
 
-	sad    *sad.DB
-	spd    *spd.DB
-	tun    *netio.TUN
-	esp    espSocket
-	ah     espSocket
-	natt   *netio.NATT
-	router routeTable
-	filter cleartextFilter
-	plane  *dataplane.Plane
+	sad  *sad.DB
+	spd  *spd.DB
+	tun  *netio.TUN
+	esp  espSocket
+	ah   espSocket
+	natt *netio.NATT
+	// nattQueues are more NAT-T sockets on the same port (SO_REUSEPORT),
+	// one data plane reader each; IKE and sends use natt.
+	nattQueues []*netio.NATT
+	router     routeTable
+	filter     cleartextFilter
+	plane      *dataplane.Plane
 
 	// The key manager and its UDP 500 socket.
 	ike     *ike.Engine
@@ -285,11 +292,26 @@ func (d *Daemon) setup() error {
 	if err != nil {
 		return fmt.Errorf("daemon: raw AH socket: %w", err)
 	}
-	udp, err := netio.ListenUDP(netio.UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(o.NATTPort)), Mark: o.Mark, GRO: true, Buffer: 4 << 20})
+	// One NAT-T socket per core (up to maxNATTQueues), bound to the same
+	// port with SO_REUSEPORT: the kernel hashes each peer's flow to one of
+	// them, so several peers' ESP-in-UDP is received on several cores.
+	queues := min(runtime.GOMAXPROCS(0), maxNATTQueues)
+	nattCfg := netio.UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(o.NATTPort)), Mark: o.Mark, GRO: true, Buffer: 4 << 20, ReusePort: queues > 1}
+	udp, err := netio.ListenUDP(nattCfg)
 	if err != nil {
 		return fmt.Errorf("daemon: NAT-T socket: %w", err)
 	}
 	d.natt = &netio.NATT{Conn: udp}
+	nattCfg.Addr = udp.LocalAddr() // the port the kernel chose for 0
+	var extra []dataplane.UDPConn
+	for i := 1; i < queues; i++ {
+		q, err := netio.ListenUDP(nattCfg)
+		if err != nil {
+			return fmt.Errorf("daemon: NAT-T socket %d: %w", i+1, err)
+		}
+		d.nattQueues = append(d.nattQueues, &netio.NATT{Conn: q})
+		extra = append(extra, d.nattQueues[i-1])
+	}
 	router, err := netio.NewRouter(netio.RouteConfig{Table: o.Table, Mark: o.Mark, TUNIndex: d.tun.Index()})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
@@ -321,7 +343,7 @@ func (d *Daemon) setup() error {
 			"conn", name, "prefixes", fmt.Sprint(ps))
 	}
 	d.plane, err = dataplane.New(dataplane.Config{
-		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt,
+		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt, NATTQueues: extra,
 		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU,
 		Log: d.log, Debug: o.Debug, OnTrap: d.onTrap,
 	})
@@ -345,6 +367,9 @@ func (d *Daemon) teardown() {
 	}
 	if d.natt != nil {
 		errs = append(errs, d.natt.Conn.Close())
+	}
+	for _, q := range d.nattQueues {
+		errs = append(errs, q.Conn.Close())
 	}
 	if d.ah != nil {
 		errs = append(errs, d.ah.Close())

@@ -102,6 +102,9 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)
 	}
+	for _, q := range d.nattQueues {
+		q.IKE = d.natt.IKE // a peer's IKE may hash to any NAT-T socket
+	}
 	ikeCtx, cancel := context.WithCancel(context.Background())
 	d.ikeStop = cancel
 	d.ikeDone = make(chan struct{})

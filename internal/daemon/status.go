@@ -12,6 +12,7 @@ import (
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"github.com/gosec-ipsec/gosec/internal/drop"
+	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -134,7 +135,12 @@ func (d *Daemon) status(all bool) *Status {
 		st.Drops = st.Plane.Drops
 	}
 	if d.natt != nil {
-		st.NATT = NATTStatus{Port: d.opts.NATTPort, Keepalives: d.natt.Keepalives.Load(), IKE: d.natt.IKEMsgs.Load(), Invalid: d.natt.Invalid.Load()}
+		st.NATT = NATTStatus{Port: d.opts.NATTPort}
+		for _, q := range append([]*netio.NATT{d.natt}, d.nattQueues...) {
+			st.NATT.Keepalives += q.Keepalives.Load()
+			st.NATT.IKE += q.IKEMsgs.Load()
+			st.NATT.Invalid += q.Invalid.Load()
+		}
 	}
 	var children []ike.ChildStatus
 	if d.ike != nil {

@@ -21,7 +21,13 @@ type firstCall struct {
 
 func newFirstCall() firstCall { return firstCall{ready: make(chan struct{})} }
 
-func (f *firstCall) called() { f.once.Do(func() { close(f.ready) }) }
+func (f *firstCall) called() {
+	f.once.Do(func() {
+		if f.ready != nil {
+			close(f.ready)
+		}
+	})
+}
 
 // fakeTUN is a TUN whose reads generate copies of a template packet
 // (with a running counter stamped into it) and whose writes are counted
@@ -37,6 +43,8 @@ type fakeTUN struct {
 
 	// Source: Read makes left copies of tmpl, then blocks until closed.
 	tmpl    []byte
+	list    [][]byte // if set, read in turn instead of tmpl
+	listAt  int
 	left    int
 	counter uint32
 	stampAt int // offset of the 4-byte counter in tmpl (0: none)
@@ -89,7 +97,12 @@ func (t *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	k := min(t.batch, len(bufs), t.left)
 	for i := 0; i < k; i++ {
-		n := copy(bufs[i][offset:], t.tmpl)
+		src := t.tmpl
+		if t.list != nil {
+			src = t.list[t.listAt%len(t.list)]
+			t.listAt++
+		}
+		n := copy(bufs[i][offset:], src)
 		if t.stampAt > 0 {
 			t.counter++
 			binary.BigEndian.PutUint32(bufs[i][offset+t.stampAt:], t.counter)
@@ -180,7 +193,7 @@ func (w *fakeWire) send(ms []netio.Msg) (int, error) {
 }
 
 // recv fills ms from the queue: it waits for the first datagram and takes
-// the rest of its frame; each is given to fill.
+// what else is queued, up to len(ms); each is given to fill.
 func (w *fakeWire) recv(ms []netio.Msg, fill func(i int, b []byte)) (int, error) {
 	if w.cur == nil {
 		select {
@@ -191,15 +204,27 @@ func (w *fakeWire) recv(ms []netio.Msg, fill func(i int, b []byte)) (int, error)
 		}
 	}
 	k := 0
-	for ; k < len(ms) && w.pos < w.cur.n; k++ {
-		fill(k, w.cur.bufs[w.pos])
-		w.pos++
-	}
-	if w.pos == w.cur.n {
+	for {
+		for ; k < len(ms) && w.pos < w.cur.n; k++ {
+			fill(k, w.cur.bufs[w.pos])
+			w.pos++
+		}
+		if w.pos < w.cur.n {
+			return k, nil
+		}
 		w.pool <- w.cur
 		w.cur = nil
+		if k == len(ms) {
+			return k, nil
+		}
+		// Take what else is queued, as recvmmsg does.
+		select {
+		case w.cur = <-w.q:
+			w.pos = 0
+		default:
+			return k, nil
+		}
 	}
-	return k, nil
 }
 
 // fakeRaw is a raw ESP/AH socket on a fakeWire pair.

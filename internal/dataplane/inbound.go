@@ -377,20 +377,21 @@ const (
 	udpPackets = udpBatch * 64
 )
 
-// udpLoop receives ESP-in-UDP batches and passes them down the pipeline.
-func (p *Plane) udpLoop(jobs chan cryptoJob, workers int) error {
+// udpLoop receives ESP-in-UDP batches from c and passes them down the
+// pipeline.
+func (p *Plane) udpLoop(c UDPConn, jobs chan cryptoJob, workers int) error {
 	batches := make([]*inBatch, lanes(workers))
 	for i := range batches {
 		batches[i] = newInBatch(p, udpBatch, udpPackets)
 	}
-	local := p.cfg.NATT.LocalAddr().Addr()
+	local := c.LocalAddr().Addr()
 	sink := &inSink{tw: newTUNWriter(p)}
 	l := newLane(p, jobs, batches, func(b *inBatch) { b.finish(sink) })
 	defer l.close()
 	for {
 		b := l.get()
 		b.arm()
-		n, err := p.cfg.NATT.ReadESP(b.ms, b.pkts)
+		n, err := c.ReadESP(b.ms, b.pkts)
 		if err != nil {
 			l.put(b)
 			return err

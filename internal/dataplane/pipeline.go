@@ -93,12 +93,18 @@ func newLane[B pipeBatch](p *Plane, jobs chan cryptoJob, batches []B, finish fun
 	return l
 }
 
-// lanes is how many containers a reader has with the given workers.
+// maxLane bounds a reader's containers (a raw socket's are 4 MB each,
+// though only the bytes packets fill become resident).
+const maxLane = 16
+
+// lanes is how many containers a reader has with the given workers: one
+// per worker and two more, so that the reader can read the next batch
+// and the sequential stage send the last while every worker is busy.
 func lanes(workers int) int {
 	if workers == 0 {
 		return 1
 	}
-	return workers + 2
+	return min(workers+2, maxLane)
 }
 
 // get returns a free container, waiting for one if all are in flight.

@@ -15,6 +15,7 @@ import (
 	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/integ"
+	"github.com/gosec-ipsec/gosec/internal/iphdr"
 	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/sad"
 )
@@ -36,8 +37,20 @@ type link struct {
 // bytes after the IPv4 and ICMP headers.
 const stampAt = 28
 
-func newLink(t testing.TB, spec suiteSpec, encap bool, workers, batch int, pkt []byte, count int) *link {
+// wireMode is how a link's packets travel.
+type wireMode int
+
+const (
+	wireRaw      wireMode = iota // raw ESP
+	wireUDP                      // ESP-in-UDP
+	wireUDPQueue                 // ESP-in-UDP, received on b's second NAT-T socket
+)
+
+func (m wireMode) String() string { return [...]string{"raw", "udp", "udp-queue"}[m] }
+
+func newLink(t testing.TB, spec suiteSpec, mode wireMode, workers, batch int, pkt []byte, count int) *link {
 	t.Helper()
+	encap := mode != wireRaw
 	l := &link{
 		a:    newSide(t, gw1, gw2, lan1, lan2, sad.Tunnel, spec, 0x1001, 0x2001, encap),
 		b:    newSide(t, gw2, gw1, lan2, lan1, sad.Tunnel, spec, 0x2001, 0x1001, encap),
@@ -59,6 +72,13 @@ func newLink(t testing.TB, spec suiteSpec, encap bool, workers, batch int, pkt [
 	if encap {
 		cfgA.NATT = &fakeNATT{tx: ab, rx: ba, local: netip.AddrPortFrom(gw1, 4500), from: netip.AddrPortFrom(gw2, 4500), firstCall: newFirstCall()}
 		cfgB.NATT = &fakeNATT{tx: ba, rx: ab, local: netip.AddrPortFrom(gw2, 4500), from: netip.AddrPortFrom(gw1, 4500), firstCall: newFirstCall()}
+		if mode == wireUDPQueue {
+			// b's first socket hears nothing; its second gets a's packets.
+			q := &fakeNATT{rx: ab, local: netip.AddrPortFrom(gw2, 4500), from: netip.AddrPortFrom(gw1, 4500), firstCall: newFirstCall()}
+			cfgB.NATT.(*fakeNATT).rx = wire()
+			cfgB.NATTQueues = []UDPConn{q}
+			l.devices = append(l.devices, &q.firstCall)
+		}
 		ab, ba = wire(), wire() // the raw sockets stay idle
 	}
 	ra := &fakeRaw{tx: ab, rx: ba, from: netip.AddrPortFrom(gw2, 0), firstCall: newFirstCall()}
@@ -126,13 +146,13 @@ func (l *link) stop(t testing.TB) {
 func TestPipelineOrder(t *testing.T) {
 	const count = 3000
 	for _, spec := range specs()[:2] {
-		for _, encap := range []bool{false, true} {
+		for _, mode := range []wireMode{wireRaw, wireUDP, wireUDPQueue} {
 			for _, batch := range []int{1, 64} {
-				name := fmt.Sprintf("%s/udp=%v/batch=%d", spec.name, encap, batch)
+				name := fmt.Sprintf("%s/%v/batch=%d", spec.name, mode, batch)
 				t.Run(name, func(t *testing.T) {
 					pkt, n := icmpPacket(t, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 200)
 					tmpl := pkt[netio.Headroom : netio.Headroom+n]
-					l := newLink(t, spec, encap, 4, batch, tmpl, count)
+					l := newLink(t, spec, mode, 4, batch, tmpl, count)
 					var next uint32 = 1
 					var bad []string
 					l.tunB.check = func(p []byte) {
@@ -180,7 +200,7 @@ func TestPipelineOrder(t *testing.T) {
 // sequential stage updates the window.
 func TestPipelineReplayDuplicate(t *testing.T) {
 	spec := specs()[0]
-	l := newLink(t, spec, false, 2, 1, nil, 0)
+	l := newLink(t, spec, wireRaw, 2, 1, nil, 0)
 	pkt, n := icmpPacket(t, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 100)
 	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
 	out, _, _ := l.a.p.outbound(&l.a.outState, pkt, netio.Headroom, n, icmp)
@@ -204,6 +224,95 @@ func TestPipelineReplayDuplicate(t *testing.T) {
 	}
 }
 
+// TestPipelineTransportFragments: transport-mode datagrams that reach the
+// TUN as fragments are reassembled by the reader, sealed by the workers
+// and sent as outer fragments in order, while the reader goes on reading
+// into its other containers; the reassembly buffers must not be reused
+// before their batch is sent. The test joins the outer fragments again
+// (the kernel's job on the peer) and opens each datagram.
+func TestPipelineTransportFragments(t *testing.T) {
+	const count = 400
+	spec := specs()[0]
+	a := newSide(t, gw1, gw2, lan1, lan2, sad.Transport, spec, 0x1001, 0x2001, false)
+	b := newSide(t, gw2, gw1, lan2, lan1, sad.Transport, spec, 0x2001, 0x1001, false)
+	// Two datagrams of different sizes and contents, alternating, so that
+	// a buffer reused too early shows as a wrong datagram.
+	var dgrams, frags [][]byte
+	for i, size := range []int{3000, 2200} {
+		pkt, n := icmpPacket(t, gw1, gw2, size)
+		d := append([]byte(nil), pkt[netio.Headroom:netio.Headroom+n]...)
+		d[6] = 0 // clear DF: the host would fragment it
+		binary.BigEndian.PutUint16(d[4:], uint16(100+i))
+		for j := 28; j < len(d); j++ {
+			d[j] = byte(i*7 + j)
+		}
+		iphdrChecksum(d)
+		dgrams = append(dgrams, d)
+		fs := fragmentOuter(d, 1400, make([]byte, 8192), nil)
+		for _, f := range fs {
+			frags = append(frags, append([]byte(nil), f...))
+		}
+	}
+	tun := newFakeTUN(16, 1500)
+	tun.list, tun.left = frags, count*len(frags)/2
+	wire, idle := newFakeWire(1024), newFakeWire(1)
+	p, err := New(Config{TUN: tun, ESP: &fakeRaw{tx: wire, rx: idle}, SAD: a.sad, SPD: a.spd, Workers: 4, Log: discardLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(ctx) }()
+	rx := &fakeRaw{rx: wire, firstCall: newFirstCall()}
+	ms := make([]netio.Msg, 64)
+	for i := range ms {
+		ms[i].Buf = make([]byte, 2048)
+	}
+	var joined []byte
+	got := 0
+	for got < count {
+		n, err := rx.Recv(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms[:n] {
+			f := m.Buf[:m.N]
+			ff := binary.BigEndian.Uint16(f[6:])
+			if ff&0x1fff == 0 {
+				joined = append(joined[:0], f...)
+			} else {
+				joined = append(joined, f[20:]...)
+			}
+			if ff&0x2000 != 0 {
+				continue
+			}
+			binary.BigEndian.PutUint16(joined[2:], uint16(len(joined)))
+			binary.BigEndian.PutUint16(joined[6:], 0)
+			iphdrChecksum(joined)
+			inner := b.p.inboundRaw(joined)
+			want := dgrams[got%2]
+			if inner == nil {
+				t.Fatalf("datagram %d did not open: drops %v", got, b.p.Stats().Drops)
+			}
+			if !bytes.Equal(inner[20:], want[20:]) {
+				t.Fatalf("datagram %d differs from what was sent", got)
+			}
+			got++
+		}
+	}
+	cancel()
+	tun.Close()
+	wire.Close()
+	idle.Close()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	<-p.Stopped()
+	if s := p.Stats(); len(s.Drops) > 0 || s.OutPackets != count {
+		t.Fatalf("drops %v, %d packets out, want %d", s.Drops, s.OutPackets, count)
+	}
+}
+
 // pipeSpecs are the suites BenchmarkPipeline measures: two CPU-bound
 // CBC/HMAC suites and AES-GCM.
 func pipeSpecs() []suiteSpec {
@@ -220,12 +329,19 @@ func pipeSpecs() []suiteSpec {
 // TUN batches of 64. One op is one packet delivered; pkts/s and Gbit/s
 // (inner bytes) are reported. Run it with -cpu 1,2,... to see how it
 // scales (scripts/bench-pipeline.sh); both gateways share the CPUs.
-func BenchmarkPipeline(b *testing.B) {
+func BenchmarkPipeline(b *testing.B) { benchPipeline(b, 64) }
+
+// BenchmarkPipelineSingles is BenchmarkPipeline with one packet per TUN
+// read (traffic the TUN cannot hand over as a super-packet: ICMP, UDP
+// without USO): the per-batch costs fall on every packet.
+func BenchmarkPipelineSingles(b *testing.B) { benchPipeline(b, 1) }
+
+func benchPipeline(b *testing.B, batch int) {
 	for _, spec := range pipeSpecs() {
 		for _, size := range []int{64, 1400} {
 			b.Run(fmt.Sprintf("%s/%d", spec.name, size), func(b *testing.B) {
 				pkt, n := icmpPacket(b, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), size-28)
-				l := newLink(b, spec, false, 0, 64, pkt[netio.Headroom:netio.Headroom+n], b.N)
+				l := newLink(b, spec, wireRaw, 0, batch, pkt[netio.Headroom:netio.Headroom+n], b.N)
 				gate := make(chan struct{})
 				l.tunA.gate = gate
 				l.start()
@@ -265,7 +381,7 @@ func BenchmarkPipelineLatency(b *testing.B) {
 			inlineMax = mode.inline
 			defer func() { inlineMax = saved }()
 			pkt, n := icmpPacket(b, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 56)
-			l := newLink(b, pipeSpecs()[2], false, 2, 1, pkt[netio.Headroom:netio.Headroom+n], b.N)
+			l := newLink(b, pipeSpecs()[2], wireRaw, 2, 1, pkt[netio.Headroom:netio.Headroom+n], b.N)
 			l.tunA.pace = make(chan struct{}, 1)
 			l.tunB.check = func([]byte) { l.tunA.pace <- struct{}{} }
 			l.start()
@@ -279,6 +395,8 @@ func BenchmarkPipelineLatency(b *testing.B) {
 		})
 	}
 }
+
+func iphdrChecksum(h []byte) { iphdr.SetChecksum(h[:20]) }
 
 // cpuTime is the user and system time the process has used.
 func cpuTime() time.Duration {

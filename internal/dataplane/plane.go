@@ -4,9 +4,12 @@
 // those sockets, checks it against its SA's policy and writes the inner
 // packet into the TUN for the kernel to deliver or forward.
 //
-// Each socket has its own loop goroutine with its own preallocated buffers;
-// SA and policy lookups read immutable snapshots, counters are atomics, so
-// the hot path takes no global lock and allocates nothing per packet.
+// Each device (the TUN, each socket) has a reader goroutine; a pool of
+// workers seals and opens in parallel; a sequential stage per reader sends
+// or writes in the order packets were read (pipeline.go). Buffers are
+// preallocated per reader and recycled; SA and policy lookups read
+// immutable snapshots, counters are atomics added once per batch, so the
+// hot path takes no global lock and allocates nothing per packet.
 package dataplane
 
 import (
@@ -61,8 +64,14 @@ type Config struct {
 	ESP  PacketConn // raw IP protocol 50; also sends bypassed cleartext
 	AH   PacketConn // raw IP protocol 51; nil: no AH
 	NATT UDPConn    // ESP-in-UDP on the NAT-T port; nil: none
-	SAD  *sad.DB
-	SPD  *spd.DB
+	// NATTQueues are more ESP-in-UDP sockets bound to NATT's port with
+	// SO_REUSEPORT, one reader each: the kernel hashes each flow (peer
+	// address and port) to one socket, so peers spread over readers while
+	// each SA's packets keep to one reader and their order. Sends go
+	// through NATT.
+	NATTQueues []UDPConn
+	SAD        *sad.DB
+	SPD        *spd.DB
 	// WireMTU is the MTU of the path to the peers (default 1500): sealed
 	// packets larger than it are not sent; the sender gets ICMP
 	// fragmentation-needed with the inner MTU that fits.
@@ -181,7 +190,7 @@ func (p *Plane) Run(ctx context.Context) error {
 		jobs = make(chan cryptoJob, jobQueueLen)
 	}
 	var readers, all sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 4+len(p.cfg.NATTQueues))
 	start := func(name string, f func() error) {
 		readers.Add(1)
 		all.Add(1)
@@ -199,7 +208,10 @@ func (p *Plane) Run(ctx context.Context) error {
 		start("ah", func() error { return p.rawLoop(p.cfg.AH, jobs, workers) })
 	}
 	if p.cfg.NATT != nil {
-		start("udp", func() error { return p.udpLoop(jobs, workers) })
+		start("udp", func() error { return p.udpLoop(p.cfg.NATT, jobs, workers) })
+		for i, q := range p.cfg.NATTQueues {
+			start(fmt.Sprintf("udp%d", i+1), func() error { return p.udpLoop(q, jobs, workers) })
+		}
 	}
 	for i := 0; i < workers; i++ {
 		all.Add(1)
