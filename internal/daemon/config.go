@@ -43,9 +43,12 @@ func (d *Daemon) loadConfig() (*Config, error) {
 
 // resolveConns maps the configuration's conns to the daemon's view.
 func resolveConns(cfg *conf.Config, override string, isLocal func(netip.Addr) bool) (*Config, error) {
-	out := &Config{Conns: map[string]*ConnSpec{}}
+	out := &Config{Conns: map[string]*ConnSpec{}, ConnDebug: map[string]string{}}
 	var errs []error
 	for _, c := range cfg.Conns {
+		if c.Debug != "" {
+			out.ConnDebug[c.Name] = c.Debug
+		}
 		if c.Auto == "ignore" && !c.Set("auto") && !c.Set("left") {
 			continue // a template only used through also=
 		}

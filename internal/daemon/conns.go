@@ -27,6 +27,9 @@ type Config struct {
 	Secrets *conf.Secrets // nil when there is no ipsec.secrets
 	// Setup holds the config setup keywords (savekeys=, metrics=).
 	Setup map[string]string
+	// ConnDebug is each conn's debug= level ("error" .. "debug"); apart
+	// from ConnSpec so that changing it does not re-establish the conn.
+	ConnDebug map[string]string
 }
 
 // ConnSpec is one conn as the daemon runs it.
@@ -489,6 +492,7 @@ func (d *Daemon) reload(progress func(string)) error {
 			}
 		}
 	}
+	d.applyLogLevels(cfg)
 	d.mu.Lock()
 	d.conns, d.secrets = cfg, cfg.Secrets
 	d.rerouteLocked(old, cfg, progress)

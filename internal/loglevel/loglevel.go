@@ -204,6 +204,27 @@ func Parse(s string) (slog.Level, error) {
 	return ParsePluto(v)
 }
 
+// ParseStrict is Parse limited to gosec's names, strongSwan's numbers
+// and Libreswan's none and all: what `gosec debug` takes, where a typo
+// must not pass as a debug class.
+func ParseStrict(s string) (slog.Level, error) {
+	switch v := strings.ToLower(strings.TrimSpace(s)); v {
+	case "none":
+		return slog.LevelInfo, nil
+	case "all":
+		return slog.LevelDebug, nil
+	default:
+		if _, err := strconv.Atoi(v); err == nil {
+			return Parse(v)
+		}
+		switch v {
+		case "error", "warn", "warning", "info", "debug":
+			return Parse(v)
+		}
+	}
+	return 0, fmt.Errorf("%q is not a log level (error, warn, info, debug, -1..4, none, all)", s)
+}
+
 // FromStrongSwan maps a strongSwan level: -1 (silent) to error (gosec
 // always logs errors), 0 (audit) to warn, 1 (control, the default) to
 // info, 2 to 4 (controlmore, raw, private) to debug. gosec logs no key

@@ -41,6 +41,19 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestParseStrict(t *testing.T) {
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "all": slog.LevelDebug, "none": slog.LevelInfo, "3": slog.LevelDebug, "0": slog.LevelWarn} {
+		if got, err := ParseStrict(in); err != nil || got != want {
+			t.Errorf("ParseStrict(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"vpn1", "control", "9", ""} {
+		if _, err := ParseStrict(in); err == nil {
+			t.Errorf("ParseStrict(%q) accepted", in)
+		}
+	}
+}
+
 func TestParseCharon(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
