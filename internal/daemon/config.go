@@ -147,3 +147,22 @@ func integFor(i conf.Integ) (integ.Algorithm, error) {
 	}
 	return 0, fmt.Errorf("integrity algorithm %d is not supported", i)
 }
+
+// wipeManualKeys zeroes the manual keys of the loaded configuration (the
+// slices conf.Load read from ipsec.conf, which the specs share) when the
+// daemon stops. While the daemon runs they stay: gosec up after gosec
+// down and reload's comparison of conns need them.
+func (d *Daemon) wipeManualKeys() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conns == nil {
+		return
+	}
+	for _, c := range d.conns.Conns {
+		if m := c.Manual; m != nil {
+			for _, k := range [][]byte{m.InESP.EncKey, m.InESP.AuthKey, m.OutESP.EncKey, m.OutESP.AuthKey, m.InAH.Key, m.OutAH.Key} {
+				clear(k)
+			}
+		}
+	}
+}

@@ -339,8 +339,9 @@ func (d *Daemon) teardown() {
 		errs = append(errs, d.tun.Close())
 	}
 	if d.sad != nil {
-		d.sad.Close()
+		d.sad.Close() // wipes every SA's suites
 	}
+	d.wipeManualKeys()
 	if err := errors.Join(errs...); err != nil {
 		d.log.Warn("teardown", "err", err)
 	}
