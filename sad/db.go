@@ -79,7 +79,7 @@ type DB struct {
 
 	mu       sync.Mutex // writers
 	timers   map[*SA][]clock.Timer
-	wipes    map[*SA]func() // removed SAs whose keys are wiped after WipeDelay
+	wipes    map[*SA]func()      // removed SAs whose keys are wiped after WipeDelay
 	reserved map[spiKey]struct{} // SPIs handed out by AllocSPI, not yet added
 	closed   bool
 
