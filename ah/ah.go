@@ -91,6 +91,14 @@ type Suite struct {
 	idBase  uint32 // seeds the IPv4 IDs that Seal fills in
 }
 
+// Wipe zeroes the Suite's copy of the integrity key (integ.MAC.Wipe: the
+// HMAC pads inside crypto/hmac are not reachable). ICVs computed after it
+// are wrong: call it once the SA is out of use.
+func (s *Suite) Wipe() { s.mac.Wipe() }
+
+// Wiped reports whether Wipe was called.
+func (s *Suite) Wiped() bool { return s.mac.Wiped() }
+
 // NewSuite checks cfg and returns a Suite for it.
 func NewSuite(cfg Config) (*Suite, error) {
 	if cfg.Integ == integ.None {

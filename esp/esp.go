@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/chacha20poly1305"
 
@@ -133,7 +134,8 @@ type Suite struct {
 	ivLen   int
 	align   int // padding alignment: max(4, block size)
 	icvLen  int
-	salt    [saltLen]byte
+	salt    atomic.Uint32 // GCM/ChaCha20 nonce salt, big endian; zero once wiped
+	wiped   atomic.Bool
 	block   cipher.Block // CBC, CTR
 	aead    cipher.AEAD  // GCM, ChaCha20-Poly1305
 	mac     *integ.MAC
@@ -146,6 +148,25 @@ type Suite struct {
 	ctrBuf  sync.Pool    // AES-CTR: of *[]byte, GCM output
 	randMu  sync.Mutex
 }
+
+// Wipe zeroes the key material the Suite holds in memory gosec controls:
+// the nonce salt (GCM, CTR, ChaCha20-Poly1305) and the integrity key's
+// copy (see integ.MAC.Wipe). The cipher's key schedule lives in
+// crypto/aes, crypto/des or chacha20poly1305 structures with unexported
+// fields and is not reachable: it goes with the Suite when the garbage
+// collector frees it, and a copy the collector made may remain in freed
+// memory until it is reused. Packets processed after Wipe fail (wrong
+// nonce or ICV): call it once the SA is out of use.
+func (s *Suite) Wipe() {
+	s.salt.Store(0)
+	if s.mac != nil {
+		s.mac.Wipe()
+	}
+	s.wiped.Store(true)
+}
+
+// Wiped reports whether Wipe was called.
+func (s *Suite) Wiped() bool { return s.wiped.Load() }
 
 // NewSuite validates cfg and returns a keyed Suite.
 func NewSuite(cfg Config) (*Suite, error) {
@@ -210,7 +231,9 @@ func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 		if err != nil {
 			return nil, fmt.Errorf("esp: %v: %w", c, err)
 		}
-		copy(s.salt[:], key[k:])
+		if c != CipherAESCBC {
+			s.salt.Store(binary.BigEndian.Uint32(key[k:]))
+		}
 		if c == CipherAESGCM16 {
 			a, err := cipher.NewGCM(b)
 			if err != nil {
@@ -236,7 +259,7 @@ func newSuite(cfg Config, allowNoInteg bool) (*Suite, error) {
 		if err != nil {
 			return nil, fmt.Errorf("esp: %v: %w", c, err)
 		}
-		copy(s.salt[:], key[chacha20poly1305.KeySize:])
+		s.salt.Store(binary.BigEndian.Uint32(key[chacha20poly1305.KeySize:]))
 		s.aead = a
 	}
 	switch c {
@@ -358,7 +381,7 @@ func (s *Suite) Seal(b []byte, off, n int, spi uint32, seq uint64, nextHeader ui
 	case CipherAESGCM16, CipherChaCha20Poly1305:
 		binary.BigEndian.PutUint64(iv, seq)
 		sc := s.scratch.Get().(*scratch)
-		copy(sc.nonce[:saltLen], s.salt[:])
+		binary.BigEndian.PutUint32(sc.nonce[:saltLen], s.salt.Load())
 		copy(sc.nonce[saltLen:], iv)
 		aad := s.aad(sc, pkt, seq)
 		s.aead.Seal(body[:0], sc.nonce[:], body, aad)
@@ -432,7 +455,7 @@ func (s *Suite) cbcIV(iv []byte, spi uint32, seq uint64) error {
 // space and discarded.
 func (s *Suite) ctr(iv, data []byte) {
 	sc := s.scratch.Get().(*scratch)
-	copy(sc.nonce[:saltLen], s.salt[:])
+	binary.BigEndian.PutUint32(sc.nonce[:saltLen], s.salt.Load())
 	copy(sc.nonce[saltLen:], iv)
 	copy(sc.iv[:12], sc.nonce[:])
 	binary.BigEndian.PutUint32(sc.iv[12:], 1)
@@ -476,7 +499,7 @@ func (s *Suite) Open(pkt []byte, seq uint64) (payload []byte, nextHeader uint8, 
 	switch s.cipher {
 	case CipherAESGCM16, CipherChaCha20Poly1305:
 		sc := s.scratch.Get().(*scratch)
-		copy(sc.nonce[:saltLen], s.salt[:])
+		binary.BigEndian.PutUint32(sc.nonce[:saltLen], s.salt.Load())
 		copy(sc.nonce[saltLen:], iv)
 		aad := s.aad(sc, pkt, seq)
 		_, err := s.aead.Open(body[:0], sc.nonce[:], pkt[h:], aad)

@@ -63,7 +63,8 @@ func FuzzOpen(f *testing.F) {
 // reIV returns a copy of s whose CBC IV source yields iv once.
 func reIV(t *testing.T, s *Suite, iv []byte) *Suite {
 	c := &Suite{cipher: s.cipher, esn: s.esn, ivLen: s.ivLen, align: s.align, icvLen: s.icvLen,
-		salt: s.salt, block: s.block, aead: s.aead, mac: s.mac, rand: bytes.NewReader(bytes.Clone(iv))}
+		block: s.block, aead: s.aead, mac: s.mac, rand: bytes.NewReader(bytes.Clone(iv))}
+	c.salt.Store(s.salt.Load())
 	c.enc.New, c.dec.New, c.scratch.New = s.enc.New, s.dec.New, s.scratch.New
 	return c
 }

@@ -285,7 +285,7 @@ func TestRFC8439ChaChaESP(t *testing.T) {
 	if !bytes.Equal(aad, hx("50515253c0c1c2c3c4c5c6c7")) {
 		t.Fatalf("ESN AAD %x", aad)
 	}
-	copy(sc.nonce[:4], s.salt[:])
+	binary.BigEndian.PutUint32(sc.nonce[:4], s.salt.Load())
 	copy(sc.nonce[4:], hx("4041424344454647"))
 	out := s.aead.Seal(nil, sc.nonce[:], pt, aad)
 	if !bytes.Equal(out, append(bytes.Clone(ct), tag...)) {

@@ -22,8 +22,8 @@ type ExchangeEvent struct {
 	// child), "failed", "timeout" (no answer after the retransmissions),
 	// "alive" or "dead" (DPD).
 	Result string
-	// Latency is how long a successful Main Mode took, from the first
-	// message to the last; zero otherwise.
+	// Latency is how long a successful Main Mode or Quick Mode took, from
+	// the first message to the last; zero otherwise.
 	Latency time.Duration
 }
 
@@ -43,7 +43,7 @@ func (e *Engine) observeChild(q *qm, ch *ChildSA) {
 			result = "rekeyed"
 		}
 	}
-	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: ch.Conn, Kind: "quick", Result: result})
+	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: ch.Conn, Kind: "quick", Result: result, Latency: e.cfg.Clock.Now().Sub(q.started)})
 }
 
 // QueueDepth is how many received messages and commands wait for the

@@ -35,6 +35,7 @@ type qm struct {
 	// startSeq is when the exchange began (Engine.seq); outInstalled is
 	// set once the outbound SA is installed, which happens only once.
 	startSeq     uint64
+	started      time.Time // for the negotiation latency metric
 	outInstalled bool
 	// proto, lport and rport are the negotiated IDci/IDcr protocol and
 	// ports (0: any), installed with the SAs.
@@ -129,7 +130,7 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 
 // quickI1 sends QM1.
 func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
-	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
+	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
 	q.msgID = e.randomMsgID(p)
 	bs := p.cbc.BlockSize()
 	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.msgID, bs)
@@ -550,7 +551,7 @@ func contains(outer, inner netip.Prefix) bool {
 // quickR1: QM1 received; choose; install inbound; send QM2.
 func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	bs := p.cbc.BlockSize()
-	q := &qm{p: p, msgID: h.MessageID, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
+	q := &qm{p: p, msgID: h.MessageID, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return

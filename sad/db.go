@@ -79,6 +79,7 @@ type DB struct {
 
 	mu       sync.Mutex // writers
 	timers   map[*SA][]clock.Timer
+	wipes    map[*SA]func()      // removed SAs whose keys are wiped after WipeDelay
 	reserved map[spiKey]struct{} // SPIs handed out by AllocSPI, not yet added
 	closed   bool
 
@@ -241,6 +242,7 @@ func (db *DB) Replace(old, sa *SA) error {
 	db.stopTimers(old)
 	old.removed.Store(true)
 	db.remove(ok, old)
+	db.scheduleWipe(old, sa)
 	sa.st.owner.Store(sa)
 	db.insert(kn, sa)
 	db.startTimers(sa)
@@ -296,6 +298,39 @@ func (db *DB) del(k key, sa *SA) {
 	db.stopTimers(sa)
 	sa.removed.Store(true)
 	db.remove(k, sa)
+	db.scheduleWipe(sa, nil)
+}
+
+// WipeDelay is how long after its removal an SA's keys are wiped
+// (ESP/AH suites' Wipe): a packet that looked the SA up just before the
+// removal finishes with the real keys. Close wipes at once.
+const WipeDelay = 2 * time.Second
+
+// scheduleWipe wipes the suites of sa, a removed SA, WipeDelay from now,
+// except a suite that keep (its same-key replacement) still uses (db.mu
+// held).
+func (db *DB) scheduleWipe(sa, keep *SA) {
+	w := func() {
+		if sa.ESP != nil && (keep == nil || keep.ESP != sa.ESP) {
+			sa.ESP.Wipe()
+		}
+		if sa.AH != nil && (keep == nil || keep.AH != sa.AH) {
+			sa.AH.Wipe()
+		}
+	}
+	if db.wipes == nil {
+		db.wipes = map[*SA]func(){}
+	}
+	db.wipes[sa] = w
+	db.clk.AfterFunc(WipeDelay, func() {
+		db.mu.Lock()
+		_, pending := db.wipes[sa]
+		delete(db.wipes, sa)
+		db.mu.Unlock()
+		if pending {
+			w()
+		}
+	})
 }
 
 func (db *DB) lookupKey(k key) *SA { return (*db.byKey[k.spi%shards].Load())[k] }
@@ -468,6 +503,21 @@ func (db *DB) Close() {
 	db.closed = true
 	for sa := range db.timers {
 		db.stopTimers(sa)
+	}
+	// Removed SAs' keys at once (their timers may not run before the
+	// process ends), and those of every SA still in the DB: after Close
+	// nothing may use them but lookups of a stopped data plane.
+	for sa, w := range db.wipes {
+		w()
+		delete(db.wipes, sa)
+	}
+	for _, sa := range db.All() {
+		if sa.ESP != nil {
+			sa.ESP.Wipe()
+		}
+		if sa.AH != nil {
+			sa.AH.Wipe()
+		}
 	}
 	close(db.done)
 }

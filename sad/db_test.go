@@ -392,6 +392,7 @@ func TestLifetimeTime(t *testing.T) {
 	}
 	clk.Advance(time.Hour)
 	ch.expect(t, db)
+	clk.Advance(WipeDelay) // the marker's key wipe
 	if clk.Pending() != 0 {
 		t.Errorf("%d timers still pending", clk.Pending())
 	}
@@ -603,6 +604,7 @@ func TestDeletedSANoEvents(t *testing.T) {
 	sa.CountOut(1)
 	sa.CountOut(1)
 	ch.expect(t, db)
+	clk.Advance(WipeDelay) // the key wipes of sa and of expect's marker
 	if clk.Pending() != 0 {
 		t.Errorf("%d timers pending after Delete", clk.Pending())
 	}

@@ -10,12 +10,14 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/gosec
 
-install -d "$root/DEBIAN" "$root/usr/sbin" "$root/lib/systemd/system" "$root/usr/share/man/man8" \
+install -d "$root/DEBIAN" "$root/usr/sbin" "$root/lib/systemd/system" "$root/usr/share/man/man8" "$root/usr/share/man/man5" \
 	"$root/usr/share/doc/gosec/examples" "$root/usr/share/doc/gosec/grafana" "$root/etc/gosec"
 # No cgo: gosec start --user changes every thread's credentials.
 CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$root/usr/sbin/gosec" ./cmd/gosec
 install -m 0644 dist/gosec.service "$root/lib/systemd/system/gosec.service"
 gzip -9n -c dist/gosec.8 >"$root/usr/share/man/man8/gosec.8.gz"
+# Generated from internal/conf's keyword tables (make man); TestManPageCurrent keeps it current.
+gzip -9n -c dist/gosec.conf.5 >"$root/usr/share/man/man5/gosec.conf.5.gz"
 install -m 0644 packaging/etc/ipsec.conf "$root/etc/gosec/ipsec.conf"
 install -m 0644 demo/ipsec.conf "$root/usr/share/doc/gosec/examples/ipsec.conf"
 install -m 0644 demo/ipsec.secrets "$root/usr/share/doc/gosec/examples/ipsec.secrets"

@@ -3,6 +3,7 @@
 //	gosec start [--config F] [--secrets F] [--socket S] [--nofork] [--log F] [--log-format text|json] [--debug]
 //	            [--user NAME] [--metrics ADDR] [--save-keys DIR]
 //	gosec up CONN | down CONN | unroute CONN | status [--json] | statusall [--json] | reload | stop
+//	gosec debug [CONN] [LEVEL] [--json]
 //	gosec conf check [--config F] [--secrets F] [--dump] [--json]
 package main
 
@@ -24,7 +25,11 @@ commands:
   unroute CONN take it down and lift its trap and block: its traffic goes unprotected
   status       one line per connection and SA (--json for scripts)
   statusall    everything: connections, algorithms, SAs, counters, drops (--json)
-  reload       re-read the configuration
+  reload       re-read the configuration (log levels too)
+  debug [CONN] [LEVEL]
+               show or change the log level while the daemon runs: LEVEL is error, warn,
+               info, debug (or strongSwan's -1..4, Libreswan's none/all); with CONN for that
+               conn only (CONN default: back to the global level); until the next reload
   stop         stop the daemon (it removes everything it installed)
   conf check   check ipsec.conf and ipsec.secrets (--dump prints the resolved conns, --json)
   help         this text
@@ -63,6 +68,8 @@ func run(args []string) int {
 		return cli.Reload(env, rest)
 	case "stop":
 		return cli.Stop(env, rest)
+	case "debug":
+		return cli.Debug(env, rest)
 	case "conf":
 		if len(rest) == 0 || rest[0] != "check" {
 			fmt.Fprintln(os.Stderr, "usage: gosec conf check [--config FILE] [--secrets FILE] [--dump]")

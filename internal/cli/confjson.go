@@ -87,6 +87,7 @@ type connJSON struct {
 	ForceEncaps  bool    `json:"forceencaps"`
 	ReplayWindow int     `json:"replay_window"`
 	ESN          bool    `json:"esn"`
+	Debug        string  `json:"debug,omitempty"`
 	Left         endJSON `json:"left"`
 	Right        endJSON `json:"right"`
 }
@@ -138,7 +139,7 @@ func writeConfCheckJSON(w io.Writer, configPath, secretsPath string, cfg *conf.C
 				KeyExchange: c.KeyExchange, AuthBy: c.AuthBy, PFS: c.PFS, IKELifetime: c.IKELifetime.Seconds(),
 				Lifetime: c.KeyLife.Seconds(), Rekey: c.Rekey, RekeyMargin: c.RekeyMargin.Seconds(), KeyingTries: c.KeyingTries,
 				DPDDelay: c.DPDDelay.Seconds(), DPDTimeout: c.DPDTimeout.Seconds(), DPDAction: c.DPDAction,
-				ForceEncaps: c.ForceEncaps, ReplayWindow: c.ReplayWindow, ESN: c.ESN,
+				ForceEncaps: c.ForceEncaps, ReplayWindow: c.ReplayWindow, ESN: c.ESN, Debug: c.Debug,
 				Left: endToJSON(&c.Left), Right: endToJSON(&c.Right)}
 			if c.Manual {
 				cj.Keying = "manual"

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
+	"github.com/gosec-ipsec/gosec/internal/loglevel"
 	"github.com/gosec-ipsec/gosec/internal/metrics"
 	"github.com/gosec-ipsec/gosec/internal/privs"
 )
@@ -87,7 +88,7 @@ func Start(env Env, args []string) int {
 	cf.Register(fs)
 	socket := fs.String("socket", control.DefaultSocket, "control socket path")
 	nofork := fs.Bool("nofork", false, "stay in the foreground (for systemd)")
-	debug := fs.Bool("debug", false, "log every packet's fate (slow)")
+	debug := fs.Bool("debug", false, "log at debug level, every dropped packet included (slow), whatever charondebug=/plutodebug= say")
 	logFile := fs.String("log", "", "log file (default: stderr with --nofork, else /var/log/gosec.log)")
 	local := fs.String("local", "", "which side of manually keyed conns is this host: left or right (default: by local addresses)")
 	tunName := fs.String("tun", "gosec0", "name of the TUN device")
@@ -128,17 +129,21 @@ func Start(env Env, args []string) int {
 	if *debug {
 		level = slog.LevelDebug
 	}
+	// The format handler takes every level; loglevel's handler in front
+	// of it applies the global and per-conn levels, which the daemon sets
+	// from the configuration and `gosec debug` changes.
 	var handler slog.Handler
 	switch *logFormat {
 	case "text":
-		handler = slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})
+		handler = slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})
 	case "json":
-		handler = slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level})
+		handler = slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})
 	default:
 		fmt.Fprintf(env.Stderr, "gosec start: --log-format must be text or json, not %q\n", *logFormat)
 		return 2
 	}
-	log := slog.New(handler)
+	levels := loglevel.New(level)
+	log := slog.New(loglevel.NewHandler(handler, levels))
 	// Not dumpable, whatever else happens: no core file with keys in it,
 	// no ptrace or /proc/PID/mem by other processes of the same user.
 	if err := privs.SetNotDumpable(); err != nil {
@@ -177,7 +182,7 @@ func Start(env Env, args []string) int {
 	defer stop()
 	err := daemon.Run(ctx, daemon.Options{
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
-		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log,
+		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log, Levels: levels,
 		SaveKeysDir: *saveKeys, Observer: mx, Stopping: notifyStopping,
 		RawSocketsOnly: !*afpacket,
 		Started: func(d *daemon.Daemon) error {
@@ -359,5 +364,38 @@ func Status(env Env, args []string, all bool) int {
 		return 0
 	}
 	st.WriteText(env.Stdout, all)
+	return 0
+}
+
+// Debug runs `gosec debug [CONN] [LEVEL]`.
+func Debug(env Env, args []string) int {
+	fs := flag.NewFlagSet("gosec debug", flag.ContinueOnError)
+	socket := fs.String("socket", control.DefaultSocket, "control socket path")
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	pos, ok := parse(env, fs, args)
+	if !ok {
+		return 2
+	}
+	if len(pos) > 2 {
+		fmt.Fprintln(env.Stderr, "usage: gosec debug [CONN] [LEVEL]")
+		return 2
+	}
+	raw, err := call(*socket, control.Request{Cmd: "debug", Args: pos}, nil)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gosec debug: %v\n", err)
+		return 1
+	}
+	var lv daemon.LogLevels
+	if err := json.Unmarshal(raw, &lv); err != nil {
+		fmt.Fprintf(env.Stderr, "gosec debug: bad reply: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(lv)
+		return 0
+	}
+	fmt.Fprintln(env.Stdout, lv.String())
 	return 0
 }

@@ -71,6 +71,9 @@ type Conn struct {
 	ESN          bool
 	// AHAlign is 4 (RFC 4302 IPv4) or 8 (Linux without align4).
 	AHAlign int
+	// Debug is the conn's own log level (debug=): "error", "warn",
+	// "info" or "debug"; empty: the global level applies.
+	Debug string
 
 	// Manual is set for manually keyed conns (any *spi= or key keyword).
 	Manual bool

@@ -90,6 +90,9 @@ func (c *Conn) Dump(w io.Writer) {
 		fmt.Fprintf(w, " ah_align=%d", c.AHAlign)
 	}
 	fmt.Fprintln(w)
+	if c.Debug != "" {
+		fmt.Fprintf(w, "  debug: %s\n", c.Debug)
+	}
 }
 
 func tries(n int) string {

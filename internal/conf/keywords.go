@@ -84,6 +84,9 @@ var endKeywords = map[string]endHandler{
 var setupSupported = map[string]string{
 	"savekeys": "directory for key export to Wireshark (ikev1_decryption_table, esp_sa)",
 	"metrics":  "address of the Prometheus endpoint, e.g. 127.0.0.1:9569",
+	// debug.go checks the values of these two.
+	"charondebug": "log level, strongSwan's way: \"ike 2, knl 1\" (the highest level given applies to every conn without debug=)",
+	"plutodebug":  "log level, Libreswan's way: none (info) or debug classes such as all, base, control (debug)",
 }
 
 func init() {

@@ -141,6 +141,11 @@ func (p *parser) finish(opts Options) (*Config, error) {
 					continue
 				}
 				if _, ok := setupSupported[k.key]; ok {
+					if check := setupChecks[k.key]; check != nil {
+						if err := check(k.value); err != nil {
+							p.errorf(k.pos, "%v", err)
+						}
+					}
 					continue
 				}
 				if why, ok := ignoredSetup[k.key]; ok {
@@ -531,7 +536,8 @@ func (p *parser) interpret(s *section, kvs []kv, r *resolver) (*Conn, *Skipped) 
 					p.warnUnsupported(k, why)
 					continue
 				}
-				if _, setup := ignoredSetup[k.key]; setup {
+				_, ignoredInSetup := ignoredSetup[k.key]
+				if _, setup := setupSupported[k.key]; setup || ignoredInSetup {
 					p.errorf(k.pos, "%s is a config setup keyword; it is not allowed in a conn section", k.raw())
 					continue
 				}

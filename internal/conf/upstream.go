@@ -55,7 +55,6 @@ var ignoredSetup = func() map[string]string {
 		ike-socket-errqueue nhelpers audit-log logip loglimit syslog`, m)
 	words("gosec logs through its own logger: gosec start --log", `logfile logappend logtime
 		logstderr plutostderrlog plutostderrlogtime`, m)
-	words("use gosec start --debug", `charondebug plutodebug`, m)
 	words("gosec is its own IPsec stack", `protostack`, m)
 	words("gosec listens on all addresses", `interfaces listen listen-tcp listen-udp`, m)
 	words("NAT traversal is always on", `nat_traversal`, m)
@@ -74,7 +73,7 @@ var ignoredConn = func() map[string]string {
 	// Policy, routing and kernel details gosec does its own way.
 	words("", `closeaction inactivity installpolicy reqid priority metric mtu nopmtudisc
 		decap-dscp encap-dscp ikedscp tfc send-esp-tfc-padding-not-supported send-no-esp-tfc
-		overlapip sareftrack nflog nflog-group connalias clones debug loopback
+		overlapip sareftrack nflog nflog-group connalias clones loopback
 		nm-configured nm_configured remote-peer-type remote_peer_type cisco-unity cisco_unity
 		cisco-split fake-strongswan send-vendorid send_vendorid initial-contact initial_contact
 		ikepad nat-ikev1-method nat-keepalive nat_keepalive sha2-truncbug sha2_truncbug

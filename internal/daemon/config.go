@@ -43,9 +43,12 @@ func (d *Daemon) loadConfig() (*Config, error) {
 
 // resolveConns maps the configuration's conns to the daemon's view.
 func resolveConns(cfg *conf.Config, override string, isLocal func(netip.Addr) bool) (*Config, error) {
-	out := &Config{Conns: map[string]*ConnSpec{}}
+	out := &Config{Conns: map[string]*ConnSpec{}, ConnDebug: map[string]string{}}
 	var errs []error
 	for _, c := range cfg.Conns {
+		if c.Debug != "" {
+			out.ConnDebug[c.Name] = c.Debug
+		}
 		if c.Auto == "ignore" && !c.Set("auto") && !c.Set("left") {
 			continue // a template only used through also=
 		}
@@ -143,4 +146,23 @@ func integFor(i conf.Integ) (integ.Algorithm, error) {
 		return a, nil
 	}
 	return 0, fmt.Errorf("integrity algorithm %d is not supported", i)
+}
+
+// wipeManualKeys zeroes the manual keys of the loaded configuration (the
+// slices conf.Load read from ipsec.conf, which the specs share) when the
+// daemon stops. While the daemon runs they stay: gosec up after gosec
+// down and reload's comparison of conns need them.
+func (d *Daemon) wipeManualKeys() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conns == nil {
+		return
+	}
+	for _, c := range d.conns.Conns {
+		if m := c.Manual; m != nil {
+			for _, k := range [][]byte{m.InESP.EncKey, m.InESP.AuthKey, m.OutESP.EncKey, m.OutESP.AuthKey, m.InAH.Key, m.OutAH.Key} {
+				clear(k)
+			}
+		}
+	}
 }

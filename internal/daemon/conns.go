@@ -30,6 +30,9 @@ type Config struct {
 	// Skipped are the conns the configuration names but gosec left out
 	// (a feature it lacks, a host name that did not resolve).
 	Skipped []conf.Skipped
+	// ConnDebug is each conn's debug= level ("error" .. "debug"); apart
+	// from ConnSpec so that changing it does not re-establish the conn.
+	ConnDebug map[string]string
 }
 
 // ConnSpec is one conn as the daemon runs it.
@@ -493,6 +496,7 @@ func (d *Daemon) reload(progress func(string)) error {
 			}
 		}
 	}
+	d.applyLogLevels(cfg)
 	d.mu.Lock()
 	d.conns, d.secrets = cfg, cfg.Secrets
 	d.rerouteLocked(old, cfg, progress)

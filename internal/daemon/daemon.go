@@ -21,6 +21,7 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/control"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
+	"github.com/gosec-ipsec/gosec/internal/loglevel"
 	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/internal/savekeys"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -40,11 +41,18 @@ type Options struct {
 	WireMTU     int    // MTU of the path to peers (default 1500)
 	NATTPort    int    // ESP-in-UDP / IKE NAT-T port (default 4500)
 	IKEPort     int    // IKE port (default 500)
-	LogKeys     bool   // with Debug: log IKE keys (never in production)
+	LogKeys     bool   // with key export on: log IKE keys at debug level (tests only; no flag sets it)
 	Mark        uint32 // firewall mark of the daemon's sockets
 	Table       int    // routing table for routes into the TUN
 	FilterTable string // nftables table name
-	Debug       bool
+	// Debug sets the global log level to debug (gosec start --debug),
+	// whatever charondebug=/plutodebug= say.
+	Debug bool
+	// Levels, if set, are the log levels that Log's handler applies
+	// (loglevel.Handler); the daemon sets them from the configuration and
+	// `gosec debug` changes them. Nil: the daemon wraps Log's handler
+	// in its own (which then should accept debug records).
+	Levels *loglevel.Levels
 	// RawSocketsOnly sends ESP and AH through the raw IPv4 sockets (the
 	// kernel's IP output path per packet) instead of AF_PACKET on the
 	// outgoing Ethernet link (netio.PacketConn, the default; it falls back
@@ -95,6 +103,10 @@ func (o *Options) defaults() {
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if o.Levels == nil {
+		o.Levels = loglevel.New(slog.LevelInfo)
+		o.Log = slog.New(loglevel.NewHandler(o.Log.Handler(), o.Levels))
 	}
 	if o.Clock == nil {
 		o.Clock = clock.Real{}
@@ -178,6 +190,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	d.conns, d.secrets = cfg, cfg.Secrets
+	d.applyLogLevels(cfg)
 	if err := d.openSaveKeys(cfg); err != nil {
 		return err
 	}
@@ -345,7 +358,7 @@ func (d *Daemon) setup() error {
 	d.plane, err = dataplane.New(dataplane.Config{
 		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt, NATTQueues: extra,
 		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU,
-		Log: d.log, Debug: o.Debug, OnTrap: d.onTrap,
+		Log: d.log, DebugDrops: d.debugDrops, OnTrap: d.onTrap,
 	})
 	return err
 }
@@ -381,8 +394,9 @@ func (d *Daemon) teardown() {
 		errs = append(errs, d.tun.Close())
 	}
 	if d.sad != nil {
-		d.sad.Close()
+		d.sad.Close() // wipes every SA's suites
 	}
+	d.wipeManualKeys()
 	if err := errors.Join(errs...); err != nil {
 		d.log.Warn("teardown", "err", err)
 	}
@@ -421,6 +435,8 @@ func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(
 		return d.status(req.Cmd == "statusall"), nil
 	case "reload":
 		return nil, d.reload(progress)
+	case "debug":
+		return d.setDebug(req.Args)
 	case "stop":
 		progress("stopping gosec")
 		d.stopOnce.Do(func() { go d.stop() })

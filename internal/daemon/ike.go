@@ -96,8 +96,8 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 	d.ikeSock = sock
 	d.ike = ike.New(ike.Config{
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
-		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.Debug && d.opts.LogKeys,
-		SaveKeys: d.saveIKEKeys(), Observer: d.opts.Observer, OutboundDelay: quickModeSettle,
+		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.LogKeys && d.keys != nil,
+		SaveKeys: d.saveIKEKeys(), Observer: exchangeLogger{log: d.log.With("room", "ike"), next: d.opts.Observer}, OutboundDelay: quickModeSettle,
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)

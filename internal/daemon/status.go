@@ -46,6 +46,8 @@ type Status struct {
 	// how many phase-1 SAs are still negotiating.
 	IKEQueue    int `json:"ike_queue_depth"`
 	IKEHalfOpen int `json:"ike_half_open"`
+	// LogLevels are the log levels in force (gosec debug changes them).
+	LogLevels LogLevels `json:"log_levels"`
 }
 
 // Setup returns the config setup keywords of the loaded configuration.
@@ -125,7 +127,7 @@ func (d *Daemon) status(all bool) *Status {
 	st := &Status{
 		Schema: StatusSchema, Version: Version, Warnings: d.warnings, PID: os.Getpid(), Started: d.started,
 		Uptime: now.Sub(d.started).Truncate(time.Second).String(),
-		Socket: d.opts.Socket, TUN: d.opts.TUNName,
+		Socket: d.opts.Socket, TUN: d.opts.TUNName, LogLevels: d.logLevels(),
 	}
 	if d.tun != nil {
 		st.TUNMTU, _ = d.tun.MTU()
@@ -304,6 +306,7 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 	if all {
 		fmt.Fprintf(w, "Status of gosec daemon (%s, pid %d, up %s):\n", s.Version, s.PID, s.Uptime)
 		fmt.Fprintf(w, "  control socket: %s\n", s.Socket)
+		fmt.Fprintf(w, "  log level: %s\n", s.LogLevels.Text())
 		fmt.Fprintf(w, "  TUN device: %s (mtu %d), NAT-T port %d (%d keepalives, %d IKE, %d invalid)\n",
 			s.TUN, s.TUNMTU, s.NATT.Port, s.NATT.Keepalives, s.NATT.IKE, s.NATT.Invalid)
 		p := s.Plane

@@ -84,8 +84,12 @@ type Config struct {
 	// packet matches a trap policy that has no SA yet.
 	OnTrap func(reqid uint32)
 	Log    *slog.Logger
-	// Debug logs every packet's fate (slow; for troubleshooting only).
+	// Debug logs every dropped packet at debug level (slow; for
+	// troubleshooting only).
 	Debug bool
+	// DebugDrops, if set, decides the same per conn ("" for drops of no
+	// SA): the daemon asks the conn's log level (gosec debug CONN debug).
+	DebugDrops func(conn string) bool
 }
 
 // Stats are the plane-wide counters. Per-SA counters live in the SAD.
@@ -256,8 +260,12 @@ func (p *Plane) dropPkt(sa *sad.SA, r drop.Reason, where string, peer netip.Addr
 	if r == drop.Dummy {
 		return
 	}
-	if p.cfg.Debug {
-		p.log.Debug("drop", "reason", r.String(), "where", where, "peer", peer)
+	conn := ""
+	if sa != nil {
+		conn = sa.Conn
+	}
+	if p.cfg.Debug || (p.cfg.DebugDrops != nil && p.cfg.DebugDrops(conn)) {
+		p.log.Debug("drop", "conn", conn, "reason", r.String(), "where", where, "peer", peer)
 		return
 	}
 	// Decide before building any log arguments: a flood of drops costs two
@@ -267,10 +275,10 @@ func (p *Plane) dropPkt(sa *sad.SA, r drop.Reason, where string, peer netip.Addr
 		return
 	}
 	if suppressed > 0 {
-		p.log.Warn("dropped packet", "reason", r.String(), "where", where, "peer", peer, "suppressed", suppressed)
+		p.log.Warn("dropped packet", "conn", conn, "reason", r.String(), "where", where, "peer", peer, "suppressed", suppressed)
 		return
 	}
-	p.log.Warn("dropped packet", "reason", r.String(), "where", where, "peer", peer)
+	p.log.Warn("dropped packet", "conn", conn, "reason", r.String(), "where", where, "peer", peer)
 }
 
 // Drop log rate: at most dropLogBurst lines per reason in each

@@ -99,6 +99,10 @@ type MAC struct {
 	alg    Algorithm
 	icvLen int
 	pool   sync.Pool // of *State
+
+	keyMu sync.Mutex // key is read by pool.New and cleared by Wipe
+	key   []byte     // gosec's copy of the key; zeros once wiped
+	wiped bool
 }
 
 // State is one borrowed keyed hash state. Write the covered bytes into it,
@@ -119,13 +123,35 @@ func New(alg Algorithm, key []byte) (*MAC, error) {
 	if len(key) != info.keyLen {
 		return nil, fmt.Errorf("integ: %v needs a %d-octet key, got %d", alg, info.keyLen, len(key))
 	}
-	k := append([]byte(nil), key...)
-	m := &MAC{alg: alg, icvLen: info.icvLen}
+	m := &MAC{alg: alg, icvLen: info.icvLen, key: append([]byte(nil), key...)}
 	m.pool.New = func() any {
-		return &State{h: hmac.New(info.newH, k), mac: m}
+		m.keyMu.Lock()
+		defer m.keyMu.Unlock()
+		return &State{h: hmac.New(info.newH, m.key), mac: m}
 	}
 	return m, nil
 }
+
+// Wipe zeroes m's copy of the key. crypto/hmac's keyed states (the inner
+// and outer pads derived from the key, in unexported fields) cannot be
+// reached; states created after Wipe use an all-zero key, so an ICV
+// computed after Wipe is wrong: call it once nothing uses m any more.
+func (m *MAC) Wipe() {
+	m.keyMu.Lock()
+	defer m.keyMu.Unlock()
+	clear(m.key)
+	m.wiped = true
+}
+
+// Wiped reports whether Wipe was called.
+func (m *MAC) Wiped() bool {
+	m.keyMu.Lock()
+	defer m.keyMu.Unlock()
+	return m.wiped
+}
+
+// keyCopy is m's key copy, for tests that check it was zeroed.
+func (m *MAC) keyCopy() []byte { return m.key }
 
 // Algorithm returns the algorithm m computes.
 func (m *MAC) Algorithm() Algorithm { return m.alg }

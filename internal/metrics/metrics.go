@@ -47,7 +47,7 @@ func New() *Metrics {
 	}, []string{"peer", "exchange", "result"})
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "gosec_ike_negotiation_seconds",
-		Help:    "Time from the first to the last message of successful Main Mode negotiations.",
+		Help:    "Time from the first to the last message of successful negotiations, by exchange (main: Main Mode, quick: Quick Mode).",
 		Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
 	}, []string{"exchange"})
 	m.reg.MustRegister(m.exchanges, m.latency, snapshotCollector{m},

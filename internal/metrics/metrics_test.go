@@ -52,7 +52,7 @@ func TestSnapshotSeries(t *testing.T) {
 	m := New()
 	m.SetSource(func() *daemon.Status { return cur })
 	m.Exchange(ike.ExchangeEvent{Peer: netip.MustParseAddr("192.0.2.2"), Kind: "main", Result: "established", Latency: 30 * time.Millisecond})
-	m.Exchange(ike.ExchangeEvent{Peer: netip.MustParseAddr("192.0.2.2"), Kind: "quick", Result: "rekeyed"})
+	m.Exchange(ike.ExchangeEvent{Peer: netip.MustParseAddr("192.0.2.2"), Kind: "quick", Result: "rekeyed", Latency: 4 * time.Millisecond})
 	out := scrape(t, m)
 	for _, want := range []string{
 		`gosec_up 1`,
@@ -75,6 +75,9 @@ func TestSnapshotSeries(t *testing.T) {
 		`gosec_ike_exchanges_total{exchange="main",peer="192.0.2.2",result="established"} 1`,
 		`gosec_ike_exchanges_total{exchange="quick",peer="192.0.2.2",result="rekeyed"} 1`,
 		`gosec_ike_negotiation_seconds_bucket{exchange="main",le="0.05"} 1`,
+		`gosec_ike_negotiation_seconds_bucket{exchange="main",le="0.025"} 0`,
+		`gosec_ike_negotiation_seconds_bucket{exchange="quick",le="0.005"} 1`,
+		`gosec_ike_negotiation_seconds_count{exchange="quick"} 1`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("missing %s", want)

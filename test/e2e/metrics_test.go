@@ -185,6 +185,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			`gosec_ike_exchanges_total{exchange="main",peer="` + peer + `",result="established"}`,
 			`gosec_ike_exchanges_total{exchange="quick",peer="` + peer + `",result="established"}`,
 			`gosec_ike_negotiation_seconds_count{exchange="main"}`,
+			`gosec_ike_negotiation_seconds_count{exchange="quick"}`,
 		} {
 			if m[k] != 1 {
 				t.Errorf("%s: %s = %v, want 1", d.ns, k, m[k])

@@ -117,16 +117,18 @@ func TestSystemdUnit(t *testing.T) {
 	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/sbin/gosec", bin)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	man := filepath.Join(dir, "man", "man8")
-	if err := os.MkdirAll(man, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	page, err := os.ReadFile(filepath.Join(root, "dist", "gosec.8"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(man, "gosec.8"), page, 0o644); err != nil {
-		t.Fatal(err)
+	for _, page := range []struct{ section, name string }{{"man8", "gosec.8"}, {"man5", "gosec.conf.5"}} {
+		man := filepath.Join(dir, "man", page.section)
+		if err := os.MkdirAll(man, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		text, err := os.ReadFile(filepath.Join(root, "dist", page.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(man, page.name), text, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	env := append(os.Environ(), "MANPATH="+filepath.Join(dir, "man"), "SYSTEMD_LOG_LEVEL=notice")
 	verify := exec.Command("systemd-analyze", "verify", path)

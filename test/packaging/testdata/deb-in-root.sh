@@ -34,6 +34,9 @@ echo "$line" | grep -q ":/usr/sbin/nologin$"
 [ "$(in_root stat -c "%U:%G %a" /etc/gosec/ipsec.secrets)" = "gosec:gosec 600" ]
 [ "$(in_root stat -c "%U %a" /usr/sbin/gosec)" = "root 755" ]
 in_root test -f /usr/share/man/man8/gosec.8.gz
+in_root test -f /usr/share/man/man5/gosec.conf.5.gz
+# The installed gosec.conf(5) documents what the installed binary accepts.
+in_root sh -c "zcat /usr/share/man/man5/gosec.conf.5.gz | grep -q ^.B.charondebug"
 in_root test -f /usr/share/doc/gosec/grafana/gosec-dashboard.json
 
 echo "STEP verify"
@@ -65,7 +68,7 @@ cat /tmp/gosec.log
 
 echo "STEP purge"
 in_root dpkg --purge gosec
-for f in /usr/sbin/gosec /lib/systemd/system/gosec.service /etc/gosec /usr/share/man/man8/gosec.8.gz; do
+for f in /usr/sbin/gosec /lib/systemd/system/gosec.service /etc/gosec /usr/share/man/man8/gosec.8.gz /usr/share/man/man5/gosec.conf.5.gz; do
 	if in_root test -e "$f"; then echo "$f is still there after purge"; exit 1; fi
 done
 if in_root dpkg -s gosec >/dev/null 2>&1; then echo "dpkg still knows gosec"; exit 1; fi
