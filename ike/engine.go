@@ -406,17 +406,7 @@ func (e *Engine) sortedSAs() []*p1 {
 // terminate removes name's children and phase-1 SAs; with notify it
 // sends Delete payloads first.
 func (e *Engine) terminate(name string, notify bool) bool {
-	had := false
-	for _, ch := range e.children[name] {
-		had = true
-		if p := e.p1ForChild(ch); notify && p != nil {
-			e.sendDelete(p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
-		}
-		ch.stop()
-		e.cfg.Installer.Remove(ch.sa)
-		e.log.Info("IPsec SA deleted", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", ch.sa.OutSPI))
-	}
-	delete(e.children, name)
+	had := e.dropChildren(name, func(*child) bool { return true }, notify, "IPsec SA deleted") > 0
 	for _, p := range e.sortedSAs() {
 		if p.conn == nil || p.conn.Name != name {
 			continue
@@ -448,9 +438,9 @@ func (e *Engine) shutdown() {
 
 // forget drops a phase-1 SA and its timers.
 func (e *Engine) forget(p *p1) {
-	p.stopTimer()
+	p.stopTimers()
 	for _, q := range p.qms {
-		q.stopTimer()
+		q.x.stop()
 		switch {
 		case q.inSPI != 0 && !q.installed:
 			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
@@ -485,12 +475,6 @@ func (e *Engine) dropHalfOpen(p *p1) {
 			return
 		}
 	}
-}
-
-// send transmits msg for p and remembers it for retransmission.
-func (e *Engine) send(p *p1, msg []byte) {
-	p.lastSent = msg
-	e.transmit(p, msg)
 }
 
 func (e *Engine) transmit(p *p1, msg []byte) {
@@ -549,14 +533,10 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 		e.warn("IKE message for an ISAKMP SA from another address", "peer", from, "sa_peer", p.peer)
 		return
 	}
-	// Duplicate of the last message: the peer lost our reply.
+	// A duplicate of the last message of its exchange: the peer lost
+	// our answer (the task manager sends it again).
 	sum := sha256.Sum256(msg)
-	if sum == p.lastRecv && h.Exchange != isakmp.ExchInfo {
-		e.Stats.Duplicate.Add(1)
-		if p.lastSent != nil && p.lastReplyTo == sum {
-			e.Stats.Retransmits.Add(1)
-			e.transmit(p, p.lastSent)
-		}
+	if h.Exchange != isakmp.ExchInfo && e.duplicate(p, &p.x, sum) {
 		return
 	}
 	// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved:

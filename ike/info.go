@@ -190,11 +190,7 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 				e.log.Info("peer deleted ISAKMP SA", "conn", p.conn.Name, "peer", p.peer, "cookies", p.cookieString())
 				p.fail(fmt.Errorf("conn %s: the peer deleted the ISAKMP SA", p.conn.Name))
 				e.forget(p)
-				for _, ch := range e.allChildren() {
-					if ch.p == p {
-						ch.p = nil
-					}
-				}
+				e.orphan(p)
 			}
 		}
 	case isakmp.ProtoESP, isakmp.ProtoAH:
@@ -203,26 +199,12 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 				continue
 			}
 			out := be32u(spi)
-			for name, list := range e.children {
-				keep := list[:0]
-				for _, ch := range list {
-					// Only the identity that negotiated an SA may delete
-					// it: clients behind one NAT share an address and may
-					// pick the same SPIs.
-					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() && ch.identity == p.identity() {
-						e.log.Info("peer deleted IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", out))
-						ch.stop()
-						e.cfg.Installer.Remove(ch.sa)
-						continue
-					}
-					keep = append(keep, ch)
-				}
-				if len(keep) == 0 {
-					delete(e.children, name)
-				} else {
-					e.children[name] = keep
-				}
-			}
+			// Only the identity that negotiated an SA may delete it:
+			// clients behind one NAT share an address and may pick the
+			// same SPIs.
+			e.dropChildren("", func(ch *child) bool {
+				return ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() && ch.identity == p.identity()
+			}, false, "peer deleted IPsec SA")
 		}
 	}
 }
@@ -316,30 +298,11 @@ func (e *Engine) initialContact(p *p1) {
 		if q != p && q.established() && q.identity() == id && q.estSeq < p.createdSeq {
 			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "peer_id", p.peerID, "cookies", q.cookieString())
 			e.forget(q)
-			for _, ch := range e.allChildren() {
-				if ch.p == q {
-					ch.p = nil
-				}
-			}
+			e.orphan(q)
 		}
 	}
-	for name, list := range e.children {
-		keep := list[:0]
-		for _, ch := range list {
-			if ch.identity == id && ch.seq < p.createdSeq {
-				e.log.Info("INITIAL-CONTACT: removing the peer's old IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI))
-				ch.stop()
-				e.cfg.Installer.Remove(ch.sa)
-				continue
-			}
-			keep = append(keep, ch)
-		}
-		if len(keep) == 0 {
-			delete(e.children, name)
-		} else {
-			e.children[name] = keep
-		}
-	}
+	e.dropChildren("", func(ch *child) bool { return ch.identity == id && ch.seq < p.createdSeq }, false,
+		"INITIAL-CONTACT: removing the peer's old IPsec SA")
 }
 
 // startDPD sends R_U_THERE every DPDDelay (RFC 3706) when the conn asks
@@ -393,11 +356,7 @@ func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
 	for _, q := range e.sortedSAs() {
 		if q == p || (q.established() && q.identity() == id) {
 			e.forget(q)
-			for _, ch := range e.allChildren() {
-				if ch.p == q {
-					ch.p = nil
-				}
-			}
+			e.orphan(q)
 		}
 	}
 	affected := []*Conn{c}

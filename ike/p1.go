@@ -62,11 +62,8 @@ type p1 struct {
 	// it becomes peer only once that message authenticates (authentic).
 	floatTo netip.AddrPort
 
-	lastSent    []byte
-	lastRecv    [32]byte
-	lastReplyTo [32]byte
-	timer       clock.Timer
-	timerGen    int
+	// x is the phase-1 exchange in flight (taskmanager.go).
+	x exchange
 
 	created time.Time
 	estTime time.Time
@@ -99,12 +96,10 @@ func (p *p1) cookieString() string {
 	return hex.EncodeToString(p.icky[:]) + "_i:" + hex.EncodeToString(p.rcky[:]) + "_r"
 }
 
-func (p *p1) stopTimer() {
-	p.timerGen++
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
-	}
+// stopTimers stops the phase-1 exchange's timer and the SA's own
+// (keepalive, lifetime, reauthentication, DPD).
+func (p *p1) stopTimers() {
+	p.x.stop()
 	if p.keepalive != nil {
 		p.keepalive.Stop()
 		p.keepalive = nil
@@ -139,36 +134,6 @@ func (p *p1) fail(err error) {
 		w.finish(err)
 	}
 	p.waiters = nil
-}
-
-// arm schedules the retransmission of p.lastSent.
-func (e *Engine) arm(p *p1, tries int) {
-	p.timerGen++
-	gen := p.timerGen
-	d := e.retransmitDelay(tries)
-	p.timer = e.cfg.Clock.AfterFunc(d, func() {
-		e.post(func() {
-			if p.timerGen != gen || e.sas[p.key()] != p {
-				return
-			}
-			if tries >= e.cfg.Retransmits {
-				e.failP1(p, fmt.Errorf("no response from %v in state %s after %d retransmissions", p.peer, p.state, tries), true)
-				return
-			}
-			e.Stats.Retransmits.Add(1)
-			p.say("retransmit %d of request with message ID 0", tries+1)
-			e.transmit(p, p.lastSent)
-			e.arm(p, tries+1)
-		})
-	})
-}
-
-func (e *Engine) retransmitDelay(tries int) time.Duration {
-	d := float64(e.cfg.RetransmitTimeout)
-	for i := 0; i < tries; i++ {
-		d *= e.cfg.RetransmitBackoff
-	}
-	return time.Duration(d)
 }
 
 // failP1 ends a phase-1 negotiation; a timeout of an SA we initiate is
@@ -230,8 +195,7 @@ func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
 	p.say("initiating Main Mode IKE_SA %s[%s] to %v", c.Name, hex.EncodeToString(p.icky[:]), c.Remote)
 	p.say("generating ID_PROT request 0 [ SA V V V V ] offering %s", strings.Join(offered, ", "))
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(msg))
-	e.send(p, msg)
-	e.arm(p, 0)
+	e.request(p, msg, [32]byte{})
 	return p
 }
 
@@ -333,7 +297,7 @@ func (e *Engine) mainI2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	e.sas[p.key()] = p
 	p.suite = suite
 	p.noteVendorIDs(ps)
-	p.lastRecv = sum
+	p.x.received(sum)
 	p.say("received ID_PROT response 0 [ SA V ... ]: %s, lifetime %v", suite, suite.Life)
 	dh, err := ikecrypto.GenerateDH(suite.Group, e.cfg.Rand)
 	if err != nil {
@@ -344,10 +308,8 @@ func (e *Engine) mainI2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	out := []isakmp.Payload{&isakmp.KE{Data: p.gxi}, &isakmp.Nonce{Data: p.ni}}
 	out = append(out, e.natdPayloads(p)...)
 	p.state = "MAIN_I2"
-	p.lastReplyTo = sum
 	p.say("generating ID_PROT request 0 [ KE No NAT-D NAT-D ]")
-	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
-	e.arm(p, 0)
+	e.request(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
 }
 
 func (p *p1) header(x isakmp.ExchangeType, msgID uint32, enc bool) isakmp.Header {
@@ -508,7 +470,7 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	p.gxr, p.nr = ke.Data, nonce.Data
-	p.lastRecv = sum
+	p.x.received(sum)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {
 		e.failP1(p, err, false)
@@ -532,15 +494,13 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
 	p.iv = last
 	p.state = "MAIN_I3"
-	p.lastReplyTo = sum
 	if ic {
 		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
 	} else {
 		p.say("generating ID_PROT request 0 [ ID HASH ]")
 	}
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(m))
-	e.send(p, m)
-	e.arm(p, 0)
+	e.request(p, m, sum)
 }
 
 // mainI4: MM6 received (ID, HASH_R): phase 1 is up.
@@ -584,9 +544,9 @@ func (e *Engine) mainI4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	e.authentic(p)
 	p.peerID, p.peerIDPay, p.peerIDKey = idString(id), id, idKey(id)
 	p.iv = last
-	p.lastRecv = sum
-	p.lastSent = nil
-	p.stopTimer()
+	p.x.received(sum)
+	p.x.sent = nil
+	p.x.stop()
 	e.established(p)
 }
 
@@ -708,8 +668,8 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 	// this runs for every message of a flood), or one replayed later.
 	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
 		e.Stats.Duplicate.Add(1)
-		if q.state == "MAIN_R1" && q.peer == from && q.lastSent != nil {
-			e.transmit(q, q.lastSent)
+		if q.state == "MAIN_R1" && q.peer == from && q.x.sent != nil {
+			e.transmit(q, q.x.sent)
 		}
 		return
 	}
@@ -810,11 +770,15 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 		out = append(out, &isakmp.VendorID{Data: isakmp.VendorNATT})
 	}
 	out = append(out, &isakmp.VendorID{Data: isakmp.VendorDPD})
-	p.lastRecv = sha256Sum(msg)
-	p.lastReplyTo = p.lastRecv
 	e.log.Debug("Main Mode responder", "conn", conn.Name, "peer", from, "suite", suite.String())
-	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
-	e.armHalfOpen(p)
+	e.reply(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sha256Sum(msg))
+	// A responder negotiation that stalls is forgotten.
+	e.after(p, e.cfg.HalfOpenTimeout, func() {
+		if !p.established() {
+			e.log.Info("half-open ISAKMP SA timed out", "peer", p.peer, "state", p.state)
+			e.forget(p)
+		}
+	})
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
@@ -858,20 +822,6 @@ func (e *Engine) evictHalfOpen(match func(*p1) bool) {
 	}
 	e.Stats.HalfOpenEvicted.Add(1)
 	e.forget(e.halfOpen[victim])
-}
-
-// armHalfOpen forgets a responder negotiation that stalls.
-func (e *Engine) armHalfOpen(p *p1) {
-	p.timerGen++
-	gen := p.timerGen
-	p.timer = e.cfg.Clock.AfterFunc(e.cfg.HalfOpenTimeout, func() {
-		e.post(func() {
-			if p.timerGen == gen && e.sas[p.key()] == p && !p.established() {
-				e.log.Info("half-open ISAKMP SA timed out", "peer", p.peer, "state", p.state)
-				e.forget(p)
-			}
-		})
-	})
 }
 
 // mainR2: MM3 received (KE, Ni, NAT-D): the Diffie-Hellman work runs
@@ -937,9 +887,7 @@ func (e *Engine) mainR2Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32
 	out := []isakmp.Payload{&isakmp.KE{Data: p.gxr}, &isakmp.Nonce{Data: p.nr}}
 	out = append(out, e.natdPayloads(p)...)
 	p.state = "MAIN_R2"
-	p.lastRecv = sum
-	p.lastReplyTo = sum
-	e.send(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out))
+	e.reply(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
 }
 
 // mainR3: MM5 received (ID, HASH_I); send MM6.
@@ -1007,10 +955,8 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	out := []isakmp.Payload{myID, &isakmp.Hash{Data: hashR}}
 	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.iv)
 	p.iv = lastOut
-	p.lastRecv = sum
-	p.lastReplyTo = sum
-	e.send(p, m)
-	p.stopTimer()
+	e.reply(p, m, sum)
+	p.x.stop()
 	e.established(p)
 }
 

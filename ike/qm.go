@@ -10,7 +10,6 @@ import (
 	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -18,7 +17,6 @@ import (
 type qm struct {
 	p         *p1
 	conn      *Conn
-	msgID     uint32
 	initiator bool
 	state     string // QUICK_I1, QUICK_I2, QUICK_R1, QUICK_R2
 	iv        []byte
@@ -42,22 +40,12 @@ type qm struct {
 	lport, rport uint16
 	idci         *isakmp.ID
 	idcr         *isakmp.ID
-	lastSent     []byte
-	lastRecv     [32]byte
-	timer        clock.Timer
-	timerGen     int
-	done         func(error)
-	w            *waiter // the `gosec up` that started it, if any
-	child        *ChildSA
-	installed    bool
-}
-
-func (q *qm) stopTimer() {
-	q.timerGen++
-	if q.timer != nil {
-		q.timer.Stop()
-		q.timer = nil
-	}
+	// x is the exchange in flight (taskmanager.go).
+	x         exchange
+	done      func(error)
+	w         *waiter // the `gosec up` that started it, if any
+	child     *ChildSA
+	installed bool
 }
 
 func (q *qm) finish(err error) {
@@ -130,9 +118,9 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 // quickI1 sends QM1.
 func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
 	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
-	q.msgID = e.randomMsgID(p)
+	q.x.msgID = e.randomMsgID(p)
 	bs := p.cbc.BlockSize()
-	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.msgID, bs)
+	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.x.msgID, bs)
 	proto := q.suites[0].Proto
 	spi, err := e.cfg.Installer.AllocSPI(proto)
 	if err != nil {
@@ -163,10 +151,10 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 	}
 	b := isakmp.AppendPayloads(nil, ps)
 	hl := p.suite.Hash.Size()
-	copy(b[4:4+hl], ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.msgID, b[4+hl:]))
-	msg, last := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
+	copy(b[4:4+hl], ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.x.msgID, b[4+hl:]))
+	msg, last := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = last
-	p.qms[q.msgID] = q
+	p.qms[q.x.msgID] = q
 	if w != nil {
 		wq := w
 		inner := q.done
@@ -177,10 +165,8 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 			inner(err)
 		}
 	}
-	q.say(w, "generating QUICK_MODE request %d [ HASH SA No%s ID ID ] for %v === %v", q.msgID, keTag(q.dh != nil), lts, rts)
-	q.lastSent = msg
-	e.transmit(p, msg)
-	e.armQM(q, 0, w)
+	q.say(w, "generating QUICK_MODE request %d [ HASH SA No%s ID ID ] for %v === %v", q.x.msgID, keTag(q.dh != nil), lts, rts)
+	e.request(q, msg, [32]byte{})
 }
 
 func keTag(ke bool) string {
@@ -197,38 +183,17 @@ func (q *qm) say(w *waiter, format string, args ...any) {
 	q.p.say(format, args...)
 }
 
-// armQM retransmits q's last message until the answer comes.
-func (e *Engine) armQM(q *qm, tries int, w *waiter) {
-	q.timerGen++
-	gen := q.timerGen
-	q.timer = e.cfg.Clock.AfterFunc(e.retransmitDelay(tries), func() {
-		e.post(func() {
-			if q.timerGen != gen || q.p.qms[q.msgID] != q || e.sas[q.p.key()] != q.p {
-				return
-			}
-			if tries >= e.cfg.Retransmits {
-				e.failQM(q, fmt.Errorf("conn %s: no response to Quick Mode %d from %v after %d retransmissions", q.conn.Name, q.msgID, q.p.peer, tries))
-				return
-			}
-			e.Stats.Retransmits.Add(1)
-			w.say("retransmit %d of request with message ID %d", tries+1, q.msgID)
-			e.transmit(q.p, q.lastSent)
-			e.armQM(q, tries+1, w)
-		})
-	})
-}
-
 func (e *Engine) failQM(q *qm, err error) {
 	e.Stats.Failed.Add(1)
-	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.msgID, "state", q.state, "err", err)
+	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.x.msgID, "state", q.state, "err", err)
 	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
-	q.stopTimer()
+	q.x.stop()
 	if q.inSPI != 0 && !q.installed {
 		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
 	} else if q.child != nil && q.installed {
 		e.cfg.Installer.Remove(q.child)
 	}
-	delete(q.p.qms, q.msgID)
+	delete(q.p.qms, q.x.msgID)
 	q.finish(err)
 }
 
@@ -264,12 +229,7 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q := p.qms[h.MessageID]
-	if q != nil && sum == q.lastRecv {
-		e.Stats.Duplicate.Add(1)
-		if q.state == "QUICK_R1" || q.state == "QUICK_I2" {
-			e.Stats.Retransmits.Add(1)
-			e.transmit(p, q.lastSent)
-		}
+	if q != nil && e.duplicate(p, &q.x, sum) {
 		return
 	}
 	switch {
@@ -335,9 +295,9 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 	if !ok {
 		return
 	}
-	if !hashEqual(ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.msgID, q.ni, rest), hash) {
+	if !hashEqual(ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, rest), hash) {
 		e.Stats.BadHash.Add(1)
-		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.msgID)
+		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
 	}
 	e.authentic(p)
@@ -383,18 +343,17 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q.iv = last
-	q.lastRecv = sum
-	q.stopTimer()
-	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.msgID, q.ni, q.nr)}})
-	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
+	q.x.received(sum)
+	q.x.stop()
+	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, q.nr)}})
+	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
 	if e.cfg.OutboundDelay <= 0 {
 		if err := e.install(q, ch, true); err != nil {
 			e.failQM(q, err)
 			return
 		}
-		q.lastSent = m
-		e.transmit(p, m)
+		e.reply(q, m, sum)
 		q.state = "QUICK_I2"
 		e.childUp(q, ch)
 		return
@@ -407,23 +366,15 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.failQM(q, err)
 		return
 	}
-	q.lastSent = m
-	e.transmit(p, m)
+	e.reply(q, m, sum)
 	q.state = "QUICK_I2"
-	q.timerGen++
-	gen := q.timerGen
-	q.timer = e.cfg.Clock.AfterFunc(e.cfg.OutboundDelay, func() {
-		e.post(func() {
-			// forget and failQM stop this timer and remove the inbound SA
-			if q.timerGen != gen || q.p.qms[q.msgID] != q || e.sas[q.p.key()] != q.p {
-				return
-			}
-			if err := e.install(q, ch, true); err != nil {
-				e.failQM(q, err)
-				return
-			}
-			e.childUp(q, ch)
-		})
+	// forget and failQM stop this timer and remove the inbound SA.
+	e.after(q, e.cfg.OutboundDelay, func() {
+		if err := e.install(q, ch, true); err != nil {
+			e.failQM(q, err)
+			return
+		}
+		e.childUp(q, ch)
 	})
 }
 
@@ -483,11 +434,11 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	}
 	e.log.Info("IPsec SA established", "conn", ch.Conn, "in_spi", fmt.Sprintf("%08x", ch.InSPI), "out_spi", fmt.Sprintf("%08x", ch.OutSPI),
 		"suite", ch.Suite, "mode", ch.Mode.String(), "local_ts", ch.LocalTS, "remote_ts", ch.RemoteTS, "udp", ch.Encap != nil)
-	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.msgID, ch.InSPI, ch.OutSPI,
+	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.x.msgID, ch.InSPI, ch.OutSPI,
 		ch.LocalTS, ch.RemoteTS, ch.Suite, ch.Mode, encap)
-	delete(q.p.qms, q.msgID)
+	delete(q.p.qms, q.x.msgID)
 	// Keep the exchange reachable for duplicate QM2/QM3 detection.
-	q.p.qms[q.msgID] = q
+	q.p.qms[q.x.msgID] = q
 	q.finish(nil)
 }
 
@@ -550,19 +501,19 @@ func contains(outer, inner netip.Prefix) bool {
 // quickR1: QM1 received; choose; install inbound; send QM2.
 func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	bs := p.cbc.BlockSize()
-	q := &qm{p: p, msgID: h.MessageID, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
+	q := &qm{p: p, x: exchange{msgID: h.MessageID}, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return
 	}
-	if !hashEqual(ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.msgID, rest), hash) {
+	if !hashEqual(ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.x.msgID, rest), hash) {
 		e.Stats.BadHash.Add(1)
-		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.msgID)
+		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
 	}
 	e.authentic(p)
 	q.iv = last
-	q.lastRecv = sum
+	q.x.received(sum)
 	sa, ok1 := find[*isakmp.SA](ps)
 	nonce, ok2 := find[*isakmp.Nonce](ps)
 	if !ok1 || !ok2 || len(nonce.Data) < 8 {
@@ -694,13 +645,11 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 	b := isakmp.AppendPayloads(nil, out)
 	hl := p.suite.Hash.Size()
-	copy(b[4:4+hl], ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.msgID, q.ni, b[4+hl:]))
-	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
+	copy(b[4:4+hl], ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, b[4+hl:]))
+	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
-	q.lastSent = m
-	p.qms[q.msgID] = q
-	e.transmit(p, m)
-	e.armQM(q, 0, nil)
+	p.qms[q.x.msgID] = q
+	e.request(q, m, q.x.recv)
 }
 
 // quickR2: QM3 received; install the outbound SA.
@@ -716,14 +665,14 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	if len(raws) == 0 || raws[0].Type != isakmp.PayloadHash ||
-		!hashEqual(ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.msgID, q.ni, q.nr), raws[0].Body) {
+		!hashEqual(ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, q.nr), raws[0].Body) {
 		e.Stats.BadHash.Add(1)
-		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.msgID)
+		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
 	}
 	e.authentic(p)
-	q.stopTimer()
-	q.lastRecv = sum
+	q.x.stop()
+	q.x.received(sum)
 	if err := e.install(q, q.child, true); err != nil {
 		e.failQM(q, err)
 		return
@@ -952,27 +901,7 @@ func (e *Engine) armRekeyRetry(c *child) {
 
 // deleteChild removes c, telling the peer.
 func (e *Engine) deleteChild(c *child, why string) {
-	if !e.hasChild(c) {
-		return
-	}
-	c.stop()
-	if p := e.p1ForChild(c); p != nil {
-		e.sendDelete(p, c.sa.Proto, [][]byte{be32(c.sa.InSPI)})
-	}
-	e.cfg.Installer.Remove(c.sa)
-	list := e.children[c.sa.Conn]
-	for i, x := range list {
-		if x == c {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(e.children, c.sa.Conn)
-	} else {
-		e.children[c.sa.Conn] = list
-	}
-	e.log.Info("IPsec SA deleted", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "out_spi", fmt.Sprintf("%08x", c.sa.OutSPI), "why", why)
+	e.dropChildren(c.sa.Conn, func(x *child) bool { return x == c }, true, "IPsec SA deleted", "why", why)
 }
 
 // idProtoPort renders a client ID's protocol and port for logs.
