@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -206,35 +205,6 @@ type Engine struct {
 	Stats Counters
 }
 
-// child is an installed ChildSA and the phase-1 SA that made it.
-type child struct {
-	sa          *ChildSA
-	p           *p1
-	established time.Time
-	initiator   bool
-	group       string
-	conn        *Conn
-	rekeyed     bool
-	timers      []clock.Timer
-	// identity is the identity pair of the ISAKMP SA that negotiated it
-	// (p1.identity): Deletes and INITIAL-CONTACT from other identities
-	// do not touch it.
-	identity string
-	// seq is when it was installed (Engine.seq).
-	seq uint64
-	// rekeying is set while a Quick Mode negotiates its successor;
-	// rekeyAt is when its rekey is due (0: never), from its installation.
-	rekeying bool
-	rekeyAt  time.Duration
-}
-
-func (c *child) stop() {
-	for _, t := range c.timers {
-		t.Stop()
-	}
-	c.timers = nil
-}
-
 // New returns an engine; call Run to start it.
 func New(cfg Config) *Engine {
 	cfg.defaults()
@@ -394,15 +364,6 @@ func (e *Engine) initiate(name string, w *waiter) error {
 	return nil
 }
 
-func (e *Engine) sortedSAs() []*p1 {
-	out := make([]*p1, 0, len(e.sas))
-	for _, p := range e.sas {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].created.Before(out[j].created) })
-	return out
-}
-
 // terminate removes name's children and phase-1 SAs; with notify it
 // sends Delete payloads first.
 func (e *Engine) terminate(name string, notify bool) bool {
@@ -433,54 +394,6 @@ func (e *Engine) shutdown() {
 	}
 	for _, n := range names {
 		e.terminate(n, true)
-	}
-}
-
-// forget drops a phase-1 SA and its timers.
-func (e *Engine) forget(p *p1) {
-	p.stopTimers()
-	for _, q := range p.qms {
-		q.x.stop()
-		switch {
-		case q.inSPI != 0 && !q.installed:
-			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
-		case q.installed && q.state == "QUICK_R1" && q.child != nil,
-			q.outPending() && q.child != nil:
-			// A responder's inbound SA, installed at QM1, whose QM3
-			// never came, or an initiator's waiting for its outbound SA
-			// (Config.OutboundDelay): no child owns it.
-			e.cfg.Installer.Remove(q.child)
-		}
-	}
-	if e.sas[p.key()] == p {
-		delete(e.sas, p.key())
-		e.unclassify(p)
-	}
-	if k := (respKey{p.icky, p.peer.Addr()}); !p.initiator && e.responders[k] == p {
-		delete(e.responders, k)
-	}
-	e.dropHalfOpen(p)
-}
-
-// dropHalfOpen takes p off the half-open list.
-func (e *Engine) dropHalfOpen(p *p1) {
-	for i, h := range e.halfOpen {
-		if h == p {
-			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
-			e.halfOpenBytes -= len(p.saiBody)
-			e.Stats.HalfOpen.Add(-1)
-			if e.perPeer[p.peer.Addr()]--; e.perPeer[p.peer.Addr()] <= 0 {
-				delete(e.perPeer, p.peer.Addr())
-			}
-			return
-		}
-	}
-}
-
-func (e *Engine) transmit(p *p1, msg []byte) {
-	e.Stats.Sent.Add(1)
-	if err := e.sendFrom(p.local.Addr(), msg, p.peer, p.natt); err != nil {
-		e.warn("IKE send failed", "peer", p.peer, "err", err)
 	}
 }
 
@@ -516,13 +429,9 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 			p = q
 		}
 	}
+	x, known := exchanges[h.Exchange]
 	if p == nil {
-		switch {
-		case h.Exchange == isakmp.ExchMain && h.RCookie == zero && h.Flags&isakmp.FlagEncryption == 0:
-			e.respondMM1(h, msg, from, to, natt)
-		case h.Exchange == isakmp.ExchInfo && h.Flags&isakmp.FlagEncryption == 0:
-			e.handlePlainInfo(nil, h, msg, from)
-		default:
+		if !known || x.open == nil || !x.open(e, h, msg, from, to, natt) {
 			e.Stats.UnknownSA.Add(1)
 			e.warn("IKE message for an unknown ISAKMP SA", "peer", from, "exchange", h.Exchange, "icookie", fmt.Sprintf("%x", h.ICookie), "rcookie", fmt.Sprintf("%x", h.RCookie))
 		}
@@ -536,7 +445,7 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 	// A duplicate of the last message of its exchange: the peer lost
 	// our answer (the task manager sends it again).
 	sum := sha256.Sum256(msg)
-	if h.Exchange != isakmp.ExchInfo && e.duplicate(p, &p.x, sum) {
+	if x.phase1Duplicates && e.duplicate(p, &p.x, sum) {
 		return
 	}
 	// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved:
@@ -546,32 +455,12 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 		p.floatTo = from
 	}
 	defer func() { p.floatTo = netip.AddrPort{} }()
-	switch h.Exchange {
-	case isakmp.ExchMain:
-		e.handleMain(p, h, msg, sum)
-	case isakmp.ExchQuick:
-		e.handleQuick(p, h, msg, sum)
-	case isakmp.ExchInfo:
-		if h.Flags&isakmp.FlagEncryption == 0 {
-			e.handlePlainInfo(p, h, msg, from)
-		} else {
-			e.handleInfo(p, h, msg)
-		}
-	default:
+	if !known {
 		e.Stats.Malformed.Add(1)
 		e.warn("unsupported IKE exchange type", "peer", from, "exchange", h.Exchange)
+		return
 	}
-}
-
-// authentic is called once the message being handled has authenticated
-// (its HASH verified): only then may it change what we know of the peer.
-func (e *Engine) authentic(p *p1) {
-	if p.floatTo.IsValid() {
-		p.natt = true
-		p.peer = p.floatTo
-		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
-		p.floatTo = netip.AddrPort{}
-	}
+	x.process(e, p, received{h: h, msg: msg, sum: sum, from: from})
 }
 
 func (e *Engine) warn(msg string, args ...any) { e.rl.Warn(msg, msg, args...) }
@@ -582,13 +471,4 @@ func (e *Engine) random(n int) []byte {
 		panic("ike: random source failed: " + err.Error())
 	}
 	return b
-}
-
-func (e *Engine) randomMsgID(p *p1) uint32 {
-	for {
-		id := be32u(e.random(4))
-		if _, used := p.qms[id]; id != 0 && !used {
-			return id
-		}
-	}
 }

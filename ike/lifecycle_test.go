@@ -70,7 +70,7 @@ func TestQuickModeAuthorization(t *testing.T) {
 				r.a.call(context.Background(), func() {
 					for _, p := range r.a.sortedSAs() {
 						if p.established() {
-							r.a.quickI1(p, &steal, steal.LocalSubnets[0], steal.RemoteSubnets[0], func(err error) { done <- err }, nil)
+							r.a.quickInitiate(p, &steal, steal.LocalSubnets[0], steal.RemoteSubnets[0], func(err error) { done <- err }, nil)
 							return
 						}
 					}

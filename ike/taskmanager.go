@@ -2,8 +2,10 @@ package ike
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
 )
 
@@ -26,6 +28,43 @@ import (
 //
 // A task supplies only what differs: what to say when it retransmits and
 // what to do when nothing came back (task).
+
+// received is one message for an ISAKMP SA: its header, the whole
+// message (header included), its SHA-256 and where it came from.
+type received struct {
+	h    isakmp.Header
+	msg  []byte
+	sum  [32]byte
+	from netip.AddrPort
+}
+
+// exchangeType is what the engine knows of one ISAKMP exchange type.
+type exchangeType struct {
+	// open handles a message for which no ISAKMP SA exists (a first
+	// Main Mode message, an unprotected Informational); false: it does
+	// not open anything, the message is for an unknown SA. nil: this
+	// exchange never comes first.
+	open func(e *Engine, h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) bool
+	// process handles a message under ISAKMP SA p (its sender's
+	// address checked, not a duplicate of the phase-1 exchange's last).
+	process func(e *Engine, p *p1, m received)
+	// phase1Duplicates: a copy of the phase-1 exchange's last message
+	// is answered by the task manager before process (not for
+	// Informationals, which have their own replay check).
+	phase1Duplicates bool
+}
+
+// exchanges are the exchange types the engine speaks, each in its own
+// file. Another exchange (Aggressive Mode, a Transaction exchange for
+// XAUTH or Mode Config) is a new file with its task and one line here;
+// the others are not edited.
+var exchanges = map[isakmp.ExchangeType]exchangeType{
+	isakmp.ExchMain: {open: (*Engine).openMain, phase1Duplicates: true,
+		process: func(e *Engine, p *p1, m received) { e.handleMain(p, m.h, m.msg, m.sum) }},
+	isakmp.ExchQuick: {phase1Duplicates: true,
+		process: func(e *Engine, p *p1, m received) { e.handleQuick(p, m.h, m.msg, m.sum) }},
+	isakmp.ExchInfo: {open: (*Engine).openInfo, process: (*Engine).processInfo},
+}
 
 // exchange is the state of one exchange in flight.
 type exchange struct {
@@ -167,60 +206,4 @@ func (q *qm) retrying(try int) {
 }
 func (q *qm) expired(tries int) {
 	q.p.e.failQM(q, fmt.Errorf("conn %s: no response to Quick Mode %d from %v after %d retransmissions", q.conn.Name, q.x.msgID, q.p.peer, tries))
-}
-
-// children: the IPsec SA pairs the engine installed, by conn.
-
-// dropChildren removes every installed child that match selects: its
-// timers stop, its SAs leave the data plane and the engine forgets it,
-// each logged with msg. tell sends the peer a Delete first, under the
-// ISAKMP SA that speaks for the child. conn, unless empty, limits the
-// search to that conn's children. It returns how many went.
-func (e *Engine) dropChildren(conn string, match func(*child) bool, tell bool, msg string, args ...any) int {
-	n := 0
-	drop := func(name string, list []*child) {
-		keep := list[:0]
-		for _, ch := range list {
-			if !match(ch) {
-				keep = append(keep, ch)
-				continue
-			}
-			n++
-			if p := e.p1ForChild(ch); tell && p != nil {
-				e.sendDelete(p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
-			}
-			ch.stop()
-			e.cfg.Installer.Remove(ch.sa)
-			e.log.Info(msg, append([]any{"conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", ch.sa.OutSPI)}, args...)...)
-		}
-		clear(list[len(keep):])
-		if len(keep) == 0 {
-			delete(e.children, name)
-		} else {
-			e.children[name] = keep
-		}
-	}
-	if conn != "" {
-		if list, ok := e.children[conn]; ok {
-			drop(conn, list)
-		}
-		return n
-	}
-	for name, list := range e.children {
-		drop(name, list)
-	}
-	return n
-}
-
-// orphan detaches the children ISAKMP SA p negotiated from it once p is
-// gone: a later Delete or rekey uses the newest SA of the same
-// identities (p1ForChild).
-func (e *Engine) orphan(p *p1) {
-	for _, l := range e.children {
-		for _, ch := range l {
-			if ch.p == p {
-				ch.p = nil
-			}
-		}
-	}
 }

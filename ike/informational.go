@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
@@ -129,7 +128,7 @@ func (p *p1) infoSeen(id uint32) bool {
 
 // handleInfo processes a protected Informational exchange.
 func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
-	if p.cbc == nil || (!p.established() && p.state != "MAIN_I3") {
+	if p.cbc == nil || (!p.established() && p.state != mainI3) {
 		e.Stats.Malformed.Add(1)
 		e.warn("protected Informational before keys", "peer", p.peer)
 		return
@@ -142,7 +141,7 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	}
 	ps, raws, ok := e.decode(p, h.Next, plain, "Informational")
 	if !ok {
-		if p.state == "MAIN_I3" {
+		if p.state == mainI3 {
 			// The peer answered MM5 with a message our keys cannot read:
 			// its keys differ from ours, so its PSK does.
 			e.Stats.AuthFailed.Add(1)
@@ -209,14 +208,6 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 	}
 }
 
-func (e *Engine) allChildren() []*child {
-	var out []*child
-	for _, l := range e.children {
-		out = append(out, l...)
-	}
-	return out
-}
-
 // peerNotify handles a protected Notify.
 func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 	switch uint16(n.Kind) {
@@ -242,7 +233,7 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 		e.log.Warn("peer reports an error", "conn", p.conn.Name, "peer", p.peer, "notify", n.Kind.String(), "advice", notifyAdvice(n.Kind, p))
 		// Fail the Quick Modes we are waiting for.
 		for _, q := range p.qms {
-			if q.initiator && q.state == "QUICK_I1" {
+			if q.initiator && q.state == quickI1 {
 				e.failQM(q, err)
 			}
 		}
@@ -250,6 +241,25 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 			e.failP1(p, err, false)
 		}
 	}
+}
+
+// openInfo handles an unprotected Informational for no known SA (a
+// refusal of our MM1 carries no responder cookie we know).
+func (e *Engine) openInfo(h isakmp.Header, msg []byte, from, _ netip.AddrPort, _ bool) bool {
+	if h.Flags&isakmp.FlagEncryption != 0 {
+		return false
+	}
+	e.handlePlainInfo(nil, h, msg, from)
+	return true
+}
+
+// processInfo handles an Informational under ISAKMP SA p.
+func (e *Engine) processInfo(p *p1, m received) {
+	if m.h.Flags&isakmp.FlagEncryption == 0 {
+		e.handlePlainInfo(p, m.h, m.msg, m.from)
+		return
+	}
+	e.handleInfo(p, m.h, m.msg)
 }
 
 // handlePlainInfo handles an unprotected Informational exchange (a peer
@@ -303,130 +313,4 @@ func (e *Engine) initialContact(p *p1) {
 	}
 	e.dropChildren("", func(ch *child) bool { return ch.identity == id && ch.seq < p.createdSeq }, false,
 		"INITIAL-CONTACT: removing the peer's old IPsec SA")
-}
-
-// startDPD sends R_U_THERE every DPDDelay (RFC 3706) when the conn asks
-// for it and the peer announced DPD.
-func (e *Engine) startDPD(p *p1) {
-	c := p.conn
-	if c == nil || c.DPDDelay <= 0 || c.DPDAction == "" || c.DPDAction == "none" || !p.peerDPD {
-		return
-	}
-	timeout := c.DPDTimeout
-	if timeout <= 0 {
-		timeout = 5 * c.DPDDelay
-	}
-	var tick func()
-	tick = func() {
-		e.post(func() {
-			if e.sas[p.key()] != p {
-				return
-			}
-			now := e.cfg.Clock.Now()
-			if p.dpdWaiting && now.Sub(p.dpdSince) >= timeout {
-				e.deadPeer(p, timeout)
-				return
-			}
-			if !p.dpdWaiting {
-				p.dpdWaiting, p.dpdSince = true, now
-			}
-			p.dpdSeq++
-			spi := append(append([]byte(nil), p.icky[:]...), p.rcky[:]...)
-			e.sendInfo(p, []isakmp.Payload{&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyRUThere, SPI: spi, Data: be32(p.dpdSeq)}})
-			p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
-		})
-	}
-	p.dpdSeq = be32u(e.random(4)) & 0x7fffffff
-	p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
-}
-
-// deadPeer applies dpdaction once the peer of p stopped answering: every
-// ISAKMP SA and IPsec SA of that identity pair is gone on the peer's side
-// (or unreachable), so all of them are removed without a Delete. Then
-// each affected conn follows its own dpdaction (p's conn when it has
-// none): clear leaves it down; hold leaves it down too, while the daemon
-// keeps its policies trapping (fail closed) and asks for it again with
-// Start; restart negotiates it again at once (a new Main Mode, then Quick
-// Mode for its selectors), when its peer's address is known.
-func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
-	c := p.conn
-	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "peer_id", p.peerID, "no_answer_for", timeout, "dpdaction", c.DPDAction)
-	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: c.Name, Kind: "dpd", Result: "dead"})
-	id := p.identity()
-	for _, q := range e.sortedSAs() {
-		if q == p || (q.established() && q.identity() == id) {
-			e.forget(q)
-			e.orphan(q)
-		}
-	}
-	affected := []*Conn{c}
-	seen := map[string]bool{c.Name: true}
-	for _, ch := range e.allChildren() {
-		if ch.identity != id {
-			continue
-		}
-		e.deleteChild(ch, "dead peer")
-		if cc := e.conns[ch.sa.Conn]; cc != nil && !seen[cc.Name] {
-			seen[cc.Name] = true
-			affected = append(affected, cc)
-		}
-	}
-	for _, cc := range affected {
-		action := cc.DPDAction
-		if action == "" || action == "none" {
-			action = c.DPDAction
-		}
-		if action == "restart" && cc.Remote.IsValid() {
-			e.log.Info("dpdaction=restart: negotiating again", "conn", cc.Name, "peer", cc.Remote)
-			e.startMain(cc, nil, 1)
-		}
-	}
-}
-
-// startBackground is Start: it negotiates what conn name lacks, and
-// nothing that is already up or under way, so that a trap that fires on
-// every packet, or auto=start racing the peer, starts one negotiation.
-func (e *Engine) startBackground(name string) error {
-	c, ok := e.conns[name]
-	if !ok {
-		return fmt.Errorf("no connection named %q", name)
-	}
-	for _, p := range e.sas {
-		if p.conn == c && p.initiator && !p.established() && !p.reauthOnly {
-			return nil // its Quick Modes follow
-		}
-	}
-	p := e.newestP1("", c)
-	if p == nil {
-		return e.initiate(name, nil)
-	}
-	for _, pair := range selectorPairs(c) {
-		if e.pairCovered(c, pair) {
-			continue
-		}
-		e.quickI1(p, c, pair[0], pair[1], func(err error) {
-			if err != nil {
-				e.log.Warn("Quick Mode failed", "conn", name, "err", err)
-			}
-		}, nil)
-	}
-	return nil
-}
-
-// pairCovered reports whether conn c has a live (not replaced) IPsec SA
-// pair for the selectors, or a Quick Mode for them under way.
-func (e *Engine) pairCovered(c *Conn, pair [2]netip.Prefix) bool {
-	for _, ch := range e.children[c.Name] {
-		if !ch.rekeyed && ch.sa.LocalTS == pair[0] && ch.sa.RemoteTS == pair[1] {
-			return true
-		}
-	}
-	for _, q := range e.sas {
-		for _, x := range q.qms {
-			if x.initiator && (x.state == "QUICK_I1" || x.outPending()) && x.conn == c && x.localTS == pair[0] && x.remoteTS == pair[1] {
-				return true
-			}
-		}
-	}
-	return false
 }

@@ -1,178 +1,60 @@
 package ike
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/clock"
 )
 
-// p1 is one ISAKMP SA (phase 1) and the Quick Modes under it.
-type p1 struct {
-	e         *Engine
-	conn      *Conn
-	initiator bool
-	state     string // Pluto's names: MAIN_I1 .. MAIN_I4, MAIN_R1 .. MAIN_R3
-	icky      [8]byte
-	rcky      [8]byte
-	// peer is where messages go (its port changes on the NAT-T float).
-	peer  netip.AddrPort
-	local netip.AddrPort
-	natt  bool // floated to the NAT-T port
+// Main Mode (RFC 2409 5, identity protection) with pre-shared keys:
+//
+//	initiator                          responder
+//	MM1 HDR, SA, VIDs            -->   mainResponderMM1: choose a proposal
+//	mainInitiatorMM2             <--   MM2 HDR, SA, VIDs              (mainR1)
+//	MM3 HDR, KE, Ni, NAT-D       -->   mainResponderMM3: DH on a worker
+//	mainInitiatorMM4             <--   MM4 HDR, KE, Nr, NAT-D         (mainR2)
+//	MM5 HDR*, IDii, HASH_I       -->   mainResponderMM5: authenticate
+//	mainInitiatorMM6             <--   MM6 HDR*, IDir, HASH_R         (mainR3)
+//
+// Each step processes one message and builds the next; the states are
+// Pluto's. The exchange in flight (retransmission, duplicates) is the
+// task manager's (taskmanager.go).
 
-	peerNATT      int // 0 none, 1 RFC 3947, 2 drafts
-	peerDPD       bool
-	weBehindNAT   bool
-	peerBehindNAT bool
+// mainState is where an ISAKMP SA's Main Mode stands.
+type mainState uint8
 
-	suites  []p1Suite
-	suite   p1Suite
-	saiBody []byte
-	dh      *ikecrypto.DH
-	gxi     []byte
-	gxr     []byte
-	ni      []byte
-	nr      []byte
-	keys    ikecrypto.Phase1Keys
-	cbc     *ikecrypto.CBC
-	iv      []byte // the running phase-1 IV; after MM6, the last phase-1 block
-	peerID  string
-	// peerIDPay is the peer's authenticated phase-1 ID; localIDKey and
-	// peerIDKey identify the pair of identities (idKey form); pskSum is
-	// the SHA-256 of the pre-shared key that authenticated them. A Quick
-	// Mode, Delete or INITIAL-CONTACT under this SA acts only within
-	// what these authorize.
-	peerIDPay             *isakmp.ID
-	localIDKey, peerIDKey string
-	pskSum                [32]byte
-	// computing: MM3's Diffie-Hellman work is on a crypto worker.
-	computing bool
-	// infoIDs are the message IDs of the last authenticated protected
-	// Informationals (replay protection, info.go).
-	infoIDs []uint32
-	// floatTo is where the message being handled came from, over NAT-T;
-	// it becomes peer only once that message authenticates (authentic).
-	floatTo netip.AddrPort
+const (
+	mainI1 mainState = iota + 1 // MM1 sent
+	mainI2                      // MM3 sent
+	mainI3                      // MM5 sent
+	mainI4                      // MM6 verified: established
+	mainR1                      // MM2 sent
+	mainR2                      // MM4 sent
+	mainR3                      // MM6 sent: established
+)
 
-	// x is the phase-1 exchange in flight (taskmanager.go).
-	x exchange
+var mainStateNames = [...]string{mainI1: "MAIN_I1", mainI2: "MAIN_I2", mainI3: "MAIN_I3", mainI4: "MAIN_I4",
+	mainR1: "MAIN_R1", mainR2: "MAIN_R2", mainR3: "MAIN_R3"}
 
-	created time.Time
-	estTime time.Time
-	// createdSeq and estSeq order creation and establishment (Engine.seq).
-	createdSeq, estSeq uint64
-	attempt            int
-	waiters            []*waiter
-	qms                map[uint32]*qm
-	failure            error
-	keepalive          clock.Timer
-	keepaliveOn        bool
-	expire             clock.Timer
-	// reauth is the timer of the reauthentication (a new Main Mode
-	// before this SA expires); reauthOnly marks such a Main Mode, which
-	// negotiates no Quick Mode: the children live on and later rekeys
-	// use the newest ISAKMP SA; reauthed marks an SA already replaced.
-	reauth               clock.Timer
-	reauthOnly, reauthed bool
-	dpd                  clock.Timer
-	dpdSeq               uint32
-	dpdWaiting           bool
-	dpdSince             time.Time
+// String returns Pluto's name of the state (MAIN_I1 .. MAIN_R3).
+func (s mainState) String() string {
+	if int(s) < len(mainStateNames) && mainStateNames[s] != "" {
+		return mainStateNames[s]
+	}
+	return fmt.Sprintf("MAIN_STATE_%d", uint8(s))
 }
 
-func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
-
-func (p *p1) established() bool { return p.state == "MAIN_I4" || p.state == "MAIN_R3" }
-
-func (p *p1) cookieString() string {
-	return hex.EncodeToString(p.icky[:]) + "_i:" + hex.EncodeToString(p.rcky[:]) + "_r"
-}
-
-// stopTimers stops the phase-1 exchange's timer and the SA's own
-// (keepalive, lifetime, reauthentication, DPD).
-func (p *p1) stopTimers() {
-	p.x.stop()
-	if p.keepalive != nil {
-		p.keepalive.Stop()
-		p.keepalive = nil
-	}
-	if p.expire != nil {
-		p.expire.Stop()
-		p.expire = nil
-	}
-	if p.reauth != nil {
-		p.reauth.Stop()
-		p.reauth = nil
-	}
-	if p.dpd != nil {
-		p.dpd.Stop()
-		p.dpd = nil
-	}
-}
-
-// say sends a progress line to every waiting `gosec up`.
-func (p *p1) say(format string, args ...any) {
-	for _, w := range p.waiters {
-		w.say(format, args...)
-	}
-}
-
-// fail ends the negotiation: every waiter gets err.
-func (p *p1) fail(err error) {
-	if p.failure == nil {
-		p.failure = err
-	}
-	for _, w := range p.waiters {
-		w.finish(err)
-	}
-	p.waiters = nil
-}
-
-// failP1 ends a phase-1 negotiation; a timeout of an SA we initiate is
-// retried while keyingtries allow.
-func (e *Engine) failP1(p *p1, err error, timeout bool) {
-	e.Stats.Failed.Add(1)
-	name := "?"
-	if p.conn != nil {
-		name = p.conn.Name
-	}
-	e.log.Warn("ISAKMP SA failed", "conn", name, "peer", p.peer, "state", p.state, "err", err)
-	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: name, Kind: "main", Result: failResult(timeout)})
-	waiters := p.waiters
-	p.waiters = nil
-	e.forget(p)
-	if timeout && p.initiator && p.conn != nil {
-		tries := p.conn.KeyingTries
-		if tries == 0 && len(waiters) == 0 {
-			tries = 1 << 30
-		} else if tries == 0 {
-			tries = 3
-		}
-		if p.attempt < tries {
-			for _, w := range waiters {
-				w.say("%v; keying try %d of %d", err, p.attempt+1, tries)
-			}
-			np := e.startMain(p.conn, nil, p.attempt+1)
-			np.waiters = waiters
-			np.reauthOnly = p.reauthOnly
-			return
-		}
-	}
-	p.waiters = waiters
-	p.fail(fmt.Errorf("conn %s: %w", name, err))
-}
+// MarshalText logs the state by name.
+func (s mainState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // startMain sends MM1 for conn c.
 func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
-	p := &p1{e: e, conn: c, initiator: true, state: "MAIN_I1", created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
+	p := &p1{e: e, conn: c, initiator: true, state: mainI1, created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
 		peer: netip.AddrPortFrom(c.Remote, 500), local: netip.AddrPortFrom(c.Local, 500), qms: map[uint32]*qm{}}
 	copy(p.icky[:], e.random(8))
 	if w != nil {
@@ -199,38 +81,6 @@ func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
 	return p
 }
 
-// decodeOf decodes a plaintext payload chain, counting and logging
-// failures.
-func (e *Engine) decode(p *p1, first isakmp.PayloadType, body []byte, what string) ([]isakmp.Payload, []isakmp.RawPayload, bool) {
-	ps, raws, err := isakmp.DecodeAll(first, body)
-	if err != nil {
-		e.Stats.Malformed.Add(1)
-		e.warn("malformed IKE message", "peer", p.peer, "message", what, "err", err)
-		return nil, nil, false
-	}
-	return ps, raws, true
-}
-
-func find[T isakmp.Payload](ps []isakmp.Payload) (T, bool) {
-	var zero T
-	for _, p := range ps {
-		if t, ok := p.(T); ok {
-			return t, true
-		}
-	}
-	return zero, false
-}
-
-func findAll[T isakmp.Payload](ps []isakmp.Payload) []T {
-	var out []T
-	for _, p := range ps {
-		if t, ok := p.(T); ok {
-			out = append(out, t)
-		}
-	}
-	return out
-}
-
 func (p *p1) noteVendorIDs(ps []isakmp.Payload) {
 	for _, v := range findAll[*isakmp.VendorID](ps) {
 		switch {
@@ -249,30 +99,28 @@ func (p *p1) noteVendorIDs(ps []isakmp.Payload) {
 	}
 }
 
-func bytesEq(a, b []byte) bool { return string(a) == string(b) }
-
 // handleMain runs one Main Mode message through p's state machine.
 func (e *Engine) handleMain(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	enc := h.Flags&isakmp.FlagEncryption != 0
 	switch {
-	case p.state == "MAIN_I1" && !enc:
-		e.mainI2(p, h, msg, sum)
-	case p.state == "MAIN_I2" && !enc:
-		e.mainI3(p, h, msg, sum)
-	case p.state == "MAIN_I3" && enc:
-		e.mainI4(p, h, msg, sum)
-	case p.state == "MAIN_R1" && !enc:
-		e.mainR2(p, h, msg, sum)
-	case p.state == "MAIN_R2" && enc:
-		e.mainR3(p, h, msg, sum)
+	case p.state == mainI1 && !enc:
+		e.mainInitiatorMM2(p, h, msg, sum)
+	case p.state == mainI2 && !enc:
+		e.mainInitiatorMM4(p, h, msg, sum)
+	case p.state == mainI3 && enc:
+		e.mainInitiatorMM6(p, h, msg, sum)
+	case p.state == mainR1 && !enc:
+		e.mainResponderMM3(p, h, msg, sum)
+	case p.state == mainR2 && enc:
+		e.mainResponderMM5(p, h, msg, sum)
 	default:
 		e.Stats.Malformed.Add(1)
 		e.warn("unexpected Main Mode message", "peer", p.peer, "state", p.state, "encrypted", enc)
 	}
 }
 
-// mainI2: MM2 received (SA), send MM3 (KE, Ni, NAT-D).
-func (e *Engine) mainI2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+// mainInitiatorMM2: MM2 received (SA), send MM3 (KE, Ni, NAT-D).
+func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM2")
 	if !ok {
 		return
@@ -307,17 +155,9 @@ func (e *Engine) mainI2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	p.dh, p.gxi, p.ni = dh, dh.Public(), e.random(32)
 	out := []isakmp.Payload{&isakmp.KE{Data: p.gxi}, &isakmp.Nonce{Data: p.ni}}
 	out = append(out, e.natdPayloads(p)...)
-	p.state = "MAIN_I2"
+	p.state = mainI2
 	p.say("generating ID_PROT request 0 [ KE No NAT-D NAT-D ]")
 	e.request(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
-}
-
-func (p *p1) header(x isakmp.ExchangeType, msgID uint32, enc bool) isakmp.Header {
-	h := isakmp.Header{ICookie: p.icky, RCookie: p.rcky, Version: 0x10, Exchange: x, MessageID: msgID}
-	if enc {
-		h.Flags = isakmp.FlagEncryption
-	}
-	return h
 }
 
 // natdPayloads returns NAT-D payloads when the peer speaks NAT-T: the
@@ -361,97 +201,8 @@ func (e *Engine) checkNATD(p *p1, ps []isakmp.Payload) {
 	}
 }
 
-func (p *p1) natDetected() bool { return p.weBehindNAT || p.peerBehindNAT }
-
-// psk finds the pre-shared key of p's conn.
-func (e *Engine) psk(p *p1) ([]byte, error) {
-	return e.pskFor(p.conn, p.peer.Addr())
-}
-
-// pskFor finds the pre-shared key of conn c with the peer at peer.
-func (e *Engine) pskFor(c *Conn, peer netip.Addr) ([]byte, error) {
-	lid, rid := c.LocalID, c.RemoteID
-	if lid == "" {
-		lid = c.Local.String()
-	}
-	if rid == "" || rid == "%any" {
-		rid = peer.String()
-	}
-	if e.cfg.PSK == nil {
-		return nil, errors.New("no ipsec.secrets loaded")
-	}
-	k, ok := e.cfg.PSK(lid, rid)
-	if !ok {
-		return nil, fmt.Errorf("no pre-shared key in ipsec.secrets for %s - %s", lid, rid)
-	}
-	return k, nil
-}
-
-// deriveKeys computes SKEYID and friends after the KE exchange.
-func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
-	psk, err := e.psk(p)
-	if err != nil {
-		return err
-	}
-	keyLen, err := p.suite.Cipher.KeyLen(p.suite.KeyBits)
-	if err != nil {
-		return err
-	}
-	p.keys = ikecrypto.DerivePSK(p.suite.Hash, psk, p.ni, p.nr, gxy, p.icky[:], p.rcky[:], keyLen)
-	p.pskSum = sha256.Sum256(psk)
-	p.cbc, err = ikecrypto.NewCBC(p.suite.Cipher, p.keys.Key)
-	if err != nil {
-		return err
-	}
-	p.iv = ikecrypto.Phase1IV(p.suite.Hash, p.gxi, p.gxr, p.cbc.BlockSize())
-	if e.cfg.SaveKeys != nil {
-		e.cfg.SaveKeys(p.icky, p.keys.Key)
-	}
-	if e.cfg.LogKeys {
-		e.log.Debug("phase-1 keys", "skeyid", hex.EncodeToString(p.keys.SKEYID), "skeyid_d", hex.EncodeToString(p.keys.D),
-			"skeyid_a", hex.EncodeToString(p.keys.A), "skeyid_e", hex.EncodeToString(p.keys.E), "enc_key", hex.EncodeToString(p.keys.Key),
-			"iv", hex.EncodeToString(p.iv))
-	}
-	return nil
-}
-
-// seal encrypts a payload chain under p's key with iv and returns the
-// message and the last ciphertext block (the next IV).
-func (e *Engine) seal(p *p1, h isakmp.Header, payloads []byte, first isakmp.PayloadType, iv []byte) ([]byte, []byte) {
-	bs := p.cbc.BlockSize()
-	body := ikecrypto.Pad(payloads, bs)
-	h.Next = first
-	h.Flags |= isakmp.FlagEncryption
-	h.Length = uint32(isakmp.HeaderLen + len(body))
-	msg := make([]byte, isakmp.HeaderLen+len(body))
-	h.Put(msg)
-	copy(msg[isakmp.HeaderLen:], body)
-	p.cbc.Encrypt(iv, msg[isakmp.HeaderLen:])
-	last := append([]byte(nil), msg[len(msg)-bs:]...)
-	return msg, last
-}
-
-// open decrypts the body of msg with iv; it returns the plaintext and the
-// last ciphertext block.
-func (e *Engine) open(p *p1, msg []byte, iv []byte) ([]byte, []byte, error) {
-	if p.cbc == nil {
-		return nil, nil, errors.New("encrypted message before keys exist")
-	}
-	bs := p.cbc.BlockSize()
-	body := msg[isakmp.HeaderLen:]
-	if len(body) == 0 || len(body)%bs != 0 {
-		return nil, nil, fmt.Errorf("encrypted body of %d octets is not a multiple of the %d-octet block", len(body), bs)
-	}
-	last := append([]byte(nil), body[len(body)-bs:]...)
-	plain := append([]byte(nil), body...)
-	if err := p.cbc.Decrypt(iv, plain); err != nil {
-		return nil, nil, err
-	}
-	return plain, last, nil
-}
-
-// mainI3: MM4 received (KE, Nr, NAT-D); derive keys; send MM5 (ID, HASH_I).
-func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+// mainInitiatorMM4: MM4 received (KE, Nr, NAT-D); derive keys; send MM5 (ID, HASH_I).
+func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM4")
 	if !ok {
 		return
@@ -493,7 +244,7 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	plain := isakmp.AppendPayloads(nil, out)
 	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
 	p.iv = last
-	p.state = "MAIN_I3"
+	p.state = mainI3
 	if ic {
 		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
 	} else {
@@ -503,8 +254,8 @@ func (e *Engine) mainI3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	e.request(p, m, sum)
 }
 
-// mainI4: MM6 received (ID, HASH_R): phase 1 is up.
-func (e *Engine) mainI4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+// mainInitiatorMM6: MM6 received (ID, HASH_R): phase 1 is up.
+func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	plain, last, err := e.open(p, msg, p.iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
@@ -550,125 +301,34 @@ func (e *Engine) mainI4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	e.established(p)
 }
 
-func hasPayload(ps []isakmp.Payload, t isakmp.PayloadType) bool {
-	for _, p := range ps {
-		if p.Type() == t {
-			return true
-		}
-	}
-	return false
-}
-
-func rawBody(raws []isakmp.RawPayload, t isakmp.PayloadType) []byte {
-	for _, r := range raws {
-		if r.Type == t {
-			return r.Body
-		}
-	}
-	return nil
-}
-
-// established records phase 1 as up and starts the waiting Quick Modes.
-func (e *Engine) established(p *p1) {
-	if p.initiator {
-		p.state = "MAIN_I4"
-	} else {
-		p.state = "MAIN_R3"
-	}
-	p.estTime = e.cfg.Clock.Now()
-	p.estSeq = e.nextSeq()
-	e.Stats.Established.Add(1)
-	e.dropHalfOpen(p)
-	e.classify(p)
-	nat := ""
-	if p.natt {
-		nat = fmt.Sprintf(", NAT-T on port %d", e.cfg.NATTPort)
-	}
-	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "main", Result: "established", Latency: p.estTime.Sub(p.created)})
-	e.log.Info("ISAKMP SA established", "conn", p.conn.Name, "peer", p.peer, "peer_id", p.peerID, "state", p.state,
-		"suite", p.suite.String(), "cookies", p.cookieString(), "natt", p.natt)
-	p.say("IKE_SA %s[%s] established between %v[%s]...%v[%s] (%s%s)", p.conn.Name, p.cookieString(),
-		p.local.Addr(), localIDString(p.conn), p.peer.Addr(), p.peerID, p.suite, nat)
-	if p.weBehindNAT && p.natt {
-		e.startKeepalive(p)
-	}
-	e.startDPD(p)
-	if p.suite.Life > 0 {
-		// The ISAKMP SA ends with its lifetime; IPsec SAs under it live
-		// on, and the next rekey negotiates a new one.
-		p.expire = e.cfg.Clock.AfterFunc(p.suite.Life, func() {
-			e.post(func() {
-				if e.sas[p.key()] == p {
-					e.log.Info("ISAKMP SA lifetime expired", "conn", p.conn.Name, "cookies", p.cookieString())
-					e.sendDeleteISAKMP(p)
-					e.forget(p)
-				}
-			})
-		})
-		e.armReauth(p)
-	}
-	if p.initiator {
-		ws := p.waiters
-		p.waiters = nil
-		if len(ws) == 0 && !p.reauthOnly {
-			e.startQuick(p, nil)
-		}
-		for _, w := range ws {
-			e.startQuick(p, w)
-		}
-	}
-}
-
-// startKeepalive sends NAT-T keepalives (one octet 0xFF, RFC 3948 2.3)
-// every 20 s while we are behind a NAT.
-func (e *Engine) startKeepalive(p *p1) {
-	ka, ok := e.cfg.Transport.(interface{ SendKeepalive(netip.AddrPort) error })
-	if !ok {
-		return
-	}
-	var tick func()
-	tick = func() {
-		e.post(func() {
-			if e.sas[p.key()] != p {
-				return
-			}
-			ka.SendKeepalive(p.peer)
-			p.keepalive = e.cfg.Clock.AfterFunc(20*time.Second, tick)
-		})
-	}
-	p.keepalive = e.cfg.Clock.AfterFunc(20*time.Second, tick)
-}
-
 // maxSAIBody bounds the SA payload of a first Main Mode message that
 // the responder keeps for HASH_I. The transform cap (isakmp.MaxSATransforms)
 // allows about 20 KB of ordinary transforms; what a real peer sends is a
 // few hundred octets (strongSwan's longest default offer about 5 KB).
 const maxSAIBody = 32 << 10
 
-// halfOpenEntryBytes is what one half-open responder SA costs besides
-// the SA payload it keeps, checked by TestHalfOpenBytes (1.6 KB measured
-// on amd64): the p1 struct (864 octets), its MM2 for retransmission
-// (about 120), its empty Quick Mode map, its half-open timer, and its
-// entries in sas, classes, halfOpen and perPeer. At the default
-// MaxHalfOpen of 8192 entries that is at most 8192 x 2 KB = 16 MB, plus
-// at most MaxHalfOpenBytes (4 MB) of SA payloads: 20 MB in all, whatever
-// the peers send (each entry used to pin its whole first message, up to
-// 64 KB: 512 MB). Entries past MM3 (at most MaxHalfOpenPerPeer per
-// address) also hold their 3 Diffie-Hellman values and keys, about 2 KB
-// more.
-const halfOpenEntryBytes = 2048
+// openMain answers a first Main Mode message (no responder cookie, not
+// encrypted); anything else of Main Mode needs a known SA.
+func (e *Engine) openMain(h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) bool {
+	var zero [8]byte
+	if h.RCookie != zero || h.Flags&isakmp.FlagEncryption != 0 {
+		return false
+	}
+	e.mainResponderMM1(h, msg, from, to, natt)
+	return true
+}
 
-// respondMM1 handles a first Main Mode message: find the conn, choose a
+// mainResponderMM1 handles a first Main Mode message: find the conn, choose a
 // proposal, answer with MM2. Nothing expensive happens here: the SA
 // payload is parsed once (bounded by isakmp's caps), matched against
 // every conn without formatting, refusals are logged at a limited rate,
 // and half-open SAs are bounded in number and in octets.
-func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) {
+func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort, natt bool) {
 	// A retransmitted MM1 for an SA we already answered (a map lookup:
 	// this runs for every message of a flood), or one replayed later.
 	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
 		e.Stats.Duplicate.Add(1)
-		if q.state == "MAIN_R1" && q.peer == from && q.x.sent != nil {
+		if q.state == mainR1 && q.peer == from && q.x.sent != nil {
 			e.transmit(q, q.x.sent)
 		}
 		return
@@ -755,7 +415,7 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 	if !local.Addr().IsValid() || local.Addr().IsUnspecified() {
 		local = netip.AddrPortFrom(conn.Local, to.Port())
 	}
-	p := &p1{e: e, conn: conn, state: "MAIN_R1", icky: h.ICookie, peer: from, local: local, natt: natt,
+	p := &p1{e: e, conn: conn, state: mainR1, icky: h.ICookie, peer: from, local: local, natt: natt,
 		created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), suite: suite, qms: map[uint32]*qm{}}
 	copy(p.rcky[:], e.random(8))
 	// A copy: a subslice would keep the whole message (up to 64 KB).
@@ -781,53 +441,10 @@ func (e *Engine) respondMM1(h isakmp.Header, msg []byte, from, to netip.AddrPort
 	})
 }
 
-func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
-
-// hashEqual compares a received hash with the expected one in constant
-// time.
-func hashEqual(want, got []byte) bool { return subtle.ConstantTimeCompare(want, got) == 1 }
-
-// admitHalfOpen bounds the responder SAs that are still negotiating.
-func (e *Engine) admitHalfOpen(p *p1) {
-	if e.perPeer[p.peer.Addr()] >= e.cfg.MaxHalfOpenPerPeer {
-		e.evictHalfOpen(func(q *p1) bool { return q.peer.Addr() == p.peer.Addr() })
-	}
-	for len(e.halfOpen) > 0 && (len(e.halfOpen) >= e.cfg.MaxHalfOpen || e.halfOpenBytes+len(p.saiBody) > e.cfg.MaxHalfOpenBytes) {
-		e.evictHalfOpen(func(*p1) bool { return true })
-	}
-	e.halfOpen = append(e.halfOpen, p)
-	e.halfOpenBytes += len(p.saiBody)
-	e.Stats.HalfOpen.Add(1)
-	e.perPeer[p.peer.Addr()]++
-}
-
-// evictHalfOpen forgets the oldest half-open SA that match selects,
-// preferring those that never got past MM1 (MAIN_R1).
-func (e *Engine) evictHalfOpen(match func(*p1) bool) {
-	victim := -1
-	for i, q := range e.halfOpen {
-		if !match(q) {
-			continue
-		}
-		if q.state == "MAIN_R1" {
-			victim = i
-			break
-		}
-		if victim < 0 {
-			victim = i
-		}
-	}
-	if victim < 0 {
-		return
-	}
-	e.Stats.HalfOpenEvicted.Add(1)
-	e.forget(e.halfOpen[victim])
-}
-
-// mainR2: MM3 received (KE, Ni, NAT-D): the Diffie-Hellman work runs
+// mainResponderMM3: MM3 received (KE, Ni, NAT-D): the Diffie-Hellman work runs
 // on a crypto worker (a reachable source needs no key to send MM3), then
-// mainR2Keyed sends MM4.
-func (e *Engine) mainR2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+// mainResponderMM3Keyed sends MM4.
+func (e *Engine) mainResponderMM3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	if p.computing {
 		// A retransmitted (or forged) MM3 while the first one's DH runs.
 		e.Stats.Duplicate.Add(1)
@@ -853,7 +470,7 @@ func (e *Engine) mainR2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		if genErr == nil {
 			gxy, keErr = dh.SharedSecret(gxi)
 		}
-		return func() { e.mainR2Keyed(p, ps, gxi, nonce.Data, sum, dh, gxy, genErr, keErr) }
+		return func() { e.mainResponderMM3Keyed(p, ps, gxi, nonce.Data, sum, dh, gxy, genErr, keErr) }
 	})
 	if !queued {
 		p.computing = false
@@ -861,10 +478,10 @@ func (e *Engine) mainR2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 }
 
-// mainR2Keyed finishes MM3 once its Diffie-Hellman work is done.
-func (e *Engine) mainR2Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32]byte, dh *ikecrypto.DH, gxy []byte, genErr, keErr error) {
+// mainResponderMM3Keyed finishes MM3 once its Diffie-Hellman work is done.
+func (e *Engine) mainResponderMM3Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32]byte, dh *ikecrypto.DH, gxy []byte, genErr, keErr error) {
 	p.computing = false
-	if e.sas[p.key()] != p || p.state != "MAIN_R1" {
+	if e.sas[p.key()] != p || p.state != mainR1 {
 		return // forgotten (evicted, timed out) while the worker ran
 	}
 	if genErr != nil {
@@ -886,12 +503,12 @@ func (e *Engine) mainR2Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32
 	}
 	out := []isakmp.Payload{&isakmp.KE{Data: p.gxr}, &isakmp.Nonce{Data: p.nr}}
 	out = append(out, e.natdPayloads(p)...)
-	p.state = "MAIN_R2"
+	p.state = mainR2
 	e.reply(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
 }
 
-// mainR3: MM5 received (ID, HASH_I); send MM6.
-func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+// mainResponderMM5: MM5 received (ID, HASH_I); send MM6.
+func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	plain, last, err := e.open(p, msg, p.iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
@@ -958,22 +575,4 @@ func (e *Engine) mainR3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	e.reply(p, m, sum)
 	p.x.stop()
 	e.established(p)
-}
-
-// sendPlainNotify answers with an unprotected Informational exchange
-// carrying one Notify (before keys exist, or when they cannot be trusted).
-func (e *Engine) sendPlainNotify(icky, rcky [8]byte, to netip.AddrPort, natt bool, typ uint16) {
-	e.sendPlainNotifyFrom(netip.Addr{}, icky, rcky, to, natt, typ)
-}
-
-// sendPlainNotifyFrom is sendPlainNotify from local address src (the
-// address the peer's message was sent to; invalid: the kernel chooses).
-func (e *Engine) sendPlainNotifyFrom(src netip.Addr, icky, rcky [8]byte, to netip.AddrPort, natt bool, typ uint16) {
-	h := isakmp.Header{ICookie: icky, RCookie: rcky, Version: 0x10, Exchange: isakmp.ExchInfo, MessageID: be32u(e.random(4))}
-	n := &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: isakmp.NotifyType(typ)}
-	msg := isakmp.Encode(h, []isakmp.Payload{n})
-	e.Stats.Sent.Add(1)
-	if err := e.sendFrom(src, msg, to, natt); err != nil {
-		e.warn("IKE send failed", "peer", to, "err", err)
-	}
 }

@@ -1,10 +1,8 @@
 package ike
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
-	"time"
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
@@ -13,12 +11,48 @@ import (
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
+// Quick Mode (RFC 2409 5.5) under an established ISAKMP SA:
+//
+//	initiator                               responder
+//	quickInitiate: QM1 HASH(1), SA, Ni [, KE] [, IDci, IDcr] -->
+//	                                        quickResponderQM1: choose,
+//	                                        install inbound    (quickR1)
+//	quickInitiatorQM2 <-- QM2 HASH(2), SA, Nr [, KE] [, IDci, IDcr]
+//	install both, QM3 HASH(3) -->           quickResponderQM3:
+//	(quickI2)                               install outbound   (quickR2)
+//
+// Each Quick Mode is a task of its ISAKMP SA under its message ID
+// (taskmanager.go).
+
+// quickState is where a Quick Mode stands.
+type quickState uint8
+
+const (
+	quickI1 quickState = iota + 1 // QM1 sent
+	quickI2                       // QM3 sent: established (initiator)
+	quickR1                       // QM2 sent, inbound SA installed
+	quickR2                       // QM3 verified: established (responder)
+)
+
+var quickStateNames = [...]string{quickI1: "QUICK_I1", quickI2: "QUICK_I2", quickR1: "QUICK_R1", quickR2: "QUICK_R2"}
+
+// String returns Pluto's name of the state (QUICK_I1 .. QUICK_R2).
+func (s quickState) String() string {
+	if int(s) < len(quickStateNames) && quickStateNames[s] != "" {
+		return quickStateNames[s]
+	}
+	return fmt.Sprintf("QUICK_STATE_%d", uint8(s))
+}
+
+// MarshalText logs the state by name.
+func (s quickState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
 // qm is one Quick Mode exchange under a phase-1 SA.
 type qm struct {
 	p         *p1
 	conn      *Conn
 	initiator bool
-	state     string // QUICK_I1, QUICK_I2, QUICK_R1, QUICK_R2
+	state     quickState
 	iv        []byte
 	suites    []p2Suite
 	suite     p2Suite
@@ -82,7 +116,7 @@ func (e *Engine) startQuick(p *p1, w *waiter) {
 	left := len(pairs)
 	var first error
 	for _, pair := range pairs {
-		e.quickI1(p, p.conn, pair[0], pair[1], func(err error) {
+		e.quickInitiate(p, p.conn, pair[0], pair[1], func(err error) {
 			if err != nil && first == nil {
 				first = err
 			}
@@ -115,9 +149,9 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 	return encapTunnel
 }
 
-// quickI1 sends QM1.
-func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
-	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
+// quickInitiate sends QM1.
+func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
+	q := &qm{p: p, conn: c, initiator: true, state: quickI1, suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
 	q.x.msgID = e.randomMsgID(p)
 	bs := p.cbc.BlockSize()
 	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.x.msgID, bs)
@@ -234,11 +268,11 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 	switch {
 	case q == nil:
-		e.quickR1(p, h, msg, sum)
-	case q.state == "QUICK_I1":
-		e.quickI2(q, h, msg, sum)
-	case q.state == "QUICK_R1":
-		e.quickR2(q, h, msg, sum)
+		e.quickResponderQM1(p, h, msg, sum)
+	case q.state == quickI1:
+		e.quickInitiatorQM2(q, h, msg, sum)
+	case q.state == quickR1:
+		e.quickResponderQM3(q, h, msg, sum)
 	default:
 		e.Stats.Malformed.Add(1)
 		e.warn("unexpected Quick Mode message", "peer", p.peer, "state", q.state)
@@ -288,8 +322,8 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	return ch, nil
 }
 
-// quickI2: QM2 received; install both SAs; send QM3.
-func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+// quickInitiatorQM2: QM2 received; install both SAs; send QM3.
+func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 	p := q.p
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
@@ -354,7 +388,7 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 			return
 		}
 		e.reply(q, m, sum)
-		q.state = "QUICK_I2"
+		q.state = quickI2
 		e.childUp(q, ch)
 		return
 	}
@@ -367,7 +401,7 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	e.reply(q, m, sum)
-	q.state = "QUICK_I2"
+	q.state = quickI2
 	// forget and failQM stop this timer and remove the inbound SA.
 	e.after(q, e.cfg.OutboundDelay, func() {
 		if err := e.install(q, ch, true); err != nil {
@@ -381,7 +415,7 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 // outPending reports whether q is an initiator's Quick Mode that has sent
 // QM3 and waits for OutboundDelay before installing its outbound SA.
 func (q *qm) outPending() bool {
-	return q.initiator && q.state == "QUICK_I2" && q.installed && !q.outInstalled
+	return q.initiator && q.state == quickI2 && q.installed && !q.outInstalled
 }
 
 func sameID(a, b *isakmp.ID) bool {
@@ -498,10 +532,10 @@ func contains(outer, inner netip.Prefix) bool {
 	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
 }
 
-// quickR1: QM1 received; choose; install inbound; send QM2.
-func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+// quickResponderQM1: QM1 received; choose; install inbound; send QM2.
+func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	bs := p.cbc.BlockSize()
-	q := &qm{p: p, x: exchange{msgID: h.MessageID}, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
+	q := &qm{p: p, x: exchange{msgID: h.MessageID}, state: quickR1, iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return
@@ -652,8 +686,8 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	e.request(q, m, q.x.recv)
 }
 
-// quickR2: QM3 received; install the outbound SA.
-func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+// quickResponderQM3: QM3 received; install the outbound SA.
+func (e *Engine) quickResponderQM3(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 	p := q.p
 	plain, _, err := e.open(p, msg, q.iv)
 	if err != nil {
@@ -677,231 +711,8 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.failQM(q, err)
 		return
 	}
-	q.state = "QUICK_R2"
+	q.state = quickR2
 	e.childUp(q, q.child)
-}
-
-var errNoSA = errors.New("no ISAKMP SA")
-
-// rekeyGrace is how long a replaced SA pair stays installed.
-const rekeyGrace = 5 * time.Second
-
-// armChild schedules the rekey (rekey=yes) and the hard expiry of a
-// child; see rekeyTime for when.
-func (e *Engine) armChild(c *child) {
-	life := c.sa.Lifetime
-	if life <= 0 {
-		return
-	}
-	if at := c.sa.RekeyAfter; at > 0 {
-		c.rekeyAt = at
-		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(at, func() {
-			e.post(func() { e.softExpire(c, "lifetime") })
-		}))
-	}
-	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life, func() {
-		e.post(func() { e.deleteChild(c, "lifetime expired") })
-	}))
-}
-
-// rekeyTime is when, after its installation, child c is rekeyed; 0 for
-// never. The side that initiated c rekeys at lifetime - margin -
-// random(0, margin x rekeyfuzz), as strongSwan's child_cfg computes it
-// (src/libcharon/config/child_cfg.c, get_lifetime with jitter); the
-// responder waits until only half the margin is left, as Libreswan does
-// (programs/pluto/rekeyfuzz.c, fuzz_rekey_margin: "Give the responder a
-// smaller margin so that its rekey event is scheduled later"), so that
-// both peers do not rekey at once. A responder of a right=%any conn
-// cannot initiate and never rekeys. A margin that leaves no lifetime is
-// cut to a tenth of the lifetime.
-func (e *Engine) rekeyTime(c *child) time.Duration {
-	return e.rekeyTimeFor(c.conn, c.sa.Lifetime, c.initiator)
-}
-
-func (e *Engine) rekeyTimeFor(conn *Conn, life time.Duration, initiator bool) time.Duration {
-	if conn == nil || !conn.Rekey || life <= 0 {
-		return 0
-	}
-	margin := conn.RekeyMargin
-	if margin <= 0 || margin >= life {
-		margin = life / 10
-	}
-	if !initiator {
-		if !conn.Remote.IsValid() {
-			return 0
-		}
-		return life - margin/2
-	}
-	at := life - margin
-	if conn.RekeyFuzz > 0 {
-		span := uint64(margin) * uint64(conn.RekeyFuzz) / 100
-		at -= time.Duration(be64u(e.random(8)) % (span + 1))
-	}
-	if at < life/10 {
-		at = life / 10
-	}
-	return at
-}
-
-// softVolume is the soft byte or packet limit for a hard limit: hard -
-// margin - random(0, margin x fuzz) on the side that initiated the SA,
-// hard - margin/2 on the other (as rekeyTimeFor); margin 0 means a tenth
-// of hard; never below a tenth of hard. 0 for no hard limit.
-func (e *Engine) softVolume(hard, margin uint64, fuzz int, initiator bool) uint64 {
-	if hard == 0 {
-		return 0
-	}
-	if margin == 0 || margin >= hard {
-		margin = hard / 10
-	}
-	soft := hard - margin/2
-	if initiator {
-		soft = hard - margin
-		if fuzz > 0 {
-			span := margin / 100 * uint64(fuzz)
-			if margin < 1<<40 {
-				span = margin * uint64(fuzz) / 100
-			}
-			if span < ^uint64(0) {
-				span = be64u(e.random(8)) % (span + 1)
-			}
-			if span > soft {
-				span = soft
-			}
-			soft -= span
-		}
-	}
-	return max(soft, hard/10, 1)
-}
-
-func be64u(b []byte) uint64 { return uint64(be32u(b[:4]))<<32 | uint64(be32u(b[4:8])) }
-
-// softExpire starts the rekey of c unless it is replaced, already being
-// rekeyed, or its conn does not rekey.
-func (e *Engine) softExpire(c *child, why string) {
-	if c.rekeyed || c.rekeying || !e.hasChild(c) {
-		return
-	}
-	if c.conn == nil || !c.conn.Rekey || (!c.initiator && !c.conn.Remote.IsValid()) {
-		return
-	}
-	e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "why", why)
-	e.rekey(c)
-}
-
-// SoftExpire reports the data plane's soft lifetime event (time, bytes,
-// packets or sequence numbers near exhaustion) of an SA of conn, named by
-// its inbound or outbound SPI: the engine negotiates the successor now,
-// unless one exists or is under way. Safe from any goroutine.
-func (e *Engine) SoftExpire(conn string, spi uint32) {
-	e.postLifecycle(func() {
-		if c := e.childBySPI(conn, spi); c != nil {
-			e.softExpire(c, "soft lifetime reached in the data plane")
-		}
-	})
-}
-
-// HardExpire reports the data plane's hard lifetime event of an SA of
-// conn (inbound or outbound SPI): the pair is removed and the peer told.
-// Safe from any goroutine.
-func (e *Engine) HardExpire(conn string, spi uint32) {
-	e.postLifecycle(func() {
-		if c := e.childBySPI(conn, spi); c != nil {
-			e.deleteChild(c, "hard lifetime reached in the data plane")
-		}
-	})
-}
-
-// postLifecycle queues a lifecycle event; such events must not be lost,
-// so a full queue is retried from another goroutine for a while.
-func (e *Engine) postLifecycle(f func()) {
-	if e.post(f) {
-		return
-	}
-	go func() {
-		for i := 0; i < 100; i++ {
-			time.Sleep(50 * time.Millisecond)
-			if e.post(f) {
-				return
-			}
-		}
-		e.log.Error("IKE event queue full: a lifetime event was lost")
-	}()
-}
-
-func (e *Engine) childBySPI(conn string, spi uint32) *child {
-	for _, c := range e.children[conn] {
-		if c.sa.InSPI == spi || c.sa.OutSPI == spi {
-			return c
-		}
-	}
-	return nil
-}
-
-func (e *Engine) hasChild(c *child) bool {
-	for _, x := range e.children[c.sa.Conn] {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
-// rekey negotiates a successor for c's selectors, under the existing
-// ISAKMP SA or a new one.
-func (e *Engine) rekey(c *child) {
-	conn := e.conns[c.sa.Conn]
-	if conn == nil {
-		return
-	}
-	c.rekeying = true
-	e.armRekeyRetry(c)
-	p := e.newestP1(c.identity, conn)
-	if p == nil {
-		p = e.newestP1("", conn)
-	}
-	if p != nil {
-		e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
-			if err != nil {
-				e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
-			}
-		}, nil)
-		return
-	}
-	for _, q := range e.sas {
-		if q.conn == conn && q.initiator && !q.established() && !q.reauthOnly {
-			return // a Main Mode under way negotiates every selector pair
-		}
-	}
-	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
-}
-
-// armRekeyRetry tries the rekey of c again if no successor exists after
-// half its remaining lifetime (between 5 s and 2 min): a lost exchange
-// or a peer briefly away must not let the pair expire without one.
-func (e *Engine) armRekeyRetry(c *child) {
-	left := time.Minute
-	if c.sa.Lifetime > 0 {
-		left = c.sa.Lifetime - e.cfg.Clock.Now().Sub(c.established)
-	}
-	d := min(max(left/2, 5*time.Second), 2*time.Minute)
-	if c.sa.Lifetime > 0 && d >= left {
-		return
-	}
-	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(d, func() {
-		e.post(func() {
-			if c.rekeyed || !e.hasChild(c) {
-				return
-			}
-			c.rekeying = false
-			e.softExpire(c, "no successor yet: retrying the rekey")
-		})
-	}))
-}
-
-// deleteChild removes c, telling the peer.
-func (e *Engine) deleteChild(c *child, why string) {
-	e.dropChildren(c.sa.Conn, func(x *child) bool { return x == c }, true, "IPsec SA deleted", "why", why)
 }
 
 // idProtoPort renders a client ID's protocol and port for logs.
