@@ -135,10 +135,13 @@ type Installer interface {
 	// ReleaseSPI frees an SPI that was reserved but never installed.
 	ReleaseSPI(proto sad.Proto, spi uint32)
 	// InstallInbound installs the inbound SA of c so that the peer's
-	// first packets are accepted even before the exchange ends.
+	// first packets are accepted even before the exchange ends. The
+	// engine zeroes the key bytes of c's inbound configuration (InESP,
+	// InAH) when it returns: keep a keyed state or a copy, not the slices.
 	InstallInbound(c *ChildSA) error
 	// InstallOutbound installs the outbound SA, the policies and the
-	// routes of c; after it, traffic flows.
+	// routes of c; after it, traffic flows. The engine zeroes the key
+	// bytes of c's outbound configuration when it returns.
 	InstallOutbound(c *ChildSA) error
 	// Remove removes everything installed for c.
 	Remove(c *ChildSA)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/conf"
@@ -100,6 +99,7 @@ func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
 	f.mu.Unlock()
 }
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
+	keepKeys(c)
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
 	f.inCalls++
@@ -111,12 +111,36 @@ func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	return nil
 }
 func (f *fakeInstaller) InstallOutbound(c *ChildSA) error {
+	keepKeys(c)
 	f.mu.Lock()
 	f.outbound[c.InSPI] = c
 	f.outCalls++
 	f.mu.Unlock()
 	return nil
 }
+
+// keepKeys gives c's configurations their own copies of the key bytes,
+// as the data plane keys its own state (esp.NewSuite, ah.NewSuite): the
+// engine zeroes its KEYMAT once InstallInbound and InstallOutbound
+// return. The first call copies a direction's keys, later calls keep
+// them.
+func keepKeys(c *ChildSA) {
+	keysMu.Lock()
+	defer keysMu.Unlock()
+	if keysKept[c] {
+		return
+	}
+	keysKept[c] = true
+	cp := func(b []byte) []byte { return append([]byte(nil), b...) }
+	c.InESP.EncKey, c.InESP.AuthKey, c.OutESP.EncKey, c.OutESP.AuthKey = cp(c.InESP.EncKey), cp(c.InESP.AuthKey), cp(c.OutESP.EncKey), cp(c.OutESP.AuthKey)
+	c.InAH.Key, c.OutAH.Key = cp(c.InAH.Key), cp(c.OutAH.Key)
+}
+
+var (
+	keysMu   sync.Mutex
+	keysKept = map[*ChildSA]bool{}
+)
+
 func (f *fakeInstaller) Remove(c *ChildSA) {
 	f.mu.Lock()
 	delete(f.inbound, c.InSPI)
@@ -699,7 +723,7 @@ func TestLifetimeKilobytes(t *testing.T) {
 	if err != nil || back.LifeKB != 4608000 {
 		t.Fatalf("initiator side: %+v %v", back, err)
 	}
-	p := &p1{suite: p1Suite{Hash: 2}, keys: ikecrypto.Phase1Keys{D: make([]byte, 20)}, local: netip.AddrPortFrom(addrA, 500), peer: netip.AddrPortFrom(addrB, 500)}
+	p := &p1{suite: p1Suite{Hash: 2}, km: keymat{d: make([]byte, 20)}, local: netip.AddrPortFrom(addrA, 500), peer: netip.AddrPortFrom(addrB, 500)}
 	q := &qm{p: p, conn: &Conn{Name: "c", Mode: sad.Tunnel}, suite: got, inSPI: 1, outSPI: 2, ni: make([]byte, 16), nr: make([]byte, 16)}
 	ch, err := (&Engine{cfg: Config{NATTPort: 4500}}).childSA(q)
 	if err != nil || ch.LifeBytes != 4608000*1024 {

@@ -60,16 +60,16 @@ func notifyAdvice(t isakmp.NotifyType, p *p1) string {
 
 // sendInfo sends a protected Informational exchange with payloads.
 func (e *Engine) sendInfo(p *p1, payloads []isakmp.Payload) {
-	if p.cbc == nil || !p.established() {
+	if p.km.cbc == nil || !p.established() {
 		return
 	}
 	msgID := e.randomMsgID(p)
-	bs := p.cbc.BlockSize()
-	iv := ikecrypto.PhaseIV(p.suite.Hash, p.iv, msgID, bs)
+	bs := p.km.cbc.BlockSize()
+	iv := ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, msgID, bs)
 	hl := p.suite.Hash.Size()
 	ps := append([]isakmp.Payload{&isakmp.Hash{Data: make([]byte, hl)}}, payloads...)
 	b := isakmp.AppendPayloads(nil, ps)
-	copy(b[4:4+hl], ikecrypto.InfoHash(p.suite.Hash, p.keys.A, msgID, b[4+hl:]))
+	copy(b[4:4+hl], ikecrypto.InfoHash(p.suite.Hash, p.km.a, msgID, b[4+hl:]))
 	m, _ := e.seal(p, p.header(isakmp.ExchInfo, msgID, true), b, isakmp.PayloadHash, iv)
 	e.transmit(p, m)
 }
@@ -128,12 +128,12 @@ func (p *p1) infoSeen(id uint32) bool {
 
 // handleInfo processes a protected Informational exchange.
 func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
-	if p.cbc == nil || (!p.established() && p.state != mainI3) {
+	if p.km.cbc == nil || (!p.established() && p.state != mainI3) {
 		e.Stats.Malformed.Add(1)
 		e.warn("protected Informational before keys", "peer", p.peer)
 		return
 	}
-	iv := ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, p.cbc.BlockSize())
+	iv := ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, h.MessageID, p.km.cbc.BlockSize())
 	plain, _, err := e.open(p, msg, iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
@@ -156,7 +156,7 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	}
 	lastRaw := raws[len(raws)-1]
 	rest := plain[raws[0].Off+4+len(raws[0].Body) : lastRaw.Off+4+len(lastRaw.Body)]
-	if !hashEqual(ikecrypto.InfoHash(p.suite.Hash, p.keys.A, h.MessageID, rest), raws[0].Body) {
+	if !hashEqual(ikecrypto.InfoHash(p.suite.Hash, p.km.a, h.MessageID, rest), raws[0].Body) {
 		e.Stats.BadHash.Add(1)
 		e.warn("Informational HASH(1) does not verify", "peer", p.peer)
 		return

@@ -38,26 +38,22 @@ type p1 struct {
 	weBehindNAT   bool
 	peerBehindNAT bool
 
-	suites  []p1Suite
-	suite   p1Suite
+	suites []p1Suite
+	suite  p1Suite
+	// saiBody is the initiator's SA payload body, covered by HASH_I and
+	// HASH_R (kept until Main Mode ends).
 	saiBody []byte
-	dh      *ikecrypto.DH
-	gxi     []byte
-	gxr     []byte
-	ni      []byte
-	nr      []byte
-	keys    ikecrypto.Phase1Keys
-	cbc     *ikecrypto.CBC
-	iv      []byte // the running phase-1 IV; after MM6, the last phase-1 block
-	peerID  string
+	// km is the key material; auth the method that authenticates the
+	// SA (its binding identifies the credential).
+	km     keymat
+	auth   authenticator
+	peerID string
 	// peerIDPay is the peer's authenticated phase-1 ID; localIDKey and
-	// peerIDKey identify the pair of identities (idKey form); pskSum is
-	// the SHA-256 of the pre-shared key that authenticated them. A Quick
+	// peerIDKey identify the pair of identities (idKey form). A Quick
 	// Mode, Delete or INITIAL-CONTACT under this SA acts only within
-	// what these authorize.
+	// what these and auth authorize.
 	peerIDPay             *isakmp.ID
 	localIDKey, peerIDKey string
-	pskSum                [32]byte
 	// computing: MM3's Diffie-Hellman work is on a crypto worker.
 	computing bool
 	// infoIDs are the message IDs of the last authenticated protected
@@ -243,38 +239,44 @@ func (e *Engine) pskFor(c *Conn, peer netip.Addr) ([]byte, error) {
 	return k, nil
 }
 
-// deriveKeys computes SKEYID and friends after the KE exchange.
+// deriveKeys computes SKEYID and friends after the KE exchange, with
+// the pre-shared key of p's conn; gxy is wiped.
 func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
 	psk, err := e.psk(p)
 	if err != nil {
+		wipe(gxy)
 		return err
 	}
 	keyLen, err := p.suite.Cipher.KeyLen(p.suite.KeyBits)
 	if err != nil {
+		wipe(gxy)
 		return err
 	}
-	p.keys = ikecrypto.DerivePSK(p.suite.Hash, psk, p.ni, p.nr, gxy, p.icky[:], p.rcky[:], keyLen)
-	p.pskSum = sha256.Sum256(psk)
-	p.cbc, err = ikecrypto.NewCBC(p.suite.Cipher, p.keys.Key)
-	if err != nil {
-		return err
-	}
-	p.iv = ikecrypto.Phase1IV(p.suite.Hash, p.gxi, p.gxr, p.cbc.BlockSize())
+	p.auth = newPSKAuth(psk)
+	p.km.hash = p.suite.Hash
+	var export func([]byte)
 	if e.cfg.SaveKeys != nil {
-		e.cfg.SaveKeys(p.icky, p.keys.Key)
+		icky := p.icky
+		export = func(key []byte) { e.cfg.SaveKeys(icky, key) }
 	}
+	var logKeys keyLogger
 	if e.cfg.LogKeys {
-		e.log.Debug("phase-1 keys", "skeyid", hex.EncodeToString(p.keys.SKEYID), "skeyid_d", hex.EncodeToString(p.keys.D),
-			"skeyid_a", hex.EncodeToString(p.keys.A), "skeyid_e", hex.EncodeToString(p.keys.E), "enc_key", hex.EncodeToString(p.keys.Key),
-			"iv", hex.EncodeToString(p.iv))
+		logKeys = func(skeyid, d, a, ke, key, iv []byte) {
+			e.log.Debug("phase-1 keys", hexKeys(skeyid, d, a, ke, key, iv)...)
+		}
 	}
-	return nil
+	return p.km.derive(p.auth, gxy, p.icky[:], p.rcky[:], p.suite.Cipher, keyLen, export, logKeys)
+}
+
+// authInput is what p's phase-1 proofs cover besides keys and IDs.
+func (p *p1) authInput() authInput {
+	return authInput{icky: p.icky[:], rcky: p.rcky[:], saiBody: p.saiBody}
 }
 
 // seal encrypts a payload chain under p's key with iv and returns the
 // message and the last ciphertext block (the next IV).
 func (e *Engine) seal(p *p1, h isakmp.Header, payloads []byte, first isakmp.PayloadType, iv []byte) ([]byte, []byte) {
-	bs := p.cbc.BlockSize()
+	bs := p.km.cbc.BlockSize()
 	body := ikecrypto.Pad(payloads, bs)
 	h.Next = first
 	h.Flags |= isakmp.FlagEncryption
@@ -282,7 +284,7 @@ func (e *Engine) seal(p *p1, h isakmp.Header, payloads []byte, first isakmp.Payl
 	msg := make([]byte, isakmp.HeaderLen+len(body))
 	h.Put(msg)
 	copy(msg[isakmp.HeaderLen:], body)
-	p.cbc.Encrypt(iv, msg[isakmp.HeaderLen:])
+	p.km.cbc.Encrypt(iv, msg[isakmp.HeaderLen:])
 	last := append([]byte(nil), msg[len(msg)-bs:]...)
 	return msg, last
 }
@@ -290,17 +292,17 @@ func (e *Engine) seal(p *p1, h isakmp.Header, payloads []byte, first isakmp.Payl
 // open decrypts the body of msg with iv; it returns the plaintext and the
 // last ciphertext block.
 func (e *Engine) open(p *p1, msg []byte, iv []byte) ([]byte, []byte, error) {
-	if p.cbc == nil {
+	if p.km.cbc == nil {
 		return nil, nil, errors.New("encrypted message before keys exist")
 	}
-	bs := p.cbc.BlockSize()
+	bs := p.km.cbc.BlockSize()
 	body := msg[isakmp.HeaderLen:]
 	if len(body) == 0 || len(body)%bs != 0 {
 		return nil, nil, fmt.Errorf("encrypted body of %d octets is not a multiple of the %d-octet block", len(body), bs)
 	}
 	last := append([]byte(nil), body[len(body)-bs:]...)
 	plain := append([]byte(nil), body...)
-	if err := p.cbc.Decrypt(iv, plain); err != nil {
+	if err := p.km.cbc.Decrypt(iv, plain); err != nil {
 		return nil, nil, err
 	}
 	return plain, last, nil
@@ -335,6 +337,10 @@ func (e *Engine) established(p *p1) {
 	p.estSeq = e.nextSeq()
 	e.Stats.Established.Add(1)
 	e.dropHalfOpen(p)
+	// Main Mode is over: SKEYID, the nonces, the public values and the
+	// SA payload served only its proofs.
+	p.km.authenticated()
+	p.saiBody = nil
 	e.classify(p)
 	nat := ""
 	if p.natt {
@@ -461,8 +467,10 @@ func (e *Engine) sortedSAs() []*p1 {
 // forget drops a phase-1 SA and its timers.
 func (e *Engine) forget(p *p1) {
 	p.stopTimers()
+	p.km.wipe()
 	for _, q := range p.qms {
 		q.x.stop()
+		q.wipeAll()
 		switch {
 		case q.inSPI != 0 && !q.installed:
 			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)

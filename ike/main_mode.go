@@ -152,8 +152,8 @@ func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		e.failP1(p, fmt.Errorf("DH group %s: %w", suite.Group, err), false)
 		return
 	}
-	p.dh, p.gxi, p.ni = dh, dh.Public(), e.random(32)
-	out := []isakmp.Payload{&isakmp.KE{Data: p.gxi}, &isakmp.Nonce{Data: p.ni}}
+	p.km.dh, p.km.gxi, p.km.ni = dh, dh.Public(), e.random(32)
+	out := []isakmp.Payload{&isakmp.KE{Data: p.km.gxi}, &isakmp.Nonce{Data: p.km.ni}}
 	out = append(out, e.natdPayloads(p)...)
 	p.state = mainI2
 	p.say("generating ID_PROT request 0 [ KE No NAT-D NAT-D ]")
@@ -214,13 +214,14 @@ func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		e.warn("MM4 without a valid KE and nonce", "peer", p.peer)
 		return
 	}
-	gxy, err := p.dh.SharedSecret(ke.Data)
+	gxy, err := p.km.dh.SharedSecret(ke.Data)
 	if err != nil {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM4 with an invalid KE", "peer", p.peer, "err", err)
 		return
 	}
-	p.gxr, p.nr = ke.Data, nonce.Data
+	p.km.forgetDH()
+	p.km.gxr, p.km.nr = ke.Data, nonce.Data
 	p.x.received(sum)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {
@@ -235,15 +236,14 @@ func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]by
 	id := idPayload(p.conn.LocalID, p.conn.Local)
 	p.localIDKey = idKey(id)
 	idBody := isakmp.EncodeBody(id)
-	hashI := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
-	out := []isakmp.Payload{id, &isakmp.Hash{Data: hashI}}
+	out := []isakmp.Payload{id, p.auth.prove(&p.km, p.authInput(), true, idBody)}
 	ic := e.wantInitialContact(p)
 	if ic {
 		out = append(out, &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyInitialContact, SPI: append(p.icky[:], p.rcky[:]...)})
 	}
 	plain := isakmp.AppendPayloads(nil, out)
-	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.iv)
-	p.iv = last
+	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.km.iv)
+	p.km.iv = last
 	p.state = mainI3
 	if ic {
 		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
@@ -256,7 +256,7 @@ func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]by
 
 // mainInitiatorMM6: MM6 received (ID, HASH_R): phase 1 is up.
 func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	plain, last, err := e.open(p, msg, p.iv)
+	plain, last, err := e.open(p, msg, p.km.iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
 		e.warn("MM6 did not decrypt", "peer", p.peer, "err", err)
@@ -272,16 +272,14 @@ func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		e.failP1(p, fmt.Errorf("peer answered MM5 with %s: %s", n.Kind, notifyAdvice(n.Kind, p)), false)
 		return
 	}
-	id, ok1 := find[*isakmp.ID](ps)
-	hash, ok2 := find[*isakmp.Hash](ps)
-	if !ok1 || !ok2 {
+	id, ok := find[*isakmp.ID](ps)
+	err = p.auth.verify(&p.km, p.authInput(), false, rawBody(raws, isakmp.PayloadID), ps)
+	if !ok || errors.Is(err, errNoProof) {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM6 without ID and HASH", "peer", p.peer)
 		return
 	}
-	idBody := rawBody(raws, isakmp.PayloadID)
-	want := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
-	if !hashEqual(want, hash.Data) {
+	if err != nil {
 		e.Stats.BadHash.Add(1)
 		e.Stats.AuthFailed.Add(1)
 		e.failP1(p, errors.New("HASH_R of the peer does not verify: the pre-shared keys (or IDs) most likely differ"), false)
@@ -294,7 +292,7 @@ func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]by
 	}
 	e.authentic(p)
 	p.peerID, p.peerIDPay, p.peerIDKey = idString(id), id, idKey(id)
-	p.iv = last
+	p.km.iv = last
 	p.x.received(sum)
 	p.x.sent = nil
 	p.x.stop()
@@ -481,6 +479,12 @@ func (e *Engine) mainResponderMM3(p *p1, h isakmp.Header, msg []byte, sum [32]by
 // mainResponderMM3Keyed finishes MM3 once its Diffie-Hellman work is done.
 func (e *Engine) mainResponderMM3Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32]byte, dh *ikecrypto.DH, gxy []byte, genErr, keErr error) {
 	p.computing = false
+	// The private value and g^xy are not needed past this step,
+	// whatever its outcome.
+	defer wipe(gxy)
+	if dh != nil {
+		defer dh.Wipe()
+	}
 	if e.sas[p.key()] != p || p.state != mainR1 {
 		return // forgotten (evicted, timed out) while the worker ran
 	}
@@ -493,15 +497,14 @@ func (e *Engine) mainResponderMM3Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byt
 		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", keErr)
 		return
 	}
-	// The private value is not needed past this point: not kept.
-	p.gxi, p.ni, p.gxr, p.nr = gxi, ni, dh.Public(), e.random(32)
+	p.km.gxi, p.km.ni, p.km.gxr, p.km.nr = gxi, ni, dh.Public(), e.random(32)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {
 		e.warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
 		e.forget(p)
 		return
 	}
-	out := []isakmp.Payload{&isakmp.KE{Data: p.gxr}, &isakmp.Nonce{Data: p.nr}}
+	out := []isakmp.Payload{&isakmp.KE{Data: p.km.gxr}, &isakmp.Nonce{Data: p.km.nr}}
 	out = append(out, e.natdPayloads(p)...)
 	p.state = mainR2
 	e.reply(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
@@ -509,7 +512,7 @@ func (e *Engine) mainResponderMM3Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byt
 
 // mainResponderMM5: MM5 received (ID, HASH_I); send MM6.
 func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	plain, last, err := e.open(p, msg, p.iv)
+	plain, last, err := e.open(p, msg, p.km.iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
 		e.warn("MM5 did not decrypt", "peer", p.peer, "err", err)
@@ -524,16 +527,14 @@ func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		e.forget(p)
 		return
 	}
-	id, ok1 := find[*isakmp.ID](ps)
-	hash, ok2 := find[*isakmp.Hash](ps)
-	if !ok1 || !ok2 {
+	id, ok := find[*isakmp.ID](ps)
+	err = p.auth.verify(&p.km, p.authInput(), true, rawBody(raws, isakmp.PayloadID), ps)
+	if !ok || errors.Is(err, errNoProof) {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM5 without ID and HASH", "peer", p.peer)
 		return
 	}
-	idBody := rawBody(raws, isakmp.PayloadID)
-	want := ikecrypto.HashI(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, idBody)
-	if !hashEqual(want, hash.Data) {
+	if err != nil {
 		e.Stats.BadHash.Add(1)
 		e.Stats.AuthFailed.Add(1)
 		e.warn("Main Mode responder: HASH_I does not verify: the pre-shared keys (or IDs) most likely differ",
@@ -562,16 +563,15 @@ func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		return
 	}
 	e.authentic(p)
-	p.iv = last
+	p.km.iv = last
 	for _, n := range findAll[*isakmp.Notify](ps) {
 		if uint16(n.Kind) == notifyInitialContact {
 			e.initialContact(p)
 		}
 	}
-	hashR := ikecrypto.HashR(p.suite.Hash, p.keys.SKEYID, p.gxi, p.gxr, p.icky[:], p.rcky[:], p.saiBody, isakmp.EncodeBody(myID))
-	out := []isakmp.Payload{myID, &isakmp.Hash{Data: hashR}}
-	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.iv)
-	p.iv = lastOut
+	out := []isakmp.Payload{myID, p.auth.prove(&p.km, p.authInput(), false, isakmp.EncodeBody(myID))}
+	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.km.iv)
+	p.km.iv = lastOut
 	e.reply(p, m, sum)
 	p.x.stop()
 	e.established(p)

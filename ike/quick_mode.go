@@ -59,11 +59,17 @@ type qm struct {
 	inSPI     uint32
 	outSPI    uint32
 	encap     uint16
-	ni, nr    []byte
-	dh        *ikecrypto.DH
-	gqm       []byte
-	localTS   netip.Prefix
-	remoteTS  netip.Prefix
+	// ni, nr, dh and gqm (the PFS g^xy) live until the child's keys are
+	// derived and the HASHes that cover the nonces are done
+	// (forgetSecrets); inKeys and outKeys are the KEYMAT of each
+	// direction, which the ChildSA's configurations slice, zeroed once
+	// the data plane has them (install) or the exchange fails.
+	ni, nr          []byte
+	dh              *ikecrypto.DH
+	gqm             []byte
+	inKeys, outKeys []byte
+	localTS         netip.Prefix
+	remoteTS        netip.Prefix
 	// startSeq is when the exchange began (Engine.seq); outInstalled is
 	// set once the outbound SA is installed, which happens only once.
 	startSeq     uint64
@@ -153,8 +159,8 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
 	q := &qm{p: p, conn: c, initiator: true, state: quickI1, suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
 	q.x.msgID = e.randomMsgID(p)
-	bs := p.cbc.BlockSize()
-	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.x.msgID, bs)
+	bs := p.km.cbc.BlockSize()
+	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, q.x.msgID, bs)
 	proto := q.suites[0].Proto
 	spi, err := e.cfg.Installer.AllocSPI(proto)
 	if err != nil {
@@ -185,7 +191,7 @@ func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(
 	}
 	b := isakmp.AppendPayloads(nil, ps)
 	hl := p.suite.Hash.Size()
-	copy(b[4:4+hl], ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.x.msgID, b[4+hl:]))
+	copy(b[4:4+hl], ikecrypto.QMHash1(p.suite.Hash, p.km.a, q.x.msgID, b[4+hl:]))
 	msg, last := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = last
 	p.qms[q.x.msgID] = q
@@ -228,6 +234,7 @@ func (e *Engine) failQM(q *qm, err error) {
 		e.cfg.Installer.Remove(q.child)
 	}
 	delete(q.p.qms, q.x.msgID)
+	q.wipeAll()
 	q.finish(err)
 }
 
@@ -289,8 +296,12 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 		proto = uint8(isakmp.ProtoAH)
 	}
 	var ni, nr = q.ni, q.nr
-	in := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.inSPI), ni, nr, n)
-	out := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.outSPI), ni, nr, n)
+	in := ikecrypto.Keymat(p.suite.Hash, p.km.d, q.gqm, proto, be32(q.inSPI), ni, nr, n)
+	out := ikecrypto.Keymat(p.suite.Hash, p.km.d, q.gqm, proto, be32(q.outSPI), ni, nr, n)
+	q.inKeys, q.outKeys = in, out
+	// g^xy of PFS served only these.
+	wipe(q.gqm)
+	q.gqm = nil
 	ch := &ChildSA{Conn: c.Name, Proto: s.Proto, Mode: c.Mode, InSPI: q.inSPI, OutSPI: q.outSPI,
 		Local: p.local.Addr(), Remote: p.peer.Addr(), LocalTS: q.localTS, RemoteTS: q.remoteTS,
 		Proto8: q.proto, LocalPort: q.lport, RemotePort: q.rport, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
@@ -329,7 +340,7 @@ func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]b
 	if !ok {
 		return
 	}
-	if !hashEqual(ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, rest), hash) {
+	if !hashEqual(ikecrypto.QMHash2(p.suite.Hash, p.km.a, q.x.msgID, q.ni, rest), hash) {
 		e.Stats.BadHash.Add(1)
 		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
@@ -365,6 +376,8 @@ func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]b
 			e.failQM(q, fmt.Errorf("conn %s: PFS KE: %w", q.conn.Name, err))
 			return
 		}
+		q.dh.Wipe()
+		q.dh = nil
 	}
 	ids := findAll[*isakmp.ID](ps)
 	if len(ids) == 2 && (!sameID(ids[0], q.idci) || !sameID(ids[1], q.idcr)) {
@@ -379,9 +392,10 @@ func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]b
 	q.iv = last
 	q.x.received(sum)
 	q.x.stop()
-	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, q.nr)}})
+	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.km.a, q.x.msgID, q.ni, q.nr)}})
 	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
+	q.forgetSecrets() // QM3 is built; a duplicate QM2 gets it again as it is
 	if e.cfg.OutboundDelay <= 0 {
 		if err := e.install(q, ch, true); err != nil {
 			e.failQM(q, err)
@@ -422,6 +436,25 @@ func sameID(a, b *isakmp.ID) bool {
 	return a.IDType == b.IDType && a.Protocol == b.Protocol && a.Port == b.Port && string(a.Data) == string(b.Data)
 }
 
+// forgetSecrets wipes the nonces, the PFS key pair and g^xy.
+func (q *qm) forgetSecrets() {
+	wipe(q.ni)
+	wipe(q.nr)
+	wipe(q.gqm)
+	if q.dh != nil {
+		q.dh.Wipe()
+	}
+	q.ni, q.nr, q.gqm, q.dh = nil, nil, nil, nil
+}
+
+// wipeAll forgets every secret of q (it failed, or its ISAKMP SA went).
+func (q *qm) wipeAll() {
+	q.forgetSecrets()
+	wipe(q.inKeys)
+	wipe(q.outKeys)
+	q.inKeys, q.outKeys = nil, nil
+}
+
 // install hands the child to the data plane: the inbound SA, and with
 // both also the outbound SA, policies and routes.
 func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
@@ -431,12 +464,14 @@ func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
 			return fmt.Errorf("conn %s: installing inbound SA: %w", ch.Conn, err)
 		}
 		q.installed = true
+		wipe(q.inKeys) // the data plane keyed its own copy (Installer)
 	}
 	if both && !q.outInstalled {
 		if err := e.cfg.Installer.InstallOutbound(ch); err != nil {
 			return fmt.Errorf("conn %s: installing outbound SA: %w", ch.Conn, err)
 		}
 		q.outInstalled = true
+		wipe(q.outKeys)
 	}
 	return nil
 }
@@ -534,13 +569,20 @@ func contains(outer, inner netip.Prefix) bool {
 
 // quickResponderQM1: QM1 received; choose; install inbound; send QM2.
 func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	bs := p.cbc.BlockSize()
-	q := &qm{p: p, x: exchange{msgID: h.MessageID}, state: quickR1, iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq()}
+	bs := p.km.cbc.BlockSize()
+	q := &qm{p: p, x: exchange{msgID: h.MessageID}, state: quickR1, iv: ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, h.MessageID, bs), startSeq: e.nextSeq()}
+	// Secrets of a QM1 that is refused or fails go with it.
+	registered := false
+	defer func() {
+		if !registered {
+			q.wipeAll()
+		}
+	}()
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return
 	}
-	if !hashEqual(ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.x.msgID, rest), hash) {
+	if !hashEqual(ikecrypto.QMHash1(p.suite.Hash, p.km.a, q.x.msgID, rest), hash) {
 		e.Stats.BadHash.Add(1)
 		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
@@ -643,6 +685,7 @@ func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]b
 			e.sendNotify(p, 14, nil)
 			return
 		}
+		defer dh.Wipe()
 		if q.gqm, err = dh.SharedSecret(peerKE.Data); err != nil {
 			e.Stats.Malformed.Add(1)
 			e.warn("QM1 with an invalid KE", "peer", p.peer, "err", err)
@@ -679,10 +722,11 @@ func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]b
 	}
 	b := isakmp.AppendPayloads(nil, out)
 	hl := p.suite.Hash.Size()
-	copy(b[4:4+hl], ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, b[4+hl:]))
+	copy(b[4:4+hl], ikecrypto.QMHash2(p.suite.Hash, p.km.a, q.x.msgID, q.ni, b[4+hl:]))
 	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
 	p.qms[q.x.msgID] = q
+	registered = true
 	e.request(q, m, q.x.recv)
 }
 
@@ -699,7 +743,7 @@ func (e *Engine) quickResponderQM3(q *qm, h isakmp.Header, msg []byte, sum [32]b
 		return
 	}
 	if len(raws) == 0 || raws[0].Type != isakmp.PayloadHash ||
-		!hashEqual(ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.x.msgID, q.ni, q.nr), raws[0].Body) {
+		!hashEqual(ikecrypto.QMHash3(p.suite.Hash, p.km.a, q.x.msgID, q.ni, q.nr), raws[0].Body) {
 		e.Stats.BadHash.Add(1)
 		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
@@ -707,6 +751,7 @@ func (e *Engine) quickResponderQM3(q *qm, h isakmp.Header, msg []byte, sum [32]b
 	e.authentic(p)
 	q.x.stop()
 	q.x.received(sum)
+	q.forgetSecrets() // HASH(3) was the last use of the nonces
 	if err := e.install(q, q.child, true); err != nil {
 		e.failQM(q, err)
 		return

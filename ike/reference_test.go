@@ -197,7 +197,7 @@ func TestReferenceExchange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &p1{cbc: cbc}
+	p := &p1{km: keymat{cbc: cbc}}
 	decrypt := func(m []byte, iv []byte) (isakmp.Header, []isakmp.Payload, []isakmp.RawPayload, []byte, []byte) {
 		t.Helper()
 		hh, err := isakmp.ParseHeader(m)
