@@ -89,19 +89,22 @@ func selectorPairs(c *Conn) [][2]netip.Prefix {
 
 // startQuick negotiates every selector pair of p's conn; w hears the
 // outcome once all of them are done.
-func (e *Engine) startQuick(p *p1, w *waiter) {
-	pairs := selectorPairs(p.conn)
+func (e *Engine) startQuick(p *p1, w *waiter) { e.startQuickFor(p, p.conn, w) }
+
+// startQuickFor negotiates every selector pair of conn c under p.
+func (e *Engine) startQuickFor(p *p1, c *Conn, w *waiter) {
+	pairs := selectorPairs(c)
 	left := len(pairs)
 	var first error
 	for _, pair := range pairs {
-		e.quickI1(p, p.conn, pair[0], pair[1], func(err error) {
+		e.quickI1(p, c, pair[0], pair[1], func(err error) {
 			if err != nil && first == nil {
 				first = err
 			}
 			left--
 			if left == 0 {
 				if first == nil {
-					w.say("connection '%s' established successfully", p.conn.Name)
+					w.say("connection '%s' established successfully", c.Name)
 				}
 				w.finish(first)
 			}
@@ -129,6 +132,11 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 
 // quickI1 sends QM1.
 func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
+	orig := done
+	done, ok := e.admitQuick(p, func() { e.quickI1(p, c, lts, rts, orig, w) }, orig)
+	if !ok {
+		return
+	}
 	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
 	q.msgID = e.randomMsgID(p)
 	bs := p.cbc.BlockSize()
@@ -919,10 +927,8 @@ func (e *Engine) rekey(c *child) {
 		}, nil)
 		return
 	}
-	for _, q := range e.sas {
-		if q.conn == conn && q.initiator && !q.established() && !q.reauthOnly {
-			return // a Main Mode under way negotiates every selector pair
-		}
+	if e.joinPending(conn, nil) {
+		return // a Main Mode under way negotiates every selector pair
 	}
 	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
 }
