@@ -14,7 +14,7 @@ FUZZTIME ?= 10s
 deb:
 	scripts/mkdeb.sh bin
 
-.PHONY: deb all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-ike fuzz fuzz-ci demo clean
+.PHONY: deb all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-ike fuzz fuzz-ci demo clean bench-scale
 
 all: build
 
@@ -76,6 +76,13 @@ bench-e2e: build
 bench-ike:
 	scripts/deps.sh bench
 	flock /tmp/gosec-roottests.lock scripts/bench-ike.sh
+
+# N IKE-negotiated tunnels in one daemon (root, namespaces gsc-*):
+# bring-up time, memory per tunnel, status cost, traffic on a sample,
+# SPD/SAD lookup cost. SCALE_ARGS="-n 2000" for a shorter run.
+bench-scale:
+	scripts/deps.sh bench
+	flock /tmp/gosec-roottests.lock scripts/bench-scale.sh $(SCALE_ARGS)
 
 clean:
 	rm -rf bin

@@ -228,10 +228,8 @@ func (e *Engine) rekey(c *child) {
 		}, nil)
 		return
 	}
-	for _, q := range e.sas {
-		if q.conn == conn && q.initiator && !q.established() && !q.reauthOnly {
-			return // a Main Mode under way negotiates every selector pair
-		}
+	if e.joinPending(conn, nil) {
+		return // a Main Mode under way negotiates every selector pair
 	}
 	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -201,6 +202,9 @@ type Engine struct {
 	// clock, whose readings may be equal.
 	seq uint64
 
+	// stopping is set once Run's context ended (shutdown).
+	stopping bool
+
 	// Stats counts messages by outcome.
 	Stats Counters
 }
@@ -352,13 +356,16 @@ func (e *Engine) initiate(name string, w *waiter) error {
 	if !c.Remote.IsValid() {
 		return fmt.Errorf("conn %s: right=%%any: gosec can only respond to this conn", name)
 	}
-	// Reuse an established phase-1 SA with the peer.
-	for _, p := range e.sortedSAs() {
-		if p.conn == c && p.established() {
-			w.say("reusing ISAKMP SA %s[%s] with %v", c.Name, p.cookieString(), p.peer.Addr())
-			e.startQuick(p, w)
-			return nil
-		}
+	// Reuse an established phase-1 SA with the peer that authorizes c
+	// (its own, or another conn's with the same endpoints, identities
+	// and key), or follow one under way (share.go).
+	if p := e.newestP1("", c); p != nil {
+		w.say("reusing ISAKMP SA %s[%s] with %v", p.conn.Name, p.cookieString(), p.peer.Addr())
+		e.startQuickFor(p, c, w)
+		return nil
+	}
+	if e.joinPending(c, w) {
+		return nil
 	}
 	e.startMain(c, w, 1)
 	return nil
@@ -368,6 +375,17 @@ func (e *Engine) initiate(name string, w *waiter) error {
 // sends Delete payloads first.
 func (e *Engine) terminate(name string, notify bool) bool {
 	had := e.dropChildren(name, func(*child) bool { return true }, notify, "IPsec SA deleted") > 0
+	// Conns following another conn's Main Mode under way (share.go).
+	for _, p := range e.sas {
+		p.followers = slices.DeleteFunc(p.followers, func(f follower) bool {
+			if f.conn.Name == name {
+				had = true
+				f.w.finish(errors.New("connection terminated"))
+				return true
+			}
+			return false
+		})
+	}
 	for _, p := range e.sortedSAs() {
 		if p.conn == nil || p.conn.Name != name {
 			continue
@@ -383,6 +401,7 @@ func (e *Engine) terminate(name string, notify bool) bool {
 }
 
 func (e *Engine) shutdown() {
+	e.stopping = true
 	names := make([]string, 0, len(e.children))
 	for n := range e.children {
 		names = append(names, n)

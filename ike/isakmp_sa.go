@@ -87,6 +87,13 @@ type p1 struct {
 	dpdSeq               uint32
 	dpdWaiting           bool
 	dpdSince             time.Time
+
+	// followers are conns waiting for this Main Mode (share.go);
+	// quickActive counts the Quick Modes we initiated under way under
+	// it, quickBacklog those waiting for a slot.
+	followers    []follower
+	quickActive  int
+	quickBacklog []queuedQuick
 }
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
@@ -149,6 +156,8 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: name, Kind: "main", Result: failResult(timeout)})
 	waiters := p.waiters
 	p.waiters = nil
+	followers := p.followers
+	p.followers = nil
 	e.forget(p)
 	if timeout && p.initiator && p.conn != nil {
 		tries := p.conn.KeyingTries
@@ -163,12 +172,14 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 			}
 			np := e.startMain(p.conn, nil, p.attempt+1)
 			np.waiters = waiters
+			np.followers = followers
 			np.reauthOnly = p.reauthOnly
 			return
 		}
 	}
 	p.waiters = waiters
 	p.fail(fmt.Errorf("conn %s: %w", name, err))
+	e.releaseFollowers(followers, err, false)
 }
 
 // decodeOf decodes a plaintext payload chain, counting and logging
@@ -378,6 +389,7 @@ func (e *Engine) established(p *p1) {
 		for _, w := range ws {
 			e.startQuick(p, w)
 		}
+		e.startFollowers(p)
 	}
 }
 
@@ -468,6 +480,11 @@ func (e *Engine) sortedSAs() []*p1 {
 func (e *Engine) forget(p *p1) {
 	p.stopTimers()
 	p.km.wipe()
+	e.dropQuickBacklog(p)
+	if fs := p.followers; len(fs) > 0 {
+		p.followers = nil
+		e.releaseFollowers(fs, errors.New("ISAKMP SA deleted"), true)
+	}
 	for _, q := range p.qms {
 		q.x.stop()
 		q.wipeAll()

@@ -117,19 +117,22 @@ func selectorPairs(c *Conn) [][2]netip.Prefix {
 
 // startQuick negotiates every selector pair of p's conn; w hears the
 // outcome once all of them are done.
-func (e *Engine) startQuick(p *p1, w *waiter) {
-	pairs := selectorPairs(p.conn)
+func (e *Engine) startQuick(p *p1, w *waiter) { e.startQuickFor(p, p.conn, w) }
+
+// startQuickFor negotiates every selector pair of conn c under p.
+func (e *Engine) startQuickFor(p *p1, c *Conn, w *waiter) {
+	pairs := selectorPairs(c)
 	left := len(pairs)
 	var first error
 	for _, pair := range pairs {
-		e.quickInitiate(p, p.conn, pair[0], pair[1], func(err error) {
+		e.quickInitiate(p, c, pair[0], pair[1], func(err error) {
 			if err != nil && first == nil {
 				first = err
 			}
 			left--
 			if left == 0 {
 				if first == nil {
-					w.say("connection '%s' established successfully", p.conn.Name)
+					w.say("connection '%s' established successfully", c.Name)
 				}
 				w.finish(first)
 			}
@@ -155,8 +158,14 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 	return encapTunnel
 }
 
-// quickInitiate sends QM1.
+// quickInitiate sends QM1, once one of p's Quick Mode slots is free
+// (admitQuick, share.go).
 func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
+	orig := done
+	done, ok := e.admitQuick(p, func() { e.quickInitiate(p, c, lts, rts, orig, w) }, orig)
+	if !ok {
+		return
+	}
 	q := &qm{p: p, conn: c, initiator: true, state: quickI1, suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq()}
 	q.x.msgID = e.randomMsgID(p)
 	bs := p.km.cbc.BlockSize()
