@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -90,8 +89,8 @@ func TestKeymatForgets(t *testing.T) {
 // KEYMAT they handed to the data plane is zeroed in place; once the
 // ISAKMP SA is gone, SKEYID_d and SKEYID_a are zeroed too.
 func TestEngineForgetsSecrets(t *testing.T) {
-	a, b := pairConns("w", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA256, 14)},
-		[]conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, sad.Tunnel)
+	a, b := pairConns("w", []Suite{suite(EncrAESCBC, 128, IntegSHA256, 14)},
+		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, sad.Tunnel)
 	r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, nil)
 	if _, err := r.up(r.a, "w"); err != nil {
 		t.Fatal(err)
@@ -168,8 +167,8 @@ func (g *gateReader) Read(b []byte) (int, error) {
 // Mode and PFS) runs on the crypto workers: while it is held, the engine
 // still answers commands; released, the negotiation completes.
 func TestInitiatorDHOffEngine(t *testing.T) {
-	a, b := pairConns("g", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA256, 14)},
-		[]conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, sad.Tunnel)
+	a, b := pairConns("g", []Suite{suite(EncrAESCBC, 128, IntegSHA256, 14)},
+		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, sad.Tunnel)
 	gate := &gateReader{big: 200, blocked: make(chan struct{}, 1), open: make(chan struct{})}
 	r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, func(c *Config) {
 		if c.Transport.(*fakeTransport).local == addrA {

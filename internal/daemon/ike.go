@@ -39,17 +39,11 @@ func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
 	if remote.Any {
 		ic.Remote = netip.Addr{}
 	}
-	for _, p := range c.IKE.List {
-		ic.IKE = append(ic.IKE, p.Suites()...)
-	}
+	ic.IKE = ikeSuites(c.IKE.List)
 	if c.Proto() == "ah" {
-		for _, p := range c.AH.List {
-			ic.AH = append(ic.AH, p.Suites()...)
-		}
+		ic.AH = ikeSuites(c.AH.List)
 	} else {
-		for _, p := range c.ESP.List {
-			ic.ESP = append(ic.ESP, p.Suites()...)
-		}
+		ic.ESP = ikeSuites(c.ESP.List)
 	}
 	// strongSwan turns PFS on with a DH group in esp=; Libreswan with
 	// pfs=yes (the phase-1 group then).
