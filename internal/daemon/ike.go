@@ -92,6 +92,7 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
 		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.Debug && d.opts.LogKeys,
 		SaveKeys: d.saveIKEKeys(), Observer: d.opts.Observer, OutboundDelay: quickModeSettle,
+		Impair: d.opts.Impair,
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)
