@@ -15,7 +15,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -29,14 +28,14 @@ type Conn struct {
 	// ipsec.conf (leftid/rightid); empty means the IP address.
 	LocalID, RemoteID string
 	// IKE lists the phase-1 suites in preference order.
-	IKE []conf.Suite
+	IKE []Suite
 	// ESP or AH lists the phase-2 suites in preference order (one of
 	// them is empty).
-	ESP, AH []conf.Suite
+	ESP, AH []Suite
 	// PFS makes Quick Mode carry a KE payload of PFSGroup (the DH group
 	// of the first IKE suite unless the ESP proposal names one).
 	PFS      bool
-	PFSGroup conf.DHGroup
+	PFSGroup DHGroup
 	// Mode is tunnel or transport.
 	Mode sad.Mode
 	// LocalSubnets and RemoteSubnets are the traffic selectors (tunnel

@@ -69,6 +69,8 @@ type Config struct {
 	SaveKeys func(icookie [8]byte, encKey []byte)
 	// Observer, if set, is told how exchanges end (metrics).
 	Observer Observer
+	// Impair lists fault injections (tests against real peers only).
+	Impair []Impairment
 }
 
 func (c *Config) defaults() {
@@ -205,6 +207,9 @@ type Engine struct {
 	// stopping is set once Run's context ended (shutdown).
 	stopping bool
 
+	// impair is Config.Impair and what each has done.
+	impair []*impairmentState
+
 	// Stats counts messages by outcome.
 	Stats Counters
 }
@@ -217,6 +222,9 @@ func New(cfg Config) *Engine {
 		cryptoPeer: map[netip.Addr]int{}, responders: map[respKey]*p1{}, classes: map[cookies]int{}, mine: map[[8]byte]bool{}, conns: map[string]*Conn{},
 		sas: map[cookies]*p1{}, children: map[string][]*child{}, perPeer: map[netip.Addr]int{},
 		log: cfg.Log, rl: &ratelog.Limiter{Log: cfg.Log, Clock: cfg.Clock, Burst: 10},
+	}
+	for _, im := range cfg.Impair {
+		e.impair = append(e.impair, &impairmentState{Impairment: im})
 	}
 	for i := range e.queues {
 		e.queues[i] = make(chan inMsg, queueLen[i])

@@ -3,10 +3,11 @@ package ike
 import (
 	"context"
 	"crypto/rand"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -88,8 +89,8 @@ func TestKeymatForgets(t *testing.T) {
 // KEYMAT they handed to the data plane is zeroed in place; once the
 // ISAKMP SA is gone, SKEYID_d and SKEYID_a are zeroed too.
 func TestEngineForgetsSecrets(t *testing.T) {
-	a, b := pairConns("w", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA256, 14)},
-		[]conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, sad.Tunnel)
+	a, b := pairConns("w", []Suite{suite(EncrAESCBC, 128, IntegSHA256, 14)},
+		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, sad.Tunnel)
 	r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, nil)
 	if _, err := r.up(r.a, "w"); err != nil {
 		t.Fatal(err)
@@ -140,5 +141,61 @@ func TestEngineForgetsSecrets(t *testing.T) {
 				t.Fatal("SKEYID_d or SKEYID_a survive the ISAKMP SA")
 			}
 		}
+	}
+}
+
+// gateReader is a random source whose reads of at least big octets (a
+// Diffie-Hellman private value) wait until the gate opens.
+type gateReader struct {
+	big     int
+	blocked chan struct{}
+	open    chan struct{}
+}
+
+func (g *gateReader) Read(b []byte) (int, error) {
+	if len(b) >= g.big {
+		select {
+		case g.blocked <- struct{}{}:
+		default:
+		}
+		<-g.open
+	}
+	return rand.Read(b)
+}
+
+// TestInitiatorDHOffEngine: the initiator's Diffie-Hellman work (Main
+// Mode and PFS) runs on the crypto workers: while it is held, the engine
+// still answers commands; released, the negotiation completes.
+func TestInitiatorDHOffEngine(t *testing.T) {
+	a, b := pairConns("g", []Suite{suite(EncrAESCBC, 128, IntegSHA256, 14)},
+		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, sad.Tunnel)
+	gate := &gateReader{big: 200, blocked: make(chan struct{}, 1), open: make(chan struct{})}
+	r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, func(c *Config) {
+		if c.Transport.(*fakeTransport).local == addrA {
+			c.Rand = gate
+		}
+	})
+	var once sync.Once
+	release := func() { once.Do(func() { close(gate.open) }) }
+	t.Cleanup(release) // runs before the rig's: a failing test leaves no engine blocked
+	done := make(chan error, 1)
+	go func() { _, err := r.up(r.a, "g"); done <- err }()
+	for i := 0; i < 2; i++ { // MM3's key pair, then QM1's PFS key pair
+		select {
+		case <-gate.blocked:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Diffie-Hellman step %d never ran", i+1)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _, err := r.a.Status(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("step %d: the engine does not answer while a Diffie-Hellman computation runs: %v", i+1, err)
+		}
+		gate.open <- struct{}{}
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

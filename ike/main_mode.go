@@ -121,6 +121,10 @@ func (e *Engine) handleMain(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 
 // mainInitiatorMM2: MM2 received (SA), send MM3 (KE, Ni, NAT-D).
 func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	if p.computing {
+		e.Stats.Duplicate.Add(1) // another MM2 while the first one's key pair is made
+		return
+	}
 	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM2")
 	if !ok {
 		return
@@ -147,7 +151,26 @@ func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]by
 	p.noteVendorIDs(ps)
 	p.x.received(sum)
 	p.say("received ID_PROT response 0 [ SA V ... ]: %s, lifetime %v", suite, suite.Life)
-	dh, err := ikecrypto.GenerateDH(suite.Group, e.cfg.Rand)
+	// Our key pair is made on a crypto worker (a modular exponentiation:
+	// not on the engine goroutine); mainInitiatorMM2Keyed sends MM3.
+	group, rnd := suite.Group, e.cfg.Rand
+	p.computing = true
+	e.compute(func() func() {
+		dh, err := ikecrypto.GenerateDH(group, rnd)
+		return func() { e.mainInitiatorMM2Keyed(p, sum, dh, err) }
+	})
+}
+
+// mainInitiatorMM2Keyed sends MM3 once our key pair exists.
+func (e *Engine) mainInitiatorMM2Keyed(p *p1, sum [32]byte, dh *ikecrypto.DH, err error) {
+	p.computing = false
+	if e.sas[p.key()] != p || p.state != mainI1 {
+		if dh != nil {
+			dh.Wipe() // forgotten (failed, terminated) meanwhile
+		}
+		return
+	}
+	suite := p.suite
 	if err != nil {
 		e.failP1(p, fmt.Errorf("DH group %s: %w", suite.Group, err), false)
 		return
@@ -203,6 +226,10 @@ func (e *Engine) checkNATD(p *p1, ps []isakmp.Payload) {
 
 // mainInitiatorMM4: MM4 received (KE, Nr, NAT-D); derive keys; send MM5 (ID, HASH_I).
 func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	if p.computing {
+		e.Stats.Duplicate.Add(1) // another MM4 while the first one's g^xy is computed
+		return
+	}
 	ps, _, ok := e.decode(p, h.Next, msg[isakmp.HeaderLen:], "MM4")
 	if !ok {
 		return
@@ -214,14 +241,35 @@ func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		e.warn("MM4 without a valid KE and nonce", "peer", p.peer)
 		return
 	}
-	gxy, err := p.km.dh.SharedSecret(ke.Data)
+	// g^xy on a crypto worker, which owns our key pair meanwhile (the
+	// engine goroutine may forget the SA, and so wipe, concurrently).
+	dh, gxr, nr := p.km.dh, ke.Data, nonce.Data
+	p.km.dh = nil
+	p.computing = true
+	e.compute(func() func() {
+		gxy, err := dh.SharedSecret(gxr)
+		return func() { e.mainInitiatorMM4Keyed(p, ps, dh, gxr, nr, sum, gxy, err) }
+	})
+}
+
+// mainInitiatorMM4Keyed derives the keys and sends MM5 (ID, HASH_I)
+// once g^xy is computed.
+func (e *Engine) mainInitiatorMM4Keyed(p *p1, ps []isakmp.Payload, dh *ikecrypto.DH, gxr, nr []byte, sum [32]byte, gxy []byte, err error) {
+	p.computing = false
+	if e.sas[p.key()] != p || p.state != mainI2 {
+		dh.Wipe()
+		wipe(gxy)
+		return
+	}
 	if err != nil {
+		// A forged or broken MM4: keep waiting for the real one.
+		p.km.dh = dh
 		e.Stats.Malformed.Add(1)
 		e.warn("MM4 with an invalid KE", "peer", p.peer, "err", err)
 		return
 	}
-	p.km.forgetDH()
-	p.km.gxr, p.km.nr = ke.Data, nonce.Data
+	dh.Wipe()
+	p.km.gxr, p.km.nr = gxr, nr
 	p.x.received(sum)
 	e.checkNATD(p, ps)
 	if err := e.deriveKeys(p, gxy); err != nil {

@@ -68,8 +68,10 @@ type qm struct {
 	dh              *ikecrypto.DH
 	gqm             []byte
 	inKeys, outKeys []byte
-	localTS         netip.Prefix
-	remoteTS        netip.Prefix
+	// computing: a Diffie-Hellman step of q is on a crypto worker.
+	computing bool
+	localTS   netip.Prefix
+	remoteTS  netip.Prefix
 	// startSeq is when the exchange began (Engine.seq); outInstalled is
 	// set once the outbound SA is installed, which happens only once.
 	startSeq     uint64
@@ -179,16 +181,48 @@ func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(
 	q.inSPI = spi
 	q.encap = e.encapMode(p, c.Mode)
 	q.ni = e.random(32)
-	sa := p2SA(q.suites, spi, q.encap)
-	ps := []isakmp.Payload{&isakmp.Hash{Data: make([]byte, p.suite.Hash.Size())}, sa, &isakmp.Nonce{Data: q.ni}}
-	if g := q.suites[0].Group; g != 0 {
-		dh, err := ikecrypto.GenerateDH(g, e.cfg.Rand)
-		if err != nil {
-			q.finish(fmt.Errorf("conn %s: PFS group %s: %w", c.Name, g, err))
-			return
+	g := q.suites[0].Group
+	if g == 0 {
+		e.quickInitiateSend(q)
+		return
+	}
+	// The PFS key pair is made on a crypto worker; meanwhile the task is
+	// registered under its message ID (a trap firing again sees it
+	// under way), then quickInitiateSend sends QM1.
+	p.qms[q.x.msgID] = q
+	q.computing = true
+	rnd := e.cfg.Rand
+	e.compute(func() func() {
+		dh, err := ikecrypto.GenerateDH(g, rnd)
+		return func() {
+			q.computing = false
+			if !e.live(q) {
+				if dh != nil {
+					dh.Wipe() // failed or forgotten meanwhile (the SPI went with it)
+				}
+				return
+			}
+			if err != nil {
+				delete(p.qms, q.x.msgID)
+				e.cfg.Installer.ReleaseSPI(q.suites[0].Proto, q.inSPI)
+				q.wipeAll()
+				q.finish(fmt.Errorf("conn %s: PFS group %s: %w", c.Name, g, err))
+				return
+			}
+			q.dh = dh
+			e.quickInitiateSend(q)
 		}
-		q.dh = dh
-		ps = append(ps, &isakmp.KE{Data: dh.Public()})
+	})
+}
+
+// quickInitiateSend builds and sends QM1 (HASH(1), SA, Ni [, KE] [,
+// IDci, IDcr] [, NAT-OA]).
+func (e *Engine) quickInitiateSend(q *qm) {
+	p, c, w, lts, rts := q.p, q.conn, q.w, q.localTS, q.remoteTS
+	sa := p2SA(q.suites, q.inSPI, q.encap)
+	ps := []isakmp.Payload{&isakmp.Hash{Data: make([]byte, p.suite.Hash.Size())}, sa, &isakmp.Nonce{Data: q.ni}}
+	if q.dh != nil {
+		ps = append(ps, &isakmp.KE{Data: q.dh.Public()})
 	}
 	q.idci, q.idcr = tsID(lts, c.Proto, c.LocalPort), tsID(rts, c.Proto, c.RemotePort)
 	q.proto, q.lport, q.rport = c.Proto, c.LocalPort, c.RemotePort
@@ -344,6 +378,10 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 
 // quickInitiatorQM2: QM2 received; install both SAs; send QM3.
 func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+	if q.computing {
+		e.Stats.Duplicate.Add(1) // QM1 not sent yet, or QM2's g^xy under way
+		return
+	}
 	p := q.p
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
@@ -381,13 +419,35 @@ func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]b
 			e.failQM(q, fmt.Errorf("conn %s: the responder sent no KE although PFS (%s) was proposed", q.conn.Name, suite.Group))
 			return
 		}
-		if q.gqm, err = q.dh.SharedSecret(ke.Data); err != nil {
-			e.failQM(q, fmt.Errorf("conn %s: PFS KE: %w", q.conn.Name, err))
-			return
-		}
-		q.dh.Wipe()
-		q.dh = nil
+		// g^xy on a crypto worker, which owns the key pair meanwhile.
+		dh, gy := q.dh, ke.Data
+		q.dh, q.computing = nil, true
+		e.compute(func() func() {
+			gqm, err := dh.SharedSecret(gy)
+			dh.Wipe()
+			return func() {
+				q.computing = false
+				if !e.live(q) || q.state != quickI1 {
+					wipe(gqm)
+					return
+				}
+				if err != nil {
+					e.failQM(q, fmt.Errorf("conn %s: PFS KE: %w", q.conn.Name, err))
+					return
+				}
+				q.gqm = gqm
+				e.quickInitiatorQM2Keyed(q, ps, last, sum)
+			}
+		})
+		return
 	}
+	e.quickInitiatorQM2Keyed(q, ps, last, sum)
+}
+
+// quickInitiatorQM2Keyed installs the child and sends QM3 once any PFS
+// g^xy is known.
+func (e *Engine) quickInitiatorQM2Keyed(q *qm, ps []isakmp.Payload, last []byte, sum [32]byte) {
+	p := q.p
 	ids := findAll[*isakmp.ID](ps)
 	if len(ids) == 2 && (!sameID(ids[0], q.idci) || !sameID(ids[1], q.idcr)) {
 		e.failQM(q, fmt.Errorf("conn %s: the responder changed the traffic selectors to %s === %s", q.conn.Name, idString(ids[0]), idString(ids[1])))
@@ -689,24 +749,61 @@ func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]b
 			e.sendNotify(p, 14, nil)
 			return
 		}
-		dh, err := ikecrypto.GenerateDH(suite.Group, e.cfg.Rand)
-		if err != nil {
-			e.sendNotify(p, 14, nil)
-			return
-		}
-		defer dh.Wipe()
-		if q.gqm, err = dh.SharedSecret(peerKE.Data); err != nil {
-			e.Stats.Malformed.Add(1)
-			e.warn("QM1 with an invalid KE", "peer", p.peer, "err", err)
-			e.sendNotify(p, 17, nil) // INVALID_KEY_INFORMATION
-			return
-		}
-		ke = &isakmp.KE{Data: dh.Public()}
+		// The PFS key pair and g^xy on a crypto worker; meanwhile the
+		// task is registered, so a retransmitted QM1 is a duplicate.
+		group, rnd, gx := suite.Group, e.cfg.Rand, peerKE.Data
+		p.qms[q.x.msgID] = q
+		registered, q.computing = true, true
+		e.compute(func() func() {
+			dh, genErr := ikecrypto.GenerateDH(group, rnd)
+			var gqm, pub []byte
+			var keErr error
+			if genErr == nil {
+				gqm, keErr = dh.SharedSecret(gx)
+				pub = dh.Public()
+				dh.Wipe()
+			}
+			return func() {
+				q.computing = false
+				if !e.live(q) {
+					wipe(gqm)
+					q.wipeAll()
+					return
+				}
+				if genErr != nil || keErr != nil {
+					delete(p.qms, q.x.msgID)
+					wipe(gqm)
+					q.wipeAll()
+					if genErr != nil {
+						e.sendNotify(p, 14, nil)
+						return
+					}
+					e.Stats.Malformed.Add(1)
+					e.warn("QM1 with an invalid KE", "peer", p.peer, "err", keErr)
+					e.sendNotify(p, 17, nil) // INVALID_KEY_INFORMATION
+					return
+				}
+				q.gqm = gqm
+				if !e.quickResponderQM1Send(q, chosen, &isakmp.KE{Data: pub}) {
+					delete(p.qms, q.x.msgID)
+					q.wipeAll()
+				}
+			}
+		})
+		return
 	}
+	registered = e.quickResponderQM1Send(q, chosen, ke)
+}
+
+// quickResponderQM1Send allocates the inbound SPI, derives and installs
+// the inbound SA and sends QM2 (HASH(2), SA, Nr [, KE] [, IDci, IDcr]);
+// false if it could not.
+func (e *Engine) quickResponderQM1Send(q *qm, chosen isakmp.Proposal, ke *isakmp.KE) bool {
+	p, c, suite := q.p, q.conn, q.suite
 	spi, err := e.cfg.Installer.AllocSPI(suite.Proto)
 	if err != nil {
 		e.log.Error("Quick Mode: SPI", "err", err)
-		return
+		return false
 	}
 	q.inSPI = spi
 	q.nr = e.random(32)
@@ -722,12 +819,12 @@ func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]b
 	ch, err := e.childSA(q)
 	if err != nil {
 		e.failQM(q, err)
-		return
+		return false
 	}
 	if err := e.install(q, ch, false); err != nil {
 		e.log.Error("Quick Mode responder", "conn", c.Name, "err", err)
 		e.cfg.Installer.ReleaseSPI(suite.Proto, spi)
-		return
+		return false
 	}
 	b := isakmp.AppendPayloads(nil, out)
 	hl := p.suite.Hash.Size()
@@ -735,12 +832,16 @@ func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]b
 	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
 	p.qms[q.x.msgID] = q
-	registered = true
 	e.request(q, m, q.x.recv)
+	return true
 }
 
 // quickResponderQM3: QM3 received; install the outbound SA.
 func (e *Engine) quickResponderQM3(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+	if q.computing {
+		e.Stats.Duplicate.Add(1) // QM2 is not sent yet
+		return
+	}
 	p := q.p
 	plain, _, err := e.open(p, msg, q.iv)
 	if err != nil {

@@ -121,7 +121,7 @@ func (e *Engine) live(t task) bool {
 func (e *Engine) request(t task, msg []byte, to [32]byte) {
 	x := t.flight()
 	x.sent, x.replyTo = msg, to
-	e.transmit(t.sa(), msg)
+	e.send(t, msg, true)
 	e.retransmit(t, 0)
 }
 
@@ -130,7 +130,17 @@ func (e *Engine) request(t task, msg []byte, to [32]byte) {
 func (e *Engine) reply(t task, msg []byte, to [32]byte) {
 	x := t.flight()
 	x.sent, x.recv, x.replyTo = msg, to, to
-	e.transmit(t.sa(), msg)
+	e.send(t, msg, false)
+}
+
+// send transmits the first copy of t's message, through the configured
+// impairments (Config.Impair) if any.
+func (e *Engine) send(t task, msg []byte, request bool) {
+	if len(e.impair) == 0 {
+		e.transmit(t.sa(), msg)
+		return
+	}
+	e.impairedSend(t, messageName(t, msg, request), func() { e.transmit(t.sa(), msg) })
 }
 
 // retransmit arms t's timer for retransmission number tries+1.
