@@ -468,6 +468,9 @@ func (e *Engine) pairCovered(c *Conn, pair [2]netip.Prefix) bool {
 				return true
 			}
 		}
+		if q.quickQueued(c, pair) {
+			return true
+		}
 	}
 	return false
 }

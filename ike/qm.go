@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ah"
@@ -133,7 +134,7 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 // quickI1 sends QM1.
 func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
 	orig := done
-	done, ok := e.admitQuick(p, func() { e.quickI1(p, c, lts, rts, orig, w) }, orig)
+	done, ok := e.admitQuick(p, c, [2]netip.Prefix{lts, rts}, func() { e.quickI1(p, c, lts, rts, orig, w) }, orig)
 	if !ok {
 		return
 	}
@@ -503,16 +504,13 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 // endpoints, identities and key: see authorizes) whose selectors contain
 // the proposed ones (p's own conn first).
 func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rport, lport uint16) []*Conn {
+	// The selectors are checked before the authorization (a hash of the
+	// key): among thousands of conns, most fail the first, cheap test.
 	try := func(c *Conn) bool {
-		if !e.authorizes(p, c) || !protoPortsFit(c, proto, rport, lport) {
+		if !protoPortsFit(c, proto, rport, lport) || !selectorsFit(c, p.peer.Addr(), local, remote) {
 			return false
 		}
-		for _, pair := range selectorPairs(withRemote(c, p.peer.Addr())) {
-			if contains(pair[0], local) && contains(pair[1], remote) {
-				return true
-			}
-		}
-		return false
+		return e.authorizes(p, c)
 	}
 	var out []*Conn
 	if try(p.conn) {
@@ -525,6 +523,22 @@ func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rpor
 		}
 	}
 	return out
+}
+
+// selectorsFit reports whether one of c's selector pairs (with peer as
+// the remote end of a right=%any conn) contains local and remote.
+func selectorsFit(c *Conn, peer netip.Addr, local, remote netip.Prefix) bool {
+	if c.Mode != sad.Transport && len(c.LocalSubnets) > 0 && len(c.RemoteSubnets) > 0 {
+		// selectorPairs without building the list
+		return slices.ContainsFunc(c.LocalSubnets, func(l netip.Prefix) bool { return contains(l, local) }) &&
+			slices.ContainsFunc(c.RemoteSubnets, func(r netip.Prefix) bool { return contains(r, remote) })
+	}
+	for _, pair := range selectorPairs(withRemote(c, peer)) {
+		if contains(pair[0], local) && contains(pair[1], remote) {
+			return true
+		}
+	}
+	return false
 }
 
 // withRemote fills in the peer's address for a right=%any conn.

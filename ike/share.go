@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 )
 
@@ -34,6 +35,20 @@ type follower struct {
 type queuedQuick struct {
 	run  func()
 	fail func(error)
+	// conn and pair are what it negotiates (pairCovered).
+	conn *Conn
+	pair [2]netip.Prefix
+}
+
+// quickQueued reports whether a Quick Mode for conn c's selector pair
+// waits under p.
+func (p *p1) quickQueued(c *Conn, pair [2]netip.Prefix) bool {
+	for _, b := range p.quickBacklog {
+		if b.conn == c && b.pair == pair {
+			return true
+		}
+	}
+	return false
 }
 
 // sharesPhase1 reports whether conns a and b would negotiate the same
@@ -142,9 +157,9 @@ func (e *Engine) releaseFollowers(fs []follower, err error, restart bool) {
 // admitQuick takes one of p's Quick Mode slots for an exchange that ends
 // with done, or queues start (which calls quickI1 again) and returns
 // false. The returned done gives the slot back.
-func (e *Engine) admitQuick(p *p1, start func(), done func(error)) (func(error), bool) {
+func (e *Engine) admitQuick(p *p1, c *Conn, pair [2]netip.Prefix, start func(), done func(error)) (func(error), bool) {
 	if p.quickActive >= maxQuickInFlight {
-		p.quickBacklog = append(p.quickBacklog, queuedQuick{run: start, fail: done})
+		p.quickBacklog = append(p.quickBacklog, queuedQuick{run: start, fail: done, conn: c, pair: pair})
 		return nil, false
 	}
 	p.quickActive++
@@ -162,19 +177,17 @@ func (e *Engine) quickDone(p *p1) {
 		p.quickActive--
 		return
 	}
-	next := p.quickBacklog[0]
-	p.quickBacklog[0] = queuedQuick{}
-	p.quickBacklog = p.quickBacklog[1:]
-	// The slot passes to next on the engine goroutine, after the
-	// exchange that ends now has finished its bookkeeping.
+	// The slot passes to the first queued exchange on the engine
+	// goroutine, after the one that ends now has finished its
+	// bookkeeping; until then it stays queued, so pairCovered sees it.
 	e.post(func() {
 		p.quickActive--
-		if e.sas[p.key()] != p {
-			if next.fail != nil {
-				next.fail(errors.New("ISAKMP SA deleted before the Quick Mode started"))
-			}
-			return
+		if len(p.quickBacklog) == 0 || e.sas[p.key()] != p {
+			return // forget failed the backlog
 		}
+		next := p.quickBacklog[0]
+		p.quickBacklog[0] = queuedQuick{}
+		p.quickBacklog = p.quickBacklog[1:]
 		next.run()
 	})
 }
