@@ -495,8 +495,10 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.msgID, ch.InSPI, ch.OutSPI,
 		ch.LocalTS, ch.RemoteTS, ch.Suite, ch.Mode, encap)
 	delete(q.p.qms, q.msgID)
-	// Keep the exchange reachable for duplicate QM2/QM3 detection.
+	// Keep the exchange reachable for duplicate QM2/QM3 detection,
+	// for a while (retireQuick).
 	q.p.qms[q.msgID] = q
+	e.retireQuick(q)
 	q.finish(nil)
 }
 

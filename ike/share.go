@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // One ISAKMP SA for many conns, as Pluto and charon do: conns between the
@@ -202,4 +203,25 @@ func (e *Engine) dropQuickBacklog(p *p1) {
 			b.fail(errors.New("ISAKMP SA deleted before the Quick Mode started"))
 		}
 	}
+}
+
+// quickLinger is how long a finished Quick Mode stays in p.qms, so that
+// a retransmission of its last message is recognised and answered: longer
+// than a peer retransmits (strongSwan's default gives up after 165 s).
+const quickLinger = 5 * time.Minute
+
+// retireQuick forgets finished Quick Mode q after quickLinger. Without
+// it an ISAKMP SA kept every Quick Mode ever made under it (thousands of
+// conns, each rekeyed every hour, under one ISAKMP SA that lives for
+// hours); the keying material it no longer needs goes at once.
+func (e *Engine) retireQuick(q *qm) {
+	q.dh, q.gqm = nil, nil
+	q.stopTimer()
+	q.timer = e.cfg.Clock.AfterFunc(quickLinger, func() {
+		e.post(func() {
+			if q.p.qms[q.msgID] == q {
+				delete(q.p.qms, q.msgID)
+			}
+		})
+	})
 }
