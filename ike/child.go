@@ -314,6 +314,9 @@ func (e *Engine) pairCovered(c *Conn, pair [2]netip.Prefix) bool {
 				return true
 			}
 		}
+		if q.quickQueued(c, pair) {
+			return true // waiting for a slot (share.go)
+		}
 	}
 	return false
 }

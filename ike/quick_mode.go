@@ -3,6 +3,7 @@ package ike
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
@@ -164,7 +165,7 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 // (admitQuick, share.go).
 func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
 	orig := done
-	done, ok := e.admitQuick(p, func() { e.quickInitiate(p, c, lts, rts, orig, w) }, orig)
+	done, ok := e.admitQuick(p, c, [2]netip.Prefix{lts, rts}, func() { e.quickInitiate(p, c, lts, rts, orig, w) }, orig)
 	if !ok {
 		return
 	}
@@ -575,8 +576,10 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.x.msgID, ch.InSPI, ch.OutSPI,
 		ch.LocalTS, ch.RemoteTS, ch.Suite, ch.Mode, encap)
 	delete(q.p.qms, q.x.msgID)
-	// Keep the exchange reachable for duplicate QM2/QM3 detection.
+	// Keep the exchange reachable for duplicate QM2/QM3 detection,
+	// for a while (retireQuick).
 	q.p.qms[q.x.msgID] = q
+	e.retireQuick(q)
 	q.finish(nil)
 }
 
@@ -584,16 +587,13 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 // endpoints, identities and key: see authorizes) whose selectors contain
 // the proposed ones (p's own conn first).
 func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rport, lport uint16) []*Conn {
+	// The selectors are checked before the authorization (a hash of the
+	// key): among thousands of conns, most fail the first, cheap test.
 	try := func(c *Conn) bool {
-		if !e.authorizes(p, c) || !protoPortsFit(c, proto, rport, lport) {
+		if !protoPortsFit(c, proto, rport, lport) || !selectorsFit(c, p.peer.Addr(), local, remote) {
 			return false
 		}
-		for _, pair := range selectorPairs(withRemote(c, p.peer.Addr())) {
-			if contains(pair[0], local) && contains(pair[1], remote) {
-				return true
-			}
-		}
-		return false
+		return e.authorizes(p, c)
 	}
 	var out []*Conn
 	if try(p.conn) {
@@ -606,6 +606,22 @@ func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rpor
 		}
 	}
 	return out
+}
+
+// selectorsFit reports whether one of c's selector pairs (with peer as
+// the remote end of a right=%any conn) contains local and remote.
+func selectorsFit(c *Conn, peer netip.Addr, local, remote netip.Prefix) bool {
+	if c.Mode != sad.Transport && len(c.LocalSubnets) > 0 && len(c.RemoteSubnets) > 0 {
+		// selectorPairs without building the list
+		return slices.ContainsFunc(c.LocalSubnets, func(l netip.Prefix) bool { return contains(l, local) }) &&
+			slices.ContainsFunc(c.RemoteSubnets, func(r netip.Prefix) bool { return contains(r, remote) })
+	}
+	for _, pair := range selectorPairs(withRemote(c, peer)) {
+		if contains(pair[0], local) && contains(pair[1], remote) {
+			return true
+		}
+	}
+	return false
 }
 
 // withRemote fills in the peer's address for a right=%any conn.

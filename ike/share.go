@@ -4,7 +4,9 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
+	"time"
 )
 
 // One ISAKMP SA for many conns, as Pluto and charon do: conns between the
@@ -34,6 +36,20 @@ type follower struct {
 type queuedQuick struct {
 	run  func()
 	fail func(error)
+	// conn and pair are what it negotiates (pairCovered).
+	conn *Conn
+	pair [2]netip.Prefix
+}
+
+// quickQueued reports whether a Quick Mode for conn c's selector pair
+// waits under p.
+func (p *p1) quickQueued(c *Conn, pair [2]netip.Prefix) bool {
+	for _, b := range p.quickBacklog {
+		if b.conn == c && b.pair == pair {
+			return true
+		}
+	}
+	return false
 }
 
 // sharesPhase1 reports whether conns a and b would negotiate the same
@@ -142,9 +158,9 @@ func (e *Engine) releaseFollowers(fs []follower, err error, restart bool) {
 // admitQuick takes one of p's Quick Mode slots for an exchange that ends
 // with done, or queues start (which calls quickI1 again) and returns
 // false. The returned done gives the slot back.
-func (e *Engine) admitQuick(p *p1, start func(), done func(error)) (func(error), bool) {
+func (e *Engine) admitQuick(p *p1, c *Conn, pair [2]netip.Prefix, start func(), done func(error)) (func(error), bool) {
 	if p.quickActive >= maxQuickInFlight {
-		p.quickBacklog = append(p.quickBacklog, queuedQuick{run: start, fail: done})
+		p.quickBacklog = append(p.quickBacklog, queuedQuick{run: start, fail: done, conn: c, pair: pair})
 		return nil, false
 	}
 	p.quickActive++
@@ -162,19 +178,17 @@ func (e *Engine) quickDone(p *p1) {
 		p.quickActive--
 		return
 	}
-	next := p.quickBacklog[0]
-	p.quickBacklog[0] = queuedQuick{}
-	p.quickBacklog = p.quickBacklog[1:]
-	// The slot passes to next on the engine goroutine, after the
-	// exchange that ends now has finished its bookkeeping.
+	// The slot passes to the first queued exchange on the engine
+	// goroutine, after the one that ends now has finished its
+	// bookkeeping; until then it stays queued, so pairCovered sees it.
 	e.post(func() {
 		p.quickActive--
-		if e.sas[p.key()] != p {
-			if next.fail != nil {
-				next.fail(errors.New("ISAKMP SA deleted before the Quick Mode started"))
-			}
-			return
+		if len(p.quickBacklog) == 0 || e.sas[p.key()] != p {
+			return // forget failed the backlog
 		}
+		next := p.quickBacklog[0]
+		p.quickBacklog[0] = queuedQuick{}
+		p.quickBacklog = p.quickBacklog[1:]
 		next.run()
 	})
 }
@@ -189,4 +203,18 @@ func (e *Engine) dropQuickBacklog(p *p1) {
 			b.fail(errors.New("ISAKMP SA deleted before the Quick Mode started"))
 		}
 	}
+}
+
+// quickLinger is how long a finished Quick Mode stays in p.qms, so that
+// a retransmission of its last message is recognised and answered: longer
+// than a peer retransmits (strongSwan's default gives up after 165 s).
+const quickLinger = 5 * time.Minute
+
+// retireQuick forgets finished Quick Mode q after quickLinger. Without
+// it an ISAKMP SA kept every Quick Mode ever made under it (thousands of
+// conns, each rekeyed every hour, under one ISAKMP SA that lives for
+// hours); the keying material it no longer needs goes at once.
+func (e *Engine) retireQuick(q *qm) {
+	q.forgetSecrets() // already wiped once HASH(3) was made or checked
+	e.after(q, quickLinger, func() { delete(q.p.qms, q.x.msgID) })
 }

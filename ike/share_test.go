@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
+	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -50,6 +52,13 @@ func TestSharedPhase1(t *testing.T) {
 		peak = max(peak, len(started)-len(done))
 		return false
 	}
+	// Each again once phase 1 is up, as a trap fires on every packet:
+	// followers and queued Quick Modes count as under way, so no pair is
+	// negotiated twice.
+	for _, c := range as[:n-1] {
+		r.a.Start(c.Name)
+	}
+	waitFor(t, func() bool { return r.a.Stats.Established.Load() == 1 })
 	for _, c := range as[:n-1] {
 		r.a.Start(c.Name)
 	}
@@ -71,6 +80,11 @@ func TestSharedPhase1(t *testing.T) {
 	}
 	waitFor(t, func() bool { return len(r.ia.children()) == n && len(r.ib.children()) == n })
 	checkPairSubset(t, r.ia, r.ib)
+	r.ia.mu.Lock()
+	if r.ia.inCalls != n {
+		t.Errorf("%d inbound SAs installed for %d selector pairs", r.ia.inCalls, n)
+	}
+	r.ia.mu.Unlock()
 }
 
 // TestSharedPhase1NotAcrossKeys: a conn with other phase-1 settings (here
@@ -85,4 +99,32 @@ func TestSharedPhase1NotAcrossKeys(t *testing.T) {
 	if got := r.a.Stats.Established.Load(); got != 2 {
 		t.Errorf("conns with different IDs made %d ISAKMP SAs, want 2", got)
 	}
+}
+
+// TestQuickModesRetired: a finished Quick Mode is kept for duplicate
+// detection for quickLinger, then forgotten on both sides.
+func TestQuickModesRetired(t *testing.T) {
+	as, bs := manyConns(3)
+	fc := clock.NewFake(time.Unix(1e9, 0))
+	r := newRig(t, "secret", "secret", as, bs, func(c *Config) { c.Clock = fc })
+	for _, c := range as {
+		if _, err := r.up(r.a, c.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return len(r.ib.children()) == 3 })
+	qms := func(e *Engine) (n int) {
+		e.call(context.Background(), func() {
+			for _, p := range e.sas {
+				n += len(p.qms)
+			}
+		})
+		return n
+	}
+	if a, b := qms(r.a), qms(r.b); a != 3 || b != 3 {
+		t.Fatalf("Quick Modes kept after the exchanges: A %d, B %d; want 3 each", a, b)
+	}
+	fc.Advance(quickLinger + time.Second)
+	waitFor(t, func() bool { return qms(r.a) == 0 && qms(r.b) == 0 })
+	checkPair(t, r.ia, r.ib, 3)
 }
