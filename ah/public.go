@@ -2,8 +2,8 @@ package ah
 
 import (
 	"github.com/gosec-ipsec/gosec/internal/drop"
-	"github.com/gosec-ipsec/gosec/internal/iphdr"
 	"github.com/gosec-ipsec/gosec/internal/integ"
+	"github.com/gosec-ipsec/gosec/internal/iphdr"
 )
 
 // Names for the types of gosec's internal packages that this package's
