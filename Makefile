@@ -18,7 +18,7 @@ deb: man
 man:
 	$(GO) generate ./internal/conf
 
-.PHONY: deb man all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-ike fuzz fuzz-ci demo clean
+.PHONY: deb man all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-ike bench-scale fuzz fuzz-ci demo clean
 
 all: build
 
@@ -93,6 +93,13 @@ bench-flood: build
 bench-ike:
 	scripts/deps.sh bench
 	flock /tmp/gosec-roottests.lock scripts/bench-ike.sh
+
+# N IKE-negotiated tunnels in one daemon (root, namespaces gsc-*):
+# bring-up time, memory per tunnel, status cost, traffic on a sample,
+# SPD/SAD lookup cost. SCALE_ARGS="-n 2000" for a shorter run.
+bench-scale:
+	scripts/deps.sh bench
+	flock /tmp/gosec-roottests.lock scripts/bench-scale.sh $(SCALE_ARGS)
 
 clean:
 	rm -rf bin

@@ -56,8 +56,11 @@ func (e *Engine) sameAuth(p *p1, c *Conn) bool {
 	if err != nil {
 		return false
 	}
-	sum := sha256.Sum256(k)
-	return subtle.ConstantTimeCompare(sum[:], p.pskSum[:]) == 1
+	if p.auth == nil {
+		return false
+	}
+	sum, bound := sha256.Sum256(k), p.auth.binding()
+	return subtle.ConstantTimeCompare(sum[:], bound[:]) == 1
 }
 
 // refineConn finds, for a responder SA whose peer ID does not match its

@@ -15,7 +15,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -29,14 +28,14 @@ type Conn struct {
 	// ipsec.conf (leftid/rightid); empty means the IP address.
 	LocalID, RemoteID string
 	// IKE lists the phase-1 suites in preference order.
-	IKE []conf.Suite
+	IKE []Suite
 	// ESP or AH lists the phase-2 suites in preference order (one of
 	// them is empty).
-	ESP, AH []conf.Suite
+	ESP, AH []Suite
 	// PFS makes Quick Mode carry a KE payload of PFSGroup (the DH group
 	// of the first IKE suite unless the ESP proposal names one).
 	PFS      bool
-	PFSGroup conf.DHGroup
+	PFSGroup DHGroup
 	// Mode is tunnel or transport.
 	Mode sad.Mode
 	// LocalSubnets and RemoteSubnets are the traffic selectors (tunnel
@@ -135,10 +134,13 @@ type Installer interface {
 	// ReleaseSPI frees an SPI that was reserved but never installed.
 	ReleaseSPI(proto sad.Proto, spi uint32)
 	// InstallInbound installs the inbound SA of c so that the peer's
-	// first packets are accepted even before the exchange ends.
+	// first packets are accepted even before the exchange ends. The
+	// engine zeroes the key bytes of c's inbound configuration (InESP,
+	// InAH) when it returns: keep a keyed state or a copy, not the slices.
 	InstallInbound(c *ChildSA) error
 	// InstallOutbound installs the outbound SA, the policies and the
-	// routes of c; after it, traffic flows.
+	// routes of c; after it, traffic flows. The engine zeroes the key
+	// bytes of c's outbound configuration when it returns.
 	InstallOutbound(c *ChildSA) error
 	// Remove removes everything installed for c.
 	Remove(c *ChildSA)

@@ -10,7 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +69,8 @@ type Config struct {
 	SaveKeys func(icookie [8]byte, encKey []byte)
 	// Observer, if set, is told how exchanges end (metrics).
 	Observer Observer
+	// Impair lists fault injections (tests against real peers only).
+	Impair []Impairment
 }
 
 func (c *Config) defaults() {
@@ -202,37 +204,14 @@ type Engine struct {
 	// clock, whose readings may be equal.
 	seq uint64
 
+	// stopping is set once Run's context ended (shutdown).
+	stopping bool
+
+	// impair is Config.Impair and what each has done.
+	impair []*impairmentState
+
 	// Stats counts messages by outcome.
 	Stats Counters
-}
-
-// child is an installed ChildSA and the phase-1 SA that made it.
-type child struct {
-	sa          *ChildSA
-	p           *p1
-	established time.Time
-	initiator   bool
-	group       string
-	conn        *Conn
-	rekeyed     bool
-	timers      []clock.Timer
-	// identity is the identity pair of the ISAKMP SA that negotiated it
-	// (p1.identity): Deletes and INITIAL-CONTACT from other identities
-	// do not touch it.
-	identity string
-	// seq is when it was installed (Engine.seq).
-	seq uint64
-	// rekeying is set while a Quick Mode negotiates its successor;
-	// rekeyAt is when its rekey is due (0: never), from its installation.
-	rekeying bool
-	rekeyAt  time.Duration
-}
-
-func (c *child) stop() {
-	for _, t := range c.timers {
-		t.Stop()
-	}
-	c.timers = nil
 }
 
 // New returns an engine; call Run to start it.
@@ -243,6 +222,9 @@ func New(cfg Config) *Engine {
 		cryptoPeer: map[netip.Addr]int{}, responders: map[respKey]*p1{}, classes: map[cookies]int{}, mine: map[[8]byte]bool{}, conns: map[string]*Conn{},
 		sas: map[cookies]*p1{}, children: map[string][]*child{}, perPeer: map[netip.Addr]int{},
 		log: cfg.Log, rl: &ratelog.Limiter{Log: cfg.Log, Clock: cfg.Clock, Burst: 10},
+	}
+	for _, im := range cfg.Impair {
+		e.impair = append(e.impair, &impairmentState{Impairment: im})
 	}
 	for i := range e.queues {
 		e.queues[i] = make(chan inMsg, queueLen[i])
@@ -382,41 +364,36 @@ func (e *Engine) initiate(name string, w *waiter) error {
 	if !c.Remote.IsValid() {
 		return fmt.Errorf("conn %s: right=%%any: gosec can only respond to this conn", name)
 	}
-	// Reuse an established phase-1 SA with the peer.
-	for _, p := range e.sortedSAs() {
-		if p.conn == c && p.established() {
-			w.say("reusing ISAKMP SA %s[%s] with %v", c.Name, p.cookieString(), p.peer.Addr())
-			e.startQuick(p, w)
-			return nil
-		}
+	// Reuse an established phase-1 SA with the peer that authorizes c
+	// (its own, or another conn's with the same endpoints, identities
+	// and key), or follow one under way (share.go).
+	if p := e.newestP1("", c); p != nil {
+		w.say("reusing ISAKMP SA %s[%s] with %v", p.conn.Name, p.cookieString(), p.peer.Addr())
+		e.startQuickFor(p, c, w)
+		return nil
+	}
+	if e.joinPending(c, w) {
+		return nil
 	}
 	e.startMain(c, w, 1)
 	return nil
 }
 
-func (e *Engine) sortedSAs() []*p1 {
-	out := make([]*p1, 0, len(e.sas))
-	for _, p := range e.sas {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].created.Before(out[j].created) })
-	return out
-}
-
 // terminate removes name's children and phase-1 SAs; with notify it
 // sends Delete payloads first.
 func (e *Engine) terminate(name string, notify bool) bool {
-	had := false
-	for _, ch := range e.children[name] {
-		had = true
-		if p := e.p1ForChild(ch); notify && p != nil {
-			e.sendDelete(p, ch.sa.Proto, [][]byte{be32(ch.sa.InSPI)})
-		}
-		ch.stop()
-		e.cfg.Installer.Remove(ch.sa)
-		e.log.Info("IPsec SA deleted", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", ch.sa.OutSPI))
+	had := e.dropChildren(name, func(*child) bool { return true }, notify, "IPsec SA deleted") > 0
+	// Conns following another conn's Main Mode under way (share.go).
+	for _, p := range e.sas {
+		p.followers = slices.DeleteFunc(p.followers, func(f follower) bool {
+			if f.conn.Name == name {
+				had = true
+				f.w.finish(errors.New("connection terminated"))
+				return true
+			}
+			return false
+		})
 	}
-	delete(e.children, name)
 	for _, p := range e.sortedSAs() {
 		if p.conn == nil || p.conn.Name != name {
 			continue
@@ -432,6 +409,7 @@ func (e *Engine) terminate(name string, notify bool) bool {
 }
 
 func (e *Engine) shutdown() {
+	e.stopping = true
 	names := make([]string, 0, len(e.children))
 	for n := range e.children {
 		names = append(names, n)
@@ -443,60 +421,6 @@ func (e *Engine) shutdown() {
 	}
 	for _, n := range names {
 		e.terminate(n, true)
-	}
-}
-
-// forget drops a phase-1 SA and its timers.
-func (e *Engine) forget(p *p1) {
-	p.stopTimer()
-	for _, q := range p.qms {
-		q.stopTimer()
-		switch {
-		case q.inSPI != 0 && !q.installed:
-			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
-		case q.installed && q.state == "QUICK_R1" && q.child != nil,
-			q.outPending() && q.child != nil:
-			// A responder's inbound SA, installed at QM1, whose QM3
-			// never came, or an initiator's waiting for its outbound SA
-			// (Config.OutboundDelay): no child owns it.
-			e.cfg.Installer.Remove(q.child)
-		}
-	}
-	if e.sas[p.key()] == p {
-		delete(e.sas, p.key())
-		e.unclassify(p)
-	}
-	if k := (respKey{p.icky, p.peer.Addr()}); !p.initiator && e.responders[k] == p {
-		delete(e.responders, k)
-	}
-	e.dropHalfOpen(p)
-}
-
-// dropHalfOpen takes p off the half-open list.
-func (e *Engine) dropHalfOpen(p *p1) {
-	for i, h := range e.halfOpen {
-		if h == p {
-			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
-			e.halfOpenBytes -= len(p.saiBody)
-			e.Stats.HalfOpen.Add(-1)
-			if e.perPeer[p.peer.Addr()]--; e.perPeer[p.peer.Addr()] <= 0 {
-				delete(e.perPeer, p.peer.Addr())
-			}
-			return
-		}
-	}
-}
-
-// send transmits msg for p and remembers it for retransmission.
-func (e *Engine) send(p *p1, msg []byte) {
-	p.lastSent = msg
-	e.transmit(p, msg)
-}
-
-func (e *Engine) transmit(p *p1, msg []byte) {
-	e.Stats.Sent.Add(1)
-	if err := e.sendFrom(p.local.Addr(), msg, p.peer, p.natt); err != nil {
-		e.warn("IKE send failed", "peer", p.peer, "err", err)
 	}
 }
 
@@ -532,13 +456,9 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 			p = q
 		}
 	}
+	x, known := exchanges[h.Exchange]
 	if p == nil {
-		switch {
-		case h.Exchange == isakmp.ExchMain && h.RCookie == zero && h.Flags&isakmp.FlagEncryption == 0:
-			e.respondMM1(h, msg, from, to, natt)
-		case h.Exchange == isakmp.ExchInfo && h.Flags&isakmp.FlagEncryption == 0:
-			e.handlePlainInfo(nil, h, msg, from)
-		default:
+		if !known || x.open == nil || !x.open(e, h, msg, from, to, natt) {
 			e.Stats.UnknownSA.Add(1)
 			e.warn("IKE message for an unknown ISAKMP SA", "peer", from, "exchange", h.Exchange, "icookie", fmt.Sprintf("%x", h.ICookie), "rcookie", fmt.Sprintf("%x", h.RCookie))
 		}
@@ -549,14 +469,10 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 		e.warn("IKE message for an ISAKMP SA from another address", "peer", from, "sa_peer", p.peer)
 		return
 	}
-	// Duplicate of the last message: the peer lost our reply.
+	// A duplicate of the last message of its exchange: the peer lost
+	// our answer (the task manager sends it again).
 	sum := sha256.Sum256(msg)
-	if sum == p.lastRecv && h.Exchange != isakmp.ExchInfo {
-		e.Stats.Duplicate.Add(1)
-		if p.lastSent != nil && p.lastReplyTo == sum {
-			e.Stats.Retransmits.Add(1)
-			e.transmit(p, p.lastSent)
-		}
+	if x.phase1Duplicates && e.duplicate(p, &p.x, sum) {
 		return
 	}
 	// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved:
@@ -566,32 +482,12 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 		p.floatTo = from
 	}
 	defer func() { p.floatTo = netip.AddrPort{} }()
-	switch h.Exchange {
-	case isakmp.ExchMain:
-		e.handleMain(p, h, msg, sum)
-	case isakmp.ExchQuick:
-		e.handleQuick(p, h, msg, sum)
-	case isakmp.ExchInfo:
-		if h.Flags&isakmp.FlagEncryption == 0 {
-			e.handlePlainInfo(p, h, msg, from)
-		} else {
-			e.handleInfo(p, h, msg)
-		}
-	default:
+	if !known {
 		e.Stats.Malformed.Add(1)
 		e.warn("unsupported IKE exchange type", "peer", from, "exchange", h.Exchange)
+		return
 	}
-}
-
-// authentic is called once the message being handled has authenticated
-// (its HASH verified): only then may it change what we know of the peer.
-func (e *Engine) authentic(p *p1) {
-	if p.floatTo.IsValid() {
-		p.natt = true
-		p.peer = p.floatTo
-		p.local = netip.AddrPortFrom(p.local.Addr(), e.cfg.NATTPort)
-		p.floatTo = netip.AddrPort{}
-	}
+	x.process(e, p, received{h: h, msg: msg, sum: sum, from: from})
 }
 
 func (e *Engine) warn(msg string, args ...any) { e.rl.Warn(msg, msg, args...) }
@@ -602,13 +498,4 @@ func (e *Engine) random(n int) []byte {
 		panic("ike: random source failed: " + err.Error())
 	}
 	return b
-}
-
-func (e *Engine) randomMsgID(p *p1) uint32 {
-	for {
-		id := be32u(e.random(4))
-		if _, used := p.qms[id]; id != 0 && !used {
-			return id
-		}
-	}
 }

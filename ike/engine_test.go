@@ -12,10 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -100,6 +98,7 @@ func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
 	f.mu.Unlock()
 }
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
+	keepKeys(c)
 	f.mu.Lock()
 	f.inbound[c.InSPI] = c
 	f.inCalls++
@@ -111,12 +110,36 @@ func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	return nil
 }
 func (f *fakeInstaller) InstallOutbound(c *ChildSA) error {
+	keepKeys(c)
 	f.mu.Lock()
 	f.outbound[c.InSPI] = c
 	f.outCalls++
 	f.mu.Unlock()
 	return nil
 }
+
+// keepKeys gives c's configurations their own copies of the key bytes,
+// as the data plane keys its own state (esp.NewSuite, ah.NewSuite): the
+// engine zeroes its KEYMAT once InstallInbound and InstallOutbound
+// return. The first call copies a direction's keys, later calls keep
+// them.
+func keepKeys(c *ChildSA) {
+	keysMu.Lock()
+	defer keysMu.Unlock()
+	if keysKept[c] {
+		return
+	}
+	keysKept[c] = true
+	cp := func(b []byte) []byte { return append([]byte(nil), b...) }
+	c.InESP.EncKey, c.InESP.AuthKey, c.OutESP.EncKey, c.OutESP.AuthKey = cp(c.InESP.EncKey), cp(c.InESP.AuthKey), cp(c.OutESP.EncKey), cp(c.OutESP.AuthKey)
+	c.InAH.Key, c.OutAH.Key = cp(c.InAH.Key), cp(c.OutAH.Key)
+}
+
+var (
+	keysMu   sync.Mutex
+	keysKept = map[*ChildSA]bool{}
+)
+
 func (f *fakeInstaller) Remove(c *ChildSA) {
 	f.mu.Lock()
 	delete(f.inbound, c.InSPI)
@@ -142,12 +165,12 @@ var (
 	addrB = netip.MustParseAddr("192.0.2.2")
 )
 
-func suite(encr conf.Encr, bits int, integ conf.Integ, dh conf.DHGroup) conf.Suite {
-	return conf.Suite{Cipher: conf.Cipher{Encr: encr, KeyBits: bits}, Integ: integ, DH: dh}
+func suite(encr Encr, bits int, integ Integ, dh DHGroup) Suite {
+	return Suite{Cipher: Cipher{Encr: encr, KeyBits: bits}, Integ: integ, DH: dh}
 }
 
 // pairConns returns the same conn as seen from A and from B.
-func pairConns(name string, ike, esp []conf.Suite, mode sad.Mode) (*Conn, *Conn) {
+func pairConns(name string, ike, esp []Suite, mode sad.Mode) (*Conn, *Conn) {
 	a := &Conn{Name: name, Local: addrA, Remote: addrB, IKE: ike, ESP: esp, Mode: mode,
 		LocalSubnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}, RemoteSubnets: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")},
 		IKELifetime: time.Hour, Lifetime: 20 * time.Minute, KeyingTries: 1, ReplayWindow: 64}
@@ -274,30 +297,30 @@ func checkPair(t *testing.T, ia, ib *fakeInstaller, n int) {
 // TestQuickModeMatrix: gosec against gosec for phase-1 proposals and
 // every Quick Mode combination, each side initiating.
 func TestQuickModeMatrix(t *testing.T) {
-	ikes := map[string]conf.Suite{
-		"aes128-sha1-modp2048":   suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14),
-		"aes256-sha256-modp2048": suite(conf.EncrAESCBC, 256, conf.IntegSHA256, 14),
-		"3des-sha1-modp1024":     suite(conf.Encr3DES, 0, conf.IntegSHA1, 2),
-		"aes128-sha256-ecp256":   suite(conf.EncrAESCBC, 128, conf.IntegSHA256, 19),
-		"aes192-sha512-ecp384":   suite(conf.EncrAESCBC, 192, conf.IntegSHA512, 20),
-		"aes256-md5-modp1536":    suite(conf.EncrAESCBC, 256, conf.IntegMD5, 5),
+	ikes := map[string]Suite{
+		"aes128-sha1-modp2048":   suite(EncrAESCBC, 128, IntegSHA1, 14),
+		"aes256-sha256-modp2048": suite(EncrAESCBC, 256, IntegSHA256, 14),
+		"3des-sha1-modp1024":     suite(Encr3DES, 0, IntegSHA1, 2),
+		"aes128-sha256-ecp256":   suite(EncrAESCBC, 128, IntegSHA256, 19),
+		"aes192-sha512-ecp384":   suite(EncrAESCBC, 192, IntegSHA512, 20),
+		"aes256-md5-modp1536":    suite(EncrAESCBC, 256, IntegMD5, 5),
 	}
-	esps := map[string][]conf.Suite{
-		"aes128-sha1":              {suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)},
-		"aes256-sha256":            {suite(conf.EncrAESCBC, 256, conf.IntegSHA256, 0)},
-		"3des-md5":                 {suite(conf.Encr3DES, 0, conf.IntegMD5, 0)},
-		"aes128gcm16":              {suite(conf.EncrAESGCM16, 128, conf.IntegNone, 0)},
-		"aes256gcm16":              {suite(conf.EncrAESGCM16, 256, conf.IntegNone, 0)},
-		"aes128ctr-sha384":         {suite(conf.EncrAESCTR, 128, conf.IntegSHA384, 0)},
-		"chacha20poly1305":         {suite(conf.EncrChaCha20Poly1305, 256, conf.IntegNone, 0)},
-		"null-sha512":              {suite(conf.EncrNull, 0, conf.IntegSHA512, 0)},
-		"pfs-aes128-sha1-modp2048": {suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)},
-		"pfs-aes128gcm16-ecp256":   {suite(conf.EncrAESGCM16, 128, conf.IntegNone, 19)},
+	esps := map[string][]Suite{
+		"aes128-sha1":              {suite(EncrAESCBC, 128, IntegSHA1, 0)},
+		"aes256-sha256":            {suite(EncrAESCBC, 256, IntegSHA256, 0)},
+		"3des-md5":                 {suite(Encr3DES, 0, IntegMD5, 0)},
+		"aes128gcm16":              {suite(EncrAESGCM16, 128, IntegNone, 0)},
+		"aes256gcm16":              {suite(EncrAESGCM16, 256, IntegNone, 0)},
+		"aes128ctr-sha384":         {suite(EncrAESCTR, 128, IntegSHA384, 0)},
+		"chacha20poly1305":         {suite(EncrChaCha20Poly1305, 256, IntegNone, 0)},
+		"null-sha512":              {suite(EncrNull, 0, IntegSHA512, 0)},
+		"pfs-aes128-sha1-modp2048": {suite(EncrAESCBC, 128, IntegSHA1, 14)},
+		"pfs-aes128gcm16-ecp256":   {suite(EncrAESGCM16, 128, IntegNone, 19)},
 	}
 	type tc struct {
 		name      string
-		ike       conf.Suite
-		esp       []conf.Suite
+		ike       Suite
+		esp       []Suite
 		ah        bool
 		mode      sad.Mode
 		bInitiate bool
@@ -313,15 +336,15 @@ func TestQuickModeMatrix(t *testing.T) {
 			}
 		}
 	}
-	for _, integ := range []conf.Integ{conf.IntegMD5, conf.IntegSHA1, conf.IntegSHA256, conf.IntegSHA384, conf.IntegSHA512} {
+	for _, integ := range []Integ{IntegMD5, IntegSHA1, IntegSHA256, IntegSHA384, IntegSHA512} {
 		for _, mode := range []sad.Mode{sad.Tunnel, sad.Transport} {
 			cases = append(cases, tc{name: fmt.Sprintf("ah-%s/%s", integ.Name(), mode), ike: ikes["aes128-sha1-modp2048"],
-				esp: []conf.Suite{{Integ: integ}}, ah: true, mode: mode, bInitiate: mode == sad.Transport})
+				esp: []Suite{{Integ: integ}}, ah: true, mode: mode, bInitiate: mode == sad.Transport})
 		}
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ca, cb := pairConns("c", []conf.Suite{c.ike}, c.esp, c.mode)
+			ca, cb := pairConns("c", []Suite{c.ike}, c.esp, c.mode)
 			if c.ah {
 				ca.AH, ca.ESP, cb.AH, cb.ESP = ca.ESP, nil, cb.ESP, nil
 			}
@@ -362,8 +385,8 @@ func waitFor(t *testing.T, cond func() bool) {
 // TestFailures: mismatches fail with the right explanation and leave
 // no SA on either side.
 func TestFailures(t *testing.T) {
-	aes := []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}
-	esp := []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}
+	aes := []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}
+	esp := []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}
 	cases := []struct {
 		name         string
 		pskB         string
@@ -371,9 +394,9 @@ func TestFailures(t *testing.T) {
 		want, wantLg string
 	}{
 		{name: "psk", pskB: "other", want: "pre-shared keys", wantLg: "pre-shared keys most likely differ"},
-		{name: "ike-proposal", pskB: "secret", tweak: func(a, b *Conn) { b.IKE = []conf.Suite{suite(conf.EncrAESCBC, 256, conf.IntegSHA256, 19)} },
+		{name: "ike-proposal", pskB: "secret", tweak: func(a, b *Conn) { b.IKE = []Suite{suite(EncrAESCBC, 256, IntegSHA256, 19)} },
 			want: "NO_PROPOSAL_CHOSEN", wantLg: "differs in cipher aes128 vs aes256, hash sha1 vs sha256, DH group"},
-		{name: "esp-proposal", pskB: "secret", tweak: func(a, b *Conn) { b.ESP = []conf.Suite{suite(conf.EncrAESGCM16, 128, conf.IntegNone, 0)} },
+		{name: "esp-proposal", pskB: "secret", tweak: func(a, b *Conn) { b.ESP = []Suite{suite(EncrAESGCM16, 128, IntegNone, 0)} },
 			want: "phase-2 proposals", wantLg: "no acceptable phase-2 proposal"},
 		{name: "subnets", pskB: "secret", tweak: func(a, b *Conn) { b.RemoteSubnets = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")} },
 			want: "leftsubnet/rightsubnet", wantLg: "INVALID_ID_INFORMATION"},
@@ -410,7 +433,7 @@ func TestFailures(t *testing.T) {
 func TestRetransmit(t *testing.T) {
 	for _, lose := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9} {
 		t.Run(fmt.Sprintf("lose-%d", lose), func(t *testing.T) {
-			ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+			ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 			n := 0
 			r.net.drop = func(_, _ netip.AddrPort, _ []byte) bool { n++; return n == lose }
@@ -429,7 +452,7 @@ func TestRetransmit(t *testing.T) {
 // TestNoResponse: a silent peer fails the negotiation with a clear
 // message after the retransmissions.
 func TestNoResponse(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	r.net.drop = func(_, to netip.AddrPort, _ []byte) bool { return to.Addr() == addrB }
 	_, err := r.up(r.a, "c")
@@ -440,7 +463,7 @@ func TestNoResponse(t *testing.T) {
 
 // TestDelete: gosec down on one side deletes the SAs on both.
 func TestDelete(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	if _, err := r.up(r.a, "c"); err != nil {
 		t.Fatal(err)
@@ -464,7 +487,7 @@ func TestDelete(t *testing.T) {
 // TestNATTFloat: with forceencaps the exchange floats to 4500 and the
 // SAs are UDP-encapsulated on both sides.
 func TestNATTFloat(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	ca.ForceEncaps = true
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	var ports []uint16
@@ -494,7 +517,7 @@ func TestNATTFloat(t *testing.T) {
 // TestHalfOpenFlood: a flood of MM1s from many ports keeps the responder
 // bounded, and a real peer still gets through.
 func TestHalfOpenFlood(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.MaxHalfOpen = 64; c.MaxHalfOpenPerPeer = 16 })
 	// MM1 as A would send it, from random cookies and ports.
 	mm1 := func(i int) []byte {
@@ -525,7 +548,7 @@ func TestHalfOpenFlood(t *testing.T) {
 // TestMalformed: garbage, truncations and wrong cookies are counted and
 // dropped; the engine keeps serving.
 func TestMalformed(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	var captured [][]byte
 	var mu sync.Mutex
@@ -576,7 +599,7 @@ func TestMalformed(t *testing.T) {
 // TestRekey: the initiator negotiates a successor before the lifetime
 // ends, both sides install it and the old pair is deleted on both.
 func TestRekey(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 10*time.Second
 	}
@@ -616,7 +639,7 @@ func checkPairSubset(t *testing.T, ia, ib *fakeInstaller) {
 
 // TestExpiry: without rekey a child is deleted when its lifetime ends.
 func TestExpiry(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	ca.Lifetime, cb.Lifetime = 100*time.Second, 200*time.Second
 	fc := clock.NewFake(time.Unix(1e9, 0))
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
@@ -631,7 +654,7 @@ func TestExpiry(t *testing.T) {
 // TestInitialContact: a peer that lost its state (no Delete sent) comes
 // back; its INITIAL-CONTACT makes us drop the stale SAs.
 func TestInitialContact(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	if _, err := r.up(r.a, "c"); err != nil {
 		t.Fatal(err)
@@ -652,7 +675,7 @@ func TestInitialContact(t *testing.T) {
 // TestDPD: R_U_THERE is answered while the peer lives; when it goes
 // silent, dpdaction=clear removes the SAs.
 func TestDPD(t *testing.T) {
-	ca, cb := pairConns("c", []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}, []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
 	ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 10*time.Second, 30*time.Second, "clear"
 	fc := clock.NewFake(time.Unix(1e9, 0))
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
@@ -684,7 +707,7 @@ func TestDPD(t *testing.T) {
 // is parsed, adopted by the responder's choice and handed to the data
 // plane as a byte limit.
 func TestLifetimeKilobytes(t *testing.T) {
-	ours := []p2Suite{{Proto: sad.ESP, Encr: conf.EncrAESCBC, KeyBits: 128, Integ: conf.IntegSHA1, Life: time.Hour}}
+	ours := []p2Suite{{Proto: sad.ESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: time.Hour}}
 	tr := ours[0].transform(1, encapTunnel)
 	tr.Attrs = append(tr.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, 4608000))
 	sa := &isakmp.SA{DOI: 1, Situation: 1, Proposals: []isakmp.Proposal{{Num: 1, Protocol: isakmp.ProtoESP, SPI: be32(0x1234), Transforms: []isakmp.Transform{tr}}}}
@@ -699,7 +722,7 @@ func TestLifetimeKilobytes(t *testing.T) {
 	if err != nil || back.LifeKB != 4608000 {
 		t.Fatalf("initiator side: %+v %v", back, err)
 	}
-	p := &p1{suite: p1Suite{Hash: 2}, keys: ikecrypto.Phase1Keys{D: make([]byte, 20)}, local: netip.AddrPortFrom(addrA, 500), peer: netip.AddrPortFrom(addrB, 500)}
+	p := &p1{suite: p1Suite{Hash: 2}, km: keymat{d: make([]byte, 20)}, local: netip.AddrPortFrom(addrA, 500), peer: netip.AddrPortFrom(addrB, 500)}
 	q := &qm{p: p, conn: &Conn{Name: "c", Mode: sad.Tunnel}, suite: got, inSPI: 1, outSPI: 2, ni: make([]byte, 16), nr: make([]byte, 16)}
 	ch, err := (&Engine{cfg: Config{NATTPort: 4500}}).childSA(q)
 	if err != nil || ch.LifeBytes != 4608000*1024 {

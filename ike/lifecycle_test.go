@@ -11,13 +11,12 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
 var (
-	testIKE = []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 14)}
-	testESP = []conf.Suite{suite(conf.EncrAESCBC, 128, conf.IntegSHA1, 0)}
+	testIKE = []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}
+	testESP = []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}
 )
 
 func pfx(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }
@@ -70,7 +69,7 @@ func TestQuickModeAuthorization(t *testing.T) {
 				r.a.call(context.Background(), func() {
 					for _, p := range r.a.sortedSAs() {
 						if p.established() {
-							r.a.quickI1(p, &steal, steal.LocalSubnets[0], steal.RemoteSubnets[0], func(err error) { done <- err }, nil)
+							r.a.quickInitiate(p, &steal, steal.LocalSubnets[0], steal.RemoteSubnets[0], func(err error) { done <- err }, nil)
 							return
 						}
 					}
@@ -496,7 +495,7 @@ func TestLifeBytesPackets(t *testing.T) {
 // refused with the reason, overflowing values are clamped and noted, and
 // our own small configured value is always acceptable back.
 func TestPeerLifetimeBounds(t *testing.T) {
-	ours := p2Suite{Proto: sad.ESP, Encr: conf.EncrAESCBC, KeyBits: 128, Integ: conf.IntegSHA1, Life: time.Hour}
+	ours := p2Suite{Proto: sad.ESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: time.Hour}
 	cases := []struct {
 		name              string
 		ourKB             uint64

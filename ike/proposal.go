@@ -9,7 +9,6 @@ import (
 	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/integ"
 	"github.com/gosec-ipsec/gosec/sad"
 )
@@ -83,17 +82,17 @@ func hashName(h ikecrypto.Hash) string {
 	return fmt.Sprintf("hash%d", uint8(h))
 }
 
-func hashOf(i conf.Integ) ikecrypto.Hash {
+func hashOf(i Integ) ikecrypto.Hash {
 	switch i {
-	case conf.IntegMD5:
+	case IntegMD5:
 		return ikecrypto.HashMD5
-	case conf.IntegSHA1:
+	case IntegSHA1:
 		return ikecrypto.HashSHA1
-	case conf.IntegSHA256:
+	case IntegSHA256:
 		return ikecrypto.HashSHA256
-	case conf.IntegSHA384:
+	case IntegSHA384:
 		return ikecrypto.HashSHA384
-	case conf.IntegSHA512:
+	case IntegSHA512:
 		return ikecrypto.HashSHA512
 	}
 	return 0
@@ -105,9 +104,9 @@ func p1Suites(c *Conn) []p1Suite {
 	for _, s := range c.IKE {
 		ps := p1Suite{Hash: hashOf(s.Integ), Group: ikecrypto.Group(s.DH), Life: c.IKELifetime}
 		switch s.Cipher.Encr {
-		case conf.Encr3DES:
+		case Encr3DES:
 			ps.Cipher = ikecrypto.CipherDES3
-		case conf.EncrAESCBC:
+		case EncrAESCBC:
 			ps.Cipher, ps.KeyBits = ikecrypto.CipherAES, s.Cipher.KeyBits
 		default:
 			continue
@@ -447,9 +446,9 @@ func acceptP1Reply(ours []p1Suite, sa *isakmp.SA) (p1Suite, error) {
 // p2Suite is one phase-2 transform.
 type p2Suite struct {
 	Proto   sad.Proto
-	Encr    conf.Encr // ESP only
+	Encr    Encr // ESP only
 	KeyBits int
-	Integ   conf.Integ
+	Integ   Integ
 	Group   ikecrypto.Group // PFS group, 0 without PFS
 	Life    time.Duration
 	// LifeKB is the lifetime in kilobytes: lifebytes rounded up when we
@@ -515,9 +514,9 @@ func (s p2Suite) String() string {
 	if s.Proto == sad.AH {
 		parts = append(parts, "ah")
 	} else {
-		parts = append(parts, conf.Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.Name())
+		parts = append(parts, Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.Name())
 	}
-	if s.Integ != conf.IntegNone {
+	if s.Integ != IntegNone {
 		parts = append(parts, s.Integ.Name())
 	}
 	if s.Group != 0 {
@@ -536,7 +535,7 @@ func p2Suites(c *Conn) []p2Suite {
 			group = ikecrypto.Group(c.IKE[0].DH)
 		}
 	}
-	add := func(proto sad.Proto, s conf.Suite) {
+	add := func(proto sad.Proto, s Suite) {
 		// A DH group in esp= turns PFS on (strongSwan); pfs=yes without
 		// one uses PFSGroup or the phase-1 group (Libreswan).
 		g := group
@@ -558,7 +557,7 @@ func p2Suites(c *Conn) []p2Suite {
 	return out
 }
 
-func ahTransformID(i conf.Integ) uint8 {
+func ahTransformID(i Integ) uint8 {
 	return [...]uint8{0, 2, 3, 5, 6, 7}[i]
 }
 
@@ -568,11 +567,11 @@ func (s p2Suite) transform(num uint8, encap uint16) isakmp.Transform {
 		t.ID = ahTransformID(s.Integ)
 	} else {
 		t.ID = uint8(s.Encr.IANA())
-		if s.KeyBits != 0 && s.Encr != conf.Encr3DES && s.Encr != conf.EncrNull {
+		if s.KeyBits != 0 && s.Encr != Encr3DES && s.Encr != EncrNull {
 			t.Attrs = append(t.Attrs, isakmp.Basic(p2KeyLength, uint16(s.KeyBits)))
 		}
 	}
-	if s.Integ != conf.IntegNone {
+	if s.Integ != IntegNone {
 		t.Attrs = append(t.Attrs, isakmp.Basic(p2AuthAlg, s.Integ.IANA()))
 	}
 	t.Attrs = append(t.Attrs, isakmp.Basic(p2EncapMode, encap))
@@ -617,22 +616,22 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		o.suite.Proto = sad.AH
 		switch t.ID {
 		case 2:
-			o.suite.Integ = conf.IntegMD5
+			o.suite.Integ = IntegMD5
 		case 3:
-			o.suite.Integ = conf.IntegSHA1
+			o.suite.Integ = IntegSHA1
 		case 5:
-			o.suite.Integ = conf.IntegSHA256
+			o.suite.Integ = IntegSHA256
 		case 6:
-			o.suite.Integ = conf.IntegSHA384
+			o.suite.Integ = IntegSHA384
 		case 7:
-			o.suite.Integ = conf.IntegSHA512
+			o.suite.Integ = IntegSHA512
 		default:
 			o.problem, o.problemAttr = problemAHTransform, uint16(t.ID)
 		}
 	case isakmp.ProtoESP:
 		o.suite.Proto = sad.ESP
 		found := false
-		for e := conf.EncrNull; e <= conf.EncrChaCha20Poly1305; e++ {
+		for e := EncrNull; e <= EncrChaCha20Poly1305; e++ {
 			if uint16(t.ID) == e.IANA() {
 				o.suite.Encr, found = e, true
 			}
@@ -640,7 +639,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 		if !found {
 			o.problem, o.problemAttr = problemESPTransform, uint16(t.ID)
 		}
-		if o.suite.Encr == conf.EncrChaCha20Poly1305 {
+		if o.suite.Encr == EncrChaCha20Poly1305 {
 			o.suite.KeyBits = 256
 		}
 	default:
@@ -680,15 +679,15 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 			authSeen = true
 			switch v {
 			case 1:
-				o.suite.Integ = conf.IntegMD5
+				o.suite.Integ = IntegMD5
 			case 2:
-				o.suite.Integ = conf.IntegSHA1
+				o.suite.Integ = IntegSHA1
 			case 5:
-				o.suite.Integ = conf.IntegSHA256
+				o.suite.Integ = IntegSHA256
 			case 6:
-				o.suite.Integ = conf.IntegSHA384
+				o.suite.Integ = IntegSHA384
 			case 7:
-				o.suite.Integ = conf.IntegSHA512
+				o.suite.Integ = IntegSHA512
 			default:
 				o.problem, o.problemAttr = problemAuthAlg, uint16(v)
 			}
@@ -700,7 +699,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 	}
 	if o.suite.Proto == sad.ESP && o.suite.KeyBits == 0 {
 		switch o.suite.Encr {
-		case conf.EncrAESCBC, conf.EncrAESCTR, conf.EncrAESGCM16:
+		case EncrAESCBC, EncrAESCTR, EncrAESGCM16:
 			o.suite.KeyBits = 128
 		}
 	}
@@ -757,8 +756,8 @@ func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
 		d = append(d, fmt.Sprintf("protocol %s vs %s", o.suite.Proto, ours.Proto))
 	}
 	if o.suite.Proto == sad.ESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
-		d = append(d, fmt.Sprintf("cipher %s vs %s", conf.Cipher{Encr: o.suite.Encr, KeyBits: o.suite.KeyBits}.Name(),
-			conf.Cipher{Encr: ours.Encr, KeyBits: ours.KeyBits}.Name()))
+		d = append(d, fmt.Sprintf("cipher %s vs %s", Cipher{Encr: o.suite.Encr, KeyBits: o.suite.KeyBits}.Name(),
+			Cipher{Encr: ours.Encr, KeyBits: ours.KeyBits}.Name()))
 	}
 	if o.suite.Integ != ours.Integ {
 		d = append(d, fmt.Sprintf("integrity %s vs %s", o.suite.Integ.Name(), ours.Integ.Name()))
@@ -863,43 +862,43 @@ func (s p2Suite) keyLens() (int, int) {
 	if s.Proto == sad.AH {
 		return 0, s.Integ.KeyLen()
 	}
-	enc := conf.Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.KeyLen()
+	enc := Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.KeyLen()
 	return enc, s.Integ.KeyLen()
 }
 
 // ESPCipher maps a configured cipher to the data plane's (used for
 // negotiated and manually keyed SAs alike).
-func ESPCipher(e conf.Encr) (esp.Cipher, error) {
+func ESPCipher(e Encr) (esp.Cipher, error) {
 	switch e {
-	case conf.EncrNull:
+	case EncrNull:
 		return esp.CipherNull, nil
-	case conf.Encr3DES:
+	case Encr3DES:
 		return esp.Cipher3DESCBC, nil
-	case conf.EncrAESCBC:
+	case EncrAESCBC:
 		return esp.CipherAESCBC, nil
-	case conf.EncrAESCTR:
+	case EncrAESCTR:
 		return esp.CipherAESCTR, nil
-	case conf.EncrAESGCM16:
+	case EncrAESGCM16:
 		return esp.CipherAESGCM16, nil
-	case conf.EncrChaCha20Poly1305:
+	case EncrChaCha20Poly1305:
 		return esp.CipherChaCha20Poly1305, nil
 	}
 	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
 }
 
 // IntegAlgorithm maps a configured integrity algorithm to the data
-// plane's HMAC truncation; integ.None for conf.IntegNone.
-func IntegAlgorithm(i conf.Integ) integ.Algorithm {
+// plane's HMAC truncation; integ.None for IntegNone.
+func IntegAlgorithm(i Integ) integ.Algorithm {
 	switch i {
-	case conf.IntegMD5:
+	case IntegMD5:
 		return integ.HMACMD5_96
-	case conf.IntegSHA1:
+	case IntegSHA1:
 		return integ.HMACSHA1_96
-	case conf.IntegSHA256:
+	case IntegSHA256:
 		return integ.HMACSHA256_128
-	case conf.IntegSHA384:
+	case IntegSHA384:
 		return integ.HMACSHA384_192
-	case conf.IntegSHA512:
+	case IntegSHA512:
 		return integ.HMACSHA512_256
 	}
 	return integ.None

@@ -14,7 +14,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -197,7 +196,7 @@ func TestReferenceExchange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &p1{cbc: cbc}
+	p := &p1{km: keymat{cbc: cbc}}
 	decrypt := func(m []byte, iv []byte) (isakmp.Header, []isakmp.Payload, []isakmp.RawPayload, []byte, []byte) {
 		t.Helper()
 		hh, err := isakmp.ParseHeader(m)
@@ -254,7 +253,7 @@ func TestReferenceExchange(t *testing.T) {
 	// AES-128/HMAC-SHA1, UDP-encapsulated tunnel) and QM2's answer.
 	sq1, _ := find[*isakmp.SA](psq1)
 	sq2, _ := find[*isakmp.SA](psq2)
-	ours := []p2Suite{{Proto: sad.ESP, Encr: conf.EncrAESCBC, KeyBits: 128, Integ: conf.IntegSHA1, Life: 1200e9}}
+	ours := []p2Suite{{Proto: sad.ESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: 1200e9}}
 	_, chosen, _, encap, err := selectP2(ours, sad.Tunnel, sq1)
 	if err != nil || encap != encapUDPTunnel {
 		t.Fatalf("selectP2 on strongSwan's QM1: %v, encap %d", err, encap)

@@ -191,6 +191,25 @@ func (e *Engine) offload(peer netip.Addr, work func() func()) bool {
 	}
 }
 
+// compute runs work (a Diffie-Hellman computation of our own
+// negotiation or of an authenticated peer's Quick Mode) on a crypto
+// worker and then, on the engine goroutine, the function work returns.
+// Unlike offload it has no per-peer bound and never refuses: when the
+// workers' queue is full the step runs on the engine goroutine rather
+// than being lost (such work is bounded by our own conns and by
+// authenticated peers).
+func (e *Engine) compute(work func() func()) {
+	if e.inline {
+		work()()
+		return
+	}
+	select {
+	case e.jobs <- work:
+	default:
+		work()()
+	}
+}
+
 // classOf tells a message's class from its cookies, on the receiving
 // goroutine.
 func (e *Engine) classOf(msg []byte) int {

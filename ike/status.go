@@ -63,7 +63,7 @@ func (e *Engine) Status(ctx context.Context) ([]ISAKMPStatus, []ChildStatus, err
 					continue
 				}
 			}
-			st := ISAKMPStatus{State: p.state, Initiator: p.initiator, ICookie: hex.EncodeToString(p.icky[:]),
+			st := ISAKMPStatus{State: p.state.String(), Initiator: p.initiator, ICookie: hex.EncodeToString(p.icky[:]),
 				RCookie: hex.EncodeToString(p.rcky[:]), Local: p.local.String(), Remote: p.peer.String(), PeerID: p.peerID,
 				NATT: p.natt, AgeSeconds: int64(now.Sub(p.created) / time.Second)}
 			if p.conn != nil {
@@ -84,7 +84,7 @@ func (e *Engine) Status(ctx context.Context) ([]ISAKMPStatus, []ChildStatus, err
 				st.LifeLeftSeconds = int64((p.suite.Life - now.Sub(p.estTime)) / time.Second)
 			}
 			for _, q := range p.qms {
-				if q.state == "QUICK_I1" || q.state == "QUICK_R1" || q.outPending() {
+				if q.state == quickI1 || q.state == quickR1 || q.outPending() {
 					st.QuickModes++
 				}
 			}

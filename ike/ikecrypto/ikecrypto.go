@@ -257,6 +257,21 @@ func (d *DH) Group() Group { return d.g }
 // big-endian padded to the prime's length; ECP x||y (RFC 5903 section 7).
 func (d *DH) Public() []byte { return append([]byte(nil), d.pub...) }
 
+var errWiped = errors.New("ikecrypto: Diffie-Hellman private value already wiped")
+
+// Wipe forgets the private value once the shared secret is computed:
+// a MODP exponent is zeroed in place; an ECDH private key is released
+// (crypto/ecdh keeps its scalar unexported, so only the garbage
+// collector can reclaim it). SharedSecret fails afterwards; Public still
+// works.
+func (d *DH) Wipe() {
+	if d.x != nil {
+		clear(d.x.Bits())
+		d.x = nil
+	}
+	d.priv = nil
+}
+
 // ErrPeerValue is returned for an invalid peer public value.
 var ErrPeerValue = errors.New("ikecrypto: invalid Diffie-Hellman public value")
 
@@ -265,6 +280,9 @@ var ErrPeerValue = errors.New("ikecrypto: invalid Diffie-Hellman public value")
 // ECP. The result is padded to the prime's length (MODP) or is the x
 // coordinate (ECP, RFC 5903 section 7).
 func (d *DH) SharedSecret(peer []byte) ([]byte, error) {
+	if d.x == nil && d.priv == nil {
+		return nil, errWiped
+	}
 	if len(peer) != d.g.PublicLen() {
 		return nil, fmt.Errorf("%w: %d octets for %s, want %d", ErrPeerValue, len(peer), d.g, d.g.PublicLen())
 	}

@@ -235,3 +235,32 @@ func BenchmarkDH(b *testing.B) {
 		})
 	}
 }
+
+func TestDHWipe(t *testing.T) {
+	for _, g := range []Group{2, 14, 19} {
+		a, err := GenerateDH(g, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := GenerateDH(g, rand.Reader)
+		var words []big.Word
+		if a.x != nil {
+			words = a.x.Bits()
+		}
+		a.Wipe()
+		for i, w := range words {
+			if w != 0 {
+				t.Fatalf("group %d: word %d of the private exponent survives Wipe", g, i)
+			}
+		}
+		if a.x != nil || a.priv != nil {
+			t.Fatalf("group %d: private value still referenced after Wipe", g)
+		}
+		if _, err := a.SharedSecret(b.Public()); err == nil {
+			t.Fatalf("group %d: SharedSecret works after Wipe", g)
+		}
+		if len(a.Public()) != g.PublicLen() {
+			t.Fatalf("group %d: Public lost after Wipe", g)
+		}
+	}
+}

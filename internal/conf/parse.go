@@ -19,8 +19,8 @@ import (
 const (
 	MaxFileSize     = 4 << 20 // bytes per file
 	MaxIncludeDepth = 10
-	MaxFiles        = 256 // files read in one load, includes included
-	MaxSections     = 10000
+	MaxFiles        = 256   // files read in one load, includes included
+	MaxSections     = 65536 // 10,000 conns and more (make bench-scale), with conn %default and config setup
 	MaxAlsoDepth    = 32
 	MaxDiagnostics  = 1000
 	// MaxResolveWork bounds the keyword settings merged while resolving

@@ -139,10 +139,10 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 	return s, nil
 }
 
-func cipherFor(e conf.Encr) (esp.Cipher, error) { return ike.ESPCipher(e) }
+func cipherFor(e conf.Encr) (esp.Cipher, error) { return ike.ESPCipher(ikeEncr(e)) }
 
 func integFor(i conf.Integ) (integ.Algorithm, error) {
-	if a := ike.IntegAlgorithm(i); a != integ.None {
+	if a := ike.IntegAlgorithm(ikeInteg(i)); a != integ.None {
 		return a, nil
 	}
 	return 0, fmt.Errorf("integrity algorithm %d is not supported", i)

@@ -61,8 +61,11 @@ type Options struct {
 	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
 	// savekeys= in config setup does the same.
 	SaveKeysDir string
-	Log         *slog.Logger
-	Clock       clock.Clock
+	// Impair injects faults into the IKE messages the daemon sends
+	// (gosec start --impair; fault-injection tests only).
+	Impair []ike.Impairment
+	Log    *slog.Logger
+	Clock  clock.Clock
 	// Ready, if set, is called once the control socket is accepting.
 	Ready func()
 	// Started, if set, is called with the running daemon before Ready

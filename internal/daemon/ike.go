@@ -39,17 +39,11 @@ func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
 	if remote.Any {
 		ic.Remote = netip.Addr{}
 	}
-	for _, p := range c.IKE.List {
-		ic.IKE = append(ic.IKE, p.Suites()...)
-	}
+	ic.IKE = ikeSuites(c.IKE.List)
 	if c.Proto() == "ah" {
-		for _, p := range c.AH.List {
-			ic.AH = append(ic.AH, p.Suites()...)
-		}
+		ic.AH = ikeSuites(c.AH.List)
 	} else {
-		for _, p := range c.ESP.List {
-			ic.ESP = append(ic.ESP, p.Suites()...)
-		}
+		ic.ESP = ikeSuites(c.ESP.List)
 	}
 	// strongSwan turns PFS on with a DH group in esp=; Libreswan with
 	// pfs=yes (the phase-1 group then).
@@ -98,6 +92,7 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
 		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.LogKeys && d.keys != nil,
 		SaveKeys: d.saveIKEKeys(), Observer: exchangeLogger{log: d.log.With("room", "ike"), next: d.opts.Observer}, OutboundDelay: quickModeSettle,
+		Impair: d.opts.Impair,
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
 		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)

@@ -50,6 +50,8 @@ type cleartextFilter interface {
 	RemoveConn(name string) error
 	Dropped(name string) (uint64, error)
 	Guarded(name string) (uint64, error)
+	// Counts returns every conn's counters at once (status).
+	Counts() (map[string]netio.FilterCounts, error)
 	Close() error
 }
 

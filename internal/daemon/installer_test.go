@@ -33,9 +33,12 @@ func (f *fakeFilter) AddConn(name string, remotes []netip.Prefix) error {
 	f.conns[name] = slices.Clone(remotes)
 	return nil
 }
-func (f *fakeFilter) RemoveConn(name string) error      { delete(f.conns, name); return nil }
-func (f *fakeFilter) Dropped(string) (uint64, error)    { return 0, nil }
-func (f *fakeFilter) Guarded(string) (uint64, error)    { return 0, nil }
+func (f *fakeFilter) RemoveConn(name string) error   { delete(f.conns, name); return nil }
+func (f *fakeFilter) Dropped(string) (uint64, error) { return 0, nil }
+func (f *fakeFilter) Guarded(string) (uint64, error) { return 0, nil }
+func (f *fakeFilter) Counts() (map[string]netio.FilterCounts, error) {
+	return map[string]netio.FilterCounts{}, nil
+}
 func (f *fakeFilter) Close() error                      { return nil }
 func (f *fakeFilter) guards(name string) []netip.Prefix { return f.conns[name] }
 func (r *fakeRouter) has(p string) bool                 { _, ok := r.routes[netip.MustParsePrefix(p)]; return ok }

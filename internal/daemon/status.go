@@ -159,6 +159,14 @@ func (d *Daemon) status(all bool) *Status {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	byConn := map[string][]ike.ChildStatus{}
+	for _, ch := range children {
+		byConn[ch.Conn] = append(byConn[ch.Conn], ch)
+	}
+	var counts map[string]netio.FilterCounts
+	if d.filter != nil {
+		counts, _ = d.filter.Counts()
+	}
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
 		cs := ConnStatus{
@@ -170,14 +178,10 @@ func (d *Daemon) status(all bool) *Status {
 			cs.Keying = "manual"
 		}
 		cs.IKEError, cs.Unsupported = d.ikeErr[name], c.IKEUnsupported
-		for _, ch := range children {
-			if ch.Conn == name {
-				cs.Children = append(cs.Children, ch)
-			}
-		}
+		cs.Children = byConn[name]
 		if d.guardKept[name] && d.filter != nil {
 			cs.GuardKept = true
-			cs.Guarded, _ = d.filter.Guarded(name)
+			cs.Guarded = counts[name].Guarded
 		}
 		if a, ok := d.active[name]; ok {
 			cs.State, cs.ReqID, cs.Since = "installed", a.reqid, a.since
@@ -195,10 +199,7 @@ func (d *Daemon) status(all bool) *Status {
 					cs.SAs = append(cs.SAs, saStatus(k.InSA, now), saStatus(k.OutSA, now))
 				}
 			}
-			if d.filter != nil {
-				cs.Cleartext, _ = d.filter.Dropped(name)
-				cs.Guarded, _ = d.filter.Guarded(name)
-			}
+			cs.Cleartext, cs.Guarded = counts[name].Dropped, counts[name].Guarded
 		}
 		st.Conns = append(st.Conns, cs)
 	}

@@ -96,6 +96,10 @@ type Filter struct {
 	guard *nftables.Chain
 	// kept are the stale guards carried over from a crashed daemon.
 	kept map[string][]netip.Prefix
+	// added are the conns AddConn gave rules: only they (and kept) have
+	// rules to delete, so adding a new conn lists no chain (a listing
+	// costs O(rules): with thousands of conns, O(conns^2) in all).
+	added map[string]bool
 	// nl is one lasting netlink socket, opened in NewFilter: entering
 	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
 	// dropped its privileges (internal/privs) no longer has.
@@ -300,9 +304,12 @@ func exemptions(cfg FilterConfig) [][]expr.Any {
 	return rules
 }
 
-func connTag(name string) []byte { return []byte("gosec:conn:" + name) }
+func connTag(name string) []byte { return []byte(connPrefix + name) }
 
-const guardPrefix = "gosec:guard:"
+const (
+	connPrefix  = "gosec:conn:"
+	guardPrefix = "gosec:guard:"
+)
 
 func guardTag(name string) []byte { return []byte(guardPrefix + name) }
 
@@ -380,6 +387,10 @@ func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 	if err := f.delConnRules(c, name); err != nil {
 		return err
 	}
+	if f.added == nil {
+		f.added = map[string]bool{}
+	}
+	f.added[name] = true
 	for _, p := range remotes {
 		for _, ch := range f.chains() {
 			c.AddRule(&nftables.Rule{Table: f.table, Chain: ch, UserData: connTag(name), Exprs: prefixDropExprs(p, 12)})
@@ -450,7 +461,11 @@ func (f *Filter) chains() []*nftables.Chain { return []*nftables.Chain{f.clear, 
 // delConnRules queues the deletion of conn name's rules (inbound drops and
 // guard) on c.
 func (f *Filter) delConnRules(c *nftables.Conn, name string) error {
+	if _, ok := f.kept[name]; !ok && !f.added[name] {
+		return nil // it has none
+	}
 	delete(f.kept, name)
+	delete(f.added, name)
 	tag, gtag := connTag(name), guardTag(name)
 	for _, ch := range append(f.chains(), f.guard) {
 		rules, err := c.GetRules(f.table, ch)
@@ -495,6 +510,56 @@ func (f *Filter) Dropped(name string) (uint64, error) {
 // prefixes the outbound guard dropped.
 func (f *Filter) Guarded(name string) (uint64, error) {
 	return f.counted([]*nftables.Chain{f.guard}, guardTag(name))
+}
+
+// FilterCounts are the packet counters of one conn's filter rules.
+type FilterCounts struct {
+	// Dropped counts cleartext from its protected prefixes (inbound
+	// drops), Guarded cleartext to them that the guard dropped.
+	Dropped, Guarded uint64
+}
+
+// Counts returns the counters of every conn's rules, by conn name, from
+// one listing of each chain (Dropped and Guarded list them per call).
+func (f *Filter) Counts() (map[string]FilterCounts, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]FilterCounts{}
+	for _, ch := range append(f.chains(), f.guard) {
+		rules, err := c.GetRules(f.table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("netio: filter: list rules: %w", err)
+		}
+		for _, r := range rules {
+			tag := string(r.UserData)
+			var name string
+			var guard bool
+			switch {
+			case strings.HasPrefix(tag, connPrefix):
+				name = tag[len(connPrefix):]
+			case strings.HasPrefix(tag, guardPrefix):
+				name, guard = tag[len(guardPrefix):], true
+			default:
+				continue
+			}
+			for _, e := range r.Exprs {
+				if ctr, ok := e.(*expr.Counter); ok {
+					fc := out[name]
+					if guard {
+						fc.Guarded += ctr.Packets
+					} else {
+						fc.Dropped += ctr.Packets
+					}
+					out[name] = fc
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 func (f *Filter) counted(chains []*nftables.Chain, tag []byte) (uint64, error) {

@@ -164,6 +164,9 @@ func TestFilterCleartext(t *testing.T) {
 	if d, err := f.Dropped("peer"); err != nil || d != 1 {
 		t.Errorf("Dropped(peer) = %d, %v; want 1", d, err)
 	}
+	if all, err := f.Counts(); err != nil || all["peer"].Dropped != 1 {
+		t.Errorf("Counts() = %v, %v; want peer's Dropped 1", all, err)
+	}
 	if err := f.RemoveConn("peer"); err != nil {
 		t.Fatal(err)
 	}
@@ -248,6 +251,9 @@ func TestFilterGuard(t *testing.T) {
 	}
 	if n, err := f.Guarded("peer"); err != nil || n != 1 {
 		t.Errorf("Guarded(peer) = %d, %v; want 1", n, err)
+	}
+	if all, err := f.Counts(); err != nil || all["peer"].Guarded != 1 {
+		t.Errorf("Counts() = %v, %v; want peer's Guarded 1", all, err)
 	}
 	if !send(mark, "marked") {
 		t.Error("the daemon's marked packet was dropped by the guard")

@@ -4,7 +4,9 @@ import (
 	"runtime"
 
 	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The netlink sockets below are opened in the calling thread's network
@@ -21,10 +23,34 @@ func netlinkHere() (*netlink.Handle, error) {
 	return netlink.NewHandle()
 }
 
+// nftRecvBuffer is the receive buffer of the nftables socket: the kernel
+// acknowledges every message of a transaction, and the one that creates
+// the table carries a guard rule per conn routed at start (thousands); with
+// the default buffer (rmem_default, 208 KB) the acknowledgements of a few
+// hundred rules overflow it (ENOBUFS) and gosec cannot start. The kernel
+// takes only the memory the queued messages use.
+const nftRecvBuffer = 64 << 20
+
 // nftablesHere opens a lasting nftables connection in the calling
 // thread's namespace.
 func nftablesHere() (*nftables.Conn, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	return nftables.New(nftables.AsLasting())
+	return nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(c *mdnetlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			// SO_RCVBUFFORCE passes rmem_max (CAP_NET_ADMIN, which gosec
+			// keeps); without it, SO_RCVBUF up to rmem_max.
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, nftRecvBuffer); serr != nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, nftRecvBuffer)
+			}
+		}); err != nil {
+			return err
+		}
+		return serr
+	}))
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
@@ -61,16 +60,16 @@ func notifyAdvice(t isakmp.NotifyType, p *p1) string {
 
 // sendInfo sends a protected Informational exchange with payloads.
 func (e *Engine) sendInfo(p *p1, payloads []isakmp.Payload) {
-	if p.cbc == nil || !p.established() {
+	if p.km.cbc == nil || !p.established() {
 		return
 	}
 	msgID := e.randomMsgID(p)
-	bs := p.cbc.BlockSize()
-	iv := ikecrypto.PhaseIV(p.suite.Hash, p.iv, msgID, bs)
+	bs := p.km.cbc.BlockSize()
+	iv := ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, msgID, bs)
 	hl := p.suite.Hash.Size()
 	ps := append([]isakmp.Payload{&isakmp.Hash{Data: make([]byte, hl)}}, payloads...)
 	b := isakmp.AppendPayloads(nil, ps)
-	copy(b[4:4+hl], ikecrypto.InfoHash(p.suite.Hash, p.keys.A, msgID, b[4+hl:]))
+	copy(b[4:4+hl], ikecrypto.InfoHash(p.suite.Hash, p.km.a, msgID, b[4+hl:]))
 	m, _ := e.seal(p, p.header(isakmp.ExchInfo, msgID, true), b, isakmp.PayloadHash, iv)
 	e.transmit(p, m)
 }
@@ -129,12 +128,12 @@ func (p *p1) infoSeen(id uint32) bool {
 
 // handleInfo processes a protected Informational exchange.
 func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
-	if p.cbc == nil || (!p.established() && p.state != "MAIN_I3") {
+	if p.km.cbc == nil || (!p.established() && p.state != mainI3) {
 		e.Stats.Malformed.Add(1)
 		e.warn("protected Informational before keys", "peer", p.peer)
 		return
 	}
-	iv := ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, p.cbc.BlockSize())
+	iv := ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, h.MessageID, p.km.cbc.BlockSize())
 	plain, _, err := e.open(p, msg, iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
@@ -142,7 +141,7 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	}
 	ps, raws, ok := e.decode(p, h.Next, plain, "Informational")
 	if !ok {
-		if p.state == "MAIN_I3" {
+		if p.state == mainI3 {
 			// The peer answered MM5 with a message our keys cannot read:
 			// its keys differ from ours, so its PSK does.
 			e.Stats.AuthFailed.Add(1)
@@ -157,7 +156,7 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	}
 	lastRaw := raws[len(raws)-1]
 	rest := plain[raws[0].Off+4+len(raws[0].Body) : lastRaw.Off+4+len(lastRaw.Body)]
-	if !hashEqual(ikecrypto.InfoHash(p.suite.Hash, p.keys.A, h.MessageID, rest), raws[0].Body) {
+	if !hashEqual(ikecrypto.InfoHash(p.suite.Hash, p.km.a, h.MessageID, rest), raws[0].Body) {
 		e.Stats.BadHash.Add(1)
 		e.warn("Informational HASH(1) does not verify", "peer", p.peer)
 		return
@@ -190,11 +189,7 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 				e.log.Info("peer deleted ISAKMP SA", "conn", p.conn.Name, "peer", p.peer, "cookies", p.cookieString())
 				p.fail(fmt.Errorf("conn %s: the peer deleted the ISAKMP SA", p.conn.Name))
 				e.forget(p)
-				for _, ch := range e.allChildren() {
-					if ch.p == p {
-						ch.p = nil
-					}
-				}
+				e.orphan(p)
 			}
 		}
 	case isakmp.ProtoESP, isakmp.ProtoAH:
@@ -203,36 +198,14 @@ func (e *Engine) peerDelete(p *p1, d *isakmp.Delete) {
 				continue
 			}
 			out := be32u(spi)
-			for name, list := range e.children {
-				keep := list[:0]
-				for _, ch := range list {
-					// Only the identity that negotiated an SA may delete
-					// it: clients behind one NAT share an address and may
-					// pick the same SPIs.
-					if ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() && ch.identity == p.identity() {
-						e.log.Info("peer deleted IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI), "out_spi", fmt.Sprintf("%08x", out))
-						ch.stop()
-						e.cfg.Installer.Remove(ch.sa)
-						continue
-					}
-					keep = append(keep, ch)
-				}
-				if len(keep) == 0 {
-					delete(e.children, name)
-				} else {
-					e.children[name] = keep
-				}
-			}
+			// Only the identity that negotiated an SA may delete it:
+			// clients behind one NAT share an address and may pick the
+			// same SPIs.
+			e.dropChildren("", func(ch *child) bool {
+				return ch.sa.OutSPI == out && ch.sa.Remote == p.peer.Addr() && ch.identity == p.identity()
+			}, false, "peer deleted IPsec SA")
 		}
 	}
-}
-
-func (e *Engine) allChildren() []*child {
-	var out []*child
-	for _, l := range e.children {
-		out = append(out, l...)
-	}
-	return out
 }
 
 // peerNotify handles a protected Notify.
@@ -260,7 +233,7 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 		e.log.Warn("peer reports an error", "conn", p.conn.Name, "peer", p.peer, "notify", n.Kind.String(), "advice", notifyAdvice(n.Kind, p))
 		// Fail the Quick Modes we are waiting for.
 		for _, q := range p.qms {
-			if q.initiator && q.state == "QUICK_I1" {
+			if q.initiator && q.state == quickI1 {
 				e.failQM(q, err)
 			}
 		}
@@ -268,6 +241,25 @@ func (e *Engine) peerNotify(p *p1, n *isakmp.Notify) {
 			e.failP1(p, err, false)
 		}
 	}
+}
+
+// openInfo handles an unprotected Informational for no known SA (a
+// refusal of our MM1 carries no responder cookie we know).
+func (e *Engine) openInfo(h isakmp.Header, msg []byte, from, _ netip.AddrPort, _ bool) bool {
+	if h.Flags&isakmp.FlagEncryption != 0 {
+		return false
+	}
+	e.handlePlainInfo(nil, h, msg, from)
+	return true
+}
+
+// processInfo handles an Informational under ISAKMP SA p.
+func (e *Engine) processInfo(p *p1, m received) {
+	if m.h.Flags&isakmp.FlagEncryption == 0 {
+		e.handlePlainInfo(p, m.h, m.msg, m.from)
+		return
+	}
+	e.handleInfo(p, m.h, m.msg)
 }
 
 // handlePlainInfo handles an unprotected Informational exchange (a peer
@@ -316,158 +308,9 @@ func (e *Engine) initialContact(p *p1) {
 		if q != p && q.established() && q.identity() == id && q.estSeq < p.createdSeq {
 			e.log.Info("INITIAL-CONTACT: forgetting the peer's old ISAKMP SA", "peer", p.peer, "peer_id", p.peerID, "cookies", q.cookieString())
 			e.forget(q)
-			for _, ch := range e.allChildren() {
-				if ch.p == q {
-					ch.p = nil
-				}
-			}
+			e.orphan(q)
 		}
 	}
-	for name, list := range e.children {
-		keep := list[:0]
-		for _, ch := range list {
-			if ch.identity == id && ch.seq < p.createdSeq {
-				e.log.Info("INITIAL-CONTACT: removing the peer's old IPsec SA", "conn", name, "in_spi", fmt.Sprintf("%08x", ch.sa.InSPI))
-				ch.stop()
-				e.cfg.Installer.Remove(ch.sa)
-				continue
-			}
-			keep = append(keep, ch)
-		}
-		if len(keep) == 0 {
-			delete(e.children, name)
-		} else {
-			e.children[name] = keep
-		}
-	}
-}
-
-// startDPD sends R_U_THERE every DPDDelay (RFC 3706) when the conn asks
-// for it and the peer announced DPD.
-func (e *Engine) startDPD(p *p1) {
-	c := p.conn
-	if c == nil || c.DPDDelay <= 0 || c.DPDAction == "" || c.DPDAction == "none" || !p.peerDPD {
-		return
-	}
-	timeout := c.DPDTimeout
-	if timeout <= 0 {
-		timeout = 5 * c.DPDDelay
-	}
-	var tick func()
-	tick = func() {
-		e.post(func() {
-			if e.sas[p.key()] != p {
-				return
-			}
-			now := e.cfg.Clock.Now()
-			if p.dpdWaiting && now.Sub(p.dpdSince) >= timeout {
-				e.deadPeer(p, timeout)
-				return
-			}
-			if !p.dpdWaiting {
-				p.dpdWaiting, p.dpdSince = true, now
-			}
-			p.dpdSeq++
-			spi := append(append([]byte(nil), p.icky[:]...), p.rcky[:]...)
-			e.sendInfo(p, []isakmp.Payload{&isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyRUThere, SPI: spi, Data: be32(p.dpdSeq)}})
-			p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
-		})
-	}
-	p.dpdSeq = be32u(e.random(4)) & 0x7fffffff
-	p.dpd = e.cfg.Clock.AfterFunc(c.DPDDelay, tick)
-}
-
-// deadPeer applies dpdaction once the peer of p stopped answering: every
-// ISAKMP SA and IPsec SA of that identity pair is gone on the peer's side
-// (or unreachable), so all of them are removed without a Delete. Then
-// each affected conn follows its own dpdaction (p's conn when it has
-// none): clear leaves it down; hold leaves it down too, while the daemon
-// keeps its policies trapping (fail closed) and asks for it again with
-// Start; restart negotiates it again at once (a new Main Mode, then Quick
-// Mode for its selectors), when its peer's address is known.
-func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
-	c := p.conn
-	e.log.Warn("dead peer detected", "conn", c.Name, "peer", p.peer, "peer_id", p.peerID, "no_answer_for", timeout, "dpdaction", c.DPDAction)
-	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: c.Name, Kind: "dpd", Result: "dead"})
-	id := p.identity()
-	for _, q := range e.sortedSAs() {
-		if q == p || (q.established() && q.identity() == id) {
-			e.forget(q)
-			for _, ch := range e.allChildren() {
-				if ch.p == q {
-					ch.p = nil
-				}
-			}
-		}
-	}
-	affected := []*Conn{c}
-	seen := map[string]bool{c.Name: true}
-	for _, ch := range e.allChildren() {
-		if ch.identity != id {
-			continue
-		}
-		e.deleteChild(ch, "dead peer")
-		if cc := e.conns[ch.sa.Conn]; cc != nil && !seen[cc.Name] {
-			seen[cc.Name] = true
-			affected = append(affected, cc)
-		}
-	}
-	for _, cc := range affected {
-		action := cc.DPDAction
-		if action == "" || action == "none" {
-			action = c.DPDAction
-		}
-		if action == "restart" && cc.Remote.IsValid() {
-			e.log.Info("dpdaction=restart: negotiating again", "conn", cc.Name, "peer", cc.Remote)
-			e.startMain(cc, nil, 1)
-		}
-	}
-}
-
-// startBackground is Start: it negotiates what conn name lacks, and
-// nothing that is already up or under way, so that a trap that fires on
-// every packet, or auto=start racing the peer, starts one negotiation.
-func (e *Engine) startBackground(name string) error {
-	c, ok := e.conns[name]
-	if !ok {
-		return fmt.Errorf("no connection named %q", name)
-	}
-	for _, p := range e.sas {
-		if p.conn == c && p.initiator && !p.established() && !p.reauthOnly {
-			return nil // its Quick Modes follow
-		}
-	}
-	p := e.newestP1("", c)
-	if p == nil {
-		return e.initiate(name, nil)
-	}
-	for _, pair := range selectorPairs(c) {
-		if e.pairCovered(c, pair) {
-			continue
-		}
-		e.quickI1(p, c, pair[0], pair[1], func(err error) {
-			if err != nil {
-				e.log.Warn("Quick Mode failed", "conn", name, "err", err)
-			}
-		}, nil)
-	}
-	return nil
-}
-
-// pairCovered reports whether conn c has a live (not replaced) IPsec SA
-// pair for the selectors, or a Quick Mode for them under way.
-func (e *Engine) pairCovered(c *Conn, pair [2]netip.Prefix) bool {
-	for _, ch := range e.children[c.Name] {
-		if !ch.rekeyed && ch.sa.LocalTS == pair[0] && ch.sa.RemoteTS == pair[1] {
-			return true
-		}
-	}
-	for _, q := range e.sas {
-		for _, x := range q.qms {
-			if x.initiator && (x.state == "QUICK_I1" || x.outPending()) && x.conn == c && x.localTS == pair[0] && x.remoteTS == pair[1] {
-				return true
-			}
-		}
-	}
-	return false
+	e.dropChildren("", func(ch *child) bool { return ch.identity == id && ch.seq < p.createdSeq }, false,
+		"INITIAL-CONTACT: removing the peer's old IPsec SA")
 }

@@ -1,35 +1,77 @@
 package ike
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/sad"
 )
+
+// Quick Mode (RFC 2409 5.5) under an established ISAKMP SA:
+//
+//	initiator                               responder
+//	quickInitiate: QM1 HASH(1), SA, Ni [, KE] [, IDci, IDcr] -->
+//	                                        quickResponderQM1: choose,
+//	                                        install inbound    (quickR1)
+//	quickInitiatorQM2 <-- QM2 HASH(2), SA, Nr [, KE] [, IDci, IDcr]
+//	install both, QM3 HASH(3) -->           quickResponderQM3:
+//	(quickI2)                               install outbound   (quickR2)
+//
+// Each Quick Mode is a task of its ISAKMP SA under its message ID
+// (taskmanager.go).
+
+// quickState is where a Quick Mode stands.
+type quickState uint8
+
+const (
+	quickI1 quickState = iota + 1 // QM1 sent
+	quickI2                       // QM3 sent: established (initiator)
+	quickR1                       // QM2 sent, inbound SA installed
+	quickR2                       // QM3 verified: established (responder)
+)
+
+var quickStateNames = [...]string{quickI1: "QUICK_I1", quickI2: "QUICK_I2", quickR1: "QUICK_R1", quickR2: "QUICK_R2"}
+
+// String returns Pluto's name of the state (QUICK_I1 .. QUICK_R2).
+func (s quickState) String() string {
+	if int(s) < len(quickStateNames) && quickStateNames[s] != "" {
+		return quickStateNames[s]
+	}
+	return fmt.Sprintf("QUICK_STATE_%d", uint8(s))
+}
+
+// MarshalText logs the state by name.
+func (s quickState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // qm is one Quick Mode exchange under a phase-1 SA.
 type qm struct {
 	p         *p1
 	conn      *Conn
-	msgID     uint32
 	initiator bool
-	state     string // QUICK_I1, QUICK_I2, QUICK_R1, QUICK_R2
+	state     quickState
 	iv        []byte
 	suites    []p2Suite
 	suite     p2Suite
 	inSPI     uint32
 	outSPI    uint32
 	encap     uint16
-	ni, nr    []byte
-	dh        *ikecrypto.DH
-	gqm       []byte
+	// ni, nr, dh and gqm (the PFS g^xy) live until the child's keys are
+	// derived and the HASHes that cover the nonces are done
+	// (forgetSecrets); inKeys and outKeys are the KEYMAT of each
+	// direction, which the ChildSA's configurations slice, zeroed once
+	// the data plane has them (install) or the exchange fails.
+	ni, nr          []byte
+	dh              *ikecrypto.DH
+	gqm             []byte
+	inKeys, outKeys []byte
+	// computing: a Diffie-Hellman step of q is on a crypto worker.
+	computing bool
 	localTS   netip.Prefix
 	remoteTS  netip.Prefix
 	// startSeq is when the exchange began (Engine.seq); outInstalled is
@@ -43,22 +85,12 @@ type qm struct {
 	lport, rport uint16
 	idci         *isakmp.ID
 	idcr         *isakmp.ID
-	lastSent     []byte
-	lastRecv     [32]byte
-	timer        clock.Timer
-	timerGen     int
-	done         func(error)
-	w            *waiter // the `gosec up` that started it, if any
-	child        *ChildSA
-	installed    bool
-}
-
-func (q *qm) stopTimer() {
-	q.timerGen++
-	if q.timer != nil {
-		q.timer.Stop()
-		q.timer = nil
-	}
+	// x is the exchange in flight (taskmanager.go).
+	x         exchange
+	done      func(error)
+	w         *waiter // the `gosec up` that started it, if any
+	child     *ChildSA
+	installed bool
 }
 
 func (q *qm) finish(err error) {
@@ -90,19 +122,22 @@ func selectorPairs(c *Conn) [][2]netip.Prefix {
 
 // startQuick negotiates every selector pair of p's conn; w hears the
 // outcome once all of them are done.
-func (e *Engine) startQuick(p *p1, w *waiter) {
-	pairs := selectorPairs(p.conn)
+func (e *Engine) startQuick(p *p1, w *waiter) { e.startQuickFor(p, p.conn, w) }
+
+// startQuickFor negotiates every selector pair of conn c under p.
+func (e *Engine) startQuickFor(p *p1, c *Conn, w *waiter) {
+	pairs := selectorPairs(c)
 	left := len(pairs)
 	var first error
 	for _, pair := range pairs {
-		e.quickI1(p, p.conn, pair[0], pair[1], func(err error) {
+		e.quickInitiate(p, c, pair[0], pair[1], func(err error) {
 			if err != nil && first == nil {
 				first = err
 			}
 			left--
 			if left == 0 {
 				if first == nil {
-					w.say("connection '%s' established successfully", p.conn.Name)
+					w.say("connection '%s' established successfully", c.Name)
 				}
 				w.finish(first)
 			}
@@ -128,12 +163,18 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 	return encapTunnel
 }
 
-// quickI1 sends QM1.
-func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
-	q := &qm{p: p, conn: c, initiator: true, state: "QUICK_I1", suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
-	q.msgID = e.randomMsgID(p)
-	bs := p.cbc.BlockSize()
-	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.iv, q.msgID, bs)
+// quickInitiate sends QM1, once one of p's Quick Mode slots is free
+// (admitQuick, share.go).
+func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
+	orig := done
+	done, ok := e.admitQuick(p, c, [2]netip.Prefix{lts, rts}, func() { e.quickInitiate(p, c, lts, rts, orig, w) }, orig)
+	if !ok {
+		return
+	}
+	q := &qm{p: p, conn: c, initiator: true, state: quickI1, suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
+	q.x.msgID = e.randomMsgID(p)
+	bs := p.km.cbc.BlockSize()
+	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, q.x.msgID, bs)
 	proto := q.suites[0].Proto
 	spi, err := e.cfg.Installer.AllocSPI(proto)
 	if err != nil {
@@ -143,16 +184,48 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 	q.inSPI = spi
 	q.encap = e.encapMode(p, c.Mode)
 	q.ni = e.random(32)
-	sa := p2SA(q.suites, spi, q.encap)
-	ps := []isakmp.Payload{&isakmp.Hash{Data: make([]byte, p.suite.Hash.Size())}, sa, &isakmp.Nonce{Data: q.ni}}
-	if g := q.suites[0].Group; g != 0 {
-		dh, err := ikecrypto.GenerateDH(g, e.cfg.Rand)
-		if err != nil {
-			q.finish(fmt.Errorf("conn %s: PFS group %s: %w", c.Name, g, err))
-			return
+	g := q.suites[0].Group
+	if g == 0 {
+		e.quickInitiateSend(q)
+		return
+	}
+	// The PFS key pair is made on a crypto worker; meanwhile the task is
+	// registered under its message ID (a trap firing again sees it
+	// under way), then quickInitiateSend sends QM1.
+	p.qms[q.x.msgID] = q
+	q.computing = true
+	rnd := e.cfg.Rand
+	e.compute(func() func() {
+		dh, err := ikecrypto.GenerateDH(g, rnd)
+		return func() {
+			q.computing = false
+			if !e.live(q) {
+				if dh != nil {
+					dh.Wipe() // failed or forgotten meanwhile (the SPI went with it)
+				}
+				return
+			}
+			if err != nil {
+				delete(p.qms, q.x.msgID)
+				e.cfg.Installer.ReleaseSPI(q.suites[0].Proto, q.inSPI)
+				q.wipeAll()
+				q.finish(fmt.Errorf("conn %s: PFS group %s: %w", c.Name, g, err))
+				return
+			}
+			q.dh = dh
+			e.quickInitiateSend(q)
 		}
-		q.dh = dh
-		ps = append(ps, &isakmp.KE{Data: dh.Public()})
+	})
+}
+
+// quickInitiateSend builds and sends QM1 (HASH(1), SA, Ni [, KE] [,
+// IDci, IDcr] [, NAT-OA]).
+func (e *Engine) quickInitiateSend(q *qm) {
+	p, c, w, lts, rts := q.p, q.conn, q.w, q.localTS, q.remoteTS
+	sa := p2SA(q.suites, q.inSPI, q.encap)
+	ps := []isakmp.Payload{&isakmp.Hash{Data: make([]byte, p.suite.Hash.Size())}, sa, &isakmp.Nonce{Data: q.ni}}
+	if q.dh != nil {
+		ps = append(ps, &isakmp.KE{Data: q.dh.Public()})
 	}
 	q.idci, q.idcr = tsID(lts, c.Proto, c.LocalPort), tsID(rts, c.Proto, c.RemotePort)
 	q.proto, q.lport, q.rport = c.Proto, c.LocalPort, c.RemotePort
@@ -164,10 +237,10 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 	}
 	b := isakmp.AppendPayloads(nil, ps)
 	hl := p.suite.Hash.Size()
-	copy(b[4:4+hl], ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.msgID, b[4+hl:]))
-	msg, last := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
+	copy(b[4:4+hl], ikecrypto.QMHash1(p.suite.Hash, p.km.a, q.x.msgID, b[4+hl:]))
+	msg, last := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = last
-	p.qms[q.msgID] = q
+	p.qms[q.x.msgID] = q
 	if w != nil {
 		wq := w
 		inner := q.done
@@ -178,10 +251,8 @@ func (e *Engine) quickI1(p *p1, c *Conn, lts, rts netip.Prefix, done func(error)
 			inner(err)
 		}
 	}
-	q.say(w, "generating QUICK_MODE request %d [ HASH SA No%s ID ID ] for %v === %v", q.msgID, keTag(q.dh != nil), lts, rts)
-	q.lastSent = msg
-	e.transmit(p, msg)
-	e.armQM(q, 0, w)
+	q.say(w, "generating QUICK_MODE request %d [ HASH SA No%s ID ID ] for %v === %v", q.x.msgID, keTag(q.dh != nil), lts, rts)
+	e.request(q, msg, [32]byte{})
 }
 
 func keTag(ke bool) string {
@@ -198,38 +269,18 @@ func (q *qm) say(w *waiter, format string, args ...any) {
 	q.p.say(format, args...)
 }
 
-// armQM retransmits q's last message until the answer comes.
-func (e *Engine) armQM(q *qm, tries int, w *waiter) {
-	q.timerGen++
-	gen := q.timerGen
-	q.timer = e.cfg.Clock.AfterFunc(e.retransmitDelay(tries), func() {
-		e.post(func() {
-			if q.timerGen != gen || q.p.qms[q.msgID] != q || e.sas[q.p.key()] != q.p {
-				return
-			}
-			if tries >= e.cfg.Retransmits {
-				e.failQM(q, fmt.Errorf("conn %s: no response to Quick Mode %d from %v after %d retransmissions", q.conn.Name, q.msgID, q.p.peer, tries))
-				return
-			}
-			e.Stats.Retransmits.Add(1)
-			w.say("retransmit %d of request with message ID %d", tries+1, q.msgID)
-			e.transmit(q.p, q.lastSent)
-			e.armQM(q, tries+1, w)
-		})
-	})
-}
-
 func (e *Engine) failQM(q *qm, err error) {
 	e.Stats.Failed.Add(1)
-	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.msgID, "state", q.state, "err", err)
+	e.log.Warn("Quick Mode failed", "conn", q.conn.Name, "peer", q.p.peer, "msgid", q.x.msgID, "state", q.state, "err", err)
 	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
-	q.stopTimer()
+	q.x.stop()
 	if q.inSPI != 0 && !q.installed {
 		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
 	} else if q.child != nil && q.installed {
 		e.cfg.Installer.Remove(q.child)
 	}
-	delete(q.p.qms, q.msgID)
+	delete(q.p.qms, q.x.msgID)
+	q.wipeAll()
 	q.finish(err)
 }
 
@@ -265,21 +316,16 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q := p.qms[h.MessageID]
-	if q != nil && sum == q.lastRecv {
-		e.Stats.Duplicate.Add(1)
-		if q.state == "QUICK_R1" || q.state == "QUICK_I2" {
-			e.Stats.Retransmits.Add(1)
-			e.transmit(p, q.lastSent)
-		}
+	if q != nil && e.duplicate(p, &q.x, sum) {
 		return
 	}
 	switch {
 	case q == nil:
-		e.quickR1(p, h, msg, sum)
-	case q.state == "QUICK_I1":
-		e.quickI2(q, h, msg, sum)
-	case q.state == "QUICK_R1":
-		e.quickR2(q, h, msg, sum)
+		e.quickResponderQM1(p, h, msg, sum)
+	case q.state == quickI1:
+		e.quickInitiatorQM2(q, h, msg, sum)
+	case q.state == quickR1:
+		e.quickResponderQM3(q, h, msg, sum)
 	default:
 		e.Stats.Malformed.Add(1)
 		e.warn("unexpected Quick Mode message", "peer", p.peer, "state", q.state)
@@ -296,8 +342,12 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 		proto = uint8(isakmp.ProtoAH)
 	}
 	var ni, nr = q.ni, q.nr
-	in := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.inSPI), ni, nr, n)
-	out := ikecrypto.Keymat(p.suite.Hash, p.keys.D, q.gqm, proto, be32(q.outSPI), ni, nr, n)
+	in := ikecrypto.Keymat(p.suite.Hash, p.km.d, q.gqm, proto, be32(q.inSPI), ni, nr, n)
+	out := ikecrypto.Keymat(p.suite.Hash, p.km.d, q.gqm, proto, be32(q.outSPI), ni, nr, n)
+	q.inKeys, q.outKeys = in, out
+	// g^xy of PFS served only these.
+	wipe(q.gqm)
+	q.gqm = nil
 	ch := &ChildSA{Conn: c.Name, Proto: s.Proto, Mode: c.Mode, InSPI: q.inSPI, OutSPI: q.outSPI,
 		Local: p.local.Addr(), Remote: p.peer.Addr(), LocalTS: q.localTS, RemoteTS: q.remoteTS,
 		Proto8: q.proto, LocalPort: q.lport, RemotePort: q.rport, Lifetime: s.Life, LifeBytes: s.LifeKB * 1024,
@@ -329,16 +379,20 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	return ch, nil
 }
 
-// quickI2: QM2 received; install both SAs; send QM3.
-func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+// quickInitiatorQM2: QM2 received; install both SAs; send QM3.
+func (e *Engine) quickInitiatorQM2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+	if q.computing {
+		e.Stats.Duplicate.Add(1) // QM1 not sent yet, or QM2's g^xy under way
+		return
+	}
 	p := q.p
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return
 	}
-	if !hashEqual(ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.msgID, q.ni, rest), hash) {
+	if !hashEqual(ikecrypto.QMHash2(p.suite.Hash, p.km.a, q.x.msgID, q.ni, rest), hash) {
 		e.Stats.BadHash.Add(1)
-		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.msgID)
+		e.warn("QM2 HASH(2) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
 	}
 	e.authentic(p)
@@ -368,11 +422,35 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 			e.failQM(q, fmt.Errorf("conn %s: the responder sent no KE although PFS (%s) was proposed", q.conn.Name, suite.Group))
 			return
 		}
-		if q.gqm, err = q.dh.SharedSecret(ke.Data); err != nil {
-			e.failQM(q, fmt.Errorf("conn %s: PFS KE: %w", q.conn.Name, err))
-			return
-		}
+		// g^xy on a crypto worker, which owns the key pair meanwhile.
+		dh, gy := q.dh, ke.Data
+		q.dh, q.computing = nil, true
+		e.compute(func() func() {
+			gqm, err := dh.SharedSecret(gy)
+			dh.Wipe()
+			return func() {
+				q.computing = false
+				if !e.live(q) || q.state != quickI1 {
+					wipe(gqm)
+					return
+				}
+				if err != nil {
+					e.failQM(q, fmt.Errorf("conn %s: PFS KE: %w", q.conn.Name, err))
+					return
+				}
+				q.gqm = gqm
+				e.quickInitiatorQM2Keyed(q, ps, last, sum)
+			}
+		})
+		return
 	}
+	e.quickInitiatorQM2Keyed(q, ps, last, sum)
+}
+
+// quickInitiatorQM2Keyed installs the child and sends QM3 once any PFS
+// g^xy is known.
+func (e *Engine) quickInitiatorQM2Keyed(q *qm, ps []isakmp.Payload, last []byte, sum [32]byte) {
+	p := q.p
 	ids := findAll[*isakmp.ID](ps)
 	if len(ids) == 2 && (!sameID(ids[0], q.idci) || !sameID(ids[1], q.idcr)) {
 		e.failQM(q, fmt.Errorf("conn %s: the responder changed the traffic selectors to %s === %s", q.conn.Name, idString(ids[0]), idString(ids[1])))
@@ -384,19 +462,19 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q.iv = last
-	q.lastRecv = sum
-	q.stopTimer()
-	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.msgID, q.ni, q.nr)}})
-	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
+	q.x.received(sum)
+	q.x.stop()
+	b := isakmp.AppendPayloads(nil, []isakmp.Payload{&isakmp.Hash{Data: ikecrypto.QMHash3(p.suite.Hash, p.km.a, q.x.msgID, q.ni, q.nr)}})
+	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
+	q.forgetSecrets() // QM3 is built; a duplicate QM2 gets it again as it is
 	if e.cfg.OutboundDelay <= 0 {
 		if err := e.install(q, ch, true); err != nil {
 			e.failQM(q, err)
 			return
 		}
-		q.lastSent = m
-		e.transmit(p, m)
-		q.state = "QUICK_I2"
+		e.reply(q, m, sum)
+		q.state = quickI2
 		e.childUp(q, ch)
 		return
 	}
@@ -408,34 +486,45 @@ func (e *Engine) quickI2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		e.failQM(q, err)
 		return
 	}
-	q.lastSent = m
-	e.transmit(p, m)
-	q.state = "QUICK_I2"
-	q.timerGen++
-	gen := q.timerGen
-	q.timer = e.cfg.Clock.AfterFunc(e.cfg.OutboundDelay, func() {
-		e.post(func() {
-			// forget and failQM stop this timer and remove the inbound SA
-			if q.timerGen != gen || q.p.qms[q.msgID] != q || e.sas[q.p.key()] != q.p {
-				return
-			}
-			if err := e.install(q, ch, true); err != nil {
-				e.failQM(q, err)
-				return
-			}
-			e.childUp(q, ch)
-		})
+	e.reply(q, m, sum)
+	q.state = quickI2
+	// forget and failQM stop this timer and remove the inbound SA.
+	e.after(q, e.cfg.OutboundDelay, func() {
+		if err := e.install(q, ch, true); err != nil {
+			e.failQM(q, err)
+			return
+		}
+		e.childUp(q, ch)
 	})
 }
 
 // outPending reports whether q is an initiator's Quick Mode that has sent
 // QM3 and waits for OutboundDelay before installing its outbound SA.
 func (q *qm) outPending() bool {
-	return q.initiator && q.state == "QUICK_I2" && q.installed && !q.outInstalled
+	return q.initiator && q.state == quickI2 && q.installed && !q.outInstalled
 }
 
 func sameID(a, b *isakmp.ID) bool {
 	return a.IDType == b.IDType && a.Protocol == b.Protocol && a.Port == b.Port && string(a.Data) == string(b.Data)
+}
+
+// forgetSecrets wipes the nonces, the PFS key pair and g^xy.
+func (q *qm) forgetSecrets() {
+	wipe(q.ni)
+	wipe(q.nr)
+	wipe(q.gqm)
+	if q.dh != nil {
+		q.dh.Wipe()
+	}
+	q.ni, q.nr, q.gqm, q.dh = nil, nil, nil, nil
+}
+
+// wipeAll forgets every secret of q (it failed, or its ISAKMP SA went).
+func (q *qm) wipeAll() {
+	q.forgetSecrets()
+	wipe(q.inKeys)
+	wipe(q.outKeys)
+	q.inKeys, q.outKeys = nil, nil
 }
 
 // install hands the child to the data plane: the inbound SA, and with
@@ -447,12 +536,14 @@ func (e *Engine) install(q *qm, ch *ChildSA, both bool) error {
 			return fmt.Errorf("conn %s: installing inbound SA: %w", ch.Conn, err)
 		}
 		q.installed = true
+		wipe(q.inKeys) // the data plane keyed its own copy (Installer)
 	}
 	if both && !q.outInstalled {
 		if err := e.cfg.Installer.InstallOutbound(ch); err != nil {
 			return fmt.Errorf("conn %s: installing outbound SA: %w", ch.Conn, err)
 		}
 		q.outInstalled = true
+		wipe(q.outKeys)
 	}
 	return nil
 }
@@ -484,11 +575,13 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 	}
 	e.log.Info("IPsec SA established", "conn", ch.Conn, "in_spi", fmt.Sprintf("%08x", ch.InSPI), "out_spi", fmt.Sprintf("%08x", ch.OutSPI),
 		"suite", ch.Suite, "mode", ch.Mode.String(), "local_ts", ch.LocalTS, "remote_ts", ch.RemoteTS, "udp", ch.Encap != nil)
-	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.msgID, ch.InSPI, ch.OutSPI,
+	q.say(q.w, "CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %v === %v (%s %s%s)", ch.Conn, q.x.msgID, ch.InSPI, ch.OutSPI,
 		ch.LocalTS, ch.RemoteTS, ch.Suite, ch.Mode, encap)
-	delete(q.p.qms, q.msgID)
-	// Keep the exchange reachable for duplicate QM2/QM3 detection.
-	q.p.qms[q.msgID] = q
+	delete(q.p.qms, q.x.msgID)
+	// Keep the exchange reachable for duplicate QM2/QM3 detection,
+	// for a while (retireQuick).
+	q.p.qms[q.x.msgID] = q
+	e.retireQuick(q)
 	q.finish(nil)
 }
 
@@ -496,16 +589,13 @@ func (e *Engine) childUp(q *qm, ch *ChildSA) {
 // endpoints, identities and key: see authorizes) whose selectors contain
 // the proposed ones (p's own conn first).
 func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rport, lport uint16) []*Conn {
+	// The selectors are checked before the authorization (a hash of the
+	// key): among thousands of conns, most fail the first, cheap test.
 	try := func(c *Conn) bool {
-		if !e.authorizes(p, c) || !protoPortsFit(c, proto, rport, lport) {
+		if !protoPortsFit(c, proto, rport, lport) || !selectorsFit(c, p.peer.Addr(), local, remote) {
 			return false
 		}
-		for _, pair := range selectorPairs(withRemote(c, p.peer.Addr())) {
-			if contains(pair[0], local) && contains(pair[1], remote) {
-				return true
-			}
-		}
-		return false
+		return e.authorizes(p, c)
 	}
 	var out []*Conn
 	if try(p.conn) {
@@ -518,6 +608,22 @@ func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rpor
 		}
 	}
 	return out
+}
+
+// selectorsFit reports whether one of c's selector pairs (with peer as
+// the remote end of a right=%any conn) contains local and remote.
+func selectorsFit(c *Conn, peer netip.Addr, local, remote netip.Prefix) bool {
+	if c.Mode != sad.Transport && len(c.LocalSubnets) > 0 && len(c.RemoteSubnets) > 0 {
+		// selectorPairs without building the list
+		return slices.ContainsFunc(c.LocalSubnets, func(l netip.Prefix) bool { return contains(l, local) }) &&
+			slices.ContainsFunc(c.RemoteSubnets, func(r netip.Prefix) bool { return contains(r, remote) })
+	}
+	for _, pair := range selectorPairs(withRemote(c, peer)) {
+		if contains(pair[0], local) && contains(pair[1], remote) {
+			return true
+		}
+	}
+	return false
 }
 
 // withRemote fills in the peer's address for a right=%any conn.
@@ -548,22 +654,29 @@ func contains(outer, inner netip.Prefix) bool {
 	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
 }
 
-// quickR1: QM1 received; choose; install inbound; send QM2.
-func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	bs := p.cbc.BlockSize()
-	q := &qm{p: p, msgID: h.MessageID, state: "QUICK_R1", iv: ikecrypto.PhaseIV(p.suite.Hash, p.iv, h.MessageID, bs), startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
+// quickResponderQM1: QM1 received; choose; install inbound; send QM2.
+func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+	bs := p.km.cbc.BlockSize()
+	q := &qm{p: p, x: exchange{msgID: h.MessageID}, state: quickR1, iv: ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, h.MessageID, bs), startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
+	// Secrets of a QM1 that is refused or fails go with it.
+	registered := false
+	defer func() {
+		if !registered {
+			q.wipeAll()
+		}
+	}()
 	ps, hash, rest, last, ok := e.qmBody(q, h, msg)
 	if !ok {
 		return
 	}
-	if !hashEqual(ikecrypto.QMHash1(p.suite.Hash, p.keys.A, q.msgID, rest), hash) {
+	if !hashEqual(ikecrypto.QMHash1(p.suite.Hash, p.km.a, q.x.msgID, rest), hash) {
 		e.Stats.BadHash.Add(1)
-		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.msgID)
+		e.warn("QM1 HASH(1) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
 	}
 	e.authentic(p)
 	q.iv = last
-	q.lastRecv = sum
+	q.x.received(sum)
 	sa, ok1 := find[*isakmp.SA](ps)
 	nonce, ok2 := find[*isakmp.Nonce](ps)
 	if !ok1 || !ok2 || len(nonce.Data) < 8 {
@@ -654,23 +767,61 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 			e.sendNotify(p, 14, nil)
 			return
 		}
-		dh, err := ikecrypto.GenerateDH(suite.Group, e.cfg.Rand)
-		if err != nil {
-			e.sendNotify(p, 14, nil)
-			return
-		}
-		if q.gqm, err = dh.SharedSecret(peerKE.Data); err != nil {
-			e.Stats.Malformed.Add(1)
-			e.warn("QM1 with an invalid KE", "peer", p.peer, "err", err)
-			e.sendNotify(p, 17, nil) // INVALID_KEY_INFORMATION
-			return
-		}
-		ke = &isakmp.KE{Data: dh.Public()}
+		// The PFS key pair and g^xy on a crypto worker; meanwhile the
+		// task is registered, so a retransmitted QM1 is a duplicate.
+		group, rnd, gx := suite.Group, e.cfg.Rand, peerKE.Data
+		p.qms[q.x.msgID] = q
+		registered, q.computing = true, true
+		e.compute(func() func() {
+			dh, genErr := ikecrypto.GenerateDH(group, rnd)
+			var gqm, pub []byte
+			var keErr error
+			if genErr == nil {
+				gqm, keErr = dh.SharedSecret(gx)
+				pub = dh.Public()
+				dh.Wipe()
+			}
+			return func() {
+				q.computing = false
+				if !e.live(q) {
+					wipe(gqm)
+					q.wipeAll()
+					return
+				}
+				if genErr != nil || keErr != nil {
+					delete(p.qms, q.x.msgID)
+					wipe(gqm)
+					q.wipeAll()
+					if genErr != nil {
+						e.sendNotify(p, 14, nil)
+						return
+					}
+					e.Stats.Malformed.Add(1)
+					e.warn("QM1 with an invalid KE", "peer", p.peer, "err", keErr)
+					e.sendNotify(p, 17, nil) // INVALID_KEY_INFORMATION
+					return
+				}
+				q.gqm = gqm
+				if !e.quickResponderQM1Send(q, chosen, &isakmp.KE{Data: pub}) {
+					delete(p.qms, q.x.msgID)
+					q.wipeAll()
+				}
+			}
+		})
+		return
 	}
+	registered = e.quickResponderQM1Send(q, chosen, ke)
+}
+
+// quickResponderQM1Send allocates the inbound SPI, derives and installs
+// the inbound SA and sends QM2 (HASH(2), SA, Nr [, KE] [, IDci, IDcr]);
+// false if it could not.
+func (e *Engine) quickResponderQM1Send(q *qm, chosen isakmp.Proposal, ke *isakmp.KE) bool {
+	p, c, suite := q.p, q.conn, q.suite
 	spi, err := e.cfg.Installer.AllocSPI(suite.Proto)
 	if err != nil {
 		e.log.Error("Quick Mode: SPI", "err", err)
-		return
+		return false
 	}
 	q.inSPI = spi
 	q.nr = e.random(32)
@@ -686,26 +837,29 @@ func (e *Engine) quickR1(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	ch, err := e.childSA(q)
 	if err != nil {
 		e.failQM(q, err)
-		return
+		return false
 	}
 	if err := e.install(q, ch, false); err != nil {
 		e.log.Error("Quick Mode responder", "conn", c.Name, "err", err)
 		e.cfg.Installer.ReleaseSPI(suite.Proto, spi)
-		return
+		return false
 	}
 	b := isakmp.AppendPayloads(nil, out)
 	hl := p.suite.Hash.Size()
-	copy(b[4:4+hl], ikecrypto.QMHash2(p.suite.Hash, p.keys.A, q.msgID, q.ni, b[4+hl:]))
-	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.msgID, true), b, isakmp.PayloadHash, q.iv)
+	copy(b[4:4+hl], ikecrypto.QMHash2(p.suite.Hash, p.km.a, q.x.msgID, q.ni, b[4+hl:]))
+	m, lastOut := e.seal(p, p.header(isakmp.ExchQuick, q.x.msgID, true), b, isakmp.PayloadHash, q.iv)
 	q.iv = lastOut
-	q.lastSent = m
-	p.qms[q.msgID] = q
-	e.transmit(p, m)
-	e.armQM(q, 0, nil)
+	p.qms[q.x.msgID] = q
+	e.request(q, m, q.x.recv)
+	return true
 }
 
-// quickR2: QM3 received; install the outbound SA.
-func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+// quickResponderQM3: QM3 received; install the outbound SA.
+func (e *Engine) quickResponderQM3(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
+	if q.computing {
+		e.Stats.Duplicate.Add(1) // QM2 is not sent yet
+		return
+	}
 	p := q.p
 	plain, _, err := e.open(p, msg, q.iv)
 	if err != nil {
@@ -717,263 +871,21 @@ func (e *Engine) quickR2(q *qm, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	if len(raws) == 0 || raws[0].Type != isakmp.PayloadHash ||
-		!hashEqual(ikecrypto.QMHash3(p.suite.Hash, p.keys.A, q.msgID, q.ni, q.nr), raws[0].Body) {
+		!hashEqual(ikecrypto.QMHash3(p.suite.Hash, p.km.a, q.x.msgID, q.ni, q.nr), raws[0].Body) {
 		e.Stats.BadHash.Add(1)
-		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.msgID)
+		e.warn("QM3 HASH(3) does not verify", "peer", p.peer, "msgid", q.x.msgID)
 		return
 	}
 	e.authentic(p)
-	q.stopTimer()
-	q.lastRecv = sum
+	q.x.stop()
+	q.x.received(sum)
+	q.forgetSecrets() // HASH(3) was the last use of the nonces
 	if err := e.install(q, q.child, true); err != nil {
 		e.failQM(q, err)
 		return
 	}
-	q.state = "QUICK_R2"
+	q.state = quickR2
 	e.childUp(q, q.child)
-}
-
-var errNoSA = errors.New("no ISAKMP SA")
-
-// rekeyGrace is how long a replaced SA pair stays installed.
-const rekeyGrace = 5 * time.Second
-
-// armChild schedules the rekey (rekey=yes) and the hard expiry of a
-// child; see rekeyTime for when.
-func (e *Engine) armChild(c *child) {
-	life := c.sa.Lifetime
-	if life <= 0 {
-		return
-	}
-	if at := c.sa.RekeyAfter; at > 0 {
-		c.rekeyAt = at
-		c.timers = append(c.timers, e.cfg.Clock.AfterFunc(at, func() {
-			e.post(func() { e.softExpire(c, "lifetime") })
-		}))
-	}
-	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(life, func() {
-		e.post(func() { e.deleteChild(c, "lifetime expired") })
-	}))
-}
-
-// rekeyTime is when, after its installation, child c is rekeyed; 0 for
-// never. The side that initiated c rekeys at lifetime - margin -
-// random(0, margin x rekeyfuzz), as strongSwan's child_cfg computes it
-// (src/libcharon/config/child_cfg.c, get_lifetime with jitter); the
-// responder waits until only half the margin is left, as Libreswan does
-// (programs/pluto/rekeyfuzz.c, fuzz_rekey_margin: "Give the responder a
-// smaller margin so that its rekey event is scheduled later"), so that
-// both peers do not rekey at once. A responder of a right=%any conn
-// cannot initiate and never rekeys. A margin that leaves no lifetime is
-// cut to a tenth of the lifetime.
-func (e *Engine) rekeyTime(c *child) time.Duration {
-	return e.rekeyTimeFor(c.conn, c.sa.Lifetime, c.initiator)
-}
-
-func (e *Engine) rekeyTimeFor(conn *Conn, life time.Duration, initiator bool) time.Duration {
-	if conn == nil || !conn.Rekey || life <= 0 {
-		return 0
-	}
-	margin := conn.RekeyMargin
-	if margin <= 0 || margin >= life {
-		margin = life / 10
-	}
-	if !initiator {
-		if !conn.Remote.IsValid() {
-			return 0
-		}
-		return life - margin/2
-	}
-	at := life - margin
-	if conn.RekeyFuzz > 0 {
-		span := uint64(margin) * uint64(conn.RekeyFuzz) / 100
-		at -= time.Duration(be64u(e.random(8)) % (span + 1))
-	}
-	if at < life/10 {
-		at = life / 10
-	}
-	return at
-}
-
-// softVolume is the soft byte or packet limit for a hard limit: hard -
-// margin - random(0, margin x fuzz) on the side that initiated the SA,
-// hard - margin/2 on the other (as rekeyTimeFor); margin 0 means a tenth
-// of hard; never below a tenth of hard. 0 for no hard limit.
-func (e *Engine) softVolume(hard, margin uint64, fuzz int, initiator bool) uint64 {
-	if hard == 0 {
-		return 0
-	}
-	if margin == 0 || margin >= hard {
-		margin = hard / 10
-	}
-	soft := hard - margin/2
-	if initiator {
-		soft = hard - margin
-		if fuzz > 0 {
-			span := margin / 100 * uint64(fuzz)
-			if margin < 1<<40 {
-				span = margin * uint64(fuzz) / 100
-			}
-			if span < ^uint64(0) {
-				span = be64u(e.random(8)) % (span + 1)
-			}
-			if span > soft {
-				span = soft
-			}
-			soft -= span
-		}
-	}
-	return max(soft, hard/10, 1)
-}
-
-func be64u(b []byte) uint64 { return uint64(be32u(b[:4]))<<32 | uint64(be32u(b[4:8])) }
-
-// softExpire starts the rekey of c unless it is replaced, already being
-// rekeyed, or its conn does not rekey.
-func (e *Engine) softExpire(c *child, why string) {
-	if c.rekeyed || c.rekeying || !e.hasChild(c) {
-		return
-	}
-	if c.conn == nil || !c.conn.Rekey || (!c.initiator && !c.conn.Remote.IsValid()) {
-		return
-	}
-	e.log.Info("rekeying IPsec SA", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "why", why)
-	e.rekey(c)
-}
-
-// SoftExpire reports the data plane's soft lifetime event (time, bytes,
-// packets or sequence numbers near exhaustion) of an SA of conn, named by
-// its inbound or outbound SPI: the engine negotiates the successor now,
-// unless one exists or is under way. Safe from any goroutine.
-func (e *Engine) SoftExpire(conn string, spi uint32) {
-	e.postLifecycle(func() {
-		if c := e.childBySPI(conn, spi); c != nil {
-			e.softExpire(c, "soft lifetime reached in the data plane")
-		}
-	})
-}
-
-// HardExpire reports the data plane's hard lifetime event of an SA of
-// conn (inbound or outbound SPI): the pair is removed and the peer told.
-// Safe from any goroutine.
-func (e *Engine) HardExpire(conn string, spi uint32) {
-	e.postLifecycle(func() {
-		if c := e.childBySPI(conn, spi); c != nil {
-			e.deleteChild(c, "hard lifetime reached in the data plane")
-		}
-	})
-}
-
-// postLifecycle queues a lifecycle event; such events must not be lost,
-// so a full queue is retried from another goroutine for a while.
-func (e *Engine) postLifecycle(f func()) {
-	if e.post(f) {
-		return
-	}
-	go func() {
-		for i := 0; i < 100; i++ {
-			time.Sleep(50 * time.Millisecond)
-			if e.post(f) {
-				return
-			}
-		}
-		e.log.Error("IKE event queue full: a lifetime event was lost")
-	}()
-}
-
-func (e *Engine) childBySPI(conn string, spi uint32) *child {
-	for _, c := range e.children[conn] {
-		if c.sa.InSPI == spi || c.sa.OutSPI == spi {
-			return c
-		}
-	}
-	return nil
-}
-
-func (e *Engine) hasChild(c *child) bool {
-	for _, x := range e.children[c.sa.Conn] {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
-// rekey negotiates a successor for c's selectors, under the existing
-// ISAKMP SA or a new one.
-func (e *Engine) rekey(c *child) {
-	conn := e.conns[c.sa.Conn]
-	if conn == nil {
-		return
-	}
-	c.rekeying = true
-	e.armRekeyRetry(c)
-	p := e.newestP1(c.identity, conn)
-	if p == nil {
-		p = e.newestP1("", conn)
-	}
-	if p != nil {
-		e.quickI1(p, conn, c.sa.LocalTS, c.sa.RemoteTS, func(err error) {
-			if err != nil {
-				e.log.Warn("rekey failed", "conn", conn.Name, "err", err)
-			}
-		}, nil)
-		return
-	}
-	for _, q := range e.sas {
-		if q.conn == conn && q.initiator && !q.established() && !q.reauthOnly {
-			return // a Main Mode under way negotiates every selector pair
-		}
-	}
-	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
-}
-
-// armRekeyRetry tries the rekey of c again if no successor exists after
-// half its remaining lifetime (between 5 s and 2 min): a lost exchange
-// or a peer briefly away must not let the pair expire without one.
-func (e *Engine) armRekeyRetry(c *child) {
-	left := time.Minute
-	if c.sa.Lifetime > 0 {
-		left = c.sa.Lifetime - e.cfg.Clock.Now().Sub(c.established)
-	}
-	d := min(max(left/2, 5*time.Second), 2*time.Minute)
-	if c.sa.Lifetime > 0 && d >= left {
-		return
-	}
-	c.timers = append(c.timers, e.cfg.Clock.AfterFunc(d, func() {
-		e.post(func() {
-			if c.rekeyed || !e.hasChild(c) {
-				return
-			}
-			c.rekeying = false
-			e.softExpire(c, "no successor yet: retrying the rekey")
-		})
-	}))
-}
-
-// deleteChild removes c, telling the peer.
-func (e *Engine) deleteChild(c *child, why string) {
-	if !e.hasChild(c) {
-		return
-	}
-	c.stop()
-	if p := e.p1ForChild(c); p != nil {
-		e.sendDelete(p, c.sa.Proto, [][]byte{be32(c.sa.InSPI)})
-	}
-	e.cfg.Installer.Remove(c.sa)
-	list := e.children[c.sa.Conn]
-	for i, x := range list {
-		if x == c {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(e.children, c.sa.Conn)
-	} else {
-		e.children[c.sa.Conn] = list
-	}
-	e.log.Info("IPsec SA deleted", "conn", c.sa.Conn, "in_spi", fmt.Sprintf("%08x", c.sa.InSPI), "out_spi", fmt.Sprintf("%08x", c.sa.OutSPI), "why", why)
 }
 
 // idProtoPort renders a client ID's protocol and port for logs.
