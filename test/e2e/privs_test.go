@@ -48,14 +48,17 @@ func TestUnprivilegedDaemon(t *testing.T) {
 		d := tp.startDaemon(tp.ns(gw), conf(""), secrets, "--user", "nobody")
 		// The files must stay readable for reload: the directory
 		// (and the test's temporary root above it) open to nobody, the
-		// secrets owned by nobody (mode 0600).
+		// config and secrets owned by nobody (the harness writes both
+		// with mode 0600; rewriting keeps the owner).
 		for _, dir := range []string{d.dir, filepath.Dir(d.dir)} {
 			if err := os.Chmod(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := os.Chown(filepath.Join(d.dir, "ipsec.secrets"), nobody, nobody); err != nil {
-			t.Fatal(err)
+		for _, f := range []string{d.conf, filepath.Join(d.dir, "ipsec.secrets")} {
+			if err := os.Chown(f, nobody, nobody); err != nil {
+				t.Fatal(err)
+			}
 		}
 		gws = append(gws, d)
 	}
