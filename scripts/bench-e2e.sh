@@ -188,7 +188,7 @@ declare -A AUTHLEN=([aes128-sha1]=20 [aes128gcm16]=0 [aes256gcm16]=0 [chacha20po
 chmod 600 "$TMP/ipsec.conf" "$TMP/ipsec.secrets"
 declare -A GPID GPK   # GPK[conn]: packets gw2's inbound SA counted while conn was up
 for gw in gw1 gw2; do
-  quiet ip netns exec "${PG}$gw" "$BIN" start --config "$TMP/ipsec.conf" --socket "$TMP/$gw.ctl" --log "$TMP/$gw.log"
+  quiet ip netns exec "${PG}$gw" "$BIN" start ${GOSEC_START_ARGS:-} --config "$TMP/ipsec.conf" --socket "$TMP/$gw.ctl" --log "$TMP/$gw.log"
   GPID[$gw]=$(ip netns exec "${PG}$gw" "$BIN" statusall --json --socket "$TMP/$gw.ctl" | jq -r .pid)
 done
 gctl() { # gctl GW ARGS...

@@ -58,6 +58,10 @@ type Options struct {
 	// outgoing Ethernet link (netio.PacketConn, the default; it falls back
 	// to the raw sockets by itself when AF_PACKET cannot be opened).
 	RawSocketsOnly bool
+	// CryptoWorkers is the number of goroutines that seal and open in
+	// parallel (dataplane.Config.Workers): 0 chooses by the machine,
+	// a negative value has every reader do its own cryptography.
+	CryptoWorkers int
 	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
 	// savekeys= in config setup does the same.
 	SaveKeysDir string
@@ -360,7 +364,7 @@ func (d *Daemon) setup() error {
 	}
 	d.plane, err = dataplane.New(dataplane.Config{
 		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt, NATTQueues: extra,
-		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU,
+		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU, Workers: o.CryptoWorkers,
 		Log: d.log, DebugDrops: d.debugDrops, OnTrap: d.onTrap,
 	})
 	return err
