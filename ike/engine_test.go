@@ -75,6 +75,9 @@ type fakeInstaller struct {
 	outbound map[uint32]*ChildSA
 	removed  []uint32
 	released []uint32
+	// reserved is the protocol each SPI was allocated for: as in
+	// sad.DB, a release under another protocol frees nothing.
+	reserved map[uint32]sad.Proto
 	// inCalls and outCalls count InstallInbound and InstallOutbound.
 	inCalls, outCalls int
 	// installs counts InstallInbound calls per SPI (an SA installed
@@ -86,16 +89,27 @@ func newInstaller(base uint32) *fakeInstaller {
 	return &fakeInstaller{next: base, inbound: map[uint32]*ChildSA{}, outbound: map[uint32]*ChildSA{}}
 }
 
-func (f *fakeInstaller) AllocSPI(sad.Proto) (uint32, error) {
+func (f *fakeInstaller) AllocSPI(proto sad.Proto) (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if proto != sad.ESP && proto != sad.AH {
+		return 0, fmt.Errorf("SPI for protocol %v", proto)
+	}
 	f.next++
+	if f.reserved == nil {
+		f.reserved = map[uint32]sad.Proto{}
+	}
+	f.reserved[f.next] = proto
 	return f.next, nil
 }
-func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
+func (f *fakeInstaller) ReleaseSPI(proto sad.Proto, spi uint32) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p, ok := f.reserved[spi]; !ok || p != proto {
+		return // as sad.DB.ReleaseSPI: nothing reserved under proto
+	}
+	delete(f.reserved, spi)
 	f.released = append(f.released, spi)
-	f.mu.Unlock()
 }
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	keepKeys(c)

@@ -490,7 +490,7 @@ func (e *Engine) forget(p *p1) {
 		q.wipeAll()
 		switch {
 		case q.inSPI != 0 && !q.installed:
-			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+			e.releaseSPI(q)
 		case q.installed && q.state == quickR1 && q.child != nil,
 			q.outPending() && q.child != nil:
 			// A responder's inbound SA, installed at QM1, whose QM3

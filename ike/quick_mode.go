@@ -59,8 +59,12 @@ type qm struct {
 	suites    []p2Suite
 	suite     p2Suite
 	inSPI     uint32
-	outSPI    uint32
-	encap     uint16
+	// spiProto is the protocol inSPI was allocated for: an initiator
+	// allocates before QM2 chooses a suite (suite is zero until then),
+	// and the SAD reserves SPIs per protocol.
+	spiProto sad.Proto
+	outSPI   uint32
+	encap    uint16
 	// ni, nr, dh and gqm (the PFS g^xy) live until the child's keys are
 	// derived and the HASHes that cover the nonces are done
 	// (forgetSecrets); inKeys and outKeys are the KEYMAT of each
@@ -181,7 +185,7 @@ func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(
 		q.finish(fmt.Errorf("conn %s: SPI: %w", c.Name, err))
 		return
 	}
-	q.inSPI = spi
+	q.inSPI, q.spiProto = spi, proto
 	q.encap = e.encapMode(p, c.Mode)
 	q.ni = e.random(32)
 	g := q.suites[0].Group
@@ -207,7 +211,7 @@ func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(
 			}
 			if err != nil {
 				delete(p.qms, q.x.msgID)
-				e.cfg.Installer.ReleaseSPI(q.suites[0].Proto, q.inSPI)
+				e.releaseSPI(q)
 				q.wipeAll()
 				q.finish(fmt.Errorf("conn %s: PFS group %s: %w", c.Name, g, err))
 				return
@@ -275,13 +279,19 @@ func (e *Engine) failQM(q *qm, err error) {
 	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
 	q.x.stop()
 	if q.inSPI != 0 && !q.installed {
-		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+		e.releaseSPI(q)
 	} else if q.child != nil && q.installed {
 		e.cfg.Installer.Remove(q.child)
 	}
 	delete(q.p.qms, q.x.msgID)
 	q.wipeAll()
 	q.finish(err)
+}
+
+// releaseSPI frees q's inbound SPI, reserved but never installed, under
+// the protocol it was reserved for.
+func (e *Engine) releaseSPI(q *qm) {
+	e.cfg.Installer.ReleaseSPI(q.spiProto, q.inSPI)
 }
 
 // qmBody decrypts and decodes a Quick Mode message and checks that HASH
@@ -823,7 +833,7 @@ func (e *Engine) quickResponderQM1Send(q *qm, chosen isakmp.Proposal, ke *isakmp
 		e.log.Error("Quick Mode: SPI", "err", err)
 		return false
 	}
-	q.inSPI = spi
+	q.inSPI, q.spiProto = spi, suite.Proto
 	q.nr = e.random(32)
 	chosen.SPI = be32(spi)
 	out := []isakmp.Payload{&isakmp.Hash{Data: make([]byte, p.suite.Hash.Size())},
