@@ -171,7 +171,7 @@ func TestDHOffEngine(t *testing.T) {
 		n := 0
 		r.b.call(context.Background(), func() {
 			for _, p := range r.b.sas {
-				if p.computing {
+				if mm, _ := p.phase1.(*mainMode); mm != nil && mm.computing {
 					n++
 				}
 			}

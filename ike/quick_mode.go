@@ -322,7 +322,7 @@ func (e *Engine) qmBody(q *qm, h isakmp.Header, msg []byte) (ps []isakmp.Payload
 func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	if !p.established() || h.Flags&isakmp.FlagEncryption == 0 || h.MessageID == 0 {
 		e.Stats.Malformed.Add(1)
-		e.warn("Quick Mode message out of place", "peer", p.peer, "state", p.state)
+		e.warn("Quick Mode message out of place", "peer", p.peer, "state", p.phase1.String())
 		return
 	}
 	q := p.qms[h.MessageID]
