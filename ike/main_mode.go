@@ -546,7 +546,7 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 		pr, s, err := selectP1Raw(p1Suites(c), saiBody)
 		if err != nil {
 			lastErr = err
-			if ep, ok := err.(*errNoProposal); ok && ep.msg != "" {
+			if ep, ok := err.(*errNoProposal); ok && ep.whole {
 				break // the SA payload itself is unacceptable
 			}
 			continue
