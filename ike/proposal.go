@@ -8,10 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/integ"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -827,44 +825,6 @@ func (s p2Suite) keyLens() (int, int) {
 	}
 	enc := Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.KeyLen()
 	return enc, s.Integ.KeyLen()
-}
-
-// ESPCipher maps a configured cipher to the data plane's (used for
-// negotiated and manually keyed SAs alike).
-func ESPCipher(e Encr) (esp.Cipher, error) {
-	switch e {
-	case EncrNull:
-		return esp.CipherNull, nil
-	case Encr3DES:
-		return esp.Cipher3DESCBC, nil
-	case EncrAESCBC:
-		return esp.CipherAESCBC, nil
-	case EncrAESCTR:
-		return esp.CipherAESCTR, nil
-	case EncrAESGCM16:
-		return esp.CipherAESGCM16, nil
-	case EncrChaCha20Poly1305:
-		return esp.CipherChaCha20Poly1305, nil
-	}
-	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
-}
-
-// IntegAlgorithm maps a configured integrity algorithm to the data
-// plane's HMAC truncation; integ.None for IntegNone.
-func IntegAlgorithm(i Integ) integ.Algorithm {
-	switch i {
-	case IntegMD5:
-		return integ.HMACMD5_96
-	case IntegSHA1:
-		return integ.HMACSHA1_96
-	case IntegSHA256:
-		return integ.HMACSHA256_128
-	case IntegSHA384:
-		return integ.HMACSHA384_192
-	case IntegSHA512:
-		return integ.HMACSHA512_256
-	}
-	return integ.None
 }
 
 func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }

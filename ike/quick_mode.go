@@ -6,8 +6,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/ah"
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -342,7 +340,8 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 }
 
-// keys derives both SAs of the child from KEYMAT and fills its configs.
+// childSA derives both SAs of the child from KEYMAT and describes them
+// in ike's own terms (ChildSA: algorithms, keys per direction).
 func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	p, c, s := q.p, q.conn, q.suite
 	encLen, intLen := s.keyLens()
@@ -373,19 +372,14 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	if encapUDP(q.encap) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
 	}
+	ch.Integ = s.Integ
 	if s.Proto == sad.AH {
-		alg := IntegAlgorithm(s.Integ)
-		ch.InAH = ah.Config{Integ: alg, Key: in[:intLen], Align8: c.AHAlign8}
-		ch.OutAH = ah.Config{Integ: alg, Key: out[:intLen], Align8: c.AHAlign8}
+		ch.AHAlign8 = c.AHAlign8
 	} else {
-		cipher, err := ESPCipher(s.Encr)
-		if err != nil {
-			return nil, err
-		}
-		alg := IntegAlgorithm(s.Integ)
-		ch.InESP = esp.Config{Cipher: cipher, EncKey: in[:encLen], Integ: alg, AuthKey: in[encLen:n]}
-		ch.OutESP = esp.Config{Cipher: cipher, EncKey: out[:encLen], Integ: alg, AuthKey: out[encLen:n]}
+		ch.Cipher = Cipher{Encr: s.Encr, KeyBits: s.KeyBits}
 	}
+	ch.In = ChildKeys{Enc: in[:encLen:encLen], Integ: in[encLen:n:n]}
+	ch.Out = ChildKeys{Enc: out[:encLen:encLen], Integ: out[encLen:n:n]}
 	return ch, nil
 }
 
