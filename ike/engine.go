@@ -375,7 +375,7 @@ func (e *Engine) initiate(name string, w *waiter) error {
 	if e.joinPending(c, w) {
 		return nil
 	}
-	e.startMain(c, w, 1)
+	e.startPhase1(c, w, 1)
 	return nil
 }
 

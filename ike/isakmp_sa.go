@@ -168,7 +168,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 			for _, w := range waiters {
 				w.say("%v; keying try %d of %d", err, p.attempt+1, tries)
 			}
-			np := e.startMain(p.conn, nil, p.attempt+1)
+			np := e.startPhase1(p.conn, nil, p.attempt+1)
 			np.waiters = waiters
 			np.followers = followers
 			np.reauthOnly = p.reauthOnly

@@ -66,6 +66,13 @@ var exchanges = map[isakmp.ExchangeType]exchangeType{
 	isakmp.ExchInfo: {open: (*Engine).openInfo, process: (*Engine).processInfo},
 }
 
+// startPhase1 starts the phase-1 exchange that conn c negotiates its
+// ISAKMP SA with (attempt counts keyingtries): Main Mode today.
+// Aggressive Mode would be chosen here by the conn's setting.
+func (e *Engine) startPhase1(c *Conn, w *waiter, attempt int) *p1 {
+	return e.startMain(c, w, attempt)
+}
+
 // exchange is the state of one exchange in flight.
 type exchange struct {
 	msgID uint32
