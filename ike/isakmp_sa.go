@@ -384,8 +384,10 @@ func (e *Engine) established(p *p1) {
 }
 
 // halfOpenEntryBytes is what one half-open responder SA costs besides
-// the SA payload it keeps, checked by TestHalfOpenBytes (1.6 KB measured
-// on amd64): the p1 struct (864 octets), its MM2 for retransmission
+// the SA payload it keeps, checked by TestHalfOpenBytes (about 1.9 KB
+// measured on amd64 with the SA payload, 1965 octets at 04:40 UTC on
+// 2026-12-03, 1893 before Main Mode became a task of its own): the p1
+// struct (712 octets) and its Main Mode task (296), its MM2 for retransmission
 // (about 120), its empty Quick Mode map, its half-open timer, and its
 // entries in sas, classes, halfOpen and perPeer. At the default
 // MaxHalfOpen of 8192 entries that is at most 8192 x 2 KB = 16 MB, plus
