@@ -231,7 +231,7 @@ func (e *Engine) rekey(c *child) {
 	if e.joinPending(conn, nil) {
 		return // a Main Mode under way negotiates every selector pair
 	}
-	e.startMain(conn, nil, 1) // its Quick Modes negotiate every selector pair
+	e.startPhase1(conn, nil, 1) // its Quick Modes negotiate every selector pair
 }
 
 // armRekeyRetry tries the rekey of c again if no successor exists after

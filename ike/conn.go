@@ -13,8 +13,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/ah"
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -88,8 +86,15 @@ type ChildSA struct {
 	Mode  sad.Mode
 	// InSPI is ours (the peer sends to it); OutSPI the peer's.
 	InSPI, OutSPI uint32
-	InESP, OutESP esp.Config
-	InAH, OutAH   ah.Config
+	// Cipher (ESP; zero for AH) and Integ are the negotiated algorithms,
+	// In and Out the key material of each direction; the Installer maps
+	// them to its data plane's configurations (gosec's daemon: esp.Config,
+	// ah.Config).
+	Cipher  Cipher
+	Integ   Integ
+	In, Out ChildKeys
+	// AHAlign8 is the conn's AHAlign8 (AH SAs in the Linux 8-octet form).
+	AHAlign8 bool
 	// Encap is set when ESP travels in UDP (NAT-T): source and
 	// destination ports of outbound packets.
 	Encap *sad.Encap
@@ -126,6 +131,15 @@ type ChildSA struct {
 	ReqID       uint32
 }
 
+// ChildKeys is the key material of one direction of a child SA, cut
+// from its KEYMAT (RFC 2409 5.5): the encryption key, salt included
+// (ESP; empty for AH and NULL), then the integrity key (empty for AEAD
+// ciphers). The slices are the engine's: it zeroes them once the
+// Installer's call returns.
+type ChildKeys struct {
+	Enc, Integ []byte
+}
+
 // Installer puts negotiated SAs into the data plane. The engine calls it
 // from its own goroutine.
 type Installer interface {
@@ -135,12 +149,12 @@ type Installer interface {
 	ReleaseSPI(proto sad.Proto, spi uint32)
 	// InstallInbound installs the inbound SA of c so that the peer's
 	// first packets are accepted even before the exchange ends. The
-	// engine zeroes the key bytes of c's inbound configuration (InESP,
-	// InAH) when it returns: keep a keyed state or a copy, not the slices.
+	// engine zeroes the key bytes of c.In when it returns: keep a keyed
+	// state or a copy, not the slices.
 	InstallInbound(c *ChildSA) error
 	// InstallOutbound installs the outbound SA, the policies and the
 	// routes of c; after it, traffic flows. The engine zeroes the key
-	// bytes of c's outbound configuration when it returns.
+	// bytes of c.Out when it returns.
 	InstallOutbound(c *ChildSA) error
 	// Remove removes everything installed for c.
 	Remove(c *ChildSA)

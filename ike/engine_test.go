@@ -75,6 +75,9 @@ type fakeInstaller struct {
 	outbound map[uint32]*ChildSA
 	removed  []uint32
 	released []uint32
+	// reserved is the protocol each SPI was allocated for: as in
+	// sad.DB, a release under another protocol frees nothing.
+	reserved map[uint32]sad.Proto
 	// inCalls and outCalls count InstallInbound and InstallOutbound.
 	inCalls, outCalls int
 	// installs counts InstallInbound calls per SPI (an SA installed
@@ -86,16 +89,27 @@ func newInstaller(base uint32) *fakeInstaller {
 	return &fakeInstaller{next: base, inbound: map[uint32]*ChildSA{}, outbound: map[uint32]*ChildSA{}}
 }
 
-func (f *fakeInstaller) AllocSPI(sad.Proto) (uint32, error) {
+func (f *fakeInstaller) AllocSPI(proto sad.Proto) (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if proto != sad.ESP && proto != sad.AH {
+		return 0, fmt.Errorf("SPI for protocol %v", proto)
+	}
 	f.next++
+	if f.reserved == nil {
+		f.reserved = map[uint32]sad.Proto{}
+	}
+	f.reserved[f.next] = proto
 	return f.next, nil
 }
-func (f *fakeInstaller) ReleaseSPI(_ sad.Proto, spi uint32) {
+func (f *fakeInstaller) ReleaseSPI(proto sad.Proto, spi uint32) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p, ok := f.reserved[spi]; !ok || p != proto {
+		return // as sad.DB.ReleaseSPI: nothing reserved under proto
+	}
+	delete(f.reserved, spi)
 	f.released = append(f.released, spi)
-	f.mu.Unlock()
 }
 func (f *fakeInstaller) InstallInbound(c *ChildSA) error {
 	keepKeys(c)
@@ -131,8 +145,7 @@ func keepKeys(c *ChildSA) {
 	}
 	keysKept[c] = true
 	cp := func(b []byte) []byte { return append([]byte(nil), b...) }
-	c.InESP.EncKey, c.InESP.AuthKey, c.OutESP.EncKey, c.OutESP.AuthKey = cp(c.InESP.EncKey), cp(c.InESP.AuthKey), cp(c.OutESP.EncKey), cp(c.OutESP.AuthKey)
-	c.InAH.Key, c.OutAH.Key = cp(c.InAH.Key), cp(c.OutAH.Key)
+	c.In.Enc, c.In.Integ, c.Out.Enc, c.Out.Integ = cp(c.In.Enc), cp(c.In.Integ), cp(c.Out.Enc), cp(c.Out.Integ)
 }
 
 var (
@@ -276,15 +289,15 @@ func checkPair(t *testing.T, ia, ib *fakeInstaller, n int) {
 			t.Fatalf("SPIs do not mirror: A in %08x out %08x, B in %08x out %08x", x.InSPI, x.OutSPI, y.InSPI, y.OutSPI)
 		}
 		if x.Proto == sad.AH {
-			if !bytes.Equal(x.OutAH.Key, y.InAH.Key) || !bytes.Equal(x.InAH.Key, y.OutAH.Key) || len(x.InAH.Key) != x.InAH.Integ.KeyLen() {
+			if !bytes.Equal(x.Out.Integ, y.In.Integ) || !bytes.Equal(x.In.Integ, y.Out.Integ) || len(x.In.Integ) != x.Integ.KeyLen() {
 				t.Fatalf("AH keys do not mirror")
 			}
 		} else {
-			if !bytes.Equal(x.OutESP.EncKey, y.InESP.EncKey) || !bytes.Equal(x.OutESP.AuthKey, y.InESP.AuthKey) ||
-				!bytes.Equal(x.InESP.EncKey, y.OutESP.EncKey) || !bytes.Equal(x.InESP.AuthKey, y.OutESP.AuthKey) {
+			if !bytes.Equal(x.Out.Enc, y.In.Enc) || !bytes.Equal(x.Out.Integ, y.In.Integ) ||
+				!bytes.Equal(x.In.Enc, y.Out.Enc) || !bytes.Equal(x.In.Integ, y.Out.Integ) {
 				t.Fatalf("ESP keys do not mirror")
 			}
-			if bytes.Equal(x.InESP.EncKey, x.OutESP.EncKey) && len(x.InESP.EncKey) > 0 {
+			if bytes.Equal(x.In.Enc, x.Out.Enc) && len(x.In.Enc) > 0 {
 				t.Fatalf("both directions share one key")
 			}
 		}

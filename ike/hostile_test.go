@@ -3,11 +3,13 @@ package ike
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -169,7 +171,7 @@ func TestDHOffEngine(t *testing.T) {
 		n := 0
 		r.b.call(context.Background(), func() {
 			for _, p := range r.b.sas {
-				if p.computing {
+				if mm, _ := p.phase1.(*mainMode); mm != nil && mm.computing {
 					n++
 				}
 			}
@@ -372,6 +374,22 @@ func TestInformationalReplay(t *testing.T) {
 		}
 	})
 	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return captured != nil })
+	// Captured is not yet handled: A must have acted upon the original
+	// before the second Quick Mode starts, or the original itself (not a
+	// replay) would fail it. Commands go before received messages on
+	// A's engine (sched.go), and B delivers after its hook returns.
+	mu.Lock()
+	origID := binary.BigEndian.Uint32(captured[20:24])
+	mu.Unlock()
+	waitFor(t, func() bool {
+		seen := false
+		r.a.call(context.Background(), func() {
+			for _, p := range r.a.sas {
+				seen = seen || slices.Contains(p.infoIDs, origID)
+			}
+		})
+		return seen
+	})
 	// A second Quick Mode, with QM1 lost once so that it stays pending
 	// while the replay arrives.
 	var qm1 atomic.Int32

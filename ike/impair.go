@@ -97,33 +97,3 @@ func (e *Engine) impairedSend(t task, name string, send func()) {
 	}
 	send()
 }
-
-// messageName names the message t sends: request is true for a request
-// (retransmitted until answered), false for a reply.
-func messageName(t task, msg []byte, request bool) string {
-	switch t := t.(type) {
-	case *p1:
-		n := 0
-		switch {
-		case len(msg) > 19 && msg[19]&1 != 0: // encrypted: MM5 / MM6
-			n = 5
-		case len(msg) > 16 && msg[16] == 4: // first payload KE: MM3 / MM4
-			n = 3
-		default: // SA: MM1 / MM2
-			n = 1
-		}
-		if !t.initiator {
-			n++
-		}
-		return fmt.Sprintf("MM%d", n)
-	case *qm:
-		switch {
-		case t.initiator && request:
-			return "QM1"
-		case t.initiator:
-			return "QM3"
-		}
-		return "QM2"
-	}
-	return ""
-}

@@ -38,7 +38,11 @@ func notifyAdvice(t isakmp.NotifyType, p *p1) string {
 			return fmt.Sprintf("the peer accepts none of our phase-2 proposals [%s] (%s mode); compare esp=/ah= (and the PFS group) on both sides",
 				strings.Join(offered, ", "), p.conn.Mode)
 		}
-		for _, s := range p.suites {
+		var suites []p1Suite
+		if p.conn != nil {
+			suites = p1Suites(p.conn) // what MM1 offered
+		}
+		for _, s := range suites {
 			offered = append(offered, s.String())
 		}
 		return fmt.Sprintf("the peer accepts none of our phase-1 proposals [%s]; compare ike= on both sides", strings.Join(offered, ", "))
@@ -128,7 +132,7 @@ func (p *p1) infoSeen(id uint32) bool {
 
 // handleInfo processes a protected Informational exchange.
 func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
-	if p.km.cbc == nil || (!p.established() && p.state != mainI3) {
+	if p.km.cbc == nil || (!p.established() && !p.phase1.awaitingPeerProof()) {
 		e.Stats.Malformed.Add(1)
 		e.warn("protected Informational before keys", "peer", p.peer)
 		return
@@ -141,7 +145,7 @@ func (e *Engine) handleInfo(p *p1, h isakmp.Header, msg []byte) {
 	}
 	ps, raws, ok := e.decode(p, h.Next, plain, "Informational")
 	if !ok {
-		if p.state == mainI3 {
+		if p.phase1.awaitingPeerProof() {
 			// The peer answered MM5 with a message our keys cannot read:
 			// its keys differ from ours, so its PSK does.
 			e.Stats.AuthFailed.Add(1)
@@ -290,7 +294,7 @@ func (e *Engine) handlePlainInfo(p *p1, h isakmp.Header, msg []byte, from netip.
 			continue
 		}
 		if uint16(n.Kind) < 8192 {
-			e.failP1(p, fmt.Errorf("the peer sent %s in state %s: %s", n.Kind, p.state, notifyAdvice(n.Kind, p)), false)
+			e.failP1(p, fmt.Errorf("the peer sent %s in state %s: %s", n.Kind, p.phase1, notifyAdvice(n.Kind, p)), false)
 			return
 		}
 	}

@@ -25,9 +25,12 @@ type p1 struct {
 	e         *Engine
 	conn      *Conn
 	initiator bool
-	state     mainState
-	icky      [8]byte
-	rcky      [8]byte
+	// phase1 is the exchange that establishes the SA (Main Mode), its
+	// task for message ID 0; it stays, done, once the SA is up (it
+	// answers a duplicate of the peer's last message).
+	phase1 phase1Task
+	icky   [8]byte
+	rcky   [8]byte
 	// peer is where messages go (its port changes on the NAT-T float).
 	peer  netip.AddrPort
 	local netip.AddrPort
@@ -38,11 +41,7 @@ type p1 struct {
 	weBehindNAT   bool
 	peerBehindNAT bool
 
-	suites []p1Suite
-	suite  p1Suite
-	// saiBody is the initiator's SA payload body, covered by HASH_I and
-	// HASH_R (kept until Main Mode ends).
-	saiBody []byte
+	suite p1Suite
 	// km is the key material; auth the method that authenticates the
 	// SA (its binding identifies the credential).
 	km     keymat
@@ -54,8 +53,6 @@ type p1 struct {
 	// what these and auth authorize.
 	peerIDPay             *isakmp.ID
 	localIDKey, peerIDKey string
-	// computing: MM3's Diffie-Hellman work is on a crypto worker.
-	computing bool
 	// infoIDs are the message IDs of the last authenticated protected
 	// Informationals (replay protection, info.go).
 	infoIDs []uint32
@@ -63,8 +60,9 @@ type p1 struct {
 	// it becomes peer only once that message authenticates (authentic).
 	floatTo netip.AddrPort
 
-	// x is the phase-1 exchange in flight (taskmanager.go).
-	x exchange
+	// halfOpenCost is what the SA counts against MaxHalfOpenBytes while
+	// it is a half-open responder SA (its task's copy of the SA payload).
+	halfOpenCost int
 
 	created time.Time
 	estTime time.Time
@@ -98,7 +96,7 @@ type p1 struct {
 
 func (p *p1) key() cookies { return cookies{p.icky, p.rcky} }
 
-func (p *p1) established() bool { return p.state == mainI4 || p.state == mainR3 }
+func (p *p1) established() bool { return p.phase1.done() }
 
 func (p *p1) cookieString() string {
 	return hex.EncodeToString(p.icky[:]) + "_i:" + hex.EncodeToString(p.rcky[:]) + "_r"
@@ -107,7 +105,7 @@ func (p *p1) cookieString() string {
 // stopTimers stops the phase-1 exchange's timer and the SA's own
 // (keepalive, lifetime, reauthentication, DPD).
 func (p *p1) stopTimers() {
-	p.x.stop()
+	p.phase1.flight().stop()
 	if p.keepalive != nil {
 		p.keepalive.Stop()
 		p.keepalive = nil
@@ -152,7 +150,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 	if p.conn != nil {
 		name = p.conn.Name
 	}
-	e.log.Warn("ISAKMP SA failed", "conn", name, "peer", p.peer, "state", p.state, "err", err)
+	e.log.Warn("ISAKMP SA failed", "conn", name, "peer", p.peer, "state", p.phase1.String(), "err", err)
 	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: name, Kind: "main", Result: failResult(timeout)})
 	waiters := p.waiters
 	p.waiters = nil
@@ -170,7 +168,7 @@ func (e *Engine) failP1(p *p1, err error, timeout bool) {
 			for _, w := range waiters {
 				w.say("%v; keying try %d of %d", err, p.attempt+1, tries)
 			}
-			np := e.startMain(p.conn, nil, p.attempt+1)
+			np := e.startPhase1(p.conn, nil, p.attempt+1)
 			np.waiters = waiters
 			np.followers = followers
 			np.reauthOnly = p.reauthOnly
@@ -250,9 +248,10 @@ func (e *Engine) pskFor(c *Conn, peer netip.Addr) ([]byte, error) {
 	return k, nil
 }
 
-// deriveKeys computes SKEYID and friends after the KE exchange, with
+// deriveKeys computes SKEYID and friends after the KE exchange of p's
+// phase-1 task (in: cookies and public values; ni, nr: the nonces), with
 // the pre-shared key of p's conn; gxy is wiped.
-func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
+func (e *Engine) deriveKeys(p *p1, in authInput, ni, nr, gxy []byte) error {
 	psk, err := e.psk(p)
 	if err != nil {
 		wipe(gxy)
@@ -276,12 +275,7 @@ func (e *Engine) deriveKeys(p *p1, gxy []byte) error {
 			e.log.Debug("phase-1 keys", hexKeys(skeyid, d, a, ke, key, iv)...)
 		}
 	}
-	return p.km.derive(p.auth, gxy, p.icky[:], p.rcky[:], p.suite.Cipher, keyLen, export, logKeys)
-}
-
-// authInput is what p's phase-1 proofs cover besides keys and IDs.
-func (p *p1) authInput() authInput {
-	return authInput{icky: p.icky[:], rcky: p.rcky[:], saiBody: p.saiBody}
+	return p.km.derive(p.auth, in, ni, nr, gxy, p.suite.Cipher, keyLen, export, logKeys)
 }
 
 // seal encrypts a payload chain under p's key with iv and returns the
@@ -339,26 +333,22 @@ func rawBody(raws []isakmp.RawPayload, t isakmp.PayloadType) []byte {
 
 // established records phase 1 as up and starts the waiting Quick Modes.
 func (e *Engine) established(p *p1) {
-	if p.initiator {
-		p.state = mainI4
-	} else {
-		p.state = mainR3
-	}
+	p.phase1.complete()
 	p.estTime = e.cfg.Clock.Now()
 	p.estSeq = e.nextSeq()
 	e.Stats.Established.Add(1)
 	e.dropHalfOpen(p)
-	// Main Mode is over: SKEYID, the nonces, the public values and the
-	// SA payload served only its proofs.
+	// The phase-1 exchange is over: SKEYID served only its proofs (and
+	// the task forgot its nonces, public values and SA payload).
 	p.km.authenticated()
-	p.saiBody = nil
+	p.phase1.forget()
 	e.classify(p)
 	nat := ""
 	if p.natt {
 		nat = fmt.Sprintf(", NAT-T on port %d", e.cfg.NATTPort)
 	}
 	e.observe(ExchangeEvent{Peer: p.peer.Addr(), Conn: p.conn.Name, Kind: "main", Result: "established", Latency: p.estTime.Sub(p.created)})
-	e.log.Info("ISAKMP SA established", "conn", p.conn.Name, "peer", p.peer, "peer_id", p.peerID, "state", p.state,
+	e.log.Info("ISAKMP SA established", "conn", p.conn.Name, "peer", p.peer, "peer_id", p.peerID, "state", p.phase1.String(),
 		"suite", p.suite.String(), "cookies", p.cookieString(), "natt", p.natt)
 	p.say("IKE_SA %s[%s] established between %v[%s]...%v[%s] (%s%s)", p.conn.Name, p.cookieString(),
 		p.local.Addr(), localIDString(p.conn), p.peer.Addr(), p.peerID, p.suite, nat)
@@ -394,8 +384,10 @@ func (e *Engine) established(p *p1) {
 }
 
 // halfOpenEntryBytes is what one half-open responder SA costs besides
-// the SA payload it keeps, checked by TestHalfOpenBytes (1.6 KB measured
-// on amd64): the p1 struct (864 octets), its MM2 for retransmission
+// the SA payload it keeps, checked by TestHalfOpenBytes (about 1.9 KB
+// measured on amd64 with the SA payload, 1965 octets at 04:40 UTC on
+// 2026-12-03, 1893 before Main Mode became a task of its own): the p1
+// struct (712 octets) and its Main Mode task (296), its MM2 for retransmission
 // (about 120), its empty Quick Mode map, its half-open timer, and its
 // entries in sas, classes, halfOpen and perPeer. At the default
 // MaxHalfOpen of 8192 entries that is at most 8192 x 2 KB = 16 MB, plus
@@ -412,29 +404,31 @@ func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 // time.
 func hashEqual(want, got []byte) bool { return subtle.ConstantTimeCompare(want, got) == 1 }
 
-// admitHalfOpen bounds the responder SAs that are still negotiating.
-func (e *Engine) admitHalfOpen(p *p1) {
+// admitHalfOpen bounds the responder SAs that are still negotiating;
+// cost is what p keeps of the peer's first message.
+func (e *Engine) admitHalfOpen(p *p1, cost int) {
 	if e.perPeer[p.peer.Addr()] >= e.cfg.MaxHalfOpenPerPeer {
 		e.evictHalfOpen(func(q *p1) bool { return q.peer.Addr() == p.peer.Addr() })
 	}
-	for len(e.halfOpen) > 0 && (len(e.halfOpen) >= e.cfg.MaxHalfOpen || e.halfOpenBytes+len(p.saiBody) > e.cfg.MaxHalfOpenBytes) {
+	for len(e.halfOpen) > 0 && (len(e.halfOpen) >= e.cfg.MaxHalfOpen || e.halfOpenBytes+cost > e.cfg.MaxHalfOpenBytes) {
 		e.evictHalfOpen(func(*p1) bool { return true })
 	}
 	e.halfOpen = append(e.halfOpen, p)
-	e.halfOpenBytes += len(p.saiBody)
+	p.halfOpenCost = cost
+	e.halfOpenBytes += cost
 	e.Stats.HalfOpen.Add(1)
 	e.perPeer[p.peer.Addr()]++
 }
 
 // evictHalfOpen forgets the oldest half-open SA that match selects,
-// preferring those that never got past MM1 (MAIN_R1).
+// preferring those that answered only the peer's first message.
 func (e *Engine) evictHalfOpen(match func(*p1) bool) {
 	victim := -1
 	for i, q := range e.halfOpen {
 		if !match(q) {
 			continue
 		}
-		if q.state == mainR1 {
+		if q.phase1.answeredFirst() {
 			victim = i
 			break
 		}
@@ -480,6 +474,7 @@ func (e *Engine) sortedSAs() []*p1 {
 func (e *Engine) forget(p *p1) {
 	p.stopTimers()
 	p.km.wipe()
+	p.phase1.forget()
 	e.dropQuickBacklog(p)
 	if fs := p.followers; len(fs) > 0 {
 		p.followers = nil
@@ -490,7 +485,7 @@ func (e *Engine) forget(p *p1) {
 		q.wipeAll()
 		switch {
 		case q.inSPI != 0 && !q.installed:
-			e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+			e.releaseSPI(q)
 		case q.installed && q.state == quickR1 && q.child != nil,
 			q.outPending() && q.child != nil:
 			// A responder's inbound SA, installed at QM1, whose QM3
@@ -514,7 +509,7 @@ func (e *Engine) dropHalfOpen(p *p1) {
 	for i, h := range e.halfOpen {
 		if h == p {
 			e.halfOpen = append(e.halfOpen[:i], e.halfOpen[i+1:]...)
-			e.halfOpenBytes -= len(p.saiBody)
+			e.halfOpenBytes -= p.halfOpenCost
 			e.Stats.HalfOpen.Add(-1)
 			if e.perPeer[p.peer.Addr()]--; e.perPeer[p.peer.Addr()] <= 0 {
 				delete(e.perPeer, p.peer.Addr())

@@ -10,26 +10,26 @@ import (
 )
 
 // keymat is the key material of one ISAKMP SA (strongSwan's keymat_v1):
-// it owns the Diffie-Hellman pair, the public values and nonces, SKEYID
-// and its derivations, the phase-1 cipher and the running IV, and it
-// forgets each secret as soon as nothing needs it any more:
+// SKEYID and its derivations, the phase-1 cipher and the running IV. It
+// derives them from what the phase-1 exchange (its task, which owns the
+// Diffie-Hellman pair, the public values, the nonces and the SA payload
+// until it is done) hands it, and forgets each secret as soon as nothing
+// needs it any more:
 //
-//   - our Diffie-Hellman private value once g^xy is computed (forgetDH);
 //   - g^xy, SKEYID_e and the encryption key once the cipher is keyed
 //     (derive);
-//   - SKEYID, the nonces and the public values once the peer is
-//     authenticated and our proof sent (authenticated): only HASH_I and
-//     HASH_R need them;
+//   - SKEYID once the peer is authenticated and our proof sent
+//     (authenticated): only HASH_I and HASH_R need it;
 //   - SKEYID_d and SKEYID_a when the ISAKMP SA goes (wipe).
+//
+// The phase-1 task forgets its own: its Diffie-Hellman private value
+// once g^xy is computed, its nonces and public values when it is done
+// (mainMode.forget).
 //
 // "Forget" means zeroed in place, not only dropped.
 type keymat struct {
-	hash ikecrypto.Hash
-	dh   *ikecrypto.DH
-	// gxi, gxr: the initiator's and responder's public values; ni, nr:
-	// the nonces.
-	gxi, gxr, ni, nr []byte
-	skeyid           []byte
+	hash   ikecrypto.Hash
+	skeyid []byte
 	// d is SKEYID_d (children's KEYMAT), a SKEYID_a (the HASHes of
 	// Quick Mode and Informational messages).
 	d, a []byte
@@ -44,15 +44,16 @@ func wipe(b []byte) { clear(b) }
 // keyLogger receives the derived keys when key logging (debug) is on.
 type keyLogger func(skeyid, d, a, e, key, iv []byte)
 
-// derive computes SKEYID (auth's method), SKEYID_d, _a, _e and the
-// encryption key from g^xy and the cookies, then keys the phase-1
-// cipher and computes the first IV (RFC 2409 5, Appendix B). export, if
-// set, receives a copy of the encryption key (key export for Wireshark);
-// logKeys, if set, the keys. g^xy, SKEYID_e and the encryption key are
-// zeroed before derive returns: the cipher keeps its own key schedule.
-func (k *keymat) derive(auth authenticator, gxy, icky, rcky []byte, c ikecrypto.Cipher, keyLen int, export func([]byte), logKeys keyLogger) error {
+// derive computes SKEYID (auth's method, from the nonces ni and nr),
+// SKEYID_d, _a, _e and the encryption key from g^xy and the cookies of
+// in, then keys the phase-1 cipher and computes the first IV from the
+// public values of in (RFC 2409 5, Appendix B). export, if set, receives
+// a copy of the encryption key (key export for Wireshark); logKeys, if
+// set, the keys. g^xy, SKEYID_e and the encryption key are zeroed before
+// derive returns: the cipher keeps its own key schedule.
+func (k *keymat) derive(auth authenticator, in authInput, ni, nr, gxy []byte, c ikecrypto.Cipher, keyLen int, export func([]byte), logKeys keyLogger) error {
 	defer wipe(gxy)
-	keys := ikecrypto.DeriveFrom(k.hash, auth.skeyid(k.hash, k.ni, k.nr, gxy), gxy, icky, rcky, keyLen)
+	keys := ikecrypto.DeriveFrom(k.hash, auth.skeyid(k.hash, ni, nr, gxy), gxy, in.icky, in.rcky, keyLen)
 	defer wipe(keys.E)
 	defer wipe(keys.Key)
 	cbc, err := ikecrypto.NewCBC(c, keys.Key)
@@ -63,7 +64,7 @@ func (k *keymat) derive(auth authenticator, gxy, icky, rcky []byte, c ikecrypto.
 		return err
 	}
 	k.skeyid, k.d, k.a, k.cbc = keys.SKEYID, keys.D, keys.A, cbc
-	k.iv = ikecrypto.Phase1IV(k.hash, k.gxi, k.gxr, cbc.BlockSize())
+	k.iv = ikecrypto.Phase1IV(k.hash, in.gxi, in.gxr, cbc.BlockSize())
 	if export != nil {
 		export(append([]byte(nil), keys.Key...))
 	}
@@ -73,22 +74,10 @@ func (k *keymat) derive(auth authenticator, gxy, icky, rcky []byte, c ikecrypto.
 	return nil
 }
 
-// forgetDH wipes our Diffie-Hellman private value.
-func (k *keymat) forgetDH() {
-	if k.dh != nil {
-		k.dh.Wipe()
-		k.dh = nil
-	}
-}
-
-// authenticated forgets what only the phase-1 proofs needed: SKEYID,
-// the nonces and the public values.
+// authenticated forgets what only the phase-1 proofs needed: SKEYID.
 func (k *keymat) authenticated() {
-	k.forgetDH()
 	wipe(k.skeyid)
-	wipe(k.ni)
-	wipe(k.nr)
-	k.skeyid, k.ni, k.nr, k.gxi, k.gxr = nil, nil, nil, nil, nil
+	k.skeyid = nil
 }
 
 // wipe forgets everything (the ISAKMP SA is gone).
@@ -106,11 +95,13 @@ func (k *keymat) phase2IV(msgID uint32) []byte {
 	return ikecrypto.PhaseIV(k.hash, k.iv, msgID, k.cbc.BlockSize())
 }
 
-// authInput is what phase-1 proofs cover besides the keys and the ID:
-// the cookies and the initiator's SA payload body.
+// authInput is what phase-1 proofs cover besides SKEYID and the ID:
+// the cookies, the initiator's SA payload body and the public values
+// (the phase-1 task's, lent for the call).
 type authInput struct {
 	icky, rcky []byte
 	saiBody    []byte
+	gxi, gxr   []byte
 }
 
 // errNoProof is a message without the payload that should authenticate
@@ -155,9 +146,9 @@ func (a *pskAuth) skeyid(h ikecrypto.Hash, ni, nr, _ []byte) []byte {
 
 func (a *pskAuth) proofHash(k *keymat, in authInput, ofInitiator bool, idBody []byte) []byte {
 	if ofInitiator {
-		return ikecrypto.HashI(k.hash, k.skeyid, k.gxi, k.gxr, in.icky, in.rcky, in.saiBody, idBody)
+		return ikecrypto.HashI(k.hash, k.skeyid, in.gxi, in.gxr, in.icky, in.rcky, in.saiBody, idBody)
 	}
-	return ikecrypto.HashR(k.hash, k.skeyid, k.gxi, k.gxr, in.icky, in.rcky, in.saiBody, idBody)
+	return ikecrypto.HashR(k.hash, k.skeyid, in.gxi, in.gxr, in.icky, in.rcky, in.saiBody, idBody)
 }
 
 func (a *pskAuth) prove(k *keymat, in authInput, initiator bool, idBody []byte) isakmp.Payload {

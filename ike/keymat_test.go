@@ -28,18 +28,24 @@ func randBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-// TestKeymatForgets: each secret of the phase-1 key material is zeroed
-// in place at the step after which nothing needs it.
+// TestKeymatForgets: each secret of the phase-1 key material (the
+// keymat's, and what Main Mode keeps for its proofs) is zeroed in place
+// at the step after which nothing needs it.
 func TestKeymatForgets(t *testing.T) {
 	dh, err := ikecrypto.GenerateDH(14, rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &keymat{hash: ikecrypto.HashSHA1, dh: dh, gxi: randBytes(t, 256), gxr: randBytes(t, 256), ni: randBytes(t, 32), nr: randBytes(t, 32)}
-	ni, nr := k.ni, k.nr
+	k := &keymat{hash: ikecrypto.HashSHA1}
+	p := &p1{}
+	copy(p.icky[:], randBytes(t, 8))
+	copy(p.rcky[:], randBytes(t, 8))
+	mm := &mainMode{p: p, dh: dh, gxi: randBytes(t, 256), gxr: randBytes(t, 256), ni: randBytes(t, 32), nr: randBytes(t, 32),
+		saiBody: randBytes(t, 40)}
+	ni, nr := mm.ni, mm.nr
 	gxy := randBytes(t, 256)
 	var exported, logged []byte
-	err = k.derive(newPSKAuth([]byte("secret")), gxy, randBytes(t, 8), randBytes(t, 8), ikecrypto.CipherAES, 16,
+	err = k.derive(newPSKAuth([]byte("secret")), mm.authInput(), mm.ni, mm.nr, gxy, ikecrypto.CipherAES, 16,
 		func(key []byte) { exported = key }, func(_, _, _, e, key, _ []byte) { logged = e; _ = key })
 	if err != nil {
 		t.Fatal(err)
@@ -59,20 +65,21 @@ func TestKeymatForgets(t *testing.T) {
 			t.Fatalf("%s missing after derive", name)
 		}
 	}
-	k.forgetDH()
-	if k.dh != nil {
+	mm.forgetDH()
+	if mm.dh != nil {
 		t.Fatal("DH pair kept after forgetDH")
 	}
-	if _, err := dh.SharedSecret(k.gxr); err == nil {
+	if _, err := dh.SharedSecret(mm.gxr); err == nil {
 		t.Fatal("the private value still works after forgetDH")
 	}
 	k.authenticated()
+	mm.forget()
 	for name, b := range map[string][]byte{"SKEYID": skeyid, "Ni": ni, "Nr": nr} {
 		if !zeroed(b) {
 			t.Fatalf("%s not zeroed once authenticated", name)
 		}
 	}
-	if k.skeyid != nil || k.ni != nil || k.nr != nil || k.gxi != nil || k.gxr != nil {
+	if k.skeyid != nil || mm.ni != nil || mm.nr != nil || mm.gxi != nil || mm.gxr != nil || mm.saiBody != nil {
 		t.Fatal("proof material still referenced once authenticated")
 	}
 	if zeroed(d) || zeroed(a) || k.cbc == nil {
@@ -106,7 +113,8 @@ func TestEngineForgetsSecrets(t *testing.T) {
 				if !p.established() {
 					continue
 				}
-				if p.km.dh != nil || p.km.skeyid != nil || p.km.ni != nil || p.km.nr != nil || p.saiBody != nil {
+				mm := p.phase1.(*mainMode)
+				if mm.dh != nil || p.km.skeyid != nil || mm.ni != nil || mm.nr != nil || mm.saiBody != nil {
 					t.Errorf("%s: established ISAKMP SA keeps DH pair, SKEYID, nonces or SA payload", side)
 				}
 				h.d, h.a = append(h.d, p.km.d), append(h.a, p.km.a)

@@ -83,7 +83,7 @@ func (e *Engine) deadPeer(p *p1, timeout time.Duration) {
 		}
 		if action == "restart" && cc.Remote.IsValid() {
 			e.log.Info("dpdaction=restart: negotiating again", "conn", cc.Name, "peer", cc.Remote)
-			e.startMain(cc, nil, 1)
+			e.startPhase1(cc, nil, 1)
 		}
 	}
 }

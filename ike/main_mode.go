@@ -21,9 +21,107 @@ import (
 //	MM5 HDR*, IDii, HASH_I       -->   mainResponderMM5: authenticate
 //	mainInitiatorMM6             <--   MM6 HDR*, IDir, HASH_R         (mainR3)
 //
-// Each step processes one message and builds the next; the states are
-// Pluto's. The exchange in flight (retransmission, duplicates) is the
-// task manager's (taskmanager.go).
+// Main Mode is a task of its own (mainMode), the ISAKMP SA's phase-1
+// task (p1.phase1, message ID 0): it owns its state, the exchange in
+// flight, what the initiator offered, the initiator's SA payload body,
+// its Diffie-Hellman pair, the public values and the nonces, and forgets
+// them once it is done. Each step processes one message and builds the
+// next; the states are Pluto's. The exchange in flight (retransmission,
+// duplicates) is the task manager's (taskmanager.go); the SA's keys are
+// its keymat's (keymat.go).
+
+// mainMode is the Main Mode exchange of one ISAKMP SA.
+type mainMode struct {
+	p     *p1
+	state mainState
+	// x is the exchange in flight (taskmanager.go).
+	x exchange
+	// suites is what the initiator offered in MM1 (MM2 is checked
+	// against it); saiBody the initiator's SA payload body, covered by
+	// HASH_I and HASH_R.
+	suites  []p1Suite
+	saiBody []byte
+	// dh is our Diffie-Hellman pair until g^xy is computed; gxi, gxr
+	// the public values and ni, nr the nonces, until the proofs are done.
+	dh               *ikecrypto.DH
+	gxi, gxr, ni, nr []byte
+	// computing: a Diffie-Hellman step is on a crypto worker.
+	computing bool
+}
+
+// The task (taskmanager.go).
+
+func (mm *mainMode) flight() *exchange { return &mm.x }
+func (mm *mainMode) sa() *p1           { return mm.p }
+func (mm *mainMode) current() bool     { return mm.p.phase1 == mm }
+func (mm *mainMode) retrying(try int) {
+	mm.p.say("retransmit %d of request with message ID 0", try)
+}
+func (mm *mainMode) expired(tries int) {
+	mm.p.e.failP1(mm.p, fmt.Errorf("no response from %v in state %s after %d retransmissions", mm.p.peer, mm.state, tries), true)
+}
+
+// messageName tells MM1..MM6 apart by the first payload and the
+// encryption flag.
+func (mm *mainMode) messageName(msg []byte, _ bool) string {
+	n := 0
+	switch {
+	case len(msg) > 19 && msg[19]&1 != 0: // encrypted: MM5 / MM6
+		n = 5
+	case len(msg) > 16 && msg[16] == 4: // first payload KE: MM3 / MM4
+		n = 3
+	default: // SA: MM1 / MM2
+		n = 1
+	}
+	if !mm.p.initiator {
+		n++
+	}
+	return fmt.Sprintf("MM%d", n)
+}
+
+// The phase-1 task (phase1Task).
+
+func (mm *mainMode) String() string { return mm.state.String() }
+func (mm *mainMode) done() bool     { return mm.state == mainI4 || mm.state == mainR3 }
+func (mm *mainMode) complete() {
+	if mm.p.initiator {
+		mm.state = mainI4
+	} else {
+		mm.state = mainR3
+	}
+}
+func (mm *mainMode) answeredFirst() bool     { return mm.state == mainR1 }
+func (mm *mainMode) awaitingPeerProof() bool { return mm.state == mainI3 }
+
+// forget zeroes the Diffie-Hellman private value and the nonces and
+// drops the public values and the SA payload: only the proofs needed
+// them.
+func (mm *mainMode) forget() {
+	mm.forgetDH()
+	wipe(mm.ni)
+	wipe(mm.nr)
+	mm.ni, mm.nr, mm.gxi, mm.gxr, mm.saiBody, mm.suites = nil, nil, nil, nil, nil, nil
+}
+
+// forgetDH zeroes our Diffie-Hellman private value.
+func (mm *mainMode) forgetDH() {
+	if mm.dh != nil {
+		mm.dh.Wipe()
+		mm.dh = nil
+	}
+}
+
+// authInput is what the proofs cover besides SKEYID and the IDs.
+func (mm *mainMode) authInput() authInput {
+	p := mm.p
+	return authInput{icky: p.icky[:], rcky: p.rcky[:], saiBody: mm.saiBody, gxi: mm.gxi, gxr: mm.gxr}
+}
+
+// deriveKeys derives the SA's keys from g^xy (wiped) and what the
+// exchange has.
+func (mm *mainMode) deriveKeys(gxy []byte) error {
+	return mm.p.e.deriveKeys(mm.p, mm.authInput(), mm.ni, mm.nr, gxy)
+}
 
 // mainState is where an ISAKMP SA's Main Mode stands.
 type mainState uint8
@@ -54,15 +152,16 @@ func (s mainState) MarshalText() ([]byte, error) { return []byte(s.String()), ni
 
 // startMain sends MM1 for conn c.
 func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
-	p := &p1{e: e, conn: c, initiator: true, state: mainI1, created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
+	p := &p1{e: e, conn: c, initiator: true, created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), attempt: attempt,
 		peer: netip.AddrPortFrom(c.Remote, 500), local: netip.AddrPortFrom(c.Local, 500), qms: map[uint32]*qm{}}
 	copy(p.icky[:], e.random(8))
 	if w != nil {
 		p.waiters = append(p.waiters, w)
 	}
-	p.suites = p1Suites(c)
-	sa := p1SA(p.suites)
-	p.saiBody = isakmp.EncodeBody(sa)
+	mm := &mainMode{p: p, state: mainI1, suites: p1Suites(c)}
+	p.phase1 = mm
+	sa := p1SA(mm.suites)
+	mm.saiBody = isakmp.EncodeBody(sa)
 	ps := []isakmp.Payload{sa}
 	for _, v := range [][]byte{isakmp.VendorNATT, isakmp.VendorNATTDraft02N, isakmp.VendorNATTDraft02, isakmp.VendorDPD} {
 		ps = append(ps, &isakmp.VendorID{Data: v})
@@ -71,13 +170,13 @@ func (e *Engine) startMain(c *Conn, w *waiter, attempt int) *p1 {
 	e.sas[p.key()] = p
 	e.classify(p)
 	var offered []string
-	for _, s := range p.suites {
+	for _, s := range mm.suites {
 		offered = append(offered, s.String())
 	}
 	p.say("initiating Main Mode IKE_SA %s[%s] to %v", c.Name, hex.EncodeToString(p.icky[:]), c.Remote)
 	p.say("generating ID_PROT request 0 [ SA V V V V ] offering %s", strings.Join(offered, ", "))
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(msg))
-	e.request(p, msg, [32]byte{})
+	e.request(mm, msg, [32]byte{})
 	return p
 }
 
@@ -102,26 +201,32 @@ func (p *p1) noteVendorIDs(ps []isakmp.Payload) {
 // handleMain runs one Main Mode message through p's state machine.
 func (e *Engine) handleMain(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	enc := h.Flags&isakmp.FlagEncryption != 0
+	mm, _ := p.phase1.(*mainMode)
+	var state mainState
+	if mm != nil {
+		state = mm.state
+	}
 	switch {
-	case p.state == mainI1 && !enc:
-		e.mainInitiatorMM2(p, h, msg, sum)
-	case p.state == mainI2 && !enc:
-		e.mainInitiatorMM4(p, h, msg, sum)
-	case p.state == mainI3 && enc:
-		e.mainInitiatorMM6(p, h, msg, sum)
-	case p.state == mainR1 && !enc:
-		e.mainResponderMM3(p, h, msg, sum)
-	case p.state == mainR2 && enc:
-		e.mainResponderMM5(p, h, msg, sum)
+	case state == mainI1 && !enc:
+		e.mainInitiatorMM2(mm, h, msg, sum)
+	case state == mainI2 && !enc:
+		e.mainInitiatorMM4(mm, h, msg, sum)
+	case state == mainI3 && enc:
+		e.mainInitiatorMM6(mm, h, msg, sum)
+	case state == mainR1 && !enc:
+		e.mainResponderMM3(mm, h, msg, sum)
+	case state == mainR2 && enc:
+		e.mainResponderMM5(mm, h, msg, sum)
 	default:
 		e.Stats.Malformed.Add(1)
-		e.warn("unexpected Main Mode message", "peer", p.peer, "state", p.state, "encrypted", enc)
+		e.warn("unexpected Main Mode message", "peer", p.peer, "state", p.phase1.String(), "encrypted", enc)
 	}
 }
 
 // mainInitiatorMM2: MM2 received (SA), send MM3 (KE, Ni, NAT-D).
-func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	if p.computing {
+func (e *Engine) mainInitiatorMM2(mm *mainMode, h isakmp.Header, msg []byte, sum [32]byte) {
+	p := mm.p
+	if mm.computing {
 		e.Stats.Duplicate.Add(1) // another MM2 while the first one's key pair is made
 		return
 	}
@@ -139,7 +244,7 @@ func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		e.warn("MM2 without SA payload", "peer", p.peer)
 		return
 	}
-	suite, err := acceptP1Reply(p.suites, sa)
+	suite, err := acceptP1Reply(mm.suites, sa)
 	if err != nil {
 		e.failP1(p, err, false)
 		return
@@ -149,22 +254,23 @@ func (e *Engine) mainInitiatorMM2(p *p1, h isakmp.Header, msg []byte, sum [32]by
 	e.sas[p.key()] = p
 	p.suite = suite
 	p.noteVendorIDs(ps)
-	p.x.received(sum)
+	mm.x.received(sum)
 	p.say("received ID_PROT response 0 [ SA V ... ]: %s, lifetime %v", suite, suite.Life)
 	// Our key pair is made on a crypto worker (a modular exponentiation:
 	// not on the engine goroutine); mainInitiatorMM2Keyed sends MM3.
 	group, rnd := suite.Group, e.cfg.Rand
-	p.computing = true
+	mm.computing = true
 	e.compute(func() func() {
 		dh, err := ikecrypto.GenerateDH(group, rnd)
-		return func() { e.mainInitiatorMM2Keyed(p, sum, dh, err) }
+		return func() { e.mainInitiatorMM2Keyed(mm, sum, dh, err) }
 	})
 }
 
 // mainInitiatorMM2Keyed sends MM3 once our key pair exists.
-func (e *Engine) mainInitiatorMM2Keyed(p *p1, sum [32]byte, dh *ikecrypto.DH, err error) {
-	p.computing = false
-	if e.sas[p.key()] != p || p.state != mainI1 {
+func (e *Engine) mainInitiatorMM2Keyed(mm *mainMode, sum [32]byte, dh *ikecrypto.DH, err error) {
+	p := mm.p
+	mm.computing = false
+	if !e.live(mm) || mm.state != mainI1 {
 		if dh != nil {
 			dh.Wipe() // forgotten (failed, terminated) meanwhile
 		}
@@ -175,12 +281,12 @@ func (e *Engine) mainInitiatorMM2Keyed(p *p1, sum [32]byte, dh *ikecrypto.DH, er
 		e.failP1(p, fmt.Errorf("DH group %s: %w", suite.Group, err), false)
 		return
 	}
-	p.km.dh, p.km.gxi, p.km.ni = dh, dh.Public(), e.random(32)
-	out := []isakmp.Payload{&isakmp.KE{Data: p.km.gxi}, &isakmp.Nonce{Data: p.km.ni}}
+	mm.dh, mm.gxi, mm.ni = dh, dh.Public(), e.random(32)
+	out := []isakmp.Payload{&isakmp.KE{Data: mm.gxi}, &isakmp.Nonce{Data: mm.ni}}
 	out = append(out, e.natdPayloads(p)...)
-	p.state = mainI2
+	mm.state = mainI2
 	p.say("generating ID_PROT request 0 [ KE No NAT-D NAT-D ]")
-	e.request(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
+	e.request(mm, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
 }
 
 // natdPayloads returns NAT-D payloads when the peer speaks NAT-T: the
@@ -225,8 +331,9 @@ func (e *Engine) checkNATD(p *p1, ps []isakmp.Payload) {
 }
 
 // mainInitiatorMM4: MM4 received (KE, Nr, NAT-D); derive keys; send MM5 (ID, HASH_I).
-func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	if p.computing {
+func (e *Engine) mainInitiatorMM4(mm *mainMode, h isakmp.Header, msg []byte, sum [32]byte) {
+	p := mm.p
+	if mm.computing {
 		e.Stats.Duplicate.Add(1) // another MM4 while the first one's g^xy is computed
 		return
 	}
@@ -243,36 +350,37 @@ func (e *Engine) mainInitiatorMM4(p *p1, h isakmp.Header, msg []byte, sum [32]by
 	}
 	// g^xy on a crypto worker, which owns our key pair meanwhile (the
 	// engine goroutine may forget the SA, and so wipe, concurrently).
-	dh, gxr, nr := p.km.dh, ke.Data, nonce.Data
-	p.km.dh = nil
-	p.computing = true
+	dh, gxr, nr := mm.dh, ke.Data, nonce.Data
+	mm.dh = nil
+	mm.computing = true
 	e.compute(func() func() {
 		gxy, err := dh.SharedSecret(gxr)
-		return func() { e.mainInitiatorMM4Keyed(p, ps, dh, gxr, nr, sum, gxy, err) }
+		return func() { e.mainInitiatorMM4Keyed(mm, ps, dh, gxr, nr, sum, gxy, err) }
 	})
 }
 
 // mainInitiatorMM4Keyed derives the keys and sends MM5 (ID, HASH_I)
 // once g^xy is computed.
-func (e *Engine) mainInitiatorMM4Keyed(p *p1, ps []isakmp.Payload, dh *ikecrypto.DH, gxr, nr []byte, sum [32]byte, gxy []byte, err error) {
-	p.computing = false
-	if e.sas[p.key()] != p || p.state != mainI2 {
+func (e *Engine) mainInitiatorMM4Keyed(mm *mainMode, ps []isakmp.Payload, dh *ikecrypto.DH, gxr, nr []byte, sum [32]byte, gxy []byte, err error) {
+	p := mm.p
+	mm.computing = false
+	if !e.live(mm) || mm.state != mainI2 {
 		dh.Wipe()
 		wipe(gxy)
 		return
 	}
 	if err != nil {
 		// A forged or broken MM4: keep waiting for the real one.
-		p.km.dh = dh
+		mm.dh = dh
 		e.Stats.Malformed.Add(1)
 		e.warn("MM4 with an invalid KE", "peer", p.peer, "err", err)
 		return
 	}
 	dh.Wipe()
-	p.km.gxr, p.km.nr = gxr, nr
-	p.x.received(sum)
+	mm.gxr, mm.nr = gxr, nr
+	mm.x.received(sum)
 	e.checkNATD(p, ps)
-	if err := e.deriveKeys(p, gxy); err != nil {
+	if err := mm.deriveKeys(gxy); err != nil {
 		e.failP1(p, err, false)
 		return
 	}
@@ -284,7 +392,7 @@ func (e *Engine) mainInitiatorMM4Keyed(p *p1, ps []isakmp.Payload, dh *ikecrypto
 	id := idPayload(p.conn.LocalID, p.conn.Local)
 	p.localIDKey = idKey(id)
 	idBody := isakmp.EncodeBody(id)
-	out := []isakmp.Payload{id, p.auth.prove(&p.km, p.authInput(), true, idBody)}
+	out := []isakmp.Payload{id, p.auth.prove(&p.km, mm.authInput(), true, idBody)}
 	ic := e.wantInitialContact(p)
 	if ic {
 		out = append(out, &isakmp.Notify{DOI: doiIPsec, Protocol: isakmp.ProtoISAKMP, Kind: notifyInitialContact, SPI: append(p.icky[:], p.rcky[:]...)})
@@ -292,18 +400,19 @@ func (e *Engine) mainInitiatorMM4Keyed(p *p1, ps []isakmp.Payload, dh *ikecrypto
 	plain := isakmp.AppendPayloads(nil, out)
 	m, last := e.seal(p, p.header(isakmp.ExchMain, 0, true), plain, out[0].Type(), p.km.iv)
 	p.km.iv = last
-	p.state = mainI3
+	mm.state = mainI3
 	if ic {
 		p.say("generating ID_PROT request 0 [ ID HASH N(INITIAL_CONTACT) ]")
 	} else {
 		p.say("generating ID_PROT request 0 [ ID HASH ]")
 	}
 	p.say("sending packet: from %v to %v (%d bytes)", p.local, p.peer, len(m))
-	e.request(p, m, sum)
+	e.request(mm, m, sum)
 }
 
 // mainInitiatorMM6: MM6 received (ID, HASH_R): phase 1 is up.
-func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+func (e *Engine) mainInitiatorMM6(mm *mainMode, h isakmp.Header, msg []byte, sum [32]byte) {
+	p := mm.p
 	plain, last, err := e.open(p, msg, p.km.iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
@@ -321,7 +430,7 @@ func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		return
 	}
 	id, ok := find[*isakmp.ID](ps)
-	err = p.auth.verify(&p.km, p.authInput(), false, rawBody(raws, isakmp.PayloadID), ps)
+	err = p.auth.verify(&p.km, mm.authInput(), false, rawBody(raws, isakmp.PayloadID), ps)
 	if !ok || errors.Is(err, errNoProof) {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM6 without ID and HASH", "peer", p.peer)
@@ -341,9 +450,9 @@ func (e *Engine) mainInitiatorMM6(p *p1, h isakmp.Header, msg []byte, sum [32]by
 	e.authentic(p)
 	p.peerID, p.peerIDPay, p.peerIDKey = idString(id), id, idKey(id)
 	p.km.iv = last
-	p.x.received(sum)
-	p.x.sent = nil
-	p.x.stop()
+	mm.x.received(sum)
+	mm.x.sent = nil
+	mm.x.stop()
 	e.established(p)
 }
 
@@ -374,8 +483,8 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 	// this runs for every message of a flood), or one replayed later.
 	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
 		e.Stats.Duplicate.Add(1)
-		if q.state == mainR1 && q.peer == from && q.x.sent != nil {
-			e.transmit(q, q.x.sent)
+		if x := q.phase1.flight(); q.phase1.answeredFirst() && q.peer == from && x.sent != nil {
+			e.transmit(q, x.sent)
 		}
 		return
 	}
@@ -437,7 +546,7 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 		pr, s, err := selectP1Raw(p1Suites(c), saiBody)
 		if err != nil {
 			lastErr = err
-			if ep, ok := err.(*errNoProposal); ok && ep.msg != "" {
+			if ep, ok := err.(*errNoProposal); ok && ep.whole {
 				break // the SA payload itself is unacceptable
 			}
 			continue
@@ -461,13 +570,14 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 	if !local.Addr().IsValid() || local.Addr().IsUnspecified() {
 		local = netip.AddrPortFrom(conn.Local, to.Port())
 	}
-	p := &p1{e: e, conn: conn, state: mainR1, icky: h.ICookie, peer: from, local: local, natt: natt,
+	p := &p1{e: e, conn: conn, icky: h.ICookie, peer: from, local: local, natt: natt,
 		created: e.cfg.Clock.Now(), createdSeq: e.nextSeq(), suite: suite, qms: map[uint32]*qm{}}
 	copy(p.rcky[:], e.random(8))
 	// A copy: a subslice would keep the whole message (up to 64 KB).
-	p.saiBody = append([]byte(nil), saiBody...)
+	mm := &mainMode{p: p, state: mainR1, saiBody: append([]byte(nil), saiBody...)}
+	p.phase1 = mm
 	p.noteVendorIDs(ps)
-	e.admitHalfOpen(p)
+	e.admitHalfOpen(p, len(mm.saiBody))
 	e.sas[p.key()] = p
 	e.responders[respKey{p.icky, from.Addr()}] = p
 	e.classify(p)
@@ -477,11 +587,11 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 	}
 	out = append(out, &isakmp.VendorID{Data: isakmp.VendorDPD})
 	e.log.Debug("Main Mode responder", "conn", conn.Name, "peer", from, "suite", suite.String())
-	e.reply(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sha256Sum(msg))
+	e.reply(mm, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sha256Sum(msg))
 	// A responder negotiation that stalls is forgotten.
-	e.after(p, e.cfg.HalfOpenTimeout, func() {
+	e.after(mm, e.cfg.HalfOpenTimeout, func() {
 		if !p.established() {
-			e.log.Info("half-open ISAKMP SA timed out", "peer", p.peer, "state", p.state)
+			e.log.Info("half-open ISAKMP SA timed out", "peer", p.peer, "state", mm.state)
 			e.forget(p)
 		}
 	})
@@ -490,8 +600,9 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 // mainResponderMM3: MM3 received (KE, Ni, NAT-D): the Diffie-Hellman work runs
 // on a crypto worker (a reachable source needs no key to send MM3), then
 // mainResponderMM3Keyed sends MM4.
-func (e *Engine) mainResponderMM3(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
-	if p.computing {
+func (e *Engine) mainResponderMM3(mm *mainMode, h isakmp.Header, msg []byte, sum [32]byte) {
+	p := mm.p
+	if mm.computing {
 		// A retransmitted (or forged) MM3 while the first one's DH runs.
 		e.Stats.Duplicate.Add(1)
 		return
@@ -508,7 +619,7 @@ func (e *Engine) mainResponderMM3(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		return
 	}
 	group, rnd, gxi := p.suite.Group, e.cfg.Rand, ke.Data
-	p.computing = true
+	mm.computing = true
 	queued := e.offload(p.peer.Addr(), func() func() {
 		dh, genErr := ikecrypto.GenerateDH(group, rnd)
 		var gxy []byte
@@ -516,24 +627,25 @@ func (e *Engine) mainResponderMM3(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		if genErr == nil {
 			gxy, keErr = dh.SharedSecret(gxi)
 		}
-		return func() { e.mainResponderMM3Keyed(p, ps, gxi, nonce.Data, sum, dh, gxy, genErr, keErr) }
+		return func() { e.mainResponderMM3Keyed(mm, ps, gxi, nonce.Data, sum, dh, gxy, genErr, keErr) }
 	})
 	if !queued {
-		p.computing = false
+		mm.computing = false
 		e.warn("MM3 dropped: the Diffie-Hellman workers are busy (the peer retransmits)", "peer", p.peer)
 	}
 }
 
 // mainResponderMM3Keyed finishes MM3 once its Diffie-Hellman work is done.
-func (e *Engine) mainResponderMM3Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byte, sum [32]byte, dh *ikecrypto.DH, gxy []byte, genErr, keErr error) {
-	p.computing = false
+func (e *Engine) mainResponderMM3Keyed(mm *mainMode, ps []isakmp.Payload, gxi, ni []byte, sum [32]byte, dh *ikecrypto.DH, gxy []byte, genErr, keErr error) {
+	p := mm.p
+	mm.computing = false
 	// The private value and g^xy are not needed past this step,
 	// whatever its outcome.
 	defer wipe(gxy)
 	if dh != nil {
 		defer dh.Wipe()
 	}
-	if e.sas[p.key()] != p || p.state != mainR1 {
+	if !e.live(mm) || mm.state != mainR1 {
 		return // forgotten (evicted, timed out) while the worker ran
 	}
 	if genErr != nil {
@@ -545,21 +657,22 @@ func (e *Engine) mainResponderMM3Keyed(p *p1, ps []isakmp.Payload, gxi, ni []byt
 		e.warn("MM3 with an invalid KE", "peer", p.peer, "err", keErr)
 		return
 	}
-	p.km.gxi, p.km.ni, p.km.gxr, p.km.nr = gxi, ni, dh.Public(), e.random(32)
+	mm.gxi, mm.ni, mm.gxr, mm.nr = gxi, ni, dh.Public(), e.random(32)
 	e.checkNATD(p, ps)
-	if err := e.deriveKeys(p, gxy); err != nil {
+	if err := mm.deriveKeys(gxy); err != nil {
 		e.warn("Main Mode responder", "conn", p.conn.Name, "peer", p.peer, "err", err)
 		e.forget(p)
 		return
 	}
-	out := []isakmp.Payload{&isakmp.KE{Data: p.km.gxr}, &isakmp.Nonce{Data: p.km.nr}}
+	out := []isakmp.Payload{&isakmp.KE{Data: mm.gxr}, &isakmp.Nonce{Data: mm.nr}}
 	out = append(out, e.natdPayloads(p)...)
-	p.state = mainR2
-	e.reply(p, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
+	mm.state = mainR2
+	e.reply(mm, isakmp.Encode(p.header(isakmp.ExchMain, 0, false), out), sum)
 }
 
 // mainResponderMM5: MM5 received (ID, HASH_I); send MM6.
-func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
+func (e *Engine) mainResponderMM5(mm *mainMode, h isakmp.Header, msg []byte, sum [32]byte) {
+	p := mm.p
 	plain, last, err := e.open(p, msg, p.km.iv)
 	if err != nil {
 		e.Stats.Decrypt.Add(1)
@@ -576,7 +689,7 @@ func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]by
 		return
 	}
 	id, ok := find[*isakmp.ID](ps)
-	err = p.auth.verify(&p.km, p.authInput(), true, rawBody(raws, isakmp.PayloadID), ps)
+	err = p.auth.verify(&p.km, mm.authInput(), true, rawBody(raws, isakmp.PayloadID), ps)
 	if !ok || errors.Is(err, errNoProof) {
 		e.Stats.Malformed.Add(1)
 		e.warn("MM5 without ID and HASH", "peer", p.peer)
@@ -617,10 +730,10 @@ func (e *Engine) mainResponderMM5(p *p1, h isakmp.Header, msg []byte, sum [32]by
 			e.initialContact(p)
 		}
 	}
-	out := []isakmp.Payload{myID, p.auth.prove(&p.km, p.authInput(), false, isakmp.EncodeBody(myID))}
+	out := []isakmp.Payload{myID, p.auth.prove(&p.km, mm.authInput(), false, isakmp.EncodeBody(myID))}
 	m, lastOut := e.seal(p, p.header(isakmp.ExchMain, 0, true), isakmp.AppendPayloads(nil, out), out[0].Type(), p.km.iv)
 	p.km.iv = lastOut
-	e.reply(p, m, sum)
-	p.x.stop()
+	e.reply(mm, m, sum)
+	mm.x.stop()
 	e.established(p)
 }

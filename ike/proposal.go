@@ -3,13 +3,13 @@ package ike
 import (
 	"errors"
 	"fmt"
+	"iter"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/internal/integ"
 	"github.com/gosec-ipsec/gosec/sad"
 )
 
@@ -296,90 +296,40 @@ func cipherName(s p1Suite) string {
 	return fmt.Sprintf("cipher%d", s.Cipher)
 }
 
-// maxExplained bounds how many offered transforms a refusal names; the
-// rest are counted ("and 2540 more"), so that an explanation stays under
-// about 1 KB whatever the peer sent.
-const maxExplained = 8
-
-// errNoProposal explains a failed selection; it becomes the log line and
-// what `gosec up` prints. Its text is built only when asked for (a
-// refusal that the rate limiter does not log costs no formatting).
-type errNoProposal struct {
-	msg    string
-	phase  int
-	sai    []byte // phase 1: the peer's SA payload body, walked again to explain
-	ours1  []p1Suite
-	p2     []p2Cand
-	ours2  []p2Suite
-	mode   sad.Mode
-	cached string
+// p1Cand is one phase-1 transform the peer offered, read in place.
+type p1Cand struct {
+	p isakmp.ProposalView
+	t isakmp.TransformView
+	o p1Offer
 }
 
-func (e *errNoProposal) Error() string {
-	if e.msg != "" {
-		return e.msg
-	}
-	if e.cached != "" {
-		return e.cached
-	}
-	var offered, accept []string
-	best, bestDiff, bestN := "", []string(nil), -1
-	nOffered, nOurs := 0, len(e.ours1)
-	if e.phase == 1 {
-		isakmp.WalkSA(e.sai, func(p isakmp.ProposalView, t isakmp.TransformView) bool {
+// p1Rule compares the peer's phase-1 transforms with our suites.
+var p1Rule = rule[p1Offer, p1Suite]{
+	mismatches: p1Offer.mismatches,
+	diff:       p1Offer.diff,
+	offerName:  func(o p1Offer) string { return o.suite.String() },
+	ourName:    p1Suite.String,
+}
+
+// p1CandRule is p1Rule over transforms read in place.
+var p1CandRule = rule[p1Cand, p1Suite]{
+	mismatches: func(c p1Cand, s p1Suite) int { return c.o.mismatches(s) },
+	diff:       func(c p1Cand, s p1Suite) []string { return c.o.diff(s) },
+	offerName:  func(c p1Cand) string { return c.o.suite.String() },
+	ourName:    p1Suite.String,
+}
+
+// p1Offers reads the ISAKMP transforms of an SA payload body in place,
+// already checked by isakmp.WalkSA (for explanations).
+func p1Offers(sai []byte) iter.Seq[p1Cand] {
+	return func(yield func(p1Cand) bool) {
+		isakmp.WalkSA(sai, func(p isakmp.ProposalView, t isakmp.TransformView) bool {
 			if p.Protocol != isakmp.ProtoISAKMP || t.ID != keyIKE {
 				return true
 			}
-			o := parseP1View(t)
-			if nOffered++; nOffered <= maxExplained {
-				offered = append(offered, o.suite.String())
-			}
-			for _, s := range e.ours1 {
-				if n := o.mismatches(s); bestN < 0 || n < bestN {
-					bestN, best, bestDiff = n, fmt.Sprintf("%s vs our %s", o.suite, s), o.diff(s)
-				}
-			}
-			return true
+			return yield(p1Cand{p: p, t: t, o: parseP1View(t)})
 		})
-		for i, s := range e.ours1 {
-			if i < maxExplained {
-				accept = append(accept, s.String())
-			}
-		}
-	} else {
-		for i, c := range e.p2 {
-			if i < maxExplained {
-				offered = append(offered, c.o.suite.String()+" "+encapName(c.o.encap))
-			}
-			for _, s := range e.ours2 {
-				if n := c.o.mismatches(s, e.mode); bestN < 0 || n < bestN {
-					bestN, best, bestDiff = n, fmt.Sprintf("%s vs our %s", c.o.suite, s), c.o.diff(s, e.mode)
-				}
-			}
-		}
-		for i, s := range e.ours2 {
-			if i < maxExplained {
-				accept = append(accept, s.String()+" "+e.mode.String())
-			}
-		}
 	}
-	more := func(list []string, total int) string {
-		s := strings.Join(list, ", ")
-		if total > len(list) {
-			s += fmt.Sprintf(", and %d more", total-len(list))
-		}
-		return s
-	}
-	if e.phase != 1 {
-		nOffered, nOurs = len(e.p2), len(e.ours2)
-	}
-	msg := fmt.Sprintf("no acceptable phase-%d proposal: peer offered [%s], this conn accepts [%s]",
-		e.phase, more(offered, nOffered), more(accept, nOurs))
-	if bestDiff != nil {
-		msg += fmt.Sprintf("; nearest (%s) differs in %s", best, strings.Join(bestDiff, ", "))
-	}
-	e.cached = msg
-	return msg
 }
 
 // selectP1 picks, as responder, the first of our suites that one of the
@@ -392,37 +342,29 @@ func selectP1(ours []p1Suite, sa *isakmp.SA) (isakmp.Proposal, p1Suite, error) {
 // the transforms in place (isakmp.WalkSA), allocates nothing while it
 // matches, and builds the explanation of a refusal only if asked for.
 func selectP1Raw(ours []p1Suite, sai []byte) (isakmp.Proposal, p1Suite, error) {
-	for _, s := range ours {
-		var chosen isakmp.Proposal
-		var got p1Suite
-		found := false
-		doi, err := isakmp.WalkSA(sai, func(p isakmp.ProposalView, t isakmp.TransformView) bool {
-			if p.Protocol != isakmp.ProtoISAKMP || t.ID != keyIKE {
-				return true
-			}
-			o := parseP1View(t)
-			if o.mismatches(s) != 0 {
-				return true
-			}
-			chosen = isakmp.Proposal{Num: p.Num, Protocol: p.Protocol, SPI: append([]byte(nil), p.SPI...), Transforms: []isakmp.Transform{t.Transform()}}
-			got = s
-			if o.suite.Life > 0 {
-				got.Life = o.suite.Life
-			}
-			found = true
-			return false
-		})
-		if err != nil {
-			return isakmp.Proposal{}, p1Suite{}, &errNoProposal{msg: fmt.Sprintf("malformed SA payload: %v", err)}
-		}
-		if doi != doiIPsec {
-			return isakmp.Proposal{}, p1Suite{}, &errNoProposal{msg: fmt.Sprintf("SA payload with DOI %d", doi)}
-		}
-		if found {
-			return chosen, got, nil
-		}
+	doi, err := isakmp.WalkSA(sai, func(isakmp.ProposalView, isakmp.TransformView) bool { return false })
+	if err != nil {
+		return isakmp.Proposal{}, p1Suite{}, &errNoProposal{whole: true, msg: fmt.Sprintf("malformed SA payload: %v", err)}
 	}
-	return isakmp.Proposal{}, p1Suite{}, &errNoProposal{phase: 1, sai: sai, ours1: ours}
+	if doi != doiIPsec {
+		return isakmp.Proposal{}, p1Suite{}, &errNoProposal{whole: true, msg: fmt.Sprintf("SA payload with DOI %d", doi)}
+	}
+	ch := p1CandRule.chooser(ours)
+	isakmp.WalkSA(sai, func(p isakmp.ProposalView, t isakmp.TransformView) bool {
+		if p.Protocol != isakmp.ProtoISAKMP || t.ID != keyIKE {
+			return true
+		}
+		return !ch.see(p1Cand{p: p, t: t, o: parseP1View(t)})
+	})
+	s, c, ok := ch.result()
+	if !ok {
+		return isakmp.Proposal{}, p1Suite{}, p1CandRule.refusal(1, ours, p1Offers(sai))
+	}
+	chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, SPI: append([]byte(nil), c.p.SPI...), Transforms: []isakmp.Transform{c.t.Transform()}}
+	if c.o.suite.Life > 0 {
+		s.Life = c.o.suite.Life
+	}
+	return chosen, s, nil
 }
 
 // acceptP1Reply checks, as initiator, the responder's choice against
@@ -432,13 +374,11 @@ func acceptP1Reply(ours []p1Suite, sa *isakmp.SA) (p1Suite, error) {
 		return p1Suite{}, errors.New("the responder's SA payload must hold exactly one proposal with one transform")
 	}
 	o := parseP1Transform(sa.Proposals[0].Transforms[0])
-	for _, s := range ours {
-		if o.mismatches(s) == 0 {
-			if o.suite.Life > 0 && o.suite.Life < s.Life {
-				s.Life = o.suite.Life
-			}
-			return s, nil
+	if s, _, ok := p1Rule.choose(ours, o); ok {
+		if o.suite.Life > 0 && o.suite.Life < s.Life {
+			s.Life = o.suite.Life
 		}
+		return s, nil
 	}
 	return p1Suite{}, fmt.Errorf("the responder chose %s, which we did not offer", o.suite)
 }
@@ -798,42 +738,65 @@ func encapName(e uint16) string {
 	return fmt.Sprintf("encapsulation %d", e)
 }
 
+// p2Cand is one transform the peer offered in Quick Mode; bundled: its
+// proposal number is shared with another proposal (an ESP+AH bundle,
+// which gosec does not take).
+type p2Cand struct {
+	p       isakmp.Proposal
+	t       isakmp.Transform
+	o       p2Offer
+	bundled bool
+}
+
+// p2Rule compares the peer's phase-2 transforms with our suites in a
+// conn's mode.
+func p2Rule(mode sad.Mode) rule[p2Cand, p2Suite] {
+	return rule[p2Cand, p2Suite]{
+		mismatches: func(c p2Cand, s p2Suite) int {
+			n := c.o.mismatches(s, mode)
+			if c.bundled {
+				n++
+			}
+			return n
+		},
+		diff: func(c p2Cand, s p2Suite) []string {
+			d := c.o.diff(s, mode)
+			if c.bundled {
+				d = append(d, "part of a bundle of proposals (ESP+AH)")
+			}
+			return d
+		},
+		offerName: func(c p2Cand) string { return c.o.suite.String() + " " + encapName(c.o.encap) },
+		ourName:   func(s p2Suite) string { return s.String() + " " + mode.String() },
+	}
+}
+
 // selectP2 picks, as responder, the first of our suites the peer offers.
 // It returns the proposal to send back (without our SPI yet), the suite,
 // the peer's SPI and the encapsulation mode.
 func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2Suite, uint32, uint16, error) {
-	var offers []p2Cand
-	for _, p := range sa.Proposals {
-		if len(p.SPI) != 4 {
-			continue
-		}
-		for _, t := range p.Transforms {
-			offers = append(offers, p2Cand{p, t, parseP2Transform(p.Protocol, t)})
-		}
-	}
 	// Proposals sharing a number form a bundle (ESP+AH); gosec takes
 	// single-protocol proposals only.
 	var count [256]int
 	for _, p := range sa.Proposals {
 		count[p.Num]++
 	}
-	for _, s := range ours {
-		for i := range offers {
-			c := &offers[i]
-			if count[c.p.Num] == 1 && c.o.mismatches(s, mode) == 0 {
-				chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, Transforms: []isakmp.Transform{c.t}}
-				return chosen, adoptLife(s, c.o), be32u(c.p.SPI), c.o.encap, nil
-			}
+	var offers []p2Cand
+	for _, p := range sa.Proposals {
+		if len(p.SPI) != 4 {
+			continue
+		}
+		for _, t := range p.Transforms {
+			offers = append(offers, p2Cand{p, t, parseP2Transform(p.Protocol, t), count[p.Num] > 1})
 		}
 	}
-	return isakmp.Proposal{}, p2Suite{}, 0, 0, &errNoProposal{phase: 2, p2: offers, ours2: ours, mode: mode}
-}
-
-// p2Cand is one transform the peer offered in Quick Mode.
-type p2Cand struct {
-	p isakmp.Proposal
-	t isakmp.Transform
-	o p2Offer
+	r := p2Rule(mode)
+	s, c, ok := r.choose(ours, offers...)
+	if !ok {
+		return isakmp.Proposal{}, p2Suite{}, 0, 0, r.refusal(2, ours, slices.Values(offers))
+	}
+	chosen := isakmp.Proposal{Num: c.p.Num, Protocol: c.p.Protocol, Transforms: []isakmp.Transform{c.t}}
+	return chosen, adoptLife(s, c.o), be32u(c.p.SPI), c.o.encap, nil
 }
 
 // acceptP2Reply checks, as initiator, the responder's choice.
@@ -843,10 +806,8 @@ func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint3
 	}
 	p := sa.Proposals[0]
 	o := parseP2Transform(p.Protocol, p.Transforms[0])
-	for _, s := range ours {
-		if o.mismatches(s, mode) == 0 {
-			return adoptLife(s, o), be32u(p.SPI), o.encap, nil
-		}
+	if s, _, ok := p2Rule(mode).choose(ours, p2Cand{p: p, t: p.Transforms[0], o: o}); ok {
+		return adoptLife(s, o), be32u(p.SPI), o.encap, nil
 	}
 	for _, s := range ours {
 		if lp := o.lifeProblem(s); lp != "" {
@@ -864,44 +825,6 @@ func (s p2Suite) keyLens() (int, int) {
 	}
 	enc := Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.KeyLen()
 	return enc, s.Integ.KeyLen()
-}
-
-// ESPCipher maps a configured cipher to the data plane's (used for
-// negotiated and manually keyed SAs alike).
-func ESPCipher(e Encr) (esp.Cipher, error) {
-	switch e {
-	case EncrNull:
-		return esp.CipherNull, nil
-	case Encr3DES:
-		return esp.Cipher3DESCBC, nil
-	case EncrAESCBC:
-		return esp.CipherAESCBC, nil
-	case EncrAESCTR:
-		return esp.CipherAESCTR, nil
-	case EncrAESGCM16:
-		return esp.CipherAESGCM16, nil
-	case EncrChaCha20Poly1305:
-		return esp.CipherChaCha20Poly1305, nil
-	}
-	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
-}
-
-// IntegAlgorithm maps a configured integrity algorithm to the data
-// plane's HMAC truncation; integ.None for IntegNone.
-func IntegAlgorithm(i Integ) integ.Algorithm {
-	switch i {
-	case IntegMD5:
-		return integ.HMACMD5_96
-	case IntegSHA1:
-		return integ.HMACSHA1_96
-	case IntegSHA256:
-		return integ.HMACSHA256_128
-	case IntegSHA384:
-		return integ.HMACSHA384_192
-	case IntegSHA512:
-		return integ.HMACSHA512_256
-	}
-	return integ.None
 }
 
 func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }

@@ -6,8 +6,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/ah"
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -59,8 +57,12 @@ type qm struct {
 	suites    []p2Suite
 	suite     p2Suite
 	inSPI     uint32
-	outSPI    uint32
-	encap     uint16
+	// spiProto is the protocol inSPI was allocated for: an initiator
+	// allocates before QM2 chooses a suite (suite is zero until then),
+	// and the SAD reserves SPIs per protocol.
+	spiProto sad.Proto
+	outSPI   uint32
+	encap    uint16
 	// ni, nr, dh and gqm (the PFS g^xy) live until the child's keys are
 	// derived and the HASHes that cover the nonces are done
 	// (forgetSecrets); inKeys and outKeys are the KEYMAT of each
@@ -181,7 +183,7 @@ func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(
 		q.finish(fmt.Errorf("conn %s: SPI: %w", c.Name, err))
 		return
 	}
-	q.inSPI = spi
+	q.inSPI, q.spiProto = spi, proto
 	q.encap = e.encapMode(p, c.Mode)
 	q.ni = e.random(32)
 	g := q.suites[0].Group
@@ -207,7 +209,7 @@ func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(
 			}
 			if err != nil {
 				delete(p.qms, q.x.msgID)
-				e.cfg.Installer.ReleaseSPI(q.suites[0].Proto, q.inSPI)
+				e.releaseSPI(q)
 				q.wipeAll()
 				q.finish(fmt.Errorf("conn %s: PFS group %s: %w", c.Name, g, err))
 				return
@@ -275,13 +277,19 @@ func (e *Engine) failQM(q *qm, err error) {
 	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: q.conn.Name, Kind: "quick", Result: "failed"})
 	q.x.stop()
 	if q.inSPI != 0 && !q.installed {
-		e.cfg.Installer.ReleaseSPI(q.suite.Proto, q.inSPI)
+		e.releaseSPI(q)
 	} else if q.child != nil && q.installed {
 		e.cfg.Installer.Remove(q.child)
 	}
 	delete(q.p.qms, q.x.msgID)
 	q.wipeAll()
 	q.finish(err)
+}
+
+// releaseSPI frees q's inbound SPI, reserved but never installed, under
+// the protocol it was reserved for.
+func (e *Engine) releaseSPI(q *qm) {
+	e.cfg.Installer.ReleaseSPI(q.spiProto, q.inSPI)
 }
 
 // qmBody decrypts and decodes a Quick Mode message and checks that HASH
@@ -312,7 +320,7 @@ func (e *Engine) qmBody(q *qm, h isakmp.Header, msg []byte) (ps []isakmp.Payload
 func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	if !p.established() || h.Flags&isakmp.FlagEncryption == 0 || h.MessageID == 0 {
 		e.Stats.Malformed.Add(1)
-		e.warn("Quick Mode message out of place", "peer", p.peer, "state", p.state)
+		e.warn("Quick Mode message out of place", "peer", p.peer, "state", p.phase1.String())
 		return
 	}
 	q := p.qms[h.MessageID]
@@ -332,7 +340,8 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 	}
 }
 
-// keys derives both SAs of the child from KEYMAT and fills its configs.
+// childSA derives both SAs of the child from KEYMAT and describes them
+// in ike's own terms (ChildSA: algorithms, keys per direction).
 func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	p, c, s := q.p, q.conn, q.suite
 	encLen, intLen := s.keyLens()
@@ -363,19 +372,14 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	if encapUDP(q.encap) {
 		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
 	}
+	ch.Integ = s.Integ
 	if s.Proto == sad.AH {
-		alg := IntegAlgorithm(s.Integ)
-		ch.InAH = ah.Config{Integ: alg, Key: in[:intLen], Align8: c.AHAlign8}
-		ch.OutAH = ah.Config{Integ: alg, Key: out[:intLen], Align8: c.AHAlign8}
+		ch.AHAlign8 = c.AHAlign8
 	} else {
-		cipher, err := ESPCipher(s.Encr)
-		if err != nil {
-			return nil, err
-		}
-		alg := IntegAlgorithm(s.Integ)
-		ch.InESP = esp.Config{Cipher: cipher, EncKey: in[:encLen], Integ: alg, AuthKey: in[encLen:n]}
-		ch.OutESP = esp.Config{Cipher: cipher, EncKey: out[:encLen], Integ: alg, AuthKey: out[encLen:n]}
+		ch.Cipher = Cipher{Encr: s.Encr, KeyBits: s.KeyBits}
 	}
+	ch.In = ChildKeys{Enc: in[:encLen:encLen], Integ: in[encLen:n:n]}
+	ch.Out = ChildKeys{Enc: out[:encLen:encLen], Integ: out[encLen:n:n]}
 	return ch, nil
 }
 
@@ -823,7 +827,7 @@ func (e *Engine) quickResponderQM1Send(q *qm, chosen isakmp.Proposal, ke *isakmp
 		e.log.Error("Quick Mode: SPI", "err", err)
 		return false
 	}
-	q.inSPI = spi
+	q.inSPI, q.spiProto = spi, suite.Proto
 	q.nr = e.random(32)
 	chosen.SPI = be32(spi)
 	out := []isakmp.Payload{&isakmp.Hash{Data: make([]byte, p.suite.Hash.Size())},

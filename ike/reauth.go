@@ -80,6 +80,6 @@ func (e *Engine) reauthenticate(p *p1) {
 		left = p.suite.Life - e.cfg.Clock.Now().Sub(p.estTime)
 	}
 	e.log.Info("reauthenticating ISAKMP SA", "conn", p.conn.Name, "peer", p.peer, "cookies", p.cookieString(), "life_left", left)
-	np := e.startMain(p.conn, nil, 1)
+	np := e.startPhase1(p.conn, nil, 1)
 	np.reauthOnly = true
 }

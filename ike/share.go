@@ -112,7 +112,7 @@ func (e *Engine) startFollowers(p *p1) {
 			f.w.say("reusing ISAKMP SA %s[%s] with %v", p.conn.Name, p.cookieString(), p.peer.Addr())
 			e.startQuickFor(p, c, f.w)
 		case f.w != nil:
-			e.startMain(c, f.w, 1)
+			e.startPhase1(c, f.w, 1)
 		default:
 			if err := e.startBackground(c.Name); err != nil {
 				e.log.Error("auto=start", "conn", c.Name, "err", err)
@@ -151,7 +151,7 @@ func (e *Engine) releaseFollowers(fs []follower, err error, restart bool) {
 	if len(rest) == 0 {
 		return
 	}
-	np := e.startMain(rest[0].conn, rest[0].w, 1)
+	np := e.startPhase1(rest[0].conn, rest[0].w, 1)
 	np.followers = rest[1:]
 }
 

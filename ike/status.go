@@ -63,7 +63,7 @@ func (e *Engine) Status(ctx context.Context) ([]ISAKMPStatus, []ChildStatus, err
 					continue
 				}
 			}
-			st := ISAKMPStatus{State: p.state.String(), Initiator: p.initiator, ICookie: hex.EncodeToString(p.icky[:]),
+			st := ISAKMPStatus{State: p.phase1.String(), Initiator: p.initiator, ICookie: hex.EncodeToString(p.icky[:]),
 				RCookie: hex.EncodeToString(p.rcky[:]), Local: p.local.String(), Remote: p.peer.String(), PeerID: p.peerID,
 				NATT: p.natt, AgeSeconds: int64(now.Sub(p.created) / time.Second)}
 			if p.conn != nil {

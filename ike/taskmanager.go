@@ -66,6 +66,13 @@ var exchanges = map[isakmp.ExchangeType]exchangeType{
 	isakmp.ExchInfo: {open: (*Engine).openInfo, process: (*Engine).processInfo},
 }
 
+// startPhase1 starts the phase-1 exchange that conn c negotiates its
+// ISAKMP SA with (attempt counts keyingtries): Main Mode today.
+// Aggressive Mode would be chosen here by the conn's setting.
+func (e *Engine) startPhase1(c *Conn, w *waiter, attempt int) *p1 {
+	return e.startMain(c, w, attempt)
+}
+
 // exchange is the state of one exchange in flight.
 type exchange struct {
 	msgID uint32
@@ -104,6 +111,32 @@ type task interface {
 	retrying(try int)
 	// expired is called when the last retransmission went unanswered.
 	expired(tries int)
+	// messageName names msg, the first copy of a message the task
+	// sends (a request or a reply), for fault injection: "MM3", "QM2".
+	messageName(msg []byte, request bool) string
+}
+
+// phase1Task is the exchange that establishes an ISAKMP SA (p1.phase1):
+// Main Mode today; Aggressive Mode would be another implementation. The
+// ISAKMP SA asks it only these.
+type phase1Task interface {
+	task
+	// String is the state by Pluto's name (MAIN_I1 .. MAIN_R3).
+	String() string
+	// done reports that the ISAKMP SA is established.
+	done() bool
+	// complete records that the exchange has established the SA.
+	complete()
+	// answeredFirst reports a responder that has answered only the
+	// peer's first message (half-open SAs evicted first).
+	answeredFirst() bool
+	// awaitingPeerProof reports an initiator whose proof is sent and
+	// who waits for the peer's (a protected Informational may refuse
+	// it).
+	awaitingPeerProof() bool
+	// forget zeroes what the exchange kept for its proofs (Diffie-
+	// Hellman pair, nonces, public values, SA payload).
+	forget()
 }
 
 // live reports whether t's timers may still act: its ISAKMP SA is
@@ -140,7 +173,7 @@ func (e *Engine) send(t task, msg []byte, request bool) {
 		e.transmit(t.sa(), msg)
 		return
 	}
-	e.impairedSend(t, messageName(t, msg, request), func() { e.transmit(t.sa(), msg) })
+	e.impairedSend(t, t.messageName(msg, request), func() { e.transmit(t.sa(), msg) })
 }
 
 // retransmit arms t's timer for retransmission number tries+1.
@@ -196,16 +229,6 @@ func (e *Engine) retransmitDelay(tries int) time.Duration {
 	return time.Duration(d)
 }
 
-// The phase-1 exchange is p's own task (message ID 0).
-
-func (p *p1) flight() *exchange { return &p.x }
-func (p *p1) sa() *p1           { return p }
-func (p *p1) current() bool     { return true }
-func (p *p1) retrying(try int)  { p.say("retransmit %d of request with message ID 0", try) }
-func (p *p1) expired(tries int) {
-	p.e.failP1(p, fmt.Errorf("no response from %v in state %s after %d retransmissions", p.peer, p.state, tries), true)
-}
-
 // A Quick Mode is a task under its ISAKMP SA, by message ID.
 
 func (q *qm) flight() *exchange { return &q.x }
@@ -216,4 +239,13 @@ func (q *qm) retrying(try int) {
 }
 func (q *qm) expired(tries int) {
 	q.p.e.failQM(q, fmt.Errorf("conn %s: no response to Quick Mode %d from %v after %d retransmissions", q.conn.Name, q.x.msgID, q.p.peer, tries))
+}
+func (q *qm) messageName(_ []byte, request bool) string {
+	switch {
+	case q.initiator && request:
+		return "QM1"
+	case q.initiator:
+		return "QM3"
+	}
+	return "QM2"
 }

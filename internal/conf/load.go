@@ -274,6 +274,9 @@ func (p *parser) finish(opts Options) (*Config, error) {
 	if !opts.OpenKeyFiles {
 		p.checkKeyFiles(interpreted)
 	}
+	if len(p.diags.Errors()) == 0 {
+		p.checkAmbiguous(cfg.Conns) // a refused configuration needs no more advice
+	}
 	cfg.Diags = p.diags
 	sortDiags(cfg.Diags, p.order)
 	return cfg, cfg.Diags.Err()

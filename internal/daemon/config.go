@@ -9,7 +9,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
-	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/integ"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -139,10 +138,10 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 	return s, nil
 }
 
-func cipherFor(e conf.Encr) (esp.Cipher, error) { return ike.ESPCipher(ikeEncr(e)) }
+func cipherFor(e conf.Encr) (esp.Cipher, error) { return espCipher(ikeEncr(e)) }
 
 func integFor(i conf.Integ) (integ.Algorithm, error) {
-	if a := ike.IntegAlgorithm(ikeInteg(i)); a != integ.None {
+	if a := integAlgorithm(ikeInteg(i)); a != integ.None {
 		return a, nil
 	}
 	return 0, fmt.Errorf("integrity algorithm %d is not supported", i)

@@ -1,8 +1,14 @@
 package daemon
 
 import (
+	"fmt"
+
+	"github.com/gosec-ipsec/gosec/ah"
+	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/conf"
+	"github.com/gosec-ipsec/gosec/internal/integ"
+	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // The engine (ike) speaks its own algorithm types; these map the
@@ -40,4 +46,76 @@ func ikeSuites(ps []conf.Proposal) []ike.Suite {
 		}
 	}
 	return out
+}
+
+// The engine hands negotiated child SAs over in its own terms
+// (ike.ChildSA: algorithms, key material per direction); these map them
+// to the data plane's configurations.
+
+// espCipher maps an encryption algorithm to the data plane's (negotiated
+// and manually keyed SAs alike).
+func espCipher(e ike.Encr) (esp.Cipher, error) {
+	switch e {
+	case ike.EncrNull:
+		return esp.CipherNull, nil
+	case ike.Encr3DES:
+		return esp.Cipher3DESCBC, nil
+	case ike.EncrAESCBC:
+		return esp.CipherAESCBC, nil
+	case ike.EncrAESCTR:
+		return esp.CipherAESCTR, nil
+	case ike.EncrAESGCM16:
+		return esp.CipherAESGCM16, nil
+	case ike.EncrChaCha20Poly1305:
+		return esp.CipherChaCha20Poly1305, nil
+	}
+	return 0, fmt.Errorf("cipher %d is not supported by the data plane", e)
+}
+
+// integAlgorithm maps an integrity algorithm to the data plane's HMAC
+// truncation; integ.None for ike.IntegNone.
+func integAlgorithm(i ike.Integ) integ.Algorithm {
+	switch i {
+	case ike.IntegMD5:
+		return integ.HMACMD5_96
+	case ike.IntegSHA1:
+		return integ.HMACSHA1_96
+	case ike.IntegSHA256:
+		return integ.HMACSHA256_128
+	case ike.IntegSHA384:
+		return integ.HMACSHA384_192
+	case ike.IntegSHA512:
+		return integ.HMACSHA512_256
+	}
+	return integ.None
+}
+
+// childESP is the ESP configuration of one direction (keys k) of a
+// negotiated child; its key slices alias k.
+func childESP(ch *ike.ChildSA, k ike.ChildKeys) (esp.Config, error) {
+	cipher, err := espCipher(ch.Cipher.Encr)
+	if err != nil {
+		return esp.Config{}, err
+	}
+	return esp.Config{Cipher: cipher, EncKey: k.Enc, Integ: integAlgorithm(ch.Integ), AuthKey: k.Integ}, nil
+}
+
+// childAH is the AH configuration of one direction (keys k) of a
+// negotiated child; its key slice aliases k.
+func childAH(ch *ike.ChildSA, k ike.ChildKeys) ah.Config {
+	return ah.Config{Integ: integAlgorithm(ch.Integ), Key: k.Integ, Align8: ch.AHAlign8}
+}
+
+// childSuites keys the data plane's suite of one direction of ch.
+func childSuites(ch *ike.ChildSA, k ike.ChildKeys) (*esp.Suite, *ah.Suite, error) {
+	if ch.Proto == sad.AH {
+		s, err := ah.NewSuite(childAH(ch, k))
+		return nil, s, err
+	}
+	cfg, err := childESP(ch, k)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := esp.NewSuite(cfg)
+	return s, nil, err
 }

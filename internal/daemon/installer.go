@@ -8,8 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/ah"
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/sad"
@@ -331,12 +329,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	if in.Replay, err = sad.NewWindow(ch.ReplayWindow, false); err != nil {
 		return err
 	}
-	if ch.Proto == sad.AH {
-		in.AH, err = ah.NewSuite(ch.InAH)
-	} else {
-		in.ESP, err = esp.NewSuite(ch.InESP)
-	}
-	if err != nil {
+	if in.ESP, in.AH, err = childSuites(ch, ch.In); err != nil {
 		return fmt.Errorf("inbound suite: %w", err)
 	}
 	if err := d.sad.Add(in); err != nil {
@@ -386,12 +379,7 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: ch.ReqID,
 		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: hardLife(ch), Soft: softLife(ch)}
 	var err error
-	if ch.Proto == sad.AH {
-		out.AH, err = ah.NewSuite(ch.OutAH)
-	} else {
-		out.ESP, err = esp.NewSuite(ch.OutESP)
-	}
-	if err != nil {
+	if out.ESP, out.AH, err = childSuites(ch, ch.Out); err != nil {
 		d.mu.Unlock()
 		return fmt.Errorf("outbound suite: %w", err)
 	}

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/netio"
@@ -84,9 +83,9 @@ func child(conn string, local, remote netip.Prefix) *ike.ChildSA {
 	spiSeq += 2
 	key := make([]byte, 20)
 	return &ike.ChildSA{Conn: conn, Proto: sad.ESP, Mode: sad.Tunnel, InSPI: spiSeq, OutSPI: spiSeq + 1,
-		InESP:  esp.Config{Cipher: esp.CipherAESGCM16, EncKey: key},
-		OutESP: esp.Config{Cipher: esp.CipherAESGCM16, EncKey: key},
-		Local:  gw1, Remote: gw2, LocalTS: local, RemoteTS: remote, Lifetime: time.Hour, ReplayWindow: 64}
+		Cipher: ike.Cipher{Encr: ike.EncrAESGCM16, KeyBits: 128},
+		In:     ike.ChildKeys{Enc: key}, Out: ike.ChildKeys{Enc: key},
+		Local: gw1, Remote: gw2, LocalTS: local, RemoteTS: remote, Lifetime: time.Hour, ReplayWindow: 64}
 }
 
 func install(t *testing.T, d *Daemon, ch *ike.ChildSA) {

@@ -63,10 +63,18 @@ func (d *Daemon) saveChildKeys(ch *ike.ChildSA) {
 	if d.keys == nil || ch.Proto != sad.ESP {
 		return
 	}
-	if err := d.keys.ESP(ch.Remote, ch.Local, ch.InSPI, ch.InESP); err != nil {
+	in, err := childESP(ch, ch.In)
+	if err == nil {
+		err = d.keys.ESP(ch.Remote, ch.Local, ch.InSPI, in)
+	}
+	if err != nil {
 		d.log.Warn("key export", "conn", ch.Conn, "spi", fmt.Sprintf("%08x", ch.InSPI), "err", err)
 	}
-	if err := d.keys.ESP(ch.Local, ch.Remote, ch.OutSPI, ch.OutESP); err != nil {
+	out, err := childESP(ch, ch.Out)
+	if err == nil {
+		err = d.keys.ESP(ch.Local, ch.Remote, ch.OutSPI, out)
+	}
+	if err != nil {
 		d.log.Warn("key export", "conn", ch.Conn, "spi", fmt.Sprintf("%08x", ch.OutSPI), "err", err)
 	}
 }
