@@ -539,6 +539,8 @@ func (d *Daemon) reload(progress func(string)) error {
 	d.applyLogLevels(cfg)
 	d.mu.Lock()
 	d.conns, d.secrets = cfg, cfg.Secrets
+	// The counts (and metric series) of removed conns go with them.
+	d.ikeStats.setConns(ikeConnNames(cfg))
 	d.rerouteLocked(old, cfg, progress)
 	d.mu.Unlock()
 	if d.ike != nil {
