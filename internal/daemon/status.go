@@ -97,12 +97,12 @@ type ConnStatus struct {
 	GuardKept bool `json:"guard_kept,omitempty"`
 	// Children are the IPsec SA pairs IKE negotiated (their SAs are in
 	// SAs too); IKEError is why the last `gosec up` failed.
-	Children    []ike.ChildStatus `json:"children,omitempty"`
-	IKEError    string            `json:"ike_error,omitempty"`
+	Children []ike.ChildStatus `json:"children,omitempty"`
+	IKEError string            `json:"ike_error,omitempty"`
 	// IKEStats is how the conn's IKE exchanges went since it was loaded
 	// (absent before its first exchange).
-	IKEStats *IKEConnStats `json:"ike_stats,omitempty"`
-	Unsupported string            `json:"unsupported,omitempty"`
+	IKEStats    *IKEConnStats `json:"ike_stats,omitempty"`
+	Unsupported string        `json:"unsupported,omitempty"`
 }
 
 // SAStatus is one SA of a conn.

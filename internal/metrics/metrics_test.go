@@ -50,10 +50,10 @@ func TestSnapshotSeries(t *testing.T) {
 				{SPI: "c0ffee02", Dir: "out", Proto: "esp", Packets: 12, Bytes: 1200, Seq: 12},
 			},
 		}, {Name: "idle", State: "down"}},
-		ISAKMP:      []ike.ISAKMPStatus{{Conn: "net", State: "MAIN_I4", ICookie: "0102030405060708", LifeLeftSeconds: 3500}, {State: "MAIN_R1"}},
+		ISAKMP:       []ike.ISAKMPStatus{{Conn: "net", State: "MAIN_I4", ICookie: "0102030405060708", LifeLeftSeconds: 3500}, {State: "MAIN_R1"}},
 		IKE:          map[string]uint64{"retransmits": 4},
 		IKEUnmatched: &daemon.IKEConnStats{Exchanges: map[string]map[string]uint64{"main": {"failed": 3}}},
-		IKEHalfOpen: 1,
+		IKEHalfOpen:  1,
 	}
 	var cur *daemon.Status = st
 	m := New()
