@@ -375,6 +375,7 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
 		e.Stats.Duplicate.Add(1)
 		if q.state == mainR1 && q.peer == from && q.x.sent != nil {
+			e.observeRetransmit(q, true)
 			e.transmit(q, q.x.sent)
 		}
 		return
