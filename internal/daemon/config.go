@@ -26,6 +26,8 @@ import (
 // whole load, with every problem listed.
 func (d *Daemon) loadConfig() (*Config, error) {
 	cfg, err := conf.Load(d.opts.ConfigPath, conf.Options{})
+	// The specs take copies of the manual keys: the parsed ones go now.
+	defer wipeParsedKeys(cfg)
 	for _, diag := range cfg.Diags {
 		if diag.Warning {
 			d.log.Warn("configuration", "warning", diag.String())
@@ -47,7 +49,18 @@ func (d *Daemon) loadConfig() (*Config, error) {
 	return out, err
 }
 
-// resolveConns maps the configuration's conns to the daemon's view.
+// wipeParsedKeys zeroes the manual keys of every conn conf.Load decoded.
+func wipeParsedKeys(cfg *conf.Config) {
+	if cfg == nil {
+		return
+	}
+	for _, c := range cfg.Conns {
+		c.WipeKeys()
+	}
+}
+
+// resolveConns maps the configuration's conns to the daemon's view (the
+// specs hold copies of the manual keys).
 func resolveConns(cfg *conf.Config, override string, isLocal func(netip.Addr) bool) (*Config, error) {
 	out := &Config{Conns: map[string]*ConnSpec{}, ConnDebug: map[string]string{}}
 	var errs []error
@@ -123,8 +136,8 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 		if err != nil {
 			return nil, err
 		}
-		m.InAH = ah.Config{Integ: alg, Key: local.AHKey, ESN: c.ESN, Align8: c.AHAlign == 8}
-		m.OutAH = ah.Config{Integ: alg, Key: remote.AHKey, ESN: c.ESN, Align8: c.AHAlign == 8}
+		m.InAH = ah.Config{Integ: alg, Key: bytes.Clone(local.AHKey), ESN: c.ESN, Align8: c.AHAlign == 8}
+		m.OutAH = ah.Config{Integ: alg, Key: bytes.Clone(remote.AHKey), ESN: c.ESN, Align8: c.AHAlign == 8}
 		s.Proposal = "ah " + suite.Name()
 	} else {
 		m.Proto = sad.ESP
@@ -138,8 +151,8 @@ func resolveConn(c *conf.Conn, override string, isLocal func(netip.Addr) bool) (
 				return nil, err
 			}
 		}
-		m.InESP = esp.Config{Cipher: cipher, EncKey: local.ESPEncKey, Integ: alg, AuthKey: local.ESPAuthKey, ESN: c.ESN}
-		m.OutESP = esp.Config{Cipher: cipher, EncKey: remote.ESPEncKey, Integ: alg, AuthKey: remote.ESPAuthKey, ESN: c.ESN}
+		m.InESP = esp.Config{Cipher: cipher, EncKey: bytes.Clone(local.ESPEncKey), Integ: alg, AuthKey: bytes.Clone(local.ESPAuthKey), ESN: c.ESN}
+		m.OutESP = esp.Config{Cipher: cipher, EncKey: bytes.Clone(remote.ESPEncKey), Integ: alg, AuthKey: bytes.Clone(remote.ESPAuthKey), ESN: c.ESN}
 	}
 	m.KeyDigest = m.keyDigest()
 	s.Manual = m
@@ -226,8 +239,8 @@ func keyless(m *Manual) *Manual {
 	return &k
 }
 
-// wipeConfigKeys zeroes the manual keys of every conn of cfg (the slices
-// conf.Load decoded from ipsec.conf, which the specs share).
+// wipeConfigKeys zeroes the manual keys of every conn of cfg (the specs'
+// copies; loadConfig wiped conf.Load's own right after resolving).
 func wipeConfigKeys(cfg *Config) {
 	if cfg == nil {
 		return

@@ -143,9 +143,13 @@ func (d *Daemon) up(ctx context.Context, name string, progress func(string)) err
 		defer wipeConfigKeys(d.conns)
 		return d.upLocked(ctx, c, progress)
 	}
-	// The keys were wiped after the last installation: read them again.
+	// The keys were wiped after the last installation: read them again
+	// (without d.mu, comparing with a copy of c taken under it).
+	loaded := *c
+	m := *c.Manual
+	loaded.Manual = &m
 	d.mu.Unlock()
-	fresh, err := d.manualKeysFromFile(c)
+	fresh, err := d.manualKeysFromFile(&loaded)
 	d.mu.Lock()
 	if err != nil {
 		return err

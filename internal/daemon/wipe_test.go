@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/gosec-ipsec/gosec/ah"
 	"github.com/gosec-ipsec/gosec/esp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
+	"github.com/gosec-ipsec/gosec/internal/conf"
 	"github.com/gosec-ipsec/gosec/internal/integ"
 )
 
@@ -213,5 +215,39 @@ func checkSealsWith(t *testing.T, s *esp.Suite, cfg esp.Config) {
 	got, _, err := peer.Open(pkt, 1)
 	if err != nil || !bytes.Equal(got, payload) {
 		t.Fatalf("open with the configured keys: %v %q", err, got)
+	}
+}
+
+// TestWipeParsedKeys: the conns conf.Load returns lose their key bytes as
+// soon as the daemon resolved them; the specs keep copies of their own.
+func TestWipeParsedKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ipsec.conf")
+	writeManualConf(t, path, 1)
+	cfg, err := conf.Load(path, conf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := resolveConns(cfg, "left", func(netip.Addr) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	wipeParsedKeys(cfg)
+	n := 0
+	for _, c := range cfg.Conns {
+		for _, k := range [][]byte{c.Left.ESPEncKey, c.Left.ESPAuthKey, c.Left.AHKey, c.Right.ESPEncKey, c.Right.ESPAuthKey, c.Right.AHKey} {
+			n += len(k)
+			if !bytes.Equal(k, make([]byte, len(k))) {
+				t.Errorf("conn %s: parsed key not wiped: %x", c.Name, k)
+			}
+		}
+	}
+	if n != 3*72+2*32 {
+		t.Fatalf("looked at %d parsed key octets", n)
+	}
+	if k := out.Conns["added"].Manual.InAH.Key; !bytes.Equal(k, bytes.Repeat([]byte{5}, 32)) {
+		t.Fatalf("the spec's key went with the parsed one: %x", k)
+	}
+	if k := out.Conns["started"].Manual.OutESP.AuthKey; !bytes.Equal(k, bytes.Repeat([]byte{4}, 20)) {
+		t.Fatalf("the spec's key went with the parsed one: %x", k)
 	}
 }
