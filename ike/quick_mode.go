@@ -324,7 +324,7 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q := p.qms[h.MessageID]
-	if q != nil && e.duplicate(p, &q.x, sum) {
+	if q != nil && e.duplicate(q, sum) {
 		return
 	}
 	switch {

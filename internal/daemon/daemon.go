@@ -151,6 +151,8 @@ type Daemon struct {
 	ikeSock *net.UDPConn
 	ikeStop context.CancelFunc
 	ikeDone chan struct{}
+	// ikeStats counts IKE exchanges and retransmissions per conn.
+	ikeStats ikeStats
 
 	mu          sync.Mutex // guards everything below
 	conns       *Config
@@ -197,6 +199,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	d.conns, d.secrets = cfg, cfg.Secrets
+	d.ikeStats.setConns(ikeConnNames(cfg))
 	d.applyLogLevels(cfg)
 	if err := d.openSaveKeys(cfg); err != nil {
 		return err

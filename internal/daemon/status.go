@@ -39,6 +39,9 @@ type Status struct {
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
+	// IKEUnmatched counts the exchanges for which no loaded conn was
+	// known (UnmatchedConn).
+	IKEUnmatched *IKEConnStats `json:"ike_unmatched,omitempty"`
 	// Warnings are conditions an administrator must know about, such as
 	// key export being on.
 	Warnings []string `json:"warnings,omitempty"`
@@ -94,9 +97,12 @@ type ConnStatus struct {
 	GuardKept bool `json:"guard_kept,omitempty"`
 	// Children are the IPsec SA pairs IKE negotiated (their SAs are in
 	// SAs too); IKEError is why the last `gosec up` failed.
-	Children    []ike.ChildStatus `json:"children,omitempty"`
-	IKEError    string            `json:"ike_error,omitempty"`
-	Unsupported string            `json:"unsupported,omitempty"`
+	Children []ike.ChildStatus `json:"children,omitempty"`
+	IKEError string            `json:"ike_error,omitempty"`
+	// IKEStats is how the conn's IKE exchanges went since it was loaded
+	// (absent before its first exchange).
+	IKEStats    *IKEConnStats `json:"ike_stats,omitempty"`
+	Unsupported string        `json:"unsupported,omitempty"`
 }
 
 // SAStatus is one SA of a conn.
@@ -157,6 +163,7 @@ func (d *Daemon) status(all bool) *Status {
 			}
 		}
 	}
+	st.IKEUnmatched = d.ikeStats.get(UnmatchedConn)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	byConn := map[string][]ike.ChildStatus{}
@@ -179,6 +186,9 @@ func (d *Daemon) status(all bool) *Status {
 		}
 		cs.IKEError, cs.Unsupported = d.ikeErr[name], c.IKEUnsupported
 		cs.Children = byConn[name]
+		if c.IKE != nil {
+			cs.IKEStats = d.ikeStats.get(name)
+		}
 		if d.guardKept[name] && d.filter != nil {
 			cs.GuardKept = true
 			cs.Guarded = counts[name].Guarded
@@ -346,10 +356,16 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 				p.PeerID, role, p.ICookie, p.RCookie, p.Suite, nat, time.Duration(p.AgeSeconds)*time.Second, life)
 		}
 	}
+	if all && s.IKEUnmatched != nil {
+		fmt.Fprintf(w, "%14s: IKE without a conn: %s\n", UnmatchedConn, s.IKEUnmatched.Text())
+	}
 	fmt.Fprintf(w, "Security Associations (%d up, %d conns):\n", up, len(s.Conns))
 	for _, c := range s.Conns {
 		if c.IKEError != "" {
 			fmt.Fprintf(w, "%14s: last negotiation failed: %s\n", c.Name, c.IKEError)
+		}
+		if all && c.IKEStats != nil {
+			fmt.Fprintf(w, "%14s: IKE: %s\n", c.Name, c.IKEStats.Text())
 		}
 		if c.Unsupported != "" && all {
 			fmt.Fprintf(w, "%14s: cannot be negotiated: %s\n", c.Name, c.Unsupported)
