@@ -438,8 +438,9 @@ const addConnsChunk = 256
 // old rules go in the same transaction as its new ones come, and the
 // chains are listed once for all the conns that had rules. A chunk the
 // kernel refuses changed nothing (a transaction is atomic) and is retried
-// conn by conn, so that one bad conn does not fail the others. It returns
-// the errors by conn (nil when every conn was written).
+// conn by conn, so that one bad conn does not fail the others. Each conn
+// appears at most once in conns. It returns the errors by conn (nil when
+// every conn was written).
 func (f *Filter) AddConns(conns []ConnPrefixes) map[string]error {
 	errs := map[string]error{}
 	for _, cp := range conns {
