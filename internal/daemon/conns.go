@@ -101,6 +101,7 @@ type activeConn struct {
 func (d *Daemon) autoStart() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer d.batchGuardsLocked()()
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
 		if c.IKE != nil {
@@ -639,6 +640,7 @@ func contains(list []string, s string) bool {
 // in place before the old ones go (routes are reference-counted, the
 // filter replaces a conn's rules in one transaction).
 func (d *Daemon) rerouteLocked(old, cfg *Config, progress func(string)) {
+	defer d.batchGuardsLocked()()
 	for _, name := range old.Order {
 		oc := old.Conns[name]
 		a := d.active[name]

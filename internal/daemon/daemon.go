@@ -166,6 +166,7 @@ type Daemon struct {
 	routeRefs   map[netip.Prefix]int // conns that need each route into the TUN
 	negotiating map[string]bool      // conns an on-demand negotiation runs for
 	guardKept   map[string]bool      // conns down whose filter guard stays
+	guardBatch  *guardBatch          // non-nil while routing many conns at once
 
 	// updown runs leftupdown/rightupdown scripts (nil: none run).
 	updown *updownRunner

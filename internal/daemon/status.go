@@ -164,16 +164,18 @@ func (d *Daemon) status(all bool) *Status {
 		}
 	}
 	st.IKEUnmatched = d.ikeStats.get(UnmatchedConn)
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	// The filter's counters are listed before d.mu is taken: at 10,000
+	// conns the listing takes seconds, and SA installs wait for d.mu.
+	var counts map[string]netio.FilterCounts
+	if d.filter != nil { // set once, before the control socket serves
+		counts, _ = d.filter.Counts()
+	}
 	byConn := map[string][]ike.ChildStatus{}
 	for _, ch := range children {
 		byConn[ch.Conn] = append(byConn[ch.Conn], ch)
 	}
-	var counts map[string]netio.FilterCounts
-	if d.filter != nil {
-		counts, _ = d.filter.Counts()
-	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
 		cs := ConnStatus{
