@@ -185,7 +185,7 @@ func (d *Daemon) upLocked(ctx context.Context, c *ConnSpec, progress func(string
 	}
 	// Install in the order that loses nothing: inbound SA, policies,
 	// outbound SA, then the routes that send traffic into the TUN.
-	if err := d.sad.Add(a.in); err != nil {
+	if err := d.addInboundLocked(a.in); err != nil {
 		return fmt.Errorf("conn %s: inbound SA: %w", c.Name, err)
 	}
 	fail := func(err error) error {
@@ -353,7 +353,7 @@ func (d *Daemon) remove(a *activeConn) {
 		d.spd.Delete(id)
 	}
 	if a.in != nil {
-		d.sad.Delete(a.in.SPI, a.in.Proto, a.in.Dst)
+		d.deleteInboundLocked(a.in)
 	}
 	if d.plane != nil {
 		d.plane.ClearTrap(a.reqid)

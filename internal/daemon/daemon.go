@@ -144,6 +144,7 @@ type Daemon struct {
 	nattQueues []*netio.NATT
 	router     routeTable
 	filter     cleartextFilter
+	gate       spiGate // kernel drop of unknown SPIs (nil: none)
 	plane      *dataplane.Plane
 
 	// The key manager and its UDP 500 socket.
@@ -361,6 +362,13 @@ func (d *Daemon) setup() error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.filter = filter
+	// The kernel drops ESP, AH and ESP-in-UDP of SPIs no inbound SA holds
+	// (the set starts empty, as the SAD does).
+	gate, err := netio.NewSPIGate(netio.SPIGateConfig{Table: o.FilterTable, NATTPort: udp.LocalAddr().Port()})
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.gate = gate
 	for name, ps := range filter.Kept() {
 		d.guardKept[name] = true
 		d.log.Warn("keeping the cleartext guard a previous gosec left for this conn: its traffic is dropped until it is up or taken down",
@@ -383,6 +391,9 @@ func (d *Daemon) teardown() {
 	}
 	d.mu.Unlock()
 	var errs []error
+	if d.gate != nil {
+		errs = append(errs, d.gate.Close())
+	}
 	if d.filter != nil {
 		errs = append(errs, d.filter.Close())
 	}

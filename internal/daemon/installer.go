@@ -380,7 +380,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	if in.ESP, in.AH, err = childSuites(ch, ch.In); err != nil {
 		return fmt.Errorf("inbound suite: %w", err)
 	}
-	if err := d.sad.Add(in); err != nil {
+	if err := d.addInboundLocked(in); err != nil {
 		return err
 	}
 	ch.InSA, ch.ReqID = in, pp.reqid
@@ -471,7 +471,7 @@ func (d *Daemon) removeChildLocked(ch *ike.ChildSA) {
 		ch.OutSA = nil
 	}
 	if ch.InSA != nil {
-		d.sad.Delete(ch.InSA.SPI, ch.InSA.Proto, ch.InSA.Dst)
+		d.deleteInboundLocked(ch.InSA)
 		ch.InSA = nil
 	}
 	delete(d.ikeChildren, childKey(ch))

@@ -51,6 +51,10 @@ type Status struct {
 	IKEHalfOpen int `json:"ike_half_open"`
 	// LogLevels are the log levels in force (gosec debug changes them).
 	LogLevels LogLevels `json:"log_levels"`
+
+	// KernelDrops is what the kernel's unknown-SPI filter dropped before
+	// the data plane saw it (absent without the filter).
+	KernelDrops *KernelDropsStatus `json:"kernel_drops,omitempty"`
 }
 
 // Setup returns the config setup keywords of the loaded configuration.
@@ -142,6 +146,7 @@ func (d *Daemon) status(all bool) *Status {
 		st.Plane = d.plane.Stats()
 		st.Drops = st.Plane.Drops
 	}
+	d.kernelDrops(st)
 	if d.natt != nil {
 		st.NATT = NATTStatus{Port: d.opts.NATTPort}
 		for _, q := range append([]*netio.NATT{d.natt}, d.nattQueues...) {
@@ -326,6 +331,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		fmt.Fprintf(w, "  data plane: %d packets in (%s), %d packets out (%s), %d bypassed, %d send errors\n",
 			p.InPackets, bytesText(p.InBytes), p.OutPackets, bytesText(p.OutBytes), p.Bypassed, p.SendErrors)
 		fmt.Fprintf(w, "  drops: %s\n", dropsText(s.Drops))
+		if k := s.KernelDrops; k != nil {
+			fmt.Fprintf(w, "  kernel SPI filter: %s\n", k.text())
+		}
 		fmt.Fprintln(w, "Connections:")
 		for _, c := range s.Conns {
 			fmt.Fprintf(w, "%14s:  %s...%s  %s %s, %s keying, auto=%s%s\n", c.Name, c.Local, c.Remote,
