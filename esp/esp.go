@@ -483,15 +483,12 @@ func (s *Suite) ctr(iv, data []byte) {
 // and the next header. ErrPadding and ErrDummy are returned only for
 // authentic packets (see the package comment).
 func (s *Suite) Open(pkt []byte, seq uint64) (payload []byte, nextHeader uint8, err error) {
-	h := s.Headroom()
-	if len(pkt) < h+2+s.icvLen {
-		return nil, 0, ErrTruncated
+	if err := s.CheckLength(len(pkt)); err != nil {
+		return nil, 0, err
 	}
+	h := s.Headroom()
 	encEnd := len(pkt) - s.icvLen
 	body := pkt[h:encEnd]
-	if s.ivLen != 0 && s.align > 4 && len(body)%s.align != 0 {
-		return nil, 0, ErrLength
-	}
 	if binary.BigEndian.Uint32(pkt[4:]) != uint32(seq) {
 		return nil, 0, ErrSeq
 	}
@@ -548,6 +545,23 @@ func (s *Suite) Open(pkt []byte, seq uint64) (payload []byte, nextHeader uint8, 
 		return nil, nh, ErrDummy
 	}
 	return body[:plen], nh, nil
+}
+
+// CheckLength reports whether an ESP packet of n octets (from the SPI to
+// the end of the ICV) can be one of this suite's: long enough for header,
+// IV, trailer and ICV (else ErrTruncated) and, for block ciphers, with
+// whole blocks of ciphertext (else ErrLength). Open checks it first; a
+// receiver may check it before queueing the packet for Open, so that such
+// packets cost no hand-off and no cryptography.
+func (s *Suite) CheckLength(n int) error {
+	h := s.Headroom()
+	if n < h+2+s.icvLen {
+		return ErrTruncated
+	}
+	if s.ivLen != 0 && s.align > 4 && (n-h-s.icvLen)%s.align != 0 {
+		return ErrLength
+	}
+	return nil
 }
 
 // SealTunnel protects the inner IP packet b[off:off+n] in tunnel mode: it

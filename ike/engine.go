@@ -472,7 +472,7 @@ func (e *Engine) handle(msg []byte, from, to netip.AddrPort, natt bool) {
 	// A duplicate of the last message of its exchange: the peer lost
 	// our answer (the task manager sends it again).
 	sum := sha256.Sum256(msg)
-	if x.phase1Duplicates && e.duplicate(p, p.phase1.flight(), sum) {
+	if x.phase1Duplicates && e.duplicate(p.phase1, sum) {
 		return
 	}
 	// The peer floated to 4500 (RFC 3947 4), or its NAT mapping moved:

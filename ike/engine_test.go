@@ -446,7 +446,9 @@ func TestRetransmit(t *testing.T) {
 	for _, lose := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9} {
 		t.Run(fmt.Sprintf("lose-%d", lose), func(t *testing.T) {
 			ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
-			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
+			recs := []*retransmitRecorder{{}, {}}
+			made := 0
+			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Observer = recs[made]; made++ })
 			n := 0
 			r.net.drop = func(_, _ netip.AddrPort, _ []byte) bool { n++; return n == lose }
 			if lines, err := r.up(r.a, "c"); err != nil {
@@ -457,8 +459,44 @@ func TestRetransmit(t *testing.T) {
 			if lose <= 6 && r.a.Stats.Retransmits.Load()+r.b.Stats.Retransmits.Load() == 0 {
 				t.Fatal("no retransmission counted")
 			}
+			// Every retransmission counted is reported to the observer,
+			// with its conn and exchange.
+			for i, e := range []*Engine{r.a, r.b} {
+				// (a timer may still be firing: wait until both agree)
+				waitFor(t, func() bool { return uint64(len(recs[i].events())) == e.Stats.Retransmits.Load() })
+				evs := recs[i].events()
+				for _, ev := range evs {
+					if ev.Kind != "main" && ev.Kind != "quick" || ev.Conn != "c" && !(ev.Conn == "?" && ev.Kind == "main") || !ev.Peer.IsValid() {
+						t.Errorf("engine %d: retransmission reported as %+v", i, ev)
+					}
+				}
+			}
+			if lose == 1 {
+				// MM1 lost: A sends it again after the timeout.
+				if evs := recs[0].events(); len(evs) == 0 || evs[0] != (RetransmitEvent{Peer: addrB, Conn: "c", Kind: "main"}) {
+					t.Errorf("A reported %+v, want MM1's retransmission first", evs)
+				}
+			}
 		})
 	}
+}
+
+// retransmitRecorder is an Observer that records retransmissions.
+type retransmitRecorder struct {
+	mu  sync.Mutex
+	evs []RetransmitEvent
+}
+
+func (r *retransmitRecorder) Exchange(ExchangeEvent) {}
+func (r *retransmitRecorder) Retransmit(ev RetransmitEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+}
+func (r *retransmitRecorder) events() []RetransmitEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]RetransmitEvent(nil), r.evs...)
 }
 
 // TestNoResponse: a silent peer fails the negotiation with a clear

@@ -484,6 +484,7 @@ func (e *Engine) mainResponderMM1(h isakmp.Header, msg []byte, from, to netip.Ad
 	if q := e.responders[respKey{h.ICookie, from.Addr()}]; q != nil {
 		e.Stats.Duplicate.Add(1)
 		if x := q.phase1.flight(); q.phase1.answeredFirst() && q.peer == from && x.sent != nil {
+			e.observeRetransmit(q.phase1, true)
 			e.transmit(q, x.sent)
 		}
 		return

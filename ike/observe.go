@@ -27,6 +27,46 @@ type ExchangeEvent struct {
 	Latency time.Duration
 }
 
+// RetransmitObserver is an Observer that also wants to hear of every
+// retransmission (metrics per conn). Like Exchange, Retransmit is called
+// from the engine's goroutine and must be quick.
+type RetransmitObserver interface {
+	Retransmit(ev RetransmitEvent)
+}
+
+// RetransmitEvent is one message sent again: a request that went
+// unanswered, or an answer sent again because the peer repeated the
+// message it answers.
+type RetransmitEvent struct {
+	Peer netip.Addr
+	// Conn is the conn's name, "?" while a responder does not know it.
+	Conn string
+	// Kind is "main" (the phase-1 exchange) or "quick".
+	Kind string
+	// Reply: an answer sent again for a duplicate of the peer's message;
+	// false for a request retransmitted after a timeout.
+	Reply bool
+}
+
+// observeRetransmit counts a retransmission of t's message and tells the
+// Observer, if it wants to know.
+func (e *Engine) observeRetransmit(t task, reply bool) {
+	e.Stats.Retransmits.Add(1)
+	o, ok := e.cfg.Observer.(RetransmitObserver)
+	if !ok {
+		return
+	}
+	p := t.sa()
+	ev := RetransmitEvent{Peer: p.peer.Addr(), Conn: "?", Kind: "main", Reply: reply}
+	if p.conn != nil {
+		ev.Conn = p.conn.Name
+	}
+	if q, isQM := t.(*qm); isQM {
+		ev.Kind, ev.Conn = "quick", q.conn.Name
+	}
+	o.Retransmit(ev)
+}
+
 // observe reports ev to the Observer, if there is one.
 func (e *Engine) observe(ev ExchangeEvent) {
 	if e.cfg.Observer != nil {

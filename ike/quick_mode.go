@@ -87,11 +87,14 @@ type qm struct {
 	idci         *isakmp.ID
 	idcr         *isakmp.ID
 	// x is the exchange in flight (taskmanager.go).
-	x         exchange
-	done      func(error)
-	w         *waiter // the `gosec up` that started it, if any
-	child     *ChildSA
-	installed bool
+	x    exchange
+	done func(error)
+	// releaseSlot gives the Quick Mode slot (admitQuick) back before
+	// done, once QM3 is sent; nil for responders.
+	releaseSlot func()
+	w           *waiter // the `gosec up` that started it, if any
+	child       *ChildSA
+	installed   bool
 }
 
 func (q *qm) finish(err error) {
@@ -168,11 +171,11 @@ func (e *Engine) encapMode(p *p1, mode Mode) uint16 {
 // (admitQuick, share.go).
 func (e *Engine) quickInitiate(p *p1, c *Conn, lts, rts netip.Prefix, done func(error), w *waiter) {
 	orig := done
-	done, ok := e.admitQuick(p, c, [2]netip.Prefix{lts, rts}, func() { e.quickInitiate(p, c, lts, rts, orig, w) }, orig)
+	done, release, ok := e.admitQuick(p, c, [2]netip.Prefix{lts, rts}, func() { e.quickInitiate(p, c, lts, rts, orig, w) }, orig)
 	if !ok {
 		return
 	}
-	q := &qm{p: p, conn: c, initiator: true, state: quickI1, suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, w: w, startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
+	q := &qm{p: p, conn: c, initiator: true, state: quickI1, suites: p2Suites(c), localTS: lts, remoteTS: rts, done: done, releaseSlot: release, w: w, startSeq: e.nextSeq(), started: e.cfg.Clock.Now()}
 	q.x.msgID = e.randomMsgID(p)
 	bs := p.km.cbc.BlockSize()
 	q.iv = ikecrypto.PhaseIV(p.suite.Hash, p.km.iv, q.x.msgID, bs)
@@ -323,7 +326,7 @@ func (e *Engine) handleQuick(p *p1, h isakmp.Header, msg []byte, sum [32]byte) {
 		return
 	}
 	q := p.qms[h.MessageID]
-	if q != nil && e.duplicate(p, &q.x, sum) {
+	if q != nil && e.duplicate(q, sum) {
 		return
 	}
 	switch {
@@ -491,6 +494,9 @@ func (e *Engine) quickInitiatorQM2Keyed(q *qm, ps []isakmp.Payload, last []byte,
 	}
 	e.reply(q, m, sum)
 	q.state = quickI2
+	if q.releaseSlot != nil {
+		q.releaseSlot() // the responder has nothing more to answer
+	}
 	// forget and failQM stop this timer and remove the inbound SA.
 	e.after(q, e.cfg.OutboundDelay, func() {
 		if err := e.install(q, ch, true); err != nil {

@@ -157,19 +157,31 @@ func (e *Engine) releaseFollowers(fs []follower, err error, restart bool) {
 
 // admitQuick takes one of p's Quick Mode slots for an exchange that ends
 // with done, or queues start (which calls quickI1 again) and returns
-// false. The returned done gives the slot back.
-func (e *Engine) admitQuick(p *p1, c *Conn, pair [2]netip.Prefix, start func(), done func(error)) (func(error), bool) {
+// false. The returned done gives the slot back (if release has not) and
+// then calls done; release gives the slot back early, once the peer has
+// nothing more to answer (QM3 sent), without ending the exchange: an
+// initiator that then waits Config.OutboundDelay before its outbound SA
+// would otherwise hold the slot for that time, which paced thousands of
+// Quick Modes under one ISAKMP SA to 32 per OutboundDelay.
+func (e *Engine) admitQuick(p *p1, c *Conn, pair [2]netip.Prefix, start func(), done func(error)) (finish func(error), release func(), ok bool) {
 	if p.quickActive >= maxQuickInFlight {
 		p.quickBacklog = append(p.quickBacklog, queuedQuick{run: start, fail: done, conn: c, pair: pair})
-		return nil, false
+		return nil, nil, false
 	}
 	p.quickActive++
+	held := true
+	release = func() {
+		if held {
+			held = false
+			e.quickDone(p)
+		}
+	}
 	return func(err error) {
-		e.quickDone(p)
+		release()
 		if done != nil {
 			done(err)
 		}
-	}, true
+	}, release, true
 }
 
 // quickDone frees a slot of p and starts the next queued Quick Mode.

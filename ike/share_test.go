@@ -86,6 +86,30 @@ func TestSharedPhase1(t *testing.T) {
 	r.ia.mu.Unlock()
 }
 
+// TestQuickSlotFreedAtQM3: an initiator's Quick Mode gives its slot back
+// when QM3 is sent, not when its outbound SA goes in after
+// OutboundDelay: with a delay longer than the test, every one of more
+// than maxQuickInFlight conns still gets through QM3 (the responder
+// installs both SAs on it), and the initiator's outbound SAs wait.
+func TestQuickSlotFreedAtQM3(t *testing.T) {
+	const n = 2*maxQuickInFlight + 3
+	as, bs := manyConns(n)
+	r := newRig(t, "secret", "secret", as, bs, func(c *Config) { c.OutboundDelay = time.Hour })
+	for _, c := range as {
+		r.a.Start(c.Name)
+	}
+	waitFor(t, func() bool {
+		r.ib.mu.Lock()
+		defer r.ib.mu.Unlock()
+		return r.ib.outCalls == n
+	})
+	r.ia.mu.Lock()
+	defer r.ia.mu.Unlock()
+	if r.ia.inCalls != n || r.ia.outCalls != 0 {
+		t.Errorf("initiator installed %d inbound and %d outbound SAs, want %d and 0 (outbound after the delay)", r.ia.inCalls, r.ia.outCalls, n)
+	}
+}
+
 // TestSharedPhase1NotAcrossKeys: a conn with other phase-1 settings (here
 // other IDs) does not follow another's Main Mode.
 func TestSharedPhase1NotAcrossKeys(t *testing.T) {

@@ -183,7 +183,7 @@ func (e *Engine) retransmit(t task, tries int) {
 			t.expired(tries)
 			return
 		}
-		e.Stats.Retransmits.Add(1)
+		e.observeRetransmit(t, false)
 		t.retrying(tries + 1)
 		e.transmit(t.sa(), t.flight().sent)
 		e.retransmit(t, tries+1)
@@ -208,15 +208,17 @@ func (e *Engine) after(t task, d time.Duration, f func()) {
 }
 
 // duplicate reports whether the message with digest sum is the last one
-// x acted upon; if our last message answered it, that answer goes again.
-func (e *Engine) duplicate(p *p1, x *exchange, sum [32]byte) bool {
-	if x == nil || sum != x.recv {
+// t's exchange acted upon; if our last message answered it, that answer
+// goes again.
+func (e *Engine) duplicate(t task, sum [32]byte) bool {
+	x := t.flight()
+	if sum != x.recv {
 		return false
 	}
 	e.Stats.Duplicate.Add(1)
 	if x.sent != nil && x.replyTo == sum {
-		e.Stats.Retransmits.Add(1)
-		e.transmit(p, x.sent)
+		e.observeRetransmit(t, true)
+		e.transmit(t.sa(), x.sent)
 	}
 	return true
 }

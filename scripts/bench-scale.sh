@@ -2,11 +2,14 @@
 # bench-scale.sh - N IKE-negotiated tunnels held by one gosec daemon
 # (make bench-scale, as root).
 #
-#   scripts/bench-scale.sh [-n N] [-s SAMPLE] [-t TIMEOUT] [-B]
+#   scripts/bench-scale.sh [-n N] [-s SAMPLE] [-t TIMEOUT] [-B] [-p PREFIX] [-P]
 #     -n N        conns (default 10000, at most 16384)
 #     -s SAMPLE   tunnels that carry pings (default 20)
 #     -t TIMEOUT  seconds to wait for all N tunnels (default 480)
 #     -B          skip the Go lookup benchmarks
+#     -p PREFIX   namespace prefix (default gsc-)
+#     -P          CPU profiles of both daemons (gosec start --cpuprofile),
+#                 kept with the logs in the run's directory
 #
 # Topology: scripts/topo.sh with prefix gsc- and wan-default (a packet the
 # gateways do not protect leaves on the WAN in the clear, so a leak would
@@ -29,13 +32,15 @@
 # 10,000 policies/SAs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=10000 SAMPLE=20 TIMEOUT=480 BENCH=1
-while getopts n:s:t:B o; do
+N=10000 SAMPLE=20 TIMEOUT=480 BENCH=1 P=gsc- PROF=
+while getopts n:s:t:Bp:P o; do
 	case $o in
 	n) N=$OPTARG ;;
 	s) SAMPLE=$OPTARG ;;
 	t) TIMEOUT=$OPTARG ;;
 	B) BENCH= ;;
+	p) P=$OPTARG ;;
+	P) PROF=1 ;;
 	*) sed -n 2,30p "$0" >&2; exit 2 ;;
 	esac
 done
@@ -44,7 +49,6 @@ done
 [ "$SAMPLE" -le "$N" ] || SAMPLE=$N
 for t in jq tcpdump; do command -v $t >/dev/null || { echo "bench-scale.sh: needs $t (scripts/deps.sh bench)" >&2; exit 1; }; done
 
-P=gsc-
 GW1=${P}gw1 GW2=${P}gw2 LAN1=${P}lan1 LAN2=${P}lan2
 DIR=$(mktemp -d /tmp/gsc-scale.XXXXXX)
 CGO_ENABLED=0 go build -o "$DIR/gosec" ./cmd/gosec
@@ -54,6 +58,7 @@ cleanup() {
 	[ -n "${CAPPID:-}" ] && kill "$CAPPID" 2>/dev/null || true
 	g gw1 stop >/dev/null 2>&1 || true
 	g gw2 stop >/dev/null 2>&1 || true
+	[ -n "$PROF" ] && echo "CPU profiles and logs kept in $DIR (go tool pprof $DIR/gosec $DIR/gw1.prof)"
 	scripts/topo.sh down "$P" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -106,9 +111,12 @@ cp "$DIR/ipsec.secrets" "$DIR/gw1.secrets"
 
 echo "bench-scale: $N conns, gosec $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
 t0=$(date +%s%N)
-g gw2 start --config "$DIR/gw2.conf" --secrets "$DIR/gw2.secrets" --log "$DIR/gw2.log" >/dev/null
+prof() { [ -n "$PROF" ] && echo "--cpuprofile $DIR/$1.prof"; true; }
+# shellcheck disable=SC2046
+g gw2 start --config "$DIR/gw2.conf" --secrets "$DIR/gw2.secrets" --log "$DIR/gw2.log" $(prof gw2) >/dev/null
 echo "gw2: gosec start with $N conns (auto=add): $(secs "$(ms_since "$t0")")"
-g gw1 start --config "$DIR/gw1.conf" --secrets "$DIR/gw1.secrets" --log "$DIR/gw1.log" >/dev/null
+# shellcheck disable=SC2046
+g gw1 start --config "$DIR/gw1.conf" --secrets "$DIR/gw1.secrets" --log "$DIR/gw1.log" $(prof gw1) >/dev/null
 PID1=$(pid_of gw1) PID2=$(pid_of gw2)
 sleep 1
 R1a=$(rss_kb "$PID1") R2a=$(rss_kb "$PID2")

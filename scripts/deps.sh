@@ -6,7 +6,7 @@ set -euo pipefail
 
 what=${1:-test}
 base=(iproute2 nftables iputils-ping tcpdump ethtool)
-test_pkgs=(python3-scapy python3-cryptography tshark iperf3 strongswan strongswan-charon strongswan-starter libcharon-extra-plugins libstrongswan-standard-plugins libstrongswan-extra-plugins qemu-system-x86 busybox-static cpio kmod gcc libc6-dev socat jq procps util-linux dpkg-dev curl man-db systemd passwd)
+test_pkgs=(python3-scapy python3-cryptography tshark iperf3 strongswan strongswan-charon strongswan-starter libcharon-extra-plugins libstrongswan-standard-plugins libstrongswan-extra-plugins qemu-system-x86 busybox-static cpio kmod gcc libc6-dev socat jq procps util-linux dpkg-dev curl man-db systemd systemd-container passwd)
 case "$what" in
   demo) pkgs=("${base[@]}") ;;
   test|bench|kernel-peer|all) pkgs=("${base[@]}" "${test_pkgs[@]}") ;;

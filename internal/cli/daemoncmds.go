@@ -191,7 +191,7 @@ func Start(env Env, args []string) int {
 	err := daemon.Run(ctx, daemon.Options{
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log, Levels: levels,
-		SaveKeysDir: *saveKeys, Impair: impairments, Observer: mx, Stopping: notifyStopping,
+		SaveKeysDir: *saveKeys, Impair: impairments, Stopping: notifyStopping,
 		RawSocketsOnly: !*afpacket, CryptoWorkers: *workers,
 		Started: func(d *daemon.Daemon) error {
 			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {

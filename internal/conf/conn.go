@@ -118,6 +118,17 @@ func (c *Conn) ManualSuite() Suite {
 	return s[0]
 }
 
+// WipeKeys zeroes the manual keys decoded from the conn's keywords
+// (espenckey=, espauthkey=, ahkey= of both sides), for a caller that
+// copied what it needs.
+func (c *Conn) WipeKeys() {
+	for _, e := range []*End{&c.Left, &c.Right} {
+		clear(e.ESPEncKey)
+		clear(e.ESPAuthKey)
+		clear(e.AHKey)
+	}
+}
+
 // Config is a loaded ipsec.conf.
 type Config struct {
 	// Conns are the conns that loaded, in file order (templates with

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"reflect"
 	"slices"
 	"sort"
 
@@ -70,6 +69,14 @@ type Manual struct {
 	InAH, OutAH   ah.Config
 	ReplayWindow  int
 	ESN           bool
+	// KeyDigest identifies the six keys above (HMAC-SHA-256 under a
+	// random key of this process), so that reload and gosec up can tell
+	// whether ipsec.conf still holds the same keys once these are wiped.
+	KeyDigest [32]byte
+	// Wiped: the keys above are zeros. They are wiped as soon as the
+	// conns are installed (wipeManualKeys); gosec up reads them again
+	// from ipsec.conf.
+	Wiped bool
 }
 
 // activeConn is what a conn has installed (manual keys, shunt, or IKE:
@@ -104,6 +111,7 @@ type installedChild struct {
 func (d *Daemon) autoStart() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer d.batchGuardsLocked()()
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
 		if c.IKE != nil {
@@ -123,6 +131,8 @@ func (d *Daemon) autoStart() {
 			}
 		}
 	}
+	// The SAs hold their own copies of the manual keys now.
+	wipeConfigKeys(d.conns)
 }
 
 func (d *Daemon) up(ctx context.Context, name string, progress func(string)) error {
@@ -140,7 +150,30 @@ func (d *Daemon) up(ctx context.Context, name string, progress func(string)) err
 		progress(fmt.Sprintf("connection '%s' is already up", name))
 		return nil
 	}
-	return d.upLocked(ctx, c, progress)
+	if c.Manual == nil || !c.Manual.Wiped {
+		defer wipeConfigKeys(d.conns)
+		return d.upLocked(ctx, c, progress)
+	}
+	// The keys were wiped after the last installation: read them again
+	// (without d.mu, comparing with a copy of c taken under it).
+	loaded := *c
+	m := *c.Manual
+	loaded.Manual = &m
+	d.mu.Unlock()
+	fresh, err := d.manualKeysFromFile(&loaded)
+	d.mu.Lock()
+	if err != nil {
+		return err
+	}
+	defer fresh.Manual.wipe()
+	if d.conns.Conns[name] != c {
+		return fmt.Errorf("conn %s: the configuration was reloaded meanwhile: try again", name)
+	}
+	if _, ok := d.active[name]; ok {
+		progress(fmt.Sprintf("connection '%s' is already up", name))
+		return nil
+	}
+	return d.upLocked(ctx, fresh, progress)
 }
 
 func (d *Daemon) upLocked(ctx context.Context, c *ConnSpec, progress func(string)) error {
@@ -162,7 +195,7 @@ func (d *Daemon) upLocked(ctx context.Context, c *ConnSpec, progress func(string
 	}
 	// Install in the order that loses nothing: inbound SA, policies,
 	// outbound SA, then the routes that send traffic into the TUN.
-	if err := d.sad.Add(a.in); err != nil {
+	if err := d.addInboundLocked(a.in); err != nil {
 		return fmt.Errorf("conn %s: inbound SA: %w", c.Name, err)
 	}
 	fail := func(err error) error {
@@ -330,7 +363,7 @@ func (d *Daemon) remove(a *activeConn) {
 		d.spd.Delete(id)
 	}
 	if a.in != nil {
-		d.sad.Delete(a.in.SPI, a.in.Proto, a.in.Dst)
+		d.deleteInboundLocked(a.in)
 	}
 	if d.plane != nil {
 		d.plane.ClearTrap(a.reqid)
@@ -340,6 +373,10 @@ func (d *Daemon) remove(a *activeConn) {
 // manualSAs builds the SA pair of a manually keyed conn.
 func (d *Daemon) manualSAs(c *ConnSpec, reqid uint32) (in, out *sad.SA, err error) {
 	m := c.Manual
+	if m.Wiped {
+		// Never key an SA with zeros.
+		return nil, nil, fmt.Errorf("conn %s: its manual keys were wiped (gosec up reads them again from ipsec.conf)", c.Name)
+	}
 	in = &sad.SA{SPI: m.InSPI, Proto: m.Proto, Mode: c.Mode, Src: c.Remote, Dst: c.Local, ReqID: reqid, Dir: sad.Inbound, Encap: c.Encap}
 	out = &sad.SA{SPI: m.OutSPI, Proto: m.Proto, Mode: c.Mode, Src: c.Local, Dst: c.Remote, ReqID: reqid, Dir: sad.Outbound, Encap: c.Encap}
 	if c.Encap != nil {
@@ -483,8 +520,16 @@ func localAddrIn(prefixes []netip.Prefix) netip.Addr {
 func (d *Daemon) reload(progress func(string)) error {
 	cfg, err := d.loadConfig()
 	if err != nil {
+		wipeConfigKeys(cfg)
 		return err
 	}
+	// Whatever happens below, no manual key outlives the installation.
+	defer func() {
+		d.mu.Lock()
+		wipeConfigKeys(cfg)
+		wipeConfigKeys(d.conns)
+		d.mu.Unlock()
+	}()
 	d.mu.Lock()
 	old := d.conns
 	d.mu.Unlock()
@@ -497,7 +542,7 @@ func (d *Daemon) reload(progress func(string)) error {
 		if oc.IKE == nil {
 			continue
 		}
-		if nc, ok := cfg.Conns[name]; !ok || !reflect.DeepEqual(nc, oc) {
+		if nc, ok := cfg.Conns[name]; !ok || !sameSpec(nc, oc) {
 			if had, _ := d.downIKE(context.Background(), name); had {
 				progress(fmt.Sprintf("conn '%s' changed or removed: its SAs were deleted", name))
 				if ok && nc.IKE != nil {
@@ -509,6 +554,8 @@ func (d *Daemon) reload(progress func(string)) error {
 	d.applyLogLevels(cfg)
 	d.mu.Lock()
 	d.conns, d.secrets = cfg, cfg.Secrets
+	// The counts (and metric series) of removed conns go with them.
+	d.ikeStats.setConns(ikeConnNames(cfg))
 	d.rerouteLocked(old, cfg, progress)
 	d.mu.Unlock()
 	if d.ike != nil {
@@ -541,7 +588,7 @@ func (d *Daemon) reload(progress func(string)) error {
 		case !ok:
 			d.downLocked(name)
 			progress(fmt.Sprintf("conn '%s' removed from the configuration: taken down", name))
-		case !reflect.DeepEqual(nc, a.spec):
+		case !sameSpec(nc, a.spec):
 			d.downLocked(name)
 			if err := d.upLocked(context.Background(), nc, progress); err != nil {
 				errs = append(errs, err)
@@ -603,6 +650,7 @@ func contains(list []string, s string) bool {
 // in place before the old ones go (routes are reference-counted, the
 // filter replaces a conn's rules in one transaction).
 func (d *Daemon) rerouteLocked(old, cfg *Config, progress func(string)) {
+	defer d.batchGuardsLocked()()
 	for _, name := range old.Order {
 		oc := old.Conns[name]
 		a := d.active[name]
@@ -610,7 +658,7 @@ func (d *Daemon) rerouteLocked(old, cfg *Config, progress func(string)) {
 			continue
 		}
 		nc, ok := cfg.Conns[name]
-		if ok && reflect.DeepEqual(nc, oc) {
+		if ok && sameSpec(nc, oc) {
 			a.spec = nc
 			continue
 		}

@@ -144,6 +144,7 @@ type Daemon struct {
 	nattQueues []*netio.NATT
 	router     routeTable
 	filter     cleartextFilter
+	gate       spiGate // kernel drop of unknown SPIs (nil: none)
 	plane      *dataplane.Plane
 
 	// The key manager and its UDP 500 socket.
@@ -151,6 +152,8 @@ type Daemon struct {
 	ikeSock *net.UDPConn
 	ikeStop context.CancelFunc
 	ikeDone chan struct{}
+	// ikeStats counts IKE exchanges and retransmissions per conn.
+	ikeStats ikeStats
 
 	mu          sync.Mutex // guards everything below
 	conns       *Config
@@ -164,6 +167,7 @@ type Daemon struct {
 	routeRefs   map[netip.Prefix]int // conns that need each route into the TUN
 	negotiating map[string]bool      // conns an on-demand negotiation runs for
 	guardKept   map[string]bool      // conns down whose filter guard stays
+	guardBatch  *guardBatch          // non-nil while routing many conns at once
 
 	// updown runs leftupdown/rightupdown scripts (nil: none run).
 	updown *updownRunner
@@ -197,6 +201,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	d.conns, d.secrets = cfg, cfg.Secrets
+	d.ikeStats.setConns(ikeConnNames(cfg))
 	d.applyLogLevels(cfg)
 	if err := d.openSaveKeys(cfg); err != nil {
 		return err
@@ -357,6 +362,13 @@ func (d *Daemon) setup() error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.filter = filter
+	// The kernel drops ESP, AH and ESP-in-UDP of SPIs no inbound SA holds
+	// (the set starts empty, as the SAD does).
+	gate, err := netio.NewSPIGate(netio.SPIGateConfig{Table: o.FilterTable, NATTPort: udp.LocalAddr().Port()})
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.gate = gate
 	for name, ps := range filter.Kept() {
 		d.guardKept[name] = true
 		d.log.Warn("keeping the cleartext guard a previous gosec left for this conn: its traffic is dropped until it is up or taken down",
@@ -379,6 +391,9 @@ func (d *Daemon) teardown() {
 	}
 	d.mu.Unlock()
 	var errs []error
+	if d.gate != nil {
+		errs = append(errs, d.gate.Close())
+	}
 	if d.filter != nil {
 		errs = append(errs, d.filter.Close())
 	}

@@ -91,7 +91,7 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 	d.ike = ike.New(ike.Config{
 		Transport: ikeTransport{d}, Installer: ikeInstaller{d}, PSK: d.findPSK,
 		Clock: d.opts.Clock, Log: d.log.With("room", "ike"), NATTPort: uint16(d.opts.NATTPort), LogKeys: d.opts.LogKeys && d.keys != nil,
-		SaveKeys: d.saveIKEKeys(), Observer: exchangeLogger{log: d.log.With("room", "ike"), next: d.opts.Observer}, OutboundDelay: quickModeSettle,
+		SaveKeys: d.saveIKEKeys(), Observer: ikeObserver{exchangeLogger{log: d.log.With("room", "ike"), next: d.opts.Observer}, &d.ikeStats}, OutboundDelay: quickModeSettle,
 		Impair: d.opts.Impair,
 	})
 	d.natt.IKE = func(msg []byte, from netip.AddrPort) {

@@ -45,6 +45,9 @@ type routeTable interface {
 // cleartextFilter is what the daemon needs of netio.Filter.
 type cleartextFilter interface {
 	AddConn(name string, remotes []netip.Prefix) error
+	// AddConns is AddConn for many conns in few transactions; it
+	// returns the errors by conn.
+	AddConns(conns []netio.ConnPrefixes) map[string]error
 	RemoveConn(name string) error
 	Dropped(name string) (uint64, error)
 	Guarded(name string) (uint64, error)
@@ -227,7 +230,52 @@ func (d *Daemon) guardLocked(a *activeConn) error {
 		return nil
 	}
 	a.guarded, a.filtered = remotes, true
+	if d.guardBatch != nil {
+		d.guardBatch.add(a.spec.Name, remotes)
+		return nil
+	}
 	return d.filter.AddConn(a.spec.Name, remotes)
+}
+
+// guardBatch collects the filter entries guardLocked writes while many
+// conns are routed at once (start, reload), for one Filter.AddConns: one
+// nftables transaction per conn rebuilt every chain each time, O(conns^2)
+// in all. The entries are written before d.mu is released, so no SA of
+// those conns is installed (which takes d.mu) before its guard is there;
+// until then the conns' routes and policies already keep their traffic
+// in the TUN, as before the batch.
+type guardBatch struct {
+	conns []netio.ConnPrefixes
+	at    map[string]int // index in conns; a conn written again replaces its entry
+}
+
+func (b *guardBatch) add(name string, remotes []netip.Prefix) {
+	cp := netio.ConnPrefixes{Name: name, Remotes: slices.Clone(remotes)}
+	if i, ok := b.at[name]; ok {
+		b.conns[i] = cp
+		return
+	}
+	b.at[name] = len(b.conns)
+	b.conns = append(b.conns, cp)
+}
+
+// batchGuardsLocked starts collecting guardLocked's writes; the returned
+// function writes them (with d.mu still held) and logs what failed.
+func (d *Daemon) batchGuardsLocked() (flush func()) {
+	if d.guardBatch != nil {
+		return func() {} // an outer batch writes them
+	}
+	d.guardBatch = &guardBatch{at: map[string]int{}}
+	return func() {
+		b := d.guardBatch
+		d.guardBatch = nil
+		if len(b.conns) == 0 {
+			return
+		}
+		for name, err := range d.filter.AddConns(b.conns) {
+			d.log.Error("route conn", "conn", name, "err", fmt.Errorf("filter: %w", err))
+		}
+	}
 }
 
 // routeConnLocked routes IKE conn c: its policies (trapping or dropping),
@@ -333,7 +381,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	if in.ESP, in.AH, err = childSuites(ch, ch.In); err != nil {
 		return fmt.Errorf("inbound suite: %w", err)
 	}
-	if err := d.sad.Add(in); err != nil {
+	if err := d.addInboundLocked(in); err != nil {
 		return err
 	}
 	ic := &installedChild{ch: ch, in: in, reqid: pp.reqid}
@@ -426,7 +474,7 @@ func (d *Daemon) removeChildLocked(ic *installedChild) {
 		ic.out = nil
 	}
 	if ic.in != nil {
-		d.sad.Delete(ic.in.SPI, ic.in.Proto, ic.in.Dst)
+		d.deleteInboundLocked(ic.in)
 		ic.in = nil
 	}
 	delete(d.ikeChildren, childKey(ch))

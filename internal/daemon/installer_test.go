@@ -25,11 +25,23 @@ func (r *fakeRouter) AddRoute(rt netio.Route) error { r.routes[rt.Dst.Masked()] 
 func (r *fakeRouter) DelRoute(p netip.Prefix) error { delete(r.routes, p.Masked()); return nil }
 func (r *fakeRouter) Close() error                  { return nil }
 
-// fakeFilter records each conn's guarded prefixes.
-type fakeFilter struct{ conns map[string][]netip.Prefix }
+// fakeFilter records each conn's guarded prefixes, and how many calls
+// wrote them (one conn, many).
+type fakeFilter struct {
+	conns         map[string][]netip.Prefix
+	single, multi int
+}
 
 func (f *fakeFilter) AddConn(name string, remotes []netip.Prefix) error {
+	f.single++
 	f.conns[name] = slices.Clone(remotes)
+	return nil
+}
+func (f *fakeFilter) AddConns(conns []netio.ConnPrefixes) map[string]error {
+	f.multi++
+	for _, cp := range conns {
+		f.conns[cp.Name] = slices.Clone(cp.Remotes)
+	}
 	return nil
 }
 func (f *fakeFilter) RemoveConn(name string) error   { delete(f.conns, name); return nil }
@@ -403,6 +415,47 @@ func TestReloadRemovedConnLiftsGuard(t *testing.T) {
 	}
 	if f.guards("other") == nil || !r.has("10.3.0.0/24") {
 		t.Fatalf("the other conn lost its guard or route: %v %v", f.conns, r.routes)
+	}
+}
+
+// TestRoutingManyConnsBatched: routing conns at start and at reload writes
+// their guards in one Filter.AddConns (one nftables transaction per conn
+// made reloading 10,000 conns quadratic), before d.mu is released; an SA
+// installed later still writes a guard that changed at once.
+func TestRoutingManyConnsBatched(t *testing.T) {
+	var conns []*ConnSpec
+	for i := range 5 {
+		conns = append(conns, ikeSpec(fmt.Sprintf("c%d", i), "start", ts1,
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 128, byte(i), 0}), 30)))
+	}
+	d, _, f := testDaemon(t, conns[:3]...)
+	d.autoStart()
+	if f.single != 0 || f.multi != 1 || len(f.conns) != 3 {
+		t.Fatalf("start: %d single and %d batched writes, guards %v; want 0, 1 and 3 conns", f.single, f.multi, f.conns)
+	}
+	oldCfg := d.conns
+	cfg := &Config{Conns: map[string]*ConnSpec{}}
+	for _, c := range conns {
+		cfg.Conns[c.Name] = c
+		cfg.Order = append(cfg.Order, c.Name)
+	}
+	d.mu.Lock()
+	d.conns = cfg
+	d.rerouteLocked(oldCfg, cfg, func(string) {})
+	batching := d.guardBatch != nil
+	d.mu.Unlock()
+	if batching || f.single != 0 || f.multi != 2 || len(f.conns) != 5 {
+		t.Fatalf("reload: batch left open %v, %d single and %d batched writes, guards %v; want 0, 2 and 5 conns", batching, f.single, f.multi, f.conns)
+	}
+	for _, c := range conns {
+		if g := f.guards(c.Name); len(g) != 1 || g[0] != c.RemoteSubnets[0] {
+			t.Errorf("conn %s guards %v, want %v", c.Name, g, c.RemoteSubnets)
+		}
+	}
+	// A child with a selector the conn did not route: guarded at once.
+	install(t, d, child("c0", ts1, ts3))
+	if f.single != 1 || !slices.Contains(f.guards("c0"), ts3) {
+		t.Fatalf("after a child with a new remote selector: %d single writes, guards %v", f.single, f.guards("c0"))
 	}
 }
 

@@ -39,6 +39,9 @@ type Status struct {
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
+	// IKEUnmatched counts the exchanges for which no loaded conn was
+	// known (UnmatchedConn).
+	IKEUnmatched *IKEConnStats `json:"ike_unmatched,omitempty"`
 	// Warnings are conditions an administrator must know about, such as
 	// key export being on.
 	Warnings []string `json:"warnings,omitempty"`
@@ -48,6 +51,10 @@ type Status struct {
 	IKEHalfOpen int `json:"ike_half_open"`
 	// LogLevels are the log levels in force (gosec debug changes them).
 	LogLevels LogLevels `json:"log_levels"`
+
+	// KernelDrops is what the kernel's unknown-SPI filter dropped before
+	// the data plane saw it (absent without the filter).
+	KernelDrops *KernelDropsStatus `json:"kernel_drops,omitempty"`
 }
 
 // Setup returns the config setup keywords of the loaded configuration.
@@ -94,9 +101,12 @@ type ConnStatus struct {
 	GuardKept bool `json:"guard_kept,omitempty"`
 	// Children are the IPsec SA pairs IKE negotiated (their SAs are in
 	// SAs too); IKEError is why the last `gosec up` failed.
-	Children    []ike.ChildStatus `json:"children,omitempty"`
-	IKEError    string            `json:"ike_error,omitempty"`
-	Unsupported string            `json:"unsupported,omitempty"`
+	Children []ike.ChildStatus `json:"children,omitempty"`
+	IKEError string            `json:"ike_error,omitempty"`
+	// IKEStats is how the conn's IKE exchanges went since it was loaded
+	// (absent before its first exchange).
+	IKEStats    *IKEConnStats `json:"ike_stats,omitempty"`
+	Unsupported string        `json:"unsupported,omitempty"`
 }
 
 // SAStatus is one SA of a conn.
@@ -136,6 +146,7 @@ func (d *Daemon) status(all bool) *Status {
 		st.Plane = d.plane.Stats()
 		st.Drops = st.Plane.Drops
 	}
+	d.kernelDrops(st)
 	if d.natt != nil {
 		st.NATT = NATTStatus{Port: d.opts.NATTPort}
 		for _, q := range append([]*netio.NATT{d.natt}, d.nattQueues...) {
@@ -157,16 +168,19 @@ func (d *Daemon) status(all bool) *Status {
 			}
 		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	st.IKEUnmatched = d.ikeStats.get(UnmatchedConn)
+	// The filter's counters are listed before d.mu is taken: at 10,000
+	// conns the listing takes seconds, and SA installs wait for d.mu.
+	var counts map[string]netio.FilterCounts
+	if d.filter != nil { // set once, before the control socket serves
+		counts, _ = d.filter.Counts()
+	}
 	byConn := map[string][]ike.ChildStatus{}
 	for _, ch := range children {
 		byConn[ch.Conn] = append(byConn[ch.Conn], ch)
 	}
-	var counts map[string]netio.FilterCounts
-	if d.filter != nil {
-		counts, _ = d.filter.Counts()
-	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for _, name := range d.conns.Order {
 		c := d.conns.Conns[name]
 		cs := ConnStatus{
@@ -179,6 +193,9 @@ func (d *Daemon) status(all bool) *Status {
 		}
 		cs.IKEError, cs.Unsupported = d.ikeErr[name], c.IKEUnsupported
 		cs.Children = byConn[name]
+		if c.IKE != nil {
+			cs.IKEStats = d.ikeStats.get(name)
+		}
 		if d.guardKept[name] && d.filter != nil {
 			cs.GuardKept = true
 			cs.Guarded = counts[name].Guarded
@@ -314,6 +331,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		fmt.Fprintf(w, "  data plane: %d packets in (%s), %d packets out (%s), %d bypassed, %d send errors\n",
 			p.InPackets, bytesText(p.InBytes), p.OutPackets, bytesText(p.OutBytes), p.Bypassed, p.SendErrors)
 		fmt.Fprintf(w, "  drops: %s\n", dropsText(s.Drops))
+		if k := s.KernelDrops; k != nil {
+			fmt.Fprintf(w, "  kernel SPI filter: %s\n", k.text())
+		}
 		fmt.Fprintln(w, "Connections:")
 		for _, c := range s.Conns {
 			fmt.Fprintf(w, "%14s:  %s...%s  %s %s, %s keying, auto=%s%s\n", c.Name, c.Local, c.Remote,
@@ -346,10 +366,16 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 				p.PeerID, role, p.ICookie, p.RCookie, p.Suite, nat, time.Duration(p.AgeSeconds)*time.Second, life)
 		}
 	}
+	if all && s.IKEUnmatched != nil {
+		fmt.Fprintf(w, "%14s: IKE without a conn: %s\n", UnmatchedConn, s.IKEUnmatched.Text())
+	}
 	fmt.Fprintf(w, "Security Associations (%d up, %d conns):\n", up, len(s.Conns))
 	for _, c := range s.Conns {
 		if c.IKEError != "" {
 			fmt.Fprintf(w, "%14s: last negotiation failed: %s\n", c.Name, c.IKEError)
+		}
+		if all && c.IKEStats != nil {
+			fmt.Fprintf(w, "%14s: IKE: %s\n", c.Name, c.IKEStats.Text())
 		}
 		if c.Unsupported != "" && all {
 			fmt.Fprintf(w, "%14s: cannot be negotiated: %s\n", c.Name, c.Unsupported)

@@ -28,6 +28,51 @@ func forged(t testing.TB) (a, b *side, good, unknownSPI, badICV []byte) {
 	return a, b, good, unknownSPI, badICV
 }
 
+// forgedSmall returns, for b's inbound SA, packets a flood would send that
+// the reader must drop before any cryptography (replayed: the sealed
+// packet a second time, once b accepted it; short: too short for the
+// suite) and a flood-sized (100-octet inner packet) one with a broken ICV.
+func forgedSmall(t testing.TB) (b *side, replayed, short, badICVSmall []byte) {
+	spec := specs()[1]
+	a := newSide(t, gw1, gw2, lan1, lan2, sad.Tunnel, spec, 0x1001, 0x2001, false)
+	b = newSide(t, gw2, gw1, lan2, lan1, sad.Tunnel, spec, 0x2001, 0x1001, false)
+	seal := func(payload int) []byte {
+		src, n := icmpPacket(t, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), payload)
+		icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
+		out, _, _ := a.p.outbound(&a.outState, src, netio.Headroom, n, icmp)
+		return append([]byte(nil), out...)
+	}
+	replayed = seal(1000)
+	if b.p.inboundRaw(append([]byte(nil), replayed...)) == nil {
+		t.Fatal("the sealed packet was not accepted the first time")
+	}
+	badICVSmall = seal(72)
+	badICVSmall[len(badICVSmall)-1] ^= 1
+	short = append([]byte(nil), badICVSmall[:20+8+8+10]...) // SPI, seq, IV, 10 octets: no room for the ICV
+	binary.BigEndian.PutUint16(short[2:], uint16(len(short)))
+	return b, replayed, short, badICVSmall
+}
+
+// TestEarlyDrops: replayed and short packets are dropped by the reader
+// (rawPrepare), before the hand-off to the workers, with their reason.
+func TestEarlyDrops(t *testing.T) {
+	b, replayed, short, _ := forgedSmall(t)
+	for _, tc := range []struct {
+		name   string
+		pkt    []byte
+		reason drop.Reason
+	}{{"replayed", replayed, drop.Replay}, {"short", short, drop.Malformed}} {
+		before := b.p.Stats().Drops[tc.reason.String()]
+		var e inElem
+		if b.p.rawPrepare(append([]byte(nil), tc.pkt...), &e) {
+			t.Errorf("%s: passed the reader's checks", tc.name)
+		}
+		if got := b.p.Stats().Drops[tc.reason.String()] - before; got != 1 {
+			t.Errorf("%s: %d drops counted as %v, want 1", tc.name, got, tc.reason)
+		}
+	}
+}
+
 // TestDropAllocs: a flood of forged packets (unknown SPI, bad ICV) costs no
 // allocation per dropped packet, logged or not, and each is counted.
 func TestDropAllocs(t *testing.T) {
@@ -78,21 +123,26 @@ func TestLogGate(t *testing.T) {
 }
 
 // BenchmarkDrop measures the cost of dropping forged packets (the flood
-// case of issue 12): allocations must stay 0.
+// case of issue 12): allocations must stay 0. bad-icv is a 1 KB packet,
+// bad-icv-small one of the flood's size (bench-flood sends 132 octets);
+// replayed and short never reach the cryptography.
 func BenchmarkDrop(b *testing.B) {
-	_, side, good, unknownSPI, badICV := forged(b)
+	_, big, good, unknownSPI, badICV := forged(b)
 	_ = good
+	small, replayed, short, badICVSmall := forgedSmall(b)
 	for _, bc := range []struct {
 		name string
+		s    *side
 		pkt  []byte
-	}{{"unknown-spi", unknownSPI}, {"bad-icv", badICV}} {
+	}{{"unknown-spi", big, unknownSPI}, {"bad-icv", big, badICV}, {"bad-icv-small", small, badICVSmall},
+		{"replayed", small, replayed}, {"short", small, short}} {
 		b.Run(bc.name, func(b *testing.B) {
 			buf := make([]byte, len(bc.pkt))
 			b.SetBytes(int64(len(bc.pkt)))
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
 				copy(buf, bc.pkt)
-				side.p.inboundRaw(buf)
+				bc.s.p.inboundRaw(buf)
 			}
 		})
 	}

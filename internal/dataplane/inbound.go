@@ -115,6 +115,14 @@ func (p *Plane) rawPrepare(pkt []byte, e *inElem) bool {
 		p.dropPkt(nil, drop.UnknownSPI, "raw", src)
 		return false
 	}
+	if proto == sad.ESP && sa.ESP != nil {
+		// Too short or not whole blocks: dropped here, before the
+		// hand-off to the workers and any cryptography.
+		if err := sa.ESP.CheckLength(total - hl); err != nil {
+			p.dropPkt(sa, drop.ReasonOf(err), "raw", src)
+			return false
+		}
+	}
 	full, ok := p.checkReplay(sa, seq, src)
 	if !ok {
 		return false
@@ -141,6 +149,12 @@ func (p *Plane) udpPrepare(b []byte, from netip.AddrPort, local netip.Addr, e *i
 	if sa == nil {
 		p.dropPkt(nil, drop.UnknownSPI, "udp", from.Addr())
 		return false
+	}
+	if sa.ESP != nil {
+		if err := sa.ESP.CheckLength(len(b)); err != nil {
+			p.dropPkt(sa, drop.ReasonOf(err), "udp", from.Addr())
+			return false
+		}
 	}
 	full, ok := p.checkReplay(sa, seq, from.Addr())
 	if !ok {

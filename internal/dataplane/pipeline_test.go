@@ -341,7 +341,9 @@ func benchPipeline(b *testing.B, batch int) {
 		for _, size := range []int{64, 1400} {
 			b.Run(fmt.Sprintf("%s/%d", spec.name, size), func(b *testing.B) {
 				pkt, n := icmpPacket(b, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), size-28)
-				l := newLink(b, spec, wireRaw, 0, batch, pkt[netio.Headroom:netio.Headroom+n], b.N)
+				// The pipeline with a worker per core, whatever the
+				// daemon's default for this many cores (autoWorkers).
+				l := newLink(b, spec, wireRaw, runtime.GOMAXPROCS(0), batch, pkt[netio.Headroom:netio.Headroom+n], b.N)
 				gate := make(chan struct{})
 				l.tunA.gate = gate
 				l.start()
@@ -405,4 +407,15 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func TestAutoWorkers(t *testing.T) {
+	for _, tc := range []struct{ configured, procs, want int }{
+		{0, 1, 0}, {0, 2, 0}, {0, 3, 0}, {0, 4, 4}, {0, 16, 16},
+		{-1, 16, 0}, {1, 16, 0}, {2, 2, 2}, {3, 1, 3},
+	} {
+		if got := autoWorkers(tc.configured, tc.procs); got != tc.want {
+			t.Errorf("autoWorkers(%d, %d) = %d, want %d", tc.configured, tc.procs, got, tc.want)
+		}
+	}
 }

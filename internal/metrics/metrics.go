@@ -1,10 +1,12 @@
-// Package metrics is gosec's Prometheus endpoint. Everything per conn and
-// per SA is read from the daemon's status snapshot at scrape time by a
-// custom Collector, so a series exists exactly as long as its SA: nothing
-// labelled by SPI outlives the SA, and thousands of tunnels cost nothing
-// between scrapes. What the snapshot cannot know (how IKE exchanges ended,
-// how long Main Mode took) is counted by an ike.Observer, labelled by peer
-// address, exchange and result only.
+// Package metrics is gosec's Prometheus endpoint. Everything is read
+// from the daemon's status snapshot at scrape time by a custom Collector,
+// so a series exists exactly as long as what it counts: nothing labelled
+// by SPI outlives the SA, the IKE series of a conn (exchanges by kind and
+// result, retransmissions, the negotiation latency histogram) go when a
+// reload removes the conn, and thousands of tunnels cost nothing between
+// scrapes. The peer label of the IKE series is the conn's name, never
+// the peer's address: their number is bounded by the configuration, not
+// by the peers seen.
 package metrics
 
 import (
@@ -21,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
 )
 
@@ -32,39 +33,20 @@ type Source func() *daemon.Status
 // Metrics holds the registry, the exchange counters and the snapshot
 // collector.
 type Metrics struct {
-	reg       *prometheus.Registry
-	source    atomic.Pointer[Source]
-	exchanges *prometheus.CounterVec
-	latency   *prometheus.HistogramVec
+	reg    *prometheus.Registry
+	source atomic.Pointer[Source]
 }
 
 // New builds the registry (with the Go runtime and process collectors).
 func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
-	m.exchanges = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "gosec_ike_exchanges_total",
-		Help: "IKE exchanges by peer, kind (main, quick, dpd) and result (established, rekeyed, failed, timeout, alive, dead).",
-	}, []string{"peer", "exchange", "result"})
-	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "gosec_ike_negotiation_seconds",
-		Help:    "Time from the first to the last message of successful negotiations, by exchange (main: Main Mode, quick: Quick Mode).",
-		Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
-	}, []string{"exchange"})
-	m.reg.MustRegister(m.exchanges, m.latency, snapshotCollector{m},
+	m.reg.MustRegister(snapshotCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // SetSource tells the collector where to read the status from.
 func (m *Metrics) SetSource(s Source) { m.source.Store(&s) }
-
-// Exchange implements ike.Observer.
-func (m *Metrics) Exchange(ev ike.ExchangeEvent) {
-	m.exchanges.WithLabelValues(ev.Peer.String(), ev.Kind, ev.Result).Inc()
-	if ev.Latency > 0 {
-		m.latency.WithLabelValues(ev.Kind).Observe(ev.Latency.Seconds())
-	}
-}
 
 // Handler serves the registry in the Prometheus exposition format.
 func (m *Metrics) Handler() http.Handler {
@@ -122,6 +104,9 @@ var (
 	descISAKMP      = prometheus.NewDesc("gosec_isakmp_sas", "Phase-1 SAs by state.", []string{"state"}, nil)
 	descISAKMPLife  = prometheus.NewDesc("gosec_isakmp_lifetime_left_seconds", "Seconds until an established phase-1 SA's lifetime ends.", []string{"conn", "icookie"}, nil)
 	descIKEMsgs     = prometheus.NewDesc("gosec_ike_messages_total", "IKE messages by outcome (received, sent, retransmits, malformed, ...).", []string{"outcome"}, nil)
+	descExchanges   = prometheus.NewDesc("gosec_ike_exchanges_total", "IKE exchanges of a conn (\"?\": no conn known) by kind (main, quick, dpd) and result (established, rekeyed, failed, timeout, alive, dead).", []string{"conn", "exchange", "result"}, nil)
+	descRetransmits = prometheus.NewDesc("gosec_ike_retransmits_total", "IKE messages of a conn sent again, by exchange (main, quick): requests after a timeout, answers to a repeated request.", []string{"conn", "exchange"}, nil)
+	descLatency     = prometheus.NewDesc("gosec_ike_negotiation_seconds", "Duration of a conn's successful negotiations, first to last message, by exchange (main: Main Mode, quick: Quick Mode).", []string{"conn", "exchange"}, nil)
 	descHalfOpen    = prometheus.NewDesc("gosec_ike_half_open", "Phase-1 SAs still negotiating.", nil, nil)
 	descQueue       = prometheus.NewDesc("gosec_ike_queue_depth", "Events waiting for the key manager.", nil, nil)
 )
@@ -134,7 +119,7 @@ type snapshotCollector struct{ m *Metrics }
 func (c snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descDrops, descNATT,
 		descConnUp, descConnSAs, descCleartext, descConnPkts, descConnBytes, descSAPkts, descSABytes, descSADrops, descSASeq, descSAReplay,
-		descSALifeSecs, descSALifeBytes, descISAKMP, descISAKMPLife, descIKEMsgs, descHalfOpen, descQueue} {
+		descSALifeSecs, descSALifeBytes, descISAKMP, descISAKMPLife, descIKEMsgs, descExchanges, descRetransmits, descLatency, descHalfOpen, descQueue} {
 		ch <- d
 	}
 }
@@ -207,6 +192,7 @@ func collectStatus(ch chan<- prometheus.Metric, st *daemon.Status) {
 				gauge(ch, descSALifeBytes, float64(*sa.LifeLeftBytes), l...)
 			}
 		}
+		collectIKE(ch, c.Name, c.IKEStats)
 		if c.State == "installed" {
 			counter(ch, descConnPkts, pkts[0], c.Name, "in")
 			counter(ch, descConnPkts, pkts[1], c.Name, "out")
@@ -227,8 +213,31 @@ func collectStatus(ch chan<- prometheus.Metric, st *daemon.Status) {
 	for outcome, n := range st.IKE {
 		counter(ch, descIKEMsgs, n, outcome)
 	}
+	collectIKE(ch, daemon.UnmatchedConn, st.IKEUnmatched)
 	gauge(ch, descHalfOpen, float64(st.IKEHalfOpen))
 	gauge(ch, descQueue, float64(st.IKEQueue))
 }
 
-var _ ike.Observer = (*Metrics)(nil)
+// collectIKE emits the IKE series of one conn.
+func collectIKE(ch chan<- prometheus.Metric, conn string, s *daemon.IKEConnStats) {
+	if s == nil {
+		return
+	}
+	for kind, results := range s.Exchanges {
+		for result, n := range results {
+			counter(ch, descExchanges, n, conn, kind, result)
+		}
+	}
+	for kind, n := range s.Retransmits {
+		counter(ch, descRetransmits, n, conn, kind)
+	}
+	for kind, h := range s.Latency {
+		buckets := make(map[float64]uint64, len(daemon.LatencyBuckets))
+		for i, le := range daemon.LatencyBuckets {
+			if i < len(h.Buckets) {
+				buckets[le] = h.Buckets[i]
+			}
+		}
+		ch <- prometheus.MustNewConstHistogram(descLatency, h.Count, h.SumSeconds, buckets, conn, kind)
+	}
+}

@@ -4,12 +4,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -39,20 +37,27 @@ func TestSnapshotSeries(t *testing.T) {
 		Drops: map[string]uint64{"icv": 3},
 		Conns: []daemon.ConnStatus{{
 			Name: "net", State: "installed", Cleartext: 2,
+			IKEStats: &daemon.IKEConnStats{
+				Exchanges:   map[string]map[string]uint64{"main": {"established": 1}, "quick": {"rekeyed": 1}},
+				Retransmits: map[string]uint64{"quick": 2},
+				Latency: map[string]*daemon.LatencyHistogram{
+					"main":  {Count: 1, SumSeconds: 0.03, Buckets: []uint64{0, 0, 1, 1, 1, 1, 1, 1}},
+					"quick": {Count: 1, SumSeconds: 0.004, Buckets: []uint64{1, 1, 1, 1, 1, 1, 1, 1}},
+				},
+			},
 			SAs: []daemon.SAStatus{
 				{SPI: "c0ffee01", Dir: "in", Proto: "esp", Packets: 10, Bytes: 1000, Seq: 10, ReplayWindow: 64, Drops: map[string]uint64{"replay": 1}, LifeLeftSeconds: &life},
 				{SPI: "c0ffee02", Dir: "out", Proto: "esp", Packets: 12, Bytes: 1200, Seq: 12},
 			},
 		}, {Name: "idle", State: "down"}},
-		ISAKMP:      []ike.ISAKMPStatus{{Conn: "net", State: "MAIN_I4", ICookie: "0102030405060708", LifeLeftSeconds: 3500}, {State: "MAIN_R1"}},
-		IKE:         map[string]uint64{"retransmits": 4},
-		IKEHalfOpen: 1,
+		ISAKMP:       []ike.ISAKMPStatus{{Conn: "net", State: "MAIN_I4", ICookie: "0102030405060708", LifeLeftSeconds: 3500}, {State: "MAIN_R1"}},
+		IKE:          map[string]uint64{"retransmits": 4},
+		IKEUnmatched: &daemon.IKEConnStats{Exchanges: map[string]map[string]uint64{"main": {"failed": 3}}},
+		IKEHalfOpen:  1,
 	}
 	var cur *daemon.Status = st
 	m := New()
 	m.SetSource(func() *daemon.Status { return cur })
-	m.Exchange(ike.ExchangeEvent{Peer: netip.MustParseAddr("192.0.2.2"), Kind: "main", Result: "established", Latency: 30 * time.Millisecond})
-	m.Exchange(ike.ExchangeEvent{Peer: netip.MustParseAddr("192.0.2.2"), Kind: "quick", Result: "rekeyed", Latency: 4 * time.Millisecond})
 	out := scrape(t, m)
 	for _, want := range []string{
 		`gosec_up 1`,
@@ -72,12 +77,16 @@ func TestSnapshotSeries(t *testing.T) {
 		`gosec_isakmp_lifetime_left_seconds{conn="net",icookie="0102030405060708"} 3500`,
 		`gosec_ike_messages_total{outcome="retransmits"} 4`,
 		`gosec_ike_half_open 1`,
-		`gosec_ike_exchanges_total{exchange="main",peer="192.0.2.2",result="established"} 1`,
-		`gosec_ike_exchanges_total{exchange="quick",peer="192.0.2.2",result="rekeyed"} 1`,
-		`gosec_ike_negotiation_seconds_bucket{exchange="main",le="0.05"} 1`,
-		`gosec_ike_negotiation_seconds_bucket{exchange="main",le="0.025"} 0`,
-		`gosec_ike_negotiation_seconds_bucket{exchange="quick",le="0.005"} 1`,
-		`gosec_ike_negotiation_seconds_count{exchange="quick"} 1`,
+		`gosec_ike_exchanges_total{conn="net",exchange="main",result="established"} 1`,
+		`gosec_ike_exchanges_total{conn="net",exchange="quick",result="rekeyed"} 1`,
+		`gosec_ike_exchanges_total{conn="?",exchange="main",result="failed"} 3`,
+		`gosec_ike_retransmits_total{conn="net",exchange="quick"} 2`,
+		`gosec_ike_negotiation_seconds_bucket{conn="net",exchange="main",le="0.1"} 1`,
+		`gosec_ike_negotiation_seconds_bucket{conn="net",exchange="main",le="0.025"} 0`,
+		`gosec_ike_negotiation_seconds_bucket{conn="net",exchange="quick",le="0.01"} 1`,
+		`gosec_ike_negotiation_seconds_bucket{conn="net",exchange="quick",le="+Inf"} 1`,
+		`gosec_ike_negotiation_seconds_count{conn="net",exchange="quick"} 1`,
+		`gosec_ike_negotiation_seconds_sum{conn="net",exchange="main"} 0.03`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("missing %s", want)
@@ -88,10 +97,19 @@ func TestSnapshotSeries(t *testing.T) {
 	}
 
 	// The SA goes: its series go with it.
-	cur = &daemon.Status{Conns: []daemon.ConnStatus{{Name: "net", State: "down"}}}
+	cur = &daemon.Status{Conns: []daemon.ConnStatus{{Name: "net", State: "down", IKEStats: st.Conns[0].IKEStats}}}
 	out = scrape(t, m)
 	if strings.Contains(out, "c0ffee01") || strings.Contains(out, "gosec_sa_") {
 		t.Fatalf("series of a removed SA remain:\n%s", out)
+	}
+	if !strings.Contains(out, `gosec_ike_retransmits_total{conn="net",exchange="quick"} 2`) {
+		t.Fatalf("the conn's IKE series went with its SA:\n%s", out)
+	}
+	// A reload removes the conn: its IKE series go too.
+	cur = &daemon.Status{Conns: []daemon.ConnStatus{{Name: "other", State: "down"}}}
+	out = scrape(t, m)
+	if strings.Contains(out, `conn="net"`) || strings.Contains(out, "gosec_ike_exchanges_total") {
+		t.Fatalf("series of a removed conn remain:\n%s", out)
 	}
 }
 

@@ -100,6 +100,9 @@ type Filter struct {
 	// rules to delete, so adding a new conn lists no chain (a listing
 	// costs O(rules): with thousands of conns, O(conns^2) in all).
 	added map[string]bool
+	// chunkRetries counts AddConns transactions the kernel refused and
+	// that were retried conn by conn (tests).
+	chunkRetries int
 	// nl is one lasting netlink socket, opened in NewFilter: entering
 	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
 	// dropped its privileges (internal/privs) no longer has.
@@ -380,6 +383,10 @@ func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.addConnLocked(name, remotes)
+}
+
+func (f *Filter) addConnLocked(name string, remotes []netip.Prefix) error {
 	c, err := f.conn()
 	if err != nil {
 		return err
@@ -387,6 +394,15 @@ func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 	if err := f.delConnRules(c, name); err != nil {
 		return err
 	}
+	f.queueConnRules(c, name, remotes)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("netio: filter: add conn %s: %w", name, err)
+	}
+	return nil
+}
+
+// queueConnRules queues conn name's rules on c.
+func (f *Filter) queueConnRules(c *nftables.Conn, name string, remotes []netip.Prefix) {
 	if f.added == nil {
 		f.added = map[string]bool{}
 	}
@@ -399,10 +415,156 @@ func (f *Filter) AddConn(name string, remotes []netip.Prefix) error {
 	for _, p := range dedupPrefixes(remotes) {
 		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.guard, UserData: guardTag(name), Exprs: prefixDropExprs(p, 16)})
 	}
+}
+
+// ConnPrefixes is one conn's protected remote prefixes (AddConns).
+type ConnPrefixes struct {
+	Name    string
+	Remotes []netip.Prefix
+}
+
+// addConnsChunk bounds the rules AddConns writes per transaction (a
+// conn's rules are never split): about 300 octets each, so that a batch
+// stays well inside one sendmsg (the socket's send buffer, 208 KB by
+// default; more fails with EMSGSIZE) and the chains are still rebuilt
+// only once per about 60 conns.
+const addConnsChunk = 256
+
+// AddConns does what AddConn does for many conns (routing them at start
+// or reload), in one transaction per addConnsChunk conns instead of one
+// per conn: the kernel rebuilds a chain's rule array in every transaction
+// that changes the chain, so with thousands of conns, one transaction each
+// cost O(conns^2) (74 s to reload 10,000 conns). As with AddConn, a conn's
+// old rules go in the same transaction as its new ones come, and the
+// chains are listed once for all the conns that had rules. A chunk the
+// kernel refuses changed nothing (a transaction is atomic) and is retried
+// conn by conn, so that one bad conn does not fail the others. Each conn
+// appears at most once in conns. It returns the errors by conn (nil when
+// every conn was written).
+func (f *Filter) AddConns(conns []ConnPrefixes) map[string]error {
+	errs := map[string]error{}
+	for _, cp := range conns {
+		for _, p := range cp.Remotes {
+			if !p.Addr().Is4() {
+				errs[cp.Name] = fmt.Errorf("netio: filter: conn %s: %v is not IPv4", cp.Name, p)
+			}
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		for _, cp := range conns {
+			errs[cp.Name] = err
+		}
+		return errs
+	}
+	// The rules the conns have now, from one listing of each chain.
+	old := map[string][]*nftables.Rule{}
+	var listErr error
+	for _, cp := range conns {
+		if _, ok := f.kept[cp.Name]; ok || f.added[cp.Name] {
+			old, listErr = f.rulesByTag(c)
+			break
+		}
+	}
+	for start := 0; start < len(conns); {
+		var todo []ConnPrefixes
+		for nrules := 0; start < len(conns) && (len(todo) == 0 || nrules+4*len(conns[start].Remotes) <= addConnsChunk); start++ {
+			if cp := conns[start]; errs[cp.Name] == nil {
+				todo = append(todo, cp)
+				nrules += 4 * len(cp.Remotes)
+			}
+		}
+		if len(todo) == 0 {
+			continue
+		}
+		if listErr == nil && f.addChunkLocked(c, todo, old) == nil {
+			continue
+		}
+		f.chunkRetries++
+		for _, cp := range todo {
+			if err := f.addConnLocked(cp.Name, cp.Remotes); err != nil {
+				errs[cp.Name] = err
+			}
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// addChunkLocked replaces the rules of conns in one transaction; old are
+// the rules listed by tag.
+func (f *Filter) addChunkLocked(c *nftables.Conn, conns []ConnPrefixes, old map[string][]*nftables.Rule) error {
+	// Checked before anything is queued: a half-queued batch must never
+	// reach the kernel (deletions without the additions lift a guard).
+	var dels []*nftables.Rule
+	seen := map[string]bool{}
+	for _, cp := range conns {
+		if seen[cp.Name] {
+			return fmt.Errorf("netio: filter: conn %s twice in one batch", cp.Name)
+		}
+		seen[cp.Name] = true
+		if _, ok := f.kept[cp.Name]; ok || f.added[cp.Name] {
+			for _, tag := range []string{string(connTag(cp.Name)), string(guardTag(cp.Name))} {
+				for _, r := range old[tag] {
+					if r.Handle == 0 {
+						return fmt.Errorf("netio: filter: rule of %s without a handle", cp.Name)
+					}
+					dels = append(dels, r)
+				}
+			}
+		}
+	}
+	for _, r := range dels {
+		_ = c.DelRule(r) // cannot fail: every handle is set
+	}
+	kept, wasAdded := map[string][]netip.Prefix{}, map[string]bool{}
+	for _, cp := range conns {
+		if ps, ok := f.kept[cp.Name]; ok {
+			kept[cp.Name] = ps
+		}
+		wasAdded[cp.Name] = f.added[cp.Name]
+		delete(f.kept, cp.Name)
+		f.queueConnRules(c, cp.Name, cp.Remotes)
+	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("netio: filter: add conn %s: %w", name, err)
+		// Nothing changed in the kernel: the bookkeeping goes back too.
+		for _, cp := range conns {
+			if ps, ok := kept[cp.Name]; ok {
+				f.kept[cp.Name] = ps
+			}
+			if !wasAdded[cp.Name] {
+				delete(f.added, cp.Name)
+			}
+		}
+		return err
+	}
+	for _, cp := range conns {
+		for _, tag := range []string{string(connTag(cp.Name)), string(guardTag(cp.Name))} {
+			delete(old, tag)
+		}
 	}
 	return nil
+}
+
+// rulesByTag lists the chains with per-conn rules once, by user data.
+func (f *Filter) rulesByTag(c *nftables.Conn) (map[string][]*nftables.Rule, error) {
+	out := map[string][]*nftables.Rule{}
+	for _, ch := range append(f.chains(), f.guard) {
+		rules, err := c.GetRules(f.table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("netio: filter: list rules: %w", err)
+		}
+		for _, r := range rules {
+			if tag := string(r.UserData); strings.HasPrefix(tag, connPrefix) || strings.HasPrefix(tag, guardPrefix) {
+				out[tag] = append(out[tag], r)
+			}
+		}
+	}
+	return out, nil
 }
 
 // prefixDropExprs: ip saddr (off 12) or ip daddr (off 16) in p: counter drop.

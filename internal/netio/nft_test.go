@@ -3,6 +3,7 @@ package netio
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -292,5 +293,137 @@ func TestFilterGuard(t *testing.T) {
 	}
 	if !send(0, "closed") {
 		t.Fatal("guard left after Close")
+	}
+}
+
+// TestFilterAddConns: AddConns writes many conns in a few transactions
+// with the same result as AddConn one by one: every conn's inbound drops
+// and guard, a conn written again (or kept from a crashed daemon) with
+// its old rules replaced, not doubled, and a bad conn refused alone.
+func TestFilterAddConns(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "hs-fac", netip.MustParsePrefix("10.231.19.0/24"))
+	var rx *net.UDPConn
+	nettest.MustDo(t, p.B.NS, func() (err error) {
+		rx, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 7002})
+		return err
+	})
+	defer rx.Close()
+	send := func(msg string) bool {
+		t.Helper()
+		nettest.MustDo(t, p.A.NS, func() error {
+			c, err := ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 0)})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err = c.Send([]Msg{{Buf: []byte(msg), To: netip.AddrPortFrom(p.BAddr, 7002)}}); errors.Is(err, unix.EPERM) {
+				err = nil
+			}
+			return err
+		})
+		buf := make([]byte, 100)
+		rx.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, _, err := rx.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return false
+			}
+			if string(buf[:n]) == msg {
+				return true
+			}
+		}
+	}
+	newFilter := func(cfg FilterConfig) *Filter {
+		t.Helper()
+		cfg.Table, cfg.TUN, cfg.Mark = "hs-fac", "hs-factun", 0x77
+		var f *Filter
+		nettest.MustDo(t, p.A.NS, func() (err error) { f, err = NewFilter(cfg); return err })
+		return f
+	}
+	// rules counts the per-conn rules by tag.
+	rules := func(f *Filter) map[string]int {
+		t.Helper()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		byTag, err := f.rulesByTag(f.nl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for tag, rs := range byTag {
+			out[tag] = len(rs)
+		}
+		return out
+	}
+	peer := netip.PrefixFrom(p.BAddr, 32)
+	const n = 600 // many transactions
+	conns := []ConnPrefixes{{Name: "peer", Remotes: []netip.Prefix{peer}}}
+	for i := 1; i < n; i++ {
+		conns = append(conns, ConnPrefixes{Name: fmt.Sprintf("c%d", i),
+			Remotes: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, byte(i >> 6), byte(i << 2)}), 30)}})
+	}
+	check := func(f *Filter, what string) {
+		t.Helper()
+		got := rules(f)
+		for _, cp := range conns {
+			// three inbound chains and the guard, per prefix
+			if c, g := got[string(connTag(cp.Name))], got[string(guardTag(cp.Name))]; c != 3*len(cp.Remotes) || g != len(cp.Remotes) {
+				t.Fatalf("%s: conn %s has %d inbound and %d guard rules, want %d and %d", what, cp.Name, c, g, 3*len(cp.Remotes), len(cp.Remotes))
+			}
+		}
+		if len(got) != 2*len(conns) {
+			t.Fatalf("%s: rules of %d tags, want %d", what, len(got), 2*len(conns))
+		}
+	}
+
+	f := newFilter(FilterConfig{})
+	if !send("before") {
+		t.Fatal("no guard yet, but the datagram did not arrive")
+	}
+	if errs := f.AddConns(conns); errs != nil {
+		t.Fatal(errs)
+	}
+	check(f, "first write")
+	if send("guarded") {
+		t.Fatal("cleartext to a protected prefix left after AddConns")
+	}
+	// Written again, one conn with a second prefix: replaced, not doubled.
+	conns[1].Remotes = append(conns[1].Remotes, netip.MustParsePrefix("10.201.0.0/24"))
+	if errs := f.AddConns(conns); errs != nil {
+		t.Fatal(errs)
+	}
+	check(f, "second write")
+	if send("guarded again") {
+		t.Fatal("cleartext to a protected prefix left after AddConns replaced the rules")
+	}
+	// A crash: the next daemon keeps peer's guard and writes the conns.
+	f2 := newFilter(FilterConfig{KeepStale: func(c string) bool { return c == "peer" }})
+	if send("after restart") {
+		t.Fatal("cleartext left after the restart")
+	}
+	bad := ConnPrefixes{Name: "v6", Remotes: []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}}
+	errs := f2.AddConns(append(conns, bad))
+	if len(errs) != 1 || errs["v6"] == nil {
+		t.Fatalf("AddConns with one IPv6 conn: errors %v, want one for v6", errs)
+	}
+	check(f2, "after restart")
+	if len(f2.Kept()) != 0 {
+		t.Errorf("Kept() = %v after peer was written again, want none", f2.Kept())
+	}
+	if send("restarted and written") {
+		t.Fatal("cleartext left after the kept guard was replaced")
+	}
+	if f.chunkRetries != 0 || f2.chunkRetries != 0 {
+		t.Errorf("%d and %d batches were refused and retried conn by conn", f.chunkRetries, f2.chunkRetries)
+	}
+	if err := f2.RemoveConn("peer"); err != nil {
+		t.Fatal(err)
+	}
+	if !send("down") {
+		t.Fatal("guard still dropping after RemoveConn")
+	}
+	if err := f2.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -38,9 +38,10 @@ type metricsStatus struct {
 		OutBytes   uint64 `json:"out_bytes"`
 	} `json:"dataplane"`
 	Conns []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
-		SAs   []struct {
+		Name     string        `json:"name"`
+		State    string        `json:"state"`
+		IKEStats *ikeStatsJSON `json:"ike_stats"`
+		SAs      []struct {
 			SPI          string            `json:"spi"`
 			Dir          string            `json:"dir"`
 			Proto        string            `json:"proto"`
@@ -52,20 +53,67 @@ type metricsStatus struct {
 			LifeLeft     *int64            `json:"life_left_seconds"`
 		} `json:"sas"`
 	} `json:"conns"`
-	IKE map[string]uint64 `json:"ike_counters"`
+	IKE          map[string]uint64 `json:"ike_counters"`
+	IKEUnmatched *ikeStatsJSON     `json:"ike_unmatched"`
+}
+
+// ikeStatsJSON is a conn's ike_stats in statusall --json.
+type ikeStatsJSON struct {
+	Exchanges   map[string]map[string]uint64 `json:"exchanges"`
+	Retransmits map[string]uint64            `json:"retransmits"`
+	Latency     map[string]struct {
+		Count      uint64   `json:"count"`
+		SumSeconds float64  `json:"sum_seconds"`
+		Buckets    []uint64 `json:"buckets"`
+	} `json:"latency"`
+}
+
+// latencyBounds are daemon.LatencyBuckets as the exposition writes them.
+var latencyBounds = []string{"0.01", "0.025", "0.1", "0.25", "1", "2.5", "10", "30"}
+
+// wantIKE adds to want the IKE series of conn that statusall's s implies.
+func wantIKE(t *testing.T, want map[string]float64, conn string, s *ikeStatsJSON) {
+	t.Helper()
+	if s == nil {
+		return
+	}
+	for kind, results := range s.Exchanges {
+		for result, n := range results {
+			want[fmt.Sprintf(`gosec_ike_exchanges_total{conn="%s",exchange="%s",result="%s"}`, conn, kind, result)] = float64(n)
+		}
+	}
+	for kind, n := range s.Retransmits {
+		want[fmt.Sprintf(`gosec_ike_retransmits_total{conn="%s",exchange="%s"}`, conn, kind)] = float64(n)
+	}
+	for kind, h := range s.Latency {
+		if len(h.Buckets) != len(latencyBounds) {
+			t.Fatalf("conn %s: %d latency buckets in statusall, want %d", conn, len(h.Buckets), len(latencyBounds))
+		}
+		l := fmt.Sprintf(`conn="%s",exchange="%s"`, conn, kind)
+		want["gosec_ike_negotiation_seconds_count{"+l+"}"] = float64(h.Count)
+		want["gosec_ike_negotiation_seconds_sum{"+l+"}"] = h.SumSeconds
+		for i, le := range latencyBounds {
+			want[fmt.Sprintf(`gosec_ike_negotiation_seconds_bucket{%s,le="%s"}`, l, le)] = float64(h.Buckets[i])
+		}
+		want[fmt.Sprintf(`gosec_ike_negotiation_seconds_bucket{%s,le="+Inf"}`, l)] = float64(h.Count)
+	}
 }
 
 // TestMetricsEndpoint: two gosec daemons with the Prometheus endpoint on
 // (gw1 through metrics= in config setup, gw2 through --metrics) carry
 // traffic over an IKE tunnel; every per-SA, per-conn, data-plane and IKE
 // value scraped equals what statusall --json says at the same moment, and
-// the exchange counters and latency histogram saw the negotiation.
+// the exchange counters and latency histogram saw the negotiation. Each
+// side loses one message on the way out (--impair: gw2 its first MM2, gw1
+// its first QM1), so the per-conn retransmission counters see real
+// retransmissions: gw1 sends MM1 and QM1 again after their timeouts, gw2
+// answers the repeated MM1 with its MM2 again.
 func TestMetricsEndpoint(t *testing.T) {
 	tp := newTopo(t, "gsp-")
 	c := ikeCase{name: "mx", ike: "aes128-sha256-modp2048", esp: "aes128gcm16"}
 	secrets := "192.0.2.1 192.0.2.2 : PSK \"gosec-metrics-psk\"\n"
-	gw1 := tp.startDaemon(tp.ns("gw1"), "config setup\n\tmetrics=127.0.0.1:9569\n\n"+c.conf(), secrets)
-	gw2 := tp.startDaemon(tp.ns("gw2"), c.conf(), secrets, "--metrics", "127.0.0.1:9570")
+	gw1 := tp.startDaemon(tp.ns("gw1"), "config setup\n\tmetrics=127.0.0.1:9569\n\n"+c.conf(), secrets, "--impair", "drop:QM1")
+	gw2 := tp.startDaemon(tp.ns("gw2"), c.conf(), secrets, "--metrics", "127.0.0.1:9570", "--impair", "drop:MM2")
 	scrape := func(d *daemon, port string) string {
 		t.Helper()
 		out, err := tp.run(d.ns, 10*time.Second, "curl", "-sf", "http://127.0.0.1:"+port+"/metrics")
@@ -169,6 +217,25 @@ func TestMetricsEndpoint(t *testing.T) {
 		for k, v := range st.IKE {
 			want[fmt.Sprintf(`gosec_ike_messages_total{outcome="%s"}`, k)] = float64(v)
 		}
+		var perConn uint64
+		for _, cs := range st.Conns {
+			wantIKE(t, want, cs.Name, cs.IKEStats)
+			if cs.IKEStats != nil {
+				for _, n := range cs.IKEStats.Retransmits {
+					perConn += n
+				}
+			}
+		}
+		wantIKE(t, want, "?", st.IKEUnmatched)
+		if st.IKEUnmatched != nil {
+			for _, n := range st.IKEUnmatched.Retransmits {
+				perConn += n
+			}
+		}
+		// Every retransmission is some conn's.
+		if perConn != st.IKE["retransmits"] {
+			t.Errorf("%s: %d retransmissions per conn, %d in all", d.ns, perConn, st.IKE["retransmits"])
+		}
 		for k, v := range want {
 			got, ok := m[k]
 			if !ok && v != 0 {
@@ -177,19 +244,30 @@ func TestMetricsEndpoint(t *testing.T) {
 				t.Errorf("%s: %s = %v, statusall says %v", d.ns, k, got, v)
 			}
 		}
-		peer := "192.0.2.2"
-		if d == gw2 {
-			peer = "192.0.2.1"
+		// What the negotiation was, independently of statusall.
+		ones := []string{
+			`gosec_ike_exchanges_total{conn="mx",exchange="main",result="established"}`,
+			`gosec_ike_exchanges_total{conn="mx",exchange="quick",result="established"}`,
+			`gosec_ike_negotiation_seconds_count{conn="mx",exchange="main"}`,
+			`gosec_ike_negotiation_seconds_count{conn="mx",exchange="quick"}`,
+			// gw1 sent MM1 again (no MM2 came); gw2 answered that repeat.
+			`gosec_ike_retransmits_total{conn="mx",exchange="main"}`,
 		}
-		for _, k := range []string{
-			`gosec_ike_exchanges_total{exchange="main",peer="` + peer + `",result="established"}`,
-			`gosec_ike_exchanges_total{exchange="quick",peer="` + peer + `",result="established"}`,
-			`gosec_ike_negotiation_seconds_count{exchange="main"}`,
-			`gosec_ike_negotiation_seconds_count{exchange="quick"}`,
-		} {
+		if d == gw1 {
+			// gw1 sent QM1 again (its first was dropped).
+			ones = append(ones, `gosec_ike_retransmits_total{conn="mx",exchange="quick"}`)
+		} else if v, ok := m[`gosec_ike_retransmits_total{conn="mx",exchange="quick"}`]; ok {
+			t.Errorf("%s: %v Quick Mode retransmissions, want none", d.ns, v)
+		}
+		for _, k := range ones {
 			if m[k] != 1 {
 				t.Errorf("%s: %s = %v, want 1", d.ns, k, m[k])
 			}
+		}
+		// Main Mode waited for one retransmission (2 s).
+		if m[`gosec_ike_negotiation_seconds_bucket{conn="mx",exchange="main",le="1"}`] != 0 ||
+			m[`gosec_ike_negotiation_seconds_bucket{conn="mx",exchange="main",le="10"}`] != 1 {
+			t.Errorf("%s: Main Mode latency not between 1 and 10 s: %v", d.ns, m[`gosec_ike_negotiation_seconds_sum{conn="mx",exchange="main"}`])
 		}
 		t.Logf("%s: %d samples scraped; %d checked against statusall", d.ns, len(m), len(want))
 	}

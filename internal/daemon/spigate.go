@@ -1,0 +1,113 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/gosec-ipsec/gosec/internal/drop"
+	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/sad"
+)
+
+// spiGate is what the daemon needs of netio.SPIGate: the kernel's drop of
+// ESP, AH and ESP-in-UDP packets whose SPI no inbound SA holds.
+type spiGate interface {
+	Admit(spi uint32) error
+	Revoke(spi uint32) error
+	Counts() (netio.SPIGateCounts, error)
+	Close() error
+}
+
+// addInboundLocked adds inbound SA sa to the SAD, admitting its SPI to the
+// kernel's gate first: the kernel lets the SA's packets through before the
+// SA exists, so before the peer can have learnt of it (an initiator sends
+// its inbound SPI in QM1 and installs the SA at QM2, a responder installs
+// it before QM2; a rekey installs the new SA while the old one still
+// stands: make-before-break). If the SPI cannot be admitted, the SA is not
+// added (its packets would be dropped), unless the gate opened instead.
+func (d *Daemon) addInboundLocked(sa *sad.SA) error {
+	if d.gate != nil {
+		if err := d.gate.Admit(sa.SPI); err != nil {
+			if !errors.Is(err, netio.ErrGateOpened) {
+				return fmt.Errorf("inbound SA %08x: kernel SPI filter: %w", sa.SPI, err)
+			}
+			d.log.Warn("kernel unknown-SPI filter failed and is off: gosec drops unknown SPIs itself", "err", err)
+		}
+	}
+	if err := d.sad.Add(sa); err != nil {
+		d.revokeSPI(sa.SPI)
+		return err
+	}
+	return nil
+}
+
+// deleteInboundLocked removes inbound SA sa from the SAD and then releases
+// its SPI at the kernel's gate.
+func (d *Daemon) deleteInboundLocked(sa *sad.SA) {
+	if d.sad.Delete(sa.SPI, sa.Proto, sa.Dst) {
+		d.revokeSPI(sa.SPI)
+	}
+}
+
+func (d *Daemon) revokeSPI(spi uint32) {
+	if d.gate == nil {
+		return
+	}
+	if err := d.gate.Revoke(spi); err != nil {
+		// The SPI stays admitted: its packets reach the data plane,
+		// which drops them (no SA).
+		d.log.Warn("kernel SPI filter: revoke", "spi", fmt.Sprintf("%08x", spi), "err", err)
+	}
+}
+
+// KernelDropsStatus is what the kernel's unknown-SPI filter dropped.
+type KernelDropsStatus struct {
+	// UnknownSPI counts ESP, AH and ESP-in-UDP packets dropped for an
+	// SPI no inbound SA holds (also in Status.Drops["unknown-spi"]).
+	UnknownSPI uint64 `json:"unknown-spi"`
+	ESP        uint64 `json:"esp"`
+	AH         uint64 `json:"ah"`
+	UDP        uint64 `json:"udp"`
+	// SPIs is how many SPIs the filter lets through.
+	SPIs int `json:"spis"`
+	// Off says the filter removed its rules after an error (Error).
+	Off   bool   `json:"off,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// kernelDrops reads the gate's counters into st: its own field, and the
+// unknown-spi count of st.Drops, so that drops by reason count every
+// forged SPI wherever it was dropped.
+func (d *Daemon) kernelDrops(st *Status) {
+	if d.gate == nil {
+		return
+	}
+	c, err := d.gate.Counts()
+	if err != nil {
+		d.log.Warn("kernel SPI filter: counters", "err", err)
+		return
+	}
+	k := &KernelDropsStatus{UnknownSPI: c.Total(), ESP: c.ESP, AH: c.AH, UDP: c.UDP, SPIs: c.Admitted, Off: c.Open}
+	if c.Err != nil {
+		k.Error = c.Err.Error()
+	}
+	st.KernelDrops = k
+	if k.UnknownSPI == 0 {
+		return
+	}
+	drops := make(map[string]uint64, len(st.Drops)+1)
+	for r, n := range st.Drops {
+		drops[r] = n
+	}
+	drops[drop.UnknownSPI.String()] += k.UnknownSPI
+	st.Drops = drops
+}
+
+// text is the filter's line in statusall.
+func (k *KernelDropsStatus) text() string {
+	if k.Off {
+		return fmt.Sprintf("off after an error (%s); %d unknown-SPI packets dropped before", k.Error, k.UnknownSPI)
+	}
+	return fmt.Sprintf("%d SPIs let through, %d unknown-SPI packets dropped (ESP %d, AH %d, ESP-in-UDP %d)",
+		k.SPIs, k.UnknownSPI, k.ESP, k.AH, k.UDP)
+}

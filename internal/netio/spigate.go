@@ -1,0 +1,318 @@
+package netio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// SPIGateConfig configures the kernel's unknown-SPI drop.
+type SPIGateConfig struct {
+	// Table is the inet table the gate's chain and set go into: the
+	// Filter's (DefaultFilterTable if empty), which must exist. Deleting
+	// the table (Filter.Close, or NewFilter replacing a stale one) takes
+	// the gate with it.
+	Table string
+	// NATTPort is the UDP port of ESP-in-UDP (RFC 3948); 0: no UDP rule.
+	NATTPort uint16
+}
+
+// The gate's chain, set and rule tags in the Filter's table.
+const (
+	spiGateChain = "spi-gate"
+	spiGateSet   = "inbound-spis"
+	spiGateTag   = "gosec:spi-gate:"
+)
+
+// SPIGate drops, in the kernel, the ESP and AH packets addressed to this
+// host whose SPI no inbound SA of the daemon holds, and the ESP-in-UDP
+// packets on the NAT-T port likewise, before they reach the daemon's
+// sockets: a flood of forged SPIs then costs the kernel's IP input and one
+// set lookup per packet, and the daemon nothing (no wake-up, no copy, no
+// drop bookkeeping). In the Filter's table:
+//
+//	set inbound-spis { type integer (the SPI, network order) }
+//	chain spi-gate (filter hook input, priority raw, policy accept):
+//	    meta nfproto ipv4 meta l4proto esp  esp spi != @inbound-spis counter drop
+//	    meta nfproto ipv4 meta l4proto ah   ah spi != @inbound-spis counter drop
+//	    meta nfproto ipv4 meta l4proto udp  udp dport NATTPort
+//	        @th,64,32 != 0 (IKE's non-ESP marker)
+//	        @th,64,32 != @inbound-spis counter drop
+//
+// The input hook sees only packets for this host (forwarded ESP of others
+// is never judged) and sees them reassembled, as the raw socket does. A
+// packet too short to hold an SPI (a NAT-T keepalive, one octet) fails the
+// payload load, which ends the rule without a match: it passes. The set
+// holds every SPI of an inbound SA, whatever its protocol or destination:
+// the daemon's SAD judges those further.
+//
+// The daemon admits an SPI before it adds the inbound SA to its SAD (so
+// before the peer can know of it) and revokes it after it removed the SA;
+// SPIs are reference-counted, since several SAs (protocols, destinations)
+// may share one. If the set cannot be changed, the gate opens (its drop
+// rules are removed) rather than risk dropping a legitimate packet; the
+// daemon's own unknown-SPI check still applies.
+//
+// One caveat: a UDP GRO train (the NAT-T socket enables UDP_GRO) is judged
+// by its first datagram's SPI. A train that starts with an unknown SPI and
+// continues with a known one (only possible from the peer's own address and
+// port, with an SPI just revoked) is dropped whole.
+//
+// It is safe for concurrent use.
+type SPIGate struct {
+	mu    sync.Mutex
+	nl    *nftables.Conn
+	table *nftables.Table
+	chain *nftables.Chain
+	set   *nftables.Set
+	refs  spiRefs
+	// open is set once the gate removed its drop rules after a failure;
+	// why says what failed.
+	open bool
+	why  error
+}
+
+// NewSPIGate adds the gate's set and chain to cfg.Table (replacing any of
+// the same names) in the calling thread's network namespace, with an empty
+// set: every ESP and AH packet for this host is dropped until SPIs are
+// admitted.
+func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
+	if cfg.Table == "" {
+		cfg.Table = DefaultFilterTable
+	}
+	nl, err := nftablesHere()
+	if err != nil {
+		return nil, fmt.Errorf("netio: spi gate: nftables: %w", err)
+	}
+	g := &SPIGate{nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}}
+	g.chain = &nftables.Chain{
+		Name: spiGateChain, Table: g.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRaw,
+	}
+	g.set = &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger,
+		Comment: "SPIs of the daemon's inbound SAs"}
+	// Add-then-delete clears what a previous gate in this table left,
+	// in the same transaction.
+	nl.AddChain(g.chain)
+	nl.DelChain(g.chain)
+	probe := &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger}
+	if err := nl.AddSet(probe, nil); err != nil {
+		nl.CloseLasting()
+		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
+	}
+	nl.DelSet(probe)
+	if err := nl.AddSet(g.set, nil); err != nil {
+		nl.CloseLasting()
+		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
+	}
+	nl.AddChain(g.chain)
+	for _, r := range spiGateRules(g.set, cfg.NATTPort) {
+		nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
+	}
+	if err := nl.Flush(); err != nil {
+		nl.CloseLasting()
+		return nil, fmt.Errorf("netio: spi gate: create in table inet %s: %w", cfg.Table, err)
+	}
+	return g, nil
+}
+
+type gateRule struct {
+	name  string
+	exprs []expr.Any
+}
+
+// spiGateRules are the gate's drop rules: ESP, AH and, with a NAT-T port,
+// ESP-in-UDP.
+func spiGateRules(set *nftables.Set, nattPort uint16) []gateRule {
+	head := func(proto byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			cmpEq(unix.NFPROTO_IPV4),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			cmpEq(proto),
+		}
+	}
+	// notIn: the 4 octets at transport offset off are no admitted SPI.
+	notIn := func(off uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}
+	}
+	rules := []gateRule{
+		{"esp", append(head(unix.IPPROTO_ESP), notIn(0)...)},
+		{"ah", append(head(unix.IPPROTO_AH), notIn(4)...)},
+	}
+	if nattPort != 0 {
+		udp := append(head(unix.IPPROTO_UDP),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			cmpEq(byte(nattPort>>8), byte(nattPort)),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		)
+		rules = append(rules, gateRule{"udp", append(udp, notIn(8)...)})
+	}
+	return rules
+}
+
+// ErrGateOpened is wrapped by Admit's error when changing the set failed
+// and the gate opened instead: the SPI's packets reach the daemon (as
+// every packet does now), so the caller may go on adding its SA.
+var ErrGateOpened = errors.New("the gate is open (the daemon drops unknown SPIs itself)")
+
+// Admit puts spi into the set (if no other SA holds it already). Call it
+// before the inbound SA is added: from its return on, packets with spi
+// reach the daemon. An error that wraps ErrGateOpened means the set could
+// not be changed and the gate opened: the SA may be added. Any other
+// error means packets with spi are still dropped: the SA must not be
+// added (nothing is held on spi).
+func (g *SPIGate) Admit(spi uint32) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.open || g.refs[spi] > 0 {
+		g.refs.add(spi)
+		return nil
+	}
+	err := g.nl.SetAddElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}})
+	if err == nil {
+		err = g.nl.Flush()
+	}
+	if err == nil {
+		g.refs.add(spi)
+		return nil
+	}
+	err = g.failOpen(fmt.Errorf("admit spi %08x: %w", spi, err))
+	if g.open {
+		g.refs.add(spi)
+	}
+	return err
+}
+
+// Revoke releases one hold on spi, removing it from the set when no SA
+// holds it any more. Call it after the inbound SA was removed.
+func (g *SPIGate) Revoke(spi uint32) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.refs.del(spi) || g.open {
+		return nil
+	}
+	if err := g.nl.SetDeleteElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}}); err != nil {
+		return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
+	}
+	if err := g.nl.Flush(); err != nil {
+		// An SPI left in the set only lets its packets reach the daemon.
+		return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
+	}
+	return nil
+}
+
+// failOpen removes the drop rules after err (g.mu held) and returns err,
+// wrapped with what became of the gate.
+func (g *SPIGate) failOpen(err error) error {
+	g.nl.FlushChain(g.chain)
+	if ferr := g.nl.Flush(); ferr != nil {
+		return fmt.Errorf("netio: spi gate: %w; opening the gate failed too: %v", err, ferr)
+	}
+	g.open, g.why = true, err
+	return fmt.Errorf("netio: spi gate: %w; %w", err, ErrGateOpened)
+}
+
+func spiKey(spi uint32) []byte { return binary.BigEndian.AppendUint32(nil, spi) }
+
+// SPIGateCounts are the packets the gate dropped, by kind.
+type SPIGateCounts struct {
+	ESP, AH, UDP uint64
+	// Admitted is how many SPIs the set holds.
+	Admitted int
+	// Open says the gate removed its rules after a failure (Err says
+	// which); the counts are then those from before.
+	Open bool
+	Err  error
+}
+
+// Total is every packet the gate dropped.
+func (c SPIGateCounts) Total() uint64 { return c.ESP + c.AH + c.UDP }
+
+// Counts reads the drop rules' counters (one listing of the chain).
+func (g *SPIGate) Counts() (SPIGateCounts, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := SPIGateCounts{Admitted: g.refs.len(), Open: g.open, Err: g.why}
+	if g.open {
+		return out, nil
+	}
+	rules, err := g.nl.GetRules(g.table, g.chain)
+	if err != nil {
+		return out, fmt.Errorf("netio: spi gate: list rules: %w", err)
+	}
+	for _, r := range rules {
+		var n uint64
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				n += c.Packets
+			}
+		}
+		switch string(r.UserData) {
+		case spiGateTag + "esp":
+			out.ESP += n
+		case spiGateTag + "ah":
+			out.AH += n
+		case spiGateTag + "udp":
+			out.UDP += n
+		}
+	}
+	return out, nil
+}
+
+// Close removes the gate's chain and set (if its table still exists) and
+// closes its netlink socket.
+func (g *SPIGate) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.nl == nil {
+		return nil
+	}
+	defer func() {
+		g.nl.CloseLasting()
+		g.nl = nil
+	}()
+	g.nl.DelChain(g.chain)
+	g.nl.DelSet(g.set)
+	if err := g.nl.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netio: spi gate: remove: %w", err)
+	}
+	return nil
+}
+
+// spiRefs counts the holds on each admitted SPI.
+type spiRefs map[uint32]int
+
+// add takes a hold on spi and reports whether it is the first.
+func (r spiRefs) add(spi uint32) bool {
+	r[spi]++
+	return r[spi] == 1
+}
+
+// del releases a hold on spi and reports whether it was the last (false
+// too for an SPI that had none).
+func (r spiRefs) del(spi uint32) bool {
+	n, ok := r[spi]
+	if !ok {
+		return false
+	}
+	if n <= 1 {
+		delete(r, spi)
+		return true
+	}
+	r[spi] = n - 1
+	return false
+}
+
+func (r spiRefs) len() int { return len(r) }
