@@ -12,8 +12,6 @@ package ike
 import (
 	"net/netip"
 	"time"
-
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // Conn is one connection as the key manager negotiates it, seen from this
@@ -35,7 +33,7 @@ type Conn struct {
 	PFS      bool
 	PFSGroup DHGroup
 	// Mode is tunnel or transport.
-	Mode sad.Mode
+	Mode Mode
 	// LocalSubnets and RemoteSubnets are the traffic selectors (tunnel
 	// mode); empty means the host itself.
 	LocalSubnets, RemoteSubnets []netip.Prefix
@@ -79,11 +77,15 @@ type Conn struct {
 	AHAlign8 bool
 }
 
-// ChildSA is a negotiated pair of IPsec SAs, handed to the Installer.
+// ChildSA is a negotiated pair of IPsec SAs, handed to the Installer. It
+// holds what was negotiated only: an Installer keeps what it made of it
+// (its data plane's SA entries, request IDs) on its own side, keyed by
+// the *ChildSA pointer or by Conn and InSPI, which stay the same from
+// InstallInbound to Remove.
 type ChildSA struct {
 	Conn  string
-	Proto sad.Proto
-	Mode  sad.Mode
+	Proto Proto
+	Mode  Mode
 	// InSPI is ours (the peer sends to it); OutSPI the peer's.
 	InSPI, OutSPI uint32
 	// Cipher (ESP; zero for AH) and Integ are the negotiated algorithms,
@@ -97,7 +99,7 @@ type ChildSA struct {
 	AHAlign8 bool
 	// Encap is set when ESP travels in UDP (NAT-T): source and
 	// destination ports of outbound packets.
-	Encap *sad.Encap
+	Encap *Encap
 	// Local and Remote are the outer addresses.
 	Local, Remote netip.Addr
 	// LocalTS and RemoteTS are the negotiated traffic selectors.
@@ -121,14 +123,6 @@ type ChildSA struct {
 	ReplayWindow           int
 	// Suite names the algorithms for status ("aes128-sha1").
 	Suite string
-
-	// What the Installer made of it, set and read by the Installer only
-	// (under its own lock): the SAD entries of the pair (nil until
-	// installed, and once removed) and the stable request ID of its
-	// selector pair. The engine negotiates a ChildSA and the data plane
-	// carries it: one value from Quick Mode to the SAD.
-	InSA, OutSA *sad.SA
-	ReqID       uint32
 }
 
 // ChildKeys is the key material of one direction of a child SA, cut
@@ -144,9 +138,9 @@ type ChildKeys struct {
 // from its own goroutine.
 type Installer interface {
 	// AllocSPI reserves an inbound SPI for proto.
-	AllocSPI(proto sad.Proto) (uint32, error)
+	AllocSPI(proto Proto) (uint32, error)
 	// ReleaseSPI frees an SPI that was reserved but never installed.
-	ReleaseSPI(proto sad.Proto, spi uint32)
+	ReleaseSPI(proto Proto, spi uint32)
 	// InstallInbound installs the inbound SA of c so that the peer's
 	// first packets are accepted even before the exchange ends. The
 	// engine zeroes the key bytes of c.In when it returns: keep a keyed

@@ -25,7 +25,7 @@ type Config struct {
 	Transport Transport
 	Installer Installer
 	PSK       PSKFunc
-	Clock     clock.Clock
+	Clock     Clock // nil: the system clock
 	Log       *slog.Logger
 	Rand      io.Reader
 	// NATTPort is the port IKE floats to (4500).

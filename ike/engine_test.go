@@ -14,7 +14,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // fakeNet connects engines by address: Send hands the message to the
@@ -77,7 +76,7 @@ type fakeInstaller struct {
 	released []uint32
 	// reserved is the protocol each SPI was allocated for: as in
 	// sad.DB, a release under another protocol frees nothing.
-	reserved map[uint32]sad.Proto
+	reserved map[uint32]Proto
 	// inCalls and outCalls count InstallInbound and InstallOutbound.
 	inCalls, outCalls int
 	// installs counts InstallInbound calls per SPI (an SA installed
@@ -89,20 +88,20 @@ func newInstaller(base uint32) *fakeInstaller {
 	return &fakeInstaller{next: base, inbound: map[uint32]*ChildSA{}, outbound: map[uint32]*ChildSA{}}
 }
 
-func (f *fakeInstaller) AllocSPI(proto sad.Proto) (uint32, error) {
+func (f *fakeInstaller) AllocSPI(proto Proto) (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if proto != sad.ESP && proto != sad.AH {
+	if proto != ProtoESP && proto != ProtoAH {
 		return 0, fmt.Errorf("SPI for protocol %v", proto)
 	}
 	f.next++
 	if f.reserved == nil {
-		f.reserved = map[uint32]sad.Proto{}
+		f.reserved = map[uint32]Proto{}
 	}
 	f.reserved[f.next] = proto
 	return f.next, nil
 }
-func (f *fakeInstaller) ReleaseSPI(proto sad.Proto, spi uint32) {
+func (f *fakeInstaller) ReleaseSPI(proto Proto, spi uint32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if p, ok := f.reserved[spi]; !ok || p != proto {
@@ -183,14 +182,14 @@ func suite(encr Encr, bits int, integ Integ, dh DHGroup) Suite {
 }
 
 // pairConns returns the same conn as seen from A and from B.
-func pairConns(name string, ike, esp []Suite, mode sad.Mode) (*Conn, *Conn) {
+func pairConns(name string, ike, esp []Suite, mode Mode) (*Conn, *Conn) {
 	a := &Conn{Name: name, Local: addrA, Remote: addrB, IKE: ike, ESP: esp, Mode: mode,
 		LocalSubnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}, RemoteSubnets: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")},
 		IKELifetime: time.Hour, Lifetime: 20 * time.Minute, KeyingTries: 1, ReplayWindow: 64}
 	b := *a
 	b.Local, b.Remote = addrB, addrA
 	b.LocalSubnets, b.RemoteSubnets = a.RemoteSubnets, a.LocalSubnets
-	if mode == sad.Transport {
+	if mode == ModeTransport {
 		a.LocalSubnets, a.RemoteSubnets, b.LocalSubnets, b.RemoteSubnets = nil, nil, nil, nil
 	}
 	return a, &b
@@ -288,7 +287,7 @@ func checkPair(t *testing.T, ia, ib *fakeInstaller, n int) {
 		if y.OutSPI != x.InSPI {
 			t.Fatalf("SPIs do not mirror: A in %08x out %08x, B in %08x out %08x", x.InSPI, x.OutSPI, y.InSPI, y.OutSPI)
 		}
-		if x.Proto == sad.AH {
+		if x.Proto == ProtoAH {
 			if !bytes.Equal(x.Out.Integ, y.In.Integ) || !bytes.Equal(x.In.Integ, y.Out.Integ) || len(x.In.Integ) != x.Integ.KeyLen() {
 				t.Fatalf("AH keys do not mirror")
 			}
@@ -335,24 +334,24 @@ func TestQuickModeMatrix(t *testing.T) {
 		ike       Suite
 		esp       []Suite
 		ah        bool
-		mode      sad.Mode
+		mode      Mode
 		bInitiate bool
 	}
 	var cases []tc
 	for in, is := range ikes {
-		cases = append(cases, tc{name: in + "/aes128-sha1/tunnel", ike: is, esp: esps["aes128-sha1"], mode: sad.Tunnel})
+		cases = append(cases, tc{name: in + "/aes128-sha1/tunnel", ike: is, esp: esps["aes128-sha1"], mode: ModeTunnel})
 	}
 	for en, es := range esps {
-		for _, mode := range []sad.Mode{sad.Tunnel, sad.Transport} {
+		for _, mode := range []Mode{ModeTunnel, ModeTransport} {
 			for _, bi := range []bool{false, true} {
 				cases = append(cases, tc{name: fmt.Sprintf("%s/%s/binit=%v", en, mode, bi), ike: ikes["aes128-sha1-modp2048"], esp: es, mode: mode, bInitiate: bi})
 			}
 		}
 	}
 	for _, integ := range []Integ{IntegMD5, IntegSHA1, IntegSHA256, IntegSHA384, IntegSHA512} {
-		for _, mode := range []sad.Mode{sad.Tunnel, sad.Transport} {
+		for _, mode := range []Mode{ModeTunnel, ModeTransport} {
 			cases = append(cases, tc{name: fmt.Sprintf("ah-%s/%s", integ.Name(), mode), ike: ikes["aes128-sha1-modp2048"],
-				esp: []Suite{{Integ: integ}}, ah: true, mode: mode, bInitiate: mode == sad.Transport})
+				esp: []Suite{{Integ: integ}}, ah: true, mode: mode, bInitiate: mode == ModeTransport})
 		}
 	}
 	for _, c := range cases {
@@ -413,12 +412,12 @@ func TestFailures(t *testing.T) {
 			want: "phase-2 proposals", wantLg: "no acceptable phase-2 proposal"},
 		{name: "subnets", pskB: "secret", tweak: func(a, b *Conn) { b.RemoteSubnets = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")} },
 			want: "leftsubnet/rightsubnet", wantLg: "INVALID_ID_INFORMATION"},
-		{name: "mode", pskB: "secret", tweak: func(a, b *Conn) { b.Mode = sad.Transport; b.LocalSubnets, b.RemoteSubnets = nil, nil },
+		{name: "mode", pskB: "secret", tweak: func(a, b *Conn) { b.Mode = ModeTransport; b.LocalSubnets, b.RemoteSubnets = nil, nil },
 			want: "INVALID_ID_INFORMATION", wantLg: "INVALID_ID_INFORMATION"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ca, cb := pairConns("c", aes, esp, sad.Tunnel)
+			ca, cb := pairConns("c", aes, esp, ModeTunnel)
 			if c.tweak != nil {
 				c.tweak(ca, cb)
 			}
@@ -446,7 +445,7 @@ func TestFailures(t *testing.T) {
 func TestRetransmit(t *testing.T) {
 	for _, lose := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9} {
 		t.Run(fmt.Sprintf("lose-%d", lose), func(t *testing.T) {
-			ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+			ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 			recs := []*retransmitRecorder{{}, {}}
 			made := 0
 			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Observer = recs[made]; made++ })
@@ -503,7 +502,7 @@ func (r *retransmitRecorder) events() []RetransmitEvent {
 // TestNoResponse: a silent peer fails the negotiation with a clear
 // message after the retransmissions.
 func TestNoResponse(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	r.net.drop = func(_, to netip.AddrPort, _ []byte) bool { return to.Addr() == addrB }
 	_, err := r.up(r.a, "c")
@@ -514,7 +513,7 @@ func TestNoResponse(t *testing.T) {
 
 // TestDelete: gosec down on one side deletes the SAs on both.
 func TestDelete(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	if _, err := r.up(r.a, "c"); err != nil {
 		t.Fatal(err)
@@ -538,7 +537,7 @@ func TestDelete(t *testing.T) {
 // TestNATTFloat: with forceencaps the exchange floats to 4500 and the
 // SAs are UDP-encapsulated on both sides.
 func TestNATTFloat(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	ca.ForceEncaps = true
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	var ports []uint16
@@ -568,7 +567,7 @@ func TestNATTFloat(t *testing.T) {
 // TestHalfOpenFlood: a flood of MM1s from many ports keeps the responder
 // bounded, and a real peer still gets through.
 func TestHalfOpenFlood(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.MaxHalfOpen = 64; c.MaxHalfOpenPerPeer = 16 })
 	// MM1 as A would send it, from random cookies and ports.
 	mm1 := func(i int) []byte {
@@ -599,7 +598,7 @@ func TestHalfOpenFlood(t *testing.T) {
 // TestMalformed: garbage, truncations and wrong cookies are counted and
 // dropped; the engine keeps serving.
 func TestMalformed(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	var captured [][]byte
 	var mu sync.Mutex
@@ -650,7 +649,7 @@ func TestMalformed(t *testing.T) {
 // TestRekey: the initiator negotiates a successor before the lifetime
 // ends, both sides install it and the old pair is deleted on both.
 func TestRekey(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 10*time.Second
 	}
@@ -690,7 +689,7 @@ func checkPairSubset(t *testing.T, ia, ib *fakeInstaller) {
 
 // TestExpiry: without rekey a child is deleted when its lifetime ends.
 func TestExpiry(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	ca.Lifetime, cb.Lifetime = 100*time.Second, 200*time.Second
 	fc := clock.NewFake(time.Unix(1e9, 0))
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
@@ -705,7 +704,7 @@ func TestExpiry(t *testing.T) {
 // TestInitialContact: a peer that lost its state (no Delete sent) comes
 // back; its INITIAL-CONTACT makes us drop the stale SAs.
 func TestInitialContact(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	if _, err := r.up(r.a, "c"); err != nil {
 		t.Fatal(err)
@@ -726,7 +725,7 @@ func TestInitialContact(t *testing.T) {
 // TestDPD: R_U_THERE is answered while the peer lives; when it goes
 // silent, dpdaction=clear removes the SAs.
 func TestDPD(t *testing.T) {
-	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 	ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 10*time.Second, 30*time.Second, "clear"
 	fc := clock.NewFake(time.Unix(1e9, 0))
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
@@ -758,23 +757,23 @@ func TestDPD(t *testing.T) {
 // is parsed, adopted by the responder's choice and handed to the data
 // plane as a byte limit.
 func TestLifetimeKilobytes(t *testing.T) {
-	ours := []p2Suite{{Proto: sad.ESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: time.Hour}}
+	ours := []p2Suite{{Proto: ProtoESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: time.Hour}}
 	tr := ours[0].transform(1, encapTunnel)
 	tr.Attrs = append(tr.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, 4608000))
 	sa := &isakmp.SA{DOI: 1, Situation: 1, Proposals: []isakmp.Proposal{{Num: 1, Protocol: isakmp.ProtoESP, SPI: be32(0x1234), Transforms: []isakmp.Transform{tr}}}}
-	_, got, _, _, err := selectP2(ours, sad.Tunnel, sa)
+	_, got, _, _, err := selectP2(ours, ModeTunnel, sa)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.LifeKB != 4608000 || got.Life != time.Hour {
 		t.Fatalf("chosen suite lifetimes %v / %d KB, want 1h / 4608000 KB", got.Life, got.LifeKB)
 	}
-	back, _, _, err := acceptP2Reply(ours, sad.Tunnel, sa)
+	back, _, _, err := acceptP2Reply(ours, ModeTunnel, sa)
 	if err != nil || back.LifeKB != 4608000 {
 		t.Fatalf("initiator side: %+v %v", back, err)
 	}
 	p := &p1{suite: p1Suite{Hash: 2}, km: keymat{d: make([]byte, 20)}, local: netip.AddrPortFrom(addrA, 500), peer: netip.AddrPortFrom(addrB, 500)}
-	q := &qm{p: p, conn: &Conn{Name: "c", Mode: sad.Tunnel}, suite: got, inSPI: 1, outSPI: 2, ni: make([]byte, 16), nr: make([]byte, 16)}
+	q := &qm{p: p, conn: &Conn{Name: "c", Mode: ModeTunnel}, suite: got, inSPI: 1, outSPI: 2, ni: make([]byte, 16), nr: make([]byte, 16)}
 	ch, err := (&Engine{cfg: Config{NATTPort: 4500}}).childSA(q)
 	if err != nil || ch.LifeBytes != 4608000*1024 {
 		t.Fatalf("child byte lifetime %d (%v)", ch.LifeBytes, err)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // FuzzEngine drives two engines, synchronously on the fuzzing goroutine,
@@ -62,7 +61,7 @@ func FuzzEngine(f *testing.F) {
 		}
 		fc := clock.NewFake(time.Unix(1e9, 0))
 		w := &fuzzWire{}
-		ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 19)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+		ca, cb := pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 19)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 		ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 30*time.Second, 90*time.Second, "clear"
 		ca.Rekey, ca.RekeyMargin, ca.Lifetime, cb.Lifetime = true, time.Minute, 5*time.Minute, 5*time.Minute
 		seed := uint64(len(ops))

@@ -19,13 +19,12 @@ import (
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // Tests that hostile or merely noisy peers cannot stall the engine.
 
 func basicConns() (*Conn, *Conn) {
-	return pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+	return pairConns("c", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 }
 
 // block occupies e's goroutine until the returned function is called.

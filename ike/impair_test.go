@@ -4,8 +4,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 func TestParseImpairments(t *testing.T) {
@@ -52,7 +50,7 @@ func TestImpairOwnMessages(t *testing.T) {
 		t.Run(tc.a+tc.b, func(t *testing.T) {
 			ia, _ := ParseImpairments(tc.a)
 			ib, _ := ParseImpairments(tc.b)
-			a, b := pairConns("im", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, sad.Tunnel)
+			a, b := pairConns("im", []Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, []Suite{suite(EncrAESCBC, 128, IntegSHA1, 0)}, ModeTunnel)
 			r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, func(c *Config) {
 				if c.Transport.(*fakeTransport).local == addrA {
 					c.Impair = ia

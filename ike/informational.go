@@ -8,7 +8,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // Notify message types used here (RFC 2408 3.14.1, RFC 3706).
@@ -95,9 +94,9 @@ func (e *Engine) sendNotify(p *p1, typ uint16, spi []byte) {
 
 // sendDelete tells the peer that SAs of proto with our inbound SPIs are
 // gone.
-func (e *Engine) sendDelete(p *p1, proto sad.Proto, spis [][]byte) {
+func (e *Engine) sendDelete(p *p1, proto Proto, spis [][]byte) {
 	pid := isakmp.ProtoESP
-	if proto == sad.AH {
+	if proto == ProtoAH {
 		pid = isakmp.ProtoAH
 	}
 	e.Stats.Deletes.Add(1)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 func zeroed(b []byte) bool {
@@ -97,7 +96,7 @@ func TestKeymatForgets(t *testing.T) {
 // ISAKMP SA is gone, SKEYID_d and SKEYID_a are zeroed too.
 func TestEngineForgetsSecrets(t *testing.T) {
 	a, b := pairConns("w", []Suite{suite(EncrAESCBC, 128, IntegSHA256, 14)},
-		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, sad.Tunnel)
+		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, ModeTunnel)
 	r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, nil)
 	if _, err := r.up(r.a, "w"); err != nil {
 		t.Fatal(err)
@@ -176,7 +175,7 @@ func (g *gateReader) Read(b []byte) (int, error) {
 // still answers commands; released, the negotiation completes.
 func TestInitiatorDHOffEngine(t *testing.T) {
 	a, b := pairConns("g", []Suite{suite(EncrAESCBC, 128, IntegSHA256, 14)},
-		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, sad.Tunnel)
+		[]Suite{suite(EncrAESCBC, 128, IntegSHA1, 14)}, ModeTunnel)
 	gate := &gateReader{big: 200, blocked: make(chan struct{}, 1), open: make(chan struct{})}
 	r := newRig(t, "k", "k", []*Conn{a}, []*Conn{b}, func(c *Config) {
 		if c.Transport.(*fakeTransport).local == addrA {

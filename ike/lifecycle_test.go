@@ -11,7 +11,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 var (
@@ -43,11 +42,11 @@ func pskTable(keys map[netip.Addr]map[[2]string]string) func(*Config) {
 // cannot use bob's conn (and so bob's subnet) in Quick Mode, although
 // both conns are right=%any and bob's selectors cover what it proposes.
 func TestQuickModeAuthorization(t *testing.T) {
-	gwAlice := &Conn{Name: "alice", Local: addrB, LocalID: "@gw", RemoteID: "@alice", IKE: testIKE, ESP: testESP, Mode: sad.Tunnel,
+	gwAlice := &Conn{Name: "alice", Local: addrB, LocalID: "@gw", RemoteID: "@alice", IKE: testIKE, ESP: testESP, Mode: ModeTunnel,
 		LocalSubnets: pfx("10.0.0.0/24"), RemoteSubnets: pfx("10.10.0.0/24"), Lifetime: time.Hour, IKELifetime: time.Hour, KeyingTries: 1}
 	gwBob := *gwAlice
 	gwBob.Name, gwBob.RemoteID, gwBob.RemoteSubnets = "bob", "@bob", pfx("10.20.0.0/24")
-	mine := &Conn{Name: "alice", Local: addrA, Remote: addrB, LocalID: "@alice", RemoteID: "@gw", IKE: testIKE, ESP: testESP, Mode: sad.Tunnel,
+	mine := &Conn{Name: "alice", Local: addrA, Remote: addrB, LocalID: "@alice", RemoteID: "@gw", IKE: testIKE, ESP: testESP, Mode: ModeTunnel,
 		LocalSubnets: pfx("10.10.0.0/24"), RemoteSubnets: pfx("10.0.0.0/24"), Lifetime: time.Hour, IKELifetime: time.Hour, KeyingTries: 1}
 	steal := *mine
 	steal.Name, steal.LocalSubnets = "steal", pfx("10.20.0.0/24")
@@ -131,7 +130,7 @@ func TestQuickModeProtoPorts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+			ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 			ca.Proto, ca.LocalPort, ca.RemotePort = c.a.proto, c.a.lport, c.a.rport
 			cb.Proto, cb.LocalPort, cb.RemotePort = c.b.proto, c.b.lport, c.b.rport
 			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
@@ -165,8 +164,8 @@ func TestQuickModeProtoPorts(t *testing.T) {
 // (another pair of subnets) negotiates its own ISAKMP SA without
 // INITIAL-CONTACT, and the first conn's SAs survive on both sides.
 func TestTwoConnsSameGateways(t *testing.T) {
-	a1, b1 := pairConns("one", testIKE, testESP, sad.Tunnel)
-	a2, b2 := pairConns("two", testIKE, testESP, sad.Tunnel)
+	a1, b1 := pairConns("one", testIKE, testESP, ModeTunnel)
+	a2, b2 := pairConns("two", testIKE, testESP, ModeTunnel)
 	a2.LocalSubnets, a2.RemoteSubnets = pfx("10.3.0.0/24"), pfx("10.4.0.0/24")
 	b2.LocalSubnets, b2.RemoteSubnets = a2.RemoteSubnets, a2.LocalSubnets
 	r := newRig(t, "secret", "secret", []*Conn{a1, a2}, []*Conn{b1, b2}, nil)
@@ -214,11 +213,11 @@ func newNATRig(t *testing.T) *natRig {
 	n := &natRig{natAddr: netip.MustParseAddr("203.0.113.9"), c1a: netip.MustParseAddr("198.51.100.1"), c2a: netip.MustParseAddr("198.51.100.2"),
 		i1: newInstaller(0x3000), i2: newInstaller(0x4000)}
 	gw := func(name, id, sub string) *Conn {
-		return &Conn{Name: name, Local: addrB, LocalID: "@gw", RemoteID: id, IKE: testIKE, ESP: testESP, Mode: sad.Tunnel,
+		return &Conn{Name: name, Local: addrB, LocalID: "@gw", RemoteID: id, IKE: testIKE, ESP: testESP, Mode: ModeTunnel,
 			LocalSubnets: pfx("10.0.0.0/24"), RemoteSubnets: pfx(sub), Lifetime: time.Hour, IKELifetime: time.Hour, KeyingTries: 1}
 	}
 	rw := func(local netip.Addr, id, sub string) *Conn {
-		return &Conn{Name: "rw", Local: local, Remote: addrB, LocalID: id, RemoteID: "@gw", IKE: testIKE, ESP: testESP, Mode: sad.Tunnel,
+		return &Conn{Name: "rw", Local: local, Remote: addrB, LocalID: id, RemoteID: "@gw", IKE: testIKE, ESP: testESP, Mode: ModeTunnel,
 			LocalSubnets: pfx(sub), RemoteSubnets: pfx("10.0.0.0/24"), Lifetime: time.Hour, IKELifetime: time.Hour, KeyingTries: 1}
 	}
 	keys := pskTable(map[netip.Addr]map[[2]string]string{addrB: {{"@gw", "*"}: "shared"}, addrA: {}})
@@ -292,7 +291,7 @@ func TestNATIdentityScope(t *testing.T) {
 	n.c2.call(context.Background(), func() {
 		for _, p := range n.c2.sas {
 			if p.established() {
-				n.c2.sendDelete(p, sad.ESP, [][]byte{be32(c1SPI)})
+				n.c2.sendDelete(p, ProtoESP, [][]byte{be32(c1SPI)})
 			}
 		}
 	})
@@ -386,7 +385,7 @@ func TestRekeyTime(t *testing.T) {
 // TestResponderRekeysLater: when only the responder rekeys, it does so
 // with half the margin left, not at the initiator's time.
 func TestResponderRekeysLater(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 10*time.Second
 	}
@@ -411,7 +410,7 @@ func TestResponderRekeysLater(t *testing.T) {
 // TestSoftHardExpire: the data plane's soft event starts the rekey (once,
 // however often it comes), its hard event removes the pair on both sides.
 func TestSoftHardExpire(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Lifetime, c.Rekey, c.RekeyMargin = time.Hour, true, 10*time.Minute
 	}
@@ -462,7 +461,7 @@ func TestSoftHardExpire(t *testing.T) {
 // installed as the hard byte limit on both sides (exactly on ours), with
 // the soft limits where each side rekeys; lifepackets stays local.
 func TestLifeBytesPackets(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Rekey, c.RekeyMargin = true, time.Minute
 	}
@@ -495,7 +494,7 @@ func TestLifeBytesPackets(t *testing.T) {
 // refused with the reason, overflowing values are clamped and noted, and
 // our own small configured value is always acceptable back.
 func TestPeerLifetimeBounds(t *testing.T) {
-	ours := p2Suite{Proto: sad.ESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: time.Hour}
+	ours := p2Suite{Proto: ProtoESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: time.Hour}
 	cases := []struct {
 		name              string
 		ourKB             uint64
@@ -524,8 +523,8 @@ func TestPeerLifetimeBounds(t *testing.T) {
 				tr.Attrs = append(tr.Attrs, isakmp.Basic(p2LifeType, lifeKilobytes), isakmp.Uint(p2LifeDuration, c.kb))
 			}
 			sa := &isakmp.SA{DOI: 1, Situation: 1, Proposals: []isakmp.Proposal{{Num: 1, Protocol: isakmp.ProtoESP, SPI: be32(7), Transforms: []isakmp.Transform{tr}}}}
-			_, got, _, _, err := selectP2([]p2Suite{o}, sad.Tunnel, sa)
-			back, _, _, err2 := acceptP2Reply([]p2Suite{o}, sad.Tunnel, sa)
+			_, got, _, _, err := selectP2([]p2Suite{o}, ModeTunnel, sa)
+			back, _, _, err2 := acceptP2Reply([]p2Suite{o}, ModeTunnel, sa)
 			if c.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), c.wantErr) || err2 == nil {
 					t.Fatalf("err = %v / %v, want %q", err, err2, c.wantErr)
@@ -547,7 +546,7 @@ func TestPeerLifetimeBounds(t *testing.T) {
 // TestAbsurdLifeBytesRefused: a peer proposing a lifetime of a few
 // packets gets NO_PROPOSAL_CHOSEN, and the log says why.
 func TestAbsurdLifeBytesRefused(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	ca.LifeBytes = 3000
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	_, err := r.up(r.a, "c")
@@ -632,7 +631,7 @@ func checkMirrored(t *testing.T, r *rig) {
 // one when a side saw one exchange finish before the other began) and
 // without the old one; neither deletes a pair the other sends on.
 func TestRekeyCollision(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Lifetime, c.Rekey, c.RekeyMargin = time.Hour, true, 10*time.Minute
 	}
@@ -681,7 +680,7 @@ func TestRekeyCollision(t *testing.T) {
 // TestDuplicateQuickMode: replayed Quick Mode messages (a retransmission
 // arriving late) never install anything twice.
 func TestDuplicateQuickMode(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	var mu sync.Mutex
 	var toB []gateMsg
@@ -720,7 +719,7 @@ func TestDuplicateQuickMode(t *testing.T) {
 // grace period nobody has deleted the pair the other sends on.
 func TestDoubleInitiation(t *testing.T) {
 	for run := 0; run < 5; run++ {
-		ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+		ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 		for _, c := range []*Conn{ca, cb} {
 			c.Rekey, c.RekeyMargin = true, 2*time.Minute
 		}
@@ -753,7 +752,7 @@ func TestDoubleInitiation(t *testing.T) {
 // before ikelifetime ends; the IPsec SAs keep running through it, the old
 // ISAKMP SA goes at its expiry, and a later rekey uses the new one.
 func TestReauthentication(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.IKELifetime, c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, time.Hour, true, 10*time.Second
 	}
@@ -823,7 +822,7 @@ func restartB(r *rig) {
 func TestDPDActions(t *testing.T) {
 	for _, action := range []string{"restart", "hold", "clear"} {
 		t.Run(action, func(t *testing.T) {
-			ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+			ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 			ca.DPDDelay, ca.DPDTimeout, ca.DPDAction = 10*time.Second, 30*time.Second, action
 			fc := clock.NewFake(time.Unix(1e9, 0))
 			r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, func(c *Config) { c.Clock = fc })
@@ -884,7 +883,7 @@ func TestDPDActions(t *testing.T) {
 // TestPeerRestartInitialContact: the restarted peer initiates again; its
 // INITIAL-CONTACT makes us drop the stale SAs at once (no DPD needed).
 func TestPeerRestartInitialContact(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	r := newRig(t, "secret", "secret", []*Conn{ca}, []*Conn{cb}, nil)
 	if _, err := r.up(r.a, "c"); err != nil {
 		t.Fatal(err)
@@ -906,7 +905,7 @@ func TestPeerRestartInitialContact(t *testing.T) {
 // TestRekeyRetry: a rekey whose Quick Mode is lost is tried again before
 // the pair expires.
 func TestRekeyRetry(t *testing.T) {
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	for _, c := range []*Conn{ca, cb} {
 		c.Lifetime, c.Rekey, c.RekeyMargin = 100*time.Second, true, 20*time.Second
 	}
@@ -976,7 +975,7 @@ func (o *orderInstaller) InstallOutbound(c *ChildSA) error {
 // its inbound SA first; Initiate reports the child up only then.
 func TestInitiatorOutboundAfterQM3(t *testing.T) {
 	const delay = 300 * time.Millisecond
-	ca, cb := pairConns("c", testIKE, testESP, sad.Tunnel)
+	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	var seq atomic.Int64
 	var inst []*orderInstaller
 	r := newRig(t, "k", "k", []*Conn{ca}, []*Conn{cb}, func(c *Config) {

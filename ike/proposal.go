@@ -10,7 +10,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // Protocol numbers of RFC 2409 Appendix A and RFC 2407 4.5, 4.6.
@@ -385,7 +384,7 @@ func acceptP1Reply(ours []p1Suite, sa *isakmp.SA) (p1Suite, error) {
 
 // p2Suite is one phase-2 transform.
 type p2Suite struct {
-	Proto   sad.Proto
+	Proto   Proto
 	Encr    Encr // ESP only
 	KeyBits int
 	Integ   Integ
@@ -451,7 +450,7 @@ func adoptLife(ours p2Suite, o p2Offer) p2Suite {
 
 func (s p2Suite) String() string {
 	var parts []string
-	if s.Proto == sad.AH {
+	if s.Proto == ProtoAH {
 		parts = append(parts, "ah")
 	} else {
 		parts = append(parts, Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.Name())
@@ -475,7 +474,7 @@ func p2Suites(c *Conn) []p2Suite {
 			group = ikecrypto.Group(c.IKE[0].DH)
 		}
 	}
-	add := func(proto sad.Proto, s Suite) {
+	add := func(proto Proto, s Suite) {
 		// A DH group in esp= turns PFS on (strongSwan); pfs=yes without
 		// one uses PFSGroup or the phase-1 group (Libreswan).
 		g := group
@@ -487,12 +486,12 @@ func p2Suites(c *Conn) []p2Suite {
 	}
 	if len(c.AH) > 0 {
 		for _, s := range c.AH {
-			add(sad.AH, s)
+			add(ProtoAH, s)
 		}
 		return out
 	}
 	for _, s := range c.ESP {
-		add(sad.ESP, s)
+		add(ProtoESP, s)
 	}
 	return out
 }
@@ -503,7 +502,7 @@ func ahTransformID(i Integ) uint8 {
 
 func (s p2Suite) transform(num uint8, encap uint16) isakmp.Transform {
 	t := isakmp.Transform{Num: num}
-	if s.Proto == sad.AH {
+	if s.Proto == ProtoAH {
 		t.ID = ahTransformID(s.Integ)
 	} else {
 		t.ID = uint8(s.Encr.IANA())
@@ -530,7 +529,7 @@ func (s p2Suite) transform(num uint8, encap uint16) isakmp.Transform {
 // a transform, carrying our inbound SPI.
 func p2SA(suites []p2Suite, spi uint32, encap uint16) *isakmp.SA {
 	proto := isakmp.ProtoESP
-	if len(suites) > 0 && suites[0].Proto == sad.AH {
+	if len(suites) > 0 && suites[0].Proto == ProtoAH {
 		proto = isakmp.ProtoAH
 	}
 	p := isakmp.Proposal{Num: 1, Protocol: proto, SPI: be32(spi)}
@@ -553,7 +552,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 	o.encap = encapTunnel
 	switch proto {
 	case isakmp.ProtoAH:
-		o.suite.Proto = sad.AH
+		o.suite.Proto = ProtoAH
 		switch t.ID {
 		case 2:
 			o.suite.Integ = IntegMD5
@@ -569,7 +568,7 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 			o.problem, o.problemAttr = problemAHTransform, uint16(t.ID)
 		}
 	case isakmp.ProtoESP:
-		o.suite.Proto = sad.ESP
+		o.suite.Proto = ProtoESP
 		found := false
 		for e := EncrNull; e <= EncrChaCha20Poly1305; e++ {
 			if uint16(t.ID) == e.IANA() {
@@ -637,13 +636,13 @@ func parseP2Transform(proto isakmp.ProtocolID, t isakmp.Transform) p2Offer {
 			o.suite.ESN = v == 1
 		}
 	}
-	if o.suite.Proto == sad.ESP && o.suite.KeyBits == 0 {
+	if o.suite.Proto == ProtoESP && o.suite.KeyBits == 0 {
 		switch o.suite.Encr {
 		case EncrAESCBC, EncrAESCTR, EncrAESGCM16:
 			o.suite.KeyBits = 128
 		}
 	}
-	if o.suite.Proto == sad.AH && !authSeen {
+	if o.suite.Proto == ProtoAH && !authSeen {
 		o.problem = problemAHNoAuth
 	}
 	return o
@@ -657,7 +656,7 @@ func encapUDP(e uint16) bool {
 }
 
 // mismatches counts how offer differs from ours without formatting.
-func (o p2Offer) mismatches(ours p2Suite, mode sad.Mode) int {
+func (o p2Offer) mismatches(ours p2Suite, mode Mode) int {
 	n := 0
 	if o.problem != problemNone {
 		n++
@@ -665,7 +664,7 @@ func (o p2Offer) mismatches(ours p2Suite, mode sad.Mode) int {
 	if o.suite.Proto != ours.Proto {
 		n++
 	}
-	if o.suite.Proto == sad.ESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
+	if o.suite.Proto == ProtoESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
 		n++
 	}
 	if o.suite.Integ != ours.Integ {
@@ -674,7 +673,7 @@ func (o p2Offer) mismatches(ours p2Suite, mode sad.Mode) int {
 	if o.suite.Group != ours.Group {
 		n++
 	}
-	if isTransport(o.encap) != (mode == sad.Transport) {
+	if isTransport(o.encap) != (mode == ModeTransport) {
 		n++
 	}
 	if o.suite.ESN != ours.ESN {
@@ -687,7 +686,7 @@ func (o p2Offer) mismatches(ours p2Suite, mode sad.Mode) int {
 }
 
 // diff lists how offer differs from ours, in words (explanations only).
-func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
+func (o p2Offer) diff(ours p2Suite, mode Mode) []string {
 	var d []string
 	if o.problem != problemNone {
 		d = append(d, problemText(o.problem, o.problemAttr))
@@ -695,7 +694,7 @@ func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
 	if o.suite.Proto != ours.Proto {
 		d = append(d, fmt.Sprintf("protocol %s vs %s", o.suite.Proto, ours.Proto))
 	}
-	if o.suite.Proto == sad.ESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
+	if o.suite.Proto == ProtoESP && (o.suite.Encr != ours.Encr || o.suite.KeyBits != ours.KeyBits) {
 		d = append(d, fmt.Sprintf("cipher %s vs %s", Cipher{Encr: o.suite.Encr, KeyBits: o.suite.KeyBits}.Name(),
 			Cipher{Encr: ours.Encr, KeyBits: ours.KeyBits}.Name()))
 	}
@@ -705,7 +704,7 @@ func (o p2Offer) diff(ours p2Suite, mode sad.Mode) []string {
 	if o.suite.Group != ours.Group {
 		d = append(d, fmt.Sprintf("PFS group %s vs %s", groupName(o.suite.Group), groupName(ours.Group)))
 	}
-	if isTransport(o.encap) != (mode == sad.Transport) {
+	if isTransport(o.encap) != (mode == ModeTransport) {
 		d = append(d, fmt.Sprintf("mode %s vs %s", encapName(o.encap), mode))
 	}
 	if o.suite.ESN != ours.ESN {
@@ -750,7 +749,7 @@ type p2Cand struct {
 
 // p2Rule compares the peer's phase-2 transforms with our suites in a
 // conn's mode.
-func p2Rule(mode sad.Mode) rule[p2Cand, p2Suite] {
+func p2Rule(mode Mode) rule[p2Cand, p2Suite] {
 	return rule[p2Cand, p2Suite]{
 		mismatches: func(c p2Cand, s p2Suite) int {
 			n := c.o.mismatches(s, mode)
@@ -774,7 +773,7 @@ func p2Rule(mode sad.Mode) rule[p2Cand, p2Suite] {
 // selectP2 picks, as responder, the first of our suites the peer offers.
 // It returns the proposal to send back (without our SPI yet), the suite,
 // the peer's SPI and the encapsulation mode.
-func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2Suite, uint32, uint16, error) {
+func selectP2(ours []p2Suite, mode Mode, sa *isakmp.SA) (isakmp.Proposal, p2Suite, uint32, uint16, error) {
 	// Proposals sharing a number form a bundle (ESP+AH); gosec takes
 	// single-protocol proposals only.
 	var count [256]int
@@ -800,7 +799,7 @@ func selectP2(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (isakmp.Proposal, p2
 }
 
 // acceptP2Reply checks, as initiator, the responder's choice.
-func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint32, uint16, error) {
+func acceptP2Reply(ours []p2Suite, mode Mode, sa *isakmp.SA) (p2Suite, uint32, uint16, error) {
 	if len(sa.Proposals) != 1 || len(sa.Proposals[0].Transforms) != 1 || len(sa.Proposals[0].SPI) != 4 {
 		return p2Suite{}, 0, 0, errors.New("the responder's Quick Mode SA must hold one proposal with one transform and a 4-octet SPI")
 	}
@@ -820,7 +819,7 @@ func acceptP2Reply(ours []p2Suite, mode sad.Mode, sa *isakmp.SA) (p2Suite, uint3
 // keyLens returns the encryption (salt included) and integrity key
 // lengths of s, in octets.
 func (s p2Suite) keyLens() (int, int) {
-	if s.Proto == sad.AH {
+	if s.Proto == ProtoAH {
 		return 0, s.Integ.KeyLen()
 	}
 	enc := Cipher{Encr: s.Encr, KeyBits: s.KeyBits}.KeyLen()

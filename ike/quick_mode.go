@@ -8,7 +8,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // Quick Mode (RFC 2409 5.5) under an established ISAKMP SA:
@@ -60,7 +59,7 @@ type qm struct {
 	// spiProto is the protocol inSPI was allocated for: an initiator
 	// allocates before QM2 chooses a suite (suite is zero until then),
 	// and the SAD reserves SPIs per protocol.
-	spiProto sad.Proto
+	spiProto Proto
 	outSPI   uint32
 	encap    uint16
 	// ni, nr, dh and gqm (the PFS g^xy) live until the child's keys are
@@ -110,10 +109,10 @@ func (q *qm) finish(err error) {
 func selectorPairs(c *Conn) [][2]netip.Prefix {
 	host := func(a netip.Addr) []netip.Prefix { return []netip.Prefix{netip.PrefixFrom(a, 32)} }
 	ls, rs := c.LocalSubnets, c.RemoteSubnets
-	if len(ls) == 0 || c.Mode == sad.Transport {
+	if len(ls) == 0 || c.Mode == ModeTransport {
 		ls = host(c.Local)
 	}
-	if len(rs) == 0 || c.Mode == sad.Transport {
+	if len(rs) == 0 || c.Mode == ModeTransport {
 		rs = host(c.Remote)
 	}
 	var out [][2]netip.Prefix
@@ -150,9 +149,9 @@ func (e *Engine) startQuickFor(p *p1, c *Conn, w *waiter) {
 	}
 }
 
-func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
+func (e *Engine) encapMode(p *p1, mode Mode) uint16 {
 	switch {
-	case p.natt && p.natDetected() && mode == sad.Transport:
+	case p.natt && p.natDetected() && mode == ModeTransport:
 		if p.peerNATT == 2 {
 			return encapUDPTransportDft
 		}
@@ -162,7 +161,7 @@ func (e *Engine) encapMode(p *p1, mode sad.Mode) uint16 {
 			return encapUDPTunnelDraft
 		}
 		return encapUDPTunnel
-	case mode == sad.Transport:
+	case mode == ModeTransport:
 		return encapTransport
 	}
 	return encapTunnel
@@ -235,7 +234,7 @@ func (e *Engine) quickInitiateSend(q *qm) {
 	q.idci, q.idcr = tsID(lts, c.Proto, c.LocalPort), tsID(rts, c.Proto, c.RemotePort)
 	q.proto, q.lport, q.rport = c.Proto, c.LocalPort, c.RemotePort
 	ps = append(ps, q.idci, q.idcr)
-	if c.Mode == sad.Transport && encapUDP(q.encap) {
+	if c.Mode == ModeTransport && encapUDP(q.encap) {
 		draft := p.peerNATT == 2
 		la, ra := p.local.Addr().As4(), p.peer.Addr().As4()
 		ps = append(ps, &isakmp.NATOA{Draft: draft, IDType: idIPv4Addr, Addr: la[:]}, &isakmp.NATOA{Draft: draft, IDType: idIPv4Addr, Addr: ra[:]})
@@ -350,7 +349,7 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 	encLen, intLen := s.keyLens()
 	n := encLen + intLen
 	proto := uint8(isakmp.ProtoESP)
-	if s.Proto == sad.AH {
+	if s.Proto == ProtoAH {
 		proto = uint8(isakmp.ProtoAH)
 	}
 	var ni, nr = q.ni, q.nr
@@ -373,10 +372,10 @@ func (e *Engine) childSA(q *qm) (*ChildSA, error) {
 		ch.SoftPackets = e.softVolume(ch.LifePackets, c.MarginPackets, c.RekeyFuzz, q.initiator)
 	}
 	if encapUDP(q.encap) {
-		ch.Encap = &sad.Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
+		ch.Encap = &Encap{SrcPort: e.cfg.NATTPort, DstPort: p.peer.Port()}
 	}
 	ch.Integ = s.Integ
-	if s.Proto == sad.AH {
+	if s.Proto == ProtoAH {
 		ch.AHAlign8 = c.AHAlign8
 	} else {
 		ch.Cipher = Cipher{Encr: s.Encr, KeyBits: s.KeyBits}
@@ -623,7 +622,7 @@ func (e *Engine) connsForTS(p *p1, remote, local netip.Prefix, proto uint8, rpor
 // selectorsFit reports whether one of c's selector pairs (with peer as
 // the remote end of a right=%any conn) contains local and remote.
 func selectorsFit(c *Conn, peer netip.Addr, local, remote netip.Prefix) bool {
-	if c.Mode != sad.Transport && len(c.LocalSubnets) > 0 && len(c.RemoteSubnets) > 0 {
+	if c.Mode != ModeTransport && len(c.LocalSubnets) > 0 && len(c.RemoteSubnets) > 0 {
 		// selectorPairs without building the list
 		return slices.ContainsFunc(c.LocalSubnets, func(l netip.Prefix) bool { return contains(l, local) }) &&
 			slices.ContainsFunc(c.RemoteSubnets, func(r netip.Prefix) bool { return contains(r, remote) })

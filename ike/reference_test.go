@@ -14,7 +14,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/ikecrypto"
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // refMsg is one ISAKMP message of the reference capture.
@@ -253,12 +252,12 @@ func TestReferenceExchange(t *testing.T) {
 	// AES-128/HMAC-SHA1, UDP-encapsulated tunnel) and QM2's answer.
 	sq1, _ := find[*isakmp.SA](psq1)
 	sq2, _ := find[*isakmp.SA](psq2)
-	ours := []p2Suite{{Proto: sad.ESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: 1200e9}}
-	_, chosen, _, encap, err := selectP2(ours, sad.Tunnel, sq1)
+	ours := []p2Suite{{Proto: ProtoESP, Encr: EncrAESCBC, KeyBits: 128, Integ: IntegSHA1, Life: 1200e9}}
+	_, chosen, _, encap, err := selectP2(ours, ModeTunnel, sq1)
 	if err != nil || encap != encapUDPTunnel {
 		t.Fatalf("selectP2 on strongSwan's QM1: %v, encap %d", err, encap)
 	}
-	_, spiR, _, err := acceptP2Reply(ours, sad.Tunnel, sq2)
+	_, spiR, _, err := acceptP2Reply(ours, ModeTunnel, sq2)
 	if err != nil {
 		t.Fatal(err)
 	}

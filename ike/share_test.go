@@ -10,14 +10,13 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike/isakmp"
 	"github.com/gosec-ipsec/gosec/internal/clock"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // manyConns returns n conns between A and B with a subnet pair each, as
 // seen from A and from B.
 func manyConns(n int) (as, bs []*Conn) {
 	for i := range n {
-		a, b := pairConns(fmt.Sprintf("c%d", i), testIKE, testESP, sad.Tunnel)
+		a, b := pairConns(fmt.Sprintf("c%d", i), testIKE, testESP, ModeTunnel)
 		a.KeyingTries, b.KeyingTries = 0, 0
 		a.LocalSubnets = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 64, byte(i), 0}), 30)}
 		a.RemoteSubnets = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 128, byte(i), 0}), 30)}

@@ -91,9 +91,19 @@ type activeConn struct {
 	// IKE conns: the stable policies of each selector pair, the SA pairs
 	// negotiated under them, and the prefixes the filter guards.
 	pairs    map[selKey]*policyPair
-	children []*ike.ChildSA
+	children []*installedChild
 	guarded  []netip.Prefix
 	filtered bool // guarded is what the filter holds
+}
+
+// installedChild is one negotiated SA pair as the daemon installed it:
+// the key manager's ChildSA and what the installer made of it (ike keeps
+// no data-plane state). in and out are nil until installed and once
+// removed; reqid is the stable request ID of its selector pair.
+type installedChild struct {
+	ch      *ike.ChildSA
+	in, out *sad.SA
+	reqid   uint32
 }
 
 // autoStart brings up the conns marked auto=start (and, for manually keyed

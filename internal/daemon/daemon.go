@@ -159,7 +159,7 @@ type Daemon struct {
 	conns       *Config
 	secrets     *conf.Secrets
 	active      map[string]*activeConn
-	ikeChildren map[string]*ike.ChildSA
+	ikeChildren map[string]*installedChild
 	ikeErr      map[string]string
 	reqid       uint32
 	reqids      map[selKey]uint32    // stable reqid of each selector pair
@@ -183,7 +183,7 @@ type Daemon struct {
 
 func newDaemon(opts Options) *Daemon {
 	return &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{},
-		ikeChildren: map[string]*ike.ChildSA{}, ikeErr: map[string]string{}, reqids: map[selKey]uint32{},
+		ikeChildren: map[string]*installedChild{}, ikeErr: map[string]string{}, reqids: map[selKey]uint32{},
 		reqConn: map[uint32]string{}, routeRefs: map[netip.Prefix]int{}, negotiating: map[string]bool{},
 		guardKept: map[string]bool{}}
 }

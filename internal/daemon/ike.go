@@ -28,7 +28,7 @@ const quickModeSettle = 500 * time.Millisecond
 func ikeConn(c *conf.Conn, s *ConnSpec, local, remote *conf.End) *ike.Conn {
 	ic := &ike.Conn{
 		Name: c.Name, Local: s.Local, Remote: s.Remote, LocalID: local.ID, RemoteID: remote.ID,
-		Mode: s.Mode, LocalSubnets: s.LocalSubnets, RemoteSubnets: s.RemoteSubnets,
+		Mode: ikeMode(s.Mode), LocalSubnets: s.LocalSubnets, RemoteSubnets: s.RemoteSubnets,
 		Proto: s.Proto, LocalPort: s.LocalPort, RemotePort: s.RemotePort,
 		IKELifetime: c.IKELifetime, Lifetime: c.KeyLife, KeyingTries: c.KeyingTries,
 		Rekey: c.Rekey, RekeyMargin: c.RekeyMargin, RekeyFuzz: c.RekeyFuzz,

@@ -108,7 +108,7 @@ func childAH(ch *ike.ChildSA, k ike.ChildKeys) ah.Config {
 
 // childSuites keys the data plane's suite of one direction of ch.
 func childSuites(ch *ike.ChildSA, k ike.ChildKeys) (*esp.Suite, *ah.Suite, error) {
-	if ch.Proto == sad.AH {
+	if ch.Proto == ike.ProtoAH {
 		s, err := ah.NewSuite(childAH(ch, k))
 		return nil, s, err
 	}
@@ -118,4 +118,44 @@ func childSuites(ch *ike.ChildSA, k ike.ChildKeys) (*esp.Suite, *ah.Suite, error
 	}
 	s, err := esp.NewSuite(cfg)
 	return s, nil, err
+}
+
+// sadProto is the SAD's protocol of a child's ike.Proto (both are the IP
+// protocol number, ESP 50 or AH 51).
+func sadProto(p ike.Proto) sad.Proto {
+	switch p {
+	case ike.ProtoAH:
+		return sad.AH
+	case ike.ProtoESP:
+		return sad.ESP
+	}
+	return sad.Proto(p)
+}
+
+// sadMode is the SAD's mode of a child's ike.Mode.
+func sadMode(m ike.Mode) sad.Mode {
+	if m == ike.ModeTunnel {
+		return sad.Tunnel
+	}
+	return sad.Transport
+}
+
+// ikeMode is the key manager's mode of a conn's sad.Mode.
+func ikeMode(m sad.Mode) ike.Mode {
+	if m == sad.Tunnel {
+		return ike.ModeTunnel
+	}
+	return ike.ModeTransport
+}
+
+// sadEncap is the outbound SA's UDP encapsulation of a child's ike.Encap
+// (nil: none); reverse swaps the ports for the inbound SA.
+func sadEncap(e *ike.Encap, reverse bool) *sad.Encap {
+	switch {
+	case e == nil:
+		return nil
+	case reverse:
+		return &sad.Encap{SrcPort: e.DstPort, DstPort: e.SrcPort}
+	}
+	return &sad.Encap{SrcPort: e.SrcPort, DstPort: e.DstPort}
 }

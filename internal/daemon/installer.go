@@ -350,9 +350,13 @@ func (d *Daemon) onSAEvent(ev sad.Event) {
 // policies.
 type ikeInstaller struct{ d *Daemon }
 
-func (i ikeInstaller) AllocSPI(proto sad.Proto) (uint32, error) { return i.d.sad.AllocSPI(proto) }
+func (i ikeInstaller) AllocSPI(proto ike.Proto) (uint32, error) {
+	return i.d.sad.AllocSPI(sadProto(proto))
+}
 
-func (i ikeInstaller) ReleaseSPI(proto sad.Proto, spi uint32) { i.d.sad.ReleaseSPI(spi, proto) }
+func (i ikeInstaller) ReleaseSPI(proto ike.Proto, spi uint32) {
+	i.d.sad.ReleaseSPI(spi, sadProto(proto))
+}
 
 // InstallInbound installs the inbound SA (and, if new, the policies of its
 // selector pair) first, so the peer's first packets are accepted.
@@ -360,20 +364,17 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	d := i.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if ch.InSA != nil || d.ikeChildren[childKey(ch)] != nil {
+	if d.ikeChildren[childKey(ch)] != nil {
 		return fmt.Errorf("conn %s: SA %08x is installed already", ch.Conn, ch.InSPI)
 	}
 	d.saveChildKeys(ch)
 	a := d.activeLocked(ch.Conn)
-	pp, err := d.pairLocked(a, childSel(ch), template(ch.Proto, ch.Mode, ch.Local, ch.Remote), trapConn(a.spec))
+	pp, err := d.pairLocked(a, childSel(ch), template(sadProto(ch.Proto), sadMode(ch.Mode), ch.Local, ch.Remote), trapConn(a.spec))
 	if err != nil {
 		return fmt.Errorf("conn %s: %w", ch.Conn, err)
 	}
-	in := &sad.SA{SPI: ch.InSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Remote, Dst: ch.Local, ReqID: pp.reqid,
-		Dir: sad.Inbound, Conn: ch.Conn, Hard: hardLife(ch), Soft: softLife(ch)}
-	if ch.Encap != nil {
-		in.Encap = &sad.Encap{SrcPort: ch.Encap.DstPort, DstPort: ch.Encap.SrcPort}
-	}
+	in := &sad.SA{SPI: ch.InSPI, Proto: sadProto(ch.Proto), Mode: sadMode(ch.Mode), Src: ch.Remote, Dst: ch.Local, ReqID: pp.reqid,
+		Dir: sad.Inbound, Conn: ch.Conn, Encap: sadEncap(ch.Encap, true), Hard: hardLife(ch), Soft: softLife(ch)}
 	if in.Replay, err = sad.NewWindow(ch.ReplayWindow, false); err != nil {
 		return err
 	}
@@ -383,9 +384,9 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 	if err := d.addInboundLocked(in); err != nil {
 		return err
 	}
-	ch.InSA, ch.ReqID = in, pp.reqid
-	d.ikeChildren[childKey(ch)] = ch
-	a.children = append(a.children, ch)
+	ic := &installedChild{ch: ch, in: in, reqid: pp.reqid}
+	d.ikeChildren[childKey(ch)] = ic
+	a.children = append(a.children, ic)
 	// Route and guard now, not only with the outbound SA: the peer may
 	// send before our outbound SA exists (a responder installs it at QM3),
 	// and the answers must meet the policy (dropped, no SA yet), not the
@@ -400,7 +401,7 @@ func (i ikeInstaller) InstallInbound(ch *ike.ChildSA) error {
 // guards it (idempotent).
 func (d *Daemon) routeChildLocked(a *activeConn, ch *ike.ChildSA) error {
 	rt := netio.Route{Dst: ch.RemoteTS.Masked(), Src: ch.Local}
-	if ch.Mode == sad.Tunnel {
+	if ch.Mode == ike.ModeTunnel {
 		rt.Src = localAddrIn([]netip.Prefix{ch.LocalTS})
 	}
 	var errs []error
@@ -420,12 +421,13 @@ func (d *Daemon) routeChildLocked(a *activeConn, ch *ike.ChildSA) error {
 func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 	d := i.d
 	d.mu.Lock()
-	if d.ikeChildren[childKey(ch)] != ch {
+	ic := d.ikeChildren[childKey(ch)]
+	if ic == nil || ic.ch != ch {
 		d.mu.Unlock()
 		return errors.New("outbound SA before inbound SA")
 	}
-	out := &sad.SA{SPI: ch.OutSPI, Proto: ch.Proto, Mode: ch.Mode, Src: ch.Local, Dst: ch.Remote, ReqID: ch.ReqID,
-		Dir: sad.Outbound, Conn: ch.Conn, Encap: ch.Encap, Hard: hardLife(ch), Soft: softLife(ch)}
+	out := &sad.SA{SPI: ch.OutSPI, Proto: sadProto(ch.Proto), Mode: sadMode(ch.Mode), Src: ch.Local, Dst: ch.Remote, ReqID: ic.reqid,
+		Dir: sad.Outbound, Conn: ch.Conn, Encap: sadEncap(ch.Encap, false), Hard: hardLife(ch), Soft: softLife(ch)}
 	var err error
 	if out.ESP, out.AH, err = childSuites(ch, ch.Out); err != nil {
 		d.mu.Unlock()
@@ -435,10 +437,10 @@ func (i ikeInstaller) InstallOutbound(ch *ike.ChildSA) error {
 		d.mu.Unlock()
 		return fmt.Errorf("outbound SA: %w", err)
 	}
-	ch.OutSA = out
+	ic.out = out
 	err = d.routeChildLocked(d.activeLocked(ch.Conn), ch)
-	d.updownLocked(true, ch)
-	reqid := ch.ReqID
+	d.updownLocked(true, ic)
+	reqid := ic.reqid
 	plane := d.plane
 	d.mu.Unlock()
 	if plane != nil {
@@ -459,28 +461,29 @@ func (i ikeInstaller) Remove(ch *ike.ChildSA) {
 	d := i.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.ikeChildren[childKey(ch)] == ch {
-		d.removeChildLocked(ch)
+	if ic := d.ikeChildren[childKey(ch)]; ic != nil && ic.ch == ch {
+		d.removeChildLocked(ic)
 	}
 }
 
-func (d *Daemon) removeChildLocked(ch *ike.ChildSA) {
-	if ch.OutSA != nil {
-		d.updownLocked(false, ch)
-		d.sad.Delete(ch.OutSA.SPI, ch.OutSA.Proto, ch.OutSA.Dst)
-		ch.OutSA = nil
+func (d *Daemon) removeChildLocked(ic *installedChild) {
+	ch := ic.ch
+	if ic.out != nil {
+		d.updownLocked(false, ic)
+		d.sad.Delete(ic.out.SPI, ic.out.Proto, ic.out.Dst)
+		ic.out = nil
 	}
-	if ch.InSA != nil {
-		d.deleteInboundLocked(ch.InSA)
-		ch.InSA = nil
+	if ic.in != nil {
+		d.deleteInboundLocked(ic.in)
+		ic.in = nil
 	}
 	delete(d.ikeChildren, childKey(ch))
 	if a := d.active[ch.Conn]; a != nil {
-		a.children = slices.DeleteFunc(a.children, func(c *ike.ChildSA) bool { return c == ch })
+		a.children = slices.DeleteFunc(a.children, func(c *installedChild) bool { return c == ic })
 	}
-	if d.plane != nil && d.sad.Outbound(ch.ReqID) == nil {
+	if d.plane != nil && d.sad.Outbound(ic.reqid) == nil {
 		// The next packet may ask IKE again (trap policies).
-		d.plane.ClearTrap(ch.ReqID)
+		d.plane.ClearTrap(ic.reqid)
 	}
 	if a := d.active[ch.Conn]; a != nil && len(a.children) == 0 && !keepRouted(a.spec) {
 		d.releaseLocked(a)

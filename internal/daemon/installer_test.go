@@ -94,7 +94,7 @@ var spiSeq uint32 = 0x1000
 func child(conn string, local, remote netip.Prefix) *ike.ChildSA {
 	spiSeq += 2
 	key := make([]byte, 20)
-	return &ike.ChildSA{Conn: conn, Proto: sad.ESP, Mode: sad.Tunnel, InSPI: spiSeq, OutSPI: spiSeq + 1,
+	return &ike.ChildSA{Conn: conn, Proto: ike.ProtoESP, Mode: ike.ModeTunnel, InSPI: spiSeq, OutSPI: spiSeq + 1,
 		Cipher: ike.Cipher{Encr: ike.EncrAESGCM16, KeyBits: 128},
 		In:     ike.ChildKeys{Enc: key}, Out: ike.ChildKeys{Enc: key},
 		Local: gw1, Remote: gw2, LocalTS: local, RemoteTS: remote, Lifetime: time.Hour, ReplayWindow: 64}

@@ -5,7 +5,6 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/savekeys"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // saveKeysDir is where key export writes, from `gosec start --save-keys`
@@ -60,7 +59,7 @@ func (d *Daemon) saveIKEKeys() func(icookie [8]byte, encKey []byte) {
 // saveChildKeys writes both ESP SAs of a negotiated child to esp_sa.
 // Wireshark's table has no AH entries (it does not check AH ICVs).
 func (d *Daemon) saveChildKeys(ch *ike.ChildSA) {
-	if d.keys == nil || ch.Proto != sad.ESP {
+	if d.keys == nil || ch.Proto != ike.ProtoESP {
 		return
 	}
 	in, err := childESP(ch, ch.In)

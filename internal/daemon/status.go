@@ -212,8 +212,8 @@ func (d *Daemon) status(all bool) *Status {
 				}
 			}
 			for _, k := range a.children {
-				if k.InSA != nil && k.OutSA != nil { // half-installed pairs are not shown
-					cs.SAs = append(cs.SAs, saStatus(k.InSA, now), saStatus(k.OutSA, now))
+				if k.in != nil && k.out != nil { // half-installed pairs are not shown
+					cs.SAs = append(cs.SAs, saStatus(k.in, now), saStatus(k.out, now))
 				}
 			}
 			cs.Cleartext, cs.Guarded = counts[name].Dropped, counts[name].Guarded

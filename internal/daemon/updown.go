@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gosec-ipsec/gosec/ike"
-	"github.com/gosec-ipsec/gosec/sad"
 )
 
 // An updown event: the script of the conn's local end (leftupdown or
@@ -92,7 +91,7 @@ func tailString(s string, n int) string {
 // Libreswan's and strongSwan's _updown scripts read it).
 func updownEnv(verb string, spec *ConnSpec, ch *ike.ChildSA, reqid uint32, iface string) []string {
 	proto := "esp"
-	if ch.Proto == sad.AH {
+	if ch.Proto == ike.ProtoAH {
 		proto = "ah"
 	}
 	env := []string{
@@ -147,20 +146,21 @@ func updownVerb(up bool, ch *ike.ChildSA) string {
 	if up {
 		v = "up"
 	}
-	if ch.Mode == sad.Transport || (ch.LocalTS.Bits() == 32 && ch.LocalTS.Addr() == ch.Local &&
+	if ch.Mode == ike.ModeTransport || (ch.LocalTS.Bits() == 32 && ch.LocalTS.Addr() == ch.Local &&
 		ch.RemoteTS.Bits() == 32 && ch.RemoteTS.Addr() == ch.Remote) {
 		return v + "-host"
 	}
 	return v + "-client"
 }
 
-// updownLocked queues the updown script of ch's conn, if it has one.
-func (d *Daemon) updownLocked(up bool, ch *ike.ChildSA) {
+// updownLocked queues the updown script of ic's conn, if it has one.
+func (d *Daemon) updownLocked(up bool, ic *installedChild) {
+	ch := ic.ch
 	spec := d.conns.Conns[ch.Conn]
 	if spec == nil || spec.UpDown == "" || d.updown == nil {
 		return
 	}
 	verb := updownVerb(up, ch)
 	d.updown.post(updownEvent{script: spec.UpDown, verb: verb, conn: ch.Conn,
-		env: updownEnv(verb, spec, ch, ch.ReqID, d.opts.TUNName)})
+		env: updownEnv(verb, spec, ch, ic.reqid, d.opts.TUNName)})
 }
