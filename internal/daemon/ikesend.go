@@ -7,12 +7,19 @@ import (
 	"golang.org/x/net/ipv4"
 )
 
-// SendFrom sends an IKE message on UDP 500 from local address src (an
-// IP_PKTINFO control message): a responder answers from the address the
-// request was sent to, which on a host with several addresses on one
-// link need not be the one the kernel would choose. Over NAT-T, for
-// non-IPv4 sources, or when the kernel refuses src, the kernel chooses.
+// SendFrom sends an IKE message on UDP 500, or on the NAT-T port with
+// the non-ESP marker, from local address src (an IP_PKTINFO control
+// message): a responder answers from the address the request was sent
+// to, which on a host with several addresses on one link need not be the
+// one the kernel would choose. For non-IPv4 sources, or when the kernel
+// refuses src, the kernel chooses.
 func (t ikeTransport) SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error {
+	if natt && src.Is4() && t.d.natt != nil {
+		if err := t.d.natt.WriteIKEFrom(msg, src, to); err == nil {
+			return nil
+		}
+		return t.Send(msg, to, natt)
+	}
 	if natt || !src.Is4() || t.d.ikeSock == nil {
 		return t.Send(msg, to, natt)
 	}

@@ -72,6 +72,7 @@ type outJob struct {
 	kind outKind
 	out  []byte         // the packet to send or write back (not for fragments)
 	to   netip.AddrPort // outUDP: destination
+	from netip.Addr     // outUDP: the SA's local address (send from it)
 	// Set by the reader for a packet to seal (sa non-nil).
 	sa          *sad.SA
 	seq         uint64
@@ -104,7 +105,7 @@ func sortOut(j *outJob, frags [][]byte, raw, rawAH, udp []netio.Msg, back [][]by
 	case outRawAH:
 		rawAH = append(rawAH, netio.Msg{Buf: j.out})
 	case outUDP:
-		udp = append(udp, netio.Msg{Buf: j.out, To: j.to})
+		udp = append(udp, netio.Msg{Buf: j.out, To: j.to, From: netip.AddrPortFrom(j.from, 0)})
 	case outTUN:
 		back = append(back, j.out)
 	}
@@ -282,6 +283,7 @@ func (p *Plane) outSeal(j *outJob, fa *fragArena) {
 	j.out, j.kind = out, kind
 	if kind == outUDP {
 		j.to = netip.AddrPortFrom(sa.Dst, sa.Encap.DstPort)
+		j.from = sa.Src
 	}
 }
 

@@ -38,7 +38,10 @@ type Msg struct {
 	Buf []byte
 	// N is the number of bytes received into Buf.
 	N int
-	// From is the sender (receive).
+	// From is the sender (receive). On a UDP send, a valid From address
+	// is the local address to send from (an IP_PKTINFO control message),
+	// for a socket bound to the unspecified address on a host with several
+	// addresses; its port is ignored. Zero: the kernel chooses.
 	From netip.AddrPort
 	// To is the destination (send). For raw sockets only the address is
 	// used; if it is the zero value the IPv4 header's destination is used.
@@ -56,7 +59,45 @@ type Msg struct {
 var (
 	cmsgSpace16  = unix.CmsgSpace(2)
 	cmsgSpaceInt = unix.CmsgSpace(4)
+	// cmsgSpacePktinfo is the space of an IP_PKTINFO control message
+	// (a UDP send's source address).
+	cmsgSpacePktinfo = unix.CmsgSpace(unix.SizeofInet4Pktinfo)
 )
+
+// sendSource is the source address m asks for on send (Msg.From), or the
+// zero Addr: the kernel chooses.
+func sendSource(m *Msg) netip.Addr {
+	if a := m.From.Addr(); a.Is4() && !a.IsUnspecified() {
+		return a
+	}
+	return netip.Addr{}
+}
+
+// putControl writes a send's control messages into oob (UDP_SEGMENT when
+// seg > 0, IP_PKTINFO when src is valid) and returns their length.
+func putControl(oob []byte, seg int, src netip.Addr) int {
+	n := 0
+	if seg > 0 {
+		ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		ch.Level = unix.SOL_UDP
+		ch.Type = unix.UDP_SEGMENT
+		ch.SetLen(unix.CmsgLen(2))
+		*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
+		n = cmsgSpace16
+	}
+	if src.IsValid() {
+		ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[n]))
+		ch.Level = unix.IPPROTO_IP
+		ch.Type = unix.IP_PKTINFO
+		ch.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+		pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[n+unix.CmsgLen(0)]))
+		pi.Ifindex = 0
+		pi.Addr = [4]byte{}
+		pi.Spec_dst = src.As4()
+		n += cmsgSpacePktinfo
+	}
+	return n
+}
 
 // batch is a preallocated set of kernel message headers for one direction.
 type batch struct {
@@ -285,15 +326,17 @@ func (s *sock) send(ms []Msg, dstFromIP bool) (int, error) {
 			h.Hdr.Iovlen = 1
 			h.Hdr.Control = nil
 			h.Hdr.Controllen = 0
+			seg, src := 0, netip.Addr{}
 			if m.GSOSize > 0 && s.txOOB >= cmsgSpace16 {
-				oob := b.oob[i*s.txOOB : i*s.txOOB+cmsgSpace16]
-				ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-				ch.Level = unix.SOL_UDP
-				ch.Type = unix.UDP_SEGMENT
-				ch.SetLen(unix.CmsgLen(2))
-				*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(m.GSOSize)
+				seg = m.GSOSize
+			}
+			if s.txOOB >= cmsgSpace16+cmsgSpacePktinfo {
+				src = sendSource(m)
+			}
+			if seg > 0 || src.IsValid() {
+				oob := b.oob[i*s.txOOB : (i+1)*s.txOOB]
 				h.Hdr.Control = &oob[0]
-				h.Hdr.SetControllen(cmsgSpace16)
+				h.Hdr.SetControllen(putControl(oob, seg, src))
 			}
 		}
 		b.count = len(chunk)

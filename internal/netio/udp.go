@@ -89,7 +89,7 @@ func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
 	if cfg.GRO {
 		rxOOB = cmsgSpaceInt
 	}
-	s, err := newSock(fd, "udp-"+local.String(), rxOOB, cmsgSpace16)
+	s, err := newSock(fd, "udp-"+local.String(), rxOOB, cmsgSpace16+cmsgSpacePktinfo)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +141,7 @@ func (c *UDPConn) SendCoalesced(ms []Msg) (int, error) {
 	for sent < len(ms) {
 		nh, ni, i := 0, 0, sent
 		for i < len(ms) && nh < MaxBatch && ni < MaxBatch {
-			to := ms[i].To
+			to, from := ms[i].To, sendSource(&ms[i])
 			if !to.Addr().Is4() {
 				if nh == 0 {
 					return sent, fmt.Errorf("netio: send: destination %v is not IPv4", to)
@@ -152,7 +152,7 @@ func (c *UDPConn) SendCoalesced(ms []Msg) (int, error) {
 			j, total := i+1, seg
 			for j < len(ms) && j-i < MaxGSOSegments && ni+(j-i) < MaxBatch && seg > 0 {
 				l := len(ms[j].Buf)
-				if ms[j].To != to || l > seg || l == 0 || total+l > maxGSOBytes {
+				if ms[j].To != to || sendSource(&ms[j]) != from || l > seg || l == 0 || total+l > maxGSOBytes {
 					break
 				}
 				total += l
@@ -183,15 +183,14 @@ func (c *UDPConn) SendCoalesced(ms []Msg) (int, error) {
 			h.Hdr.SetIovlen(j - i)
 			h.Hdr.Control = nil
 			h.Hdr.Controllen = 0
-			if j-i > 1 {
-				oob := b.oob[nh*s.txOOB : nh*s.txOOB+cmsgSpace16]
-				ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-				ch.Level = unix.SOL_UDP
-				ch.Type = unix.UDP_SEGMENT
-				ch.SetLen(unix.CmsgLen(2))
-				*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
+			if gso := j-i > 1; gso || from.IsValid() {
+				oob := b.oob[nh*s.txOOB : (nh+1)*s.txOOB]
+				gseg := 0
+				if gso {
+					gseg = seg
+				}
 				h.Hdr.Control = &oob[0]
-				h.Hdr.SetControllen(cmsgSpace16)
+				h.Hdr.SetControllen(putControl(oob, gseg, from))
 			}
 			b.grp[nh] = j - i
 			nh++
@@ -404,4 +403,43 @@ func ListenIKE(ctx context.Context, addr netip.AddrPort, mark uint32) (*net.UDPC
 		return nil, fmt.Errorf("netio: ike socket %v: %w", addr, err)
 	}
 	return pc.(*net.UDPConn), nil
+}
+
+// SendFrom sends one datagram b to to from local address src (an
+// IP_PKTINFO control message), on a socket bound to the unspecified
+// address: a reply then leaves from the address the request was sent
+// to, which on a host with several addresses on one link need not be
+// the one the kernel would choose. The kernel refuses a src that is not
+// one of the host's addresses (EINVAL). It allocates; it is meant for
+// IKE, not for the packet path.
+func (c *UDPConn) SendFrom(b []byte, src netip.Addr, to netip.AddrPort) error {
+	if !src.Is4() || !to.Addr().Is4() {
+		return fmt.Errorf("netio: send from %v to %v: not IPv4", src, to)
+	}
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+	pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[unix.CmsgLen(0)]))
+	pi.Spec_dst = src.As4()
+	sa := &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	var serr error
+	err := c.s.rc.Write(func(fd uintptr) bool {
+		_, serr = unix.SendmsgN(int(fd), b, oob, sa, 0)
+		return serr != unix.EAGAIN && serr != unix.EINTR
+	})
+	if err != nil {
+		return c.s.ioErr("sendmsg", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("netio: send from %v to %v: %w", src, to, serr)
+	}
+	return nil
+}
+
+// WriteIKEFrom is WriteIKE from local address src (UDPConn.SendFrom).
+func (d *NATT) WriteIKEFrom(msg []byte, src netip.Addr, to netip.AddrPort) error {
+	b := make([]byte, NonESPMarker+len(msg))
+	copy(b[NonESPMarker:], msg)
+	return d.Conn.SendFrom(b, src, to)
 }

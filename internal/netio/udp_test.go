@@ -245,3 +245,89 @@ func TestListenUDPReusePort(t *testing.T) {
 		t.Fatal("IPv6 address accepted")
 	}
 }
+
+// TestNATTWriteIKEFrom: a NAT-T socket bound to the unspecified address
+// answers from the address named (a second address on the link), where
+// the kernel alone would choose the link's primary address.
+func TestNATTWriteIKEFrom(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gnio-f", netip.MustParsePrefix("10.231.13.0/24"))
+	second := netip.MustParseAddr("10.231.13.11")
+	nettest.MustExec(t, p.A.NS, "ip", "addr", "add", second.String()+"/24", "dev", p.A.Name)
+	var rx *UDPConn
+	nettest.MustDo(t, p.B.NS, func() (err error) {
+		rx, err = ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(p.BAddr, 0)})
+		return err
+	})
+	defer rx.Close()
+	var tx *UDPConn
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		tx, err = ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 0)})
+		return err
+	})
+	defer tx.Close()
+	d := &NATT{Conn: tx}
+	timer := time.AfterFunc(5*time.Second, func() { rx.Close() })
+	defer timer.Stop()
+	ms := []Msg{{Buf: make([]byte, 100)}}
+	cases := []struct {
+		name string
+		send func() error
+		from netip.Addr
+	}{
+		{"kernel chooses", func() error { return d.WriteIKE([]byte("a"), rx.LocalAddr()) }, p.AAddr},
+		{"second address", func() error { return d.WriteIKEFrom([]byte("b"), second, rx.LocalAddr()) }, second},
+		{"primary address", func() error { return d.WriteIKEFrom([]byte("c"), p.AAddr, rx.LocalAddr()) }, p.AAddr},
+	}
+	for _, tc := range cases {
+		if err := tc.send(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if n, err := rx.Recv(ms); err != nil || n != 1 {
+			t.Fatalf("%s: recv: %d %v", tc.name, n, err)
+		}
+		if got := ms[0].From; got.Addr() != tc.from || got.Port() != tx.LocalAddr().Port() {
+			t.Errorf("%s: arrived from %v, want %v port %d", tc.name, got, tc.from, tx.LocalAddr().Port())
+		}
+		if b := ms[0].Buf[:ms[0].N]; len(b) != NonESPMarker+1 || !bytes.Equal(b[:NonESPMarker], make([]byte, NonESPMarker)) {
+			t.Errorf("%s: sent % x, want the non-ESP marker and one octet", tc.name, b)
+		}
+	}
+	// The data plane's ESP-in-UDP: a run of equal datagrams (one
+	// UDP_SEGMENT message) from the second address, then one from the
+	// primary, then one where the kernel chooses.
+	src2, src1 := netip.AddrPortFrom(second, 0), netip.AddrPortFrom(p.AAddr, 0)
+	run := []Msg{
+		{Buf: bytes.Repeat([]byte{1}, 100), To: rx.LocalAddr(), From: src2},
+		{Buf: bytes.Repeat([]byte{2}, 100), To: rx.LocalAddr(), From: src2},
+		{Buf: bytes.Repeat([]byte{3}, 100), To: rx.LocalAddr(), From: src2},
+		{Buf: bytes.Repeat([]byte{4}, 100), To: rx.LocalAddr(), From: src1},
+		{Buf: bytes.Repeat([]byte{5}, 100), To: rx.LocalAddr()},
+	}
+	if n, err := tx.SendCoalesced(run); err != nil || n != len(run) {
+		t.Fatalf("SendCoalesced: %d %v", n, err)
+	}
+	want := []netip.Addr{second, second, second, p.AAddr, p.AAddr}
+	got := make([]Msg, len(run))
+	for i := range got {
+		got[i].Buf = make([]byte, 200)
+	}
+	for k := 0; k < len(run); {
+		n, err := rx.Recv(got[k:])
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		k += n
+	}
+	for i, m := range got {
+		if m.From.Addr() != want[i] || m.N != 100 || m.Buf[0] != byte(i+1) {
+			t.Errorf("datagram %d: %d octets starting %d from %v, want 100 starting %d from %v", i, m.N, m.Buf[0], m.From, i+1, want[i])
+		}
+	}
+	if tx.GSOMessages.Load() == 0 {
+		t.Error("the run of three was not sent as one UDP_SEGMENT message")
+	}
+	if err := d.WriteIKEFrom([]byte("x"), netip.MustParseAddr("10.231.99.1"), rx.LocalAddr()); err == nil {
+		t.Error("sending from an address the host does not have succeeded")
+	}
+}
