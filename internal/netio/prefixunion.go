@@ -18,7 +18,9 @@ func prefixSpan(p netip.Prefix) span {
 	return span{lo, lo | uint32(uint64(1)<<(32-p.Bits())-1)}
 }
 
-func u32Addr(v uint32) netip.Addr { return netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))) }
+func u32Addr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v)))
+}
 
 // prefixUnion is the userspace model of one of the Filter's interval sets:
 // the IPv4 prefixes conns protect, each with the conns that hold it (a
