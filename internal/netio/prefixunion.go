@@ -31,10 +31,10 @@ func u32Addr(v uint32) netip.Addr {
 // union is cut into spans at every prefix's first address and the address
 // after its last: within a span every address is covered by the same
 // prefixes, and so belongs to the same conns. That is what makes the
-// set's per-element counters attributable to conns exactly (owners). The
-// spans are a function of the prefixes present: adding or removing a
-// prefix only changes the spans inside the outermost present prefix that
-// contains it (a prefix disjoint from every other: one span).
+// set's per-element counters attributable to conns exactly (spanOwners).
+// The spans are a function of the prefixes present: adding or removing a
+// prefix only changes the spans it overlaps (a prefix disjoint from every
+// other: one span).
 type prefixUnion struct {
 	owners map[netip.Prefix]map[string]struct{}
 	// sorted are the present prefixes by first address, then shorter
@@ -48,35 +48,72 @@ func newPrefixUnion() *prefixUnion {
 	return &prefixUnion{owners: map[netip.Prefix]map[string]struct{}{}}
 }
 
+// spanConn is a conn's ownership of a span.
+type spanConn struct {
+	s    span
+	conn string
+}
+
 // spanDiff collects the elements a batch of changes adds and deletes, an
 // element added then deleted (or deleted then added) within the batch
-// cancelling out. delOwners are the conns that owned each deleted
-// element when it went (their counters are banked).
+// cancelling out, and how the ownership of elements changed: owned is +1
+// where a conn came to own an element, -1 where it stopped (every owner
+// of an element that goes), summed. An element's counter counts from its
+// creation, so a conn that comes to own an existing element must not be
+// given what it counted before, and one that stops must keep it (the
+// Filter banks the difference, spanDiff.bank).
 type spanDiff struct {
-	add, del  map[span]struct{}
-	delOwners map[span][]string
+	add, del map[span]struct{}
+	owned    map[spanConn]int
 }
 
 func newSpanDiff() *spanDiff {
-	return &spanDiff{add: map[span]struct{}{}, del: map[span]struct{}{}, delOwners: map[span][]string{}}
+	return &spanDiff{add: map[span]struct{}{}, del: map[span]struct{}{}, owned: map[spanConn]int{}}
 }
 
-func (d *spanDiff) added(s span) {
+func (d *spanDiff) own(s span, conn string, delta int) {
+	k := spanConn{s, conn}
+	if d.owned[k] += delta; d.owned[k] == 0 {
+		delete(d.owned, k)
+	}
+}
+
+// bank tells, for every conn whose ownership of an element of u's set
+// that was there before the batch changed, what to add to its banked
+// count: minus the element's count so far where it came to own it, plus
+// where it stopped. counts are the elements' counters before the batch,
+// by first address. Call it after the batch was applied to u.
+func (d *spanDiff) bank(u *prefixUnion, counts map[uint32]uint64, to func(conn string, n int64)) {
+	for k, delta := range d.owned {
+		if n := int64(counts[k.s.lo]); n != 0 && d.wasSet(u, k.s) {
+			to(k.conn, -int64(delta)*n)
+		}
+	}
+}
+
+// wasSet reports whether span s was an element of u's set before the
+// batch of d (elements added in it count from zero). Call it after the
+// batch was applied to u.
+func (d *spanDiff) wasSet(u *prefixUnion, s span) bool {
 	if _, ok := d.del[s]; ok {
-		delete(d.del, s)
-		delete(d.delOwners, s)
-		return
+		return true
 	}
-	d.add[s] = struct{}{}
+	if _, ok := d.add[s]; ok {
+		return false
+	}
+	i := u.spanAt(s.lo)
+	return i >= 0 && u.spans[i] == s
 }
 
-func (d *spanDiff) deleted(s span, owners []string) {
-	if _, ok := d.add[s]; ok {
-		delete(d.add, s)
-		return
+// needsCounts reports whether the ownership of an element that was in
+// u's set changed (its counter must be read for bank).
+func (d *spanDiff) needsCounts(u *prefixUnion) bool {
+	for k := range d.owned {
+		if d.wasSet(u, k.s) {
+			return true
+		}
 	}
-	d.del[s] = struct{}{}
-	d.delOwners[s] = owners
+	return false
 }
 
 func (d *spanDiff) empty() bool { return len(d.add) == 0 && len(d.del) == 0 }
@@ -114,91 +151,130 @@ func (u *prefixUnion) holds(conn string, p netip.Prefix) bool {
 	return ok
 }
 
-// outermost returns the shortest present prefix that contains p (p
-// itself if none does and p is present), and whether there is one.
-func (u *prefixUnion) outermost(p netip.Prefix) (netip.Prefix, bool) {
-	for bits := 0; bits <= p.Bits(); bits++ {
-		q := netip.PrefixFrom(p.Addr(), bits).Masked()
-		if _, ok := u.owners[q]; ok {
-			return q, true
-		}
-	}
-	return netip.Prefix{}, false
-}
-
 // add records that conn holds p (masked, IPv4); d collects the change
 // of elements.
 func (u *prefixUnion) add(conn string, p netip.Prefix, d *spanDiff) {
 	p = p.Masked()
-	if own, ok := u.owners[p]; ok {
-		own[conn] = struct{}{} // the spans do not change, their owners do
+	if u.holds(conn, p) {
 		return
 	}
-	r, ok := u.outermost(p)
-	if !ok {
-		r = p
+	rs, before, owners := u.region(p)
+	if own, ok := u.owners[p]; ok {
+		own[conn] = struct{}{}
+	} else {
+		u.owners[p] = map[string]struct{}{conn: {}}
+		i, _ := slices.BinarySearchFunc(u.sorted, p, prefixLess)
+		u.sorted = slices.Insert(u.sorted, i, p)
 	}
-	u.owners[p] = map[string]struct{}{conn: {}}
-	i, _ := slices.BinarySearchFunc(u.sorted, p, prefixLess)
-	u.sorted = slices.Insert(u.sorted, i, p)
-	// A span cut now was owned by the others only: p was not there.
-	u.recut(r, d, func(s span) []string { return u.spanOwnersExcept(s, p) })
+	u.recut(rs, before, owners, d)
 }
 
 // remove records that conn no longer holds p; d collects the change of
 // elements.
 func (u *prefixUnion) remove(conn string, p netip.Prefix, d *spanDiff) {
 	p = p.Masked()
-	own, ok := u.owners[p]
-	if !ok {
+	if !u.holds(conn, p) {
 		return
 	}
-	if _, ok := own[conn]; !ok {
-		return
-	}
-	if len(own) > 1 {
-		delete(own, conn)
-		return
-	}
-	r, _ := u.outermost(p)
-	delete(u.owners, p)
-	if i, found := slices.BinarySearchFunc(u.sorted, p, prefixLess); found {
-		u.sorted = slices.Delete(u.sorted, i, i+1)
-	}
-	// A span that goes now was owned by conn too where p covers it.
-	u.recut(r, d, func(s span) []string {
-		owners := u.spanOwnersExcept(s, netip.Prefix{})
-		if ps := prefixSpan(p); ps.lo <= s.lo && s.hi <= ps.hi && !slices.Contains(owners, conn) {
-			owners = append(owners, conn)
-			sort.Strings(owners)
+	rs, before, owners := u.region(p)
+	own := u.owners[p]
+	delete(own, conn)
+	if len(own) == 0 {
+		delete(u.owners, p)
+		if i, found := slices.BinarySearchFunc(u.sorted, p, prefixLess); found {
+			u.sorted = slices.Delete(u.sorted, i, i+1)
 		}
-		return owners
-	})
+	}
+	u.recut(rs, before, owners, d)
 }
 
-// recut recomputes the spans inside r (the outermost prefix the change
-// touched) and records the difference in d; ownedBefore gives the
-// owners of a span that goes, as they were before the change.
-func (u *prefixUnion) recut(r netip.Prefix, d *spanDiff, ownedBefore func(span) []string) {
-	rs := prefixSpan(r)
+// region returns what a change of p may touch: p widened to the spans
+// its edges fall in (cut when p comes) and to those next to it (joined
+// when p goes), the spans inside it and their owners now. The edges of
+// the region are edges of spans that stay, or lie next to addresses no
+// prefix covers.
+func (u *prefixUnion) region(p netip.Prefix) (span, []span, [][]string) {
+	rs := prefixSpan(p)
+	ps := rs
+	if i := u.spanAt(ps.lo); i >= 0 {
+		rs.lo = u.spans[i].lo
+	}
+	if i := u.spanAt(ps.lo - 1); ps.lo > 0 && i >= 0 {
+		rs.lo = min(rs.lo, u.spans[i].lo)
+	}
+	if i := u.spanAt(ps.hi); i >= 0 {
+		rs.hi = u.spans[i].hi
+	}
+	if i := u.spanAt(ps.hi + 1); ps.hi < ^uint32(0) && i >= 0 {
+		rs.hi = max(rs.hi, u.spans[i].hi)
+	}
 	lo, hi := u.spanRange(rs)
-	before := u.spans[lo:hi]
+	before := slices.Clone(u.spans[lo:hi])
+	owners := make([][]string, len(before))
+	for i, s := range before {
+		owners[i] = u.spanOwners(s)
+	}
+	return rs, before, owners
+}
+
+// spanAt returns the index of the span that holds address a, or -1.
+func (u *prefixUnion) spanAt(a uint32) int {
+	i := sort.Search(len(u.spans), func(i int) bool { return u.spans[i].hi >= a })
+	if i < len(u.spans) && u.spans[i].lo <= a {
+		return i
+	}
+	return -1
+}
+
+// recut recomputes the spans inside rs after a change and records in d
+// what changed: elements, and the ownership of those that stay.
+func (u *prefixUnion) recut(rs span, before []span, ownersBefore [][]string, d *spanDiff) {
+	lo, hi := u.spanRange(rs)
 	after := u.cut(rs)
 	inAfter := make(map[span]bool, len(after))
 	for _, s := range after {
 		inAfter[s] = true
 	}
 	inBefore := make(map[span]bool, len(before))
-	for _, s := range before {
+	for i, s := range before {
 		inBefore[s] = true
 		if !inAfter[s] {
-			d.deleted(s, ownedBefore(s))
+			if _, ok := d.add[s]; ok {
+				delete(d.add, s)
+			} else {
+				d.del[s] = struct{}{}
+			}
+			for _, c := range ownersBefore[i] {
+				d.own(s, c, -1)
+			}
+			continue
+		}
+		now := u.spanOwners(s)
+		for _, c := range now {
+			if !slices.Contains(ownersBefore[i], c) {
+				d.own(s, c, 1)
+			}
+		}
+		for _, c := range ownersBefore[i] {
+			if !slices.Contains(now, c) {
+				d.own(s, c, -1)
+			}
 		}
 	}
 	for _, s := range after {
-		if !inBefore[s] {
-			d.added(s)
+		if inBefore[s] {
+			continue
 		}
+		if _, ok := d.del[s]; ok {
+			// It goes back into the set as it was, counter and all:
+			// its owners own it again.
+			delete(d.del, s)
+			for _, c := range u.spanOwners(s) {
+				d.own(s, c, 1)
+			}
+			continue
+		}
+		d.add[s] = struct{}{}
 	}
 	u.spans = slices.Replace(u.spans, lo, hi, after...)
 }
@@ -213,20 +289,36 @@ func (u *prefixUnion) spanRange(rs span) (int, int) {
 	return lo, hi
 }
 
-// cut returns the spans of the present prefixes inside rs.
+// cut returns the spans of the present prefixes within rs (clipped to
+// it).
 func (u *prefixUnion) cut(rs span) []span {
-	i := sort.Search(len(u.sorted), func(i int) bool { return prefixSpan(u.sorted[i]).lo >= rs.lo })
 	type event struct {
 		at    uint64
 		delta int
 	}
 	var ev []event
+	clip := func(s span) {
+		lo, hi := max(s.lo, rs.lo), min(s.hi, rs.hi)
+		if lo <= hi {
+			ev = append(ev, event{uint64(lo), 1}, event{uint64(hi) + 1, -1})
+		}
+	}
+	// Those that begin before rs and reach into it contain its first
+	// address; those that begin inside follow in sorted.
+	first := u32Addr(rs.lo)
+	for bits := 0; bits <= 32; bits++ {
+		q := netip.PrefixFrom(first, bits).Masked()
+		if _, ok := u.owners[q]; ok && prefixSpan(q).lo < rs.lo {
+			clip(prefixSpan(q))
+		}
+	}
+	i := sort.Search(len(u.sorted), func(i int) bool { return prefixSpan(u.sorted[i]).lo >= rs.lo })
 	for ; i < len(u.sorted); i++ {
 		s := prefixSpan(u.sorted[i])
 		if s.lo > rs.hi {
 			break
 		}
-		ev = append(ev, event{uint64(s.lo), 1}, event{uint64(s.hi) + 1, -1})
+		clip(s)
 	}
 	slices.SortFunc(ev, func(a, b event) int {
 		switch {
@@ -255,19 +347,10 @@ func (u *prefixUnion) cut(rs span) []span {
 // prefix that contains its first address (no prefix edge lies inside a
 // span, so such a prefix contains all of it), sorted.
 func (u *prefixUnion) spanOwners(s span) []string {
-	return u.spanOwnersExcept(s, netip.Prefix{})
-}
-
-// spanOwnersExcept is spanOwners without prefix skip.
-func (u *prefixUnion) spanOwnersExcept(s span, skip netip.Prefix) []string {
 	a := u32Addr(s.lo)
 	var out []string
 	for bits := 0; bits <= 32; bits++ {
-		q := netip.PrefixFrom(a, bits).Masked()
-		if q == skip {
-			continue
-		}
-		for c := range u.owners[q] {
+		for c := range u.owners[netip.PrefixFrom(a, bits).Masked()] {
 			if !slices.Contains(out, c) {
 				out = append(out, c)
 			}

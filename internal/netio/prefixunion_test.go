@@ -2,6 +2,7 @@ package netio
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -121,53 +122,77 @@ func TestPrefixUnion(t *testing.T) {
 	}
 }
 
-// TestPrefixUnionDeletedOwners: a span that goes is reported with the
-// conns that owned it before the change (their counters are banked).
-func TestPrefixUnionDeletedOwners(t *testing.T) {
+// TestPrefixUnionOwnership: the ownership changes of elements that
+// stay or go, and a batch that cancels out.
+func TestPrefixUnionOwnership(t *testing.T) {
 	u := newPrefixUnion()
 	d := newSpanDiff()
 	u.add("a", netip.MustParsePrefix("10.0.0.0/16"), d)
+	if len(d.owned) != 0 {
+		t.Errorf("a new element: ownership changes %v, want none (it counts from zero)", d.owned)
+	}
 	d = newSpanDiff()
-	u.add("b", netip.MustParsePrefix("10.0.0.0/24"), d)
+	u.add("b", netip.MustParsePrefix("10.0.0.0/16"), d)
 	whole := spanOf("10.0.0.0", "10.0.255.255")
-	if got := d.delOwners[whole]; !slices.Equal(got, []string{"a"}) {
-		t.Errorf("split: owners of the deleted span %v, want [a]", got)
+	if want := map[spanConn]int{{whole, "b"}: 1}; !maps.Equal(d.owned, want) {
+		t.Errorf("shared: %v, want %v", d.owned, want)
 	}
 	d = newSpanDiff()
-	u.remove("b", netip.MustParsePrefix("10.0.0.0/24"), d)
-	if got := d.delOwners[spanOf("10.0.0.0", "10.0.0.255")]; !slices.Equal(got, []string{"a", "b"}) {
-		t.Errorf("merge: owners of the inner deleted span %v, want [a b]", got)
+	u.remove("b", netip.MustParsePrefix("10.0.0.0/16"), d)
+	if want := map[spanConn]int{{whole, "b"}: -1}; !maps.Equal(d.owned, want) {
+		t.Errorf("unshared: %v, want %v", d.owned, want)
 	}
-	if got := d.delOwners[spanOf("10.0.1.0", "10.0.255.255")]; !slices.Equal(got, []string{"a"}) {
-		t.Errorf("merge: owners of the outer deleted span %v, want [a]", got)
+	d = newSpanDiff()
+	u.add("c", netip.MustParsePrefix("10.0.1.0/24"), d)
+	if want := map[spanConn]int{{whole, "a"}: -1}; !maps.Equal(d.owned, want) {
+		t.Errorf("split: %v, want %v", d.owned, want)
 	}
-	// Within one batch, an element added and deleted again cancels out.
+	d = newSpanDiff()
+	u.remove("c", netip.MustParsePrefix("10.0.1.0/24"), d)
+	want := map[spanConn]int{
+		{spanOf("10.0.0.0", "10.0.0.255"), "a"}:   -1,
+		{spanOf("10.0.1.0", "10.0.1.255"), "a"}:   -1,
+		{spanOf("10.0.1.0", "10.0.1.255"), "c"}:   -1,
+		{spanOf("10.0.2.0", "10.0.255.255"), "a"}: -1,
+	}
+	if !maps.Equal(d.owned, want) {
+		t.Errorf("merged: %v, want %v", d.owned, want)
+	}
+	// Within one batch, an element added and deleted again cancels out,
+	// and one deleted and added again stays with its owners.
 	d = newSpanDiff()
 	u.add("c", netip.MustParsePrefix("10.9.0.0/24"), d)
 	u.remove("c", netip.MustParsePrefix("10.9.0.0/24"), d)
-	if !d.empty() {
-		t.Errorf("add then remove in one batch: diff +%v -%v, want none", d.add, d.del)
+	u.add("x", netip.MustParsePrefix("10.0.1.0/24"), d)
+	u.remove("x", netip.MustParsePrefix("10.0.1.0/24"), d)
+	if !d.empty() || len(d.owned) != 0 && d.needsCounts(u) {
+		t.Errorf("add then remove in one batch: diff +%v -%v owned %v, want none", d.add, d.del, d.owned)
 	}
 }
 
-// TestPrefixUnionRandom checks random adds and removes of nesting and
-// equal prefixes against a brute-force model: every address's owners
-// are the conns holding a prefix that contains it, the spans cover
-// exactly the union, and the diffs keep a simulated kernel set equal to
-// the model.
+// TestPrefixUnionRandom checks random batches of adds and removes of
+// nesting and equal prefixes against a brute-force model: every address's
+// owners are the conns holding a prefix that contains it, the diffs keep
+// a simulated kernel set equal to the model, and with packets counted by
+// the simulated set's elements, each conn's count (banked plus the
+// elements it owns, as Filter.Counts) is the packets to addresses it held
+// when they were sent.
 func TestPrefixUnionRandom(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	u := newPrefixUnion()
-	k := kernelSet{}
+	k := map[span]uint64{} // element: counter
 	held := map[string]map[netip.Prefix]bool{}
+	want, banked := map[string]int64{}, map[string]int64{}
 	base := prefixSpan(netip.MustParsePrefix("10.0.0.0/22")).lo
+	randPrefix := func() netip.Prefix {
+		return netip.PrefixFrom(u32Addr(base+uint32(rng.IntN(1024))), 22+rng.IntN(9)).Masked()
+	}
 	for step := range 3000 {
-		conn := fmt.Sprintf("c%d", rng.IntN(6))
-		bits := 22 + rng.IntN(9)
-		p := netip.PrefixFrom(u32Addr(base+uint32(rng.IntN(1024))), bits).Masked()
 		d := newSpanDiff()
 		// Up to three changes per batch, as AddConn replacing prefixes.
 		for range 1 + rng.IntN(3) {
+			conn := fmt.Sprintf("c%d", rng.IntN(6))
+			p := randPrefix()
 			if held[conn] == nil {
 				held[conn] = map[netip.Prefix]bool{}
 			}
@@ -178,33 +203,100 @@ func TestPrefixUnionRandom(t *testing.T) {
 				u.remove(conn, p, d)
 				delete(held[conn], p)
 			}
-			p = netip.PrefixFrom(u32Addr(base+uint32(rng.IntN(1024))), 22+rng.IntN(9)).Masked()
 		}
-		k.apply(t, d)
-		if got := sortedSpans(k); len(got)+len(u.spans) > 0 && !slices.Equal(got, u.spans) {
+		counts := map[uint32]uint64{}
+		for s, n := range k {
+			counts[s.lo] = n
+		}
+		for s := range d.del {
+			if _, ok := k[s]; !ok {
+				t.Fatalf("step %d: diff deletes %v, which the set does not hold", step, s)
+			}
+			delete(k, s)
+		}
+		for s := range d.add {
+			for o := range k {
+				if s.lo <= o.hi && o.lo <= s.hi {
+					t.Fatalf("step %d: diff adds %v over %v", step, s, o)
+				}
+			}
+			k[s] = 0
+		}
+		d.bank(u, counts, func(c string, n int64) { banked[c] += n })
+		for c, ps := range held {
+			if len(ps) == 0 { // RemoveConn: its counts go with it
+				delete(held, c)
+				delete(banked, c)
+				delete(want, c)
+			}
+		}
+		if got := sortedSpans(func() map[span]struct{} {
+			m := map[span]struct{}{}
+			for s := range k {
+				m[s] = struct{}{}
+			}
+			return m
+		}()); len(got)+len(u.spans) > 0 && !slices.Equal(got, u.spans) {
 			t.Fatalf("step %d: the kernel set holds %v, the model %v", step, got, u.spans)
 		}
-		if step%50 != 0 {
-			continue
-		}
-		for a := base; a < base+1024; a++ {
-			var want []string
+		owners := func(a uint32) []string {
+			var out []string
 			for c, ps := range held {
 				for p := range ps {
 					if p.Contains(u32Addr(a)) {
-						want = append(want, c)
+						out = append(out, c)
 						break
 					}
 				}
 			}
-			slices.Sort(want)
-			i := slices.IndexFunc(u.spans, func(s span) bool { return s.lo <= a && a <= s.hi })
+			slices.Sort(out)
+			return out
+		}
+		// Packets.
+		for range 5 {
+			a := base + uint32(rng.IntN(1024))
+			for s := range k {
+				if s.lo <= a && a <= s.hi {
+					k[s]++
+				}
+			}
+			for _, c := range owners(a) {
+				want[c]++
+			}
+		}
+		got := maps.Clone(banked)
+		counts = map[uint32]uint64{}
+		for s, n := range k {
+			counts[s.lo] = n
+		}
+		attribute(u, counts, func(c string, n uint64) { got[c] += int64(n) })
+		for c := range got {
+			if got[c] == 0 {
+				delete(got, c)
+			}
+		}
+		for c := range want {
+			if want[c] == 0 {
+				delete(want, c)
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("step %d: counts %v, want %v", step, got, want)
+		}
+		if step%50 != 0 {
+			continue
+		}
+		if canon := u.cut(span{0, ^uint32(0)}); !slices.Equal(canon, u.spans) {
+			t.Fatalf("step %d: spans %v, cut from scratch %v", step, u.spans, canon)
+		}
+		for a := base; a < base+1024; a++ {
+			i := u.spanAt(a)
 			var got []string
 			if i >= 0 {
 				got = u.spanOwners(u.spans[i])
 			}
-			if !slices.Equal(got, want) {
-				t.Fatalf("step %d: %v owned by %v, want %v (spans %v)", step, u32Addr(a), got, want, u.spans)
+			if w := owners(a); !slices.Equal(got, w) {
+				t.Fatalf("step %d: %v owned by %v, want %v (spans %v)", step, u32Addr(a), got, w, u.spans)
 			}
 		}
 	}
