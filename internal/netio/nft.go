@@ -108,15 +108,22 @@ const (
 // elements of their own: the sets hold the union of the prefixes, cut into
 // disjoint elements at every prefix's edges (prefixUnion), with a count of
 // the conns holding each prefix kept here, so that removing one conn never
-// lifts a prefix another conn still protects. Within one element every
-// address belongs to the same conns, so each element's counter is counted
-// for each conn that holds it: a conn's counters are the packets dropped
-// from (Dropped) or to (Guarded) any address it protects, also where
-// another conn protects the same address (both count the packet). When a
-// prefix nested in another comes or goes, the elements around it are cut
-// anew; the counters of the elements that go are read first and kept here
-// for the conns that owned them (so the counts do not go back), which
-// costs one listing of the set for such a change.
+// lifts a prefix another conn still protects.
+//
+// Counters: within one element every address belongs to the same conns,
+// and each element counts its packets (the sets' per-element counters),
+// so a conn's counts are the packets dropped from (Dropped) or to
+// (Guarded) any address it protects: exact per conn, a packet to an
+// address that several conns protect counting for each of them. An
+// element counts from its creation; when a conn comes to own an element
+// that exists (a prefix equal to another conn's, or around it) or stops
+// owning one that stays or goes (cut anew around a nested prefix, merged
+// again), what the element counted so far is banked here for that conn
+// (subtracted or kept), so that its counts neither take in packets from
+// before nor go back (packets counted between that reading and the
+// change are taken as before it). Such a change reads the counters once (one
+// listing, O(elements)); a conn whose prefixes overlap no other's costs
+// no listing at all. The counts of a conn go when it is removed.
 type Filter struct {
 	cfg   FilterConfig
 	ns    netns.NsHandle
