@@ -733,16 +733,12 @@ func (x *filterTxn) done() {
 // commit writes the transaction (f.mu held): all of it or, if the kernel
 // refuses it, nothing, and the model goes back.
 func (x *filterTxn) commit() error {
-	if x.in.empty() && x.out.empty() && len(x.ownAdd) == 0 && len(x.ownDel) == 0 {
-		x.done()
-		return nil
-	}
 	c, err := x.f.conn()
 	if err == nil {
 		err = x.queue(c)
 	}
 	if err == nil {
-		err = c.Flush()
+		err = c.Flush() // nothing queued (only owners changed): nothing sent
 	}
 	if err != nil {
 		x.rollback()
@@ -865,18 +861,14 @@ const addConnsChunk = 1024
 // or reload), in one transaction per addConnsChunk conns instead of one
 // per conn. A chunk the kernel refuses changed nothing (a transaction is
 // atomic) and is retried conn by conn, so that one bad conn does not
-// fail the others. Each conn appears at most once in conns. It returns
-// the errors by conn (nil when every conn was written).
+// fail the others (a conn that appears twice ends with its last entry).
+// It returns the errors by conn (nil when every conn was written).
 func (f *Filter) AddConns(conns []ConnPrefixes) map[string]error {
 	errs := map[string]error{}
-	seen := map[string]bool{}
 	for _, cp := range conns {
 		if err := checkConn(cp.Name, cp.Remotes); err != nil {
 			errs[cp.Name] = err
-		} else if seen[cp.Name] {
-			errs[cp.Name] = fmt.Errorf("netio: filter: conn %s twice in one batch", cp.Name)
 		}
-		seen[cp.Name] = true
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
