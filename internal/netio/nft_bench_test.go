@@ -31,8 +31,10 @@ func scaleConns(n int) []ConnPrefixes {
 // match the traffic, and each iteration measures one TCP stream
 // (iperf3, 2 s) and ping's round trip through it. It also reports what
 // changing the filter costs at that size: writing the N conns
-// (AddConns), and adding then removing one more conn (AddConn and
-// RemoveConn, a responder's first SA and its conn going down). Run it
+// (AddConns), adding then removing a conn with a prefix of its own
+// (AddConn and RemoveConn: a responder's first SA, a conn going down) and
+// adding one that shares a prefix with another, and reading the counters
+// (Counts, for status). Run it
 // alone, as root, under the shared lock:
 //
 //	flock /tmp/gosec-roottests.lock go test -run XXX -bench FilterForward -benchtime 1x ./internal/netio/
@@ -71,13 +73,18 @@ func benchFilterForward(b *testing.B, n int) {
 		b.Fatalf("AddConns: %d errors, e.g. %v", len(errs), errs)
 	}
 	build := time.Since(start)
-	// One conn more, added and removed 20 times: the cost of a change
-	// at this size.
+	// 20 conns more, each with a prefix of its own, added and then
+	// removed: the cost of a change at this size (a responder's conn at
+	// its first SA, a conn going down). Then 20 that share one prefix
+	// with a conn already there (their ownership of an existing element
+	// changes: the counters are read).
 	const changes = 20
-	one := []netip.Prefix{netip.MustParsePrefix("10.250.0.0/30")}
+	own := func(i int) []netip.Prefix {
+		return []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(i), 0}), 30)}
+	}
 	start = time.Now()
 	for i := range changes {
-		if err := f.AddConn(fmt.Sprintf("x%d", i), one); err != nil {
+		if err := f.AddConn(fmt.Sprintf("x%d", i), own(i)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -89,6 +96,16 @@ func benchFilterForward(b *testing.B, n int) {
 		}
 	}
 	remove := time.Since(start) / changes
+	if err := f.AddConn("shared", own(0)); err != nil {
+		b.Fatal(err)
+	}
+	start = time.Now()
+	for i := range changes {
+		if err := f.AddConn(fmt.Sprintf("s%d", i), own(0)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	addShared := time.Since(start) / changes
 	start = time.Now()
 	if _, err := f.Counts(); err != nil {
 		b.Fatal(err)
@@ -130,5 +147,6 @@ func benchFilterForward(b *testing.B, n int) {
 	b.ReportMetric(float64(build.Milliseconds()), "addconns-ms")
 	b.ReportMetric(float64(add.Microseconds()), "addconn-us")
 	b.ReportMetric(float64(remove.Microseconds()), "removeconn-us")
+	b.ReportMetric(float64(addShared.Microseconds()), "addconn-shared-us")
 	b.ReportMetric(float64(counts.Microseconds()), "counts-us")
 }
