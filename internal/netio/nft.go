@@ -672,12 +672,12 @@ func (x *filterTxn) rollback() {
 func (x *filterTxn) queue(c *nftables.Conn) error {
 	f := x.f
 	var err error
-	if x.in.needsCounts(f.in) {
+	if x.in.needsCounts(f.in, x.stays) {
 		if x.inCounts, err = setCounters(c, f.protected); err != nil {
 			return err
 		}
 	}
-	if x.out.needsCounts(f.out) {
+	if x.out.needsCounts(f.out, x.stays) {
 		if x.outCounts, err = setCounters(c, f.guarded); err != nil {
 			return err
 		}
@@ -711,6 +711,9 @@ func (x *filterTxn) queue(c *nftables.Conn) error {
 	}
 	return nil
 }
+
+// stays reports whether conn has an entry after the transaction.
+func (x *filterTxn) stays(conn string) bool { return x.f.conns[conn] != nil }
 
 func sortedOwnKeys(m map[[16]byte]string) [][16]byte {
 	keys := make([][16]byte, 0, len(m))

@@ -106,10 +106,11 @@ func (d *spanDiff) wasSet(u *prefixUnion, s span) bool {
 }
 
 // needsCounts reports whether the ownership of an element that was in
-// u's set changed (its counter must be read for bank).
-func (d *spanDiff) needsCounts(u *prefixUnion) bool {
+// u's set changed for a conn that stays (keeps: its counter must be read
+// for bank; the counts of a conn that goes go with it).
+func (d *spanDiff) needsCounts(u *prefixUnion, stays func(conn string) bool) bool {
 	for k := range d.owned {
-		if d.wasSet(u, k.s) {
+		if stays(k.conn) && d.wasSet(u, k.s) {
 			return true
 		}
 	}

@@ -165,7 +165,7 @@ func TestPrefixUnionOwnership(t *testing.T) {
 	u.remove("c", netip.MustParsePrefix("10.9.0.0/24"), d)
 	u.add("x", netip.MustParsePrefix("10.0.1.0/24"), d)
 	u.remove("x", netip.MustParsePrefix("10.0.1.0/24"), d)
-	if !d.empty() || len(d.owned) != 0 && d.needsCounts(u) {
+	if !d.empty() || len(d.owned) != 0 && d.needsCounts(u, func(string) bool { return true }) {
 		t.Errorf("add then remove in one batch: diff +%v -%v owned %v, want none", d.add, d.del, d.owned)
 	}
 }
