@@ -154,6 +154,10 @@ type Filter struct {
 	// chunkRetries counts AddConns transactions the kernel refused and
 	// that were retried conn by conn (tests).
 	chunkRetries int
+	// get reads single set elements (their counters), on a socket of
+	// its own opened in NewFilter; nil if that failed (the sets are
+	// listed instead).
+	get *nftElemGetter
 	// nl is one lasting netlink socket, opened in NewFilter: entering
 	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
 	// dropped its privileges (internal/privs) no longer has.
@@ -212,6 +216,9 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	if err != nil {
 		ns.Close()
 		return nil, err
+	}
+	if g, err := newNftElemGetter(); err == nil {
+		f.get = g
 	}
 	f.table = &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}
 	guards := map[string][]netip.Prefix{}
@@ -320,6 +327,9 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	if err := c.Flush(); err != nil {
 		ns.Close()
 		c.CloseLasting()
+		if f.get != nil {
+			f.get.Close()
+		}
 		return nil, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err)
 	}
 	x.done()
@@ -331,6 +341,9 @@ func (f *Filter) abortNew(c *nftables.Conn, err error) error {
 	discardQueued(c)
 	f.ns.Close()
 	c.CloseLasting()
+	if f.get != nil {
+		f.get.Close()
+	}
 	return err
 }
 
@@ -672,15 +685,11 @@ func (x *filterTxn) rollback() {
 func (x *filterTxn) queue(c *nftables.Conn) error {
 	f := x.f
 	var err error
-	if x.in.needsCounts(f.in, x.stays) {
-		if x.inCounts, err = setCounters(c, f.protected); err != nil {
-			return err
-		}
+	if x.inCounts, err = f.elemCounters(c, f.protected, x.in.countsNeeded(f.in, x.stays)); err != nil {
+		return err
 	}
-	if x.out.needsCounts(f.out, x.stays) {
-		if x.outCounts, err = setCounters(c, f.guarded); err != nil {
-			return err
-		}
+	if x.outCounts, err = f.elemCounters(c, f.guarded, x.out.countsNeeded(f.out, x.stays)); err != nil {
+		return err
 	}
 	var own, disown []nftables.SetElement
 	for _, k := range sortedOwnKeys(x.ownAdd) {
@@ -710,6 +719,21 @@ func (x *filterTxn) queue(c *nftables.Conn) error {
 		}
 	}
 	return nil
+}
+
+// elemCounters reads the counters of the elements of s that start at
+// los: those elements alone when they are few, else with a listing of
+// the set.
+func (f *Filter) elemCounters(c *nftables.Conn, s *nftables.Set, los []uint32) (map[uint32]uint64, error) {
+	if len(los) == 0 {
+		return nil, nil
+	}
+	if f.get != nil && len(los) <= maxGetElems {
+		if counts, err := f.get.counters(f.table.Name, s.Name, los); err == nil {
+			return counts, nil
+		}
+	}
+	return setCounters(c, s)
 }
 
 // stays reports whether conn has an entry after the transaction.
@@ -1002,6 +1026,10 @@ func (f *Filter) Close() error {
 		if f.nl != nil {
 			f.nl.CloseLasting()
 			f.nl = nil
+		}
+		if f.get != nil {
+			f.get.Close()
+			f.get = nil
 		}
 	}()
 	c, err := f.conn()

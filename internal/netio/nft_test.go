@@ -597,6 +597,17 @@ func TestFilterSharedPrefixes(t *testing.T) {
 			t.Errorf("%s: Guarded by conn %v, want %v", s.what, got, s.counts)
 		}
 		readFilterSets(t, f).matchModel(t, f, s.what)
+		// The single-element get (banking) reads what the listing does.
+		f.mu.Lock()
+		listed, err := setCounters(f.nl, f.guarded)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got2, err := f.get.counters(f.table.Name, guardedSet, slices.Sorted(maps.Keys(listed)))
+		f.mu.Unlock()
+		if err != nil || !maps.Equal(got2, listed) {
+			t.Errorf("%s: element get %v, %v; the listing %v", s.what, got2, err, listed)
+		}
 	}
 }
 

@@ -117,6 +117,19 @@ func (d *spanDiff) needsCounts(u *prefixUnion, stays func(conn string) bool) boo
 	return false
 }
 
+// countsNeeded returns the first addresses of the elements needsCounts
+// finds, each once.
+func (d *spanDiff) countsNeeded(u *prefixUnion, stays func(conn string) bool) []uint32 {
+	var los []uint32
+	for k := range d.owned {
+		if stays(k.conn) && d.wasSet(u, k.s) && !slices.Contains(los, k.s.lo) {
+			los = append(los, k.s.lo)
+		}
+	}
+	slices.Sort(los)
+	return los
+}
+
 func (d *spanDiff) empty() bool { return len(d.add) == 0 && len(d.del) == 0 }
 
 // sortedSpans returns the spans of m by lo.
