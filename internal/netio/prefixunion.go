@@ -373,6 +373,3 @@ func (u *prefixUnion) spanOwners(s span) []string {
 	sort.Strings(out)
 	return out
 }
-
-// prefixes returns the present prefixes (tests).
-func (u *prefixUnion) prefixes() []netip.Prefix { return slices.Clone(u.sorted) }
