@@ -433,14 +433,13 @@ func lookupDropExprs(set *nftables.Set, off uint32) []expr.Any {
 	}
 }
 
-// maxConnName bounds a conn's name: it is the comment of its guard-conns
-// elements, which the kernel keeps in at most 256 octets of user data.
+// maxConnName bounds the name a guard-conns element keeps as its comment
+// (the kernel keeps at most 256 octets of user data per element): the
+// guard of a conn with a longer name is written as any other, but is not
+// carried over a crash (its name cannot be read back).
 const maxConnName = 200
 
 func checkConn(name string, remotes []netip.Prefix) error {
-	if len(name) > maxConnName {
-		return fmt.Errorf("netio: filter: conn name %.20q... longer than %d octets", name, maxConnName)
-	}
 	for _, p := range remotes {
 		if !p.IsValid() || !p.Addr().Is4() {
 			return fmt.Errorf("netio: filter: conn %s: %v is not IPv4", name, p)
@@ -693,7 +692,11 @@ func (x *filterTxn) queue(c *nftables.Conn) error {
 	}
 	var own, disown []nftables.SetElement
 	for _, k := range sortedOwnKeys(x.ownAdd) {
-		own = append(own, nftables.SetElement{Key: slices.Clone(k[:]), Comment: x.ownAdd[k]})
+		name := x.ownAdd[k]
+		if len(name) > maxConnName {
+			name = name[:maxConnName] // not read back (decodeGuardConn)
+		}
+		own = append(own, nftables.SetElement{Key: slices.Clone(k[:]), Comment: name})
 	}
 	for _, k := range sortedOwnKeys(x.ownDel) {
 		disown = append(disown, nftables.SetElement{Key: slices.Clone(k[:])})
