@@ -4,12 +4,18 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/gosec-ipsec/gosec/internal/iphdr"
 	"github.com/gosec-ipsec/gosec/internal/nettest"
 	"github.com/gosec-ipsec/gosec/internal/testutil"
@@ -341,23 +347,8 @@ func TestFilterAddConns(t *testing.T) {
 		nettest.MustDo(t, p.A.NS, func() (err error) { f, err = NewFilter(cfg); return err })
 		return f
 	}
-	// rules counts the per-conn rules by tag.
-	rules := func(f *Filter) map[string]int {
-		t.Helper()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		byTag, err := f.rulesByTag(f.nl)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]int{}
-		for tag, rs := range byTag {
-			out[tag] = len(rs)
-		}
-		return out
-	}
 	peer := netip.PrefixFrom(p.BAddr, 32)
-	const n = 600 // many transactions
+	const n = 2*addConnsChunk + 500 // several transactions
 	conns := []ConnPrefixes{{Name: "peer", Remotes: []netip.Prefix{peer}}}
 	for i := 1; i < n; i++ {
 		conns = append(conns, ConnPrefixes{Name: fmt.Sprintf("c%d", i),
@@ -365,16 +356,19 @@ func TestFilterAddConns(t *testing.T) {
 	}
 	check := func(f *Filter, what string) {
 		t.Helper()
-		got := rules(f)
+		st := readFilterSets(t, f)
 		for _, cp := range conns {
-			// three inbound chains and the guard, per prefix
-			if c, g := got[string(connTag(cp.Name))], got[string(guardTag(cp.Name))]; c != 3*len(cp.Remotes) || g != len(cp.Remotes) {
-				t.Fatalf("%s: conn %s has %d inbound and %d guard rules, want %d and %d", what, cp.Name, c, g, 3*len(cp.Remotes), len(cp.Remotes))
+			if got := st.owners[cp.Name]; !slices.Equal(got, uniquePrefixes(cp.Remotes)) {
+				t.Fatalf("%s: conn %s has guards %v in guard-conns, want %v", what, cp.Name, got, cp.Remotes)
+			}
+			if e := f.conns[cp.Name]; e == nil || !e.inbound {
+				t.Fatalf("%s: conn %s has no inbound entry: %+v", what, cp.Name, e)
 			}
 		}
-		if len(got) != 2*len(conns) {
-			t.Fatalf("%s: rules of %d tags, want %d", what, len(got), 2*len(conns))
+		if len(st.owners) != len(conns) || len(f.conns) != len(conns) {
+			t.Fatalf("%s: guards of %d conns, %d entries; want %d", what, len(st.owners), len(f.conns), len(conns))
 		}
+		st.matchModel(t, f, what)
 	}
 
 	f := newFilter(FilterConfig{})
@@ -426,4 +420,372 @@ func TestFilterAddConns(t *testing.T) {
 	if err := f2.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// filterSets is what the kernel's sets of a Filter hold.
+type filterSets struct {
+	protected, guarded []span
+	owners             map[string][]netip.Prefix
+}
+
+// readFilterSets lists f's sets in the kernel.
+func readFilterSets(t *testing.T, f *Filter) filterSets {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	spans := func(s *nftables.Set) []span {
+		elems, err := f.nl.GetSetElements(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(elems, func(a, b nftables.SetElement) int {
+			if c := strings.Compare(string(a.Key), string(b.Key)); c != 0 {
+				return c
+			}
+			// An end before a start at the same address (adjacent).
+			if a.IntervalEnd == b.IntervalEnd {
+				return 0
+			} else if a.IntervalEnd {
+				return -1
+			}
+			return 1
+		})
+		var out []span
+		for i, e := range elems {
+			if e.IntervalEnd {
+				continue
+			}
+			s := span{lo: binary.BigEndian.Uint32(e.Key), hi: ^uint32(0)}
+			if i+1 < len(elems) && elems[i+1].IntervalEnd {
+				s.hi = binary.BigEndian.Uint32(elems[i+1].Key) - 1
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	st := filterSets{protected: spans(f.protected), guarded: spans(f.guarded), owners: map[string][]netip.Prefix{}}
+	elems, err := f.nl.GetSetElements(f.guardConns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range elems {
+		name, p, ok := decodeGuardConn(e)
+		if !ok {
+			t.Fatalf("guard-conns element %x %q unreadable", e.Key, e.Comment)
+		}
+		st.owners[name] = append(st.owners[name], p)
+	}
+	for name := range st.owners {
+		st.owners[name] = uniquePrefixes(st.owners[name])
+	}
+	return st
+}
+
+// matchModel checks that the kernel's sets hold what f's model says.
+func (st filterSets) matchModel(t *testing.T, f *Filter, what string) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !slices.Equal(st.protected, f.in.spans) && len(st.protected)+len(f.in.spans) > 0 {
+		t.Fatalf("%s: the kernel's protected set holds %d spans, the model %d", what, len(st.protected), len(f.in.spans))
+	}
+	if !slices.Equal(st.guarded, f.out.spans) && len(st.guarded)+len(f.out.spans) > 0 {
+		t.Fatalf("%s: the kernel's guarded set holds %d spans, the model %d", what, len(st.guarded), len(f.out.spans))
+	}
+}
+
+// guardProbe sends UDP datagrams from p.A to addr:port on p.B (a listener
+// there) and reports whether they arrived: the guard in A decides.
+type guardProbe struct {
+	t  *testing.T
+	p  *nettest.Pair
+	rx *net.UDPConn
+}
+
+func newGuardProbe(t *testing.T, p *nettest.Pair, port int) *guardProbe {
+	g := &guardProbe{t: t, p: p}
+	nettest.MustDo(t, p.B.NS, func() (err error) {
+		g.rx, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
+		return err
+	})
+	t.Cleanup(func() { g.rx.Close() })
+	return g
+}
+
+func (g *guardProbe) send(msg string) bool {
+	g.t.Helper()
+	nettest.MustDo(g.t, g.p.A.NS, func() error {
+		c, err := ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 0)})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		to := netip.AddrPortFrom(g.p.BAddr, uint16(g.rx.LocalAddr().(*net.UDPAddr).Port))
+		if _, err = c.Send([]Msg{{Buf: []byte(msg), To: to}}); errors.Is(err, unix.EPERM) {
+			err = nil // the guard's drop, answered to the local sender
+		}
+		return err
+	})
+	buf := make([]byte, 100)
+	g.rx.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	for {
+		n, _, err := g.rx.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return false
+		}
+		if string(buf[:n]) == msg {
+			return true
+		}
+	}
+}
+
+// TestFilterSharedPrefixes: conns whose prefixes are equal or nested
+// share the set's elements; removing one never lifts what another still
+// protects, and each conn's counters count the packets to any address it
+// protects, without going back when the elements are cut anew.
+func TestFilterSharedPrefixes(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gns-fs", netip.MustParsePrefix("10.231.20.0/24"))
+	g := newGuardProbe(t, p, 7003)
+	var f *Filter
+	nettest.MustDo(t, p.A.NS, func() (err error) { f, err = NewFilter(FilterConfig{Table: "gns-fs", TUN: "gns-fstun"}); return err })
+	defer f.Close()
+	host := netip.PrefixFrom(p.BAddr, 32)
+	subnet := netip.MustParsePrefix("10.231.20.0/24")
+	wide := netip.MustParsePrefix("10.231.0.0/16")
+	steps := []struct {
+		what   string
+		do     func() error
+		passes bool
+		counts map[string]uint64 // Guarded, cumulative
+	}{
+		{"no conn", func() error { return nil }, true, map[string]uint64{}},
+		{"host", func() error { return f.AddConn("host", []netip.Prefix{host}) }, false,
+			map[string]uint64{"host": 1}},
+		{"same host", func() error { return f.AddConn("same", []netip.Prefix{host}) }, false,
+			map[string]uint64{"host": 2, "same": 1}},
+		{"subnet around it", func() error { return f.AddConn("subnet", []netip.Prefix{subnet}) }, false,
+			map[string]uint64{"host": 3, "same": 2, "subnet": 1}},
+		{"host removed", func() error { return f.RemoveConn("host") }, false,
+			map[string]uint64{"same": 3, "subnet": 2}},
+		{"wider one with two prefixes", func() error { return f.AddConn("wide", []netip.Prefix{wide, subnet}) }, false,
+			map[string]uint64{"same": 4, "subnet": 3, "wide": 1}},
+		{"subnet removed", func() error { return f.RemoveConn("subnet") }, false,
+			map[string]uint64{"same": 5, "wide": 2}},
+		{"same removed", func() error { return f.RemoveConn("same") }, false,
+			map[string]uint64{"wide": 3}},
+		{"wide rewritten without the host", func() error { return f.AddConn("wide", []netip.Prefix{netip.MustParsePrefix("10.232.0.0/16")}) }, true,
+			map[string]uint64{"wide": 3}},
+	}
+	for i, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.what, err)
+		}
+		if got := g.send(fmt.Sprintf("probe %d", i)); got != s.passes {
+			t.Fatalf("%s: the datagram arrived: %v, want %v\n%s", s.what, got, s.passes,
+				nettest.MustExec(t, p.A.NS, "nft", "list", "table", "inet", "gns-fs"))
+		}
+		all, err := f.Counts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]uint64{}
+		for name, fc := range all {
+			got[name] = fc.Guarded
+		}
+		if !maps.Equal(got, s.counts) {
+			t.Errorf("%s: Guarded by conn %v, want %v", s.what, got, s.counts)
+		}
+		readFilterSets(t, f).matchModel(t, f, s.what)
+		// The single-element get (banking) reads what the listing does.
+		f.mu.Lock()
+		listed, err := setCounters(f.nl, f.guarded)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got2, err := f.get.counters(f.table.Name, guardedSet, slices.Sorted(maps.Keys(listed)))
+		f.mu.Unlock()
+		if err != nil || !maps.Equal(got2, listed) {
+			t.Errorf("%s: element get %v, %v; the listing %v", s.what, got2, err, listed)
+		}
+	}
+}
+
+// TestFilterInboundCounts: the inbound drops count by conn too, a packet
+// from an address two conns protect for both.
+func TestFilterInboundCounts(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gns-fi", netip.MustParsePrefix("10.231.21.0/24"))
+	var udp *net.UDPConn
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		udp, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 7004})
+		return err
+	})
+	defer udp.Close()
+	var f *Filter
+	nettest.MustDo(t, p.A.NS, func() (err error) { f, err = NewFilter(FilterConfig{Table: "gns-fi", TUN: "gns-fitun"}); return err })
+	defer f.Close()
+	if errs := f.AddConns([]ConnPrefixes{
+		{Name: "host", Remotes: []netip.Prefix{netip.PrefixFrom(p.BAddr, 32)}},
+		{Name: "subnet", Remotes: []netip.Prefix{netip.MustParsePrefix("10.231.21.0/24")}},
+		{Name: "other", Remotes: []netip.Prefix{netip.MustParsePrefix("10.231.22.0/24")}},
+	}); errs != nil {
+		t.Fatal(errs)
+	}
+	nettest.MustDo(t, p.B.NS, func() error {
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: p.AAddr.AsSlice(), Port: 7004})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			if _, err := c.Write([]byte("clear")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	udp.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := udp.ReadFromUDPAddrPort(make([]byte, 100)); err == nil {
+		t.Fatalf("cleartext from a protected address arrived (%d octets)", n)
+	}
+	all, err := f.Counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]FilterCounts{"host": {Dropped: 3}, "subnet": {Dropped: 3}, "other": {}}
+	if !maps.Equal(all, want) {
+		t.Errorf("Counts() = %v, want %v", all, want)
+	}
+	if d, err := f.Dropped("subnet"); err != nil || d != 3 {
+		t.Errorf("Dropped(subnet) = %d, %v; want 3", d, err)
+	}
+}
+
+// TestFilterInitialGuardsRecorded: a conn guarded from the start (Guards)
+// and then written (AddConn) has its prefixes once, and rewriting it with
+// other prefixes lifts the initial ones; a queued change that is thrown
+// away (discardQueued) never reaches the kernel.
+func TestFilterInitialGuardsRecorded(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gns-fr", netip.MustParsePrefix("10.231.23.0/24"))
+	g := newGuardProbe(t, p, 7005)
+	host := netip.PrefixFrom(p.BAddr, 32)
+	var f *Filter
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		f, err = NewFilter(FilterConfig{Table: "gns-fr", TUN: "gns-frtun", Guards: map[string][]netip.Prefix{"routed": {host}}})
+		return err
+	})
+	defer f.Close()
+	if g.send("initial") {
+		t.Fatal("the initial guard is missing")
+	}
+	st := readFilterSets(t, f)
+	if len(st.protected) != 0 || len(st.guarded) != 1 || !slices.Equal(st.owners["routed"], []netip.Prefix{host}) {
+		t.Fatalf("initial sets: %+v", st)
+	}
+	if err := f.AddConn("routed", []netip.Prefix{host}); err != nil {
+		t.Fatal(err)
+	}
+	st = readFilterSets(t, f)
+	if len(st.protected) != 1 || len(st.guarded) != 1 || !slices.Equal(st.owners["routed"], []netip.Prefix{host}) {
+		t.Fatalf("after AddConn: %+v", st)
+	}
+	other := netip.MustParsePrefix("10.231.99.0/24")
+	if err := f.AddConn("routed", []netip.Prefix{other}); err != nil {
+		t.Fatal(err)
+	}
+	if !g.send("rewritten") {
+		t.Fatal("the conn's old prefix is still guarded after it was rewritten")
+	}
+	st = readFilterSets(t, f)
+	if !slices.Equal(st.owners["routed"], []netip.Prefix{other}) {
+		t.Fatalf("after the rewrite guard-conns holds %v", st.owners)
+	}
+	// Thrown away: a guard queued and discarded is not in the kernel,
+	// not even after the next transaction.
+	f.mu.Lock()
+	if err := f.nl.SetAddElements(f.guarded, spanElems([]span{prefixSpan(host)})); err != nil {
+		t.Fatal(err)
+	}
+	discardQueued(f.nl)
+	f.mu.Unlock()
+	if err := f.AddConn("another", []netip.Prefix{netip.MustParsePrefix("10.231.98.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if !g.send("discarded") {
+		t.Fatal("a discarded guard reached the kernel")
+	}
+	readFilterSets(t, f).matchModel(t, f, "after discard")
+}
+
+// TestFilterCarryOverProcess: a daemon that exits without Close (kill -9)
+// leaves its table; the next one keeps the guards of the conns it wants,
+// from the guard-conns set, and writing such a conn again replaces its
+// kept guard without doubling it.
+func TestFilterCarryOverProcess(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gns-fk", netip.MustParsePrefix("10.231.24.0/24"))
+	g := newGuardProbe(t, p, 7006)
+	host := netip.PrefixFrom(p.BAddr, 32)
+	// The child process writes the conns and kills itself.
+	cmd := exec.Command("ip", "netns", "exec", p.A.NS, os.Args[0], "-test.run", "^TestFilterCarryOverProcess$")
+	cmd.Env = append(os.Environ(), "GOSEC_TEST_FILTER_CRASH="+host.String())
+	out, err := cmd.CombinedOutput()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("child: %v, want killed by SIGKILL: %s", err, out)
+	}
+	if g.send("after the crash") {
+		t.Fatal("cleartext left after the daemon died")
+	}
+	var f *Filter
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		f, err = NewFilter(FilterConfig{Table: "gns-fk", TUN: "gns-fktun", KeepStale: func(c string) bool { return c != "dropped" }})
+		return err
+	})
+	defer f.Close()
+	kept := f.Kept()
+	want := map[string][]netip.Prefix{"peer": {host}, "subnets": {netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("10.9.1.0/24")}}
+	if !maps.EqualFunc(kept, want, func(a, b []netip.Prefix) bool { return slices.Equal(uniquePrefixes(a), b) }) {
+		t.Fatalf("Kept() = %v, want %v", kept, want)
+	}
+	if g.send("restarted") {
+		t.Fatal("cleartext left after the restart: the stale guard was not kept")
+	}
+	if err := f.AddConn("peer", []netip.Prefix{host}); err != nil {
+		t.Fatal(err)
+	}
+	st := readFilterSets(t, f)
+	if !slices.Equal(st.owners["peer"], []netip.Prefix{host}) || len(st.owners) != 2 {
+		t.Fatalf("after AddConn of a kept conn guard-conns holds %v", st.owners)
+	}
+	if _, ok := f.Kept()["peer"]; ok {
+		t.Error("peer still reported kept after it was written")
+	}
+	if err := f.RemoveConn("peer"); err != nil {
+		t.Fatal(err)
+	}
+	if !g.send("removed") {
+		t.Fatal("guard still dropping after RemoveConn")
+	}
+}
+
+// filterCrashChild is the child of TestFilterCarryOverProcess: it runs
+// in the test's namespace, writes three conns and dies by SIGKILL.
+func filterCrashChild(host string) {
+	f, err := NewFilter(FilterConfig{Table: "gns-fk", TUN: "gns-fktun"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if errs := f.AddConns([]ConnPrefixes{
+		{Name: "peer", Remotes: []netip.Prefix{netip.MustParsePrefix(host)}},
+		{Name: "subnets", Remotes: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("10.9.1.0/24")}},
+		{Name: "dropped", Remotes: []netip.Prefix{netip.MustParsePrefix("10.8.0.0/16")}},
+	}); errs != nil {
+		fmt.Fprintln(os.Stderr, errs)
+		os.Exit(2)
+	}
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {}
 }

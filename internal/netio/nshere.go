@@ -31,6 +31,13 @@ func netlinkHere() (*netlink.Handle, error) {
 // takes only the memory the queued messages use.
 const nftRecvBuffer = 64 << 20
 
+// nftSendBuffer is the send buffer of the nftables socket: a transaction
+// goes to the kernel in one sendmsg, which fails with EMSGSIZE when it is
+// larger than the buffer (wmem_default, 208 KB); the one that creates the
+// table holds the guard elements of every conn routed at start (about
+// 200 octets each).
+const nftSendBuffer = 64 << 20
+
 // nftablesHere opens a lasting nftables connection in the calling
 // thread's namespace.
 func nftablesHere() (*nftables.Conn, error) {
@@ -47,6 +54,11 @@ func nftablesHere() (*nftables.Conn, error) {
 			// keeps); without it, SO_RCVBUF up to rmem_max.
 			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, nftRecvBuffer); serr != nil {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, nftRecvBuffer)
+			}
+			if serr == nil {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, nftSendBuffer); serr != nil {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, nftSendBuffer)
+				}
 			}
 		}); err != nil {
 			return err
