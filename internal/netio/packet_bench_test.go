@@ -46,8 +46,6 @@ func procCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
 // benchPacketSock opens an AF_PACKET SOCK_RAW socket for sending only
 // (protocol 0: it receives nothing) in the calling thread's namespace.
 func benchPacketSock(tb testing.TB, bypass bool) int {
