@@ -58,6 +58,12 @@ type Options struct {
 	// outgoing Ethernet link (netio.PacketConn, the default; it falls back
 	// to the raw sockets by itself when AF_PACKET cannot be opened).
 	RawSocketsOnly bool
+	// RawReceive receives ESP and AH on the raw IPv4 sockets (after the
+	// kernel's IP input path, netfilter INPUT and reverse-path filtering)
+	// instead of an AF_PACKET receive ring (netio.RxRing, the default; it
+	// falls back to the raw sockets by itself when the ring cannot be
+	// opened).
+	RawReceive bool
 	// CryptoWorkers is the number of goroutines that seal and open in
 	// parallel (dataplane.Config.Workers): 0 chooses by the machine,
 	// a negative value has every reader do its own cryptography.
@@ -268,16 +274,47 @@ func Run(ctx context.Context, opts Options) (err error) {
 }
 
 // espSocket carries ESP or AH: a netio.PacketConn (AF_PACKET send) or a
-// netio.RawConn.
+// netio.RawConn, or either of them for sending with a receive ring
+// (ringSocket).
 type espSocket interface {
 	Recv(ms []netio.Msg) (int, error)
 	Send(ms []netio.Msg) (int, error)
 	Close() error
 }
 
-// listenESP opens the socket for ESP or AH: AF_PACKET sending with the raw
-// socket for receive and fallback, unless turned off or unavailable.
-func (d *Daemon) listenESP(cfg netio.RawConfig) (espSocket, error) {
+// listenESP opens the socket for ESP or AH: receive through an AF_PACKET
+// ring and send through AF_PACKET, with the raw socket for what those
+// cannot do, unless turned off or unavailable. ringSize is the receive
+// ring's memory.
+func (d *Daemon) listenESP(cfg netio.RawConfig, ringSize int) (espSocket, error) {
+	var ring *netio.RxRing
+	if !d.opts.RawReceive {
+		r, err := netio.ListenRing(netio.RingConfig{Proto: cfg.Proto, Size: ringSize})
+		if err == nil {
+			ring = r
+			// The raw socket holds the protocol (no ICMP
+			// protocol-unreachable) and receives nothing.
+			cfg.NoRecv = true
+		} else {
+			d.log.Warn("AF_PACKET receive ring unavailable; receiving through the raw socket", "proto", cfg.Proto, "err", err)
+		}
+	}
+	tx, err := d.listenSend(cfg)
+	if err != nil {
+		if ring != nil {
+			ring.Close()
+		}
+		return nil, err
+	}
+	if ring == nil {
+		return tx, nil
+	}
+	return &ringSocket{RxRing: ring, tx: tx}, nil
+}
+
+// listenSend opens the sending side for ESP or AH: AF_PACKET with the raw
+// socket as fallback, or the raw socket alone.
+func (d *Daemon) listenSend(cfg netio.RawConfig) (espSocket, error) {
 	if !d.opts.RawSocketsOnly {
 		c, err := netio.ListenPacket(netio.PacketConfig{RawConfig: cfg, Clock: d.opts.Clock, Log: d.log})
 		if err == nil {
@@ -290,6 +327,23 @@ func (d *Daemon) listenESP(cfg netio.RawConfig) (espSocket, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// ringSocket receives through an AF_PACKET ring and sends through tx
+// (whose raw socket receives nothing).
+type ringSocket struct {
+	*netio.RxRing
+	tx espSocket
+}
+
+func (s *ringSocket) Send(ms []netio.Msg) (int, error) { return s.tx.Send(ms) }
+
+func (s *ringSocket) Close() error {
+	err := s.RxRing.Close()
+	if e := s.tx.Close(); err == nil {
+		err = e
+	}
+	return err
 }
 
 // setup creates the devices, sockets, routes and filters.
@@ -309,11 +363,11 @@ func (d *Daemon) setup() error {
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20})
+	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20}, 4<<20)
 	if err != nil {
 		return fmt.Errorf("daemon: raw ESP socket: %w", err)
 	}
-	d.ah, err = d.listenESP(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20})
+	d.ah, err = d.listenESP(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20}, 1<<20)
 	if err != nil {
 		return fmt.Errorf("daemon: raw AH socket: %w", err)
 	}
