@@ -201,9 +201,14 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 	// A fanout group of one, for its reassembly: a fragment is dropped by
 	// the filter until the fanout joins, which is a moment from now.
 	// UNIQUEID has the kernel choose a group id not in use in this
-	// namespace (each ring and each daemon its own group). HASH keeps
-	// each flow on one socket should a group ever hold several.
-	fanout := (unix.PACKET_FANOUT_HASH | unix.PACKET_FANOUT_FLAG_DEFRAG | unix.PACKET_FANOUT_FLAG_UNIQUEID) << 16
+	// namespace (each ring and each daemon its own group). The group's
+	// hook sees every IPv4 packet the host receives (the filter runs
+	// after it), so its demultiplexing should cost nothing: CPU (the
+	// receiving CPU's number modulo one) rather than HASH, which would
+	// run the flow dissector on every packet that has no hash yet (veth,
+	// TUN). A group of several sockets would want HASH, to keep each
+	// flow on one of them.
+	fanout := (unix.PACKET_FANOUT_CPU | unix.PACKET_FANOUT_FLAG_DEFRAG | unix.PACKET_FANOUT_FLAG_UNIQUEID) << 16
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout); err != nil {
 		return failLocal("PACKET_FANOUT with defragmentation", err)
 	}
