@@ -378,6 +378,7 @@ func BenchmarkESPRecv(b *testing.B) {
 		b.Run(tc, func(b *testing.B) {
 			tx, rx := rawPair(b, p)
 			recv := rx.Recv
+			stop := func() { rx.Close() }
 			if tc == "RxRing-v2" {
 				attachFilter(b, rx.s.fd, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}})
 				var r *RxRing
@@ -387,6 +388,7 @@ func BenchmarkESPRecv(b *testing.B) {
 				})
 				defer r.Close()
 				recv = r.Recv
+				stop = func() { rx.Close(); r.Close() } // unblocks Recv after losses
 			}
 			if tc == "tpacket-v3-ring" {
 				// The raw socket stays open (no ICMP protocol-unreachable)
@@ -401,7 +403,7 @@ func BenchmarkESPRecv(b *testing.B) {
 				recv = r.recv
 				defer unix.Close(r.fd)
 			}
-			measureRecv(b, batch, out, tx.Send, recv, func() { rx.Close() })
+			measureRecv(b, batch, out, tx.Send, recv, stop)
 		})
 	}
 }
