@@ -282,34 +282,34 @@ type espSocket interface {
 	Close() error
 }
 
-// listenESP opens the socket for ESP or AH: receive through an AF_PACKET
-// ring and send through AF_PACKET, with the raw socket for what those
-// cannot do, unless turned off or unavailable. ringSize is the receive
-// ring's memory.
-func (d *Daemon) listenESP(cfg netio.RawConfig, ringSize int) (espSocket, error) {
-	var ring *netio.RxRing
-	if !d.opts.RawReceive {
-		r, err := netio.ListenRing(netio.RingConfig{Proto: cfg.Proto, Size: ringSize})
-		if err == nil {
-			ring = r
-			// The raw socket holds the protocol (no ICMP
-			// protocol-unreachable) and receives nothing.
-			cfg.NoRecv = true
-		} else {
-			d.log.Warn("AF_PACKET receive ring unavailable; receiving through the raw socket", "proto", cfg.Proto, "err", err)
-		}
+// listenRing opens the AF_PACKET receive ring for ESP and AH (one ring
+// for both: see netio.RingConfig.Protos), unless turned off; nil when off
+// or unavailable (the raw sockets receive).
+func (d *Daemon) listenRing() *netio.RxRing {
+	if d.opts.RawReceive {
+		return nil
 	}
-	tx, err := d.listenSend(cfg)
+	r, err := netio.ListenRing(netio.RingConfig{Protos: []int{50, 51}, Size: 4 << 20})
 	if err != nil {
-		if ring != nil {
-			ring.Close()
-		}
-		return nil, err
+		d.log.Warn("AF_PACKET receive ring unavailable; receiving through the raw sockets", "err", err)
+		return nil
 	}
-	if ring == nil {
-		return tx, nil
+	return r
+}
+
+// listenESP opens the socket for ESP or AH: sending through AF_PACKET with
+// the raw socket for what that cannot do, unless turned off or
+// unavailable. With a receive ring, the raw socket receives nothing (it
+// holds the protocol, so the kernel sends no ICMP protocol-unreachable)
+// and the ring is the socket's receive side (ring nil: another
+// protocol's socket has it, and Recv blocks until Close).
+func (d *Daemon) listenESP(cfg netio.RawConfig, withRing bool, ring *netio.RxRing) (espSocket, error) {
+	cfg.NoRecv = withRing
+	tx, err := d.listenSend(cfg)
+	if err != nil || !withRing {
+		return tx, err
 	}
-	return &ringSocket{RxRing: ring, tx: tx}, nil
+	return &ringSocket{ring: ring, tx: tx}, nil
 }
 
 // listenSend opens the sending side for ESP or AH: AF_PACKET with the raw
@@ -330,16 +330,27 @@ func (d *Daemon) listenSend(cfg netio.RawConfig) (espSocket, error) {
 }
 
 // ringSocket receives through an AF_PACKET ring and sends through tx
-// (whose raw socket receives nothing).
+// (whose raw socket receives nothing). The ring carries ESP and AH and
+// belongs to the ESP socket; the AH socket's ring is nil.
 type ringSocket struct {
-	*netio.RxRing
-	tx espSocket
+	ring *netio.RxRing
+	tx   espSocket
+}
+
+func (s *ringSocket) Recv(ms []netio.Msg) (int, error) {
+	if s.ring == nil {
+		return s.tx.Recv(ms) // nothing arrives: blocks until Close
+	}
+	return s.ring.Recv(ms)
 }
 
 func (s *ringSocket) Send(ms []netio.Msg) (int, error) { return s.tx.Send(ms) }
 
 func (s *ringSocket) Close() error {
-	err := s.RxRing.Close()
+	var err error
+	if s.ring != nil {
+		err = s.ring.Close()
+	}
 	if e := s.tx.Close(); err == nil {
 		err = e
 	}
@@ -363,11 +374,15 @@ func (d *Daemon) setup() error {
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20}, 4<<20)
+	ring := d.listenRing()
+	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20}, ring != nil, ring)
 	if err != nil {
+		if ring != nil {
+			ring.Close()
+		}
 		return fmt.Errorf("daemon: raw ESP socket: %w", err)
 	}
-	d.ah, err = d.listenESP(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20}, 1<<20)
+	d.ah, err = d.listenESP(netio.RawConfig{Proto: 51, Mark: o.Mark, Buffer: 1 << 20}, ring != nil, nil)
 	if err != nil {
 		return fmt.Errorf("daemon: raw AH socket: %w", err)
 	}

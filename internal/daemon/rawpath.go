@@ -14,7 +14,8 @@ type RawPathStatus struct {
 	// the raw socket for what it cannot send) or "raw socket" for send.
 	Receive map[string]string `json:"receive"`
 	Send    map[string]string `json:"send"`
-	// Ring sums the receive rings' counters (absent without a ring).
+	// Ring is the receive ring's counters (one ring for ESP and AH;
+	// absent without it).
 	Ring *netio.RingStats `json:"ring,omitempty"`
 	// SentAFPacket and SentRaw count the packets the AF_PACKET send path
 	// passed to each socket.
@@ -36,16 +37,10 @@ func (d *Daemon) rawPaths() *RawPathStatus {
 		tx := s
 		if r, ok := s.(*ringSocket); ok {
 			st.Receive[name] = "af_packet ring"
-			rs := r.Stats()
-			if st.Ring == nil {
-				st.Ring = &netio.RingStats{}
+			if r.ring != nil {
+				rs := r.ring.Stats()
+				st.Ring = &rs
 			}
-			st.Ring.Packets += rs.Packets
-			st.Ring.NotLocal += rs.NotLocal
-			st.Ring.BadHeader += rs.BadHeader
-			st.Ring.Copied += rs.Copied
-			st.Ring.Truncated += rs.Truncated
-			st.Ring.KernelDrops += rs.KernelDrops
 			tx = r.tx
 		}
 		if pc, ok := tx.(*netio.PacketConn); ok {
@@ -62,7 +57,7 @@ func (d *Daemon) rawPaths() *RawPathStatus {
 func (r *RawPathStatus) text() string {
 	s := fmt.Sprintf("receive ESP %s, AH %s; send ESP %s, AH %s", r.Receive["esp"], r.Receive["ah"], r.Send["esp"], r.Send["ah"])
 	if g := r.Ring; g != nil {
-		s += fmt.Sprintf("; rings: %d packets, %d not for this host, %d bad headers, %d larger than a frame, %d dropped full",
+		s += fmt.Sprintf("; ring: %d packets, %d not for this host, %d bad headers, %d larger than a frame, %d dropped full",
 			g.Packets, g.NotLocal, g.BadHeader, g.Copied, g.KernelDrops)
 	}
 	if r.SentAFPacket+r.SentRaw > 0 {

@@ -383,7 +383,7 @@ func BenchmarkESPRecv(b *testing.B) {
 				attachFilter(b, rx.s.fd, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}})
 				var r *RxRing
 				nettest.MustDo(b, p.B.NS, func() (err error) {
-					r, err = ListenRing(RingConfig{Proto: 50})
+					r, err = ListenRing(RingConfig{Protos: []int{50}})
 					return err
 				})
 				defer r.Close()
@@ -485,7 +485,7 @@ func BenchmarkESPRecvLatency(b *testing.B) {
 				attachFilter(b, rx.s.fd, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}})
 				var r *RxRing
 				nettest.MustDo(b, p.B.NS, func() (err error) {
-					r, err = ListenRing(RingConfig{Proto: 50})
+					r, err = ListenRing(RingConfig{Protos: []int{50}})
 					return err
 				})
 				defer r.Close()

@@ -17,8 +17,15 @@ import (
 
 // RingConfig configures an RxRing.
 type RingConfig struct {
-	// Proto is the IP protocol received: 50 (ESP) or 51 (AH).
-	Proto int
+	// Protos are the IP protocols received: 50 (ESP), 51 (AH) or both.
+	// One ring for both, not one each: the kernel's reassembly for
+	// fanout groups (PACKET_FANOUT_FLAG_DEFRAG) is one set of queues per
+	// namespace, shared by every such group, so with two groups the
+	// first to see a datagram's last fragment gets it whole and the other
+	// never does (fragmented ESP went to the AH ring's group and was
+	// dropped by its filter: e2e TestManualMatrix's 3000-octet pings,
+	// TestRingFragmentsBothProtocols).
+	Protos []int
 	// Size is the ring's memory in bytes (default 4 MB): how much the
 	// kernel can hold while the reader is busy. Packets that find the ring
 	// full are dropped by the kernel and counted (RingStats.KernelDrops).
@@ -58,7 +65,7 @@ const (
 	ringCopyBuffer = 4 << 20
 )
 
-// RxRing receives ESP or AH through an AF_PACKET TPACKET_V2 receive ring
+// RxRing receives ESP and/or AH through an AF_PACKET TPACKET_V2 receive ring
 // instead of a raw IPv4 socket: the kernel copies each packet into a frame
 // of memory shared with gosec, so receiving costs no system call per batch,
 // no socket buffer clone and no copy out of the kernel (NOTES.md: about
@@ -67,10 +74,14 @@ const (
 // retire timer fires (a millisecond or more), V2 on every packet.
 //
 // The socket is bound to IPv4 on every interface with a classic BPF filter
-// that accepts only Proto, unfragmented, addressed to this host's link
+// that accepts only Protos, unfragmented, addressed to this host's link
 // address (PACKET_HOST). It joins a fanout group of its own with
 // PACKET_FANOUT_FLAG_DEFRAG, so the kernel reassembles fragmented IPv4
 // before the filter sees it: Recv returns whole packets as RawConn does.
+// Those reassembly queues are shared by every DEFRAG fanout group of the
+// namespace (see RingConfig.Protos): open one ring per namespace, and
+// expect fragmented packets to go missing if another program (an IDS
+// reading AF_PACKET with defragmentation, say) has such a group too.
 //
 // The ring sits before the IP stack, so what the kernel's input path did
 // for the raw socket is done here or not at all:
@@ -89,12 +100,12 @@ const (
 //     Timestamp filled in by this host; AH treats both as mutable).
 //
 // The IP stack still processes every packet; the caller keeps a raw socket
-// for the protocol open with RawConfig.NoRecv, so that the kernel does not
+// for each protocol open with RawConfig.NoRecv, so that the kernel does not
 // answer it with ICMP protocol-unreachable.
 //
 // Recv is safe for concurrent use (callers take turns); Close unblocks it.
 type RxRing struct {
-	proto     int
+	protos    []int
 	f         *os.File
 	rc        syscall.RawConn
 	fd        int
@@ -122,28 +133,45 @@ type RxRing struct {
 // gives the packet type (PACKET_HOST, ...).
 const skfAdPkttype = 0xfffff000 + 4
 
-// ringFilter accepts IPv4 packets of protocol proto that are not fragments
+// ringFilter accepts IPv4 packets of the protocols that are not fragments
 // (after the fanout's reassembly) and were addressed to this host's link
 // address. Offsets are relative to the IPv4 header (SOCK_DGRAM).
-func ringFilter(proto int) []unix.SockFilter {
-	return []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: uint32(iphdr.OffProtocol)},  // 0: A = protocol
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 5, K: uint32(proto)},      // 1: not ours: 7
-		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: uint32(iphdr.OffFlagsFrag)}, // 2: A = flags, offset
-		{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, Jt: 3, K: 0x3fff},            // 3: MF or offset: 7
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdPkttype},               // 4: A = packet type
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 1, K: unix.PACKET_HOST},   // 5: not to us: 7
-		{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000},                                  // 6: accept all of it
-		{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                        // 7: drop
+func ringFilter(protos []int) []unix.SockFilter {
+	f := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: uint32(iphdr.OffProtocol)}, // A = protocol
 	}
+	for i, p := range protos {
+		// Match: on to the fragment test after the last comparison. No
+		// match: the next comparison; after the last one, drop (the last
+		// instruction, 5 after the fragment test's first).
+		left := uint8(len(protos) - 1 - i)
+		jf := uint8(0)
+		if left == 0 {
+			jf = 5
+		}
+		f = append(f, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: left, Jf: jf, K: uint32(p)})
+	}
+	return append(f,
+		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: uint32(iphdr.OffFlagsFrag)}, // A = flags, offset
+		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, Jt: 3, K: 0x3fff},            // MF or offset: drop
+		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdPkttype},               // A = packet type
+		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 1, K: unix.PACKET_HOST},   // not to us: drop
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000},                                  // accept all of it
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                        // drop
+	)
 }
 
-// ListenRing opens an RxRing for cfg.Proto in the calling thread's network
-// namespace. It fails where AF_PACKET rings are not available (no
+// ListenRing opens an RxRing for cfg.Protos in the calling thread's
+// network namespace. It fails where AF_PACKET rings are not available (no
 // CAP_NET_RAW, an old kernel); callers then receive on the raw socket.
 func ListenRing(cfg RingConfig) (*RxRing, error) {
-	if cfg.Proto <= 0 || cfg.Proto > 255 {
-		return nil, fmt.Errorf("netio: receive ring: bad protocol %d", cfg.Proto)
+	if len(cfg.Protos) == 0 || len(cfg.Protos) > 4 {
+		return nil, fmt.Errorf("netio: receive ring: %d protocols, want 1 to 4", len(cfg.Protos))
+	}
+	for _, p := range cfg.Protos {
+		if p <= 0 || p > 255 {
+			return nil, fmt.Errorf("netio: receive ring: bad protocol %d", p)
+		}
 	}
 	if cfg.Size <= 0 {
 		cfg.Size = ringDefaultSize
@@ -152,13 +180,13 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 	// Protocol 0: nothing is received until bind, after filter and ring.
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("netio: receive ring proto %d: AF_PACKET socket: %w", cfg.Proto, err)
+		return nil, fmt.Errorf("netio: receive ring %v: AF_PACKET socket: %w", cfg.Protos, err)
 	}
 	fail := func(what string, err error) (*RxRing, error) {
 		unix.Close(fd)
-		return nil, fmt.Errorf("netio: receive ring proto %d: %s: %w", cfg.Proto, what, err)
+		return nil, fmt.Errorf("netio: receive ring %v: %s: %w", cfg.Protos, what, err)
 	}
-	filter := ringFilter(cfg.Proto)
+	filter := ringFilter(cfg.Protos)
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
 		return fail("BPF filter", err)
@@ -212,15 +240,15 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout); err != nil {
 		return failLocal("PACKET_FANOUT with defragmentation", err)
 	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("ring-%d", cfg.Proto))
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("ring-%v", cfg.Protos))
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
 		unix.Munmap(mem)
 		local.close()
-		return nil, fmt.Errorf("netio: receive ring proto %d: %w", cfg.Proto, err)
+		return nil, fmt.Errorf("netio: receive ring %v: %w", cfg.Protos, err)
 	}
-	r := &RxRing{proto: cfg.Proto, f: f, rc: rc, fd: fd, mem: mem, frames: int(req.Frame_nr), frameSize: ringFrameSize, local: local}
+	r := &RxRing{protos: append([]int(nil), cfg.Protos...), f: f, rc: rc, fd: fd, mem: mem, frames: int(req.Frame_nr), frameSize: ringFrameSize, local: local}
 	r.fn = r.drain
 	return r, nil
 }
@@ -228,8 +256,8 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 // htons converts a 16-bit value to network byte order.
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// Proto returns the IP protocol the ring receives.
-func (r *RxRing) Proto() int { return r.proto }
+// Protos returns the IP protocols the ring receives.
+func (r *RxRing) Protos() []int { return append([]int(nil), r.protos...) }
 
 // Recv copies up to len(ms) (at most MaxBatch) packets from the ring into
 // ms, blocking until at least one is there, as RawConn.Recv does: ms[i].N

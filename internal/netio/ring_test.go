@@ -14,18 +14,29 @@ import (
 
 // openRing opens, in ns, a receive ring for proto and the raw socket that
 // holds proto without receiving (as the daemon does).
-func openRing(t testing.TB, ns string, proto int) *RxRing {
+func openRing(t testing.TB, ns string, protos ...int) *RxRing {
 	t.Helper()
 	var r *RxRing
-	var raw *RawConn
+	var raws []*RawConn
 	nettest.MustDo(t, ns, func() (err error) {
-		if r, err = ListenRing(RingConfig{Proto: proto, Size: 1 << 20}); err != nil {
+		if r, err = ListenRing(RingConfig{Protos: protos, Size: 1 << 20}); err != nil {
 			return err
 		}
-		raw, err = ListenRaw(RawConfig{Proto: proto, NoRecv: true})
-		return err
+		for _, p := range protos {
+			raw, err := ListenRaw(RawConfig{Proto: p, NoRecv: true})
+			if err != nil {
+				return err
+			}
+			raws = append(raws, raw)
+		}
+		return nil
 	})
-	t.Cleanup(func() { raw.Close(); r.Close() })
+	t.Cleanup(func() {
+		for _, raw := range raws {
+			raw.Close()
+		}
+		r.Close()
+	})
 	return r
 }
 
@@ -68,57 +79,57 @@ func numbered(src, dst netip.Addr, proto uint8, i, size int) []byte {
 }
 
 // TestRingOrderAndBatch: packets of many sizes (from below Ethernet's
-// minimum frame, which pads them, to a full MTU) arrive whole, in order,
-// in batches no larger than asked; AH goes to the AH ring only.
+// minimum frame, which pads them, to a full MTU), ESP and AH mixed, arrive
+// whole, in order, in batches no larger than asked; another protocol does
+// not arrive.
 func TestRingOrderAndBatch(t *testing.T) {
 	testutil.NeedRoot(t)
 	p := nettest.NewPair(t, "grx-o", netip.MustParsePrefix("10.231.170.0/24"))
-	esp := openRing(t, p.B.NS, iphdr.ProtoESP)
-	ah := openRing(t, p.B.NS, iphdr.ProtoAH)
-	var tx, txAH *RawConn
+	r := openRing(t, p.B.NS, iphdr.ProtoESP, iphdr.ProtoAH)
+	var tx *RawConn
 	nettest.MustDo(t, p.A.NS, func() (err error) {
-		if tx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP, Buffer: 1 << 20}); err != nil {
-			return err
-		}
-		txAH, err = ListenRaw(RawConfig{Proto: iphdr.ProtoAH})
+		tx, err = ListenRaw(RawConfig{Proto: 253, Buffer: 1 << 20})
 		return err
 	})
 	defer tx.Close()
-	defer txAH.Close()
 	const count = 300
-	ms := make([]Msg, count)
-	for i := range ms {
-		ms[i].Buf = numbered(p.AAddr, p.BAddr, iphdr.ProtoESP, i, 28+(i*37)%1473)
-	}
-	for off := 0; off < count; off += 50 {
-		if n, err := tx.Send(ms[off : off+50]); err != nil || n != 50 {
-			t.Fatalf("send: %d, %v", n, err)
+	var ms []Msg
+	var want [][]byte
+	for i := 0; i < count; i++ {
+		proto := uint8(iphdr.ProtoESP)
+		if i%5 == 3 {
+			proto = iphdr.ProtoAH
+		}
+		b := numbered(p.AAddr, p.BAddr, proto, i, 28+(i*37)%1473)
+		ms = append(ms, Msg{Buf: b})
+		want = append(want, b)
+		if i%50 == 7 {
+			ms = append(ms, Msg{Buf: numbered(p.AAddr, p.BAddr, 253, 1000+i, 100)})
 		}
 	}
-	if _, err := txAH.Send([]Msg{{Buf: numbered(p.AAddr, p.BAddr, iphdr.ProtoAH, 7, 100)}}); err != nil {
-		t.Fatal(err)
+	if n, err := tx.Send(ms); err != nil || n != len(ms) {
+		t.Fatalf("send: %d of %d, %v", n, len(ms), err)
 	}
-	got := ringRecvN(t, esp, count, 7, 5*time.Second)
+	got := ringRecvN(t, r, count, 7, 5*time.Second)
 	for k, m := range got {
-		want := ms[k].Buf
-		if m.N != len(want) || m.Trunc || m.From != netip.AddrPortFrom(p.AAddr, 0) {
-			t.Fatalf("packet %d: N %d (want %d) trunc %v from %v", k, m.N, len(want), m.Trunc, m.From)
+		w := want[k]
+		if m.N != len(w) || m.Trunc || m.From != netip.AddrPortFrom(p.AAddr, 0) {
+			t.Fatalf("packet %d: N %d (want %d) trunc %v from %v", k, m.N, len(w), m.Trunc, m.From)
 		}
 		if i := binary.BigEndian.Uint32(m.Buf[24:]); int(i) != k {
 			t.Fatalf("packet %d arrived as number %d", k, i)
 		}
-		for j := 28; j < len(want); j++ {
-			if m.Buf[j] != want[j] {
+		if m.Buf[iphdr.OffProtocol] != w[iphdr.OffProtocol] {
+			t.Fatalf("packet %d: protocol %d, want %d", k, m.Buf[iphdr.OffProtocol], w[iphdr.OffProtocol])
+		}
+		for j := 28; j < len(w); j++ {
+			if m.Buf[j] != w[j] {
 				t.Fatalf("packet %d: payload differs at %d", k, j)
 			}
 		}
 	}
-	a := ringRecvN(t, ah, 1, 4, 3*time.Second)
-	if a[0].Buf[iphdr.OffProtocol] != iphdr.ProtoAH || binary.BigEndian.Uint32(a[0].Buf[24:]) != 7 {
-		t.Errorf("AH ring got %x", a[0].Buf[:28])
-	}
-	if st := esp.Stats(); st.Packets != count || st.NotLocal != 0 || st.BadHeader != 0 || st.KernelDrops != 0 {
-		t.Errorf("ESP ring stats %+v", st)
+	if st := r.Stats(); st.Packets != count || st.NotLocal != 0 || st.BadHeader != 0 || st.KernelDrops != 0 {
+		t.Errorf("ring stats %+v", st)
 	}
 }
 
@@ -203,24 +214,28 @@ func fragments(pkt []byte, size int) [][]byte {
 	return out
 }
 
-// TestRingFragmentsReassembled: ESP that arrives in fragments is
-// reassembled by the fanout group before the ring takes it, including a
-// packet larger than a ring frame (read from the socket queue) and
+// TestRingFragmentsReassembled: ESP and AH that arrive in fragments are
+// reassembled by the fanout group before the ring takes them, including
+// packets larger than a ring frame (read from the socket queue) and
 // fragments sent last-first.
 func TestRingFragmentsReassembled(t *testing.T) {
 	testutil.NeedRoot(t)
 	p := nettest.NewPair(t, "grx-f", netip.MustParsePrefix("10.231.174.0/24"))
-	r := openRing(t, p.B.NS, iphdr.ProtoESP)
+	r := openRing(t, p.B.NS, iphdr.ProtoESP, iphdr.ProtoAH)
 	var tx *RawConn
 	nettest.MustDo(t, p.A.NS, func() (err error) {
 		tx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP, Buffer: 1 << 20})
 		return err
 	})
 	defer tx.Close()
-	sizes := []int{1400, 3000, 9000, 200}
+	sizes := []int{1400, 3000, 9000, 200, 3000}
 	var want [][]byte
 	for i, size := range sizes {
-		pkt := numbered(p.AAddr, p.BAddr, iphdr.ProtoESP, i, size)
+		proto := uint8(iphdr.ProtoESP)
+		if i == 4 {
+			proto = iphdr.ProtoAH
+		}
+		pkt := numbered(p.AAddr, p.BAddr, proto, i, size)
 		want = append(want, pkt)
 		frags := fragments(pkt, 1200)
 		if i == 3 {
@@ -254,7 +269,7 @@ func TestRingFragmentsReassembled(t *testing.T) {
 			}
 		}
 	}
-	if st := r.Stats(); st.Copied != 2 || st.Truncated != 0 {
+	if st := r.Stats(); st.Copied != 3 || st.Truncated != 0 {
 		t.Errorf("stats %+v: want the 3000 and 9000-octet packets copied from the socket queue", st)
 	}
 	// A buffer smaller than the packet: Trunc, N capped, as RawConn.
