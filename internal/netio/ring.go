@@ -68,10 +68,12 @@ const (
 // RxRing receives ESP and/or AH through an AF_PACKET TPACKET_V2 receive ring
 // instead of a raw IPv4 socket: the kernel copies each packet into a frame
 // of memory shared with gosec, so receiving costs no system call per batch,
-// no socket buffer clone and no copy out of the kernel (NOTES.md: about
-// 1200 ns less CPU per packet in all than raw-socket recvmmsg). TPACKET_V2
-// and not V3: a V3 ring wakes its reader only when a block fills or its
-// retire timer fires (a millisecond or more), V2 on every packet.
+// no queued socket buffer and no copy out of the kernel. TPACKET_V2 and
+// not V3: a V3 ring wakes its reader only when a block fills or its
+// retire timer fires (1 ms per lone packet, BenchmarkESPRecvLatency), V2
+// on every packet; those wakeups cost about what the ring saves, and end
+// to end it measured slower than the raw socket (NOTES.md), so the daemon
+// uses it only when asked (gosec start --rxring).
 //
 // The socket is bound to IPv4 on every interface with a classic BPF filter
 // that accepts only Protos, unfragmented, addressed to this host's link
