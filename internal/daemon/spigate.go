@@ -63,7 +63,9 @@ func (d *Daemon) revokeSPI(spi uint32) {
 // KernelDropsStatus is what the kernel's unknown-SPI filter dropped.
 type KernelDropsStatus struct {
 	// UnknownSPI counts ESP, AH and ESP-in-UDP packets dropped for an
-	// SPI no inbound SA holds (also in Status.Drops["unknown-spi"]).
+	// SPI no inbound SA holds (also in Status.Drops["unknown-spi"], except
+	// ESP and AH received through an AF_PACKET ring: the ring took them
+	// before netfilter INPUT and the data plane counted them already).
 	UnknownSPI uint64 `json:"unknown-spi"`
 	ESP        uint64 `json:"esp"`
 	AH         uint64 `json:"ah"`
@@ -92,14 +94,24 @@ func (d *Daemon) kernelDrops(st *Status) {
 		k.Error = c.Err.Error()
 	}
 	st.KernelDrops = k
-	if k.UnknownSPI == 0 {
+	// A protocol received through an AF_PACKET ring reached the data
+	// plane before the gate dropped it (the ring sits before netfilter
+	// INPUT), which counted it already: count it once.
+	unknown := k.UDP
+	if _, ring := d.esp.(*ringSocket); !ring {
+		unknown += k.ESP
+	}
+	if _, ring := d.ah.(*ringSocket); !ring {
+		unknown += k.AH
+	}
+	if unknown == 0 {
 		return
 	}
 	drops := make(map[string]uint64, len(st.Drops)+1)
 	for r, n := range st.Drops {
 		drops[r] = n
 	}
-	drops[drop.UnknownSPI.String()] += k.UnknownSPI
+	drops[drop.UnknownSPI.String()] += unknown
 	st.Drops = drops
 }
 

@@ -55,6 +55,8 @@ type Status struct {
 	// KernelDrops is what the kernel's unknown-SPI filter dropped before
 	// the data plane saw it (absent without the filter).
 	KernelDrops *KernelDropsStatus `json:"kernel_drops,omitempty"`
+	// RawPaths says how raw ESP and AH are received and sent.
+	RawPaths *RawPathStatus `json:"raw_paths,omitempty"`
 }
 
 // Setup returns the config setup keywords of the loaded configuration.
@@ -147,6 +149,7 @@ func (d *Daemon) status(all bool) *Status {
 		st.Drops = st.Plane.Drops
 	}
 	d.kernelDrops(st)
+	st.RawPaths = d.rawPaths()
 	if d.natt != nil {
 		st.NATT = NATTStatus{Port: d.opts.NATTPort}
 		for _, q := range append([]*netio.NATT{d.natt}, d.nattQueues...) {
@@ -333,6 +336,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		fmt.Fprintf(w, "  drops: %s\n", dropsText(s.Drops))
 		if k := s.KernelDrops; k != nil {
 			fmt.Fprintf(w, "  kernel SPI filter: %s\n", k.text())
+		}
+		if r := s.RawPaths; r != nil {
+			fmt.Fprintf(w, "  raw ESP/AH: %s\n", r.text())
 		}
 		fmt.Fprintln(w, "Connections:")
 		for _, c := range s.Conns {

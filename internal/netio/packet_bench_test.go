@@ -46,8 +46,6 @@ func procCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
 // benchPacketSock opens an AF_PACKET SOCK_RAW socket for sending only
 // (protocol 0: it receives nothing) in the calling thread's namespace.
 func benchPacketSock(tb testing.TB, bypass bool) int {
@@ -376,10 +374,22 @@ func BenchmarkESPRecv(b *testing.B) {
 	bIdx, _ := linkInfo(b, p.B.NS, p.B.Name)
 	const batch = 32
 	out := espPackets(p, batch, 1400)
-	for _, tc := range []string{"raw-recvmmsg", "tpacket-v3-ring"} {
+	for _, tc := range []string{"raw-recvmmsg", "tpacket-v3-ring", "RxRing-v2"} {
 		b.Run(tc, func(b *testing.B) {
 			tx, rx := rawPair(b, p)
 			recv := rx.Recv
+			stop := func() { rx.Close() }
+			if tc == "RxRing-v2" {
+				attachFilter(b, rx.s.fd, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}})
+				var r *RxRing
+				nettest.MustDo(b, p.B.NS, func() (err error) {
+					r, err = ListenRing(RingConfig{Protos: []int{50}})
+					return err
+				})
+				defer r.Close()
+				recv = r.Recv
+				stop = func() { rx.Close(); r.Close() } // unblocks Recv after losses
+			}
 			if tc == "tpacket-v3-ring" {
 				// The raw socket stays open (no ICMP protocol-unreachable)
 				// but takes nothing: drop-all filter.
@@ -393,7 +403,7 @@ func BenchmarkESPRecv(b *testing.B) {
 				recv = r.recv
 				defer unix.Close(r.fd)
 			}
-			measureRecv(b, batch, out, tx.Send, recv, func() { rx.Close() })
+			measureRecv(b, batch, out, tx.Send, recv, stop)
 		})
 	}
 }
@@ -453,4 +463,59 @@ func measureRecv(b *testing.B, batch int, out []Msg, send func([]Msg) (int, erro
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(350 * time.Millisecond)
+}
+
+// BenchmarkESPRecvLatency measures one packet at a time: send one
+// 200-octet ESP packet through a raw socket, wait until the receiver has
+// it. ns/op is the send system call, the veth and IP input in softirq, and
+// the receiver's wakeup: a raw socket (recvmmsg), the TPACKET_V2 RxRing
+// (woken per frame) and the TPACKET_V3 ring above (woken when its block is
+// retired, retire_blk_tov 1 ms).
+func BenchmarkESPRecvLatency(b *testing.B) {
+	testutil.NeedRoot(b)
+	p := nettest.NewPair(b, "grx-bl", netip.MustParsePrefix("10.231.178.0/24"))
+	bIdx, _ := linkInfo(b, p.B.NS, p.B.Name)
+	out := espPackets(p, 1, 200)
+	for _, tc := range []string{"raw-socket", "RxRing-v2", "tpacket-v3-ring"} {
+		b.Run(tc, func(b *testing.B) {
+			tx, rx := rawPair(b, p)
+			recv := rx.Recv
+			switch tc {
+			case "RxRing-v2":
+				attachFilter(b, rx.s.fd, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}})
+				var r *RxRing
+				nettest.MustDo(b, p.B.NS, func() (err error) {
+					r, err = ListenRing(RingConfig{Protos: []int{50}})
+					return err
+				})
+				defer r.Close()
+				recv = r.Recv
+			case "tpacket-v3-ring":
+				attachFilter(b, rx.s.fd, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}})
+				var r *rxRing
+				nettest.MustDo(b, p.B.NS, func() error {
+					r = newRxRing(b, bIdx, p.BAddr)
+					return nil
+				})
+				defer unix.Close(r.fd)
+				defer unix.Munmap(r.mem)
+				recv = r.recv
+			}
+			in := recvMsgs(8, 2048)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := tx.Send(out); err != nil {
+					b.Fatal(err)
+				}
+				for got := 0; got == 0; {
+					n, err := recv(in)
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += n
+				}
+			}
+		})
+	}
 }

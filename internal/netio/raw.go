@@ -16,6 +16,11 @@ type RawConfig struct {
 	Mark uint32
 	// Buffer, if non-zero, sets SO_RCVBUF/SO_SNDBUF (forced when privileged).
 	Buffer int
+	// NoRecv attaches a drop-all filter: the socket sends, and holds the
+	// protocol so that the kernel does not answer it with ICMP
+	// protocol-unreachable, but queues nothing (an RxRing receives).
+	// Recv then blocks until Close.
+	NoRecv bool
 }
 
 // RawConn is a raw IPv4 socket for ESP or AH.
@@ -62,6 +67,12 @@ func ListenRaw(cfg RawConfig) (*RawConn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netio: raw socket proto %d: %w", cfg.Proto, err)
 	}
+	if cfg.NoRecv {
+		if err := dropAll(fd); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("netio: raw socket proto %d: %w", cfg.Proto, err)
+		}
+	}
 	setBuffers(fd, cfg.Buffer)
 	s, err := newSock(fd, fmt.Sprintf("raw-%d", cfg.Proto), 0, 0)
 	if err != nil {
@@ -91,3 +102,19 @@ func (c *RawConn) Send(ms []Msg) (int, error) { return c.s.send(ms, true) }
 // Close closes the socket; a blocked Recv or Send returns an error wrapping
 // os.ErrClosed.
 func (c *RawConn) Close() error { return c.s.close() }
+
+// dropAll attaches a classic BPF filter that drops every packet to fd and
+// discards what was queued before it.
+func dropAll(fd int) error {
+	filter := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	prog := unix.SockFprog{Len: 1, Filter: &filter[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+		return fmt.Errorf("drop-all filter: %w", err)
+	}
+	var b [1]byte
+	for {
+		if _, _, err := unix.Recvfrom(fd, b[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
+			return nil
+		}
+	}
+}

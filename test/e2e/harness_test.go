@@ -159,6 +159,9 @@ func (tp *topo) newDaemon(ns, conf, secrets string) *daemon {
 func (d *daemon) launch() error {
 	args := append([]string{d.bin, "start", "--config", d.conf, "--socket", d.socket,
 		"--log", filepath.Join(d.dir, "gosec.log")}, d.extra...)
+	// GOSEC_E2E_START_ARGS runs a suite over another configuration of the
+	// daemon, for example the AF_PACKET receive ring: --rxring.
+	args = append(args, strings.Fields(os.Getenv("GOSEC_E2E_START_ARGS"))...)
 	out, err := d.tp.run(d.ns, 30*time.Second, args...)
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(d.dir, "gosec.log"))
