@@ -14,13 +14,16 @@ import (
 // one the kernel would choose. For non-IPv4 sources, or when the kernel
 // refuses src, the kernel chooses.
 func (t ikeTransport) SendFrom(msg []byte, src netip.Addr, to netip.AddrPort, natt bool) error {
-	if natt && src.Is4() && t.d.natt != nil {
-		if err := t.d.natt.WriteIKEFrom(msg, src, to); err == nil {
-			return nil
-		}
+	if !src.Is4() {
 		return t.Send(msg, to, natt)
 	}
-	if natt || !src.Is4() || t.d.ikeSock == nil {
+	if natt {
+		if t.d.natt == nil || t.d.natt.WriteIKEFrom(msg, src, to) != nil {
+			return t.Send(msg, to, natt)
+		}
+		return nil
+	}
+	if t.d.ikeSock == nil {
 		return t.Send(msg, to, natt)
 	}
 	pc := ipv4.NewPacketConn(t.d.ikeSock)

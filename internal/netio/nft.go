@@ -605,22 +605,12 @@ func (x *filterTxn) set(name string, e *filterConn) {
 	rechange(f.in, x.in, name, oldIn, newIn)
 	for _, p := range newOut {
 		if !slices.Contains(oldOut, p) {
-			k := guardConnKey(name, p)
-			if _, ok := x.ownDel[k]; ok {
-				delete(x.ownDel, k)
-			} else {
-				x.ownAdd[k] = name
-			}
+			pend(x.ownAdd, x.ownDel, guardConnKey(name, p), name)
 		}
 	}
 	for _, p := range oldOut {
 		if !slices.Contains(newOut, p) {
-			k := guardConnKey(name, p)
-			if _, ok := x.ownAdd[k]; ok {
-				delete(x.ownAdd, k)
-			} else {
-				x.ownDel[k] = name
-			}
+			pend(x.ownDel, x.ownAdd, guardConnKey(name, p), name)
 		}
 	}
 	if e == nil {
@@ -643,6 +633,17 @@ func (x *filterTxn) set(name string, e *filterConn) {
 			f.kept[name] = oldKept
 		}
 	})
+}
+
+// pend records a change of guard-conns key k (an add or a delete) in
+// this, unless the opposite change is pending in opposite: then the two
+// cancel out.
+func pend(this, opposite map[[16]byte]string, k [16]byte, name string) {
+	if _, ok := opposite[k]; ok {
+		delete(opposite, k)
+		return
+	}
+	this[k] = name
 }
 
 // prefixes returns the prefixes of e in the inbound drops and in the

@@ -381,11 +381,16 @@ func (d *NATT) LocalAddr() netip.AddrPort { return d.Conn.LocalAddr() }
 // WriteIKE sends an IKE message from the NAT-T port with the non-ESP marker
 // in front (RFC 3948 2.2). It allocates; IKE is not the hot path.
 func (d *NATT) WriteIKE(msg []byte, to netip.AddrPort) error {
-	b := make([]byte, NonESPMarker+len(msg))
-	copy(b[NonESPMarker:], msg)
-	m := [1]Msg{{Buf: b, To: to}}
+	m := [1]Msg{{Buf: withNonESPMarker(msg), To: to}}
 	_, err := d.Conn.Send(m[:])
 	return err
+}
+
+// withNonESPMarker returns a copy of msg behind the non-ESP marker.
+func withNonESPMarker(msg []byte) []byte {
+	b := make([]byte, NonESPMarker+len(msg))
+	copy(b[NonESPMarker:], msg)
+	return b
 }
 
 // ListenIKE opens the plain IKE socket (UDP 500 by default) as a
@@ -439,7 +444,5 @@ func (c *UDPConn) SendFrom(b []byte, src netip.Addr, to netip.AddrPort) error {
 
 // WriteIKEFrom is WriteIKE from local address src (UDPConn.SendFrom).
 func (d *NATT) WriteIKEFrom(msg []byte, src netip.Addr, to netip.AddrPort) error {
-	b := make([]byte, NonESPMarker+len(msg))
-	copy(b[NonESPMarker:], msg)
-	return d.Conn.SendFrom(b, src, to)
+	return d.Conn.SendFrom(withNonESPMarker(msg), src, to)
 }
