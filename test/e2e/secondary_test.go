@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/testutil"
 )
 
 // TestIKESecondaryAddress: gw2 is reached at a second address on its WAN
@@ -17,6 +19,8 @@ import (
 // and carry traffic.
 func TestIKESecondaryAddress(t *testing.T) {
 	tp := newTopo(t, "gsy-")
+	_, err := exec.LookPath("tcpdump")
+	testutil.Need(t, err == nil, "tcpdump is not installed (scripts/deps.sh installs it)")
 	tp.must(tp.ns("gw2"), "ip", "addr", "add", "192.0.2.12/24", "dev", "wan0")
 	cases := []ikeCase{
 		{name: "sec-500", ike: "aes128-sha256-modp2048", esp: "aes128gcm16"},
@@ -34,7 +38,7 @@ func TestIKESecondaryAddress(t *testing.T) {
 	dump := exec.CommandContext(ctx, "ip", "netns", "exec", tp.ns("gw1"), "tcpdump", "-l", "-n", "-i", "wan0", "udp and (port 500 or port 4500)")
 	dump.Stdout, dump.Stderr = &capture, &capture
 	if err := dump.Start(); err != nil {
-		t.Skipf("tcpdump: %v", err)
+		t.Fatalf("tcpdump: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond)
 
