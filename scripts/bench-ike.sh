@@ -166,7 +166,9 @@ sampler() {
 			fi
 			[ "$ms" -gt "$st" ] && st=$ms
 		fi
-		echo "$rss $st" >"$1"
+		# write then rename: a kill between truncate and write must not
+		# leave the reader an empty file
+		echo "$rss $st" >"$1.tmp" && mv -f "$1.tmp" "$1"
 		n=$((n + 1))
 		sleep 0.5
 	done
@@ -207,7 +209,8 @@ phase() { # phase NAME ARGS...: one flood, measured
 	local wall_ms cpu
 	wall_ms=$(ms_since "$t0")
 	cpu=$(awk -v a="$ticks0" -v b="$(awk '{print $14 + $15}' "/proc/$PID/stat")" -v hz="$HZ" -v ms="$wall_ms" 'BEGIN{printf "%.0f", (b - a) / hz / (ms / 1000) * 100}')
-	read -r rss st <"$DIR/sample"
+	rss=0 st=0
+	read -r rss st <"$DIR/sample" || true
 	sent=$(grep -o '[0-9]* messages' "$DIR/flood.out" | grep -o '[0-9]*' || echo "?")
 	log=$(( $(stat -c %s "$DIR/gosec.log") - LOG0 ))
 	rk=$(count 'rekeying IPsec SA.*conn=tun')

@@ -9,6 +9,7 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/iphdr"
 	"github.com/gosec-ipsec/gosec/internal/netio"
+	"github.com/gosec-ipsec/gosec/internal/pktmem"
 	"github.com/gosec-ipsec/gosec/sad"
 	"github.com/gosec-ipsec/gosec/spd"
 )
@@ -278,18 +279,28 @@ type inBatch struct {
 	pkts  []netio.Packet // UDP: the ESP packets of the receive
 	els   []inElem
 	n     int
-	scr   scratch // UDP transport mode's rebuilt packets
+	scr   scratch       // UDP transport mode's rebuilt packets
+	mem   *pktmem.Block // store's memory, outside the Go heap
 }
 
+// newInBatch returns a receive container; its owner frees it (free) once
+// no stage of the pipeline holds it.
 func newInBatch(p *Plane, msgs, pkts int) *inBatch {
-	b := &inBatch{p: p, ms: make([]netio.Msg, msgs), store: make([][]byte, msgs), els: make([]inElem, pkts)}
-	for i := range b.store {
-		b.store[i] = make([]byte, rxLead+rxBufSize)
-	}
+	b := &inBatch{p: p, ms: make([]netio.Msg, msgs), els: make([]inElem, pkts)}
+	b.mem, b.store = pktmem.New(msgs, rxLead+rxBufSize)
 	if pkts > msgs {
 		b.pkts = make([]netio.Packet, pkts)
 	}
 	return b
+}
+
+// freeInBatches releases the containers' buffers.
+func freeInBatches(batches []*inBatch) {
+	for _, b := range batches {
+		if err := b.mem.Free(); err != nil {
+			b.p.log.Warn("data plane: freeing receive buffers", "err", err)
+		}
+	}
 }
 
 // arm offers the receive buffers again.
@@ -355,6 +366,7 @@ func (p *Plane) rawLoop(c PacketConn, jobs chan cryptoJob, workers int) error {
 	for i := range batches {
 		batches[i] = newInBatch(p, rawBatch, rawBatch)
 	}
+	defer freeInBatches(batches) // after l.close: nothing holds them then
 	sink := &inSink{out: make([][]byte, 0, rawBatch)}
 	l := newLane(p, jobs, batches, func(b *inBatch) { b.finish(sink) })
 	defer l.close()
@@ -398,8 +410,10 @@ func (p *Plane) udpLoop(c UDPConn, jobs chan cryptoJob, workers int) error {
 	for i := range batches {
 		batches[i] = newInBatch(p, udpBatch, udpPackets)
 	}
+	defer freeInBatches(batches) // after l.close: nothing holds them then
 	local := c.LocalAddr().Addr()
 	sink := &inSink{tw: newTUNWriter(p)}
+	defer sink.tw.free()
 	l := newLane(p, jobs, batches, func(b *inBatch) { b.finish(sink) })
 	defer l.close()
 	for {
@@ -430,19 +444,26 @@ const tunWriteBatch = 128
 // buffer sit back to back and leave it no room. One copy of ~1.4 KB per
 // packet buys the kernel one trip through its stack per merged packet
 // instead of per segment. The buffers (tunWriteBatch x 64 KB) are the
-// loop's own: nothing is allocated per packet.
+// loop's own, outside the Go heap (pktmem): nothing is allocated per
+// packet.
 type tunWriter struct {
 	p    *Plane
 	bufs [][]byte
 	out  [][]byte
+	mem  *pktmem.Block
 }
 
 func newTUNWriter(p *Plane) *tunWriter {
-	w := &tunWriter{p: p, bufs: make([][]byte, tunWriteBatch), out: make([][]byte, 0, tunWriteBatch)}
-	for i := range w.bufs {
-		w.bufs[i] = make([]byte, netio.TUNHeadroom+rxBufSize)
-	}
+	w := &tunWriter{p: p, out: make([][]byte, 0, tunWriteBatch)}
+	w.mem, w.bufs = pktmem.New(tunWriteBatch, netio.TUNHeadroom+rxBufSize)
 	return w
+}
+
+// free releases the buffers; the writer must not be used afterwards.
+func (w *tunWriter) free() {
+	if err := w.mem.Free(); err != nil {
+		w.p.log.Warn("data plane: freeing TUN write buffers", "err", err)
+	}
 }
 
 func (w *tunWriter) add(inner []byte) {

@@ -205,6 +205,7 @@ func TestPipelineReplayDuplicate(t *testing.T) {
 	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
 	out, _, _ := l.a.p.outbound(&l.a.outState, pkt, netio.Headroom, n, icmp)
 	b := newInBatch(l.pb, 4, 4)
+	defer freeInBatches([]*inBatch{b})
 	b.arm()
 	for i := 0; i < 2; i++ {
 		b.ms[i].N = copy(b.ms[i].Buf, out)
