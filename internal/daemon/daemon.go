@@ -390,7 +390,7 @@ func (d *Daemon) setup() error {
 	// port with SO_REUSEPORT: the kernel hashes each peer's flow to one of
 	// them, so several peers' ESP-in-UDP is received on several cores.
 	queues := min(runtime.GOMAXPROCS(0), maxNATTQueues)
-	nattCfg := netio.UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(o.NATTPort)), Mark: o.Mark, GRO: true, Buffer: 4 << 20, ReusePort: queues > 1}
+	nattCfg := netio.UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(o.NATTPort)), Mark: o.Mark, GRO: true, Buffer: 4 << 20, ReusePort: queues > 1, RecvDst: true}
 	udp, err := netio.ListenUDP(nattCfg)
 	if err != nil {
 		return fmt.Errorf("daemon: NAT-T socket: %w", err)

@@ -94,8 +94,11 @@ func (d *Daemon) startIKE(ctx context.Context) error {
 		SaveKeys: d.saveIKEKeys(), Observer: ikeObserver{exchangeLogger{log: d.log.With("room", "ike"), next: d.opts.Observer}, &d.ikeStats}, OutboundDelay: quickModeSettle,
 		Impair: d.opts.Impair,
 	})
-	d.natt.IKE = func(msg []byte, from netip.AddrPort) {
-		d.ike.HandleMessage(msg, from, netip.AddrPort{}, true)
+	// to is the address the message was sent to (IP_PKTINFO, RecvDst), so
+	// that a negotiation a peer starts on the NAT-T port to a second
+	// address of ours is answered from that address.
+	d.natt.IKE = func(msg []byte, from, to netip.AddrPort) {
+		d.ike.HandleMessage(msg, from, to, true)
 	}
 	for _, q := range d.nattQueues {
 		q.IKE = d.natt.IKE // a peer's IKE may hash to any NAT-T socket

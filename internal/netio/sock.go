@@ -45,6 +45,9 @@ type Msg struct {
 	From netip.AddrPort
 	// To is the destination (send). For raw sockets only the address is
 	// used; if it is the zero value the IPv4 header's destination is used.
+	// On receive it is the address the datagram was sent to, with the
+	// socket's port, on a UDP socket opened with UDPConfig.RecvDst (zero
+	// otherwise).
 	To netip.AddrPort
 	// Trunc reports that the datagram was longer than Buf (receive).
 	Trunc bool
@@ -131,9 +134,12 @@ type sock struct {
 	rc     syscall.RawConn
 	fd     int
 	rx, tx *batch
-	// oob space per slot on receive (GRO) and send (GSO).
+	// oob space per slot on receive (GRO, IP_PKTINFO) and send (GSO,
+	// IP_PKTINFO).
 	rxOOB, txOOB int
-	closed       atomic.Bool
+	// dstPort is the port of Msg.To on receive (UDP with RecvDst).
+	dstPort uint16
+	closed  atomic.Bool
 }
 
 // newSock wraps fd (already non-blocking) for batch I/O.
@@ -252,33 +258,42 @@ func (s *sock) recv(ms []Msg) (int, error) {
 		} else {
 			m.From = netip.AddrPort{}
 		}
-		m.GSOSize = 0
+		m.GSOSize, m.To = 0, netip.AddrPort{}
 		if s.rxOOB > 0 {
-			m.GSOSize = parseGRO(b.oob[i*s.rxOOB:][:h.Hdr.Controllen])
+			var dst netip.Addr
+			m.GSOSize, dst = parseControl(b.oob[i*s.rxOOB:][:h.Hdr.Controllen])
+			if dst.IsValid() {
+				m.To = netip.AddrPortFrom(dst, s.dstPort)
+			}
 		}
 	}
 	return b.n, nil
 }
 
-// parseGRO walks a control message buffer for SOL_UDP/UDP_GRO and returns
-// its segment size, or 0.
-func parseGRO(oob []byte) int {
+// parseControl walks a received control message buffer for SOL_UDP/UDP_GRO
+// (the segment size, or 0) and IPPROTO_IP/IP_PKTINFO (the address the
+// datagram was sent to, or the zero Addr).
+func parseControl(oob []byte) (gso int, dst netip.Addr) {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		l := int(h.Len)
 		if l < unix.SizeofCmsghdr || l > len(oob) {
-			return 0
+			return gso, dst
 		}
-		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
-			return int(*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
+		switch {
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4):
+			gso = int(*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && l >= unix.CmsgLen(unix.SizeofInet4Pktinfo):
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[unix.CmsgLen(0)]))
+			dst = netip.AddrFrom4(pi.Addr) // the header's destination
 		}
 		next := unix.CmsgSpace(l - unix.CmsgLen(0))
 		if next > len(oob) {
-			return 0
+			return gso, dst
 		}
 		oob = oob[next:]
 	}
-	return 0
+	return gso, dst
 }
 
 // send writes ms with as few sendmmsg calls as the kernel allows, blocking

@@ -32,6 +32,11 @@ type UDPConfig struct {
 	// packet, so raw receive parallelises by several goroutines calling
 	// Recv on one socket.)
 	ReusePort bool
+	// RecvDst turns on IP_PKTINFO on receive: Msg.To is then the address
+	// each datagram was sent to (with the socket's port), which a socket
+	// bound to the unspecified address needs to answer from that address
+	// on a host with several.
+	RecvDst bool
 }
 
 // UDPConn is an IPv4 UDP socket with batched receive (recvmmsg, optional
@@ -73,6 +78,11 @@ func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
 			return fail("UDP_GRO", err)
 		}
 	}
+	if cfg.RecvDst {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
+			return fail("IP_PKTINFO", err)
+		}
+	}
 	setBuffers(fd, cfg.Buffer)
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(cfg.Addr.Port()), Addr: cfg.Addr.Addr().As4()}); err != nil {
 		return fail("bind", err)
@@ -87,12 +97,16 @@ func ListenUDP(cfg UDPConfig) (*UDPConn, error) {
 	}
 	rxOOB := 0
 	if cfg.GRO {
-		rxOOB = cmsgSpaceInt
+		rxOOB += cmsgSpaceInt
+	}
+	if cfg.RecvDst {
+		rxOOB += cmsgSpacePktinfo
 	}
 	s, err := newSock(fd, "udp-"+local.String(), rxOOB, cmsgSpace16+cmsgSpacePktinfo)
 	if err != nil {
 		return nil, err
 	}
+	s.dstPort = local.Port()
 	return &UDPConn{s: s, local: local, gro: cfg.GRO}, nil
 }
 
@@ -305,8 +319,10 @@ type Packet struct {
 type NATT struct {
 	Conn *UDPConn
 	// IKE is called from ReadESP's goroutine for each IKE message; msg is
-	// valid only during the call (copy it to keep it). Nil drops IKE.
-	IKE func(msg []byte, from netip.AddrPort)
+	// valid only during the call (copy it to keep it). to is the address
+	// the message was sent to when the socket has RecvDst, else zero. Nil
+	// drops IKE.
+	IKE func(msg []byte, from, to netip.AddrPort)
 
 	Keepalives atomic.Uint64
 	IKEMsgs    atomic.Uint64
@@ -359,7 +375,7 @@ func (d *NATT) ReadESP(ms []Msg, out []Packet) (int, error) {
 			case KindIKE:
 				d.IKEMsgs.Add(1)
 				if d.IKE != nil {
-					d.IKE(p[NonESPMarker:], m.From)
+					d.IKE(p[NonESPMarker:], m.From, m.To)
 				}
 			case KindKeepalive:
 				d.Keepalives.Add(1)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -49,7 +50,7 @@ func FuzzClassify(f *testing.F) {
 		if total != len(b) {
 			t.Fatalf("segments cover %d of %d bytes", total, len(b))
 		}
-		_ = parseGRO(b)
+		_, _ = parseControl(b)
 	})
 }
 
@@ -101,11 +102,14 @@ func TestNATTDemux(t *testing.T) {
 			defer tx.Close()
 			var mu sync.Mutex
 			var ikeGot [][]byte
-			d := &NATT{Conn: rx, IKE: func(msg []byte, from netip.AddrPort) {
+			d := &NATT{Conn: rx, IKE: func(msg []byte, from, to netip.AddrPort) {
 				mu.Lock()
 				defer mu.Unlock()
 				if from != tx.LocalAddr() {
 					t.Errorf("IKE from %v, want %v", from, tx.LocalAddr())
+				}
+				if to.IsValid() {
+					t.Errorf("IKE to %v without RecvDst, want the zero value", to)
 				}
 				ikeGot = append(ikeGot, append([]byte(nil), msg...))
 			}}
@@ -249,6 +253,72 @@ func TestListenUDPReusePort(t *testing.T) {
 // TestNATTWriteIKEFrom: a NAT-T socket bound to the unspecified address
 // answers from the address named (a second address on the link), where
 // the kernel alone would choose the link's primary address.
+// TestNATTRecvDst: a NAT-T socket bound to the unspecified address with
+// RecvDst reports the address each datagram was sent to, IKE (to the
+// callback) and ESP (Msg.To) alike, also with UDP_GRO's control message
+// beside it; without RecvDst, To stays zero.
+func TestNATTRecvDst(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "gnio-d", netip.MustParsePrefix("10.231.14.0/24"))
+	second := netip.MustParseAddr("10.231.14.12")
+	nettest.MustExec(t, p.B.NS, "ip", "addr", "add", second.String()+"/24", "dev", p.B.Name)
+	for _, tc := range []struct {
+		name         string
+		recvDst, gro bool
+	}{{"pktinfo", true, false}, {"pktinfo+gro", true, true}, {"none", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rx, tx *UDPConn
+			nettest.MustDo(t, p.B.NS, func() (err error) {
+				rx, err = ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 0), GRO: tc.gro, RecvDst: tc.recvDst})
+				return err
+			})
+			defer rx.Close()
+			nettest.MustDo(t, p.A.NS, func() (err error) {
+				tx, err = ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(p.AAddr, 0)})
+				return err
+			})
+			defer tx.Close()
+			port := rx.LocalAddr().Port()
+			type ikeMsg struct{ msg, to string }
+			var got []ikeMsg
+			d := &NATT{Conn: rx, IKE: func(msg []byte, from, to netip.AddrPort) {
+				got = append(got, ikeMsg{string(msg), to.String()})
+			}}
+			dsts := []netip.Addr{p.BAddr, second}
+			for i, dst := range dsts {
+				ike := append(make([]byte, NonESPMarker), fmt.Sprintf("ike-%d", i)...)
+				ms := []Msg{{Buf: ike, To: netip.AddrPortFrom(dst, port)}}
+				if n, err := tx.Send(ms); err != nil || n != 1 {
+					t.Fatalf("send IKE to %v: %d %v", dst, n, err)
+				}
+				timer := time.AfterFunc(5*time.Second, func() { rx.Close() })
+				buf := []Msg{{Buf: make([]byte, 65535)}}
+				if _, err := d.ReadESP(buf, make([]Packet, 64)); err != nil {
+					t.Fatalf("ReadESP: %v", err)
+				}
+				// and an ESP datagram: Msg.To on the plain receive
+				if n, err := tx.Send([]Msg{{Buf: espDatagram(0x300, uint32(i), 200), To: netip.AddrPortFrom(dst, port)}}); err != nil || n != 1 {
+					t.Fatalf("send ESP to %v: %d %v", dst, n, err)
+				}
+				if n, err := rx.Recv(buf); err != nil || n != 1 {
+					t.Fatalf("recv ESP: %d %v", n, err)
+				}
+				timer.Stop()
+				want := netip.AddrPort{}
+				if tc.recvDst {
+					want = netip.AddrPortFrom(dst, port)
+				}
+				if buf[0].To != want {
+					t.Errorf("ESP sent to %v: Msg.To %v, want %v", dst, buf[0].To, want)
+				}
+				if len(got) != i+1 || got[i].msg != fmt.Sprintf("ike-%d", i) || got[i].to != want.String() {
+					t.Fatalf("IKE sent to %v: callback got %v, want message ike-%d to %v", dst, got, i, want)
+				}
+			}
+		})
+	}
+}
+
 func TestNATTWriteIKEFrom(t *testing.T) {
 	testutil.NeedRoot(t)
 	p := nettest.NewPair(t, "gnio-f", netip.MustParsePrefix("10.231.13.0/24"))

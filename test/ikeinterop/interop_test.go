@@ -84,6 +84,13 @@ func run(t testing.TB, timeout time.Duration, name string, args ...string) (stri
 // in strongSwan syntax with left = the local host.
 func newEnv(t *testing.T, prefix string, nat bool, gosecConf, gosecSecrets, ssConf, ssSecrets string) *env {
 	t.Helper()
+	return newEnvSetup(t, prefix, nat, nil, gosecConf, gosecSecrets, ssConf, ssSecrets)
+}
+
+// newEnvSetup is newEnv with setup run once the topology is up, before
+// either daemon starts (extra addresses, routes).
+func newEnvSetup(t *testing.T, prefix string, nat bool, setup func(), gosecConf, gosecSecrets, ssConf, ssSecrets string) *env {
+	t.Helper()
 	testutil.NeedRoot(t)
 	_, err := os.Stat("/usr/lib/ipsec/starter")
 	testutil.Need(t, err == nil, "strongSwan is not installed (scripts/deps.sh installs it)")
@@ -125,6 +132,9 @@ func newEnv(t *testing.T, prefix string, nat bool, gosecConf, gosecSecrets, ssCo
 		down.Env = append(os.Environ(), "NS_PREFIX="+prefix)
 		down.Run()
 	})
+	if setup != nil {
+		setup()
+	}
 	if out, err := e.peer(60*time.Second, "start"); err != nil {
 		t.Fatalf("strongSwan start: %v\n%s", err, out)
 	}
