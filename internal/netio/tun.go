@@ -98,11 +98,28 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 			return nil, fmt.Errorf("netio: tun %s: add address %v: %w", t.name, p, err)
 		}
 	}
+	disableIPv6(t.name)
 	if err := t.nl.LinkSetUp(link); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("netio: tun %s: set up: %w", t.name, err)
 	}
 	return t, nil
+}
+
+// disableIPv6 turns IPv6 off on the device before it goes up: the data
+// plane is IPv4-only, and otherwise the kernel sends its router
+// solicitations and MLD reports into the TUN, where each would be counted
+// and logged as a malformed packet. Best effort: without IPv6 in the
+// kernel there is nothing to turn off, and a read-only /proc/sys (some
+// containers) only costs those few log lines. It must run on the thread
+// that is in the device's network namespace, as OpenTUN does.
+func disableIPv6(name string) {
+	f, err := os.OpenFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	f.Write([]byte("1\n"))
+	f.Close()
 }
 
 // createPlainTUN opens a TUN without IFF_VNET_HDR; wireguard's tun package

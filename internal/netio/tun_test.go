@@ -236,3 +236,42 @@ func TestTUNTCPOffload(t *testing.T) {
 		})
 	}
 }
+
+// TestTUNNoIPv6 checks that a fresh TUN carries nothing of the kernel's
+// IPv6 (router solicitations, MLD reports): gosec is IPv4-only and the
+// data plane would count and log each such packet as malformed.
+func TestTUNNoIPv6(t *testing.T) {
+	testutil.NeedRoot(t)
+	ns := "gnio-t6"
+	nettest.NewNS(t, ns)
+	var tn *TUN
+	nettest.MustDo(t, ns, func() (err error) {
+		tn, err = OpenTUN(TUNConfig{Name: "gnio-tun6", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("10.231.6.1/24")}})
+		return err
+	})
+	closed := make(chan struct{})
+	timer := time.AfterFunc(2500*time.Millisecond, func() { tn.Close(); close(closed) })
+	defer func() {
+		timer.Stop()
+		select {
+		case <-closed:
+		default:
+			tn.Close()
+		}
+	}()
+	bufs := make([][]byte, tn.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, Headroom+65535)
+	}
+	sizes := make([]int, len(bufs))
+	for {
+		n, err := tn.Read(bufs, sizes, Headroom)
+		if err != nil {
+			break // closed: 2.5 s without a packet
+		}
+		for i := 0; i < n; i++ {
+			pkt := bufs[i][Headroom : Headroom+sizes[i]]
+			t.Errorf("the kernel sent a packet into a fresh TUN: version %d, %d octets: % x", iphdr.Version(pkt), len(pkt), pkt[:min(len(pkt), 48)])
+		}
+	}
+}
