@@ -130,6 +130,53 @@ func guest(t *testing.T) *Ctl {
 	return guestCtl
 }
 
+// restartGuest boots a fresh guest on the same tap (kpeer.sh restart;
+// the namespace and the gosec daemon in it stay) and returns its control
+// channel, which guest() returns from then on.
+func restartGuest(t *testing.T) *Ctl {
+	t.Helper()
+	if guestCtl != nil {
+		guestCtl.Close()
+	}
+	guestCtl = nil
+	if out, err := kpeer(3*time.Minute, "restart"); err != nil {
+		guestErr = fmt.Errorf("kpeer.sh restart: %v\n%s", err, out)
+		t.Fatal(guestErr)
+	}
+	guestCtl, guestErr = DialCtl(filepath.Join(buildDir(), "ctl.sock"))
+	if guestErr == nil {
+		_, guestErr = guestCtl.Check("uname -r")
+	}
+	if guestErr != nil {
+		t.Fatal(guestErr)
+	}
+	return guestCtl
+}
+
+// guestSendsNothing reports whether the guest's network has stopped
+// sending: ARP requests from the host namespace (busybox arping, through
+// a packet socket, so neither gosec's filter nor any SA is involved) and
+// not one answer, nor one frame more out of the guest onto the tap (its
+// rx_packets counts what QEMU writes). A live guest answers ARP whatever
+// its SAs and gosec do; what silences it is its virtio-net transmit path
+// stalling (seen once in CI: the guest's ESP output sequence stood still
+// for two minutes while it kept receiving).
+func guestSendsNothing() (bool, string) {
+	rx := func() string {
+		out, err := inNS(5*time.Second, "cat", "/sys/class/net/"+tapName+"/statistics/rx_packets")
+		if err != nil {
+			return fmt.Sprintf("? (%v)", err)
+		}
+		return strings.TrimSpace(out)
+	}
+	before := rx()
+	out, err := inNS(15*time.Second, "busybox", "arping", "-c", "3", "-w", "4", "-I", tapName, guestIP)
+	after := rx()
+	why := fmt.Sprintf("arping %s: %v, tap rx_packets %s before, %s after: %s", guestIP, err, before, after,
+		strings.Join(strings.Fields(out), " "))
+	return err != nil && before == after, why
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if guestCtl != nil {

@@ -7,6 +7,7 @@
 #   test/kernelpeer/kpeer.sh build    apt-get download Debian's kernel, build build/initramfs.cpio (cached)
 #   test/kernelpeer/kpeer.sh up       netns $NS + tap $TAP ($HOST_IP/24), boot the guest ($GUEST_IP/24)
 #   test/kernelpeer/kpeer.sh ctl 'ip -s xfrm state' ...   run shell commands in the guest (control channel)
+#   test/kernelpeer/kpeer.sh restart  a fresh guest on the same tap, $NS untouched
 #   test/kernelpeer/kpeer.sh down     stop the guest (by its PID file) and delete $NS
 #
 # Topology:
@@ -158,7 +159,7 @@ do_build() {
 
 qemu_running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
-do_down() {
+stop_qemu() {
   if [[ -f $PIDFILE ]]; then
     local pid; pid=$(cat "$PIDFILE")
     # only our own qemu: the PID must still belong to a qemu started with our pidfile
@@ -171,6 +172,10 @@ do_down() {
     rm -f "$PIDFILE"
   fi
   rm -f "$CTL"
+}
+
+do_down() {
+  stop_qemu
   if ip netns list | grep -qw "^$NS"; then
     # whatever a test left running inside our namespace (a gosec daemon
     # of a test binary that timed out) would keep its devices alive
@@ -247,6 +252,12 @@ table inet gkp {
   }
 }
 EOF
+  boot_guest
+}
+
+# boot_guest starts the guest on the tap of an existing $NS and waits for
+# it (do_up; do_restart after a guest whose network stalled).
+boot_guest() {
   local accel=(-accel "tcg,tb-size=${TB_SIZE:-64}") cpu=(-cpu qemu64)
   [[ $ACCEL == kvm ]] && { accel=(-accel kvm); cpu=(-cpu host); }
   : > "$CONSOLE"
@@ -272,6 +283,14 @@ EOF
   grep -a "^KP:" "$CONSOLE" | sed 's/^/  guest: /' >&2 || true
 }
 
+# do_restart boots a fresh guest and leaves the namespace (and what runs
+# in it: a test's gosec daemon) as it is.
+do_restart() {
+  ip netns list | grep -qw "^$NS" || { log "no namespace $NS ($0 up)"; exit 1; }
+  stop_qemu
+  boot_guest
+}
+
 do_ctl() {
   qemu_running || { log "guest not running ($0 up)"; exit 1; }
   (cd "$HERE" && go run ./kpctl "$CTL" "$@")
@@ -282,6 +301,7 @@ case $cmd in
   build) do_build ;;
   up) do_up ;;
   down) do_down ;;
+  restart) do_restart ;;
   ctl) do_ctl "$@" ;;
   *) sed -n '2,24p' "$0"; exit 2 ;;
 esac
