@@ -114,12 +114,7 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 // containers) only costs those few log lines. It must run on the thread
 // that is in the device's network namespace, as OpenTUN does.
 func disableIPv6(name string) {
-	f, err := os.OpenFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", os.O_WRONLY, 0)
-	if err != nil {
-		return
-	}
-	f.Write([]byte("1\n"))
-	f.Close()
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1\n"), 0o644)
 }
 
 // createPlainTUN opens a TUN without IFF_VNET_HDR; wireguard's tun package

@@ -250,9 +250,6 @@ func TestListenUDPReusePort(t *testing.T) {
 	}
 }
 
-// TestNATTWriteIKEFrom: a NAT-T socket bound to the unspecified address
-// answers from the address named (a second address on the link), where
-// the kernel alone would choose the link's primary address.
 // TestNATTRecvDst: a NAT-T socket bound to the unspecified address with
 // RecvDst reports the address each datagram was sent to, IKE (to the
 // callback) and ESP (Msg.To) alike, also with UDP_GRO's control message
@@ -319,6 +316,9 @@ func TestNATTRecvDst(t *testing.T) {
 	}
 }
 
+// TestNATTWriteIKEFrom: a NAT-T socket bound to the unspecified address
+// answers from the address named (a second address on the link), where
+// the kernel alone would choose the link's primary address.
 func TestNATTWriteIKEFrom(t *testing.T) {
 	testutil.NeedRoot(t)
 	p := nettest.NewPair(t, "gnio-f", netip.MustParsePrefix("10.231.13.0/24"))

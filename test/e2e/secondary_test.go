@@ -1,14 +1,10 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
-	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/gosec-ipsec/gosec/internal/testutil"
+	"github.com/gosec-ipsec/gosec/internal/testutil/wire"
 )
 
 // TestIKESecondaryAddress: gw2 is reached at a second address on its WAN
@@ -19,8 +15,6 @@ import (
 // and carry traffic.
 func TestIKESecondaryAddress(t *testing.T) {
 	tp := newTopo(t, "gsy-")
-	_, err := exec.LookPath("tcpdump")
-	testutil.Need(t, err == nil, "tcpdump is not installed (scripts/deps.sh installs it)")
 	tp.must(tp.ns("gw2"), "ip", "addr", "add", "192.0.2.12/24", "dev", "wan0")
 	cases := []ikeCase{
 		{name: "sec-500", ike: "aes128-sha256-modp2048", esp: "aes128gcm16"},
@@ -32,15 +26,8 @@ func TestIKESecondaryAddress(t *testing.T) {
 	}
 	secrets := "192.0.2.1 192.0.2.12 : PSK \"gosec-e2e-psk\"\n"
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var capture bytes.Buffer
-	dump := exec.CommandContext(ctx, "ip", "netns", "exec", tp.ns("gw1"), "tcpdump", "-l", "-n", "-i", "wan0", "udp and (port 500 or port 4500)")
-	dump.Stdout, dump.Stderr = &capture, &capture
-	if err := dump.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	time.Sleep(500 * time.Millisecond)
+	// what gw2 sends, as gw1 receives it
+	capture := wire.WatchLeaks(t, "udp and (port 500 or port 4500)", wire.Tap{Label: "gw2", NetNS: tp.ns("gw1"), Iface: "wan0", Dir: "in"})
 
 	gw1 := tp.startDaemon(tp.ns("gw1"), conf.String(), secrets)
 	tp.startDaemon(tp.ns("gw2"), conf.String(), secrets)
@@ -57,11 +44,16 @@ func TestIKESecondaryAddress(t *testing.T) {
 		}
 		gw1.mustCtl("down", c.name)
 	}
-	time.Sleep(500 * time.Millisecond)
-	cancel()
-	_ = dump.Wait()
+	captured, problems := capture.Stop()
+	var all []string
+	for _, l := range captured {
+		all = append(all, l.Line)
+	}
+	if len(problems) > 0 {
+		t.Log(strings.Join(problems, "\n"))
+	}
 	var fromSecondary, fromPrimary []string
-	for _, line := range strings.Split(capture.String(), "\n") {
+	for _, line := range all {
 		switch {
 		case strings.Contains(line, "192.0.2.12.500 >"), strings.Contains(line, "192.0.2.12.4500 >"):
 			fromSecondary = append(fromSecondary, line)
@@ -79,7 +71,7 @@ func TestIKESecondaryAddress(t *testing.T) {
 		}
 	}
 	if len(fromSecondary) == 0 || natt == 0 {
-		t.Fatalf("capture holds %d packets from 192.0.2.12 (%d on 4500): the capture did not work\n%s", len(fromSecondary), natt, capture.String())
+		t.Fatalf("capture holds %d packets from 192.0.2.12 (%d on 4500): the capture did not work\n%s", len(fromSecondary), natt, strings.Join(all, "\n"))
 	}
 	t.Logf("%d IKE and ESP-in-UDP packets from 192.0.2.12 (%d on the NAT-T port), none from 192.0.2.2", len(fromSecondary), natt)
 }

@@ -1,14 +1,11 @@
 package ikeinterop
 
 import (
-	"bytes"
-	"context"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gosec-ipsec/gosec/internal/testutil"
+	"github.com/gosec-ipsec/gosec/internal/testutil/wire"
 )
 
 // TestStrongSwanNATTPortSecondary: strongSwan starts Main Mode directly
@@ -20,8 +17,6 @@ import (
 // capture on gosec's WAN checks that nothing of IKE or ESP-in-UDP leaves
 // from 192.0.2.1.
 func TestStrongSwanNATTPortSecondary(t *testing.T) {
-	_, err := exec.LookPath("tcpdump")
-	testutil.Need(t, err == nil, "tcpdump is not installed (scripts/deps.sh installs it)")
 	// gosec's side is left=%any: which of its addresses a negotiation
 	// uses is the one the peer sent to (with left=192.0.2.11 the conn
 	// would name it).
@@ -42,15 +37,8 @@ func TestStrongSwanNATTPortSecondary(t *testing.T) {
 	}
 	e := newEnvSetup(t, "gks-", false, second, gs.text(), secrets("%any", "192.0.2.2"), ssText, secrets("192.0.2.2", "192.0.2.11"))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var capture bytes.Buffer
-	dump := exec.CommandContext(ctx, "ip", "netns", "exec", "gks-left", "tcpdump", "-l", "-n", "-i", "wan0", "udp and (port 500 or port 4500)")
-	dump.Stdout, dump.Stderr = &capture, &capture
-	if err := dump.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	time.Sleep(500 * time.Millisecond)
+	// what gosec sends on its WAN
+	capture := wire.WatchLeaks(t, "udp and (port 500 or port 4500)", wire.Tap{Label: "gosec", NetNS: "gks-left", Iface: "wan0"})
 
 	out, err := e.peer(60*time.Second, "ipsec", "up", gs.name)
 	if err != nil || !strings.Contains(out, "established successfully") {
@@ -65,14 +53,16 @@ func TestStrongSwanNATTPortSecondary(t *testing.T) {
 	if err := e.ping("rightlan", "10.1.0.2"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
-	cancel()
-	dump.Wait()
-	text := capture.String()
+	captured, problems := capture.Stop()
+	var lines []string
+	for _, l := range captured {
+		lines = append(lines, l.Line)
+	}
+	text := strings.Join(append(lines, problems...), "\n")
 	if !strings.Contains(text, "192.0.2.11.4500 > 192.0.2.2.4500") {
 		t.Fatalf("the capture holds nothing from 192.0.2.11:4500 (capture broken?):\n%s", text)
 	}
-	for _, line := range strings.Split(text, "\n") {
+	for _, line := range lines {
 		if strings.Contains(line, " 192.0.2.1.") {
 			t.Fatalf("gosec sent from its primary address, not the one it was asked on:\n%s\n\nwhole capture:\n%s", line, text)
 		}
