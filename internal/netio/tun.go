@@ -38,6 +38,12 @@ type TUNConfig struct {
 	// NoOffload opens the device without IFF_VNET_HDR: one packet per read
 	// and write, no TSO/USO/GRO. For comparison and for old kernels.
 	NoOffload bool
+	// Queues above 1 open a multi-queue device (IFF_MULTI_QUEUE) with
+	// that many queues, each read by its own reader, and steer packets to
+	// queues by destination prefix (Steer). When the kernel refuses the
+	// steering program (no eBPF), the device keeps one queue: the kernel's
+	// own per-flow choice would reorder an SA's packets.
+	Queues int
 }
 
 // TUN is an up-and-running TUN device. Read and Write move batches: with
@@ -46,12 +52,18 @@ type TUNConfig struct {
 // partial), and Write coalesces consecutive segments of a flow back into
 // super-packets (GRO) when the buffers have the capacity.
 type TUN struct {
-	dev     tun.Device
-	name    string
-	index   int
-	offload bool
-	done    chan struct{}
-	once    sync.Once
+	dev tun.Device // queue 0
+	// queues are all the device's queues, queues[0] == dev.
+	queues  []tun.Device
+	steer   *steering
+	steerMu sync.Mutex
+	// steerErr is why a multi-queue device fell back to one queue.
+	steerErr error
+	name     string
+	index    int
+	offload  bool
+	done     chan struct{}
+	once     sync.Once
 	// nl is bound to the namespace the device was created in, so that
 	// MTU and SetMTU work from any goroutine.
 	nl *netlink.Handle
@@ -65,21 +77,30 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 	}
 	var dev tun.Device
 	var err error
-	if cfg.NoOffload {
+	switch {
+	case cfg.Queues > 1:
+		dev, err = openQueue(cfg.Name, cfg.MTU, !cfg.NoOffload)
+	case cfg.NoOffload:
 		dev, err = createPlainTUN(cfg.Name, cfg.MTU)
-	} else {
+	default:
 		dev, err = tun.CreateTUN(cfg.Name, cfg.MTU)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netio: create tun %s: %w", cfg.Name, err)
 	}
-	t := &TUN{dev: dev, name: cfg.Name, offload: dev.BatchSize() > 1, done: make(chan struct{})}
+	t := &TUN{dev: dev, queues: []tun.Device{dev}, name: cfg.Name, offload: dev.BatchSize() > 1, done: make(chan struct{})}
 	if name, err := dev.Name(); err == nil {
 		t.name = name
 	}
+	if cfg.Queues > 1 {
+		if err := t.addQueues(cfg.Queues, cfg.MTU, !cfg.NoOffload); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("netio: tun %s: %w", t.name, err)
+		}
+	}
 	// wireguard's tun reports link events on a small channel with blocking
 	// sends; drain it so its listener goroutines never stall.
-	go t.drainEvents()
+	go t.drainEvents(dev)
 	t.nl, err = netlinkHere()
 	if err != nil {
 		t.Close()
@@ -115,6 +136,151 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 // that is in the device's network namespace, as OpenTUN does.
 func disableIPv6(name string) {
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1\n"), 0o644)
+}
+
+// addQueues attaches queues 1..n-1 to a multi-queue device and the
+// steering program to it. Without eBPF (an old kernel, a seccomp profile,
+// no CAP_BPF) the extra queues are closed again and the device works with
+// one, which SteerErr reports.
+func (t *TUN) addQueues(n, mtu int, offload bool) error {
+	s, err := newSteering(n)
+	if err == nil {
+		err = t.withFD(t.dev, s.attach)
+		if err != nil {
+			s.close()
+		}
+	}
+	if err != nil {
+		t.steerErr = err
+		return nil
+	}
+	t.steer = s
+	for i := 1; i < n; i++ {
+		q, err := openQueue(t.name, mtu, offload)
+		if err != nil {
+			return fmt.Errorf("queue %d: %w", i, err)
+		}
+		t.queues = append(t.queues, q)
+		go t.drainEvents(q)
+	}
+	return nil
+}
+
+// withFD runs f with dev's descriptor.
+func (t *TUN) withFD(dev tun.Device, f func(fd int) error) error {
+	sc, err := dev.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := sc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// openQueue creates the multi-queue device name or attaches one more
+// queue to it.
+func openQueue(name string, mtu int, offload bool) (tun.Device, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
+	if offload {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "/dev/net/tun")
+	dev, err := tun.CreateTUNFromFile(f, mtu)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+// Queues returns the number of queues the device has (1 unless it was
+// opened with Queues above 1 and the kernel took the steering program).
+func (t *TUN) Queues() int { return len(t.queues) }
+
+// SteerErr tells why a device asked for several queues has one.
+func (t *TUN) SteerErr() error { return t.steerErr }
+
+// Queue returns queue i (0 <= i < Queues) for a reader of its own. A
+// packet can be written into any queue.
+func (t *TUN) Queue(i int) *TUNQueue { return &TUNQueue{t: t, dev: t.queues[i]} }
+
+// Steer sets which queue reads the packets for each destination: dsts
+// are the destination prefixes of the outbound policies; nested ones
+// share their outermost prefix's queue, every group keeps its queue as
+// long as it is in dsts, new groups go to the least used queue. Packets
+// no prefix covers go to queue 0. A no-op on a one-queue device.
+func (t *TUN) Steer(dsts []netip.Prefix) error {
+	if t.steer == nil {
+		return nil
+	}
+	t.steerMu.Lock()
+	defer t.steerMu.Unlock()
+	if err := t.steer.set(dsts); err != nil {
+		return fmt.Errorf("netio: tun %s: steering: %w", t.name, err)
+	}
+	return nil
+}
+
+// QueueOf returns the queue that reads packets to dst.
+func (t *TUN) QueueOf(dst netip.Addr) int {
+	if t.steer == nil || !dst.Is4() {
+		return 0
+	}
+	return t.steer.queueOf(dst)
+}
+
+// TUNQueue is one queue of a TUN: its own reads, writes into the same
+// device.
+type TUNQueue struct {
+	t   *TUN
+	dev tun.Device
+}
+
+// BatchSize is as TUN.BatchSize.
+func (q *TUNQueue) BatchSize() int { return q.dev.BatchSize() }
+
+// MTU is the device's MTU.
+func (q *TUNQueue) MTU() (int, error) { return q.t.MTU() }
+
+// Read is as TUN.Read, from this queue.
+func (q *TUNQueue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := q.dev.Read(bufs, sizes, offset)
+	if err != nil {
+		return n, q.t.ioErr("read", err)
+	}
+	return n, nil
+}
+
+// Write is as TUN.Write, through this queue.
+func (q *TUNQueue) Write(bufs [][]byte, offset int) (int, error) {
+	if offset < TUNHeadroom {
+		return 0, fmt.Errorf("netio: tun write: offset %d below TUNHeadroom %d", offset, TUNHeadroom)
+	}
+	n, err := q.dev.Write(bufs, offset)
+	if err != nil {
+		return n, q.t.ioErr("write", err)
+	}
+	return n, nil
 }
 
 // createPlainTUN opens a TUN without IFF_VNET_HDR; wireguard's tun package
@@ -220,8 +386,8 @@ func (t *TUN) ioErr(op string, err error) error {
 	}
 }
 
-func (t *TUN) drainEvents() {
-	ev := t.dev.Events()
+func (t *TUN) drainEvents(dev tun.Device) {
+	ev := dev.Events()
 	for {
 		select {
 		case <-t.done:
@@ -240,7 +406,14 @@ func (t *TUN) Close() error {
 	var err error
 	t.once.Do(func() {
 		close(t.done) // first, so that failing Reads see ErrClosed
-		err = t.dev.Close()
+		var errs []error
+		for i := len(t.queues) - 1; i >= 0; i-- {
+			errs = append(errs, t.queues[i].Close())
+		}
+		if t.steer != nil {
+			errs = append(errs, t.steer.close())
+		}
+		err = errors.Join(errs...)
 		if t.nl != nil {
 			t.nl.Close()
 		}

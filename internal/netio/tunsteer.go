@@ -1,0 +1,216 @@
+package netio
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+)
+
+// tunSetSteeringEBPF is TUNSETSTEERINGEBPF, _IOR('T', 224, int): it
+// attaches a socket-filter program whose return value, modulo the number
+// of queues, is the queue each packet into the TUN goes to (Linux 4.16).
+const tunSetSteeringEBPF = 0x800454e0
+
+// steerMaxGroups bounds the steering map: one entry per group of nested
+// destination prefixes (10,000 tunnels need 10,000 at most).
+const steerMaxGroups = 1 << 17
+
+// steerKey is a key of the steering map, the kernel's struct
+// bpf_lpm_trie_key_u8 for IPv4: the prefix length in host order, then
+// the address in network order.
+type steerKey struct {
+	Bits uint32
+	Addr [4]byte
+}
+
+func steerKeyOf(p netip.Prefix) steerKey {
+	return steerKey{Bits: uint32(p.Bits()), Addr: p.Masked().Addr().As4()}
+}
+
+// steering is a multi-queue TUN's queue choice: an eBPF program the
+// kernel runs for every packet it sends into the TUN, which looks the
+// packet's IPv4 destination up in an LPM trie of destination prefixes
+// and returns the queue the prefix was given (queue 0 when none matches
+// or the packet is not IPv4).
+//
+// The point is order. The kernel's own choice hashes each flow to a
+// queue, so two flows of one SA would be read by two readers, which
+// number that SA's packets concurrently and send them in two orders: the
+// peer would see them out of order by up to a batch, beyond its replay
+// window. Steering by destination prefix keeps every SA on one queue, as
+// long as each SA's destinations are one prefix or nested in one: nested
+// prefixes are merged into their outermost one (a group), and groups are
+// given queues, so every address a policy selects maps to the same
+// queue whichever of the nested policies picks the SA.
+type steering struct {
+	queues int
+	m      *ebpf.Map
+	prog   *ebpf.Program
+	// group is each group's queue as the map holds it; load counts the
+	// groups per queue, for giving new groups the least loaded queue.
+	group map[netip.Prefix]uint32
+	load  []int
+}
+
+// newSteering loads the map and the program for a device of n queues.
+func newSteering(n int) (*steering, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "gosec_steer",
+		Type:       ebpf.LPMTrie,
+		KeySize:    uint32(unsafe.Sizeof(steerKey{})),
+		ValueSize:  4,
+		MaxEntries: steerMaxGroups,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("steering map: %w", err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "gosec_steer",
+		Type:         ebpf.SocketFilter,
+		License:      "GPL",
+		Instructions: steerProgram(m.FD()),
+	})
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("steering program: %w", err)
+	}
+	return &steering{queues: n, m: m, prog: prog, group: map[netip.Prefix]uint32{}, load: make([]int, n)}, nil
+}
+
+// steerProgram returns the program: r6 holds the skb (its data starts at
+// the IP header on a TUN), the key is built on the stack at fp-8
+// (prefix length 32, then the destination read at offset 16), and the
+// version nibble is read into fp-12.
+func steerProgram(mapFD int) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		// Version: IPv4 only, anything else to queue 0.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -12),
+		asm.Mov.Imm(asm.R4, 1),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "none"),
+		asm.LoadMem(asm.R1, asm.RFP, -12, asm.Byte),
+		asm.RSh.Imm(asm.R1, 4),
+		asm.JNE.Imm(asm.R1, 4, "none"),
+		// Key: {32, destination}.
+		asm.StoreImm(asm.RFP, -8, 32, asm.Word),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 16),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -4),
+		asm.Mov.Imm(asm.R4, 4),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "none"),
+		asm.LoadMapPtr(asm.R1, mapFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -8),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "none"),
+		asm.LoadMem(asm.R0, asm.R0, 0, asm.Word),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("none"),
+		asm.Return(),
+	}
+}
+
+// attach makes the program the device's queue choice (fd: any of its
+// queues).
+func (s *steering) attach(fd int) error {
+	progFD := int32(s.prog.FD())
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), tunSetSteeringEBPF, uintptr(unsafe.Pointer(&progFD))); e != 0 {
+		return fmt.Errorf("TUNSETSTEERINGEBPF: %w", e)
+	}
+	return nil
+}
+
+// outermost returns the prefixes that no other prefix of ps contains,
+// each IPv4 prefix masked, sorted by address. Two CIDR prefixes are either
+// disjoint or nested, so after sorting by first address (the shorter
+// first among equals) a prefix is nested exactly when the last outermost
+// one contains it.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	var v4 []netip.Prefix
+	for _, p := range ps {
+		if p.IsValid() && p.Addr().Is4() {
+			v4 = append(v4, p.Masked())
+		}
+	}
+	slices.SortFunc(v4, prefixLess)
+	var out []netip.Prefix
+	for _, p := range v4 {
+		if n := len(out); n > 0 && out[n-1].Contains(p.Addr()) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// set makes the groups of dsts the map's contents: a group that stays
+// keeps its queue (its SAs' packets never change readers while it
+// exists); a new group gets the queue with the fewest groups. On an
+// error the state is what the map holds, and a later set retries.
+func (s *steering) set(dsts []netip.Prefix) error {
+	groups := outermost(dsts)
+	keep := make(map[netip.Prefix]bool, len(groups))
+	for _, g := range groups {
+		keep[g] = true
+	}
+	var errs []error
+	for g, q := range s.group {
+		if keep[g] {
+			continue
+		}
+		k := steerKeyOf(g)
+		if err := s.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete %v: %w", g, err))
+			continue
+		}
+		delete(s.group, g)
+		s.load[q]--
+	}
+	for _, g := range groups {
+		if _, ok := s.group[g]; ok {
+			continue
+		}
+		q := uint32(0)
+		for i := range s.load {
+			if s.load[i] < s.load[q] {
+				q = uint32(i)
+			}
+		}
+		k := steerKeyOf(g)
+		if err := s.m.Put(&k, &q); err != nil {
+			errs = append(errs, fmt.Errorf("put %v: %w", g, err))
+			continue
+		}
+		s.group[g] = q
+		s.load[q]++
+	}
+	return errors.Join(errs...)
+}
+
+// queueOf is the queue the program gives dst, by the same longest-prefix
+// match over the groups (for status and tests).
+func (s *steering) queueOf(dst netip.Addr) int {
+	k := steerKey{Bits: 32, Addr: dst.As4()}
+	var q uint32
+	if err := s.m.Lookup(&k, &q); err != nil {
+		return 0
+	}
+	return int(q % uint32(s.queues))
+}
+
+func (s *steering) close() error {
+	return errors.Join(s.prog.Close(), s.m.Close())
+}
