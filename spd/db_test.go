@@ -297,3 +297,56 @@ func TestIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchAndOutDestinations: every kind of change wakes a watcher
+// (several changes at least once), and OutDestinations lists the
+// outbound protect policies' destinations only.
+func TestWatchAndOutDestinations(t *testing.T) {
+	db := New()
+	w := db.Watch()
+	woke := func() bool {
+		select {
+		case <-w:
+			return true
+		default:
+			return false
+		}
+	}
+	a := pol("a", Out, "10.1.0.0/24", "10.2.0.0/24", Protect)
+	idA, err := db.Add(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Add(pol("a", In, "10.1.0.0/24", "10.2.0.0/24", Protect)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Add(pol("b", Out, "10.1.0.0/24", "10.9.0.0/16", Bypass)); err != nil {
+		t.Fatal(err)
+	}
+	if !woke() || woke() {
+		t.Fatal("three adds should leave exactly one wake-up pending")
+	}
+	if got := db.OutDestinations(); len(got) != 1 || got[0] != netip.MustParsePrefix("10.2.0.0/24") {
+		t.Fatalf("OutDestinations = %v, want [10.2.0.0/24]", got)
+	}
+	for _, change := range []struct {
+		name string
+		do   func()
+	}{
+		{"replace", func() {
+			if err := db.Replace(idA, pol("a", Out, "10.1.0.0/24", "10.3.0.0/24", Protect)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"delete", func() { db.Delete(idA) }},
+		{"delete conn", func() { db.DeleteConn("b") }},
+	} {
+		change.do()
+		if !woke() {
+			t.Fatalf("%s did not wake the watcher", change.name)
+		}
+	}
+	if got := db.OutDestinations(); len(got) != 0 {
+		t.Fatalf("OutDestinations after the deletes = %v", got)
+	}
+}

@@ -198,6 +198,7 @@ type DB struct {
 	policies map[uint64]*Policy
 	nextID   uint64
 	idx      atomic.Pointer[index]
+	watchers []chan struct{}
 }
 
 // New returns an empty DB.
@@ -222,6 +223,7 @@ func (db *DB) Add(p *Policy) (uint64, error) {
 	p.Sel.Local, p.Sel.Remote = p.Sel.Local.Masked(), p.Sel.Remote.Masked()
 	db.policies[p.ID] = p
 	db.idx.Store(db.idx.Load().with(p, true))
+	db.changed()
 	return p.ID, nil
 }
 
@@ -247,6 +249,7 @@ func (db *DB) Replace(id uint64, p *Policy) error {
 		return nil
 	}
 	db.idx.Store(db.idx.Load().with(old, false).with(p, true))
+	db.changed()
 	return nil
 }
 
@@ -260,6 +263,7 @@ func (db *DB) Delete(id uint64) bool {
 	}
 	delete(db.policies, id)
 	db.idx.Store(db.idx.Load().with(old, false))
+	db.changed()
 	return true
 }
 
@@ -286,6 +290,43 @@ func (db *DB) rebuild() {
 		all = append(all, p)
 	}
 	db.idx.Store(build(all))
+	db.changed()
+}
+
+// Watch returns a channel that receives after the database changes (at
+// least once after any number of changes: a watcher that is busy misses
+// none, it sees them together). For work that follows the policies off
+// the packet path, such as the TUN's queue steering.
+func (db *DB) Watch() <-chan struct{} {
+	c := make(chan struct{}, 1)
+	db.mu.Lock()
+	db.watchers = append(db.watchers, c)
+	db.mu.Unlock()
+	return c
+}
+
+// changed tells the watchers; db.mu is held.
+func (db *DB) changed() {
+	for _, c := range db.watchers {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// OutDestinations returns the destination prefixes of the outbound
+// protect policies (one per policy, duplicates included).
+func (db *DB) OutDestinations() []netip.Prefix {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	var out []netip.Prefix
+	for _, p := range db.policies {
+		if p.Dir == Out && p.Action == Protect {
+			out = append(out, p.Sel.Remote)
+		}
+	}
+	return out
 }
 
 // All returns every policy, by direction, then in lookup preference.

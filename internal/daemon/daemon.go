@@ -68,6 +68,12 @@ type Options struct {
 	// parallel (dataplane.Config.Workers): 0 chooses by the machine,
 	// a negative value has every reader do its own cryptography.
 	CryptoWorkers int
+	// TUNQueues is the number of TUN queues, each with its own reader: 0
+	// chooses one per core up to maxTUNQueues, 1 opens a plain one-queue
+	// device. Several queues need eBPF for their per-destination steering
+	// (netio.TUNConfig.Queues); without it the device has one queue and
+	// the daemon says why in its warnings.
+	TUNQueues int
 	// SaveKeysDir turns key export for Wireshark on (see internal/savekeys);
 	// savekeys= in config setup does the same.
 	SaveKeysDir string
@@ -132,6 +138,9 @@ const maxOverhead = 101
 
 // maxNATTQueues bounds the NAT-T sockets (and their readers).
 const maxNATTQueues = 4
+
+// maxTUNQueues bounds the TUN queues chosen by the machine.
+const maxTUNQueues = 4
 
 // Daemon is a running gosec daemon.
 type Daemon struct {
@@ -370,9 +379,22 @@ func (d *Daemon) setup() error {
 	d.spd = spd.New()
 
 	var err error
-	d.tun, err = netio.OpenTUN(netio.TUNConfig{Name: o.TUNName, MTU: o.WireMTU - maxOverhead})
+	tunQueues := o.TUNQueues
+	if tunQueues <= 0 {
+		tunQueues = min(runtime.GOMAXPROCS(0), maxTUNQueues)
+	}
+	d.tun, err = netio.OpenTUN(netio.TUNConfig{Name: o.TUNName, MTU: o.WireMTU - maxOverhead, Queues: tunQueues})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
+	}
+	if err := d.tun.SteerErr(); err != nil {
+		w := fmt.Sprintf("TUN %s has 1 queue, not %d: its per-destination steering could not be loaded (%v)", d.tun.Name(), tunQueues, err)
+		d.warnings = append(d.warnings, w)
+		d.log.Warn(w)
+	}
+	var tunQueueDevs []dataplane.TUNDevice
+	for i := 1; i < d.tun.Queues(); i++ {
+		tunQueueDevs = append(tunQueueDevs, d.tun.Queue(i))
 	}
 	ring := d.listenRing()
 	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20}, ring != nil, ring)
@@ -444,7 +466,8 @@ func (d *Daemon) setup() error {
 			"conn", name, "prefixes", fmt.Sprint(ps))
 	}
 	d.plane, err = dataplane.New(dataplane.Config{
-		TUN: d.tun, ESP: d.esp, AH: d.ah, NATT: d.natt, NATTQueues: extra,
+		TUN: d.tun, TUNQueues: tunQueueDevs, Steer: d.tun.Steer,
+		ESP: d.esp, AH: d.ah, NATT: d.natt, NATTQueues: extra,
 		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU, Workers: o.CryptoWorkers,
 		Log: d.log, DebugDrops: d.debugDrops, OnTrap: d.onTrap,
 	})

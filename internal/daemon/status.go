@@ -24,18 +24,20 @@ const StatusSchema = 1
 // Status is what `gosec status` and `gosec statusall` show (and, with
 // --json, print).
 type Status struct {
-	Schema  int                     `json:"schema"`
-	Version string                  `json:"version"`
-	PID     int                     `json:"pid"`
-	Started time.Time               `json:"started"`
-	Uptime  string                  `json:"uptime"`
-	Socket  string                  `json:"socket"`
-	TUN     string                  `json:"tun"`
-	TUNMTU  int                     `json:"tun_mtu"`
-	Plane   dataplane.StatsSnapshot `json:"dataplane"`
-	Drops   map[string]uint64       `json:"drops"`
-	NATT    NATTStatus              `json:"natt"`
-	Conns   []ConnStatus            `json:"conns"`
+	Schema  int       `json:"schema"`
+	Version string    `json:"version"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Uptime  string    `json:"uptime"`
+	Socket  string    `json:"socket"`
+	TUN     string    `json:"tun"`
+	TUNMTU  int       `json:"tun_mtu"`
+	// TUNQueues is the number of TUN queues read in parallel.
+	TUNQueues int                     `json:"tun_queues"`
+	Plane     dataplane.StatsSnapshot `json:"dataplane"`
+	Drops     map[string]uint64       `json:"drops"`
+	NATT      NATTStatus              `json:"natt"`
+	Conns     []ConnStatus            `json:"conns"`
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
@@ -143,6 +145,7 @@ func (d *Daemon) status(all bool) *Status {
 	}
 	if d.tun != nil {
 		st.TUNMTU, _ = d.tun.MTU()
+		st.TUNQueues = d.tun.Queues()
 	}
 	if d.plane != nil {
 		st.Plane = d.plane.Stats()
@@ -328,8 +331,8 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		fmt.Fprintf(w, "Status of gosec daemon (%s, pid %d, up %s):\n", s.Version, s.PID, s.Uptime)
 		fmt.Fprintf(w, "  control socket: %s\n", s.Socket)
 		fmt.Fprintf(w, "  log level: %s\n", s.LogLevels.Text())
-		fmt.Fprintf(w, "  TUN device: %s (mtu %d), NAT-T port %d (%d keepalives, %d IKE, %d invalid)\n",
-			s.TUN, s.TUNMTU, s.NATT.Port, s.NATT.Keepalives, s.NATT.IKE, s.NATT.Invalid)
+		fmt.Fprintf(w, "  TUN device: %s (mtu %d, %s), NAT-T port %d (%d keepalives, %d IKE, %d invalid)\n",
+			s.TUN, s.TUNMTU, queuesText(s.TUNQueues), s.NATT.Port, s.NATT.Keepalives, s.NATT.IKE, s.NATT.Invalid)
 		p := s.Plane
 		fmt.Fprintf(w, "  data plane: %d packets in (%s), %d packets out (%s), %d bypassed, %d send errors\n",
 			p.InPackets, bytesText(p.InBytes), p.OutPackets, bytesText(p.OutBytes), p.Bypassed, p.SendErrors)
@@ -492,4 +495,12 @@ func dropsText(m map[string]uint64) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// queuesText describes the TUN's queues.
+func queuesText(n int) string {
+	if n <= 1 {
+		return "1 queue"
+	}
+	return fmt.Sprintf("%d queues, steered per destination", n)
 }

@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"math/rand/v2"
 	"net/netip"
 	"sync"
 
@@ -67,7 +66,7 @@ func (p *Plane) ReleaseHeld(reqid uint32) int {
 	if len(pkts) == 0 {
 		return 0
 	}
-	st := &outState{ipid: uint16(rand.Uint32())}
+	st := &outState{}
 	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
 	var j outJob
 	for _, b := range pkts {

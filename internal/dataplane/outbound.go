@@ -2,8 +2,8 @@ package dataplane
 
 import (
 	"encoding/binary"
-	"math/rand/v2"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/gosec-ipsec/gosec/internal/drop"
@@ -30,7 +30,9 @@ const (
 
 // outState is one TUN reader's private state.
 type outState struct {
-	ipid uint16
+	// ipid is the next outer IPv4 ID, ipidEnd the end of the block of
+	// IDs this reader took from the plane.
+	ipid, ipidEnd uint32
 	// reasm joins transport-mode fragments (reader-owned; its completed
 	// buffers stay in flight until the batches that hold them are sent).
 	reasm *reassembler
@@ -232,8 +234,7 @@ func (p *Plane) outPrepare(st *outState, j *outJob, b []byte, off, n int, icmp [
 	}
 	j.sa, j.seq, j.buf, j.off, j.n, j.reassembled, j.dst = sa, seq, b, off, n, reassembled, t.Dst
 	if sa.Mode == sad.Tunnel && sa.Encap == nil {
-		st.ipid++
-		j.ipid = st.ipid
+		j.ipid = p.nextIPID(st)
 	}
 }
 
@@ -444,10 +445,24 @@ func (r *saRun) flush(p *Plane) {
 	r.allPkts, r.allBytes = 0, 0
 }
 
-// tunLoop reads plaintext batches from the TUN and passes them down the
-// pipeline (seal on the workers, send in order).
-func (p *Plane) tunLoop(jobs chan cryptoJob, workers int) error {
-	tun := p.cfg.TUN
+// ipidBlock is how many outer IPv4 IDs a TUN reader takes at a time.
+const ipidBlock = 256
+
+// nextIPID returns the reader's next outer IPv4 ID: one atomic add per
+// block, and no two readers hand out the same ID within 65,536.
+func (p *Plane) nextIPID(st *outState) uint16 {
+	if st.ipid == st.ipidEnd {
+		st.ipidEnd = p.ipid.Add(ipidBlock)
+		st.ipid = st.ipidEnd - ipidBlock
+	}
+	id := uint16(st.ipid)
+	st.ipid++
+	return id
+}
+
+// tunLoop reads plaintext batches from one of the TUN's queues and passes
+// them down the pipeline (seal on the workers, send in order).
+func (p *Plane) tunLoop(tun TUNDevice, read *atomic.Uint64, jobs chan cryptoJob, workers int) error {
 	batch := tun.BatchSize()
 	if batch < 1 {
 		batch = 1
@@ -471,7 +486,7 @@ func (p *Plane) tunLoop(jobs chan cryptoJob, workers int) error {
 		}
 	})
 	defer l.close()
-	st := &outState{ipid: uint16(rand.Uint32())}
+	st := &outState{}
 	for {
 		b := l.get()
 		n, err := tun.Read(b.bufs, b.sizes, netio.Headroom)
@@ -479,6 +494,7 @@ func (p *Plane) tunLoop(jobs chan cryptoJob, workers int) error {
 			l.put(b)
 			return err
 		}
+		read.Add(uint64(n))
 		if st.reasm != nil {
 			for ; pendingReasm > 0; pendingReasm-- {
 				<-reasmSent

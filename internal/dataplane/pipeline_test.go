@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/iphdr"
 	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/sad"
+	"github.com/gosec-ipsec/gosec/spd"
 )
 
 // link is two planes (gateways) joined by fake wires: packets generated
@@ -27,10 +29,14 @@ type link struct {
 	a, b       *side
 	pa, pb     *Plane
 	tunA, tunB *fakeTUN
-	wires      []*fakeWire
-	devices    []*firstCall
-	cancel     context.CancelFunc
-	errs       chan error
+	// tunA1 is a's second TUN queue (wireRawTUNQueue), steered is what
+	// a's Steer was given, call by call.
+	tunA1   *fakeTUN
+	steered chan []netip.Prefix
+	wires   []*fakeWire
+	devices []*firstCall
+	cancel  context.CancelFunc
+	errs    chan error
 }
 
 // stampAt is where the fake TUN stamps its counter: the first payload
@@ -41,16 +47,17 @@ const stampAt = 28
 type wireMode int
 
 const (
-	wireRaw      wireMode = iota // raw ESP
-	wireUDP                      // ESP-in-UDP
-	wireUDPQueue                 // ESP-in-UDP, received on b's second NAT-T socket
+	wireRaw         wireMode = iota // raw ESP
+	wireUDP                         // ESP-in-UDP
+	wireUDPQueue                    // ESP-in-UDP, received on b's second NAT-T socket
+	wireRawTUNQueue                 // raw ESP, read from a's second TUN queue
 )
 
-func (m wireMode) String() string { return [...]string{"raw", "udp", "udp-queue"}[m] }
+func (m wireMode) String() string { return [...]string{"raw", "udp", "udp-queue", "raw-tun-queue"}[m] }
 
 func newLink(t testing.TB, spec suiteSpec, mode wireMode, workers, batch int, pkt []byte, count int) *link {
 	t.Helper()
-	encap := mode != wireRaw
+	encap := mode == wireUDP || mode == wireUDPQueue
 	l := &link{
 		a:    newSide(t, gw1, gw2, lan1, lan2, sad.Tunnel, spec, 0x1001, 0x2001, encap),
 		b:    newSide(t, gw2, gw1, lan2, lan1, sad.Tunnel, spec, 0x2001, 0x1001, encap),
@@ -80,6 +87,23 @@ func newLink(t testing.TB, spec suiteSpec, mode wireMode, workers, batch int, pk
 			l.devices = append(l.devices, &q.firstCall)
 		}
 		ab, ba = wire(), wire() // the raw sockets stay idle
+	}
+	if mode == wireRawTUNQueue {
+		// a's first queue stays idle; its second reads the source.
+		l.tunA1 = newFakeTUN(batch, 1500)
+		l.tunA1.source(pkt, count)
+		l.tunA1.stampAt = stampAt
+		l.tunA.source(nil, 0)
+		l.steered = make(chan []netip.Prefix, 64)
+		cfgA.TUNQueues = []TUNDevice{l.tunA1}
+		cfgA.Steer = func(dsts []netip.Prefix) error {
+			select {
+			case l.steered <- dsts:
+			default:
+			}
+			return nil
+		}
+		l.devices = append(l.devices, &l.tunA1.firstCall)
 	}
 	ra := &fakeRaw{tx: ab, rx: ba, from: netip.AddrPortFrom(gw2, 0), firstCall: newFirstCall()}
 	rb := &fakeRaw{tx: ba, rx: ab, from: netip.AddrPortFrom(gw1, 0), firstCall: newFirstCall()}
@@ -120,6 +144,9 @@ func (l *link) stop(t testing.TB) {
 	l.cancel()
 	l.tunA.Close()
 	l.tunB.Close()
+	if l.tunA1 != nil {
+		l.tunA1.Close()
+	}
 	for _, w := range l.wires {
 		w.Close()
 	}
@@ -146,7 +173,7 @@ func (l *link) stop(t testing.TB) {
 func TestPipelineOrder(t *testing.T) {
 	const count = 3000
 	for _, spec := range specs()[:2] {
-		for _, mode := range []wireMode{wireRaw, wireUDP, wireUDPQueue} {
+		for _, mode := range []wireMode{wireRaw, wireUDP, wireUDPQueue, wireRawTUNQueue} {
 			for _, batch := range []int{1, 64} {
 				name := fmt.Sprintf("%s/%v/batch=%d", spec.name, mode, batch)
 				t.Run(name, func(t *testing.T) {
@@ -418,5 +445,51 @@ func TestAutoWorkers(t *testing.T) {
 		if got := autoWorkers(tc.configured, tc.procs); got != tc.want {
 			t.Errorf("autoWorkers(%d, %d) = %d, want %d", tc.configured, tc.procs, got, tc.want)
 		}
+	}
+}
+
+// TestTUNQueueSteering: a plane reads and seals from each TUN queue, counts
+// what each queue read, steers the TUN by the SPD's outbound destinations
+// when it starts and again after every change, and refuses queues it
+// could not steer.
+func TestTUNQueueSteering(t *testing.T) {
+	const count = 500
+	pkt, n := icmpPacket(t, netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2"), 200)
+	l := newLink(t, specs()[0], wireRawTUNQueue, 0, 64, pkt[netio.Headroom:netio.Headroom+n], count)
+	l.start()
+	select {
+	case <-l.tunB.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d of %d packets arrived", l.tunB.got.Load(), count)
+	}
+	next := func() []netip.Prefix {
+		t.Helper()
+		select {
+		case d := <-l.steered:
+			return d
+		case <-time.After(10 * time.Second):
+			t.Fatal("Steer was not called")
+			return nil
+		}
+	}
+	if got, want := next(), l.a.spd.OutDestinations(); !slices.Equal(got, want) || len(want) != 1 {
+		t.Fatalf("first Steer got %v, want the outbound destinations %v", got, want)
+	}
+	extra := netip.MustParsePrefix("10.9.0.0/16")
+	if _, err := l.a.spd.Add(&spd.Policy{Name: "d", Dir: spd.Out, Action: spd.Protect, ReqID: 2,
+		Sel:       spd.Selector{Local: netip.MustParsePrefix("10.1.0.0/24"), Remote: extra, LocalPorts: spd.AnyPort, RemotePorts: spd.AnyPort},
+		Templates: []spd.Template{{Proto: 50, Mode: uint8(sad.Tunnel), TunnelSrc: gw1, TunnelDst: gw2}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(); len(got) != 2 || !slices.Contains(got, extra) {
+		t.Fatalf("Steer after a policy was added got %v, want it with %v", got, extra)
+	}
+	l.stop(t)
+	if got := l.pa.Stats().TUNQueuePackets; !slices.Equal(got, []uint64{0, count}) {
+		t.Errorf("packets read per TUN queue %v, want [0 %d]", got, count)
+	}
+	if _, err := New(Config{TUN: newFakeTUN(1, 1500), TUNQueues: []TUNDevice{newFakeTUN(1, 1500)},
+		ESP: &fakeRaw{}, SAD: l.a.sad, SPD: l.a.spd}); err == nil {
+		t.Error("New took TUN queues without Steer")
 	}
 }

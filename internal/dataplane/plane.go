@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -70,8 +71,16 @@ type Config struct {
 	// each SA's packets keep to one reader and their order. Sends go
 	// through NATT.
 	NATTQueues []UDPConn
-	SAD        *sad.DB
-	SPD        *spd.DB
+	// TUNQueues are the TUN's other queues (netio.TUN.Queue(1..)), one
+	// reader each. The TUN must steer every SA's packets to one queue:
+	// Steer is given the outbound policies' destinations whenever the SPD
+	// changes. Opened packets are written through TUN.
+	TUNQueues []TUNDevice
+	// Steer sets the TUN's queue choice (netio.TUN.Steer); needed with
+	// TUNQueues.
+	Steer func(dsts []netip.Prefix) error
+	SAD   *sad.DB
+	SPD   *spd.DB
 	// WireMTU is the MTU of the path to the peers (default 1500): sealed
 	// packets larger than it are not sent; the sender gets ICMP
 	// fragmentation-needed with the inner MTU that fits.
@@ -126,6 +135,9 @@ type StatsSnapshot struct {
 	Held       uint64            `json:"held"`
 	Stalls     uint64            `json:"stalls"`
 	Inline     uint64            `json:"inline_batches"`
+	// TUNQueuePackets are the packets read from each TUN queue (how the
+	// steering spread the tunnels).
+	TUNQueuePackets []uint64 `json:"tun_queue_packets"`
 }
 
 // Plane is a running data plane.
@@ -141,13 +153,21 @@ type Plane struct {
 	dropLog  [drop.Count]logGate
 	// sendHeld, if set, replaces dispatch for released packets (tests).
 	sendHeld func(raw, rawAH, udp []netio.Msg)
-	stopped  chan struct{}
+	// ipid hands the TUN readers blocks of outer IPv4 IDs, so that
+	// readers on several queues never number two tunnels' packets alike.
+	ipid atomic.Uint32
+	// tunRead counts the packets read per TUN queue.
+	tunRead []atomic.Uint64
+	stopped chan struct{}
 }
 
 // New returns a Plane for cfg; Run starts it.
 func New(cfg Config) (*Plane, error) {
 	if cfg.TUN == nil || cfg.ESP == nil || cfg.SAD == nil || cfg.SPD == nil {
 		return nil, errors.New("dataplane: TUN, ESP socket, SAD and SPD are required")
+	}
+	if len(cfg.TUNQueues) > 0 && cfg.Steer == nil {
+		return nil, errors.New("dataplane: TUN queues need Steer: unsteered queues reorder an SA's packets")
 	}
 	if cfg.WireMTU == 0 {
 		cfg.WireMTU = 1500
@@ -156,7 +176,10 @@ func New(cfg Config) (*Plane, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Plane{cfg: cfg, log: log, rl: ratelog.Limiter{Log: log}, trapSeen: map[uint32]struct{}{}, stopped: make(chan struct{})}, nil
+	p := &Plane{cfg: cfg, log: log, rl: ratelog.Limiter{Log: log}, trapSeen: map[uint32]struct{}{}, stopped: make(chan struct{})}
+	p.ipid.Store(rand.Uint32())
+	p.tunRead = make([]atomic.Uint64, 1+len(cfg.TUNQueues))
+	return p, nil
 }
 
 // Stats returns a snapshot of the plane-wide counters.
@@ -176,6 +199,9 @@ func (p *Plane) Stats() StatsSnapshot {
 	s.Held = p.stats.Held.Load()
 	s.Stalls = p.stats.Stalls.Load()
 	s.Inline = p.stats.Inline.Load()
+	for i := range p.tunRead {
+		s.TUNQueuePackets = append(s.TUNQueuePackets, p.tunRead[i].Load())
+	}
 	return s
 }
 
@@ -189,7 +215,7 @@ func (p *Plane) Run(ctx context.Context) error {
 		jobs = make(chan cryptoJob, jobQueueLen)
 	}
 	var readers, all sync.WaitGroup
-	errc := make(chan error, 4+len(p.cfg.NATTQueues))
+	errc := make(chan error, 4+len(p.cfg.NATTQueues)+len(p.cfg.TUNQueues))
 	start := func(name string, f func() error) {
 		readers.Add(1)
 		all.Add(1)
@@ -201,7 +227,15 @@ func (p *Plane) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	start("tun", func() error { return p.tunLoop(jobs, workers) })
+	if p.cfg.Steer != nil {
+		// Steer before the extra queues are read, and after every change.
+		p.steer()
+		go p.steerLoop(ctx, p.cfg.SPD.Watch())
+	}
+	start("tun", func() error { return p.tunLoop(p.cfg.TUN, &p.tunRead[0], jobs, workers) })
+	for i, q := range p.cfg.TUNQueues {
+		start(fmt.Sprintf("tun%d", i+1), func() error { return p.tunLoop(q, &p.tunRead[i+1], jobs, workers) })
+	}
 	start("esp", func() error { return p.rawLoop(p.cfg.ESP, jobs, workers) })
 	if p.cfg.AH != nil {
 		start("ah", func() error { return p.rawLoop(p.cfg.AH, jobs, workers) })
@@ -238,6 +272,29 @@ func (p *Plane) Run(ctx context.Context) error {
 		return err
 	case <-done:
 		return nil
+	}
+}
+
+// steerLoop keeps the TUN's queue steering in line with the SPD until
+// ctx ends or the plane stops. Between a policy's arrival and its
+// steering (well under a millisecond) its first packets may be read from
+// queue 0; a group never changes queues while it exists.
+func (p *Plane) steerLoop(ctx context.Context, changed <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.stopped:
+			return
+		case <-changed:
+			p.steer()
+		}
+	}
+}
+
+func (p *Plane) steer() {
+	if err := p.cfg.Steer(p.cfg.SPD.OutDestinations()); err != nil {
+		p.rl.Warn("steer", "TUN queue steering not updated", "err", err)
 	}
 }
 

@@ -230,11 +230,11 @@ func (t *TUN) Queue(i int) *TUNQueue { return &TUNQueue{t: t, dev: t.queues[i]} 
 // long as it is in dsts, new groups go to the least used queue. Packets
 // no prefix covers go to queue 0. A no-op on a one-queue device.
 func (t *TUN) Steer(dsts []netip.Prefix) error {
+	t.steerMu.Lock()
+	defer t.steerMu.Unlock()
 	if t.steer == nil {
 		return nil
 	}
-	t.steerMu.Lock()
-	defer t.steerMu.Unlock()
 	if err := t.steer.set(dsts); err != nil {
 		return fmt.Errorf("netio: tun %s: steering: %w", t.name, err)
 	}
@@ -243,6 +243,8 @@ func (t *TUN) Steer(dsts []netip.Prefix) error {
 
 // QueueOf returns the queue that reads packets to dst.
 func (t *TUN) QueueOf(dst netip.Addr) int {
+	t.steerMu.Lock()
+	defer t.steerMu.Unlock()
 	if t.steer == nil || !dst.Is4() {
 		return 0
 	}
@@ -410,9 +412,12 @@ func (t *TUN) Close() error {
 		for i := len(t.queues) - 1; i >= 0; i-- {
 			errs = append(errs, t.queues[i].Close())
 		}
+		t.steerMu.Lock()
 		if t.steer != nil {
 			errs = append(errs, t.steer.close())
+			t.steer = nil
 		}
+		t.steerMu.Unlock()
 		err = errors.Join(errs...)
 		if t.nl != nil {
 			t.nl.Close()
