@@ -18,7 +18,7 @@ deb: man
 man:
 	$(GO) generate ./internal/conf
 
-.PHONY: deb man all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-ike bench-scale fuzz fuzz-ci demo clean
+.PHONY: deb man all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-tunqueues bench-ike bench-scale fuzz fuzz-ci demo clean
 
 all: build
 
@@ -80,6 +80,12 @@ bench-pipeline:
 bench-e2e: build
 	scripts/deps.sh bench
 	flock /tmp/gosec-roottests.lock scripts/bench-e2e.sh
+
+# Two tunnels at once through gw1 with 1 and 2 TUN queues, interleaved:
+# does the per-destination steering let a gateway seal them on two cores?
+bench-tunqueues: build
+	scripts/deps.sh bench
+	flock /tmp/gosec-roottests.lock scripts/bench-tunqueues.sh $(TUNQ_ARGS)
 
 # AES-GCM throughput while forged ESP (unknown SPI, bad ICV) floods the
 # receiving gateway, and BenchmarkDrop's allocations (issue 12).

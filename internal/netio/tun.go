@@ -138,12 +138,12 @@ func disableIPv6(name string) {
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1\n"), 0o644)
 }
 
-// addQueues attaches queues 1..n-1 to a multi-queue device and the
-// steering program to it. Without eBPF (an old kernel, a seccomp profile,
-// no CAP_BPF) the extra queues are closed again and the device works with
-// one, which SteerErr reports.
+// addQueues attaches the steering program and then queues 1..n-1 to a
+// multi-queue device. Without eBPF (an old kernel, a seccomp profile, no
+// CAP_BPF) it attaches no more queues: the device works with one, and
+// SteerErr says why.
 func (t *TUN) addQueues(n, mtu int, offload bool) error {
-	s, err := newSteering(n)
+	s, err := loadSteering(n)
 	if err == nil {
 		err = t.withFD(t.dev, s.attach)
 		if err != nil {

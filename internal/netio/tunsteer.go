@@ -58,6 +58,10 @@ type steering struct {
 	load  []int
 }
 
+// loadSteering is newSteering; tests replace it to play a kernel that
+// refuses eBPF.
+var loadSteering = newSteering
+
 // newSteering loads the map and the program for a device of n queues.
 func newSteering(n int) (*steering, error) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{

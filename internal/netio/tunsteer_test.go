@@ -1,6 +1,7 @@
 package netio
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -239,5 +240,50 @@ func TestTUNQueuesSteered(t *testing.T) {
 		if n := got[1-want][dst]; n != 0 {
 			t.Errorf("queue %d read %d packets to %v, which is steered to queue %d", 1-want, n, dst, want)
 		}
+	}
+}
+
+// TestTUNQueuesWithoutEBPF: when the steering program cannot be loaded,
+// a device asked for two queues has one (never unsteered queues), says
+// why, and works.
+func TestTUNQueuesWithoutEBPF(t *testing.T) {
+	testutil.NeedRoot(t)
+	defer func(f func(int) (*steering, error)) { loadSteering = f }(loadSteering)
+	loadSteering = func(int) (*steering, error) { return nil, errors.New("eBPF refused (test)") }
+	const ns = "gnio-tqn"
+	nettest.NewNS(t, ns)
+	var tn *TUN
+	nettest.MustDo(t, ns, func() (err error) {
+		tn, err = OpenTUN(TUNConfig{Name: "gnio-tqn0", MTU: 1400, Queues: 2,
+			Addrs: []netip.Prefix{netip.MustParsePrefix("10.234.0.1/24")}})
+		return err
+	})
+	defer tn.Close()
+	if tn.Queues() != 1 || tn.SteerErr() == nil {
+		t.Fatalf("Queues() = %d, SteerErr() = %v; want 1 and the reason", tn.Queues(), tn.SteerErr())
+	}
+	if err := tn.Steer(prefixes("10.235.0.0/24")); err != nil {
+		t.Fatalf("Steer on a one-queue device: %v", err)
+	}
+	nettest.MustExec(t, ns, "ip", "route", "add", "10.235.0.0/24", "dev", "gnio-tqn0")
+	nettest.MustDo(t, ns, func() error {
+		c, err := net.Dial("udp4", "10.235.0.9:9")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("one queue"))
+		return err
+	})
+	bufs := make([][]byte, tn.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, Headroom+65536)
+	}
+	sizes := make([]int, len(bufs))
+	deadline := time.AfterFunc(5*time.Second, func() { tn.Close() })
+	defer deadline.Stop()
+	n, err := tn.Queue(0).Read(bufs, sizes, Headroom)
+	if err != nil || n != 1 || netip.AddrFrom4([4]byte(bufs[0][Headroom+16:Headroom+20])) != netip.MustParseAddr("10.235.0.9") {
+		t.Fatalf("read %d packets, %v", n, err)
 	}
 }
