@@ -89,7 +89,8 @@ func newEnv(t *testing.T, prefix string, nat bool, gosecConf, gosecSecrets, ssCo
 
 // newEnvSetup is newEnv with setup run once the topology is up, before
 // either daemon starts (extra addresses, routes).
-func newEnvSetup(t *testing.T, prefix string, nat bool, setup func(), gosecConf, gosecSecrets, ssConf, ssSecrets string) *env {
+// gosecArgs are more `gosec start` arguments.
+func newEnvSetup(t *testing.T, prefix string, nat bool, setup func(), gosecConf, gosecSecrets, ssConf, ssSecrets string, gosecArgs ...string) *env {
 	t.Helper()
 	testutil.NeedRoot(t)
 	_, err := os.Stat("/usr/lib/ipsec/starter")
@@ -143,8 +144,9 @@ func newEnvSetup(t *testing.T, prefix string, nat bool, setup func(), gosecConf,
 	if out, err := e.peer(60*time.Second, "start"); err != nil {
 		t.Fatalf("strongSwan start: %v\n%s", err, out)
 	}
-	if out, err := run(t, 30*time.Second, "ip", "netns", "exec", prefix+"left", gosecBinary(t), "start",
-		"--config", e.gsConf, "--socket", e.gsSock, "--log", e.gsLog); err != nil {
+	start := append([]string{"netns", "exec", prefix + "left", gosecBinary(t), "start",
+		"--config", e.gsConf, "--socket", e.gsSock, "--log", e.gsLog}, gosecArgs...)
+	if out, err := run(t, 30*time.Second, "ip", start...); err != nil {
 		log, _ := os.ReadFile(e.gsLog)
 		t.Fatalf("gosec start: %v\n%s\n%s", err, out, log)
 	}
@@ -185,9 +187,13 @@ func (e *env) ping(ns, dst string) error {
 func (e *env) transfer(fromNS, toNS, dst string, size int) error {
 	data := make([]byte, size)
 	rand.NewChaCha8([32]byte{9}).Read(data)
-	in := filepath.Join(e.dir, "in")
-	out := filepath.Join(e.dir, "out")
-	os.Remove(out)
+	dir, err := os.MkdirTemp(e.dir, "transfer") // several may run at once
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	in := filepath.Join(dir, "in")
+	out := filepath.Join(dir, "out")
 	if err := os.WriteFile(in, data, 0o600); err != nil {
 		return err
 	}
