@@ -18,7 +18,7 @@ deb: man
 man:
 	$(GO) generate ./internal/conf
 
-.PHONY: deb man all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-tunqueues bench-ike bench-scale fuzz fuzz-ci demo clean
+.PHONY: deb man all build test test-unit test-race test-e2e deps lint vet fmt bench bench-e2e bench-flood bench-pipeline bench-tunqueues bench-pinghops bench-ike bench-scale fuzz fuzz-ci demo clean
 
 all: build
 
@@ -86,6 +86,12 @@ bench-e2e: build
 bench-tunqueues: build
 	scripts/deps.sh bench
 	flock /tmp/gosec-roottests.lock scripts/bench-tunqueues.sh $(TUNQ_ARGS)
+
+# Where a ping's time goes: each gateway's share of the round trip, from
+# timestamps on its LAN and WAN links.
+bench-pinghops: build
+	scripts/deps.sh bench
+	flock /tmp/gosec-roottests.lock scripts/bench-pinghops.sh
 
 # AES-GCM throughput while forged ESP (unknown SPI, bad ICV) floods the
 # receiving gateway, and BenchmarkDrop's allocations (issue 12).

@@ -60,8 +60,12 @@ const (
 //
 // One caveat: a UDP GRO train (the NAT-T socket enables UDP_GRO) is judged
 // by its first datagram's SPI. A train that starts with an unknown SPI and
-// continues with a known one (only possible from the peer's own address and
-// port, with an SPI just revoked) is dropped whole.
+// continues with a known one is dropped whole: the peer's own packets with
+// an SPI just revoked, or a forged datagram that carries the peer's
+// address and port (a spoofing attacker who knows them) and arrives just
+// before the peer's packets in one receive batch of a NIC that does GRO.
+// The gate has no way to see the train's later SPIs (nftables has no
+// per-segment match); the daemon judges every datagram it receives.
 //
 // It is safe for concurrent use.
 type SPIGate struct {
