@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/netio"
@@ -12,8 +13,8 @@ import (
 // spiGate is what the daemon needs of netio.SPIGate: the kernel's drop of
 // ESP, AH and ESP-in-UDP packets whose SPI no inbound SA holds.
 type spiGate interface {
-	Admit(spi uint32) error
-	Revoke(spi uint32) error
+	Admit(spi uint32, peer netip.Addr) error
+	Revoke(spi uint32, peer netip.Addr) error
 	Counts() (netio.SPIGateCounts, error)
 	Close() error
 }
@@ -27,7 +28,7 @@ type spiGate interface {
 // added (its packets would be dropped), unless the gate opened instead.
 func (d *Daemon) addInboundLocked(sa *sad.SA) error {
 	if d.gate != nil {
-		if err := d.gate.Admit(sa.SPI); err != nil {
+		if err := d.gate.Admit(sa.SPI, sa.Src); err != nil {
 			if !errors.Is(err, netio.ErrGateOpened) {
 				return fmt.Errorf("inbound SA %08x: kernel SPI filter: %w", sa.SPI, err)
 			}
@@ -35,7 +36,7 @@ func (d *Daemon) addInboundLocked(sa *sad.SA) error {
 		}
 	}
 	if err := d.sad.Add(sa); err != nil {
-		d.revokeSPI(sa.SPI)
+		d.revokeSPI(sa.SPI, sa.Src)
 		return err
 	}
 	return nil
@@ -45,15 +46,15 @@ func (d *Daemon) addInboundLocked(sa *sad.SA) error {
 // its SPI at the kernel's gate.
 func (d *Daemon) deleteInboundLocked(sa *sad.SA) {
 	if d.sad.Delete(sa.SPI, sa.Proto, sa.Dst) {
-		d.revokeSPI(sa.SPI)
+		d.revokeSPI(sa.SPI, sa.Src)
 	}
 }
 
-func (d *Daemon) revokeSPI(spi uint32) {
+func (d *Daemon) revokeSPI(spi uint32, peer netip.Addr) {
 	if d.gate == nil {
 		return
 	}
-	if err := d.gate.Revoke(spi); err != nil {
+	if err := d.gate.Revoke(spi, peer); err != nil {
 		// The SPI stays admitted: its packets reach the data plane,
 		// which drops them (no SA).
 		d.log.Warn("kernel SPI filter: revoke", "spi", fmt.Sprintf("%08x", spi), "err", err)

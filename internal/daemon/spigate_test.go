@@ -22,13 +22,14 @@ type fakeGate struct {
 	t        *testing.T
 	db       *sad.DB
 	refs     map[uint32]int
+	peers    map[netip.Addr]int
 	fail     error // Admit's error, when set
 	counts   netio.SPIGateCounts
 	admitted []uint32
 }
 
 func newFakeGate(t *testing.T, d *Daemon) *fakeGate {
-	g := &fakeGate{t: t, db: d.sad, refs: map[uint32]int{}}
+	g := &fakeGate{t: t, db: d.sad, refs: map[uint32]int{}, peers: map[netip.Addr]int{}}
 	d.gate = g
 	return g
 }
@@ -37,10 +38,14 @@ func (g *fakeGate) inSAD(spi uint32) bool {
 	return g.db.LookupSPI(spi, sad.ESP) != nil || g.db.LookupSPI(spi, sad.AH) != nil
 }
 
-func (g *fakeGate) Admit(spi uint32) error {
+func (g *fakeGate) Admit(spi uint32, peer netip.Addr) error {
 	if g.fail != nil && !errors.Is(g.fail, netio.ErrGateOpened) {
 		return g.fail
 	}
+	if !peer.IsValid() {
+		g.t.Errorf("SPI %08x admitted without its peer", spi)
+	}
+	g.peers[peer]++
 	if g.refs[spi] == 0 && g.inSAD(spi) {
 		g.t.Errorf("SPI %08x admitted after an SA with it was in the SAD", spi)
 	}
@@ -49,7 +54,12 @@ func (g *fakeGate) Admit(spi uint32) error {
 	return g.fail
 }
 
-func (g *fakeGate) Revoke(spi uint32) error {
+func (g *fakeGate) Revoke(spi uint32, peer netip.Addr) error {
+	if g.peers[peer] == 0 {
+		g.t.Errorf("peer %v revoked more often than admitted (SPI %08x)", peer, spi)
+	} else if g.peers[peer]--; g.peers[peer] == 0 {
+		delete(g.peers, peer)
+	}
 	if g.refs[spi] == 0 {
 		g.t.Errorf("SPI %08x revoked more often than admitted", spi)
 		return nil
@@ -83,6 +93,15 @@ func checkHeld(t *testing.T, d *Daemon, g *fakeGate, what string) {
 	slices.Sort(want)
 	if got := g.held(); !slices.Equal(got, want) {
 		t.Fatalf("%s: kernel set holds %x, the SAD's inbound SAs have %x", what, got, want)
+	}
+	peers := map[netip.Addr]int{}
+	for _, sa := range d.sad.All() {
+		if sa.Dir == sad.Inbound {
+			peers[sa.Src]++
+		}
+	}
+	if !maps.Equal(peers, g.peers) {
+		t.Fatalf("%s: peer set holds %v, the SAD's inbound SAs come from %v", what, g.peers, peers)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/google/nftables"
@@ -24,9 +25,10 @@ type SPIGateConfig struct {
 
 // The gate's chain, set and rule tags in the Filter's table.
 const (
-	spiGateChain = "spi-gate"
-	spiGateSet   = "inbound-spis"
-	spiGateTag   = "gosec:spi-gate:"
+	spiGateChain   = "spi-gate"
+	spiGateSet     = "inbound-spis"
+	spiGatePeerSet = "inbound-peers"
+	spiGateTag     = "gosec:spi-gate:"
 )
 
 // SPIGate drops, in the kernel, the ESP and AH packets addressed to this
@@ -37,11 +39,13 @@ const (
 // drop bookkeeping). In the Filter's table:
 //
 //	set inbound-spis { type integer (the SPI, network order) }
+//	set inbound-peers { type ipv4_addr (the inbound SAs' sources) }
 //	chain spi-gate (filter hook input, priority raw, policy accept):
 //	    meta nfproto ipv4 meta l4proto esp  esp spi != @inbound-spis counter drop
 //	    meta nfproto ipv4 meta l4proto ah   ah spi != @inbound-spis counter drop
 //	    meta nfproto ipv4 meta l4proto udp  udp dport NATTPort
 //	        @th,64,32 != 0 (IKE's non-ESP marker)
+//	        ip saddr != @inbound-peers
 //	        @th,64,32 != @inbound-spis counter drop
 //
 // The input hook sees only packets for this host (forwarded ESP of others
@@ -58,23 +62,29 @@ const (
 // rules are removed) rather than risk dropping a legitimate packet; the
 // daemon's own unknown-SPI check still applies.
 //
-// One caveat: a UDP GRO train (the NAT-T socket enables UDP_GRO) is judged
-// by its first datagram's SPI. A train that starts with an unknown SPI and
-// continues with a known one is dropped whole: the peer's own packets with
-// an SPI just revoked, or a forged datagram that carries the peer's
-// address and port (a spoofing attacker who knows them) and arrives just
-// before the peer's packets in one receive batch of a NIC that does GRO.
-// The gate has no way to see the train's later SPIs (nftables has no
-// per-segment match); the daemon judges every datagram it receives.
+// ESP-in-UDP from the address of a peer (the source of an inbound SA)
+// is not judged by the gate but by the daemon, datagram by datagram. The
+// reason is UDP GRO (the NAT-T socket enables UDP_GRO): a GRO train
+// reaches the gate as one packet, judged by its first datagram's SPI, so
+// a forged datagram with an unknown SPI that carries a peer's address and
+// port (a spoofing attacker who knows them) and arrives just before the
+// peer's own packets in one receive batch would have the gate drop the
+// whole train, the peer's packets with it. Trains are only ever made of
+// one flow's datagrams, so judging every peer's datagrams in the daemon
+// leaves no train to poison; floods from any other address are still
+// dropped here.
 //
 // It is safe for concurrent use.
 type SPIGate struct {
-	mu    sync.Mutex
-	nl    *nftables.Conn
-	table *nftables.Table
-	chain *nftables.Chain
-	set   *nftables.Set
-	refs  spiRefs
+	mu      sync.Mutex
+	nl      *nftables.Conn
+	table   *nftables.Table
+	chain   *nftables.Chain
+	set     *nftables.Set
+	peerSet *nftables.Set
+	refs    spiRefs
+	// peers counts the holds on each peer address in peerSet.
+	peers map[netip.Addr]int
 	// open is set once the gate removed its drop rules after a failure;
 	// why says what failed.
 	open bool
@@ -93,13 +103,15 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netio: spi gate: nftables: %w", err)
 	}
-	g := &SPIGate{nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}}
+	g := &SPIGate{nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}, peers: map[netip.Addr]int{}}
 	g.chain = &nftables.Chain{
 		Name: spiGateChain, Table: g.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRaw,
 	}
 	g.set = &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger,
 		Comment: "SPIs of the daemon's inbound SAs"}
+	g.peerSet = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr,
+		Comment: "sources of the daemon's inbound SAs (their ESP-in-UDP is judged by the daemon)"}
 	// Add-then-delete clears what a previous gate in this table left,
 	// in the same transaction.
 	nl.AddChain(g.chain)
@@ -110,12 +122,20 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 	}
 	nl.DelSet(probe)
-	if err := nl.AddSet(g.set, nil); err != nil {
+	probe = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr}
+	if err := nl.AddSet(probe, nil); err != nil {
 		nl.CloseLasting()
 		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 	}
+	nl.DelSet(probe)
+	for _, set := range []*nftables.Set{g.set, g.peerSet} {
+		if err := nl.AddSet(set, nil); err != nil {
+			nl.CloseLasting()
+			return nil, fmt.Errorf("netio: spi gate: set: %w", err)
+		}
+	}
 	nl.AddChain(g.chain)
-	for _, r := range spiGateRules(g.set, cfg.NATTPort) {
+	for _, r := range spiGateRules(g.set, g.peerSet, cfg.NATTPort) {
 		nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
 	}
 	if err := nl.Flush(); err != nil {
@@ -131,8 +151,8 @@ type gateRule struct {
 }
 
 // spiGateRules are the gate's drop rules: ESP, AH and, with a NAT-T port,
-// ESP-in-UDP.
-func spiGateRules(set *nftables.Set, nattPort uint16) []gateRule {
+// ESP-in-UDP from addresses that are not in peers.
+func spiGateRules(set, peers *nftables.Set, nattPort uint16) []gateRule {
 	head := func(proto byte) []expr.Any {
 		return []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
@@ -160,6 +180,8 @@ func spiGateRules(set *nftables.Set, nattPort uint16) []gateRule {
 			cmpEq(byte(nattPort>>8), byte(nattPort)),
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 4},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: peers.Name, SetID: peers.ID, Invert: true},
 		)
 		rules = append(rules, gateRule{"udp", append(udp, notIn(8)...)})
 	}
@@ -171,48 +193,82 @@ func spiGateRules(set *nftables.Set, nattPort uint16) []gateRule {
 // every packet does now), so the caller may go on adding its SA.
 var ErrGateOpened = errors.New("the gate is open (the daemon drops unknown SPIs itself)")
 
-// Admit puts spi into the set (if no other SA holds it already). Call it
-// before the inbound SA is added: from its return on, packets with spi
-// reach the daemon. An error that wraps ErrGateOpened means the set could
-// not be changed and the gate opened: the SA may be added. Any other
-// error means packets with spi are still dropped: the SA must not be
-// added (nothing is held on spi).
-func (g *SPIGate) Admit(spi uint32) error {
+// Admit puts spi into the set (if no other SA holds it already) and peer,
+// the SA's source (ignored unless IPv4), into the peer set. Call it before
+// the inbound SA is added: from its return on, packets with spi reach the
+// daemon. An error that wraps ErrGateOpened means the set could not be
+// changed and the gate opened: the SA may be added. Any other error means
+// packets with spi are still dropped: the SA must not be added (nothing is
+// held on spi or peer).
+func (g *SPIGate) Admit(spi uint32, peer netip.Addr) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.open || g.refs[spi] > 0 {
+	hold := func() {
 		g.refs.add(spi)
+		if peer.Is4() {
+			g.peers[peer]++
+		}
+	}
+	newSPI := g.refs[spi] == 0
+	newPeer := peer.Is4() && g.peers[peer] == 0
+	if g.open || (!newSPI && !newPeer) {
+		hold()
 		return nil
 	}
-	err := g.nl.SetAddElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}})
+	var err error
+	if newSPI {
+		err = g.nl.SetAddElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}})
+	}
+	if err == nil && newPeer {
+		err = g.nl.SetAddElements(g.peerSet, []nftables.SetElement{{Key: peer.AsSlice()}})
+	}
 	if err == nil {
 		err = g.nl.Flush()
 	}
 	if err == nil {
-		g.refs.add(spi)
+		hold()
 		return nil
 	}
-	err = g.failOpen(fmt.Errorf("admit spi %08x: %w", spi, err))
+	err = g.failOpen(fmt.Errorf("admit spi %08x from %v: %w", spi, peer, err))
 	if g.open {
-		g.refs.add(spi)
+		hold()
 	}
 	return err
 }
 
-// Revoke releases one hold on spi, removing it from the set when no SA
-// holds it any more. Call it after the inbound SA was removed.
-func (g *SPIGate) Revoke(spi uint32) error {
+// Revoke releases one hold on spi and on peer, removing either from its
+// set when no SA holds it any more. Call it after the inbound SA was
+// removed, with the spi and peer it was admitted with.
+func (g *SPIGate) Revoke(spi uint32, peer netip.Addr) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.refs.del(spi) || g.open {
+	lastSPI := g.refs.del(spi)
+	lastPeer := false
+	if n, ok := g.peers[peer]; ok {
+		if n <= 1 {
+			delete(g.peers, peer)
+			lastPeer = true
+		} else {
+			g.peers[peer] = n - 1
+		}
+	}
+	if (!lastSPI && !lastPeer) || g.open {
 		return nil
 	}
-	if err := g.nl.SetDeleteElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}}); err != nil {
-		return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
+	// Left in its set, an SPI or a peer only lets packets reach the
+	// daemon, which judges them.
+	if lastSPI {
+		if err := g.nl.SetDeleteElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}}); err != nil {
+			return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
+		}
+	}
+	if lastPeer {
+		if err := g.nl.SetDeleteElements(g.peerSet, []nftables.SetElement{{Key: peer.AsSlice()}}); err != nil {
+			return fmt.Errorf("netio: spi gate: revoke peer %v: %w", peer, err)
+		}
 	}
 	if err := g.nl.Flush(); err != nil {
-		// An SPI left in the set only lets its packets reach the daemon.
-		return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
+		return fmt.Errorf("netio: spi gate: revoke spi %08x, peer %v: %w", spi, peer, err)
 	}
 	return nil
 }
@@ -289,6 +345,7 @@ func (g *SPIGate) Close() error {
 	}()
 	g.nl.DelChain(g.chain)
 	g.nl.DelSet(g.set)
+	g.nl.DelSet(g.peerSet)
 	if err := g.nl.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("netio: spi gate: remove: %w", err)
 	}

@@ -71,7 +71,7 @@ func newGateRig(t *testing.T) *gateRig {
 		if err != nil {
 			return err
 		}
-		if err := g.Admit(0x7777); err != nil {
+		if err := g.Admit(0x7777, r.p.AAddr); err != nil {
 			return err
 		}
 		g.nl.CloseLasting()
@@ -170,7 +170,8 @@ func spiAt(kind string, b []byte) uint32 {
 func TestSPIGate(t *testing.T) {
 	r := newGateRig(t)
 	const good, bad = 0x1001, 0xdead0001
-	if err := r.gate.Admit(good); err != nil {
+	other := netip.MustParseAddr("192.0.2.99") // an SA's peer that is not A
+	if err := r.gate.Admit(good, other); err != nil {
 		t.Fatal(err)
 	}
 	kinds := []struct {
@@ -240,19 +241,33 @@ func TestSPIGate(t *testing.T) {
 		}
 	}
 
-	// Holds: a second admission of the same SPI survives one revocation;
-	// the last revocation closes the gate to it.
-	if err := r.gate.Admit(good); err != nil {
+	// Once A is an SA's peer, its ESP-in-UDP is the daemon's to judge
+	// (a GRO train is judged by its first SPI, which a spoofer could
+	// forge): an unknown SPI from A passes on UDP, not as raw ESP. When
+	// the SA goes, the gate judges A's datagrams again.
+	if err := r.gate.Admit(0x3003, r.p.AAddr); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.gate.Revoke(good); err != nil {
+	expect(2, bad+2, false)
+	expect(0, bad+2, true)
+	if err := r.gate.Revoke(0x3003, r.p.AAddr); err != nil {
+		t.Fatal(err)
+	}
+	expect(2, bad+3, true)
+
+	// Holds: a second admission of the same SPI survives one revocation;
+	// the last revocation closes the gate to it.
+	if err := r.gate.Admit(good, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gate.Revoke(good, other); err != nil {
 		t.Fatal(err)
 	}
 	expect(0, good, false)
-	if err := r.gate.Revoke(good); err != nil {
+	if err := r.gate.Revoke(good, other); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.gate.Admit(0x2002); err != nil { // the sentinel from now on
+	if err := r.gate.Admit(0x2002, other); err != nil { // the sentinel from now on
 		t.Fatal(err)
 	}
 	r.sendIP(iphdr.ProtoESP, good)
@@ -260,7 +275,7 @@ func TestSPIGate(t *testing.T) {
 	if b := next(t, r.esp.s); b == nil || spiAt("esp", b) != 0x2002 {
 		t.Fatalf("after the last revocation of %08x: received %x, want only the packet of SPI 00002002", good, b)
 	}
-	if c, err := r.gate.Counts(); err != nil || c.ESP != 3 || c.Admitted != 1 {
-		t.Fatalf("counts %+v, %v: want 3 ESP drops, 1 SPI admitted", c, err)
+	if c, err := r.gate.Counts(); err != nil || c.ESP != 4 || c.UDP != 3 || c.Admitted != 1 {
+		t.Fatalf("counts %+v, %v: want 4 ESP and 3 UDP drops, 1 SPI admitted", c, err)
 	}
 }
