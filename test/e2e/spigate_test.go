@@ -47,13 +47,15 @@ func gateCountsOf(t *testing.T, d *daemon) gateCounts {
 
 // TestSPIGate: while pings cross a tunnel that rekeys every 4 s, gw1's
 // namespace sends gw2 ESP and ESP-in-UDP packets with SPIs gw2 has no SA
-// for. gw2's kernel must drop every one of them (its filter's counters
-// grow by exactly what was sent, and its data plane counts no unknown
-// SPI: its sockets never saw them; with the AF_PACKET receive ring, the
-// ring took the raw ESP ones before netfilter INPUT and the data plane
-// counts exactly those), and no ping may be lost across the
-// rekeys: each new inbound SPI is let through before the peer uses it and
-// the old one until its SA is gone.
+// for. gw2's kernel must drop every raw ESP one and the ESP-in-UDP ones
+// from an address that is not its peer (its filter's counters grow by
+// exactly that, and its data plane counts none of them: its sockets never
+// saw them; with the AF_PACKET receive ring, the ring took the raw ESP
+// ones before netfilter INPUT and the data plane counts exactly those).
+// ESP-in-UDP from the peer's address (gw1's, as a spoofer would send it)
+// is left to the data plane, which must count each as unknown-spi. No
+// ping may be lost across the rekeys: each new inbound SPI is let through
+// before the peer uses it and the old one until its SA is gone.
 func TestSPIGate(t *testing.T) {
 	e := newLC(t, "hf-")
 	conf := lcConf("add", "lifetime=8s", "rekeymargin=4s", "rekeyfuzz=0%")
@@ -63,21 +65,26 @@ func TestSPIGate(t *testing.T) {
 	before := gateCountsOf(t, e.gw2)
 
 	var raw *netio.RawConn
-	var udp *netio.UDPConn
+	var udpPeer, udpOther *netio.UDPConn
+	e.tp.must(e.tp.ns("gw1"), "ip", "addr", "add", "192.0.2.77/24", "dev", "wan0")
 	nettest.MustDo(t, e.tp.ns("gw1"), func() (err error) {
 		if raw, err = netio.ListenRaw(netio.RawConfig{Proto: 253}); err != nil {
 			return err
 		}
-		udp, err = netio.ListenUDP(netio.UDPConfig{Addr: netip.MustParseAddrPort("192.0.2.1:0")})
+		if udpPeer, err = netio.ListenUDP(netio.UDPConfig{Addr: netip.MustParseAddrPort("192.0.2.1:0")}); err != nil {
+			return err
+		}
+		udpOther, err = netio.ListenUDP(netio.UDPConfig{Addr: netip.MustParseAddrPort("192.0.2.77:0")})
 		return err
 	})
 	defer raw.Close()
-	defer udp.Close()
+	defer udpPeer.Close()
+	defer udpOther.Close()
 	src, dst := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	// Forged SPIs from 0xf5a00000 up: gosec's are random, so one of 4e9
 	// chances per packet that a forged one is real; none of them repeats.
 	spi := uint32(0xf5a00000)
-	var sentESP, sentUDP uint64
+	var sentESP, sentUDP, sentUDPPeer uint64
 	burst := func() {
 		ms := make([]netio.Msg, 0, 40)
 		for i := 0; i < 20; i++ {
@@ -93,18 +100,23 @@ func TestSPIGate(t *testing.T) {
 			t.Fatal(err)
 		}
 		sentESP += uint64(n)
-		ms = ms[:0]
-		for i := 0; i < 5; i++ {
-			b := make([]byte, 8+100)
-			spi++
-			binary.BigEndian.PutUint32(b, spi)
-			binary.BigEndian.PutUint32(b[4:], 1)
-			ms = append(ms, netio.Msg{Buf: b, To: netip.AddrPortFrom(dst, 4500)})
+		for _, c := range []struct {
+			conn *netio.UDPConn
+			sent *uint64
+		}{{udpOther, &sentUDP}, {udpPeer, &sentUDPPeer}} {
+			ms = ms[:0]
+			for i := 0; i < 5; i++ {
+				b := make([]byte, 8+100)
+				spi++
+				binary.BigEndian.PutUint32(b, spi)
+				binary.BigEndian.PutUint32(b[4:], 1)
+				ms = append(ms, netio.Msg{Buf: b, To: netip.AddrPortFrom(dst, 4500)})
+			}
+			if n, err = c.conn.Send(ms); err != nil {
+				t.Fatal(err)
+			}
+			*c.sent += uint64(n)
 		}
-		if n, err = udp.Send(ms); err != nil {
-			t.Fatal(err)
-		}
-		sentUDP += uint64(n)
 	}
 	const want = 4 // the first inbound SA of gw2 and 3 successors
 	var rekeyed bool
@@ -117,7 +129,7 @@ func TestSPIGate(t *testing.T) {
 			break
 		}
 	}
-	e.tl.Add("test: %d forged ESP and %d forged ESP-in-UDP packets sent to gw2", sentESP, sentUDP)
+	e.tl.Add("test: %d forged ESP and %d+%d forged ESP-in-UDP packets sent to gw2", sentESP, sentUDP, sentUDPPeer)
 	time.Sleep(time.Second) // pings across the last rekey
 	pr := ping.Stop()
 	after := gateCountsOf(t, e.gw2)
@@ -128,8 +140,8 @@ func TestSPIGate(t *testing.T) {
 	e.noLoss(pr, time.Time{}, time.Time{}, "during the rekeys under forged SPIs")
 	gotESP, gotUDP := after.Kernel.ESP-before.Kernel.ESP, after.Kernel.UDP-before.Kernel.UDP
 	planeUnknown := after.Plane.Drops["unknown-spi"] - before.Plane.Drops["unknown-spi"]
-	t.Logf("sent %d ESP and %d ESP-in-UDP with forged SPIs; gw2's kernel dropped %d and %d, its data plane counted %d unknown SPIs; %d SPIs let through at the end",
-		sentESP, sentUDP, gotESP, gotUDP, planeUnknown, after.Kernel.SPIs)
+	t.Logf("sent %d ESP, %d ESP-in-UDP from 192.0.2.77 and %d from the peer's address with forged SPIs; gw2's kernel dropped %d and %d, its data plane counted %d unknown SPIs; %d SPIs let through at the end",
+		sentESP, sentUDP, sentUDPPeer, gotESP, gotUDP, planeUnknown, after.Kernel.SPIs)
 	if gotESP != sentESP || gotUDP != sentUDP {
 		t.Errorf("kernel filter dropped %d ESP and %d ESP-in-UDP, want %d and %d", gotESP, gotUDP, sentESP, sentUDP)
 	}
@@ -138,14 +150,14 @@ func TestSPIGate(t *testing.T) {
 	// (and counts) it: the data plane drops the forged SPIs too, and
 	// drops by reason count each once. Through the raw socket the data
 	// plane never sees them.
-	wantPlane := uint64(0)
+	wantPlane := sentUDPPeer
 	if after.RawPaths != nil && after.RawPaths.Receive["esp"] == "af_packet ring" {
-		wantPlane = sentESP
+		wantPlane += sentESP
 	}
 	if planeUnknown != wantPlane {
 		t.Errorf("gw2's data plane saw %d packets with unknown SPIs, want %d (receive path %v)", planeUnknown, wantPlane, after.RawPaths)
 	}
-	if got, want := after.Drops["unknown-spi"]-before.Drops["unknown-spi"], sentESP+sentUDP; got != want {
+	if got, want := after.Drops["unknown-spi"]-before.Drops["unknown-spi"], sentESP+sentUDP+sentUDPPeer; got != want {
 		t.Errorf("drops by reason count %d unknown-spi, want %d (kernel and data plane together)", got, want)
 	}
 	if after.Kernel.SPIs < 1 || after.Kernel.SPIs > 3 {
