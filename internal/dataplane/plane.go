@@ -277,9 +277,15 @@ func (p *Plane) Run(ctx context.Context) error {
 
 // steerLoop keeps the TUN's queue steering in line with the SPD until
 // ctx ends or the plane stops. Between a policy's arrival and its
-// steering (well under a millisecond) its first packets may be read from
-// queue 0; a group never changes queues while it exists.
+// steering its first packets may be read from queue 0; a group never
+// changes queues while it exists. Each pass recomputes the groups of all
+// outbound policies (about 1 ms at 10,000 tunnels), so after a pass the
+// loop rests steerRest times as long before the next one: while
+// thousands of tunnels come up, steering takes at most a fifth of a core
+// and lags by a few milliseconds; with a few tunnels, microseconds.
 func (p *Plane) steerLoop(ctx context.Context, changed <-chan struct{}) {
+	rest := time.NewTimer(0)
+	defer rest.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -287,10 +293,26 @@ func (p *Plane) steerLoop(ctx context.Context, changed <-chan struct{}) {
 		case <-p.stopped:
 			return
 		case <-changed:
-			p.steer()
+		}
+		start := time.Now()
+		p.steer()
+		rest.Reset(min(steerRest*time.Since(start), steerRestMax))
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.stopped:
+			return
+		case <-rest.C:
 		}
 	}
 }
+
+// A steering pass is followed by a rest of steerRest times its duration,
+// at most steerRestMax.
+const (
+	steerRest    = 4
+	steerRestMax = 50 * time.Millisecond
+)
 
 func (p *Plane) steer() {
 	if err := p.cfg.Steer(p.cfg.SPD.OutDestinations()); err != nil {

@@ -93,7 +93,7 @@ func TestSteeringProgram(t *testing.T) {
 		}
 	}
 	// Three groups on three queues, least loaded first.
-	q2, q3, q4 := s.group[netip.MustParsePrefix("10.2.0.0/16")], s.group[netip.MustParsePrefix("10.3.0.0/24")], s.group[netip.MustParsePrefix("10.4.0.0/24")]
+	q2, q3, q4 := s.group[keyOf(netip.MustParsePrefix("10.2.0.0/16"))], s.group[keyOf(netip.MustParsePrefix("10.3.0.0/24"))], s.group[keyOf(netip.MustParsePrefix("10.4.0.0/24"))]
 	if got := []uint32{q2, q3, q4}; !slices.Equal(slices.Sorted(slices.Values(got)), []uint32{0, 1, 2}) {
 		t.Fatalf("groups got queues %v, want one each", got)
 	}
@@ -126,7 +126,7 @@ func TestSteeringProgram(t *testing.T) {
 	if len(s.group) != 3 {
 		t.Fatalf("groups %v, want 3", s.group)
 	}
-	q6 := s.group[netip.MustParsePrefix("10.6.0.0/15")]
+	q6 := s.group[keyOf(netip.MustParsePrefix("10.6.0.0/15"))]
 	check("10.6.0.1", int(q6))
 	check("10.7.0.1", int(q6))
 	if err := s.set(nil); err != nil {
