@@ -10,6 +10,8 @@
 #     -p PREFIX   namespace prefix (default gsc-)
 #     -P          CPU profiles of both daemons (gosec start --cpuprofile),
 #                 kept with the logs in the run's directory
+# GOSEC_START_ARGS are more `gosec start` arguments for both daemons (an
+# A/B of a start option, e.g. --tun-queues=1).
 #
 # Topology: scripts/topo.sh with prefix gsc- and wan-default (a packet the
 # gateways do not protect leaves on the WAN in the clear, so a leak would
@@ -113,10 +115,10 @@ echo "bench-scale: $N conns, gosec $(git describe --always --dirty 2>/dev/null |
 t0=$(date +%s%N)
 prof() { [ -n "$PROF" ] && echo "--cpuprofile $DIR/$1.prof"; true; }
 # shellcheck disable=SC2046
-g gw2 start --config "$DIR/gw2.conf" --secrets "$DIR/gw2.secrets" --log "$DIR/gw2.log" $(prof gw2) >/dev/null
+g gw2 start ${GOSEC_START_ARGS:-} --config "$DIR/gw2.conf" --secrets "$DIR/gw2.secrets" --log "$DIR/gw2.log" $(prof gw2) >/dev/null
 echo "gw2: gosec start with $N conns (auto=add): $(secs "$(ms_since "$t0")")"
 # shellcheck disable=SC2046
-g gw1 start --config "$DIR/gw1.conf" --secrets "$DIR/gw1.secrets" --log "$DIR/gw1.log" $(prof gw1) >/dev/null
+g gw1 start ${GOSEC_START_ARGS:-} --config "$DIR/gw1.conf" --secrets "$DIR/gw1.secrets" --log "$DIR/gw1.log" $(prof gw1) >/dev/null
 PID1=$(pid_of gw1) PID2=$(pid_of gw2)
 sleep 1
 R1a=$(rss_kb "$PID1") R2a=$(rss_kb "$PID2")
