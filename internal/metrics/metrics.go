@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,7 @@ var (
 	descPlaneBytes  = prometheus.NewDesc("gosec_dataplane_bytes_total", "Bytes through the data plane by direction.", []string{"dir"}, nil)
 	descBypassed    = prometheus.NewDesc("gosec_dataplane_bypassed_total", "Packets that bypassed IPsec by policy.", nil, nil)
 	descSendErrors  = prometheus.NewDesc("gosec_dataplane_send_errors_total", "Packets the data plane could not send.", nil, nil)
+	descTUNQueue    = prometheus.NewDesc("gosec_dataplane_tun_queue_packets_total", "Packets read from each TUN queue (queues are steered per destination prefix).", []string{"queue"}, nil)
 	descDrops       = prometheus.NewDesc("gosec_drops_total", "Packets dropped, by reason (all SAs and none).", []string{"reason"}, nil)
 	descNATT        = prometheus.NewDesc("gosec_natt_received_total", "Non-ESP datagrams on the NAT-T port, by kind.", []string{"kind"}, nil)
 	descConnUp      = prometheus.NewDesc("gosec_conn_up", "1 when the conn has SAs installed.", []string{"conn"}, nil)
@@ -117,7 +119,7 @@ var saLabels = []string{"conn", "spi", "dir", "proto"}
 type snapshotCollector struct{ m *Metrics }
 
 func (c snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descDrops, descNATT,
+	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descTUNQueue, descDrops, descNATT,
 		descConnUp, descConnSAs, descCleartext, descConnPkts, descConnBytes, descSAPkts, descSABytes, descSADrops, descSASeq, descSAReplay,
 		descSALifeSecs, descSALifeBytes, descISAKMP, descISAKMPLife, descIKEMsgs, descExchanges, descRetransmits, descLatency, descHalfOpen, descQueue} {
 		ch <- d
@@ -155,6 +157,9 @@ func collectStatus(ch chan<- prometheus.Metric, st *daemon.Status) {
 	counter(ch, descPlaneBytes, p.OutBytes, "out")
 	counter(ch, descBypassed, p.Bypassed)
 	counter(ch, descSendErrors, p.SendErrors)
+	for i, n := range p.TUNQueuePackets {
+		counter(ch, descTUNQueue, n, strconv.Itoa(i))
+	}
 	for reason, n := range st.Drops {
 		counter(ch, descDrops, n, reason)
 	}

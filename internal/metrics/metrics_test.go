@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"encoding/json"
+	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -35,6 +36,7 @@ func TestSnapshotSeries(t *testing.T) {
 	life := int64(1190)
 	st := &daemon.Status{
 		Drops: map[string]uint64{"icv": 3},
+		Plane: dataplane.StatsSnapshot{TUNQueuePackets: []uint64{5, 7}},
 		Conns: []daemon.ConnStatus{{
 			Name: "net", State: "installed", Cleartext: 2,
 			IKEStats: &daemon.IKEConnStats{
@@ -62,6 +64,8 @@ func TestSnapshotSeries(t *testing.T) {
 	for _, want := range []string{
 		`gosec_up 1`,
 		`gosec_drops_total{reason="icv"} 3`,
+		`gosec_dataplane_tun_queue_packets_total{queue="0"} 5`,
+		`gosec_dataplane_tun_queue_packets_total{queue="1"} 7`,
 		`gosec_conn_up{conn="idle"} 0`,
 		`gosec_conn_up{conn="net"} 1`,
 		`gosec_conn_cleartext_dropped_total{conn="net"} 2`,
