@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"encoding/json"
-	"github.com/gosec-ipsec/gosec/internal/dataplane"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
+	"github.com/gosec-ipsec/gosec/internal/dataplane"
 )
 
 func scrape(t *testing.T, m *Metrics) string {
