@@ -227,8 +227,10 @@ func (t *TUN) Queue(i int) *TUNQueue { return &TUNQueue{t: t, dev: t.queues[i]} 
 // Steer sets which queue reads the packets for each destination: dsts
 // are the destination prefixes of the outbound policies; nested ones
 // share their outermost prefix's queue, every group keeps its queue as
-// long as it is in dsts, new groups go to the least used queue. Packets
-// no prefix covers go to queue 0. A no-op on a one-queue device.
+// long as it is in dsts, new groups go to the least used queue (the last
+// of equals, so that a single tunnel is not read where unsteered packets
+// are). Packets no prefix covers go to queue 0. A no-op on a one-queue
+// device.
 func (t *TUN) Steer(dsts []netip.Prefix) error {
 	t.steerMu.Lock()
 	defer t.steerMu.Unlock()

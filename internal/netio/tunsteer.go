@@ -206,8 +206,8 @@ func outermostKeys(ps []netip.Prefix, buf []groupKey) []groupKey {
 
 // set makes the groups of dsts the map's contents: a group that stays
 // keeps its queue (its SAs' packets never change readers while it
-// exists); a new group gets the queue with the fewest groups. On an
-// error the state is what the map holds, and a later set retries.
+// exists); a new group gets the queue with the fewest groups, the last
+// of equals. On an error the state is what the map holds, and a later set retries.
 func (s *steering) set(dsts []netip.Prefix) error {
 	groups := outermostKeys(dsts, s.keys)
 	s.keys = groups
@@ -228,8 +228,12 @@ func (s *steering) set(dsts []netip.Prefix) error {
 		if _, ok := s.group[g]; ok {
 			continue
 		}
-		q := uint32(0)
-		for i := range s.load {
+		// The least loaded queue, the last of equals: queue 0 also reads
+		// every packet no group covers, and a gateway's only tunnel is
+		// then read where nothing else is (which also puts every
+		// one-tunnel test through a steered queue).
+		q := uint32(len(s.load) - 1)
+		for i := len(s.load) - 1; i >= 0; i-- {
 			if s.load[i] < s.load[q] {
 				q = uint32(i)
 			}

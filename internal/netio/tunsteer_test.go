@@ -97,6 +97,10 @@ func TestSteeringProgram(t *testing.T) {
 	if got := []uint32{q2, q3, q4}; !slices.Equal(slices.Sorted(slices.Values(got)), []uint32{0, 1, 2}) {
 		t.Fatalf("groups got queues %v, want one each", got)
 	}
+	// Ties go to the last queue: queue 0 also reads what no group covers.
+	if q2 != 2 {
+		t.Errorf("the first group went to queue %d, want the last (2)", q2)
+	}
 	check("10.2.0.9", int(q2))
 	check("10.2.5.9", int(q2)) // nested: same queue as its group
 	check("10.2.200.1", int(q2))
