@@ -143,7 +143,34 @@ func (e *lcEnv) up(fromStrongSwan bool) {
 	if err != nil || !strings.Contains(out, "established successfully") {
 		e.t.Fatalf("up: %v\n%s", err, out)
 	}
+	// The initiator's "up" returns once it sent Quick Mode's third
+	// message; the responder installs its SAs when that arrives. Traffic
+	// before then is dropped by design (no SA: fail closed), so the
+	// tunnel is up when both sides have an SA each way.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g, gerr := e.gosecSAs()
+		ss, serr := e.ssSAs()
+		if gerr == nil && serr == nil && hasBothDirs(g) && hasBothDirs(ss) {
+			break
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("up: after 10 s gosec has SAs %v (%v), strongSwan %v (%v)", g, gerr, ss, serr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	e.tl.Add("tunnel up")
+}
+
+// hasBothDirs reports whether an SA list ("in SA <spi>", "out SA <spi>")
+// has an SA each way.
+func hasBothDirs(sas map[string]bool) bool {
+	var in, out bool
+	for k := range sas {
+		in = in || strings.HasPrefix(k, "in SA ")
+		out = out || strings.HasPrefix(k, "out SA ")
+	}
+	return in && out
 }
 
 // traffic starts a ping stream leftlan -> rightlan and, with withTCP, a
