@@ -145,7 +145,7 @@ func disableIPv6(name string) {
 func (t *TUN) addQueues(n, mtu int, offload bool) error {
 	s, err := loadSteering(n)
 	if err == nil {
-		err = t.withFD(t.dev, s.attach)
+		err = withFD(t.dev, s.attach)
 		if err != nil {
 			s.close()
 		}
@@ -167,7 +167,7 @@ func (t *TUN) addQueues(n, mtu int, offload bool) error {
 }
 
 // withFD runs f with dev's descriptor.
-func (t *TUN) withFD(dev tun.Device, f func(fd int) error) error {
+func withFD(dev tun.Device, f func(fd int) error) error {
 	sc, err := dev.File().SyscallConn()
 	if err != nil {
 		return err
@@ -182,35 +182,11 @@ func (t *TUN) withFD(dev tun.Device, f func(fd int) error) error {
 // openQueue creates the multi-queue device name or attaches one more
 // queue to it.
 func openQueue(name string, mtu int, offload bool) (tun.Device, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
 	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
 	if offload {
 		flags |= unix.IFF_VNET_HDR
 	}
-	ifr.SetUint16(flags)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "/dev/net/tun")
-	dev, err := tun.CreateTUNFromFile(f, mtu)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return dev, nil
+	return openTUNFile(name, mtu, flags)
 }
 
 // Queues returns the number of queues the device has (1 unless it was
@@ -268,28 +244,26 @@ func (q *TUNQueue) MTU() (int, error) { return q.t.MTU() }
 
 // Read is as TUN.Read, from this queue.
 func (q *TUNQueue) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := q.dev.Read(bufs, sizes, offset)
-	if err != nil {
-		return n, q.t.ioErr("read", err)
-	}
-	return n, nil
+	return q.t.read(q.dev, bufs, sizes, offset)
 }
 
 // Write is as TUN.Write, through this queue.
 func (q *TUNQueue) Write(bufs [][]byte, offset int) (int, error) {
-	if offset < TUNHeadroom {
-		return 0, fmt.Errorf("netio: tun write: offset %d below TUNHeadroom %d", offset, TUNHeadroom)
-	}
-	n, err := q.dev.Write(bufs, offset)
-	if err != nil {
-		return n, q.t.ioErr("write", err)
-	}
-	return n, nil
+	return q.t.write(q.dev, bufs, offset)
 }
 
 // createPlainTUN opens a TUN without IFF_VNET_HDR; wireguard's tun package
 // then reads and writes one packet per call.
 func createPlainTUN(name string, mtu int) (tun.Device, error) {
+	return openTUNFile(name, mtu, unix.IFF_TUN|unix.IFF_NO_PI)
+}
+
+// openTUNFile opens /dev/net/tun, attaches it to device name with flags
+// (TUNSETIFF: creating the device or, with IFF_MULTI_QUEUE, adding a
+// queue), makes it non-blocking before Go's poller sees it and hands it to
+// wireguard's tun package, which turns offloads on when flags ask for the
+// virtio-net header.
+func openTUNFile(name string, mtu int, flags uint16) (tun.Device, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -299,7 +273,7 @@ func createPlainTUN(name string, mtu int) (tun.Device, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -335,7 +309,12 @@ func (t *TUN) BatchSize() int { return t.dev.BatchSize() }
 // each buffer must hold an MTU-sized packet after offset and len(bufs)
 // should be BatchSize, since a super-packet can split into that many.
 func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := t.dev.Read(bufs, sizes, offset)
+	return t.read(t.dev, bufs, sizes, offset)
+}
+
+// read reads from one of the device's queues.
+func (t *TUN) read(dev tun.Device, bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := dev.Read(bufs, sizes, offset)
 	if err != nil {
 		return n, t.ioErr("read", err)
 	}
@@ -348,10 +327,15 @@ func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // (give buffers of 64 KB capacity to get GRO), so the contents of bufs are
 // clobbered. It returns the number of bytes written (as the device counts).
 func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
+	return t.write(t.dev, bufs, offset)
+}
+
+// write writes through one of the device's queues.
+func (t *TUN) write(dev tun.Device, bufs [][]byte, offset int) (int, error) {
 	if offset < TUNHeadroom {
 		return 0, fmt.Errorf("netio: tun write: offset %d below TUNHeadroom %d", offset, TUNHeadroom)
 	}
-	n, err := t.dev.Write(bufs, offset)
+	n, err := dev.Write(bufs, offset)
 	if err != nil {
 		return n, t.ioErr("write", err)
 	}

@@ -128,28 +128,31 @@ func newSteering(n int) (*steering, error) {
 // (prefix length 32, then the destination read at offset 16), and the
 // version nibble is read into fp-12.
 func steerProgram(mapFD int) asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		// Version: IPv4 only, anything else to queue 0.
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, 0),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -12),
-		asm.Mov.Imm(asm.R4, 1),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "none"),
+	// load copies n packet octets from offset off to the stack at fp+to,
+	// going to "none" if the packet is shorter.
+	load := func(off, to, n int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Imm(asm.R2, off),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, to),
+			asm.Mov.Imm(asm.R4, n),
+			asm.FnSkbLoadBytes.Call(),
+			asm.JNE.Imm(asm.R0, 0, "none"),
+		}
+	}
+	prog := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	// Version: IPv4 only, anything else to queue 0.
+	prog = append(prog, load(0, -12, 1)...)
+	prog = append(prog,
 		asm.LoadMem(asm.R1, asm.RFP, -12, asm.Byte),
 		asm.RSh.Imm(asm.R1, 4),
 		asm.JNE.Imm(asm.R1, 4, "none"),
 		// Key: {32, destination}.
 		asm.StoreImm(asm.RFP, -8, 32, asm.Word),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, 16),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, -4),
-		asm.Mov.Imm(asm.R4, 4),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "none"),
+	)
+	prog = append(prog, load(16, -4, 4)...)
+	return append(prog,
 		asm.LoadMapPtr(asm.R1, mapFD),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
@@ -159,7 +162,7 @@ func steerProgram(mapFD int) asm.Instructions {
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("none"),
 		asm.Return(),
-	}
+	)
 }
 
 // attach makes the program the device's queue choice (fd: any of its
