@@ -393,8 +393,10 @@ func (d *Daemon) setup() error {
 		d.log.Warn(w)
 	}
 	var tunQueueDevs []dataplane.TUNDevice
+	var steer func([]netip.Prefix) error // nothing to steer with one queue
 	for i := 1; i < d.tun.Queues(); i++ {
 		tunQueueDevs = append(tunQueueDevs, d.tun.Queue(i))
+		steer = d.tun.Steer
 	}
 	ring := d.listenRing()
 	d.esp, err = d.listenESP(netio.RawConfig{Proto: 50, Mark: o.Mark, Buffer: 4 << 20}, ring != nil, ring)
@@ -466,7 +468,7 @@ func (d *Daemon) setup() error {
 			"conn", name, "prefixes", fmt.Sprint(ps))
 	}
 	d.plane, err = dataplane.New(dataplane.Config{
-		TUN: d.tun, TUNQueues: tunQueueDevs, Steer: d.tun.Steer,
+		TUN: d.tun, TUNQueues: tunQueueDevs, Steer: steer,
 		ESP: d.esp, AH: d.ah, NATT: d.natt, NATTQueues: extra,
 		SAD: d.sad, SPD: d.spd, WireMTU: o.WireMTU, Workers: o.CryptoWorkers,
 		Log: d.log, DebugDrops: d.debugDrops, OnTrap: d.onTrap,
