@@ -101,6 +101,8 @@ func Start(env Env, args []string) int {
 	afpacket := fs.Bool("afpacket", true, "send ESP and AH through AF_PACKET on the outgoing Ethernet link with a neighbour cache, the raw sockets only where that cannot be used (default); --afpacket=false sends everything through the raw IPv4 sockets")
 	rxring := fs.Bool("rxring", false, "receive ESP and AH through an AF_PACKET ring instead of the raw IPv4 sockets (before netfilter INPUT and rp_filter; the raw sockets still hold the protocols so the kernel sends no ICMP protocol-unreachable); off by default: it measured slower end to end")
 	tunQueues := fs.Int("tun-queues", 0, "TUN queues, each read by its own goroutine and steered per destination prefix so that an SA keeps to one: 0 chooses one per core (at most 4), 1 a single queue")
+	keepWarm := fs.Duration("keep-warm", time.Millisecond, "while packets have flowed within --keep-warm-for, wake the data plane this often, so that a sparse packet (ping, SSH, voice) is handled as fast as one in a stream; 0 turns it off (while on it costs about 3% of a core on our 2-vCPU VMs; nothing once idle)")
+	keepWarmFor := fs.Duration("keep-warm-for", 2*time.Second, "how long after the last packet --keep-warm keeps waking the data plane")
 	workers := fs.Int("workers", 0, "goroutines that seal and open packets in parallel: 0 chooses by the machine, -1 has each reader (TUN, sockets) do its own cryptography with no hand-off")
 	impair := fs.String("impair", "", "fault injection for tests: ACTION:MESSAGE[:DELAY][@CONN],... (drop, duplicate, delay or replay the first MM1..MM6 or QM1..QM3 gosec sends); never in production")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file until it stops (performance work)")
@@ -113,6 +115,10 @@ func Start(env Env, args []string) int {
 		return 2
 	}
 	cf.Resolve()
+	if *keepWarm < 0 || *keepWarmFor < 0 {
+		fmt.Fprintf(env.Stderr, "gosec start: --keep-warm and --keep-warm-for cannot be negative\n")
+		return 2
+	}
 	if *local != "" && *local != "left" && *local != "right" {
 		fmt.Fprintf(env.Stderr, "gosec start: --local must be left or right, not %q\n", *local)
 		return 2
@@ -195,6 +201,7 @@ func Start(env Env, args []string) int {
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log, Levels: levels,
 		SaveKeysDir: *saveKeys, Impair: impairments, Stopping: notifyStopping,
 		RawSocketsOnly: !*afpacket, RxRing: *rxring, CryptoWorkers: *workers, TUNQueues: *tunQueues,
+		KeepWarm: *keepWarm, KeepWarmFor: *keepWarmFor,
 		Started: func(d *daemon.Daemon) error {
 			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {
 				return err

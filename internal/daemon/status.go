@@ -33,11 +33,14 @@ type Status struct {
 	TUN     string    `json:"tun"`
 	TUNMTU  int       `json:"tun_mtu"`
 	// TUNQueues is the number of TUN queues read in parallel.
-	TUNQueues int                     `json:"tun_queues"`
-	Plane     dataplane.StatsSnapshot `json:"dataplane"`
-	Drops     map[string]uint64       `json:"drops"`
-	NATT      NATTStatus              `json:"natt"`
-	Conns     []ConnStatus            `json:"conns"`
+	TUNQueues int `json:"tun_queues"`
+	// KeepWarm is the data plane's keep-warm timer: "1ms for 2s" (every
+	// millisecond for two seconds after a packet) or "off".
+	KeepWarm string                  `json:"keep_warm"`
+	Plane    dataplane.StatsSnapshot `json:"dataplane"`
+	Drops    map[string]uint64       `json:"drops"`
+	NATT     NATTStatus              `json:"natt"`
+	Conns    []ConnStatus            `json:"conns"`
 	// ISAKMP lists the phase-1 SAs; IKE counts IKE messages by outcome.
 	ISAKMP []ike.ISAKMPStatus `json:"isakmp"`
 	IKE    map[string]uint64  `json:"ike_counters,omitempty"`
@@ -147,6 +150,7 @@ func (d *Daemon) status(all bool) *Status {
 		st.TUNMTU, _ = d.tun.MTU()
 		st.TUNQueues = d.tun.Queues()
 	}
+	st.KeepWarm = keepWarmText(d.opts.KeepWarm, d.opts.KeepWarmFor)
 	if d.plane != nil {
 		st.Plane = d.plane.Stats()
 		st.Drops = st.Plane.Drops
@@ -336,6 +340,7 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		p := s.Plane
 		fmt.Fprintf(w, "  data plane: %d packets in (%s), %d packets out (%s), %d bypassed, %d send errors\n",
 			p.InPackets, bytesText(p.InBytes), p.OutPackets, bytesText(p.OutBytes), p.Bypassed, p.SendErrors)
+		fmt.Fprintf(w, "  keep-warm: %s (%d wake-ups)\n", s.KeepWarm, p.KeepWarmTicks)
 		fmt.Fprintf(w, "  drops: %s\n", dropsText(s.Drops))
 		if k := s.KernelDrops; k != nil {
 			fmt.Fprintf(w, "  kernel SPI filter: %s\n", k.text())
@@ -503,4 +508,15 @@ func queuesText(n int) string {
 		return "1 queue"
 	}
 	return fmt.Sprintf("%d queues, steered per destination", n)
+}
+
+// keepWarmText describes the keep-warm timer for status.
+func keepWarmText(every, warmFor time.Duration) string {
+	if every <= 0 {
+		return "off"
+	}
+	if warmFor <= 0 {
+		warmFor = dataplane.DefaultKeepWarmFor
+	}
+	return fmt.Sprintf("%v for %v", every, warmFor)
 }

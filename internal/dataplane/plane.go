@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/netio"
 	"github.com/gosec-ipsec/gosec/internal/ratelog"
@@ -100,6 +101,13 @@ type Config struct {
 	// DebugDrops, if set, decides the same per conn ("" for drops of no
 	// SA): the daemon asks the conn's log level (gosec debug CONN debug).
 	DebugDrops func(conn string) bool
+	// KeepWarm, when positive, wakes the plane every KeepWarm while
+	// packets have flowed within KeepWarmFor (default 2 s), which cuts
+	// the latency of sparse packets (keepwarm.go); 0 turns it off.
+	KeepWarm    time.Duration
+	KeepWarmFor time.Duration
+	// Clock drives the keep-warm timer (nil: real time).
+	Clock clock.Clock
 }
 
 // Stats are the plane-wide counters. Per-SA counters live in the SAD.
@@ -121,6 +129,9 @@ type Stats struct {
 	// of handing them to the workers (small batches with the pipeline
 	// idle, for latency; or the workers' queue full).
 	Inline atomic.Uint64
+	// KeepWarmTicks counts the keep-warm wake-ups (Config.KeepWarm): what
+	// the lower latency of sparse packets has cost.
+	KeepWarmTicks atomic.Uint64
 }
 
 // StatsSnapshot is a plain copy of Stats.
@@ -135,6 +146,8 @@ type StatsSnapshot struct {
 	Held       uint64            `json:"held"`
 	Stalls     uint64            `json:"stalls"`
 	Inline     uint64            `json:"inline_batches"`
+	// KeepWarmTicks are the keep-warm wake-ups so far.
+	KeepWarmTicks uint64 `json:"keep_warm_ticks"`
 	// TUNQueuePackets are the packets read from each TUN queue (how the
 	// steering spread the tunnels).
 	TUNQueuePackets []uint64 `json:"tun_queue_packets"`
@@ -199,10 +212,21 @@ func (p *Plane) Stats() StatsSnapshot {
 	s.Held = p.stats.Held.Load()
 	s.Stalls = p.stats.Stalls.Load()
 	s.Inline = p.stats.Inline.Load()
+	s.KeepWarmTicks = p.stats.KeepWarmTicks.Load()
 	for i := range p.tunRead {
 		s.TUNQueuePackets = append(s.TUNQueuePackets, p.tunRead[i].Load())
 	}
 	return s
+}
+
+// activity is the number of packets read so far from the TUN and opened
+// from the sockets: what the keep-warm timer watches.
+func (p *Plane) activity() uint64 {
+	n := p.stats.InPackets.Load()
+	for i := range p.tunRead {
+		n += p.tunRead[i].Load()
+	}
+	return n
 }
 
 // Run runs the loops until ctx ends or a device fails. The caller closes
@@ -226,6 +250,15 @@ func (p *Plane) Run(ctx context.Context) error {
 				errc <- fmt.Errorf("dataplane: %s loop: %w", name, err)
 			}
 		}()
+	}
+	if p.cfg.KeepWarm > 0 {
+		clk := p.cfg.Clock
+		if clk == nil {
+			clk = clock.Real{}
+		}
+		w := newWarmer(clk, p.cfg.KeepWarm, p.cfg.KeepWarmFor, p.activity, func() { p.stats.KeepWarmTicks.Add(1) })
+		w.start()
+		defer w.stop()
 	}
 	if p.cfg.Steer != nil {
 		// Steer before the extra queues are read, and after every change.
