@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -103,6 +104,7 @@ func Start(env Env, args []string) int {
 	tunQueues := fs.Int("tun-queues", 0, "TUN queues, each read by its own goroutine and steered per destination prefix so that an SA keeps to one: 0 chooses one per core (at most 4), 1 a single queue")
 	keepWarm := fs.Duration("keep-warm", time.Millisecond, "while packets have flowed within --keep-warm-for, wake the data plane this often, so that a sparse packet (ping, SSH, voice) is handled as fast as one in a stream; 0 turns it off (while on it costs about 3% of a core on our 2-vCPU VMs; nothing once idle)")
 	keepWarmFor := fs.Duration("keep-warm-for", 2*time.Second, "how long after the last packet --keep-warm keeps waking the data plane")
+	procs := fs.Int("procs", 0, "Go procs (GOMAXPROCS) of the daemon: 0 chooses by the machine (1 on machines of up to 2 CPUs, where it measured faster, else one per CPU) unless the GOMAXPROCS variable is set")
 	workers := fs.Int("workers", 0, "goroutines that seal and open packets in parallel: 0 chooses by the machine, -1 has each reader (TUN, sockets) do its own cryptography with no hand-off")
 	impair := fs.String("impair", "", "fault injection for tests: ACTION:MESSAGE[:DELAY][@CONN],... (drop, duplicate, delay or replay the first MM1..MM6 or QM1..QM3 gosec sends); never in production")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file until it stops (performance work)")
@@ -115,6 +117,10 @@ func Start(env Env, args []string) int {
 		return 2
 	}
 	cf.Resolve()
+	if *procs < 0 {
+		fmt.Fprintf(env.Stderr, "gosec start: --procs cannot be negative\n")
+		return 2
+	}
 	if *keepWarm < 0 || *keepWarmFor < 0 {
 		fmt.Fprintf(env.Stderr, "gosec start: --keep-warm and --keep-warm-for cannot be negative\n")
 		return 2
@@ -131,6 +137,7 @@ func Start(env Env, args []string) int {
 		return forkDaemon(env, args, *socket, *logFile)
 	}
 
+	setProcs(*procs)
 	var logw io.Writer = env.Stderr
 	if *logFile != "" {
 		f, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -415,4 +422,18 @@ func Debug(env Env, args []string) int {
 	}
 	fmt.Fprintln(env.Stdout, lv.String())
 	return 0
+}
+
+// setProcs sets the daemon's GOMAXPROCS: n when positive, else
+// daemon.AutoProcs unless the GOMAXPROCS variable chose already.
+func setProcs(n int) {
+	if n <= 0 {
+		if os.Getenv("GOMAXPROCS") != "" {
+			return
+		}
+		n = daemon.AutoProcs(runtime.NumCPU())
+	}
+	if n > 0 {
+		runtime.GOMAXPROCS(n)
+	}
 }

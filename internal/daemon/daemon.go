@@ -69,7 +69,7 @@ type Options struct {
 	// a negative value has every reader do its own cryptography.
 	CryptoWorkers int
 	// TUNQueues is the number of TUN queues, each with its own reader: 0
-	// chooses one per core up to maxTUNQueues, 1 opens a plain one-queue
+	// chooses one per CPU up to maxTUNQueues, 1 opens a plain one-queue
 	// device. Several queues need eBPF for their per-destination steering
 	// (netio.TUNConfig.Queues); without it the device has one queue and
 	// the daemon says why in its warnings.
@@ -144,6 +144,24 @@ const maxOverhead = 101
 
 // maxNATTQueues bounds the NAT-T sockets (and their readers).
 const maxNATTQueues = 4
+
+// AutoProcs is the number of Go procs (GOMAXPROCS) gosec start gives the
+// daemon on a machine with numCPU CPUs when neither --procs nor the
+// GOMAXPROCS variable says: one on machines of up to two CPUs; 0 (leave
+// Go's default, one per CPU within the cgroup's CPU limit) on larger ones. On our 2-core machines one proc carried 1.2-1.5x the traffic
+// of two (scripts/bench-e2e.sh, bench-tunqueues.sh; README,
+// Performance): below minParallelProcs each reader seals and opens
+// inline anyway, and with a second proc every packet that readied a
+// reader also woke an idle thread to look for work (context switches per
+// packet 0.22 against 0.13), which the kernel's own share of the
+// packet path then lacked. Larger machines are left as Go sets them:
+// not measured here.
+func AutoProcs(numCPU int) int {
+	if numCPU <= 2 {
+		return 1
+	}
+	return 0
+}
 
 // maxTUNQueues bounds the TUN queues chosen by the machine.
 const maxTUNQueues = 4
@@ -387,7 +405,7 @@ func (d *Daemon) setup() error {
 	var err error
 	tunQueues := o.TUNQueues
 	if tunQueues <= 0 {
-		tunQueues = min(runtime.GOMAXPROCS(0), maxTUNQueues)
+		tunQueues = min(runtime.NumCPU(), maxTUNQueues)
 	}
 	d.tun, err = netio.OpenTUN(netio.TUNConfig{Name: o.TUNName, MTU: o.WireMTU - maxOverhead, Queues: tunQueues})
 	if err != nil {
@@ -419,7 +437,10 @@ func (d *Daemon) setup() error {
 	// One NAT-T socket per core (up to maxNATTQueues), bound to the same
 	// port with SO_REUSEPORT: the kernel hashes each peer's flow to one of
 	// them, so several peers' ESP-in-UDP is received on several cores.
-	queues := min(runtime.GOMAXPROCS(0), maxNATTQueues)
+	// Queues follow the cores, not GOMAXPROCS: with fewer Go procs than
+	// cores (AutoProcs) the readers still overlap in the kernel, each on
+	// its own thread while in a system call.
+	queues := min(runtime.NumCPU(), maxNATTQueues)
 	nattCfg := netio.UDPConfig{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(o.NATTPort)), Mark: o.Mark, GRO: true, Buffer: 4 << 20, ReusePort: queues > 1, RecvDst: true}
 	udp, err := netio.ListenUDP(nattCfg)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -34,6 +35,9 @@ type Status struct {
 	TUNMTU  int       `json:"tun_mtu"`
 	// TUNQueues is the number of TUN queues read in parallel.
 	TUNQueues int `json:"tun_queues"`
+	// Procs is the daemon's GOMAXPROCS, CPUs the machine's CPUs.
+	Procs int `json:"procs"`
+	CPUs  int `json:"cpus"`
 	// KeepWarm is the data plane's keep-warm timer: "1ms for 2s" (every
 	// millisecond for two seconds after a packet) or "off".
 	KeepWarm string                  `json:"keep_warm"`
@@ -150,6 +154,7 @@ func (d *Daemon) status(all bool) *Status {
 		st.TUNMTU, _ = d.tun.MTU()
 		st.TUNQueues = d.tun.Queues()
 	}
+	st.Procs, st.CPUs = runtime.GOMAXPROCS(0), runtime.NumCPU()
 	st.KeepWarm = keepWarmText(d.opts.KeepWarm, d.opts.KeepWarmFor)
 	if d.plane != nil {
 		st.Plane = d.plane.Stats()
@@ -340,7 +345,7 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		p := s.Plane
 		fmt.Fprintf(w, "  data plane: %d packets in (%s), %d packets out (%s), %d bypassed, %d send errors\n",
 			p.InPackets, bytesText(p.InBytes), p.OutPackets, bytesText(p.OutBytes), p.Bypassed, p.SendErrors)
-		fmt.Fprintf(w, "  keep-warm: %s (%d wake-ups)\n", s.KeepWarm, p.KeepWarmTicks)
+		fmt.Fprintf(w, "  Go procs: %d of %d CPUs; keep-warm: %s (%d wake-ups)\n", s.Procs, s.CPUs, s.KeepWarm, p.KeepWarmTicks)
 		fmt.Fprintf(w, "  drops: %s\n", dropsText(s.Drops))
 		if k := s.KernelDrops; k != nil {
 			fmt.Fprintf(w, "  kernel SPI filter: %s\n", k.text())
