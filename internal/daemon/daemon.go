@@ -148,7 +148,8 @@ const maxNATTQueues = 4
 // AutoProcs is the number of Go procs (GOMAXPROCS) gosec start gives the
 // daemon on a machine with numCPU CPUs when neither --procs nor the
 // GOMAXPROCS variable says: one on machines of up to two CPUs; 0 (leave
-// Go's default, one per CPU within the cgroup's CPU limit) on larger ones. On our 2-core machines one proc carried 1.2-1.5x the traffic
+// Go's default, one per CPU within the cgroup's CPU limit) on larger
+// ones. On our 2-core machines one proc carried 1.2-1.5x the traffic
 // of two (scripts/bench-e2e.sh, bench-tunqueues.sh; README,
 // Performance): below minParallelProcs each reader seals and opens
 // inline anyway, and with a second proc every packet that readied a
