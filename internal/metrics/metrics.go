@@ -89,6 +89,7 @@ var (
 	descBypassed    = prometheus.NewDesc("gosec_dataplane_bypassed_total", "Packets that bypassed IPsec by policy.", nil, nil)
 	descSendErrors  = prometheus.NewDesc("gosec_dataplane_send_errors_total", "Packets the data plane could not send.", nil, nil)
 	descTUNQueue    = prometheus.NewDesc("gosec_dataplane_tun_queue_packets_total", "Packets read from each TUN queue (queues are steered per destination prefix).", []string{"queue"}, nil)
+	descKeepWarm    = prometheus.NewDesc("gosec_dataplane_keep_warm_wakeups_total", "Keep-warm timer wake-ups of the data plane (gosec start --keep-warm): what the lower latency of sparse packets has cost.", nil, nil)
 	descDrops       = prometheus.NewDesc("gosec_drops_total", "Packets dropped, by reason (all SAs and none).", []string{"reason"}, nil)
 	descNATT        = prometheus.NewDesc("gosec_natt_received_total", "Non-ESP datagrams on the NAT-T port, by kind.", []string{"kind"}, nil)
 	descConnUp      = prometheus.NewDesc("gosec_conn_up", "1 when the conn has SAs installed.", []string{"conn"}, nil)
@@ -119,7 +120,7 @@ var saLabels = []string{"conn", "spi", "dir", "proto"}
 type snapshotCollector struct{ m *Metrics }
 
 func (c snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descTUNQueue, descDrops, descNATT,
+	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descTUNQueue, descKeepWarm, descDrops, descNATT,
 		descConnUp, descConnSAs, descCleartext, descConnPkts, descConnBytes, descSAPkts, descSABytes, descSADrops, descSASeq, descSAReplay,
 		descSALifeSecs, descSALifeBytes, descISAKMP, descISAKMPLife, descIKEMsgs, descExchanges, descRetransmits, descLatency, descHalfOpen, descQueue} {
 		ch <- d
@@ -160,6 +161,7 @@ func collectStatus(ch chan<- prometheus.Metric, st *daemon.Status) {
 	for i, n := range p.TUNQueuePackets {
 		counter(ch, descTUNQueue, n, strconv.Itoa(i))
 	}
+	counter(ch, descKeepWarm, p.KeepWarmTicks)
 	for reason, n := range st.Drops {
 		counter(ch, descDrops, n, reason)
 	}

@@ -36,7 +36,7 @@ func TestSnapshotSeries(t *testing.T) {
 	life := int64(1190)
 	st := &daemon.Status{
 		Drops: map[string]uint64{"icv": 3},
-		Plane: dataplane.StatsSnapshot{TUNQueuePackets: []uint64{5, 7}},
+		Plane: dataplane.StatsSnapshot{TUNQueuePackets: []uint64{5, 7}, KeepWarmTicks: 42},
 		Conns: []daemon.ConnStatus{{
 			Name: "net", State: "installed", Cleartext: 2,
 			IKEStats: &daemon.IKEConnStats{
@@ -66,6 +66,7 @@ func TestSnapshotSeries(t *testing.T) {
 		`gosec_drops_total{reason="icv"} 3`,
 		`gosec_dataplane_tun_queue_packets_total{queue="0"} 5`,
 		`gosec_dataplane_tun_queue_packets_total{queue="1"} 7`,
+		`gosec_dataplane_keep_warm_wakeups_total 42`,
 		`gosec_conn_up{conn="idle"} 0`,
 		`gosec_conn_up{conn="net"} 1`,
 		`gosec_conn_cleartext_dropped_total{conn="net"} 2`,
