@@ -75,7 +75,7 @@ type Options struct {
 	// the daemon says why in its warnings.
 	TUNQueues int
 	// KeepWarm, when positive, wakes the data plane every KeepWarm while
-	// packets have flowed within KeepWarmFor (0: the plane's default),
+	// packets have flowed within KeepWarmFor (0: dataplane.DefaultKeepWarmFor),
 	// which cuts the latency of sparse packets
 	// (dataplane.Config.KeepWarm); 0 turns it off.
 	KeepWarm    time.Duration
@@ -102,6 +102,9 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
+	if o.KeepWarmFor <= 0 {
+		o.KeepWarmFor = dataplane.DefaultKeepWarmFor
+	}
 	if o.Socket == "" {
 		o.Socket = control.DefaultSocket
 	}

@@ -515,13 +515,11 @@ func queuesText(n int) string {
 	return fmt.Sprintf("%d queues, steered per destination", n)
 }
 
-// keepWarmText describes the keep-warm timer for status.
+// keepWarmText describes the keep-warm timer for status (warmFor is
+// already defaulted, Options.defaults).
 func keepWarmText(every, warmFor time.Duration) string {
 	if every <= 0 {
 		return "off"
-	}
-	if warmFor <= 0 {
-		warmFor = dataplane.DefaultKeepWarmFor
 	}
 	return fmt.Sprintf("%v for %v", every, warmFor)
 }
