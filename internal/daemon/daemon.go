@@ -188,7 +188,10 @@ type Daemon struct {
 	router     routeTable
 	filter     cleartextFilter
 	gate       spiGate // kernel drop of unknown SPIs (nil: none)
-	plane      *dataplane.Plane
+	// ringSPIs is the receive ring's SPI filter, kept by the gate (nil:
+	// no ring, or the ring takes every SPI).
+	ringSPIs *netio.RingSPIs
+	plane    *dataplane.Plane
 
 	// The key manager and its UDP 500 socket.
 	ike     *ike.Engine
@@ -332,6 +335,30 @@ func (d *Daemon) listenRing() *netio.RxRing {
 		return nil
 	}
 	return r
+}
+
+// ringFilters narrows what the receive ring and the IP stack do with ESP
+// and AH, once the gate exists: the ring takes only the SPIs the gate
+// admits (so forged SPIs cost the ring nothing, as they cost the raw
+// sockets nothing), and the IP stack drops at prerouting the packets the
+// ring took instead of processing them a second time. Either may be
+// unavailable: the ring then takes every SPI (the data plane drops the
+// unknown ones) or the stack processes every packet as well.
+func (d *Daemon) ringFilters(gate *netio.SPIGate, ring *netio.RxRing) {
+	spis, err := ring.FilterSPIs()
+	if err == nil {
+		if err = gate.MirrorTo(spis); err == nil {
+			d.ringSPIs = spis
+		} else {
+			spis.Close()
+		}
+	}
+	if err != nil {
+		d.log.Warn("AF_PACKET receive ring: forged SPIs reach the data plane, which drops them", "err", err)
+	}
+	if err := gate.BypassRing(); err != nil {
+		d.log.Warn("AF_PACKET receive ring: the IP stack keeps processing what the ring received", "err", err)
+	}
 }
 
 // listenESP opens the socket for ESP or AH: sending through AF_PACKET with
@@ -493,6 +520,9 @@ func (d *Daemon) setup() error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.gate = gate
+	if rs, ok := d.esp.(*ringSocket); ok {
+		d.ringFilters(gate, rs.ring)
+	}
 	for name, ps := range filter.Kept() {
 		d.guardKept[name] = true
 		d.log.Warn("keeping the cleartext guard a previous gosec left for this conn: its traffic is dropped until it is up or taken down",
@@ -519,6 +549,9 @@ func (d *Daemon) teardown() {
 	var errs []error
 	if d.gate != nil {
 		errs = append(errs, d.gate.Close())
+	}
+	if d.ringSPIs != nil {
+		errs = append(errs, d.ringSPIs.Close())
 	}
 	if d.filter != nil {
 		errs = append(errs, d.filter.Close())

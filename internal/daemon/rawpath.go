@@ -17,6 +17,10 @@ type RawPathStatus struct {
 	// Ring is the receive ring's counters (one ring for ESP and AH;
 	// absent without it).
 	Ring *netio.RingStats `json:"ring,omitempty"`
+	// RingSPIFilter says the ring takes only the SPIs of inbound SAs
+	// (its eBPF filter, kept by the kernel SPI filter); false: it takes
+	// every SPI and the data plane drops unknown ones.
+	RingSPIFilter bool `json:"ring_spi_filter,omitempty"`
 	// SentAFPacket and SentRaw count the packets the AF_PACKET send path
 	// passed to each socket.
 	SentAFPacket uint64 `json:"sent_af_packet"`
@@ -40,6 +44,7 @@ func (d *Daemon) rawPaths() *RawPathStatus {
 			if r.ring != nil {
 				rs := r.ring.Stats()
 				st.Ring = &rs
+				st.RingSPIFilter = d.ringSPIs != nil && d.ringSPIs.Filtering()
 			}
 			tx = r.tx
 		}
@@ -57,8 +62,12 @@ func (d *Daemon) rawPaths() *RawPathStatus {
 func (r *RawPathStatus) text() string {
 	s := fmt.Sprintf("receive ESP %s, AH %s; send ESP %s, AH %s", r.Receive["esp"], r.Receive["ah"], r.Send["esp"], r.Send["ah"])
 	if g := r.Ring; g != nil {
-		s += fmt.Sprintf("; ring: %d packets, %d not for this host, %d bad headers, %d larger than a frame, %d dropped full",
-			g.Packets, g.NotLocal, g.BadHeader, g.Copied, g.KernelDrops)
+		spis := "every SPI"
+		if r.RingSPIFilter {
+			spis = "inbound SAs' SPIs only"
+		}
+		s += fmt.Sprintf("; ring (%s): %d packets, %d not for this host, %d bad headers, %d larger than a frame, %d dropped full",
+			spis, g.Packets, g.NotLocal, g.BadHeader, g.Copied, g.KernelDrops)
 	}
 	if r.SentAFPacket+r.SentRaw > 0 {
 		s += fmt.Sprintf("; sent %d through AF_PACKET, %d through the raw sockets", r.SentAFPacket, r.SentRaw)

@@ -29,10 +29,14 @@ type spiGate interface {
 func (d *Daemon) addInboundLocked(sa *sad.SA) error {
 	if d.gate != nil {
 		if err := d.gate.Admit(sa.SPI, sa.Src); err != nil {
-			if !errors.Is(err, netio.ErrGateOpened) {
+			switch {
+			case errors.Is(err, netio.ErrMirrorOpened):
+				d.log.Warn("AF_PACKET receive ring: its SPI filter failed and is off: unknown SPIs reach the data plane, which drops them", "err", err)
+			case errors.Is(err, netio.ErrGateOpened):
+				d.log.Warn("kernel unknown-SPI filter failed and is off: gosec drops unknown SPIs itself", "err", err)
+			default:
 				return fmt.Errorf("inbound SA %08x: kernel SPI filter: %w", sa.SPI, err)
 			}
-			d.log.Warn("kernel unknown-SPI filter failed and is off: gosec drops unknown SPIs itself", "err", err)
 		}
 	}
 	if err := d.sad.Add(sa); err != nil {
@@ -65,14 +69,20 @@ func (d *Daemon) revokeSPI(spi uint32, peer netip.Addr) {
 type KernelDropsStatus struct {
 	// UnknownSPI counts ESP, AH and ESP-in-UDP packets dropped for an
 	// SPI no inbound SA holds (also in Status.Drops["unknown-spi"], except
-	// ESP and AH received through an AF_PACKET ring: the ring took them
-	// before netfilter INPUT and the data plane counted them already).
+	// ESP and AH received through an AF_PACKET ring without its SPI
+	// filter: that ring took them before netfilter INPUT and the data
+	// plane counted them already).
 	UnknownSPI uint64 `json:"unknown-spi"`
 	ESP        uint64 `json:"esp"`
 	AH         uint64 `json:"ah"`
 	UDP        uint64 `json:"udp"`
 	// SPIs is how many SPIs the filter lets through.
 	SPIs int `json:"spis"`
+	// RingBypass counts the ESP and AH packets of known SPIs that the
+	// AF_PACKET receive ring took and the IP stack then dropped at
+	// prerouting instead of processing them again (present only while
+	// the ring bypass is in place; not in UnknownSPI).
+	RingBypass *uint64 `json:"ring_bypass,omitempty"`
 	// Off says the filter removed its rules after an error (Error).
 	Off   bool   `json:"off,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -91,18 +101,24 @@ func (d *Daemon) kernelDrops(st *Status) {
 		return
 	}
 	k := &KernelDropsStatus{UnknownSPI: c.Total(), ESP: c.ESP, AH: c.AH, UDP: c.UDP, SPIs: c.Admitted, Off: c.Open}
+	if c.Bypassing {
+		n := c.RingBypass
+		k.RingBypass = &n
+	}
 	if c.Err != nil {
 		k.Error = c.Err.Error()
 	}
 	st.KernelDrops = k
-	// A protocol received through an AF_PACKET ring reached the data
-	// plane before the gate dropped it (the ring sits before netfilter
-	// INPUT), which counted it already: count it once.
+	// A protocol received through an AF_PACKET ring that takes every
+	// SPI reached the data plane before the gate dropped it (the ring
+	// sits before netfilter INPUT), which counted it already: count it
+	// once. A ring filtering by SPI never saw it.
 	unknown := k.UDP
-	if _, ring := d.esp.(*ringSocket); !ring {
+	ringAll := d.ringSPIs == nil || !d.ringSPIs.Filtering()
+	if _, ring := d.esp.(*ringSocket); !ring || !ringAll {
 		unknown += k.ESP
 	}
-	if _, ring := d.ah.(*ringSocket); !ring {
+	if _, ring := d.ah.(*ringSocket); !ring || !ringAll {
 		unknown += k.AH
 	}
 	if unknown == 0 {
@@ -121,6 +137,10 @@ func (k *KernelDropsStatus) text() string {
 	if k.Off {
 		return fmt.Sprintf("off after an error (%s); %d unknown-SPI packets dropped before", k.Error, k.UnknownSPI)
 	}
-	return fmt.Sprintf("%d SPIs let through, %d unknown-SPI packets dropped (ESP %d, AH %d, ESP-in-UDP %d)",
+	s := fmt.Sprintf("%d SPIs let through, %d unknown-SPI packets dropped (ESP %d, AH %d, ESP-in-UDP %d)",
 		k.SPIs, k.UnknownSPI, k.ESP, k.AH, k.UDP)
+	if k.RingBypass != nil {
+		s += fmt.Sprintf("; %d received by the ring kept from the IP stack", *k.RingBypass)
+	}
+	return s
 }

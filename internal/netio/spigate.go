@@ -29,6 +29,11 @@ const (
 	spiGateSet     = "inbound-spis"
 	spiGatePeerSet = "inbound-peers"
 	spiGateTag     = "gosec:spi-gate:"
+	// ringBypassChain holds the rules that keep the IP stack from
+	// processing, a second time, the ESP and AH an RxRing receives
+	// (SPIGate.BypassRing).
+	ringBypassChain = "ring-bypass"
+	ringBypassTag   = "gosec:ring-bypass:"
 )
 
 // SPIGate drops, in the kernel, the ESP and AH packets addressed to this
@@ -82,7 +87,11 @@ type SPIGate struct {
 	chain   *nftables.Chain
 	set     *nftables.Set
 	peerSet *nftables.Set
-	refs    spiRefs
+	// bypass is the ring-bypass chain (nil: none).
+	bypass *nftables.Chain
+	// mirror is kept holding the set's SPIs (nil: none; MirrorTo).
+	mirror SPIMirror
+	refs   spiRefs
 	// peers counts the holds on each peer address in peerSet.
 	peers map[netip.Addr]int
 	// open is set once the gate removed its drop rules after a failure;
@@ -197,7 +206,9 @@ var ErrGateOpened = errors.New("the gate is open (the daemon drops unknown SPIs 
 // the SA's source (ignored unless IPv4), into the peer set. Call it before
 // the inbound SA is added: from its return on, packets with spi reach the
 // daemon. An error that wraps ErrGateOpened means the set could not be
-// changed and the gate opened: the SA may be added. Any other error means
+// changed and the gate opened, and one that wraps ErrMirrorOpened that the
+// mirror (MirrorTo) could not take the SPI and was opened: in both cases
+// the SA may be added. Any other error means
 // packets with spi are still dropped: the SA must not be added (nothing is
 // held on spi or peer).
 func (g *SPIGate) Admit(spi uint32, peer netip.Addr) error {
@@ -226,8 +237,17 @@ func (g *SPIGate) Admit(spi uint32, peer netip.Addr) error {
 		err = g.nl.Flush()
 	}
 	if err == nil {
+		var merr error
+		if newSPI && g.mirror != nil {
+			merr = g.putMirror(spi)
+		}
+		if merr != nil && !errors.Is(merr, ErrMirrorOpened) {
+			// Not held: the set keeps an SPI that no SA holds, which
+			// only lets packets reach the daemon.
+			return merr
+		}
 		hold()
-		return nil
+		return merr
 	}
 	err = g.failOpen(fmt.Errorf("admit spi %08x from %v: %w", spi, peer, err))
 	if g.open {
@@ -257,6 +277,13 @@ func (g *SPIGate) Revoke(spi uint32, peer netip.Addr) error {
 	}
 	// Left in its set, an SPI or a peer only lets packets reach the
 	// daemon, which judges them.
+	var mirrorErr error
+	if lastSPI && g.mirror != nil {
+		// Left in the mirror, the SPI only lets packets reach the ring.
+		if err := g.mirror.Delete(spi); err != nil {
+			mirrorErr = fmt.Errorf("netio: spi gate: revoke spi %08x from the mirror: %w", spi, err)
+		}
+	}
 	if lastSPI {
 		if err := g.nl.SetDeleteElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}}); err != nil {
 			return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
@@ -268,14 +295,39 @@ func (g *SPIGate) Revoke(spi uint32, peer netip.Addr) error {
 		}
 	}
 	if err := g.nl.Flush(); err != nil {
-		return fmt.Errorf("netio: spi gate: revoke spi %08x, peer %v: %w", spi, peer, err)
+		return errors.Join(mirrorErr, fmt.Errorf("netio: spi gate: revoke spi %08x, peer %v: %w", spi, peer, err))
 	}
-	return nil
+	return mirrorErr
 }
+
+// putMirror puts an admitted spi into the mirror (g.mu held). If that
+// fails (a daemon that gave up CAP_BPF cannot change an eBPF map), the
+// mirror is opened, letting every SPI through, and the gate itself stays
+// as it is: the error says so.
+func (g *SPIGate) putMirror(spi uint32) error {
+	err := g.mirror.Put(spi)
+	if err == nil {
+		return nil
+	}
+	if oerr := g.mirror.Open(); oerr != nil {
+		return fmt.Errorf("netio: spi gate: mirror: %w; opening it failed too (packets with spi %08x would not reach the ring): %v", err, spi, oerr)
+	}
+	return fmt.Errorf("netio: spi gate: %w: %w", ErrMirrorOpened, err)
+}
+
+// ErrMirrorOpened is wrapped by Admit's error when the SPI could not be
+// put into the mirror and the mirror was opened instead (every SPI
+// reaches it): the SA may be added.
+var ErrMirrorOpened = errors.New("the receive ring's SPI filter is open (every SPI reaches the data plane, which drops unknown ones)")
 
 // failOpen removes the drop rules after err (g.mu held) and returns err,
 // wrapped with what became of the gate.
 func (g *SPIGate) failOpen(err error) error {
+	if g.mirror != nil {
+		if merr := g.mirror.Open(); merr != nil {
+			err = fmt.Errorf("%w; opening the ring's SPI filter failed too: %v", err, merr)
+		}
+	}
 	g.nl.FlushChain(g.chain)
 	if ferr := g.nl.Flush(); ferr != nil {
 		return fmt.Errorf("netio: spi gate: %w; opening the gate failed too: %v", err, ferr)
@@ -289,6 +341,11 @@ func spiKey(spi uint32) []byte { return binary.BigEndian.AppendUint32(nil, spi) 
 // SPIGateCounts are the packets the gate dropped, by kind.
 type SPIGateCounts struct {
 	ESP, AH, UDP uint64
+	// RingBypass counts the ESP and AH packets that an RxRing received
+	// and the IP stack therefore dropped at prerouting (BypassRing); not
+	// in Total: they were not forged. Bypassing says the chain is in place.
+	RingBypass uint64
+	Bypassing  bool
 	// Admitted is how many SPIs the set holds.
 	Admitted int
 	// Open says the gate removed its rules after a failure (Err says
@@ -305,12 +362,20 @@ func (g *SPIGate) Counts() (SPIGateCounts, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := SPIGateCounts{Admitted: g.refs.len(), Open: g.open, Err: g.why}
-	if g.open {
-		return out, nil
+	var rules []*nftables.Rule
+	if !g.open {
+		r, err := g.nl.GetRules(g.table, g.chain)
+		if err != nil {
+			return out, fmt.Errorf("netio: spi gate: list rules: %w", err)
+		}
+		rules = r
 	}
-	rules, err := g.nl.GetRules(g.table, g.chain)
-	if err != nil {
-		return out, fmt.Errorf("netio: spi gate: list rules: %w", err)
+	if g.bypass != nil {
+		br, err := g.nl.GetRules(g.table, g.bypass)
+		if err != nil {
+			return out, fmt.Errorf("netio: ring bypass: list rules: %w", err)
+		}
+		rules = append(rules, br...)
 	}
 	for _, r := range rules {
 		var n uint64
@@ -326,9 +391,133 @@ func (g *SPIGate) Counts() (SPIGateCounts, error) {
 			out.AH += n
 		case spiGateTag + "udp":
 			out.UDP += n
+		case ringBypassTag + "esp", ringBypassTag + "ah":
+			out.RingBypass += n
 		}
 	}
+	out.Bypassing = g.bypass != nil
 	return out, nil
+}
+
+// SPIMirror is a second holder of the gate's SPIs (an RxRing's
+// RingSPIs): Put and Delete follow the set; Open lets every SPI through,
+// when the gate opens.
+type SPIMirror interface {
+	Put(spi uint32) error
+	Delete(spi uint32) error
+	Open() error
+}
+
+// MirrorTo makes m hold the admitted SPIs from now on: those admitted so
+// far are put at once, later Admits put before they return and Revokes
+// delete. If putting them fails, or the gate is open, m is opened.
+func (g *SPIGate) MirrorTo(m SPIMirror) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.mirror = m
+	if g.open {
+		return m.Open()
+	}
+	for spi := range g.refs {
+		if err := m.Put(spi); err != nil {
+			if oerr := m.Open(); oerr != nil {
+				return fmt.Errorf("netio: spi gate: mirror: %w; opening it: %v", err, oerr)
+			}
+			return fmt.Errorf("netio: spi gate: mirror (opened): %w", err)
+		}
+	}
+	return nil
+}
+
+// BypassRing adds, in the gate's table, a chain that drops at prerouting
+// (priority raw, before routing and INPUT) the ESP and AH packets an RxRing
+// has already received, so that the IP stack does not process each of
+// them a second time (route lookup, INPUT, the raw socket's clone that its
+// drop-all filter discards):
+//
+//	chain ring-bypass (filter hook prerouting, priority raw, policy accept):
+//	    meta nfproto ipv4 meta pkttype host ip frag-off & 0x3fff == 0
+//	        meta l4proto esp esp spi @inbound-spis fib daddr type local counter drop
+//	    (the same for ah, its SPI 4 octets into the header)
+//
+// These are exactly packets the ring's filter takes (protocol, not a
+// fragment, addressed to this host's link address) and its Recv keeps
+// (a local destination; a header ip_rcv accepted), with an SPI an inbound
+// SA holds. Fragments are left to the IP stack, which reassembles its own
+// copy for the raw socket's drop-all filter while the ring's fanout
+// reassembles another. Unknown SPIs go on to INPUT, where the gate drops
+// and counts them. On a veth the receiving namespace's input runs in the
+// sending thread, so the saving shows up on the peer's sending path as
+// well. Call it only while the ring is open and remove it (Close, or
+// RemoveBypass) before the ring closes: without the ring these packets
+// are lost.
+func (g *SPIGate) BypassRing() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.nl == nil {
+		return fmt.Errorf("netio: ring bypass: %w", ErrClosed)
+	}
+	if g.bypass != nil {
+		return nil
+	}
+	ch := &nftables.Chain{
+		Name: ringBypassChain, Table: g.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
+	}
+	g.nl.AddChain(ch)
+	g.nl.DelChain(ch)
+	g.nl.AddChain(ch)
+	for _, r := range ringBypassRules(g.set) {
+		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: r.exprs, UserData: []byte(ringBypassTag + r.name)})
+	}
+	if err := g.nl.Flush(); err != nil {
+		return fmt.Errorf("netio: ring bypass: create in table inet %s: %w", g.table.Name, err)
+	}
+	g.bypass = ch
+	return nil
+}
+
+// RemoveBypass removes the ring-bypass chain (if any): from its return on,
+// the IP stack processes every ESP and AH packet again.
+func (g *SPIGate) RemoveBypass() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.nl == nil || g.bypass == nil {
+		return nil
+	}
+	g.nl.DelChain(g.bypass)
+	g.bypass = nil
+	if err := g.nl.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netio: ring bypass: remove: %w", err)
+	}
+	return nil
+}
+
+// ringBypassRules are BypassRing's drop rules, for ESP and AH.
+func ringBypassRules(set *nftables.Set) []gateRule {
+	rule := func(proto byte, spiOff uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			cmpEq(unix.NFPROTO_IPV4),
+			&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+			cmpEq(unix.PACKET_HOST),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 2, Mask: []byte{0x3f, 0xff}, Xor: []byte{0, 0}},
+			cmpEq(0, 0),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			cmpEq(proto),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: spiOff, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}
+	}
+	return []gateRule{
+		{"esp", rule(unix.IPPROTO_ESP, 0)},
+		{"ah", rule(unix.IPPROTO_AH, 4)},
+	}
 }
 
 // Close removes the gate's chain and set (if its table still exists) and
@@ -343,6 +532,10 @@ func (g *SPIGate) Close() error {
 		g.nl.CloseLasting()
 		g.nl = nil
 	}()
+	if g.bypass != nil {
+		g.nl.DelChain(g.bypass)
+		g.bypass = nil
+	}
 	g.nl.DelChain(g.chain)
 	g.nl.DelSet(g.set)
 	g.nl.DelSet(g.peerSet)

@@ -28,7 +28,8 @@ type gateCounts struct {
 		SPIs int    `json:"spis"`
 	} `json:"kernel_drops"`
 	RawPaths *struct {
-		Receive map[string]string `json:"receive"`
+		Receive       map[string]string `json:"receive"`
+		RingSPIFilter bool              `json:"ring_spi_filter"`
 	} `json:"raw_paths"`
 }
 
@@ -145,13 +146,14 @@ func TestSPIGate(t *testing.T) {
 	if gotESP != sentESP || gotUDP != sentUDP {
 		t.Errorf("kernel filter dropped %d ESP and %d ESP-in-UDP, want %d and %d", gotESP, gotUDP, sentESP, sentUDP)
 	}
-	// Through the AF_PACKET receive ring (the default), raw ESP reaches
-	// the data plane before netfilter INPUT, where the gate still drops
-	// (and counts) it: the data plane drops the forged SPIs too, and
-	// drops by reason count each once. Through the raw socket the data
-	// plane never sees them.
+	// Through the AF_PACKET receive ring without its SPI filter, raw ESP
+	// reaches the data plane before netfilter INPUT, where the gate still
+	// drops (and counts) it: the data plane drops the forged SPIs too,
+	// and drops by reason count each once. Through the ring's SPI filter
+	// (the default, kept in line with the gate's set across the rekeys)
+	// or the raw socket the data plane never sees them.
 	wantPlane := sentUDPPeer
-	if after.RawPaths != nil && after.RawPaths.Receive["esp"] == "af_packet ring" {
+	if r := after.RawPaths; r != nil && r.Receive["esp"] == "af_packet ring" && !r.RingSPIFilter {
 		wantPlane += sentESP
 	}
 	if planeUnknown != wantPlane {
