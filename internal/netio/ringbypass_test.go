@@ -256,9 +256,13 @@ func TestRingSPIs(t *testing.T) {
 type failingMirror struct {
 	openFails bool
 	opened    bool
+	puts      int
 }
 
-func (m *failingMirror) Put(uint32) error    { return errors.New("put refused") }
+func (m *failingMirror) Put(uint32) error {
+	m.puts++
+	return errors.New("put refused")
+}
 func (m *failingMirror) Delete(uint32) error { return nil }
 func (m *failingMirror) Open() error {
 	if m.openFails {
@@ -301,6 +305,10 @@ func TestSPIGateMirrorFailure(t *testing.T) {
 		if !openFails {
 			if !errors.Is(err, ErrMirrorOpened) || !m.opened || c.Open || c.Admitted != 1 {
 				t.Errorf("Put fails: err %v, mirror opened %v, counts %+v; want ErrMirrorOpened, the mirror open, the gate shut and the SPI held", err, m.opened, c)
+			}
+			// Once open, the mirror is left alone: no more puts, no error.
+			if err := gate.Admit(0x1235, netip.MustParseAddr("192.0.2.9")); err != nil || m.puts != 1 {
+				t.Errorf("an Admit after the mirror opened: %v, %d puts in all; want no error and 1 put", err, m.puts)
 			}
 		} else if err == nil || errors.Is(err, ErrMirrorOpened) || errors.Is(err, ErrGateOpened) || c.Admitted != 0 {
 			t.Errorf("Put and Open fail: err %v, counts %+v; want a plain error and nothing held", err, c)

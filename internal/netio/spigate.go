@@ -89,9 +89,11 @@ type SPIGate struct {
 	peerSet *nftables.Set
 	// bypass is the ring-bypass chain (nil: none).
 	bypass *nftables.Chain
-	// mirror is kept holding the set's SPIs (nil: none; MirrorTo).
-	mirror SPIMirror
-	refs   spiRefs
+	// mirror is kept holding the set's SPIs (nil: none; MirrorTo) until
+	// it is opened (mirrorOpen).
+	mirror     SPIMirror
+	mirrorOpen bool
+	refs       spiRefs
 	// peers counts the holds on each peer address in peerSet.
 	peers map[netip.Addr]int
 	// open is set once the gate removed its drop rules after a failure;
@@ -238,7 +240,7 @@ func (g *SPIGate) Admit(spi uint32, peer netip.Addr) error {
 	}
 	if err == nil {
 		var merr error
-		if newSPI && g.mirror != nil {
+		if newSPI && g.mirror != nil && !g.mirrorOpen {
 			merr = g.putMirror(spi)
 		}
 		if merr != nil && !errors.Is(merr, ErrMirrorOpened) {
@@ -278,7 +280,7 @@ func (g *SPIGate) Revoke(spi uint32, peer netip.Addr) error {
 	// Left in its set, an SPI or a peer only lets packets reach the
 	// daemon, which judges them.
 	var mirrorErr error
-	if lastSPI && g.mirror != nil {
+	if lastSPI && g.mirror != nil && !g.mirrorOpen {
 		// Left in the mirror, the SPI only lets packets reach the ring.
 		if err := g.mirror.Delete(spi); err != nil {
 			mirrorErr = fmt.Errorf("netio: spi gate: revoke spi %08x from the mirror: %w", spi, err)
@@ -312,6 +314,7 @@ func (g *SPIGate) putMirror(spi uint32) error {
 	if oerr := g.mirror.Open(); oerr != nil {
 		return fmt.Errorf("netio: spi gate: mirror: %w; opening it failed too (packets with spi %08x would not reach the ring): %v", err, spi, oerr)
 	}
+	g.mirrorOpen = true
 	return fmt.Errorf("netio: spi gate: %w: %w", ErrMirrorOpened, err)
 }
 
@@ -323,9 +326,11 @@ var ErrMirrorOpened = errors.New("the receive ring's SPI filter is open (every S
 // failOpen removes the drop rules after err (g.mu held) and returns err,
 // wrapped with what became of the gate.
 func (g *SPIGate) failOpen(err error) error {
-	if g.mirror != nil {
+	if g.mirror != nil && !g.mirrorOpen {
 		if merr := g.mirror.Open(); merr != nil {
 			err = fmt.Errorf("%w; opening the ring's SPI filter failed too: %v", err, merr)
+		} else {
+			g.mirrorOpen = true
 		}
 	}
 	g.nl.FlushChain(g.chain)
@@ -410,21 +415,29 @@ type SPIMirror interface {
 
 // MirrorTo makes m hold the admitted SPIs from now on: those admitted so
 // far are put at once, later Admits put before they return and Revokes
-// delete. If putting them fails, or the gate is open, m is opened.
+// delete. If putting them fails (the error wraps ErrMirrorOpened), or the
+// gate is open, m is opened, and stays open: the gate puts nothing more.
 func (g *SPIGate) MirrorTo(m SPIMirror) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.mirror = m
-	if g.open {
-		return m.Open()
-	}
-	for spi := range g.refs {
-		if err := m.Put(spi); err != nil {
-			if oerr := m.Open(); oerr != nil {
-				return fmt.Errorf("netio: spi gate: mirror: %w; opening it: %v", err, oerr)
+	g.mirror, g.mirrorOpen = m, false
+	var err error
+	if !g.open {
+		for spi := range g.refs {
+			if err = m.Put(spi); err != nil {
+				break
 			}
-			return fmt.Errorf("netio: spi gate: mirror (opened): %w", err)
 		}
+		if err == nil {
+			return nil
+		}
+	}
+	if oerr := m.Open(); oerr != nil {
+		return errors.Join(err, fmt.Errorf("netio: spi gate: opening the mirror: %w", oerr))
+	}
+	g.mirrorOpen = true
+	if err != nil {
+		return fmt.Errorf("netio: spi gate: %w: %w", ErrMirrorOpened, err)
 	}
 	return nil
 }

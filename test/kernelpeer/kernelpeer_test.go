@@ -301,9 +301,12 @@ func bulkSize() int {
 type wireCount struct{ Packets, Bytes uint64 }
 
 // wireCounters reads the nft counters kpeer.sh keeps on the tap (inbound
-// at the inet input hook, outbound at the tap's netdev egress hook, which
-// AF_PACKET sends pass too). They count what the netfilter hooks see: a UDP GSO or GRO buffer (gosec's
-// ESP-in-UDP sends with UDP_SEGMENT) counts once, with all its bytes.
+// IPv4 at the inet prerouting hook, before gosec's ring-bypass chain drops
+// what its receive ring took, IPv6 at input; outbound at the tap's netdev
+// egress hook, which AF_PACKET sends pass too). They count what the
+// netfilter hooks see: a UDP GSO or GRO buffer (gosec's ESP-in-UDP sends
+// with UDP_SEGMENT) counts once, with all its bytes, and each fragment
+// once.
 func wireCounters() (map[string]wireCount, error) {
 	m := map[string]wireCount{}
 	for _, table := range [][2]string{{"inet", "gkp"}, {"netdev", "gkpo"}} {

@@ -242,13 +242,24 @@ table inet gkp {
     oifname "$TAP" ip daddr != $GUEST_IP drop
     oifname "$TAP" meta nfproto ipv6 drop
   }
+  # Inbound IPv4 is counted at prerouting, before gosec's ring-bypass
+  # chain (priority raw, -300) drops what its receive ring took, so
+  # fragments count one by one; a later fragment has no port to read,
+  # and during a case the only UDP the guest sends is ESP-in-UDP.
+  chain wire_in {
+    type filter hook prerouting priority -350; policy accept;
+    iifname != "$TAP" accept
+    meta nfproto != ipv4 accept
+    ip protocol esp counter name esp_in accept
+    ip protocol ah counter name ah_in accept
+    udp dport 4500 counter name udp4500_in accept
+    ip protocol udp ip frag-off & 0x1fff != 0 counter name udp4500_in accept
+    counter name other_in
+  }
   chain in {
     type filter hook input priority 0; policy accept;
     iifname "$TAP" ip saddr != $GUEST_IP drop
-    iifname "$TAP" ip protocol esp counter name esp_in accept
-    iifname "$TAP" ip protocol ah counter name ah_in accept
-    iifname "$TAP" udp dport 4500 counter name udp4500_in accept
-    iifname "$TAP" counter name other_in
+    iifname "$TAP" meta nfproto ipv6 counter name other_in
   }
 }
 EOF
