@@ -169,9 +169,16 @@ drops() { gctl gw2 status --json | jq -r --arg r "$1" '.drops[$r] // 0'; }
 # filter, before gosec's sockets; counted in drops unknown-spi too)
 kdrops() { gctl gw2 status --json | jq -r '.kernel_drops["unknown-spi"] // 0'; }
 rx_atk() { ip -n "${P}gw2" -s -j link show atk0 | jq -r '.[0].stats64.rx.packets'; }
-# raw_drops: packets gw2's kernel dropped at raw ESP sockets (receive queue
-# full), the last column of /proc/net/raw for protocol 50 (0x32)
-raw_drops() { ip netns exec "${P}gw2" awk 'NR > 1 && $2 ~ /:0032$/ {d += $NF} END {print d + 0}' /proc/net/raw; }
+# raw_drops: packets gw2's kernel dropped because gosec's ESP receive path
+# was full: at the raw ESP sockets (receive queue full; the last column of
+# /proc/net/raw for protocol 50, 0x32) and at the AF_PACKET receive ring
+# (ring full; raw_paths.ring.kernel_drops), whichever receives
+raw_drops() {
+  local sock ring
+  sock=$(ip netns exec "${P}gw2" awk 'NR > 1 && $2 ~ /:0032$/ {d += $NF} END {print d + 0}' /proc/net/raw)
+  ring=$(gctl gw2 status --json | jq -r '.raw_paths.ring.kernel_drops // 0')
+  echo $((sock + ring))
+}
 sa_packets() {
   gctl gw2 statusall --json | jq -r '[.conns[] | select(.name == "flood") | .sas[]? | select(.dir == "in") | .packets] | add // 0'
 }
@@ -303,7 +310,7 @@ RATE_TXT="$PPS packets/s"; [ "$PPS" = 0 ] && RATE_TXT="as fast as the flooder ca
       fi
     done
   fi
-  echo "Packets that arrived at gw2 but are in neither gosec's drop counters nor the socket queue overflow (/proc/net/raw drops of gw2's protocol-50 sockets) were lost elsewhere in gw2's kernel or are still in flight when counted."
+  echo "Packets that arrived at gw2 but are in neither gosec's drop counters nor the socket queue overflow (/proc/net/raw drops of gw2's protocol-50 sockets, and the drops of its AF_PACKET receive ring when the ring was full) were lost elsewhere in gw2's kernel or are still in flight when counted."
   echo "One unpaced flooder without tunnel traffic (2 s, unknown-spi) sent $MAX_PPS packets/s using $MAX_CPU % of a core; $MAX_RX/s arrived at gw2 and gosec dropped $MAX_DROP/s as unknown-spi."
   echo
   echo "Dropping forged packets in the data plane without the kernel (\`go test -bench BenchmarkDrop -benchmem ./internal/dataplane/\`, 200000 packets each; the goal is 0 allocations per dropped packet):"
