@@ -1,0 +1,102 @@
+package netio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// BypassRing adds, in the gate's table, a chain that drops at prerouting
+// (priority raw, before routing and INPUT) the ESP and AH packets an RxRing
+// has already received, so that the IP stack does not process each of
+// them a second time (route lookup, INPUT, the raw socket's clone that its
+// drop-all filter discards):
+//
+//	chain ring-bypass (filter hook prerouting, priority raw, policy accept):
+//	    meta nfproto ipv4 meta pkttype host ip frag-off & 0x3fff == 0
+//	        meta l4proto esp esp spi @inbound-spis fib daddr type local counter drop
+//	    (the same for ah, its SPI 4 octets into the header)
+//
+// These are exactly packets the ring's filter takes (protocol, not a
+// fragment, addressed to this host's link address) and its Recv keeps
+// (a local destination; a header ip_rcv accepted), with an SPI an inbound
+// SA holds. Fragments are left to the IP stack, which reassembles its own
+// copy for the raw socket's drop-all filter while the ring's fanout
+// reassembles another. Unknown SPIs go on to INPUT, where the gate drops
+// and counts them. On a veth the receiving namespace's input runs in the
+// sending thread, so the saving shows up on the peer's sending path as
+// well. Call it only while the ring is open and remove it (Close, or
+// RemoveBypass) before the ring closes: without the ring these packets
+// are lost.
+func (g *SPIGate) BypassRing() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.nl == nil {
+		return fmt.Errorf("netio: ring bypass: %w", ErrClosed)
+	}
+	if g.bypass != nil {
+		return nil
+	}
+	ch := &nftables.Chain{
+		Name: ringBypassChain, Table: g.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
+	}
+	g.nl.AddChain(ch)
+	g.nl.DelChain(ch)
+	g.nl.AddChain(ch)
+	for _, r := range ringBypassRules(g.set) {
+		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: r.exprs, UserData: []byte(ringBypassTag + r.name)})
+	}
+	if err := g.nl.Flush(); err != nil {
+		return fmt.Errorf("netio: ring bypass: create in table inet %s: %w", g.table.Name, err)
+	}
+	g.bypass = ch
+	return nil
+}
+
+// RemoveBypass removes the ring-bypass chain (if any): from its return on,
+// the IP stack processes every ESP and AH packet again.
+func (g *SPIGate) RemoveBypass() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.nl == nil || g.bypass == nil {
+		return nil
+	}
+	g.nl.DelChain(g.bypass)
+	g.bypass = nil
+	if err := g.nl.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netio: ring bypass: remove: %w", err)
+	}
+	return nil
+}
+
+// ringBypassRules are BypassRing's drop rules, for ESP and AH.
+func ringBypassRules(set *nftables.Set) []gateRule {
+	rule := func(proto byte, spiOff uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			cmpEq(unix.NFPROTO_IPV4),
+			&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+			cmpEq(unix.PACKET_HOST),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 2, Mask: []byte{0x3f, 0xff}, Xor: []byte{0, 0}},
+			cmpEq(0, 0),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			cmpEq(proto),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: spiOff, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}
+	}
+	return []gateRule{
+		{"esp", rule(unix.IPPROTO_ESP, 0)},
+		{"ah", rule(unix.IPPROTO_AH, 4)},
+	}
+}
