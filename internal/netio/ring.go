@@ -163,6 +163,14 @@ func ringFilter(protos []int) []unix.SockFilter {
 	)
 }
 
+// attachRingFilter makes ringFilter(protos) fd's socket filter (replacing
+// any other, the SPI filter's too).
+func attachRingFilter(fd int, protos []int) error {
+	filter := ringFilter(protos)
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog)
+}
+
 // ListenRing opens an RxRing for cfg.Protos in the calling thread's
 // network namespace. It fails where AF_PACKET rings are not available (no
 // CAP_NET_RAW, an old kernel); callers then receive on the raw socket.
@@ -188,9 +196,7 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netio: receive ring %v: %s: %w", cfg.Protos, what, err)
 	}
-	filter := ringFilter(cfg.Protos)
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+	if err := attachRingFilter(fd, cfg.Protos); err != nil {
 		return fail("BPF filter", err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {

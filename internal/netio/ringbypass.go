@@ -77,14 +77,10 @@ func (g *SPIGate) RemoveBypass() error {
 // ringBypassRules are BypassRing's drop rules, for ESP and AH.
 func ringBypassRules(set *nftables.Set) []gateRule {
 	rule := func(proto byte, spiOff uint32) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			cmpEq(unix.NFPROTO_IPV4),
+		return append(fragFieldExprs(), // meta nfproto ipv4, ip frag-off & 0x3fff
+			cmpEq(0, 0),
 			&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
 			cmpEq(unix.PACKET_HOST),
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 2, Mask: []byte{0x3f, 0xff}, Xor: []byte{0, 0}},
-			cmpEq(0, 0),
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 			cmpEq(proto),
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: spiOff, Len: 4},
@@ -93,7 +89,7 @@ func ringBypassRules(set *nftables.Set) []gateRule {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
-		}
+		)
 	}
 	return []gateRule{
 		{"esp", rule(unix.IPPROTO_ESP, 0)},

@@ -12,6 +12,42 @@ import (
 	"github.com/gosec-ipsec/gosec/internal/testutil"
 )
 
+// spiPacket returns an ESP (SPI at 20) or AH (SPI at 24, after next
+// header and length) packet of size octets from src to dst, numbered i
+// (numbered's pattern); below 28 octets it has no room for an SPI.
+func spiPacket(src, dst netip.Addr, proto uint8, spi uint32, i, size int) []byte {
+	b := numbered(src, dst, proto, i, max(size, 32))[:size]
+	binary.BigEndian.PutUint16(b[iphdr.OffTotalLen:], uint16(size))
+	switch {
+	case size < 28: // no room for an SPI
+	case proto == iphdr.ProtoAH:
+		b[20], b[21] = 4, 4
+		binary.BigEndian.PutUint32(b[24:], spi)
+		if size >= 32 {
+			binary.BigEndian.PutUint32(b[28:], uint32(i))
+		}
+	default:
+		binary.BigEndian.PutUint32(b[20:], spi)
+	}
+	iphdr.SetChecksum(b[:20])
+	return b
+}
+
+// sendPacket sends pkt through tx, whole or in 1200-octet fragments.
+func sendPacket(t *testing.T, tx *RawConn, pkt []byte, fragmented bool) {
+	t.Helper()
+	ms := []Msg{{Buf: pkt}}
+	if fragmented {
+		ms = ms[:0]
+		for _, fr := range fragments(pkt, 1200) {
+			ms = append(ms, Msg{Buf: fr})
+		}
+	}
+	if n, err := tx.Send(ms); err != nil || n != len(ms) {
+		t.Fatalf("sent %d of %d: %v", n, len(ms), err)
+	}
+}
+
 // TestRingBypass shows what SPIGate.BypassRing keeps from the IP stack:
 // whole ESP and AH packets of admitted SPIs reach the ring and no longer
 // the raw sockets (the stack dropped them at prerouting, and counted
@@ -63,32 +99,12 @@ func TestRingBypass(t *testing.T) {
 		}
 	})
 
-	// packet: an ESP (SPI at 20) or AH (SPI at 24) packet of size octets
-	// numbered i; whole or in 1200-octet fragments.
 	packet := func(proto uint8, spi uint32, i, size int) []byte {
-		b := numbered(p.AAddr, p.BAddr, proto, i, size)
-		if proto == iphdr.ProtoAH {
-			b[20], b[21] = 4, 4
-			binary.BigEndian.PutUint32(b[24:], spi)
-			binary.BigEndian.PutUint32(b[28:], uint32(i))
-		} else {
-			binary.BigEndian.PutUint32(b[20:], spi)
-		}
-		iphdr.SetChecksum(b[:20])
-		return b
+		return spiPacket(p.AAddr, p.BAddr, proto, spi, i, size)
 	}
 	send := func(pkt []byte, fragmented bool) {
 		t.Helper()
-		ms := []Msg{{Buf: pkt}}
-		if fragmented {
-			ms = ms[:0]
-			for _, fr := range fragments(pkt, 1200) {
-				ms = append(ms, Msg{Buf: fr})
-			}
-		}
-		if n, err := tx.Send(ms); err != nil || n != len(ms) {
-			t.Fatalf("sent %d of %d: %v", n, len(ms), err)
-		}
+		sendPacket(t, tx, pkt, fragmented)
 	}
 	// rawNext: the raw socket's next packet has size octets.
 	rawNext := func(c *RawConn, what string, size int) {
@@ -185,27 +201,7 @@ func TestRingSPIs(t *testing.T) {
 	})
 	send := func(proto uint8, spi uint32, size int, fragmented bool) {
 		t.Helper()
-		b := numbered(p.AAddr, p.BAddr, proto, 0, max(size, 32))[:size]
-		binary.BigEndian.PutUint16(b[iphdr.OffTotalLen:], uint16(size))
-		iphdr.SetChecksum(b[:20])
-		switch {
-		case size < 28: // no room for an SPI
-		case proto == iphdr.ProtoAH:
-			b[20], b[21] = 4, 4
-			binary.BigEndian.PutUint32(b[24:], spi)
-		default:
-			binary.BigEndian.PutUint32(b[20:], spi)
-		}
-		ms := []Msg{{Buf: b}}
-		if fragmented {
-			ms = ms[:0]
-			for _, fr := range fragments(b, 1200) {
-				ms = append(ms, Msg{Buf: fr})
-			}
-		}
-		if n, err := tx.Send(ms); err != nil || n != len(ms) {
-			t.Fatalf("sent %d of %d: %v", n, len(ms), err)
-		}
+		sendPacket(t, tx, spiPacket(p.AAddr, p.BAddr, proto, spi, 0, size), fragmented)
 	}
 	ringNext := func(what string, size int) {
 		t.Helper()

@@ -191,11 +191,9 @@ func (s *RingSPIs) Open() error {
 	if s.open {
 		return nil
 	}
-	filter := ringFilter(s.r.protos)
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	var serr error
 	if err := s.r.rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog)
+		serr = attachRingFilter(int(fd), s.r.protos)
 	}); err != nil {
 		serr = err
 	}
