@@ -220,6 +220,9 @@ type Daemon struct {
 
 	stop     context.CancelFunc
 	stopOnce sync.Once
+	// gone is closed once Run has removed everything it installed and
+	// its data plane has ended: `gosec stop` answers only then.
+	gone chan struct{}
 
 	// keys writes SA keys for Wireshark when key export is on; warnings
 	// are shown by status and statusall.
@@ -231,7 +234,7 @@ func newDaemon(opts Options) *Daemon {
 	return &Daemon{opts: opts, log: opts.Log, started: opts.Clock.Now(), active: map[string]*activeConn{},
 		ikeChildren: map[string]*installedChild{}, ikeErr: map[string]string{}, reqids: map[selKey]uint32{},
 		reqConn: map[uint32]string{}, routeRefs: map[netip.Prefix]int{}, negotiating: map[string]bool{},
-		guardKept: map[string]bool{}}
+		guardKept: map[string]bool{}, gone: make(chan struct{})}
 }
 
 // Run starts a daemon and blocks until it is stopped (by ctx, by the stop
@@ -268,7 +271,20 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 	defer ln.Close()
 
-	defer d.teardown()
+	var planeDone, srvDone chan struct{}
+	defer func() {
+		d.teardown()
+		// The data plane's loops end when teardown closes their devices
+		// and sockets; the TUN device is gone with its last descriptor.
+		if planeDone != nil {
+			waitAtMost(planeDone, 5*time.Second)
+		}
+		close(d.gone)
+		// A waiting `gosec stop` gets its answer before the process exits.
+		if srvDone != nil {
+			waitAtMost(srvDone, 2*time.Second)
+		}
+	}()
 	if err := d.setup(); err != nil {
 		return err
 	}
@@ -277,11 +293,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 
 	planeErr := make(chan error, 1)
-	go func() { planeErr <- d.plane.Run(ctx) }()
+	planeDone = make(chan struct{})
+	go func() { planeErr <- d.plane.Run(ctx); close(planeDone) }()
 
 	srv := &control.Server{Handler: control.HandlerFunc(d.handle), Log: d.log}
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ctx, ln) }()
+	srvDone = make(chan struct{})
+	go func() { srvErr <- srv.Serve(ctx, ln); close(srvDone) }()
 
 	d.autoStart()
 	d.log.Info("gosec started", "version", Version, "socket", opts.Socket, "tun", opts.TUNName, "pid", os.Getpid())
@@ -583,6 +601,23 @@ func (d *Daemon) teardown() {
 	}
 }
 
+// stopWait bounds how long the stop command waits for the daemon to
+// remove its state (telling peers, deleting SAs, routes and filters).
+const stopWait = 20 * time.Second
+
+// waitAtMost waits for ch to be closed, or d to pass; it reports whether
+// ch was closed.
+func waitAtMost(ch <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // handle serves one control request.
 func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(string)) (any, error) {
 	arg := func() (string, error) {
@@ -621,6 +656,13 @@ func (d *Daemon) handle(ctx context.Context, req control.Request, progress func(
 	case "stop":
 		progress("stopping gosec")
 		d.stopOnce.Do(func() { go d.stop() })
+		// Answer once the SAs are deleted and the TUN device, routes and
+		// filters are gone, so that whoever runs `gosec stop` (an
+		// administrator, a script, systemd's ExecStop) finds them gone.
+		if !waitAtMost(d.gone, stopWait) {
+			return nil, fmt.Errorf("gosec is still removing its state after %v", stopWait)
+		}
+		progress("gosec stopped")
 		return nil, nil
 	}
 	return nil, fmt.Errorf("unknown command %q", req.Cmd)

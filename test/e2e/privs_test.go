@@ -167,7 +167,9 @@ func TestUnprivilegedDaemon(t *testing.T) {
 	}
 
 	// Stop: everything it made goes, with the capabilities it kept.
-	gw1.mustCtl("stop")
+	if out := gw1.mustCtl("stop"); !strings.Contains(out, "gosec stopped") {
+		t.Fatalf("gosec stop did not wait for the daemon to finish:\n%s", out)
+	}
 	if out, err := tp.run(tp.ns("gw1"), 5*time.Second, "ip", "link", "show", "gosec0"); err == nil {
 		t.Fatalf("gosec0 still there after stop:\n%s", out)
 	}
