@@ -8,6 +8,7 @@
 #                                        build/ss/initramfs.cpio = that image + a strongSwan overlay
 #   test/kernelpeer/ike/kpike.sh up      boot it (../kpeer.sh up with KPEER_BUILD=build/ss)
 #   test/kernelpeer/ike/kpike.sh ctl 'ike start' 'ip -s xfrm state' ...
+#   test/kernelpeer/ike/kpike.sh restart a fresh guest on the same tap (../kpeer.sh restart)
 #   test/kernelpeer/ike/kpike.sh down
 #
 # kpeer.sh is driven unchanged: it builds the plain image (kernel, modules,
@@ -108,6 +109,7 @@ case $cmd in
   build) do_build ;;
   up) [[ -f $SS/initramfs.cpio ]] || do_build; KPEER_BUILD=$SS "$KPEER" up ;;
   down) KPEER_BUILD=$SS "$KPEER" down ;;
+  restart) KPEER_BUILD=$SS "$KPEER" restart ;;
   ctl) KPEER_BUILD=$SS "$KPEER" ctl "$@" ;;
   *) sed -n '2,27p' "$0"; exit 2 ;;
 esac
