@@ -173,7 +173,21 @@ func Start(env Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
 		return 1
 	}
-	drop := func() error { return nil }
+	drop := func() error {
+		if os.Geteuid() == 0 {
+			return nil // root without --user stays root
+		}
+		// Started by a service manager with ambient capabilities: give
+		// back those needed only to start (privs.StartOnly).
+		dropped, err := privs.DropExtra()
+		if err != nil {
+			return err
+		}
+		if len(dropped) > 0 {
+			log.Info("start-up capabilities dropped", "capabilities", strings.Join(dropped, ","))
+		}
+		return nil
+	}
 	if *runAs != "" {
 		uid, gid, err := privs.Lookup(*runAs)
 		if err != nil {

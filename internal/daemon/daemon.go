@@ -296,11 +296,6 @@ func Run(ctx context.Context, opts Options) (err error) {
 	planeDone = make(chan struct{})
 	go func() { planeErr <- d.plane.Run(ctx); close(planeDone) }()
 
-	srv := &control.Server{Handler: control.HandlerFunc(d.handle), Log: d.log}
-	srvErr := make(chan error, 1)
-	srvDone = make(chan struct{})
-	go func() { srvErr <- srv.Serve(ctx, ln); close(srvDone) }()
-
 	d.autoStart()
 	d.log.Info("gosec started", "version", Version, "socket", opts.Socket, "tun", opts.TUNName, "pid", os.Getpid())
 	if opts.Started != nil {
@@ -309,6 +304,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 			return err
 		}
 	}
+	// Commands are served only now that Started (which drops privileges)
+	// is done: whoever the socket answers sees the daemon as it will run.
+	// Clients that connect earlier wait in the listen backlog.
+	srv := &control.Server{Handler: control.HandlerFunc(d.handle), Log: d.log}
+	srvErr := make(chan error, 1)
+	srvDone = make(chan struct{})
+	go func() { srvErr <- srv.Serve(ctx, ln); close(srvDone) }()
 	if opts.Ready != nil {
 		opts.Ready()
 	}

@@ -132,6 +132,68 @@ func Drop(uid, gid int) error {
 	return SetNotDumpable()
 }
 
+// DropExtra is for a daemon that starts unprivileged (a service manager
+// such as systemd gives it ambient capabilities): it removes from every
+// thread's effective, permitted and inheritable sets, and so from the
+// ambient set, every capability not in Kept, and returns their names
+// (none: nothing to drop). The packaged unit gives CAP_BPF for the
+// start-up only: it loads the eBPF programs (the receive ring's SPI
+// filter, the TUN's steering) and creates their maps; changing a map the
+// daemon holds takes no capability (Linux 6.5 and later check
+// unprivileged_bpf_disabled only where programs are loaded and maps are
+// created). The bounding set stays as it was (dropping
+// from it would take CAP_SETPCAP, which such a daemon does not have);
+// with no_new_privs nothing regains what is gone.
+func DropExtra() ([]string, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil, fmt.Errorf("privs: capget: %w", err)
+	}
+	keep := KeptMask()
+	have := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	extra := have &^ keep
+	if extra == 0 {
+		return nil, nil
+	}
+	var names []string
+	for c := uint(0); c < 64; c++ {
+		if extra&(1<<c) != 0 {
+			names = append(names, capName(uintptr(c)))
+		}
+	}
+	for i := range data {
+		k := uint32(keep >> (32 * i))
+		data[i].Effective &= k
+		data[i].Permitted &= k
+		data[i].Inheritable &= k
+	}
+	hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	if err := allThreads("capset", unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); err != nil {
+		return nil, err
+	}
+	return names, nil
+}
+
+// capName is the name of capability c as capabilities(7) spells it.
+func capName(c uintptr) string {
+	switch c {
+	case unix.CAP_BPF:
+		return "cap_bpf"
+	case unix.CAP_PERFMON:
+		return "cap_perfmon"
+	case unix.CAP_SYS_ADMIN:
+		return "cap_sys_admin"
+	case unix.CAP_NET_ADMIN:
+		return "cap_net_admin"
+	case unix.CAP_NET_RAW:
+		return "cap_net_raw"
+	case unix.CAP_NET_BIND_SERVICE:
+		return "cap_net_bind_service"
+	}
+	return fmt.Sprintf("capability %d", c)
+}
+
 // lastCap is the highest capability number the kernel knows.
 func lastCap() (uintptr, error) {
 	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")

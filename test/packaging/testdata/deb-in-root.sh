@@ -49,10 +49,11 @@ in_root /usr/sbin/gosec conf check
 
 echo "STEP run"
 # The unit'"'"'s command line with the unit'"'"'s privileges: user gosec, ambient
-# CAP_NET_ADMIN/NET_RAW/NET_BIND_SERVICE and nothing else, no_new_privs,
-# in a network namespace of its own; /run/gosec as RuntimeDirectory= makes it.
+# CAP_NET_ADMIN/NET_RAW/NET_BIND_SERVICE and CAP_BPF (for the start-up) and
+# nothing else, no_new_privs, in a network namespace of its own; /run/gosec
+# as RuntimeDirectory= makes it.
 install -d -m 0700 -o "$uid" -g "$uid" "$root/run/gosec"
-caps=+net_admin,+net_raw,+net_bind_service
+caps=+net_admin,+net_raw,+net_bind_service,+bpf
 in_root unshare --net sh -eu -c "
 ip link set lo up
 setpriv --reuid gosec --regid gosec --init-groups --inh-caps $caps --ambient-caps $caps --bounding-set -all,$caps --no-new-privs \
@@ -60,7 +61,7 @@ setpriv --reuid gosec --regid gosec --init-groups --inh-caps $caps --ambient-cap
 pid=\$!
 for i in \$(seq 100); do /usr/sbin/gosec status --socket /run/gosec/gosec.ctl >/dev/null 2>&1 && break; sleep 0.1; done
 /usr/sbin/gosec statusall || { cat /tmp/gosec.log; exit 1; }
-grep -E \"^(Uid|CapEff|CapBnd|NoNewPrivs)\" /proc/\$pid/status
+grep -E \"^(Uid|CapEff|CapBnd|CapAmb|NoNewPrivs)\" /proc/\$pid/status
 /usr/sbin/gosec stop
 wait \$pid
 cat /tmp/gosec.log
