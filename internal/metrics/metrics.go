@@ -90,6 +90,12 @@ var (
 	descSendErrors  = prometheus.NewDesc("gosec_dataplane_send_errors_total", "Packets the data plane could not send.", nil, nil)
 	descTUNQueue    = prometheus.NewDesc("gosec_dataplane_tun_queue_packets_total", "Packets read from each TUN queue (queues are steered per destination prefix).", []string{"queue"}, nil)
 	descKeepWarm    = prometheus.NewDesc("gosec_dataplane_keep_warm_wakeups_total", "Keep-warm timer wake-ups of the data plane (gosec start --keep-warm): what the lower latency of sparse packets has cost.", nil, nil)
+	descHeld        = prometheus.NewDesc("gosec_dataplane_held_total", "Packets held by a trap policy until their SA existed.", nil, nil)
+	descStalls      = prometheus.NewDesc("gosec_dataplane_stalls_total", "Times a reader found all its batches in flight and waited for one (back-pressure: the kernel's queue holds what arrives meanwhile).", nil, nil)
+	descInline      = prometheus.NewDesc("gosec_dataplane_inline_batches_total", "Batches a reader sealed or opened itself instead of handing them to the crypto workers.", nil, nil)
+	descKernelDrops = prometheus.NewDesc("gosec_kernel_drops_total", "Packets the kernel dropped for gosec before its sockets, by reason (unknown-spi: the SPI filter; ring-bypass: ESP/AH the receive ring took, kept from the IP stack's second pass).", []string{"reason"}, nil)
+	descKernelSPIs  = prometheus.NewDesc("gosec_kernel_spi_filter_spis", "SPIs the kernel's unknown-SPI filter lets through.", nil, nil)
+	descRing        = prometheus.NewDesc("gosec_rx_ring_packets_total", "Packets at the AF_PACKET receive ring, by outcome (received, not_local, bad_header, copied, truncated, kernel_drops: the ring was full).", []string{"outcome"}, nil)
 	descDrops       = prometheus.NewDesc("gosec_drops_total", "Packets dropped, by reason (all SAs and none).", []string{"reason"}, nil)
 	descNATT        = prometheus.NewDesc("gosec_natt_received_total", "Non-ESP datagrams on the NAT-T port, by kind.", []string{"kind"}, nil)
 	descConnUp      = prometheus.NewDesc("gosec_conn_up", "1 when the conn has SAs installed.", []string{"conn"}, nil)
@@ -120,7 +126,8 @@ var saLabels = []string{"conn", "spi", "dir", "proto"}
 type snapshotCollector struct{ m *Metrics }
 
 func (c snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descTUNQueue, descKeepWarm, descDrops, descNATT,
+	for _, d := range []*prometheus.Desc{descUp, descPlanePkts, descPlaneBytes, descBypassed, descSendErrors, descTUNQueue, descKeepWarm,
+		descHeld, descStalls, descInline, descKernelDrops, descKernelSPIs, descRing, descDrops, descNATT,
 		descConnUp, descConnSAs, descCleartext, descConnPkts, descConnBytes, descSAPkts, descSABytes, descSADrops, descSASeq, descSAReplay,
 		descSALifeSecs, descSALifeBytes, descISAKMP, descISAKMPLife, descIKEMsgs, descExchanges, descRetransmits, descLatency, descHalfOpen, descQueue} {
 		ch <- d
@@ -162,6 +169,25 @@ func collectStatus(ch chan<- prometheus.Metric, st *daemon.Status) {
 		counter(ch, descTUNQueue, n, strconv.Itoa(i))
 	}
 	counter(ch, descKeepWarm, p.KeepWarmTicks)
+	counter(ch, descHeld, p.Held)
+	counter(ch, descStalls, p.Stalls)
+	counter(ch, descInline, p.Inline)
+	if k := st.KernelDrops; k != nil {
+		counter(ch, descKernelDrops, k.UnknownSPI, "unknown-spi")
+		if k.RingBypass != nil {
+			counter(ch, descKernelDrops, *k.RingBypass, "ring-bypass")
+		}
+		gauge(ch, descKernelSPIs, float64(k.SPIs))
+	}
+	if r := st.RawPaths; r != nil && r.Ring != nil {
+		g := r.Ring
+		counter(ch, descRing, g.Packets, "received")
+		counter(ch, descRing, g.NotLocal, "not_local")
+		counter(ch, descRing, g.BadHeader, "bad_header")
+		counter(ch, descRing, g.Copied, "copied")
+		counter(ch, descRing, g.Truncated, "truncated")
+		counter(ch, descRing, g.KernelDrops, "kernel_drops")
+	}
 	for reason, n := range st.Drops {
 		counter(ch, descDrops, n, reason)
 	}

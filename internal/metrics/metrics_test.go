@@ -14,6 +14,7 @@ import (
 	"github.com/gosec-ipsec/gosec/ike"
 	"github.com/gosec-ipsec/gosec/internal/daemon"
 	"github.com/gosec-ipsec/gosec/internal/dataplane"
+	"github.com/gosec-ipsec/gosec/internal/netio"
 )
 
 func scrape(t *testing.T, m *Metrics) string {
@@ -34,9 +35,12 @@ func scrape(t *testing.T, m *Metrics) string {
 
 func TestSnapshotSeries(t *testing.T) {
 	life := int64(1190)
+	ringBypass := uint64(17)
 	st := &daemon.Status{
-		Drops: map[string]uint64{"icv": 3},
-		Plane: dataplane.StatsSnapshot{TUNQueuePackets: []uint64{5, 7}, KeepWarmTicks: 42},
+		Drops:       map[string]uint64{"icv": 3},
+		Plane:       dataplane.StatsSnapshot{TUNQueuePackets: []uint64{5, 7}, KeepWarmTicks: 42, Held: 1, Stalls: 8, Inline: 9},
+		KernelDrops: &daemon.KernelDropsStatus{UnknownSPI: 13, SPIs: 2, RingBypass: &ringBypass},
+		RawPaths:    &daemon.RawPathStatus{Ring: &netio.RingStats{Packets: 20, NotLocal: 1, BadHeader: 2, Copied: 3, Truncated: 4, KernelDrops: 5}},
 		Conns: []daemon.ConnStatus{{
 			Name: "net", State: "installed", Cleartext: 2,
 			IKEStats: &daemon.IKEConnStats{
@@ -67,6 +71,18 @@ func TestSnapshotSeries(t *testing.T) {
 		`gosec_dataplane_tun_queue_packets_total{queue="0"} 5`,
 		`gosec_dataplane_tun_queue_packets_total{queue="1"} 7`,
 		`gosec_dataplane_keep_warm_wakeups_total 42`,
+		`gosec_dataplane_held_total 1`,
+		`gosec_dataplane_stalls_total 8`,
+		`gosec_dataplane_inline_batches_total 9`,
+		`gosec_kernel_drops_total{reason="unknown-spi"} 13`,
+		`gosec_kernel_drops_total{reason="ring-bypass"} 17`,
+		`gosec_kernel_spi_filter_spis 2`,
+		`gosec_rx_ring_packets_total{outcome="received"} 20`,
+		`gosec_rx_ring_packets_total{outcome="not_local"} 1`,
+		`gosec_rx_ring_packets_total{outcome="bad_header"} 2`,
+		`gosec_rx_ring_packets_total{outcome="copied"} 3`,
+		`gosec_rx_ring_packets_total{outcome="truncated"} 4`,
+		`gosec_rx_ring_packets_total{outcome="kernel_drops"} 5`,
 		`gosec_conn_up{conn="idle"} 0`,
 		`gosec_conn_up{conn="net"} 1`,
 		`gosec_conn_cleartext_dropped_total{conn="net"} 2`,
