@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	nlattr "github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -119,7 +120,7 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 			return nil, fmt.Errorf("netio: tun %s: add address %v: %w", t.name, p, err)
 		}
 	}
-	disableIPv6(t.name)
+	disableIPv6(t.nl, link)
 	if err := t.nl.LinkSetUp(link); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("netio: tun %s: set up: %w", t.name, err)
@@ -130,12 +131,19 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 // disableIPv6 turns IPv6 off on the device before it goes up: the data
 // plane is IPv4-only, and otherwise the kernel sends its router
 // solicitations and MLD reports into the TUN, where each would be counted
-// and logged as a malformed packet. Best effort: without IPv6 in the
-// kernel there is nothing to turn off, and a read-only /proc/sys (some
-// containers) only costs those few log lines. It must run on the thread
-// that is in the device's network namespace, as OpenTUN does.
-func disableIPv6(name string) {
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1\n"), 0o644)
+// and logged as a malformed packet. Where /proc/sys is read-only (the
+// packaged unit's ProtectKernelTunables=, some containers) the device
+// gets no IPv6 address instead (addr_gen_mode none, over netlink), which
+// keeps the kernel from sending anything IPv6 into it just as well.
+// Best effort: without IPv6 in the kernel there is nothing to turn off.
+// It must run on the thread that is in the device's network namespace, as
+// OpenTUN does.
+func disableIPv6(nl *netlink.Handle, link netlink.Link) {
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+link.Attrs().Name+"/disable_ipv6", []byte("1\n"), 0o644)
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	_ = nl.LinkSetIP6AddrGenMode(link, nlattr.IN6_ADDR_GEN_MODE_NONE)
 }
 
 // addQueues attaches the steering program and then queues 1..n-1 to a
