@@ -342,6 +342,14 @@ type espSocket interface {
 	Close() error
 }
 
+// rxRingSize is the receive ring's size: 8192 frames of 2048 octets,
+// about 34 ms of 1400-octet ESP at 2.4 Gbit/s. The kernel allocates it
+// when the ring is set up. With 4 MB, four TCP streams through one
+// tunnel on a busy 2-core gateway overflowed it by about 1 % of their
+// packets (the reader off its core for a few milliseconds); with 16 MB
+// not one in the same runs (internal/netio/NOTES.md).
+const rxRingSize = 16 << 20
+
 // listenRing opens the AF_PACKET receive ring for ESP and AH (one ring
 // for both: see netio.RingConfig.Protos) when asked for; nil when not
 // asked for or unavailable (the raw sockets receive).
@@ -349,7 +357,7 @@ func (d *Daemon) listenRing() *netio.RxRing {
 	if !d.opts.RxRing {
 		return nil
 	}
-	r, err := netio.ListenRing(netio.RingConfig{Protos: []int{50, 51}, Size: 4 << 20})
+	r, err := netio.ListenRing(netio.RingConfig{Protos: []int{50, 51}, Size: rxRingSize})
 	if err != nil {
 		d.log.Warn("AF_PACKET receive ring unavailable; receiving through the raw sockets", "err", err)
 		return nil
