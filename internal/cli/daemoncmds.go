@@ -178,7 +178,7 @@ func Start(env Env, args []string) int {
 			return nil // root without --user stays root
 		}
 		// Started by a service manager with ambient capabilities: give
-		// back those needed only to start (privs.StartOnly).
+		// back those needed only to start (CAP_BPF: privs.DropExtra).
 		dropped, err := privs.DropExtra()
 		if err != nil {
 			return err

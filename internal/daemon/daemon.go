@@ -616,7 +616,8 @@ func (d *Daemon) teardown() {
 const stopWait = 20 * time.Second
 
 // waitAtMost waits for ch to be closed, or d to pass; it reports whether
-// ch was closed.
+// ch was closed. The bounds it serves are shutdown safety nets, not
+// protocol timers, so they run on the real clock, not opts.Clock.
 func waitAtMost(ch <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
