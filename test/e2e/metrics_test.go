@@ -36,7 +36,25 @@ type metricsStatus struct {
 		OutPackets uint64 `json:"out_packets"`
 		InBytes    uint64 `json:"in_bytes"`
 		OutBytes   uint64 `json:"out_bytes"`
+		Held       uint64 `json:"held"`
+		Stalls     uint64 `json:"stalls"`
+		Inline     uint64 `json:"inline_batches"`
 	} `json:"dataplane"`
+	KernelDrops *struct {
+		UnknownSPI uint64  `json:"unknown-spi"`
+		SPIs       int     `json:"spis"`
+		RingBypass *uint64 `json:"ring_bypass"`
+	} `json:"kernel_drops"`
+	RawPaths *struct {
+		Ring *struct {
+			Packets     uint64 `json:"packets"`
+			NotLocal    uint64 `json:"not_local"`
+			BadHeader   uint64 `json:"bad_header"`
+			Copied      uint64 `json:"copied"`
+			Truncated   uint64 `json:"truncated"`
+			KernelDrops uint64 `json:"kernel_drops"`
+		} `json:"ring"`
+	} `json:"raw_paths"`
 	Conns []struct {
 		Name     string        `json:"name"`
 		State    string        `json:"state"`
@@ -171,6 +189,28 @@ func TestMetricsEndpoint(t *testing.T) {
 			`gosec_dataplane_bytes_total{dir="out"}`:   float64(st.Plane.OutBytes),
 			`gosec_conn_up{conn="mx"}`:                 1,
 			`gosec_isakmp_sas{state="MAIN_I4"}`:        0,
+		}
+		want[`gosec_dataplane_held_total`] = float64(st.Plane.Held)
+		want[`gosec_dataplane_stalls_total`] = float64(st.Plane.Stalls)
+		want[`gosec_dataplane_inline_batches_total`] = float64(st.Plane.Inline)
+		if k := st.KernelDrops; k == nil || k.RingBypass == nil {
+			t.Errorf("%s: statusall has no kernel_drops with ring_bypass: %+v", d.ns, k)
+		} else {
+			want[`gosec_kernel_drops_total{reason="unknown-spi"}`] = float64(k.UnknownSPI)
+			want[`gosec_kernel_drops_total{reason="ring-bypass"}`] = float64(*k.RingBypass)
+			want[`gosec_kernel_spi_filter_spis`] = float64(k.SPIs)
+			if *k.RingBypass == 0 || k.SPIs == 0 {
+				t.Errorf("%s: the tunnel's traffic kept nothing from the IP stack (ring_bypass %d, %d SPIs)", d.ns, *k.RingBypass, k.SPIs)
+			}
+		}
+		if r := st.RawPaths; r == nil || r.Ring == nil {
+			t.Errorf("%s: statusall has no receive ring", d.ns)
+		} else {
+			g := r.Ring
+			for outcome, v := range map[string]uint64{"received": g.Packets, "not_local": g.NotLocal, "bad_header": g.BadHeader,
+				"copied": g.Copied, "truncated": g.Truncated, "kernel_drops": g.KernelDrops} {
+				want[fmt.Sprintf(`gosec_rx_ring_packets_total{outcome="%s"}`, outcome)] = float64(v)
+			}
 		}
 		if d == gw2 {
 			want[`gosec_isakmp_sas{state="MAIN_R3"}`] = 1
