@@ -153,29 +153,8 @@ func restartGuest(t *testing.T) *Ctl {
 	return guestCtl
 }
 
-// guestSendsNothing reports whether the guest's network has stopped
-// sending: ARP requests from the host namespace (busybox arping, through
-// a packet socket, so neither gosec's filter nor any SA is involved) and
-// not one answer, nor one frame more out of the guest onto the tap (its
-// rx_packets counts what QEMU writes). A live guest answers ARP whatever
-// its SAs and gosec do; what silences it is its virtio-net transmit path
-// stalling (seen once in CI: the guest's ESP output sequence stood still
-// for two minutes while it kept receiving).
-func guestSendsNothing() (bool, string) {
-	rx := func() string {
-		out, err := inNS(5*time.Second, "cat", "/sys/class/net/"+tapName+"/statistics/rx_packets")
-		if err != nil {
-			return fmt.Sprintf("? (%v)", err)
-		}
-		return strings.TrimSpace(out)
-	}
-	before := rx()
-	out, err := inNS(15*time.Second, "busybox", "arping", "-c", "3", "-w", "4", "-I", tapName, guestIP)
-	after := rx()
-	why := fmt.Sprintf("arping %s: %v, tap rx_packets %s before, %s after: %s", guestIP, err, before, after,
-		strings.Join(strings.Fields(out), " "))
-	return err != nil && before == after, why
-}
+// guestSendsNothing probes this package's guest (GuestSendsNothing).
+func guestSendsNothing() (bool, string) { return GuestSendsNothing(nsName, tapName, guestIP) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()

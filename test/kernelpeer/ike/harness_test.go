@@ -175,25 +175,9 @@ func failTraffic(t *testing.T, err error) {
 	t.Fatal(err)
 }
 
-// guestSendsNothing reports whether the guest's network has stopped
-// sending: ARP requests from the host namespace (busybox arping, through a
-// packet socket, so no SA and no filter is involved) and not one answer,
-// nor one frame more out of the guest onto the tap (its rx_packets counts
-// what QEMU writes). A live guest answers ARP whatever its SAs do.
+// guestSendsNothing probes this package's guest (GuestSendsNothing).
 func guestSendsNothing() (bool, string) {
-	rx := func() string {
-		out, err := inNS(5*time.Second, "cat", "/sys/class/net/"+tapName+"/statistics/rx_packets")
-		if err != nil {
-			return fmt.Sprintf("? (%v)", err)
-		}
-		return strings.TrimSpace(out)
-	}
-	before := rx()
-	out, err := inNS(15*time.Second, "busybox", "arping", "-c", "3", "-w", "4", "-I", tapName, guestIP)
-	after := rx()
-	why := fmt.Sprintf("arping %s: %v, tap rx_packets %s before, %s after: %s", guestIP, err, before, after,
-		strings.Join(strings.Fields(out), " "))
-	return err != nil && before == after, why
+	return kernelpeer.GuestSendsNothing(nsName, tapName, guestIP)
 }
 
 // restartGuest boots a fresh guest on the same tap (kpike.sh restart) and
