@@ -3,7 +3,6 @@ package netio
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"sync"
@@ -80,11 +79,11 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 	var err error
 	switch {
 	case cfg.Queues > 1:
-		dev, err = openQueue(cfg.Name, cfg.MTU, !cfg.NoOffload)
+		dev, err = openQueue(cfg.Name, !cfg.NoOffload)
 	case cfg.NoOffload:
-		dev, err = createPlainTUN(cfg.Name, cfg.MTU)
+		dev, err = openTUNFile(cfg.Name, unix.IFF_TUN|unix.IFF_NO_PI)
 	default:
-		dev, err = tun.CreateTUN(cfg.Name, cfg.MTU)
+		dev, err = openTUNFile(cfg.Name, unix.IFF_TUN|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netio: create tun %s: %w", cfg.Name, err)
@@ -94,14 +93,11 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 		t.name = name
 	}
 	if cfg.Queues > 1 {
-		if err := t.addQueues(cfg.Queues, cfg.MTU, !cfg.NoOffload); err != nil {
+		if err := t.addQueues(cfg.Queues, !cfg.NoOffload); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("netio: tun %s: %w", t.name, err)
 		}
 	}
-	// wireguard's tun reports link events on a small channel with blocking
-	// sends; drain it so its listener goroutines never stall.
-	go t.drainEvents(dev)
 	t.nl, err = netlinkHere()
 	if err != nil {
 		t.Close()
@@ -113,6 +109,10 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 		return nil, fmt.Errorf("netio: tun %s: %w", t.name, err)
 	}
 	t.index = link.Attrs().Index
+	if err := t.nl.LinkSetMTU(link, cfg.MTU); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("netio: tun %s: set MTU %d: %w", t.name, cfg.MTU, err)
+	}
 	for _, p := range cfg.Addrs {
 		a := &netlink.Addr{IPNet: prefixToIPNet(p)}
 		if err := t.nl.AddrAdd(link, a); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -150,7 +150,7 @@ func disableIPv6(nl *netlink.Handle, link netlink.Link) {
 // multi-queue device. Without eBPF (an old kernel, a seccomp profile, no
 // CAP_BPF) it attaches no more queues: the device works with one, and
 // SteerErr says why.
-func (t *TUN) addQueues(n, mtu int, offload bool) error {
+func (t *TUN) addQueues(n int, offload bool) error {
 	s, err := loadSteering(n)
 	if err == nil {
 		err = withFD(t.dev, s.attach)
@@ -164,12 +164,11 @@ func (t *TUN) addQueues(n, mtu int, offload bool) error {
 	}
 	t.steer = s
 	for i := 1; i < n; i++ {
-		q, err := openQueue(t.name, mtu, offload)
+		q, err := openQueue(t.name, offload)
 		if err != nil {
 			return fmt.Errorf("queue %d: %w", i, err)
 		}
 		t.queues = append(t.queues, q)
-		go t.drainEvents(q)
 	}
 	return nil
 }
@@ -189,12 +188,12 @@ func withFD(dev tun.Device, f func(fd int) error) error {
 
 // openQueue creates the multi-queue device name or attaches one more
 // queue to it.
-func openQueue(name string, mtu int, offload bool) (tun.Device, error) {
+func openQueue(name string, offload bool) (tun.Device, error) {
 	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
 	if offload {
 		flags |= unix.IFF_VNET_HDR
 	}
-	return openTUNFile(name, mtu, flags)
+	return openTUNFile(name, flags)
 }
 
 // Queues returns the number of queues the device has (1 unless it was
@@ -260,18 +259,21 @@ func (q *TUNQueue) Write(bufs [][]byte, offset int) (int, error) {
 	return q.t.write(q.dev, bufs, offset)
 }
 
-// createPlainTUN opens a TUN without IFF_VNET_HDR; wireguard's tun package
-// then reads and writes one packet per call.
-func createPlainTUN(name string, mtu int) (tun.Device, error) {
-	return openTUNFile(name, mtu, unix.IFF_TUN|unix.IFF_NO_PI)
-}
-
-// openTUNFile opens /dev/net/tun, attaches it to device name with flags
-// (TUNSETIFF: creating the device or, with IFF_MULTI_QUEUE, adding a
-// queue), makes it non-blocking before Go's poller sees it and hands it to
-// wireguard's tun package, which turns offloads on when flags ask for the
-// virtio-net header.
-func openTUNFile(name string, mtu int, flags uint16) (tun.Device, error) {
+// openTUNFile opens /dev/net/tun and attaches it to device name with
+// flags (TUNSETIFF: creating the device or, with IFF_MULTI_QUEUE, adding a
+// queue), then hands it to wireguard's tun package, which makes it
+// non-blocking before Go's poller sees it and turns offloads on when flags
+// ask for the virtio-net header. The device is unmonitored: wireguard's
+// CreateTUN would also start, per queue, a netlink listener blocked in
+// ppoll on a thread of its own and a goroutine that writes to the device
+// every second to learn whether it is up, for link events gosec has no
+// use for. That write was a system call every second from an otherwise
+// idle daemon, and every system call made while Go's sysmon thread sleeps
+// waiting for work wakes it (a futex wake, tens of microseconds on our
+// VMs) and resets its polling to 20 us: part of what made a sparse
+// packet slower through gosec than through a bare relay (NOTES.md,
+// "Latency of sparse packets"). The MTU is set over netlink (OpenTUN).
+func openTUNFile(name string, flags uint16) (tun.Device, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -290,13 +292,10 @@ func openTUNFile(name string, mtu int, flags uint16) (tun.Device, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	f := os.NewFile(uintptr(fd), "/dev/net/tun")
-	dev, err := tun.CreateTUNFromFile(f, mtu)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return dev, nil
+	// From here the descriptor belongs to the *os.File the package wraps
+	// it in: on an error that file's finalizer closes it.
+	dev, _, err := tun.CreateUnmonitoredTUNFromFD(fd)
+	return dev, err
 }
 
 // Name returns the interface name.
@@ -379,21 +378,6 @@ func (t *TUN) ioErr(op string, err error) error {
 		return fmt.Errorf("netio: tun %s: %w", op, ErrClosed)
 	default:
 		return fmt.Errorf("netio: tun %s: %w", op, err)
-	}
-}
-
-func (t *TUN) drainEvents(dev tun.Device) {
-	ev := dev.Events()
-	for {
-		select {
-		case <-t.done:
-			return
-		case e, ok := <-ev:
-			if !ok {
-				return
-			}
-			slog.Debug("tun event", "dev", t.name, "event", int(e))
-		}
 	}
 }
 
