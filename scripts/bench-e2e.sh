@@ -6,6 +6,13 @@
 #   gosec-udp  the same SAs as ESP-in-UDP (forceencaps=yes, UDP 4500)
 #   strongswan a strongSwan 5.9 pair, IKEv1 PSK, userspace ESP (kernel-libipsec,
 #              always ESP-in-UDP), set up by test/interop/
+#   null       the control for the ping goal: a bare userspace relay
+#              (internal/tools/nulltun, built by this script) in each
+#              gateway, TUN to UDP and back with no cryptography, policy or
+#              batching, on Go's netpoller with gosec's Go procs and
+#              keep-warm. Its latency above plain is what moving each packet
+#              through such a process costs on this machine, a floor for
+#              gosec's; measured with the first suite only, as plain
 # for the suites
 #   aes128gcm16       AES-128-GCM-16
 #   aes256gcm16       AES-256-GCM-16
@@ -16,7 +23,8 @@
 # with MET / NOT MET (raw ESP AES-128-GCM >= 2.5 Gbit/s and >= 14x strongSwan,
 # ESP-in-UDP AES-128-GCM >= 3 Gbit/s, AES-128-CBC/HMAC-SHA1 >= 1.5 Gbit/s on
 # either gosec path, all single stream; ping <= 0.2 ms above plain on every
-# gosec path). The ratios against issue 5's bar (>= 5x strongSwan for
+# gosec path; the null relay's ping is printed beside it as the machine's
+# floor, not judged). The ratios against issue 5's bar (>= 5x strongSwan for
 # aes128-sha1, >= 10x for aes128gcm16) are shown beside them.
 #
 #   scripts/bench-e2e.sh [-n RUNS] [-t SECS] [-o FILE] [-s SUITES] [-p PATHS] [-U] [-b] [-P DIR]
@@ -24,8 +32,8 @@
 #     -t SECS    seconds per iperf3 run (default 4)
 #     -o FILE    also write the results as a markdown block to FILE
 #     -s SUITES  space-separated subset of the suites above (default: all four)
-#     -p PATHS   space-separated subset of "plain gosec gosec-udp strongswan"
-#                (default: all four)
+#     -p PATHS   space-separated subset of "plain gosec gosec-udp strongswan null"
+#                (default: all five)
 #     -U         skip the gosec ESP-in-UDP rows (same as leaving gosec-udp out of -p)
 #     -b         exit 3 when a goal of issue 12 that was measured is not met
 #                (default: report only)
@@ -35,9 +43,10 @@
 # Defaults take about 6-7 minutes (-s aes128gcm16 about 2). Root only.
 # Uses bin/gosec (GOSEC=path overrides; `make bench-e2e` builds it first).
 #
-# Three identical topologies (scripts/topo.sh shape, all names start with gbe-):
+# Four identical topologies (scripts/topo.sh shape, all names start with gbe-):
 #   gbe-p-*  plain (static routes between the LANs), gbe-g-* gosec,
-#   gbe-s-*  strongSwan (test/interop/topo.sh, NS_PREFIX=gbe-s-)
+#   gbe-s-*  strongSwan (test/interop/topo.sh, NS_PREFIX=gbe-s-),
+#   gbe-n-*  the null relay (UDP port 4790 between the WAN addresses)
 #   lan1 10.1.0.2 -- gw1 10.1.0.1 | 192.0.2.1 ==veth== 192.0.2.2 | 10.2.0.1 gw2 -- lan2 10.2.0.2
 # The runs of all paths of a suite are interleaved (run 1 of every path, then
 # run 2, ...) so that load from elsewhere on the machine hits them alike.
@@ -56,7 +65,7 @@ IOP=$ROOT/test/interop
 
 log() { printf '%s\n' "$*" >&2; }
 ALL_SUITES="aes128gcm16 aes256gcm16 chacha20poly1305 aes128-sha1"
-ALL_PATHS="plain gosec gosec-udp strongswan"
+ALL_PATHS="plain gosec gosec-udp strongswan null"
 RUNS=3 SECS=4 OUT='' SUITES=$ALL_SUITES SEL_PATHS=$ALL_PATHS UDP=1 BARFAIL='' PROF=''
 usage() { awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2; }
 while getopts "n:t:o:s:p:UbP:h" o; do
@@ -96,11 +105,11 @@ T0=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 awk -v l="${LOAD0%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 2)}' &&
   log "bench-e2e: warning: load average $LOAD0 on $(nproc) cores; other work will make the numbers noisy"
-PP=gbe-p- PG=gbe-g- PS=gbe-s-
+PP=gbe-p- PG=gbe-g- PS=gbe-s- PN=gbe-n-
 SS_L=${PS}left SS_R=${PS}right SS_LL=${PS}leftlan SS_RL=${PS}rightlan
 RUNBASE=${GOSEC_INTEROP_RUN:-/run/gosec-interop}
 TMP=$(mktemp -d /tmp/gosec-bench.XXXXXX)
-SRV_PIDS=() SS_UP='' G_UP=''
+SRV_PIDS=() SS_UP='' G_UP='' NULL_PIDS=()
 
 # quiet: run a command, show its output only if it fails
 quiet() {
@@ -111,7 +120,7 @@ quiet() {
 cleanup() {
   local rc=$? p
   trap - EXIT INT TERM
-  for p in "${SRV_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${SRV_PIDS[@]}" "${NULL_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for gw in gw1 gw2; do
     [ -S "$TMP/$gw.ctl" ] && ip netns exec "${PG}$gw" "$BIN" stop --socket "$TMP/$gw.ctl" >/dev/null 2>&1 || true
   done
@@ -121,6 +130,7 @@ cleanup() {
   fi
   scripts/topo.sh down "$PP" >/dev/null 2>&1 || true
   scripts/topo.sh down "$PG" >/dev/null 2>&1 || true
+  scripts/topo.sh down "$PN" >/dev/null 2>&1 || true
   NS_PREFIX=$PS "$IOP/topo.sh" down >/dev/null 2>&1 || true
   if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
     for gw in gw1 gw2; do
@@ -146,19 +156,44 @@ pct() { awk -v d="$1" -v hz="$HZ" -v w="$2" 'BEGIN {printf "%.0f", 100 * d / hz 
 now() { date +%s.%N; }
 
 # ---------------------------------------------------------------- topologies
-log "bench-e2e: topologies ${PP}* ${PG}* ${PS}*"
+log "bench-e2e: topologies ${PP}* ${PG}* ${PS}*$(has_path null && echo " ${PN}*")"
 scripts/topo.sh up "$PP"
 scripts/topo.sh up "$PG"
+has_path null && scripts/topo.sh up "$PN"
 NS_PREFIX=$PS quiet "$IOP/topo.sh" up
 ip -n "${PP}gw1" route add 10.2.0.0/24 via 192.0.2.2
 ip -n "${PP}gw2" route add 10.1.0.0/24 via 192.0.2.1
 
 # path -> client namespace and server namespace
-declare -A CLI_NS=([plain]=${PP}lan1 [gosec]=${PG}lan1 [gosec-udp]=${PG}lan1 [strongswan]=$SS_LL)
-for ns in "${PP}lan2" "${PG}lan2" "$SS_RL"; do
+declare -A CLI_NS=([plain]=${PP}lan1 [gosec]=${PG}lan1 [gosec-udp]=${PG}lan1 [strongswan]=$SS_LL [null]=${PN}lan1)
+for ns in "${PP}lan2" "${PG}lan2" "$SS_RL" $(has_path null && echo "${PN}lan2"); do
   ip netns exec "$ns" iperf3 -s -B 10.2.0.2 >/dev/null 2>&1 &
   SRV_PIDS+=($!)
 done
+
+# ---------------------------------------------------------------- null relay
+# A nulltun in each gateway of ${PN}*: the LANs are routed into its TUN,
+# which it relays over UDP to the other gateway's (nothing else).
+declare -A NPID
+if has_path null; then
+  log "bench-e2e: building nulltun"
+  CGO_ENABLED=0 go build -o "$TMP/nulltun" ./internal/tools/nulltun
+  for i in 1 2; do
+    o=$((3 - i))
+    ip netns exec "${PN}gw$i" "$TMP/nulltun" -tun null0 -local "192.0.2.$i:4790" -peer "192.0.2.$o:4790" \
+      >"$TMP/null$i.json" 2>"$TMP/null$i.err" &
+    NULL_PIDS+=($!) NPID[gw$i]=$!
+  done
+  for i in 1 2; do
+    for _ in $(seq 50); do ip -n "${PN}gw$i" link show null0 >/dev/null 2>&1 && break; sleep 0.1; done
+    ip -n "${PN}gw$i" link set null0 up ||
+      { log "bench-e2e: nulltun in ${PN}gw$i did not start:"; cat "$TMP/null$i.err" >&2; exit 1; }
+  done
+  ip -n "${PN}gw1" route add 10.2.0.0/24 dev null0
+  ip -n "${PN}gw2" route add 10.1.0.0/24 dev null0
+  ip netns exec "${PN}lan1" ping -q -c 2 -i 0.2 -W 2 10.2.0.2 >/dev/null ||
+    { log "bench-e2e: no ping through the null relay"; exit 1; }
+fi
 
 # ---------------------------------------------------------------- gosec
 # One config for both gateways (each finds its side by its addresses, as in
@@ -253,6 +288,7 @@ activate() {
     gosec) gosec_use "gosec-$2-raw"; CPIDS="${GPID[gw1]} ${GPID[gw2]}" ;;
     gosec-udp) gosec_use "gosec-$2-udp"; CPIDS="${GPID[gw1]} ${GPID[gw2]}" ;;
     strongswan) CPIDS="$SPID_L $SPID_R" ;;
+    null) gosec_use ""; CPIDS="${NPID[gw1]} ${NPID[gw2]}" ;;
   esac
 }
 # iperf NS STREAMS -> receiver Mbit/s (0 if iperf3 failed)
@@ -365,7 +401,9 @@ for s in $SUITES; do
     ss_stop
     has_path strongswan && log "bench-e2e: suite $s: strongSwan n/a (no test/interop/conf/$s: its IKEv1 cannot negotiate it)"
   fi
-  # the plain path does not depend on the suite: measured with the first
+  # the plain path and the null relay do not depend on the suite: measured
+  # with the first
+  [ -n "$FIRST" ] && has_path null && paths+=(null)
   [ -n "$FIRST" ] && has_path plain && paths=(plain "${paths[@]}")
   FIRST=
   [ ${#paths[@]} -gt 0 ] || continue
@@ -401,7 +439,7 @@ ratio() { awk -v a="$1" -v b="$2" -v f="${3:-%.1f}" 'BEGIN {if (a == "n/a" || b 
 cpu_cell() { [[ $2 = plain ]] && { echo -; return; }; echo "$(med "$1|$2|gw1_$3")/$(med "$1|$2|gw2_$3")"; }
 declare -A BAR=([aes128-sha1]=5 [aes128gcm16]=10)
 declare -A LABEL=([plain]="plain routed (no IPsec)" [gosec]="gosec, raw ESP" [gosec-udp]="gosec, ESP-in-UDP"
-  [strongswan]="strongSwan kernel-libipsec (ESP-in-UDP)")
+  [strongswan]="strongSwan kernel-libipsec (ESP-in-UDP)" [null]="null userspace relay (control: no IPsec)")
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 COMMIT=$(git -c safe.directory="$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 if [ -n "${GOSEC:-}" ]; then GOSEC_DESC="$GOSEC (work tree at $COMMIT)"; else GOSEC_DESC="$COMMIT"; fi
@@ -442,9 +480,9 @@ gm() { med "$1|$2|$3"; }
   echo "| suite | path | 1 stream (Mbit/s) | 4 streams (Mbit/s) | ping avg (ms) | ping - plain (ms) | gateway CPU gw1/gw2, 1 stream (% of a core) | 4 streams | machine busy 1 / 4 streams (% of $(nproc) cores) |"
   echo "|---|---|--:|--:|--:|--:|--:|--:|--:|"
   for s in $SUITES; do
-    for p in plain "${PATHS[@]}"; do
-      if [ $p = plain ]; then
-        [ "$s" = "$first" ] && has_path plain || continue
+    for p in plain null "${PATHS[@]}"; do
+      if [ $p = plain ] || [ $p = null ]; then
+        [ "$s" = "$first" ] && has_path $p || continue
         sl="-"
       else
         sl=$s
@@ -502,6 +540,14 @@ gm() { med "$1|$2|$3"; }
   fi
   goal "ping through the tunnel above plain, worst gosec path$wl" "$worst" 0.2 ms le
   echo
+  NULL_PING=$(gm "$first" null ping)
+  if [ "$NULL_PING" != n/a ] && [ "$PLAIN_PING" != n/a ]; then
+    nd=$(awk -v a="$NULL_PING" -v b="$PLAIN_PING" 'BEGIN {printf "%.3f", a - b}')
+    echo "Control for the ping goal: the null userspace relay (no cryptography, no policy) is $nd ms above plain on this machine:" \
+      "what moving each packet through a process (Go, woken by its netpoller, as gosec is) costs here, four times per round trip."
+    [ "$worst" != n/a ] && echo "The worst gosec path is $(awk -v a="$worst" -v b="$nd" 'BEGIN {printf "%.3f", a - b}') ms above the null relay."
+    echo
+  fi
   if [ "$GOALS_FAILED" -eq 0 ]; then echo "Goals of issue 12 measured in this run: **all met**."; else echo "Goals of issue 12: **$GOALS_FAILED not met**."; fi
 } >"$TMP/report.md"
 echo

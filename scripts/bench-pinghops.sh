@@ -12,15 +12,20 @@
 # reading, sealing or opening, sending or writing, the kernel's part),
 # and beside it ping's own round trip.
 #
-#   scripts/bench-pinghops.sh [-n PINGS] [-u]
+# With -N the gateways run the null relay instead (internal/tools/nulltun:
+# TUN to UDP port 4790 and back, no cryptography), the control that
+# scripts/bench-e2e.sh measures as path "null": the same table for a
+# process that does nothing but move the packet.
+#
+#   scripts/bench-pinghops.sh [-n PINGS] [-u | -N]
 # Root only; uses bin/gosec (GOSEC=path overrides); needs tcpdump.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-N=40 ENCAP=''
-while getopts "n:uh" o; do
+N=40 ENCAP='' NULL=''
+while getopts "n:uNh" o; do
   case "$o" in
-    n) N=$OPTARG ;; u) ENCAP=1 ;;
+    n) N=$OPTARG ;; u) ENCAP=1 ;; N) NULL=1 ;;
     *) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2 ;;
   esac
 done
@@ -31,11 +36,11 @@ BIN=${GOSEC:-bin/gosec}
 [ -x "$BIN" ] || { echo "bench-pinghops: no $BIN (run make build)" >&2; exit 1; }
 P=glt-
 T=$(mktemp -d /tmp/gosec-pinghops.XXXXXX)
-CAPS=()
+CAPS=() RELAYS=()
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  for p in "${CAPS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${CAPS[@]}" "${RELAYS[@]}"; do kill "$p" 2>/dev/null || true; done
   for gw in gw1 gw2; do
     [ -S "$T/$gw.ctl" ] && ip netns exec "${P}$gw" "$BIN" stop --socket "$T/$gw.ctl" >/dev/null 2>&1 || true
   done
@@ -47,21 +52,35 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 scripts/topo.sh up "$P" >/dev/null
-hk() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
-{
-  printf 'conn t\n\ttype=tunnel\n\tauto=add\n\tleft=192.0.2.1\n\tleftsubnet=10.1.0.0/24\n\tright=192.0.2.2\n\trightsubnet=10.2.0.0/24\n'
-  printf '\tesp=aes128gcm16\n\tleftspi=0x1001\n\trightspi=0x2001\n\tleftespenckey=0x%s\n\trightespenckey=0x%s\n' "$(hk 20)" "$(hk 20)"
-  [ -n "$ENCAP" ] && printf '\tforceencaps=yes\n'
-} >"$T/ipsec.conf"
-: >"$T/ipsec.secrets"
-chmod 600 "$T/ipsec.conf" "$T/ipsec.secrets"
-for gw in gw1 gw2; do
-  ip netns exec "${P}$gw" "$BIN" start ${GOSEC_START_ARGS:-} --config "$T/ipsec.conf" --socket "$T/$gw.ctl" --log "$T/$gw.log" >/dev/null
-  ip netns exec "${P}$gw" "$BIN" up t --socket "$T/$gw.ctl" >/dev/null
-done
+if [ -n "$NULL" ]; then
+  CGO_ENABLED=0 go build -o "$T/nulltun" ./internal/tools/nulltun
+  for i in 1 2; do
+    ip netns exec "${P}gw$i" "$T/nulltun" -tun null0 -local "192.0.2.$i:4790" -peer "192.0.2.$((3 - i)):4790" >/dev/null 2>"$T/null$i.err" &
+    RELAYS+=($!)
+  done
+  for i in 1 2; do
+    for _ in $(seq 50); do ip -n "${P}gw$i" link show null0 >/dev/null 2>&1 && break; sleep 0.1; done
+    ip -n "${P}gw$i" link set null0 up || { cat "$T/null$i.err" >&2; exit 1; }
+  done
+  ip -n "${P}gw1" route add 10.2.0.0/24 dev null0
+  ip -n "${P}gw2" route add 10.1.0.0/24 dev null0
+else
+  hk() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
+  {
+    printf 'conn t\n\ttype=tunnel\n\tauto=add\n\tleft=192.0.2.1\n\tleftsubnet=10.1.0.0/24\n\tright=192.0.2.2\n\trightsubnet=10.2.0.0/24\n'
+    printf '\tesp=aes128gcm16\n\tleftspi=0x1001\n\trightspi=0x2001\n\tleftespenckey=0x%s\n\trightespenckey=0x%s\n' "$(hk 20)" "$(hk 20)"
+    [ -n "$ENCAP" ] && printf '\tforceencaps=yes\n'
+  } >"$T/ipsec.conf"
+  : >"$T/ipsec.secrets"
+  chmod 600 "$T/ipsec.conf" "$T/ipsec.secrets"
+  for gw in gw1 gw2; do
+    ip netns exec "${P}$gw" "$BIN" start ${GOSEC_START_ARGS:-} --config "$T/ipsec.conf" --socket "$T/$gw.ctl" --log "$T/$gw.log" >/dev/null
+    ip netns exec "${P}$gw" "$BIN" up t --socket "$T/$gw.ctl" >/dev/null
+  done
+fi
 ip netns exec "${P}lan1" ping -q -c 2 -i 0.2 -W 2 10.2.0.2 >/dev/null ||
   { echo "bench-pinghops: no ping through the tunnel" >&2; exit 1; }
-wan=esp; [ -n "$ENCAP" ] && wan="udp port 4500"
+wan=esp; [ -n "$ENCAP" ] && wan="udp port 4500"; [ -n "$NULL" ] && wan="udp port 4790"
 cap() { # cap GW IFACE FILTER
   ip netns exec "${P}$1" tcpdump -i "$2" -n -tt --time-stamp-precision=nano -l "$3" >"$T/$1-$2.txt" 2>/dev/null &
   CAPS+=($!)
@@ -73,8 +92,9 @@ sleep 0.5
 for p in "${CAPS[@]}"; do kill "$p" 2>/dev/null || true; done
 wait "${CAPS[@]}" 2>/dev/null || true
 CAPS=()
-path="raw ESP"; [ -n "$ENCAP" ] && path="ESP-in-UDP"
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, Linux $(uname -r); gosec $(git rev-parse --short HEAD 2>/dev/null || echo '?'); aes128gcm16, $path; $N pings 50 ms apart, ping's average round trip $RTT ms; load average $(cut -d' ' -f1-3 /proc/loadavg)."
+path="gosec $(git rev-parse --short HEAD 2>/dev/null || echo '?'), aes128gcm16, raw ESP"; [ -n "$ENCAP" ] && path="${path%raw ESP}ESP-in-UDP"
+[ -n "$NULL" ] && path="the null relay (nulltun, no cryptography)"
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, Linux $(uname -r); $path; $N pings 50 ms apart, ping's average round trip $RTT ms; load average $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 awk -v dir="$T" 'BEGIN {
   split("gw1-lan0 gw1-wan0 gw2-lan0", f, " ")
@@ -92,6 +112,8 @@ awk -v dir="$T" 'BEGIN {
 }' >"$T/hops"
 name=("" "gw1 seals the request (LAN in -> WAN out)" "gw2 opens the request (WAN in -> LAN out)"
   "gw2 seals the reply (LAN in -> WAN out)" "gw1 opens the reply (WAN in -> LAN out)")
+[ -n "$NULL" ] && name=("" "gw1 relays the request (LAN in -> WAN out)" "gw2 relays the request (WAN in -> LAN out)"
+  "gw2 relays the reply (LAN in -> WAN out)" "gw1 relays the reply (WAN in -> LAN out)")
 echo "| hop | median (us) | p10 | p90 |"
 echo "|---|--:|--:|--:|"
 for k in 1 2 3 4; do
