@@ -76,7 +76,8 @@ bench-pipeline:
 	scripts/bench-pipeline.sh
 
 # LAN-to-LAN throughput, latency and CPU: gosec (raw ESP, ESP-in-UDP) vs
-# plain routing vs strongSwan, four suites, with the goals of issue 12.
+# plain routing vs strongSwan vs a null relay (the latency control), four
+# suites, with the goals of issue 12.
 bench-e2e: build
 	scripts/deps.sh bench
 	flock /tmp/gosec-roottests.lock scripts/bench-e2e.sh
