@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -46,11 +47,18 @@ func TestTUNEchoRoundTrip(t *testing.T) {
 			local := netip.MustParseAddr("10.231.5.1")
 			remote := netip.MustParseAddr("10.231.5.2")
 			var tn *TUN
+			before := runtime.NumGoroutine()
 			nettest.MustDo(t, ns, func() (err error) {
 				tn, err = OpenTUN(TUNConfig{Name: "gnio-tun0", MTU: 1400, Addrs: []netip.Prefix{netip.PrefixFrom(local, 24)}, NoOffload: tc.noOffload})
 				return err
 			})
 			defer tn.Close()
+			// The device is unmonitored: no link-event listeners of
+			// wireguard's (a thread in ppoll, a goroutine writing to the
+			// device every second) and nothing draining their events.
+			if n := settledGoroutines(before); n > before {
+				t.Errorf("an open TUN runs %d goroutines of its own, want none", n-before)
+			}
 			if tn.Offload() == tc.noOffload {
 				t.Fatalf("Offload() = %v with NoOffload %v", tn.Offload(), tc.noOffload)
 			}
@@ -274,4 +282,15 @@ func TestTUNNoIPv6(t *testing.T) {
 			t.Errorf("the kernel sent a packet into a fresh TUN: version %d, %d octets: % x", iphdr.Version(pkt), len(pkt), pkt[:min(len(pkt), 48)])
 		}
 	}
+}
+
+// settledGoroutines waits up to two seconds for the number of goroutines
+// to come down to want (goroutines that were ending may still be counted)
+// and returns the last count.
+func settledGoroutines(want int) int {
+	n := runtime.NumGoroutine()
+	for deadline := time.Now().Add(2 * time.Second); n > want && time.Now().Before(deadline); n = runtime.NumGoroutine() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return n
 }
