@@ -3,17 +3,20 @@
 // peer, what the UDP socket receives goes into the TUN, with no
 // encryption, no policy and no batching. It is the control for the ping
 // goal of issue 12 (scripts/bench-e2e.sh, path "null"): its round trip
-// above plain routing is what any gateway that moves each packet through
-// a process costs on the machine, wake-ups and system calls included, so
+// above plain routing is what a gateway that moves each packet through a
+// Go process costs on the machine, wake-ups and system calls included, so
 // gosec's latency is judged against it as well as against plain routing.
 //
-//	nulltun -tun null0 -local 192.0.2.1:4790 -peer 192.0.2.2:4790 [-keep-warm 1ms] [-procs 1]
+//	nulltun -tun null0 -local 192.0.2.1:4790 -peer 192.0.2.2:4790 [-mtu 1400] [-keep-warm 1ms] [-procs 1]
 //
-// It creates the TUN device (IFF_TUN, no packet information, no
-// offloads); the caller gives it an address and routes. One goroutine
-// reads the TUN and sends, one receives and writes the TUN, both through
-// Go's netpoller as gosec's loops are. -procs sets GOMAXPROCS (default:
-// what gosec start gives its daemon, daemon.AutoProcs); -keep-warm
+// It creates the TUN device with gosec's own TUN layer (netio.OpenTUN:
+// one queue, virtio-net offloads, IPv6 off, up) at -mtu; the caller
+// routes into it. One goroutine reads the TUN and sends each packet, one
+// receives and writes each into the TUN, both through Go's netpoller as
+// gosec's loops are. A TCP super-packet the TUN hands over is split into
+// its segments (wireguard's tun does that), each sent as one datagram.
+// -procs sets GOMAXPROCS (default: what gosec start gives its daemon,
+// daemon.AutoProcs); -keep-warm
 // wakes the process at that interval, as gosec's default --keep-warm=1ms
 // does while traffic flows (0: off). It runs until SIGINT or SIGTERM and
 // then prints one JSON object with the packets and bytes it carried each
@@ -38,16 +41,15 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gosec-ipsec/gosec/internal/daemon"
+	"github.com/gosec-ipsec/gosec/internal/netio"
 )
 
 // Config is one tunnel end.
 type Config struct {
 	TUN      string         // device name
+	MTU      int            // the device's MTU
 	Local    netip.AddrPort // UDP address to bind
 	Peer     netip.AddrPort // the other end's UDP address
 	KeepWarm time.Duration  // 0: no keep-warm wake-ups
@@ -76,55 +78,47 @@ func (c *counters) snapshot() Counts {
 	}
 }
 
-// openTUN creates TUN device name (IFF_TUN | IFF_NO_PI) and returns it as
-// a nonblocking file, so that its reads park in Go's netpoller.
-func openTUN(name string) (*os.File, error) {
-	if len(name) == 0 || len(name) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("tun name %q: want 1 to %d characters", name, unix.IFNAMSIZ-1)
-	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	var req [unix.IFNAMSIZ + 64]byte
-	copy(req[:], name)
-	*(*uint16)(unsafe.Pointer(&req[unix.IFNAMSIZ])) = unix.IFF_TUN | unix.IFF_NO_PI
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); errno != 0 {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, errno)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tun %s: nonblocking: %w", name, err)
-	}
-	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
+// device is the TUN as run uses it (netio.TUN; a fake in the tests).
+type device interface {
+	BatchSize() int
+	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	Write(bufs [][]byte, offset int) (int, error)
+	Close() error
 }
 
-// run carries packets between tun and conn until ctx ends.
-func run(ctx context.Context, tun *os.File, conn *net.UDPConn, peer netip.AddrPort, keepWarm time.Duration, c *counters) {
+// run carries packets between dev and conn until ctx ends.
+func run(ctx context.Context, dev device, conn *net.UDPConn, peer netip.AddrPort, keepWarm time.Duration, c *counters) {
+	const off = netio.TUNHeadroom
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // TUN -> peer
 		defer wg.Done()
-		buf := make([]byte, 65536)
+		bufs := make([][]byte, max(dev.BatchSize(), 1))
+		sizes := make([]int, len(bufs))
+		for i := range bufs {
+			bufs[i] = make([]byte, off+65536)
+		}
 		for {
-			n, err := tun.Read(buf)
+			n, err := dev.Read(bufs, sizes, off)
 			if err != nil {
 				return
 			}
-			if _, err := conn.WriteToUDPAddrPort(buf[:n], peer); err != nil {
-				c.failed.Add(1)
-				continue
+			for i := range n {
+				if _, err := conn.WriteToUDPAddrPort(bufs[i][off:off+sizes[i]], peer); err != nil {
+					c.failed.Add(1)
+					continue
+				}
+				c.toPeer.Add(1)
+				c.toPeerBytes.Add(uint64(sizes[i]))
 			}
-			c.toPeer.Add(1)
-			c.toPeerBytes.Add(uint64(n))
 		}
 	}()
 	go func() { // peer -> TUN
 		defer wg.Done()
-		buf := make([]byte, 65536)
+		buf := make([]byte, off+65536)
+		one := [][]byte{nil}
 		for {
-			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			n, from, err := conn.ReadFromUDPAddrPort(buf[off:])
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
@@ -135,7 +129,8 @@ func run(ctx context.Context, tun *os.File, conn *net.UDPConn, peer netip.AddrPo
 				c.failed.Add(1)
 				continue
 			}
-			if _, err := tun.Write(buf[:n]); err != nil {
+			one[0] = buf[:off+n]
+			if _, err := dev.Write(one, off); err != nil {
 				c.failed.Add(1)
 				continue
 			}
@@ -158,7 +153,7 @@ func run(ctx context.Context, tun *os.File, conn *net.UDPConn, peer netip.AddrPo
 	} else {
 		<-ctx.Done()
 	}
-	tun.Close()
+	dev.Close()
 	conn.Close()
 	wg.Wait()
 }
@@ -174,6 +169,7 @@ func main() {
 		}
 	)
 	flag.StringVar(&cfg.TUN, "tun", "null0", "TUN device to create")
+	flag.IntVar(&cfg.MTU, "mtu", 1400, "the TUN's MTU (a relayed packet is 28 octets longer on the wire)")
 	flag.StringVar(&local, "local", "", "local UDP address:port (required)")
 	flag.StringVar(&peer, "peer", "", "the peer's UDP address:port (required)")
 	flag.DurationVar(&cfg.KeepWarm, "keep-warm", time.Millisecond, "wake-up interval that keeps the process warm (0: off)")
@@ -196,7 +192,7 @@ func main() {
 		runtime.GOMAXPROCS(procs)
 	}
 
-	tun, err := openTUN(cfg.TUN)
+	tun, err := netio.OpenTUN(netio.TUNConfig{Name: cfg.TUN, MTU: cfg.MTU})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nulltun: %v\n", err)
 		os.Exit(1)
