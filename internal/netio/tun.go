@@ -270,9 +270,9 @@ func (q *TUNQueue) Write(bufs [][]byte, offset int) (int, error) {
 // use for. That write was a system call every second from an otherwise
 // idle daemon, and every system call made while Go's sysmon thread sleeps
 // waiting for work wakes it (a futex wake, tens of microseconds on our
-// VMs) and resets its polling to 20 us: part of what made a sparse
-// packet slower through gosec than through a bare relay (NOTES.md,
-// "Latency of sparse packets"). The MTU is set over netlink (OpenTUN).
+// VMs) and resets its polling to 20 us (NOTES.md, "Latency of sparse
+// packets"; this alone did not move a ping's latency measurably). The
+// MTU is set over netlink (OpenTUN).
 func openTUNFile(name string, flags uint16) (tun.Device, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -370,8 +370,8 @@ func (t *TUN) SetMTU(mtu int) error {
 	return nil
 }
 
-// ioErr wraps a device error; once Close was called it is ErrClosed
-// (wireguard's tun first reports its closed netlink listener instead).
+// ioErr wraps a device error; once Close was called it is ErrClosed,
+// whatever the closed file reported.
 func (t *TUN) ioErr(op string, err error) error {
 	select {
 	case <-t.done:
