@@ -118,25 +118,30 @@ func buildDeb(t *testing.T) string {
 // credentials, capabilities, no_new_privs, seccomp filter and read-only
 // /usr, adds a conn and runs systemctl reload (same main PID, the conn
 // listed), and systemctl stop (inactive, Result=success). Skipped (failed
-// under CI=true) when systemd cannot be booted in a container here.
+// under CI=true) when systemd cannot be booted in a container here. A
+// container whose systemd does not come up is tried once more in a fresh
+// one first: on a loaded CI machine a boot once stalled for 60 s (state
+// "", nothing on its console) and the next, seconds later, took 20 s.
 func TestSystemdNspawn(t *testing.T) {
 	testutil.NeedRoot(t)
 	need(t, "systemd-nspawn", "nsenter", "unshare", "dpkg-deb", "od")
 	root := moduleRoot(t)
 	deb := buildDeb(t)
-	work, err := os.MkdirTemp("", "gsp-nspawn-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(work)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "test", "packaging", "testdata", "deb-in-nspawn.sh"), deb, work)
-	b, err := cmd.CombinedOutput()
-	log := string(b)
-	t.Logf("deb-in-nspawn.sh:\n%s", log)
-	if m := regexp.MustCompile(`(?m)^NOBOOT (.*)$`).FindStringSubmatch(log); m != nil {
-		testutil.Need(t, false, "systemd-nspawn cannot boot systemd here: "+m[1])
+	noBoot := regexp.MustCompile(`(?m)^NOBOOT (.*)$`)
+	var (
+		log string
+		err error
+	)
+	for attempt := 1; ; attempt++ {
+		log, err = debInNspawn(t, root, deb)
+		t.Logf("deb-in-nspawn.sh (attempt %d):\n%s", attempt, log)
+		m := noBoot.FindStringSubmatch(log)
+		if m == nil {
+			break
+		}
+		if attempt == 2 {
+			testutil.Need(t, false, "systemd-nspawn cannot boot systemd here (twice): "+m[1])
+		}
 	}
 	if err != nil {
 		t.Fatalf("deb-in-nspawn.sh: %v", err)
@@ -374,4 +379,19 @@ func TestSystemdNotify(t *testing.T) {
 	if watchdogs < 3 {
 		t.Fatalf("only %d WATCHDOG=1 in 2.2 s with WatchdogSec=1s", watchdogs)
 	}
+}
+
+// debInNspawn runs testdata/deb-in-nspawn.sh with deb in a work directory
+// of its own and returns its output.
+func debInNspawn(t *testing.T, root, deb string) (string, error) {
+	t.Helper()
+	work, err := os.MkdirTemp("", "gsp-nspawn-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b, err := exec.CommandContext(ctx, filepath.Join(root, "test", "packaging", "testdata", "deb-in-nspawn.sh"), deb, work).CombinedOutput()
+	return string(b), err
 }

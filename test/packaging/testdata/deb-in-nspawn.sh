@@ -8,7 +8,7 @@
 # Usage (as root): deb-in-nspawn.sh DEB WORKDIR
 # Prints "STEP name" before each step; exits 3 with a "NOBOOT reason"
 # line when systemd cannot be booted in a container here, non-zero at the
-# first other failure.
+# first other failure. GSP_FAKE_NOBOOT fakes the first (see STEP boot).
 set -eu
 deb=$1 work=$2
 mkdir -p "$work/upper" "$work/work" "$work/root"
@@ -22,6 +22,14 @@ uuid=$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
 echo "$uuid" > "$root/etc/machine-id"
 
 echo "STEP boot"
+# GSP_FAKE_NOBOOT=FILE (tests of the retry): no boot when FILE is not
+# there yet; FILE is made, so the next run boots (an uncreatable FILE:
+# never).
+if [ -n "${GSP_FAKE_NOBOOT:-}" ] && [ ! -e "$GSP_FAKE_NOBOOT" ]; then
+	touch "$GSP_FAKE_NOBOOT" 2>/dev/null || true
+	echo "NOBOOT faked (GSP_FAKE_NOBOOT)"
+	exit 3
+fi
 # basic.target: no host services (strongSwan on UDP 500, databases) in
 # the container; its own network namespace with only lo.
 systemd-nspawn --directory="$root" --machine="gsp-$(echo "$uuid" | cut -c1-8)" --uuid="$uuid" \
