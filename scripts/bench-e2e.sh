@@ -172,25 +172,14 @@ for ns in "${PP}lan2" "${PG}lan2" "$SS_RL" $(has_path null && echo "${PN}lan2");
 done
 
 # ---------------------------------------------------------------- null relay
-# A nulltun in each gateway of ${PN}*: the LANs are routed into its TUN,
-# which it relays over UDP to the other gateway's (nothing else).
+# A nulltun in each gateway of ${PN}* (scripts/nullrelay.sh): the LANs are
+# routed into its TUN, which it relays over UDP to the other gateway's.
 declare -A NPID
 if has_path null; then
-  log "bench-e2e: building nulltun"
-  CGO_ENABLED=0 go build -o "$TMP/nulltun" ./internal/tools/nulltun
-  for i in 1 2; do
-    o=$((3 - i))
-    ip netns exec "${PN}gw$i" "$TMP/nulltun" -tun null0 -local "192.0.2.$i:4790" -peer "192.0.2.$o:4790" \
-      >"$TMP/null$i.json" 2>"$TMP/null$i.err" &
-    NULL_PIDS+=($!) NPID[gw$i]=$!
-  done
-  for i in 1 2; do
-    for _ in $(seq 50); do ip -n "${PN}gw$i" link show null0 >/dev/null 2>&1 && break; sleep 0.1; done
-    ip -n "${PN}gw$i" link set null0 up ||
-      { log "bench-e2e: nulltun in ${PN}gw$i did not start:"; cat "$TMP/null$i.err" >&2; exit 1; }
-  done
-  ip -n "${PN}gw1" route add 10.2.0.0/24 dev null0
-  ip -n "${PN}gw2" route add 10.1.0.0/24 dev null0
+  log "bench-e2e: starting the null relay"
+  . scripts/nullrelay.sh
+  null_relay_up "$PN" "$TMP" || { log "bench-e2e: the null relay did not start"; exit 1; }
+  NULL_PIDS=("${NULL_RELAY_PIDS[@]}") NPID[gw1]=${NULL_RELAY_PIDS[0]} NPID[gw2]=${NULL_RELAY_PIDS[1]}
   ip netns exec "${PN}lan1" ping -q -c 2 -i 0.2 -W 2 10.2.0.2 >/dev/null ||
     { log "bench-e2e: no ping through the null relay"; exit 1; }
 fi

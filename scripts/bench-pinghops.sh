@@ -53,17 +53,9 @@ trap 'exit 130' INT TERM
 
 scripts/topo.sh up "$P" >/dev/null
 if [ -n "$NULL" ]; then
-  CGO_ENABLED=0 go build -o "$T/nulltun" ./internal/tools/nulltun
-  for i in 1 2; do
-    ip netns exec "${P}gw$i" "$T/nulltun" -tun null0 -local "192.0.2.$i:4790" -peer "192.0.2.$((3 - i)):4790" >/dev/null 2>"$T/null$i.err" &
-    RELAYS+=($!)
-  done
-  for i in 1 2; do
-    for _ in $(seq 50); do ip -n "${P}gw$i" link show null0 >/dev/null 2>&1 && break; sleep 0.1; done
-    ip -n "${P}gw$i" link set null0 up || { cat "$T/null$i.err" >&2; exit 1; }
-  done
-  ip -n "${P}gw1" route add 10.2.0.0/24 dev null0
-  ip -n "${P}gw2" route add 10.1.0.0/24 dev null0
+  . scripts/nullrelay.sh
+  null_relay_up "$P" "$T"
+  RELAYS=("${NULL_RELAY_PIDS[@]}")
 else
   hk() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
   {

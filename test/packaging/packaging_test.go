@@ -49,27 +49,11 @@ func TestDebInstallRunPurge(t *testing.T) {
 	testutil.NeedRoot(t)
 	need(t, "dpkg-deb", "dpkg", "systemd-analyze", "unshare", "setpriv", "useradd", "man")
 	root := moduleRoot(t)
-	out := t.TempDir()
-	build := exec.Command(filepath.Join(root, "scripts", "mkdeb.sh"), out)
-	build.Dir = root
-	b, err := build.CombinedOutput()
-	if err != nil {
-		t.Fatalf("mkdeb.sh: %v\n%s", err, b)
-	}
-	deb := strings.TrimSpace(string(b))
+	deb := buildDeb(t)
 	if info, err := exec.Command("dpkg-deb", "--info", deb).CombinedOutput(); err != nil || !strings.Contains(string(info), "Package: gosec") {
 		t.Fatalf("dpkg-deb --info: %v\n%s", err, info)
 	}
-	work, err := os.MkdirTemp("", "gsp-root-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(work)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "test", "packaging", "testdata", "deb-in-root.sh"), deb, work)
-	b, err = cmd.CombinedOutput()
-	log := string(b)
+	log, err := runDebScript(t, root, "deb-in-root.sh", deb)
 	t.Logf("deb-in-root.sh:\n%s", log)
 	if err != nil {
 		t.Fatalf("deb-in-root.sh: %v", err)
@@ -133,7 +117,7 @@ func TestSystemdNspawn(t *testing.T) {
 		err error
 	)
 	for attempt := 1; ; attempt++ {
-		log, err = debInNspawn(t, root, deb)
+		log, err = runDebScript(t, root, "deb-in-nspawn.sh", deb)
 		t.Logf("deb-in-nspawn.sh (attempt %d):\n%s", attempt, log)
 		m := noBoot.FindStringSubmatch(log)
 		if m == nil {
@@ -381,17 +365,18 @@ func TestSystemdNotify(t *testing.T) {
 	}
 }
 
-// debInNspawn runs testdata/deb-in-nspawn.sh with deb in a work directory
-// of its own and returns its output.
-func debInNspawn(t *testing.T, root, deb string) (string, error) {
+// runDebScript runs testdata/SCRIPT with deb and a work directory of its
+// own (removed afterwards), for at most three minutes, and returns its
+// output.
+func runDebScript(t *testing.T, root, script, deb string) (string, error) {
 	t.Helper()
-	work, err := os.MkdirTemp("", "gsp-nspawn-")
+	work, err := os.MkdirTemp("", "gsp-"+strings.TrimSuffix(script, ".sh")+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(work)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	b, err := exec.CommandContext(ctx, filepath.Join(root, "test", "packaging", "testdata", "deb-in-nspawn.sh"), deb, work).CombinedOutput()
+	b, err := exec.CommandContext(ctx, filepath.Join(root, "test", "packaging", "testdata", script), deb, work).CombinedOutput()
 	return string(b), err
 }
