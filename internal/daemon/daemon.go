@@ -541,9 +541,15 @@ func (d *Daemon) setup() error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.filter = filter
+	if !filter.Owned() {
+		w := fmt.Sprintf("nftables table inet %s is not owned by the daemon (the kernel lacks NFT_TABLE_F_PERSIST, Linux 6.9, or an older gosec left the table): "+
+			"a firewall reload that flushes the ruleset deletes the cleartext drops and guards; on a kernel that has the flag, gosec owns the table from its first start after a clean stop (which deletes the table)", o.FilterTable)
+		d.warnings = append(d.warnings, w)
+		d.log.Warn(w)
+	}
 	// The kernel drops ESP, AH and ESP-in-UDP of SPIs no inbound SA holds
 	// (the set starts empty, as the SAD does).
-	gate, err := netio.NewSPIGate(netio.SPIGateConfig{Table: o.FilterTable, NATTPort: udp.LocalAddr().Port()})
+	gate, err := netio.NewSPIGate(netio.SPIGateConfig{Filter: filter, NATTPort: udp.LocalAddr().Port()})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}

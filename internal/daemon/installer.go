@@ -53,6 +53,8 @@ type cleartextFilter interface {
 	Guarded(name string) (uint64, error)
 	// Counts returns every conn's counters at once (status).
 	Counts() (map[string]netio.FilterCounts, error)
+	// Owned reports whether the daemon owns the table (netio/nftown.go).
+	Owned() bool
 	Close() error
 }
 

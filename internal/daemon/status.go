@@ -66,6 +66,23 @@ type Status struct {
 	KernelDrops *KernelDropsStatus `json:"kernel_drops,omitempty"`
 	// RawPaths says how raw ESP and AH are received and sent.
 	RawPaths *RawPathStatus `json:"raw_paths,omitempty"`
+	// Firewall is the daemon's nftables table.
+	Firewall *FirewallStatus `json:"firewall,omitempty"`
+}
+
+// FirewallStatus is the daemon's nftables table: its name, and whether
+// the daemon owns it (no other process can change or delete it, and a
+// ruleset flush leaves it).
+type FirewallStatus struct {
+	Table string `json:"table"`
+	Owned bool   `json:"owned"`
+}
+
+func (f *FirewallStatus) text() string {
+	if f.Owned {
+		return fmt.Sprintf("table inet %s, owned by the daemon (kept through nft flush ruleset, closed to other processes; kept after a crash)", f.Table)
+	}
+	return fmt.Sprintf("table inet %s, NOT owned by the daemon (a ruleset flush deletes it)", f.Table)
 }
 
 // Setup returns the config setup keywords of the loaded configuration.
@@ -162,6 +179,9 @@ func (d *Daemon) status(all bool) *Status {
 	}
 	d.kernelDrops(st)
 	st.RawPaths = d.rawPaths()
+	if d.filter != nil {
+		st.Firewall = &FirewallStatus{Table: d.opts.FilterTable, Owned: d.filter.Owned()}
+	}
 	if d.natt != nil {
 		st.NATT = NATTStatus{Port: d.opts.NATTPort}
 		for _, q := range append([]*netio.NATT{d.natt}, d.nattQueues...) {
@@ -352,6 +372,9 @@ func (s *Status) WriteText(w io.Writer, all bool) {
 		}
 		if r := s.RawPaths; r != nil {
 			fmt.Fprintf(w, "  raw ESP/AH: %s\n", r.text())
+		}
+		if f := s.Firewall; f != nil {
+			fmt.Fprintf(w, "  nftables: %s\n", f.text())
 		}
 		fmt.Fprintln(w, "Connections:")
 		for _, c := range s.Conns {

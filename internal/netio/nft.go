@@ -158,10 +158,13 @@ type Filter struct {
 	// its own opened in NewFilter; nil if that failed (the sets are
 	// listed instead).
 	get *nftElemGetter
-	// nl is one lasting netlink socket, opened in NewFilter: entering
+	// sess is one lasting netlink socket, opened in NewFilter: entering
 	// the namespace (setns) needs CAP_SYS_ADMIN, which a daemon that
-	// dropped its privileges (internal/privs) no longer has.
-	nl *nftables.Conn
+	// dropped its privileges (internal/privs) no longer has. It owns the
+	// table (nftown.go) and the SPIGate shares it.
+	sess *nftSession
+	// owned: the table is owned by sess and persistent (nftown.go).
+	owned bool
 }
 
 // bankedCounts are what a conn counted on elements it no longer owns,
@@ -175,17 +178,20 @@ type filterConn struct {
 	inbound bool
 }
 
+// conn returns the session's connection (f.mu held; NewFilter opens it,
+// Close closes it). Lock f.sess.mu around its use.
 func (f *Filter) conn() (*nftables.Conn, error) {
-	if f.nl != nil {
-		return f.nl, nil
+	if f.sess == nil {
+		return nil, fmt.Errorf("netio: filter: %w", ErrClosed)
 	}
-	c, err := nftablesHere()
-	if err != nil {
-		return nil, fmt.Errorf("netio: nftables: %w", err)
-	}
-	f.nl = c
-	return c, nil
+	return f.sess.c, nil
 }
+
+// Owned reports whether the daemon's socket owns the table, so that no
+// other process can change or delete it and `nft flush ruleset` leaves it
+// (nftown.go); false on a kernel without NFT_TABLE_F_PERSIST, or when the
+// table was a stale one of an older gosec.
+func (f *Filter) Owned() bool { return f.owned }
 
 // NewFilter replaces any stale table of the same name (a crashed daemon's)
 // with a fresh one holding the ICMP rule, the cleartext chains and the
@@ -212,11 +218,13 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	f := &Filter{cfg: cfg, ns: ns, in: newPrefixUnion(), out: newPrefixUnion(),
 		conns: map[string]*filterConn{}, kept: map[string][]netip.Prefix{}, banked: map[string]bankedCounts{}}
-	c, err := f.conn()
+	sess, err := newNFTSession()
 	if err != nil {
 		ns.Close()
-		return nil, err
+		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}
+	f.sess = sess
+	c := sess.c
 	if g, err := newNftElemGetter(); err == nil {
 		f.get = g
 	}
@@ -234,16 +242,38 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 			guards[name] = append(guards[name], ps...)
 		}
 	}
-	// The guards are in the very transaction that creates the table.
+	// Own the table first (creating it, or adopting a crashed daemon's):
+	// that alone changes nothing in it, the stale guards stay in force.
+	switch err := sess.ownTable(cfg.Table); {
+	case err == nil:
+		f.owned = true
+	case errors.Is(err, unix.EOPNOTSUPP):
+		// Unowned, as before NFT_TABLE_F_PERSIST (nftown.go).
+	default:
+		if errors.Is(err, unix.EPERM) {
+			err = fmt.Errorf("%w (another process owns the table: is another gosec running in this namespace?)", err)
+		}
+		return nil, f.abortNew(c, fmt.Errorf("netio: filter: own table inet %s: %w", cfg.Table, err))
+	}
+	// The guards are in the very transaction that replaces the table's
+	// contents.
 	x := f.begin()
 	for _, name := range sortedKeys(guards) {
 		x.set(name, &filterConn{remotes: uniquePrefixes(guards[name])})
 	}
-	// Add-then-delete removes a stale table without failing when there is
-	// none; the whole batch is one atomic transaction.
-	c.AddTable(f.table)
-	c.DelTable(f.table)
-	c.AddTable(f.table)
+	if f.owned {
+		// Emptied and filled again in one atomic transaction; the table
+		// itself, and so its owner, stays.
+		if err := sess.clearTable(f.table); err != nil {
+			return nil, f.abortNew(c, fmt.Errorf("netio: filter: table inet %s: %w", cfg.Table, err))
+		}
+	} else {
+		// Add-then-delete removes a stale table without failing when
+		// there is none; the whole batch is one atomic transaction.
+		c.AddTable(f.table)
+		c.DelTable(f.table)
+		c.AddTable(f.table)
+	}
 	f.protected = &nftables.Set{Table: f.table, Name: protectedSet, KeyType: nftables.TypeIPAddr, Interval: true, Counter: true,
 		Comment: "gosec: conns' protected prefixes (inbound cleartext drop)"}
 	f.guarded = &nftables.Set{Table: f.table, Name: guardedSet, KeyType: nftables.TypeIPAddr, Interval: true, Counter: true,
@@ -325,12 +355,7 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		}
 	}
 	if err := c.Flush(); err != nil {
-		ns.Close()
-		c.CloseLasting()
-		if f.get != nil {
-			f.get.Close()
-		}
-		return nil, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err)
+		return nil, f.abortNew(c, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err))
 	}
 	x.done()
 	return f, nil
@@ -766,10 +791,12 @@ func (x *filterTxn) done() {
 func (x *filterTxn) commit() error {
 	c, err := x.f.conn()
 	if err == nil {
+		x.f.sess.mu.Lock()
 		err = x.queue(c)
-	}
-	if err == nil {
-		err = c.Flush() // nothing queued (only owners changed): nothing sent
+		if err == nil {
+			err = c.Flush() // nothing queued (only owners changed): nothing sent
+		}
+		x.f.sess.mu.Unlock()
 	}
 	if err != nil {
 		x.rollback()
@@ -979,6 +1006,8 @@ func (f *Filter) Counts() (map[string]FilterCounts, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.sess.mu.Lock()
+	defer f.sess.mu.Unlock()
 	in, err := setCounters(c, f.protected)
 	if err != nil {
 		return nil, err
@@ -1027,19 +1056,21 @@ func (f *Filter) Close() error {
 	defer func() {
 		f.ns.Close()
 		f.ns = -1
-		if f.nl != nil {
-			f.nl.CloseLasting()
-			f.nl = nil
+		if f.sess != nil {
+			f.sess.close()
+			f.sess = nil
 		}
 		if f.get != nil {
 			f.get.Close()
 			f.get = nil
 		}
 	}()
-	c, err := f.conn()
-	if err != nil {
-		return err
+	if f.sess == nil {
+		return nil // its socket is gone (tests: a crash)
 	}
+	c := f.sess.c
+	f.sess.mu.Lock()
+	defer f.sess.mu.Unlock()
 	c.DelTable(f.table)
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("netio: filter: delete table inet %s: %w", f.cfg.Table, err)
@@ -1058,9 +1089,9 @@ func RemoveFilterTable(name string) error {
 		return fmt.Errorf("netio: nftables: %w", err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	c.AddTable(t)
+	// Not add-then-delete: adding (flags 0) a persistent table fails.
 	c.DelTable(t)
-	if err := c.Flush(); err != nil {
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("netio: filter: delete table inet %s: %w", name, err)
 	}
 	return nil

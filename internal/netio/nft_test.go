@@ -266,6 +266,7 @@ func TestFilterGuard(t *testing.T) {
 		t.Error("the daemon's marked packet was dropped by the guard")
 	}
 	// A crash: the table stays. The next daemon keeps the conn's guard.
+	f.crash()
 	f2 := newFilter(FilterConfig{KeepStale: func(c string) bool { return c == "peer" }})
 	if got := f2.Kept(); len(got["peer"]) != 1 || got["peer"][0] != peer[0] {
 		t.Errorf("Kept() = %v, want peer: %v", got, peer)
@@ -285,10 +286,12 @@ func TestFilterGuard(t *testing.T) {
 	if err := f2.AddConn("peer", peer); err != nil {
 		t.Fatal(err)
 	}
+	f2.crash()
 	f3 := newFilter(FilterConfig{KeepStale: func(string) bool { return false }})
 	if !send(0, "not kept") {
 		t.Fatal("a stale guard the daemon did not keep still drops")
 	}
+	f3.crash()
 	f4 := newFilter(FilterConfig{Guards: map[string][]netip.Prefix{"routed": peer}})
 	if send(0, "initial") {
 		t.Fatal("initial guard missing")
@@ -392,6 +395,7 @@ func TestFilterAddConns(t *testing.T) {
 		t.Fatal("cleartext to a protected prefix left after AddConns replaced the rules")
 	}
 	// A crash: the next daemon keeps peer's guard and writes the conns.
+	f.crash()
 	f2 := newFilter(FilterConfig{KeepStale: func(c string) bool { return c == "peer" }})
 	if send("after restart") {
 		t.Fatal("cleartext left after the restart")
@@ -434,7 +438,7 @@ func readFilterSets(t *testing.T, f *Filter) filterSets {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	spans := func(s *nftables.Set) []span {
-		elems, err := f.nl.GetSetElements(s)
+		elems, err := f.sess.c.GetSetElements(s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -464,7 +468,7 @@ func readFilterSets(t *testing.T, f *Filter) filterSets {
 		return out
 	}
 	st := filterSets{protected: spans(f.protected), guarded: spans(f.guarded), owners: map[string][]netip.Prefix{}}
-	elems, err := f.nl.GetSetElements(f.guardConns)
+	elems, err := f.sess.c.GetSetElements(f.guardConns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -599,7 +603,7 @@ func TestFilterSharedPrefixes(t *testing.T) {
 		readFilterSets(t, f).matchModel(t, f, s.what)
 		// The single-element get (banking) reads what the listing does.
 		f.mu.Lock()
-		listed, err := setCounters(f.nl, f.guarded)
+		listed, err := setCounters(f.sess.c, f.guarded)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -666,6 +670,15 @@ func TestFilterInboundCounts(t *testing.T) {
 // and then written (AddConn) has its prefixes once, and rewriting it with
 // other prefixes lifts the initial ones; a queued change that is thrown
 // away (discardQueued) never reaches the kernel.
+// crash closes f's socket and nothing else, as the death of its process
+// would: the table stays (persistent), unowned.
+func (f *Filter) crash() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sess.close()
+	f.sess = nil
+}
+
 func TestFilterInitialGuardsRecorded(t *testing.T) {
 	testutil.NeedRoot(t)
 	p := nettest.NewPair(t, "gns-fr", netip.MustParsePrefix("10.231.23.0/24"))
@@ -705,10 +718,10 @@ func TestFilterInitialGuardsRecorded(t *testing.T) {
 	// Thrown away: a guard queued and discarded is not in the kernel,
 	// not even after the next transaction.
 	f.mu.Lock()
-	if err := f.nl.SetAddElements(f.guarded, spanElems([]span{prefixSpan(host)})); err != nil {
+	if err := f.sess.c.SetAddElements(f.guarded, spanElems([]span{prefixSpan(host)})); err != nil {
 		t.Fatal(err)
 	}
-	discardQueued(f.nl)
+	discardQueued(f.sess.c)
 	f.mu.Unlock()
 	if err := f.AddConn("another", []netip.Prefix{netip.MustParsePrefix("10.231.98.0/24")}); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package netio
 
 import (
+	"errors"
 	"runtime"
 
 	"github.com/google/nftables"
@@ -39,11 +40,14 @@ const nftRecvBuffer = 64 << 20
 const nftSendBuffer = 64 << 20
 
 // nftablesHere opens a lasting nftables connection in the calling
-// thread's namespace.
-func nftablesHere() (*nftables.Conn, error) {
+// thread's namespace, and returns the netlink socket under it too (for
+// the messages the library cannot send: nftown.go).
+func nftablesHere() (*nftables.Conn, *mdnetlink.Conn, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	return nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(c *mdnetlink.Conn) error {
+	var raw *mdnetlink.Conn
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(c *mdnetlink.Conn) error {
+		raw = c
 		rc, err := c.SyscallConn()
 		if err != nil {
 			return err
@@ -65,4 +69,12 @@ func nftablesHere() (*nftables.Conn, error) {
 		}
 		return serr
 	}))
+	if err != nil {
+		return nil, nil, err
+	}
+	if raw == nil {
+		c.CloseLasting()
+		return nil, nil, errors.New("nftables: no lasting socket")
+	}
+	return c, raw, nil
 }

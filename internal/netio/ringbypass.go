@@ -41,6 +41,7 @@ func (g *SPIGate) BypassRing() error {
 	if g.bypass != nil {
 		return nil
 	}
+	defer g.lockNL()()
 	ch := &nftables.Chain{
 		Name: ringBypassChain, Table: g.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
@@ -66,6 +67,7 @@ func (g *SPIGate) RemoveBypass() error {
 	if g.nl == nil || g.bypass == nil {
 		return nil
 	}
+	defer g.lockNL()()
 	g.nl.DelChain(g.bypass)
 	g.bypass = nil
 	if err := g.nl.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {

@@ -71,7 +71,7 @@ func TestRingBypass(t *testing.T) {
 		if f, err = NewFilter(FilterConfig{TUN: "hf-none"}); err != nil {
 			return err
 		}
-		if gate, err = NewSPIGate(SPIGateConfig{}); err != nil {
+		if gate, err = NewSPIGate(SPIGateConfig{Filter: f}); err != nil {
 			return err
 		}
 		if err := gate.Admit(admitted, p.AAddr); err != nil {
@@ -176,7 +176,7 @@ func TestRingSPIs(t *testing.T) {
 		if f, err = NewFilter(FilterConfig{TUN: "hf-none"}); err != nil {
 			return err
 		}
-		if gate, err = NewSPIGate(SPIGateConfig{}); err != nil {
+		if gate, err = NewSPIGate(SPIGateConfig{Filter: f}); err != nil {
 			return err
 		}
 		if err := gate.Admit(0x100, p.AAddr); err != nil {
@@ -285,7 +285,7 @@ func TestSPIGateMirrorFailure(t *testing.T) {
 			if f, err = NewFilter(FilterConfig{TUN: "hf-none"}); err != nil {
 				return err
 			}
-			if gate, err = NewSPIGate(SPIGateConfig{}); err != nil {
+			if gate, err = NewSPIGate(SPIGateConfig{Filter: f}); err != nil {
 				return err
 			}
 			if err := gate.MirrorTo(m); err != nil {

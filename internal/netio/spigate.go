@@ -21,6 +21,12 @@ type SPIGateConfig struct {
 	Table string
 	// NATTPort is the UDP port of ESP-in-UDP (RFC 3948); 0: no UDP rule.
 	NATTPort uint16
+	// Filter, if set, is the Filter whose table the gate goes into
+	// (Table is then ignored): the gate changes the table through the
+	// filter's socket, which owns it (Filter.Owned), and must be closed
+	// before the filter. Without it the gate opens a socket of its own,
+	// which cannot change an owned table.
+	Filter *Filter
 }
 
 // The gate's chain, set and rule tags in the Filter's table.
@@ -81,7 +87,12 @@ const (
 //
 // It is safe for concurrent use.
 type SPIGate struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// sess is the socket the gate changes its table through, the
+	// Filter's when shared (its mu is taken after g.mu, around every use
+	// of nl); nl is sess.c, nil once closed.
+	sess    *nftSession
+	shared  bool
 	nl      *nftables.Conn
 	table   *nftables.Table
 	chain   *nftables.Chain
@@ -110,11 +121,35 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 	if cfg.Table == "" {
 		cfg.Table = DefaultFilterTable
 	}
-	nl, err := nftablesHere()
-	if err != nil {
-		return nil, fmt.Errorf("netio: spi gate: nftables: %w", err)
+	var (
+		sess   *nftSession
+		shared = cfg.Filter != nil
+	)
+	if shared {
+		cfg.Filter.mu.Lock()
+		sess, cfg.Table = cfg.Filter.sess, cfg.Filter.cfg.Table
+		cfg.Filter.mu.Unlock()
+		if sess == nil {
+			return nil, fmt.Errorf("netio: spi gate: filter: %w", ErrClosed)
+		}
+	} else {
+		var err error
+		if sess, err = newNFTSession(); err != nil {
+			return nil, fmt.Errorf("netio: spi gate: nftables: %w", err)
+		}
 	}
-	g := &SPIGate{nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}, peers: map[netip.Addr]int{}}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	nl := sess.c
+	// closeNL undoes the gate's socket on failure (a shared one stays).
+	closeNL := func() {
+		if shared {
+			discardQueued(nl)
+		} else {
+			nl.CloseLasting()
+		}
+	}
+	g := &SPIGate{sess: sess, shared: shared, nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}, peers: map[netip.Addr]int{}}
 	g.chain = &nftables.Chain{
 		Name: spiGateChain, Table: g.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRaw,
@@ -129,19 +164,19 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 	nl.DelChain(g.chain)
 	probe := &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger}
 	if err := nl.AddSet(probe, nil); err != nil {
-		nl.CloseLasting()
+		closeNL()
 		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 	}
 	nl.DelSet(probe)
 	probe = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr}
 	if err := nl.AddSet(probe, nil); err != nil {
-		nl.CloseLasting()
+		closeNL()
 		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 	}
 	nl.DelSet(probe)
 	for _, set := range []*nftables.Set{g.set, g.peerSet} {
 		if err := nl.AddSet(set, nil); err != nil {
-			nl.CloseLasting()
+			closeNL()
 			return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 		}
 	}
@@ -150,7 +185,9 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 		nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
 	}
 	if err := nl.Flush(); err != nil {
-		nl.CloseLasting()
+		if !shared {
+			nl.CloseLasting()
+		}
 		return nil, fmt.Errorf("netio: spi gate: create in table inet %s: %w", cfg.Table, err)
 	}
 	return g, nil
@@ -216,6 +253,7 @@ var ErrGateOpened = errors.New("the gate is open (the daemon drops unknown SPIs 
 func (g *SPIGate) Admit(spi uint32, peer netip.Addr) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	defer g.lockNL()()
 	hold := func() {
 		g.refs.add(spi)
 		if peer.Is4() {
@@ -264,6 +302,7 @@ func (g *SPIGate) Admit(spi uint32, peer netip.Addr) error {
 func (g *SPIGate) Revoke(spi uint32, peer netip.Addr) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	defer g.lockNL()()
 	lastSPI := g.refs.del(spi)
 	lastPeer := false
 	if n, ok := g.peers[peer]; ok {
@@ -288,11 +327,13 @@ func (g *SPIGate) Revoke(spi uint32, peer netip.Addr) error {
 	}
 	if lastSPI {
 		if err := g.nl.SetDeleteElements(g.set, []nftables.SetElement{{Key: spiKey(spi)}}); err != nil {
+			discardQueued(g.nl)
 			return fmt.Errorf("netio: spi gate: revoke spi %08x: %w", spi, err)
 		}
 	}
 	if lastPeer {
 		if err := g.nl.SetDeleteElements(g.peerSet, []nftables.SetElement{{Key: peer.AsSlice()}}); err != nil {
+			discardQueued(g.nl)
 			return fmt.Errorf("netio: spi gate: revoke peer %v: %w", peer, err)
 		}
 	}
@@ -366,6 +407,7 @@ func (c SPIGateCounts) Total() uint64 { return c.ESP + c.AH + c.UDP }
 func (g *SPIGate) Counts() (SPIGateCounts, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	defer g.lockNL()()
 	out := SPIGateCounts{Admitted: g.refs.len(), Open: g.open, Err: g.why}
 	var rules []*nftables.Rule
 	if !g.open {
@@ -451,9 +493,12 @@ func (g *SPIGate) Close() error {
 		return nil
 	}
 	defer func() {
-		g.nl.CloseLasting()
+		if !g.shared {
+			g.nl.CloseLasting()
+		}
 		g.nl = nil
 	}()
+	defer g.lockNL()()
 	if g.bypass != nil {
 		g.nl.DelChain(g.bypass)
 		g.bypass = nil
@@ -465,6 +510,16 @@ func (g *SPIGate) Close() error {
 		return fmt.Errorf("netio: spi gate: remove: %w", err)
 	}
 	return nil
+}
+
+// lockNL takes the socket's lock (g.mu held) and returns its release.
+// Every change queued under it is flushed or discarded before the
+// release: on a shared socket, anything left queued would go out with the
+// Filter's next transaction. (The library's Flush empties the queue even
+// when it fails.)
+func (g *SPIGate) lockNL() func() {
+	g.sess.mu.Lock()
+	return g.sess.mu.Unlock
 }
 
 // spiRefs counts the holds on each admitted SPI.

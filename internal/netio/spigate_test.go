@@ -67,15 +67,15 @@ func newGateRig(t *testing.T) *gateRig {
 			return err
 		}
 		// A second gate replaces the first one's chain and set.
-		g, err := NewSPIGate(SPIGateConfig{NATTPort: gateNATT})
+		g, err := NewSPIGate(SPIGateConfig{Filter: f, NATTPort: gateNATT})
 		if err != nil {
 			return err
 		}
 		if err := g.Admit(0x7777, r.p.AAddr); err != nil {
 			return err
 		}
-		g.nl.CloseLasting()
-		if r.gate, err = NewSPIGate(SPIGateConfig{NATTPort: gateNATT}); err != nil {
+		// Abandoned, not closed: its chain and set stay.
+		if r.gate, err = NewSPIGate(SPIGateConfig{Filter: f, NATTPort: gateNATT}); err != nil {
 			return err
 		}
 		if r.esp, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP}); err != nil {

@@ -1,0 +1,196 @@
+package netio
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/gosec-ipsec/gosec/internal/nettest"
+	"github.com/gosec-ipsec/gosec/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// TestFilterOwnedTable: the daemon's table is owned by its socket and
+// persistent. Another process's `nft flush ruleset` leaves it and its
+// guard; other processes cannot change or delete it, nor can a second
+// Filter (another daemon) take it; the SPI gate changes it through the
+// filter's socket. When the owning socket goes (a crash) the table and its
+// guard stay; the next Filter adopts the table, keeps the guard and owns
+// it again; Close deletes it.
+func TestFilterOwnedTable(t *testing.T) {
+	testutil.NeedRoot(t)
+	const table = "gns-fo"
+	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.26.0/24"))
+	g := newGuardProbe(t, p, 7007)
+	host := netip.PrefixFrom(p.BAddr, 32)
+	ns := p.A.NS
+	nft := func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	flags := func() uint32 {
+		t.Helper()
+		var fl uint32
+		nettest.MustDo(t, ns, func() error {
+			c, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			tb, err := c.ListTableOfFamily(table, nftables.TableFamilyINet)
+			if err != nil {
+				return err
+			}
+			// google/nftables v0.3.0 decodes NFTA_TABLE_FLAGS in host
+			// order; the kernel sends it big-endian.
+			fl = binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, tb.Flags))
+			return nil
+		})
+		return fl
+	}
+	newFilter := func(cfg FilterConfig) (*Filter, error) {
+		cfg.Table, cfg.TUN = table, "gns-fotun"
+		var f *Filter
+		err := nettest.Do(ns, func() (err error) {
+			f, err = NewFilter(cfg)
+			return err
+		})
+		return f, err
+	}
+
+	f, err := newFilter(FilterConfig{Guards: map[string][]netip.Prefix{"peer": {host}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !f.Owned() {
+		t.Fatal("Owned() = false on a kernel with NFT_TABLE_F_PERSIST")
+	}
+	if got := flags(); got&(nftTableOwner|nftTablePersist) != nftTableOwner|nftTablePersist {
+		t.Fatalf("table flags %#x, want owner and persist", got)
+	}
+	if g.send("before") {
+		t.Fatal("the guard is missing")
+	}
+
+	if out, err := nft("flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+	}
+	if out, err := nft("list", "table", "inet", table); err != nil || !strings.Contains(out, "chain guard") {
+		t.Fatalf("the table or its guard chain is gone after nft flush ruleset: %v\n%s", err, out)
+	}
+	if g.send("after flush ruleset") {
+		t.Fatal("cleartext left after nft flush ruleset: the guard went with it")
+	}
+	for _, args := range [][]string{
+		{"delete", "table", "inet", table},
+		{"flush", "table", "inet", table},
+		{"delete", "element", "inet", table, guardedSet, "{ " + host.String() + " }"},
+		{"add", "element", "inet", table, protectedSet, "{ 192.0.2.99 }"},
+	} {
+		if out, err := nft(args...); err == nil {
+			t.Errorf("nft %s: another process changed the owned table\n%s", strings.Join(args, " "), out)
+		}
+	}
+	if g.send("after the attempts") {
+		t.Fatal("cleartext left after other processes tried to change the table")
+	}
+	readFilterSets(t, f).matchModel(t, f, "after other processes tried")
+
+	if f2, err := newFilter(FilterConfig{}); err == nil {
+		f2.Close()
+		t.Fatal("a second Filter took the table of a live one")
+	} else if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "another gosec") {
+		t.Errorf("second Filter: %v, want EPERM naming another gosec", err)
+	}
+
+	// The SPI gate goes through the filter's socket; a socket of its own
+	// cannot change the owned table.
+	nettest.MustDo(t, ns, func() error {
+		gate, err := NewSPIGate(SPIGateConfig{Filter: f})
+		if err != nil {
+			return err
+		}
+		// Left open: its chain and sets are stale state at the crash.
+		if err := gate.Admit(0x4242, p.BAddr); err != nil {
+			return err
+		}
+		if c, err := gate.Counts(); err != nil || c.Admitted != 1 || c.Open {
+			t.Errorf("gate counts %+v, %v; want 1 SPI admitted, gate shut", c, err)
+		}
+		if lone, err := NewSPIGate(SPIGateConfig{Table: table}); err == nil {
+			lone.Close()
+			t.Error("a gate on a socket of its own changed the owned table")
+		}
+		return nil
+	})
+	if err := f.AddConn("peer", []netip.Prefix{host}); err != nil {
+		t.Fatalf("AddConn after the gate came and went: %v", err)
+	}
+	readFilterSets(t, f).matchModel(t, f, "after the gate")
+
+	// A crash: the owner's socket goes, the table and its guard stay.
+	f.crash()
+	if got := flags(); got&nftTablePersist == 0 || got&nftTableOwner != 0 {
+		t.Fatalf("after the owner's socket closed: table flags %#x, want persist without owner", got)
+	}
+	if g.send("after the crash") {
+		t.Fatal("cleartext left after the daemon died")
+	}
+	f3, err := newFilter(FilterConfig{KeepStale: func(string) bool { return true }})
+	if err != nil {
+		t.Fatalf("NewFilter after a crash: %v", err)
+	}
+	if !f3.Owned() || flags()&nftTableOwner == 0 {
+		t.Errorf("the next Filter did not adopt the table: Owned() %v, flags %#x", f3.Owned(), flags())
+	}
+	if kept := f3.Kept(); len(kept["peer"]) != 1 || kept["peer"][0] != host {
+		t.Errorf("Kept() = %v, want peer: %v", kept, host)
+	}
+	if g.send("restarted") {
+		t.Fatal("cleartext left after the restart")
+	}
+	if out, err := nft("list", "table", "inet", table); err != nil || strings.Count(out, "\tchain ") != 5 || strings.Contains(out, spiGateChain) || strings.Contains(out, spiGateSet) {
+		t.Errorf("the adopted table holds the stale gate's chain or set, or not the filter's 5 chains: %v\n%s", err, out)
+	}
+	if err := f3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nft("list", "table", "inet", table); err == nil {
+		t.Errorf("the table is still there after Close:\n%s", out)
+	}
+	if !g.send("closed") {
+		t.Error("the guard still drops after Close")
+	}
+
+	// A stale table without the flags (an older gosec's, or one made by
+	// hand) cannot be adopted: the Filter replaces it unowned, as before,
+	// and owns the table from the start after a clean stop.
+	if out, err := nft("add", "table", "inet", table); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	f4, err := newFilter(FilterConfig{Guards: map[string][]netip.Prefix{"peer": {host}}})
+	if err != nil {
+		t.Fatalf("NewFilter over an unowned stale table: %v", err)
+	}
+	if f4.Owned() {
+		t.Error("Owned() = true over a stale table without NFT_TABLE_F_PERSIST")
+	}
+	if g.send("unowned") {
+		t.Fatal("the guard is missing in the unowned table")
+	}
+	if err := f4.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f5, err := newFilter(FilterConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f5.Close()
+	if !f5.Owned() {
+		t.Error("Owned() = false after a clean stop deleted the unowned table")
+	}
+}

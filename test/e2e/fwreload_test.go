@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/testutil/wire"
+)
+
+// debianNftablesConf is Debian's default /etc/nftables.conf: what
+// `systemctl reload nftables` loads. Its first line deletes every table.
+const debianNftablesConf = `#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter;
+	}
+	chain forward {
+		type filter hook forward priority filter;
+	}
+	chain output {
+		type filter hook output priority filter;
+	}
+}
+`
+
+// TestFirewallReload: the administrator of gw1 reloads the firewall with
+// a ruleset that starts with `flush ruleset` while the tunnel carries
+// traffic. gosec's table (which the daemon owns: NFT_TABLE_F_OWNER) must
+// survive it with everything in it:
+//   - the tunnel loses no ping;
+//   - cleartext forged from the WAN with a protected source is still
+//     dropped before the protected LAN, and counted;
+//   - the outbound guard still holds when gw1's daemon is then killed
+//     (the table is persistent: NFT_TABLE_F_PERSIST): no cleartext of a
+//     protected subnet on the wire while it is dead, though gw1 routes by
+//     default out of its WAN link;
+//   - the next daemon adopts the table and the tunnel comes back.
+func TestFirewallReload(t *testing.T) {
+	needScapy(t)
+	e := newLC(t, "gsl13-")
+	e.start(lcConf("start"), lcConf("add"), false)
+	if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
+		t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
+	}
+	gw1 := e.tp.ns("gw1")
+	ping, _ := e.traffic(false)
+	time.Sleep(2 * time.Second)
+
+	conf := filepath.Join(t.TempDir(), "nftables.conf")
+	if err := os.WriteFile(conf, []byte(debianNftablesConf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload := time.Now()
+	e.tl.Add("gw1: nft -f nftables.conf (flush ruleset, then a filter table)")
+	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "-f", conf); err != nil {
+		t.Fatalf("nft -f: %v\n%s", err, out)
+	}
+	table, err := e.tp.run(gw1, 10*time.Second, "nft", "list", "table", "inet", "gosec")
+	if err != nil {
+		t.Errorf("gosec's table is gone after the firewall reload: %v\n%s", err, table)
+	}
+	for _, want := range []string{"flags owner", "chain guard", "chain cleartext", "chain spi-gate", "10.2.0.0/24"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("gosec's table after the reload lacks %q:\n%s", want, table)
+		}
+	}
+	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "list", "table", "inet", "filter"); err != nil {
+		t.Errorf("the administrator's table is not there: %v\n%s", err, out)
+	}
+	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "delete", "table", "inet", "gosec"); err == nil {
+		t.Errorf("another process deleted the daemon's table:\n%s", out)
+	}
+
+	// Cleartext from the protected subnet 10.2.0.0/24, sent from gw2's
+	// side of the wire straight to gw1: it must not reach lan1.
+	before := statusOf(t, e.gw1, lcConn).Cleartext
+	mac := strings.TrimSpace(e.tp.must(gw1, "cat", "/sys/class/net/wan0/address"))
+	inject := `
+import sys
+from scapy.all import Ether, IP, ICMP, sendp, conf
+conf.verb = 0
+sendp(Ether(dst=sys.argv[1])/IP(src="10.2.0.2", dst="10.1.0.2")/ICMP(id=4343), iface="wan0", count=5)
+`
+	dump := exec.Command("ip", "netns", "exec", e.tp.ns("lan1"), "timeout", "4", "tcpdump", "-c", "1", "-n", "-i", "eth0", "icmp[4:2] == 4343")
+	var dumped strings.Builder
+	dump.Stdout, dump.Stderr = &dumped, &dumped
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	e.tl.Add("gw2's wire: 5 forged cleartext packets 10.2.0.2 -> 10.1.0.2 to gw1")
+	if out, err := e.tp.run(e.tp.ns("gw2"), 30*time.Second, scapyPython, "-c", inject, mac); err != nil {
+		t.Fatalf("inject: %v\n%s", err, out)
+	}
+	dump.Wait()
+	if strings.Contains(dumped.String(), "1 packet captured") {
+		t.Errorf("after the firewall reload, forged cleartext from the protected subnet reached lan1:\n%s", dumped.String())
+	}
+	if got := statusOf(t, e.gw1, lcConn).Cleartext - before; got < 5 {
+		t.Errorf("gw1 counted %d cleartext drops after the reload, want 5", got)
+	}
+
+	// A crash after the reload: the guard must outlive the daemon.
+	killed := time.Now()
+	e.tl.Add("gw1: kill -9 %d", e.gw1.pid)
+	if err := e.gw1.kill9(); err != nil {
+		t.Fatal(err)
+	}
+	probe := exec.Command("ip", "netns", "exec", e.tp.ns("lan1"), "ping", "-q", "-n", "-i", "0.01", "-w", "3", "10.2.0.2")
+	if err := probe.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.tl.Add("probe: ping every 10 ms from lan1 for 3 s while gw1's daemon is dead")
+	probe.Wait()
+	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "list", "table", "inet", "gosec"); err != nil || !strings.Contains(out, "10.2.0.0/24") {
+		t.Errorf("gosec's table did not outlive the daemon: %v\n%s", err, out)
+	}
+	e.tl.Add("gw1: gosec start again")
+	if err := e.gw1.launch(); err != nil {
+		t.Fatalf("gosec start after kill -9: %v", err)
+	}
+	back := wire.WaitFor(30*time.Second, func() bool {
+		out, err := e.tp.run(e.tp.ns("lan1"), 3*time.Second, "ping", "-c", "1", "-W", "1", "10.2.0.2")
+		return err == nil && strings.Contains(out, "1 received")
+	})
+	e.tl.Add("test: tunnel back: %v", back)
+	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "list", "table", "inet", "gosec"); err != nil || !strings.Contains(out, "flags owner") {
+		t.Errorf("the restarted daemon does not own its table: %v\n%s", err, out)
+	}
+	pr := ping.Stop()
+	e.mon.Stop()
+	checkLeaks(t, e.leaks, e.tl, e.daemons(), func(l wire.Leak) string {
+		if l.Label == "gw2" && strings.Contains(l.Line, "10.2.0.2 > 10.1.0.2: ICMP echo request, id 4343,") {
+			return "forged by the test on gw2's side of the wire"
+		}
+		return ""
+	})
+	e.noLoss(pr, time.Time{}, killed.Add(-time.Second), "across the firewall reload (from "+reload.Format("15:04:05.000")+")")
+	if !back {
+		t.Errorf("no ping answered within 30 s of gosec start after kill -9")
+	}
+}
