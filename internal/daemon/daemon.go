@@ -186,8 +186,11 @@ type Daemon struct {
 	// one data plane reader each; IKE and sends use natt.
 	nattQueues []*netio.NATT
 	router     routeTable
-	filter     cleartextFilter
-	gate       spiGate // kernel drop of unknown SPIs (nil: none)
+	// claim is the firewall table's claim, the namespace's daemon lock,
+	// taken first in setup; the filter takes it over.
+	claim  *netio.TableClaim
+	filter cleartextFilter
+	gate   spiGate // kernel drop of unknown SPIs (nil: none)
 	// ringSPIs is the receive ring's SPI filter, kept by the gate (nil:
 	// no ring, or the ring takes every SPI).
 	ringSPIs *netio.RingSPIs
@@ -452,6 +455,16 @@ func (s *ringSocket) Close() error {
 // setup creates the devices, sockets, routes and filters.
 func (d *Daemon) setup() error {
 	o := d.opts
+	// Claim the firewall table before anything else: an owned table is
+	// the namespace's daemon lock (netio.TableClaim). A second daemon in
+	// this namespace with another control socket would otherwise take the
+	// first one's routes and rules below for a crashed predecessor's and
+	// remove them, and attach queues to its TUN.
+	claim, err := netio.ClaimTable(o.FilterTable)
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.claim = claim
 	// Remove what a crashed predecessor may have left.
 	// The filter table is not removed here: its guard must hold until
 	// NewFilter replaces it in one transaction (a crashed predecessor's
@@ -461,7 +474,6 @@ func (d *Daemon) setup() error {
 	d.sad = sad.New(o.Clock, d.onSAEvent)
 	d.spd = spd.New()
 
-	var err error
 	tunQueues := o.TUNQueues
 	if tunQueues <= 0 {
 		tunQueues = min(runtime.NumCPU(), maxTUNQueues)
@@ -533,7 +545,7 @@ func (d *Daemon) setup() error {
 		}
 	}
 	filter, err := netio.NewFilter(netio.FilterConfig{Table: o.FilterTable, TUN: d.tun.Name(), IKEPorts: []uint16{500, uint16(o.NATTPort)},
-		Mark: o.Mark, Guards: guards, KeepStale: func(conn string) bool {
+		Mark: o.Mark, Guards: guards, Claim: d.claim, KeepStale: func(conn string) bool {
 			c, ok := d.conns.Conns[conn]
 			return ok && c.Type != "passthrough" && c.Type != "drop"
 		}})
@@ -589,6 +601,10 @@ func (d *Daemon) teardown() {
 	}
 	if d.filter != nil {
 		errs = append(errs, d.filter.Close())
+	}
+	if d.claim != nil {
+		// A start-up that failed before its filter took the claim.
+		errs = append(errs, d.claim.Close())
 	}
 	if d.router != nil {
 		errs = append(errs, d.router.Close())

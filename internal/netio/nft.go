@@ -52,6 +52,10 @@ type FilterConfig struct {
 	// into the new table, so protected traffic of a conn that was up before
 	// the crash stays blocked until it is up again or taken down.
 	KeepStale func(conn string) bool
+	// Claim, if set, is the table's claim taken earlier (ClaimTable with
+	// the same table name), which the Filter takes over; if nil, NewFilter
+	// claims the table itself.
+	Claim *TableClaim
 }
 
 // The Filter's sets.
@@ -218,12 +222,22 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	f := &Filter{cfg: cfg, ns: ns, in: newPrefixUnion(), out: newPrefixUnion(),
 		conns: map[string]*filterConn{}, kept: map[string][]netip.Prefix{}, banked: map[string]bankedCounts{}}
-	sess, err := newNFTSession()
-	if err != nil {
+	claim := cfg.Claim
+	if claim == nil {
+		if claim, err = ClaimTable(cfg.Table); err != nil {
+			ns.Close()
+			return nil, fmt.Errorf("netio: filter: %w", err)
+		}
+	} else if claim.name != cfg.Table || claim.taken || claim.sess == nil {
 		ns.Close()
-		return nil, fmt.Errorf("netio: nftables: %w", err)
+		return nil, fmt.Errorf("netio: filter: the claim on table inet %s cannot serve table inet %s (taken or closed)", claim.name, cfg.Table)
 	}
+	// The Filter takes the claim's socket (and so the table's ownership):
+	// its Close, or abortNew, ends it.
+	claim.taken = true
+	sess := claim.sess
 	f.sess = sess
+	f.owned = claim.owned
 	c := sess.c
 	if g, err := newNftElemGetter(); err == nil {
 		f.get = g
@@ -242,20 +256,9 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 			guards[name] = append(guards[name], ps...)
 		}
 	}
-	// Own the table first (creating it, or adopting a crashed daemon's):
-	// that alone changes nothing in it, the stale guards stay in force.
-	switch err := sess.ownTable(cfg.Table); {
-	case err == nil:
-		f.owned = true
-	case errors.Is(err, unix.EOPNOTSUPP):
-		// Unowned, as before NFT_TABLE_F_PERSIST (nftown.go).
-	default:
-		if errors.Is(err, unix.EPERM) {
-			err = fmt.Errorf("%w (another process owns the table: is another gosec running in this namespace?)", err)
-		}
-		return nil, f.abortNew(c, fmt.Errorf("netio: filter: own table inet %s: %w", cfg.Table, err))
-	}
-	// The guards are in the very transaction that replaces the table's
+	// The table is owned already (the claim created it, or adopted a
+	// crashed daemon's, which changes nothing in it: the stale guards
+	// stay in force until the transaction below). The guards are in the very transaction that replaces the table's
 	// contents.
 	x := f.begin()
 	for _, name := range sortedKeys(guards) {

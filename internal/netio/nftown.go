@@ -133,3 +133,100 @@ func (s *nftSession) clearTable(t *nftables.Table) error {
 	}
 	return nil
 }
+
+// TableClaim is a daemon's hold on its table, taken before the daemon
+// touches anything else in the namespace. An owned table can be owned by
+// one live netlink socket only, so the claim is also the namespace's
+// daemon lock: a second gosec started in the same namespace (with another
+// control socket, so that the socket's own check does not stop it) fails
+// here, before it removes the first one's routes and rules as a crashed
+// predecessor's or attaches queues to its TUN. Claiming adopts a crashed
+// daemon's table without changing what is in it: its guards hold until
+// NewFilter replaces its contents in one transaction.
+//
+// Where the kernel cannot own a persistent table (see ownTable), the
+// claim is unowned and locks nothing (Owned reports it).
+type TableClaim struct {
+	name  string
+	sess  *nftSession
+	owned bool
+	taken bool // handed to a Filter, which closes it
+}
+
+// ErrAnotherDaemon is returned (wrapped) by ClaimTable when another live
+// process owns the table.
+var ErrAnotherDaemon = errors.New("another process owns the table: is another gosec running in this namespace?")
+
+// ClaimTable claims table inet name in the calling thread's network
+// namespace (DefaultFilterTable if name is empty).
+func ClaimTable(name string) (*TableClaim, error) {
+	if name == "" {
+		name = DefaultFilterTable
+	}
+	sess, err := newNFTSession()
+	if err != nil {
+		return nil, fmt.Errorf("netio: nftables: %w", err)
+	}
+	c := &TableClaim{name: name, sess: sess}
+	switch err := sess.ownTable(name); {
+	case err == nil:
+		c.owned = true
+	case errors.Is(err, unix.EOPNOTSUPP):
+		// Unowned, as before NFT_TABLE_F_PERSIST.
+	case errors.Is(err, unix.EPERM):
+		sess.close()
+		return nil, fmt.Errorf("netio: table inet %s: %w (%w)", name, ErrAnotherDaemon, err)
+	default:
+		sess.close()
+		return nil, fmt.Errorf("netio: own table inet %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// Owned reports whether the claim owns the table (and so locks the
+// namespace against a second daemon).
+func (c *TableClaim) Owned() bool { return c.owned }
+
+// Table is the claimed table's name.
+func (c *TableClaim) Table() string { return c.name }
+
+// Close gives up a claim that no Filter took (a start-up that failed
+// before its filter): an owned table that holds nothing (one this claim
+// created) is deleted, one that holds something (a crashed daemon's,
+// adopted) stays, unowned, with its guards. Close after a Filter took the
+// claim does nothing: the Filter's Close ends it.
+func (c *TableClaim) Close() error {
+	if c.taken || c.sess == nil {
+		return nil
+	}
+	s := c.sess
+	c.sess = nil
+	defer s.close()
+	if !c.owned {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: c.name}
+	chains, err := s.c.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return fmt.Errorf("netio: table inet %s: list chains: %w", c.name, err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name == c.name {
+			return nil
+		}
+	}
+	sets, err := s.c.GetSets(t)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netio: table inet %s: list sets: %w", c.name, err)
+	}
+	if len(sets) > 0 {
+		return nil
+	}
+	s.c.DelTable(t)
+	if err := s.c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netio: delete empty table inet %s: %w", c.name, err)
+	}
+	return nil
+}

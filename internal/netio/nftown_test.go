@@ -194,3 +194,118 @@ func TestFilterOwnedTable(t *testing.T) {
 		t.Error("Owned() = false after a clean stop deleted the unowned table")
 	}
 }
+
+// TestTableClaim: ClaimTable is the namespace's daemon lock. A claim owns
+// the table; a second claim fails with ErrAnotherDaemon (EPERM) while the
+// first lives; a claim that no Filter took deletes the empty table it
+// created but leaves a crashed daemon's table, with its guard, when it
+// closes; a Filter takes over a claim on its own table only.
+func TestTableClaim(t *testing.T) {
+	testutil.NeedRoot(t)
+	const table = "gns-tc"
+	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.27.0/24"))
+	g := newGuardProbe(t, p, 7008)
+	host := netip.PrefixFrom(p.BAddr, 32)
+	ns := p.A.NS
+	nft := func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	claim := func(name string) (*TableClaim, error) {
+		var c *TableClaim
+		err := nettest.Do(ns, func() (err error) {
+			c, err = ClaimTable(name)
+			return err
+		})
+		return c, err
+	}
+	newFilter := func(cfg FilterConfig) (*Filter, error) {
+		cfg.TUN = "gns-tctun"
+		var f *Filter
+		err := nettest.Do(ns, func() (err error) {
+			f, err = NewFilter(cfg)
+			return err
+		})
+		return f, err
+	}
+
+	c1, err := claim(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c1.Owned() {
+		t.Fatal("Owned() = false on a kernel with NFT_TABLE_F_PERSIST")
+	}
+	if out, err := nft("list", "table", "inet", table); err != nil || !strings.Contains(out, "flags owner") {
+		t.Fatalf("no owned table after the claim: %v\n%s", err, out)
+	}
+	if c2, err := claim(table); err == nil {
+		c2.Close()
+		t.Fatal("a second claim took the table of a live one")
+	} else if !errors.Is(err, ErrAnotherDaemon) || !errors.Is(err, unix.EPERM) {
+		t.Fatalf("second claim: %v, want ErrAnotherDaemon and EPERM", err)
+	}
+	if _, err := newFilter(FilterConfig{Table: table}); !errors.Is(err, ErrAnotherDaemon) {
+		t.Fatalf("a Filter without the claim: %v, want ErrAnotherDaemon", err)
+	}
+	if _, err := newFilter(FilterConfig{Table: table + "x", Claim: c1}); err == nil {
+		t.Fatal("a Filter on another table took the claim")
+	}
+	// A start-up that fails before its filter: the empty table goes.
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nft("list", "table", "inet", table); err == nil {
+		t.Fatalf("the claim's empty table is still there after Close:\n%s", out)
+	}
+
+	// A Filter takes the claim; closing the claim then changes nothing.
+	c3, err := claim(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := newFilter(FilterConfig{Table: table, Claim: c3, Guards: map[string][]netip.Prefix{"peer": {host}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.Owned() {
+		t.Error("the Filter on an owned claim is not Owned")
+	}
+	if _, err := newFilter(FilterConfig{Table: table, Claim: c3}); err == nil {
+		t.Fatal("a second Filter took a claim already taken")
+	}
+	if err := c3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if g.send("claim closed after the Filter took it") {
+		t.Fatal("closing a taken claim took the guard away")
+	}
+	if c4, err := claim(table); err == nil {
+		c4.Close()
+		t.Fatal("the Filter's table was claimable: closing the taken claim gave up the ownership")
+	}
+
+	// A crash, then a start-up that fails after its claim: the crashed
+	// daemon's table and guard stay.
+	f.crash()
+	c5, err := claim(table)
+	if err != nil {
+		t.Fatalf("claim after a crash: %v", err)
+	}
+	if err := c5.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nft("list", "table", "inet", table); err != nil || !strings.Contains(out, "chain guard") {
+		t.Fatalf("a failed start-up removed the crashed daemon's table: %v\n%s", err, out)
+	}
+	if g.send("after a failed start-up") {
+		t.Fatal("cleartext left after a start-up that failed after its claim")
+	}
+	f2, err := newFilter(FilterConfig{Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

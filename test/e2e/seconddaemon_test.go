@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gosec-ipsec/gosec/internal/testutil/wire"
+)
+
+// TestSecondDaemonRefused: while gw1's daemon carries traffic, the
+// administrator starts another gosec in gw1's namespace with another
+// control socket (so the socket's own check cannot stop it) and the same
+// configuration. The second one must fail at once, naming the first, and
+// touch nothing of it: before the daemon's firewall table doubled as the
+// namespace's lock, it removed the first one's routes and rules as a
+// crashed predecessor's and the tunnel stopped carrying anything.
+//   - gosec start fails, and says another gosec runs here;
+//   - gw1's policy rules and routes are as they were;
+//   - the ping through the tunnel loses nothing, the SA stays, the
+//     first daemon still owns its table;
+//   - no cleartext of a protected subnet on either WAN link.
+func TestSecondDaemonRefused(t *testing.T) {
+	e := newLC(t, "gsl14-")
+	e.start(lcConf("start"), lcConf("add"), false)
+	if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
+		t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
+	}
+	gw1 := e.tp.ns("gw1")
+	ping, _ := e.traffic(false)
+	time.Sleep(2 * time.Second)
+	routing := func() string {
+		return e.tp.must(gw1, "ip", "rule") + "\n" + e.tp.must(gw1, "ip", "route", "show", "table", "all")
+	}
+	before := routing()
+	outSAs := e.mon.Current("gw1", "out SA ")
+
+	second := e.tp.newDaemon(gw1, lcConf("start"), lcSecrets)
+	from := time.Now()
+	e.tl.Add("gw1: a second gosec start in the same namespace, control socket %s", second.socket)
+	err := second.launch()
+	e.tl.Add("gw1: the second gosec start returned: %v", err != nil)
+	if err == nil {
+		t.Errorf("a second daemon started in the namespace of a running one")
+	} else if !strings.Contains(err.Error(), "is another gosec running in this namespace?") {
+		t.Errorf("the second gosec start failed without saying another gosec runs here:\n%v", err)
+	}
+	time.Sleep(3 * time.Second)
+	to := time.Now()
+
+	if after := routing(); after != before {
+		t.Errorf("the second daemon changed gw1's policy rules or routes:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if got := e.mon.Current("gw1", "out SA "); strings.Join(got, ",") != strings.Join(outSAs, ",") {
+		t.Errorf("gw1's outbound SAs changed: %v, then %v", outSAs, got)
+	}
+	if out := e.ctl(e.gw1, "statusall"); !strings.Contains(out, "owned by the daemon") {
+		t.Errorf("gw1's daemon no longer owns its table:\n%s", out)
+	}
+	pr := ping.Stop()
+	e.finish()
+	e.noLoss(pr, from, to, "across the second gosec start")
+}
