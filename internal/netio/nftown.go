@@ -80,10 +80,16 @@ func (s *nftSession) close() {
 // (before Linux 6.9) or the table exists without NFT_TABLE_F_PERSIST.
 // s.mu held (or s not yet shared).
 func (s *nftSession) ownTable(name string) error {
+	return s.newTable(name, nftTableOwner|nftTablePersist)
+}
+
+// newTable creates table inet name with flags on this socket, or sets
+// them on an existing table (see ownTable for the errors).
+func (s *nftSession) newTable(name string, flags uint32) error {
 	ae := mdnetlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
 	ae.String(unix.NFTA_TABLE_NAME, name)
-	ae.Uint32(unix.NFTA_TABLE_FLAGS, nftTableOwner|nftTablePersist)
+	ae.Uint32(unix.NFTA_TABLE_FLAGS, flags)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return err
@@ -144,14 +150,23 @@ func (s *nftSession) clearTable(t *nftables.Table) error {
 // daemon's table without changing what is in it: its guards hold until
 // NewFilter replaces its contents in one transaction.
 //
-// Where the kernel cannot own a persistent table (see ownTable), the
-// claim is unowned and locks nothing (Owned reports it).
+// Where the table cannot be owned and persistent (before Linux 6.9, or a
+// stale table an older gosec left without the flags; see ownTable), the
+// claim is unowned (Owned reports it) and locks the namespace with a
+// second, empty table instead, "<name>-lock", owned without persistence
+// (Linux 5.12): the kernel deletes it with its socket, when the daemon
+// stops or dies. Only a kernel without NFT_TABLE_F_OWNER leaves the
+// namespace unlocked (Locked reports it).
 type TableClaim struct {
-	name  string
-	sess  *nftSession
-	owned bool
-	taken bool // handed to a Filter, which closes it
+	name   string
+	sess   *nftSession
+	owned  bool
+	locked bool // owned, or the lock table is held
+	taken  bool // handed to a Filter, which closes it
 }
+
+// lockTableSuffix names the lock table of an unowned claim.
+const lockTableSuffix = "-lock"
 
 // ErrAnotherDaemon is returned (wrapped) by ClaimTable when another live
 // process owns the table.
@@ -168,24 +183,39 @@ func ClaimTable(name string) (*TableClaim, error) {
 		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}
 	c := &TableClaim{name: name, sess: sess}
-	switch err := sess.ownTable(name); {
-	case err == nil:
+	lock := name
+	err = sess.ownTable(name)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		// The table unowned, as before NFT_TABLE_F_PERSIST; the lock
+		// table owned alone, if the kernel has NFT_TABLE_F_OWNER.
+		lock = name + lockTableSuffix
+		err = sess.newTable(lock, nftTableOwner)
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return c, nil
+		}
+	} else if err == nil {
 		c.owned = true
-	case errors.Is(err, unix.EOPNOTSUPP):
-		// Unowned, as before NFT_TABLE_F_PERSIST.
+	}
+	switch {
+	case err == nil:
+		c.locked = true
+		return c, nil
 	case errors.Is(err, unix.EPERM):
 		sess.close()
-		return nil, fmt.Errorf("netio: table inet %s: %w (%w)", name, ErrAnotherDaemon, err)
+		return nil, fmt.Errorf("netio: table inet %s: %w (%w)", lock, ErrAnotherDaemon, err)
 	default:
 		sess.close()
-		return nil, fmt.Errorf("netio: own table inet %s: %w", name, err)
+		return nil, fmt.Errorf("netio: own table inet %s: %w", lock, err)
 	}
-	return c, nil
 }
 
 // Owned reports whether the claim owns the table (and so locks the
 // namespace against a second daemon).
 func (c *TableClaim) Owned() bool { return c.owned }
+
+// Locked reports whether the claim locks the namespace against a second
+// daemon: by owning the table, or else its lock table.
+func (c *TableClaim) Locked() bool { return c.locked }
 
 // Table is the claimed table's name.
 func (c *TableClaim) Table() string { return c.name }

@@ -308,4 +308,47 @@ func TestTableClaim(t *testing.T) {
 	if err := f2.Close(); err != nil {
 		t.Fatal(err)
 	}
+
+	// A table that cannot be owned (here a stale one without the flags,
+	// as an older gosec left it; before Linux 6.9 every table): the claim
+	// is unowned and locks the namespace with the lock table instead,
+	// owned without persistence, which goes with the claim's socket.
+	lock := table + lockTableSuffix
+	if out, err := nft("add", "table", "inet", table); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	c6, err := claim(table)
+	if err != nil {
+		t.Fatalf("claim over a stale unowned table: %v", err)
+	}
+	if c6.Owned() || !c6.Locked() {
+		t.Fatalf("claim over a stale unowned table: Owned() %v, Locked() %v; want unowned and locked", c6.Owned(), c6.Locked())
+	}
+	if out, err := nft("list", "table", "inet", lock); err != nil || !strings.Contains(out, "flags owner") || strings.Contains(out, "persist") {
+		t.Fatalf("no lock table owned without persistence: %v\n%s", err, out)
+	}
+	if c7, err := claim(table); err == nil {
+		c7.Close()
+		t.Fatal("a second claim passed the lock table")
+	} else if !errors.Is(err, ErrAnotherDaemon) {
+		t.Fatalf("second claim with the lock table held: %v, want ErrAnotherDaemon", err)
+	}
+	f6, err := newFilter(FilterConfig{Table: table, Claim: c6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f6.Owned() {
+		t.Error("a Filter on an unowned claim says Owned")
+	}
+	if _, err := newFilter(FilterConfig{Table: table}); !errors.Is(err, ErrAnotherDaemon) {
+		t.Errorf("a second Filter while the first holds the lock table: %v, want ErrAnotherDaemon", err)
+	}
+	if err := f6.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{table, lock} {
+		if out, err := nft("list", "table", "inet", name); err == nil {
+			t.Errorf("table inet %s is still there after the Filter closed:\n%s", name, out)
+		}
+	}
 }
