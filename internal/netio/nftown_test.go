@@ -28,10 +28,7 @@ func TestFilterOwnedTable(t *testing.T) {
 	g := newGuardProbe(t, p, 7007)
 	host := netip.PrefixFrom(p.BAddr, 32)
 	ns := p.A.NS
-	nft := func(args ...string) (string, error) {
-		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	nft := nftIn(ns)
 	flags := func() uint32 {
 		t.Helper()
 		var fl uint32
@@ -207,10 +204,7 @@ func TestTableClaim(t *testing.T) {
 	g := newGuardProbe(t, p, 7008)
 	host := netip.PrefixFrom(p.BAddr, 32)
 	ns := p.A.NS
-	nft := func(args ...string) (string, error) {
-		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	nft := nftIn(ns)
 	claim := func(name string) (*TableClaim, error) {
 		var c *TableClaim
 		err := nettest.Do(ns, func() (err error) {
@@ -350,5 +344,13 @@ func TestTableClaim(t *testing.T) {
 		if out, err := nft("list", "table", "inet", name); err == nil {
 			t.Errorf("table inet %s is still there after the Filter closed:\n%s", name, out)
 		}
+	}
+}
+
+// nftIn runs the nft command in namespace ns.
+func nftIn(ns string) func(args ...string) (string, error) {
+	return func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
+		return string(out), err
 	}
 }

@@ -45,10 +45,7 @@ table inet filter {
 func TestFirewallReload(t *testing.T) {
 	needScapy(t)
 	e := newLC(t, "gsl13-")
-	e.start(lcConf("start"), lcConf("add"), false)
-	if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
-		t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
-	}
+	e.startUp()
 	gw1 := e.tp.ns("gw1")
 	ping, _ := e.traffic(false)
 	time.Sleep(2 * time.Second)

@@ -99,6 +99,16 @@ func (e *lcEnv) start(conf1, conf2 string, together bool) {
 	e.t.Cleanup(e.mon.Stop)
 }
 
+// startUp starts gw1 with auto=start and gw2 with auto=add and waits until
+// gw1 has its outbound SA.
+func (e *lcEnv) startUp() {
+	e.t.Helper()
+	e.start(lcConf("start"), lcConf("add"), false)
+	if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
+		e.t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
+	}
+}
+
 func gwName(d *daemon) string { return d.ns[strings.LastIndex(d.ns, "-")+1:] }
 
 func (e *lcEnv) daemons() map[string]*daemon { return map[string]*daemon{"gw1": e.gw1, "gw2": e.gw2} }
@@ -333,10 +343,7 @@ func TestSALifecycle(t *testing.T) {
 	// back (auto=start; INITIAL-CONTACT clears gw2's stale pair).
 	t.Run("kill9-restart", func(t *testing.T) {
 		e := newLC(t, "gsl06-")
-		e.start(lcConf("start"), lcConf("add"), false)
-		if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
-			t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
-		}
+		e.startUp()
 		ping, _ := e.traffic(false)
 		time.Sleep(3 * time.Second)
 		killed := time.Now()

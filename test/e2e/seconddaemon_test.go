@@ -4,8 +4,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gosec-ipsec/gosec/internal/testutil/wire"
 )
 
 // TestSecondDaemonRefused: while gw1's daemon carries traffic, the
@@ -42,10 +40,7 @@ func secondDaemonRefused(t *testing.T, prefix string, staleTable bool) {
 		e.tp.must(e.tp.ns("gw1"), "nft", "add", "table", "inet", "gosec")
 		e.tl.Add("gw1: nft add table inet gosec (a stale table without the owner and persist flags)")
 	}
-	e.start(lcConf("start"), lcConf("add"), false)
-	if !wire.WaitFor(20*time.Second, func() bool { return len(e.mon.Current("gw1", "out SA ")) > 0 }) {
-		t.Fatalf("auto=start did not bring the tunnel up in 20 s\ntimeline:\n%s", e.tl.String())
-	}
+	e.startUp()
 	gw1 := e.tp.ns("gw1")
 	ping, _ := e.traffic(false)
 	time.Sleep(2 * time.Second)
