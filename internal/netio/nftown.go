@@ -141,32 +141,34 @@ func (s *nftSession) clearTable(t *nftables.Table) error {
 }
 
 // TableClaim is a daemon's hold on its table, taken before the daemon
-// touches anything else in the namespace. An owned table can be owned by
-// one live netlink socket only, so the claim is also the namespace's
-// daemon lock: a second gosec started in the same namespace (with another
-// control socket, so that the socket's own check does not stop it) fails
-// here, before it removes the first one's routes and rules as a crashed
-// predecessor's or attaches queues to its TUN. Claiming adopts a crashed
-// daemon's table without changing what is in it: its guards hold until
-// NewFilter replaces its contents in one transaction.
+// touches anything else in the namespace. It is also the namespace's
+// daemon lock: an empty table "<name>-lock" owned by the daemon's socket
+// without NFT_TABLE_F_PERSIST (Linux 5.12), which one live socket only can
+// own, which nobody without CAP_NET_ADMIN in the namespace can take, and
+// which the kernel deletes with the socket, when the daemon stops or
+// dies. A second gosec started in the same namespace (with another control
+// socket, so that the socket's own check does not stop it) fails here,
+// before it removes the first one's routes and rules as a crashed
+// predecessor's or attaches queues to its TUN. The lock is a table of its
+// own, not the daemon's table, because that table cannot always be owned:
+// before Linux 6.9 (no NFT_TABLE_F_PERSIST), or when a stale table of an
+// older gosec has no flags, it is created unowned (Owned reports it), and
+// a ruleset flush can delete it while its daemon runs. Only a kernel
+// without NFT_TABLE_F_OWNER leaves the namespace unlocked (Locked).
 //
-// Where the table cannot be owned and persistent (before Linux 6.9, or a
-// stale table an older gosec left without the flags; see ownTable), the
-// claim is unowned (Owned reports it) and locks the namespace with a
-// second, empty table instead, "<name>-lock", owned without persistence
-// (Linux 5.12): the kernel deletes it with its socket, when the daemon
-// stops or dies. Only a kernel without NFT_TABLE_F_OWNER leaves the
-// namespace unlocked (Locked reports it).
+// Claiming adopts a crashed daemon's table without changing what is in
+// it: its guards hold until NewFilter replaces its contents in one
+// transaction.
 type TableClaim struct {
 	name   string
 	sess   *nftSession
 	owned  bool
-	locked bool // owned, or the lock table is held
+	locked bool // the lock table is held
 	taken  bool // handed to a Filter, which closes it
 }
 
-// lockTableSuffix names the lock table of an unowned claim.
-const lockTableSuffix = "-lock"
+// LockTableSuffix names a claim's lock table: table inet <name>-lock.
+const LockTableSuffix = "-lock"
 
 // ErrAnotherDaemon is returned (wrapped) by ClaimTable when another live
 // process owns the table.
@@ -183,38 +185,40 @@ func ClaimTable(name string) (*TableClaim, error) {
 		return nil, fmt.Errorf("netio: nftables: %w", err)
 	}
 	c := &TableClaim{name: name, sess: sess}
-	lock := name
-	err = sess.ownTable(name)
-	if errors.Is(err, unix.EOPNOTSUPP) {
-		// The table unowned, as before NFT_TABLE_F_PERSIST; the lock
-		// table owned alone, if the kernel has NFT_TABLE_F_OWNER.
-		lock = name + lockTableSuffix
-		err = sess.newTable(lock, nftTableOwner)
-		if errors.Is(err, unix.EOPNOTSUPP) {
-			return c, nil
+	fail := func(table string, err error) (*TableClaim, error) {
+		sess.close() // the lock table goes with the socket
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("netio: table inet %s: %w (%w)", table, ErrAnotherDaemon, err)
 		}
-	} else if err == nil {
-		c.owned = true
+		return nil, fmt.Errorf("netio: own table inet %s: %w", table, err)
 	}
-	switch {
+	lock := name + LockTableSuffix
+	switch err := sess.newTable(lock, nftTableOwner); {
 	case err == nil:
 		c.locked = true
-		return c, nil
-	case errors.Is(err, unix.EPERM):
-		sess.close()
-		return nil, fmt.Errorf("netio: table inet %s: %w (%w)", lock, ErrAnotherDaemon, err)
+	case errors.Is(err, unix.EOPNOTSUPP):
+		// Before Linux 5.12: no lock.
 	default:
-		sess.close()
-		return nil, fmt.Errorf("netio: own table inet %s: %w", lock, err)
+		return fail(lock, err)
 	}
+	switch err := sess.ownTable(name); {
+	case err == nil:
+		c.owned = true
+	case errors.Is(err, unix.EOPNOTSUPP):
+		// Unowned, as before NFT_TABLE_F_PERSIST.
+	default:
+		// EPERM: a live daemon owns it (one that took no lock table).
+		return fail(name, err)
+	}
+	return c, nil
 }
 
-// Owned reports whether the claim owns the table (and so locks the
-// namespace against a second daemon).
+// Owned reports whether the claim owns the table, persistent: a ruleset
+// flush leaves it, and it outlives the daemon.
 func (c *TableClaim) Owned() bool { return c.owned }
 
-// Locked reports whether the claim locks the namespace against a second
-// daemon: by owning the table, or else its lock table.
+// Locked reports whether the claim holds the lock table, which locks the
+// namespace against a second daemon.
 func (c *TableClaim) Locked() bool { return c.locked }
 
 // Table is the claimed table's name.

@@ -230,8 +230,15 @@ func TestTableClaim(t *testing.T) {
 	if !c1.Owned() {
 		t.Fatal("Owned() = false on a kernel with NFT_TABLE_F_PERSIST")
 	}
+	lock := table + LockTableSuffix
 	if out, err := nft("list", "table", "inet", table); err != nil || !strings.Contains(out, "flags owner") {
 		t.Fatalf("no owned table after the claim: %v\n%s", err, out)
+	}
+	if out, err := nft("list", "table", "inet", lock); err != nil || !strings.Contains(out, "flags owner") || strings.Contains(out, "persist") {
+		t.Fatalf("no lock table owned without persistence: %v\n%s", err, out)
+	}
+	if !c1.Locked() {
+		t.Fatal("Locked() = false with the lock table there")
 	}
 	if c2, err := claim(table); err == nil {
 		c2.Close()
@@ -249,8 +256,10 @@ func TestTableClaim(t *testing.T) {
 	if err := c1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := nft("list", "table", "inet", table); err == nil {
-		t.Fatalf("the claim's empty table is still there after Close:\n%s", out)
+	for _, name := range []string{table, lock} {
+		if out, err := nft("list", "table", "inet", name); err == nil {
+			t.Fatalf("table inet %s is still there after the claim closed:\n%s", name, out)
+		}
 	}
 
 	// A Filter takes the claim; closing the claim then changes nothing.
@@ -302,12 +311,16 @@ func TestTableClaim(t *testing.T) {
 	if err := f2.Close(); err != nil {
 		t.Fatal(err)
 	}
+	for _, name := range []string{table, lock} {
+		if out, err := nft("list", "table", "inet", name); err == nil {
+			t.Fatalf("table inet %s is still there after the Filter closed:\n%s", name, out)
+		}
+	}
 
 	// A table that cannot be owned (here a stale one without the flags,
 	// as an older gosec left it; before Linux 6.9 every table): the claim
-	// is unowned and locks the namespace with the lock table instead,
-	// owned without persistence, which goes with the claim's socket.
-	lock := table + lockTableSuffix
+	// is unowned, and the lock table alone locks the namespace, also
+	// after a ruleset flush deleted the unowned table.
 	if out, err := nft("add", "table", "inet", table); err != nil {
 		t.Fatalf("nft add table: %v\n%s", err, out)
 	}
@@ -317,9 +330,6 @@ func TestTableClaim(t *testing.T) {
 	}
 	if c6.Owned() || !c6.Locked() {
 		t.Fatalf("claim over a stale unowned table: Owned() %v, Locked() %v; want unowned and locked", c6.Owned(), c6.Locked())
-	}
-	if out, err := nft("list", "table", "inet", lock); err != nil || !strings.Contains(out, "flags owner") || strings.Contains(out, "persist") {
-		t.Fatalf("no lock table owned without persistence: %v\n%s", err, out)
 	}
 	if c7, err := claim(table); err == nil {
 		c7.Close()
@@ -336,6 +346,18 @@ func TestTableClaim(t *testing.T) {
 	}
 	if _, err := newFilter(FilterConfig{Table: table}); !errors.Is(err, ErrAnotherDaemon) {
 		t.Errorf("a second Filter while the first holds the lock table: %v, want ErrAnotherDaemon", err)
+	}
+	if out, err := nft("flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+	}
+	if out, err := nft("list", "table", "inet", lock); err != nil {
+		t.Fatalf("the lock table did not survive nft flush ruleset: %v\n%s", err, out)
+	}
+	if c8, err := claim(table); err == nil {
+		c8.Close()
+		t.Fatal("a second claim passed the lock table after a ruleset flush deleted the unowned table")
+	} else if !errors.Is(err, ErrAnotherDaemon) {
+		t.Fatalf("second claim after the flush: %v, want ErrAnotherDaemon", err)
 	}
 	if err := f6.Close(); err != nil {
 		t.Fatal(err)
