@@ -70,19 +70,27 @@ type Status struct {
 	Firewall *FirewallStatus `json:"firewall,omitempty"`
 }
 
-// FirewallStatus is the daemon's nftables table: its name, and whether
-// the daemon owns it (no other process can change or delete it, and a
-// ruleset flush leaves it).
+// FirewallStatus is the daemon's nftables table: its name, whether the
+// daemon owns it (no other process can change or delete it, and a ruleset
+// flush leaves it), and the lock table it holds against a second daemon
+// in the namespace (empty: none, before Linux 5.12).
 type FirewallStatus struct {
 	Table string `json:"table"`
 	Owned bool   `json:"owned"`
+	Lock  string `json:"lock,omitempty"`
 }
 
 func (f *FirewallStatus) text() string {
+	var t string
 	if f.Owned {
-		return fmt.Sprintf("table inet %s, owned by the daemon (kept through nft flush ruleset, closed to other processes; kept after a crash)", f.Table)
+		t = fmt.Sprintf("table inet %s, owned by the daemon (kept through nft flush ruleset, closed to other processes; kept after a crash)", f.Table)
+	} else {
+		t = fmt.Sprintf("table inet %s, NOT owned by the daemon (a ruleset flush deletes it)", f.Table)
 	}
-	return fmt.Sprintf("table inet %s, NOT owned by the daemon (a ruleset flush deletes it)", f.Table)
+	if f.Lock != "" {
+		return t + fmt.Sprintf("; namespace lock: table inet %s", f.Lock)
+	}
+	return t + "; namespace NOT locked against a second gosec (the kernel lacks NFT_TABLE_F_OWNER, Linux 5.12)"
 }
 
 // Setup returns the config setup keywords of the loaded configuration.
@@ -181,6 +189,9 @@ func (d *Daemon) status(all bool) *Status {
 	st.RawPaths = d.rawPaths()
 	if d.filter != nil {
 		st.Firewall = &FirewallStatus{Table: d.opts.FilterTable, Owned: d.filter.Owned()}
+		if d.claim != nil && d.claim.Locked() {
+			st.Firewall.Lock = d.claim.Table() + netio.LockTableSuffix
+		}
 	}
 	if d.natt != nil {
 		st.NATT = NATTStatus{Port: d.opts.NATTPort}

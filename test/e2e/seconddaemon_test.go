@@ -77,8 +77,11 @@ func secondDaemonRefused(t *testing.T, prefix string, staleTable bool) {
 	if staleTable {
 		want = "table inet gosec, NOT owned by the daemon"
 	}
-	if out := e.ctl(e.gw1, "statusall"); !strings.Contains(out, want) {
-		t.Errorf("gw1's statusall lacks %q:\n%s", want, out)
+	out := e.ctl(e.gw1, "statusall")
+	for _, w := range []string{want, "namespace lock: table inet gosec-lock"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("gw1's statusall lacks %q:\n%s", w, out)
+		}
 	}
 	pr := ping.Stop()
 	e.finish()
