@@ -3,6 +3,7 @@ package ike
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -978,11 +979,15 @@ func TestInitiatorOutboundAfterQM3(t *testing.T) {
 	ca, cb := pairConns("c", testIKE, testESP, ModeTunnel)
 	var seq atomic.Int64
 	var inst []*orderInstaller
+	var obs []*quickLatencies
 	r := newRig(t, "k", "k", []*Conn{ca}, []*Conn{cb}, func(c *Config) {
 		o := &orderInstaller{fakeInstaller: c.Installer.(*fakeInstaller), seq: &seq}
 		inst = append(inst, o)
 		c.Installer = o
 		c.OutboundDelay = delay
+		ql := &quickLatencies{}
+		obs = append(obs, ql)
+		c.Observer = ql
 	})
 	a, b := inst[0], inst[1]
 	start := time.Now()
@@ -1000,4 +1005,33 @@ func TestInitiatorOutboundAfterQM3(t *testing.T) {
 	if r.ia.inCalls != 1 || r.ia.outCalls != 1 || r.ib.inCalls != 1 || r.ib.outCalls != 1 {
 		t.Fatalf("install calls: A in %d out %d, B in %d out %d, want 1 each", r.ia.inCalls, r.ia.outCalls, r.ib.inCalls, r.ib.outCalls)
 	}
+	// The Quick Mode latency (metrics, statusall) is the exchange, from
+	// QM1 to QM3, not the wait for the responder after it.
+	lat := obs[0].get()
+	if len(lat) != 1 {
+		t.Fatalf("the initiator observed %d established Quick Modes, want 1", len(lat))
+	}
+	if lat[0] <= 0 || lat[0] >= delay {
+		t.Errorf("the initiator's Quick Mode latency is %v; want the exchange alone, less than the outbound delay of %v after it", lat[0], delay)
+	}
+}
+
+// quickLatencies records the latencies of established Quick Modes.
+type quickLatencies struct {
+	mu  sync.Mutex
+	lat []time.Duration
+}
+
+func (o *quickLatencies) Exchange(ev ExchangeEvent) {
+	if ev.Kind == "quick" && ev.Result == "established" {
+		o.mu.Lock()
+		o.lat = append(o.lat, ev.Latency)
+		o.mu.Unlock()
+	}
+}
+
+func (o *quickLatencies) get() []time.Duration {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.lat)
 }

@@ -83,7 +83,11 @@ func (e *Engine) observeChild(q *qm, ch *ChildSA) {
 			result = "rekeyed"
 		}
 	}
-	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: ch.Conn, Kind: "quick", Result: result, Latency: e.cfg.Clock.Now().Sub(q.started)})
+	end := q.exchanged
+	if end.IsZero() {
+		end = e.cfg.Clock.Now()
+	}
+	e.observe(ExchangeEvent{Peer: q.p.peer.Addr(), Conn: ch.Conn, Kind: "quick", Result: result, Latency: end.Sub(q.started)})
 }
 
 // QueueDepth is how many received messages and commands wait for the

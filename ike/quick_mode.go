@@ -77,8 +77,12 @@ type qm struct {
 	remoteTS  netip.Prefix
 	// startSeq is when the exchange began (Engine.seq); outInstalled is
 	// set once the outbound SA is installed, which happens only once.
-	startSeq     uint64
-	started      time.Time // for the negotiation latency metric
+	startSeq uint64
+	started  time.Time // for the negotiation latency metric
+	// exchanged is when the initiator sent QM3, the end of the exchange
+	// in the latency metric: the OutboundDelay after it is a wait, not
+	// the negotiation (zero: it ends when the child is up).
+	exchanged    time.Time
 	outInstalled bool
 	// proto, lport and rport are the negotiated IDci/IDcr protocol and
 	// ports (0: any), installed with the SAs.
@@ -493,6 +497,7 @@ func (e *Engine) quickInitiatorQM2Keyed(q *qm, ps []isakmp.Payload, last []byte,
 		return
 	}
 	e.reply(q, m, sum)
+	q.exchanged = e.cfg.Clock.Now()
 	q.state = quickI2
 	if q.releaseSlot != nil {
 		q.releaseSlot() // the responder has nothing more to answer
