@@ -453,6 +453,14 @@ func (s *ringSocket) Close() error {
 }
 
 // setup creates the devices, sockets, routes and filters.
+// tableGoneWarning is what the log and the status say when another
+// process deleted the daemon's (unowned) table while it ran.
+func tableGoneWarning(table string) string {
+	return fmt.Sprintf("nftables table inet %s was deleted by another process (a firewall reload that flushes the ruleset?): "+
+		"the cleartext drops, the guards and the kernel SPI filter are gone, and conns cannot come up; "+
+		"restart gosec (gosec stop, gosec start) to install it again", table)
+}
+
 func (d *Daemon) setup() error {
 	o := d.opts
 	// Claim the firewall table before anything else: an owned table is
@@ -545,7 +553,9 @@ func (d *Daemon) setup() error {
 		}
 	}
 	filter, err := netio.NewFilter(netio.FilterConfig{Table: o.FilterTable, TUN: d.tun.Name(), IKEPorts: []uint16{500, uint16(o.NATTPort)},
-		Mark: o.Mark, Guards: guards, Claim: d.claim, KeepStale: func(conn string) bool {
+		Mark: o.Mark, Guards: guards, Claim: d.claim, OnGone: func() {
+			d.log.Error(tableGoneWarning(o.FilterTable))
+		}, KeepStale: func(conn string) bool {
 			c, ok := d.conns.Conns[conn]
 			return ok && c.Type != "passthrough" && c.Type != "drop"
 		}})

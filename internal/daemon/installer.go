@@ -55,6 +55,9 @@ type cleartextFilter interface {
 	Counts() (map[string]netio.FilterCounts, error)
 	// Owned reports whether the daemon owns the table (netio/nftown.go).
 	Owned() bool
+	// Gone reports whether another process deleted the (unowned) table
+	// while the daemon ran (netio/nftwatch.go).
+	Gone() bool
 	Close() error
 }
 

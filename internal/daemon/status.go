@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,11 +79,16 @@ type FirewallStatus struct {
 	Table string `json:"table"`
 	Owned bool   `json:"owned"`
 	Lock  string `json:"lock,omitempty"`
+	// Missing: another process deleted the (unowned) table while the
+	// daemon ran.
+	Missing bool `json:"missing,omitempty"`
 }
 
 func (f *FirewallStatus) text() string {
 	var t string
-	if f.Owned {
+	if f.Missing {
+		t = fmt.Sprintf("table inet %s MISSING: deleted by another process (a ruleset flush?) while the daemon ran; the cleartext drops, guards and SPI filter are gone until gosec stop and gosec start", f.Table)
+	} else if f.Owned {
 		t = fmt.Sprintf("table inet %s, owned by the daemon (kept through nft flush ruleset, closed to other processes; kept after a crash)", f.Table)
 	} else {
 		t = fmt.Sprintf("table inet %s, NOT owned by the daemon (a ruleset flush deletes it)", f.Table)
@@ -188,7 +194,10 @@ func (d *Daemon) status(all bool) *Status {
 	d.kernelDrops(st)
 	st.RawPaths = d.rawPaths()
 	if d.filter != nil {
-		st.Firewall = &FirewallStatus{Table: d.opts.FilterTable, Owned: d.filter.Owned()}
+		st.Firewall = &FirewallStatus{Table: d.opts.FilterTable, Owned: d.filter.Owned(), Missing: d.filter.Gone()}
+		if st.Firewall.Missing {
+			st.Warnings = append(slices.Clip(st.Warnings), tableGoneWarning(d.opts.FilterTable))
+		}
 		if d.claim != nil && d.claim.Locked() {
 			st.Firewall.Lock = d.claim.Table() + netio.LockTableSuffix
 		}

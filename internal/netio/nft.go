@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -52,6 +53,10 @@ type FilterConfig struct {
 	// into the new table, so protected traffic of a conn that was up before
 	// the crash stays blocked until it is up again or taken down.
 	KeepStale func(conn string) bool
+	// OnGone, if set, is called (once, on a goroutine of its own) when
+	// another process deletes an unowned table while the Filter runs: a
+	// ruleset flush before Linux 6.9 (nftwatch.go). Gone reports it too.
+	OnGone func()
 	// Claim, if set, is the table's claim taken earlier (ClaimTable with
 	// the same table name), which the Filter takes over; if nil, NewFilter
 	// claims the table itself.
@@ -169,6 +174,10 @@ type Filter struct {
 	sess *nftSession
 	// owned: the table is owned by sess and persistent (nftown.go).
 	owned bool
+	// watch reports an unowned table's deletion by another process
+	// (nil: owned, or the watch could not start); gone is set then.
+	watch *tableWatch
+	gone  atomic.Bool
 }
 
 // bankedCounts are what a conn counted on elements it no longer owns,
@@ -196,6 +205,11 @@ func (f *Filter) conn() (*nftables.Conn, error) {
 // (nftown.go); false on a kernel without NFT_TABLE_F_PERSIST, or when the
 // table was a stale one of an older gosec.
 func (f *Filter) Owned() bool { return f.owned }
+
+// Gone reports whether another process deleted the (unowned) table while
+// the Filter ran: its drops and guards are gone, and changes to it fail
+// until the daemon starts again (nftwatch.go).
+func (f *Filter) Gone() bool { return f.gone.Load() }
 
 // NewFilter replaces any stale table of the same name (a crashed daemon's)
 // with a fresh one holding the ICMP rule, the cleartext chains and the
@@ -361,6 +375,16 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		return nil, f.abortNew(c, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err))
 	}
 	x.done()
+	if !f.owned {
+		// Not fatal if it cannot start: the table is as it was before
+		// the watch existed.
+		f.watch, _ = watchTable(f.ns, cfg.Table, func() {
+			f.gone.Store(true)
+			if cfg.OnGone != nil {
+				cfg.OnGone()
+			}
+		})
+	}
 	return f, nil
 }
 
@@ -1055,6 +1079,10 @@ func (f *Filter) Close() error {
 	defer f.mu.Unlock()
 	if f.ns == -1 {
 		return nil
+	}
+	if f.watch != nil {
+		f.watch.close() // before the table goes: that deletion is ours
+		f.watch = nil
 	}
 	defer func() {
 		f.ns.Close()

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/gosec-ipsec/gosec/internal/nettest"
@@ -374,5 +375,81 @@ func nftIn(ns string) func(args ...string) (string, error) {
 	return func(args ...string) (string, error) {
 		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
 		return string(out), err
+	}
+}
+
+// TestFilterGone: an unowned table (here over a stale one without the
+// flags; before Linux 6.9 always) is watched: another process deleting it
+// (nft flush ruleset) is reported once through OnGone and Gone; the
+// Filter's own Close is not reported. An owned table is not watched.
+func TestFilterGone(t *testing.T) {
+	testutil.NeedRoot(t)
+	const table = "gns-fg"
+	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.28.0/24"))
+	ns := p.A.NS
+	nft := nftIn(ns)
+	newFilter := func(onGone func()) *Filter {
+		t.Helper()
+		var f *Filter
+		nettest.MustDo(t, ns, func() (err error) {
+			f, err = NewFilter(FilterConfig{Table: table, TUN: "gns-fgtun", OnGone: onGone})
+			return err
+		})
+		return f
+	}
+	gone := make(chan struct{}, 4)
+	onGone := func() { gone <- struct{}{} }
+
+	owned := newFilter(onGone)
+	if !owned.Owned() || owned.watch != nil {
+		t.Fatalf("owned table: Owned() %v, watched %v; want owned and not watched", owned.Owned(), owned.watch != nil)
+	}
+	if err := owned.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Closed without a deletion by anyone else: nothing reported.
+	if out, err := nft("add", "table", "inet", table); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	f := newFilter(onGone)
+	if f.Owned() || f.watch == nil {
+		t.Fatalf("stale unowned table: Owned() %v, watched %v; want unowned and watched", f.Owned(), f.watch != nil)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+		t.Fatal("the Filter's own Close was reported as the table's loss")
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	if out, err := nft("add", "table", "inet", table); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	f = newFilter(onGone)
+	defer f.Close()
+	if out, err := nft("flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+	}
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the unowned table's deletion was not reported within 5 s")
+	}
+	if !f.Gone() {
+		t.Error("Gone() = false after OnGone")
+	}
+	if out, err := nft("add", "table", "inet", table); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	if out, err := nft("delete", "table", "inet", table); err != nil {
+		t.Fatalf("nft delete table: %v\n%s", err, out)
+	}
+	select {
+	case <-gone:
+		t.Error("the loss was reported twice")
+	case <-time.After(300 * time.Millisecond):
 	}
 }

@@ -237,8 +237,14 @@ type connStatus struct {
 }
 
 type statusAll struct {
-	Conns []connStatus      `json:"conns"`
-	Drops map[string]uint64 `json:"drops"`
+	Conns    []connStatus      `json:"conns"`
+	Drops    map[string]uint64 `json:"drops"`
+	Firewall *struct {
+		Table   string `json:"table"`
+		Owned   bool   `json:"owned"`
+		Lock    string `json:"lock"`
+		Missing bool   `json:"missing"`
+	} `json:"firewall"`
 }
 
 func statusAllOf(t testing.TB, d *daemon) statusAll {
