@@ -50,15 +50,7 @@ func TestFirewallReload(t *testing.T) {
 	ping, _ := e.traffic(false)
 	time.Sleep(2 * time.Second)
 
-	conf := filepath.Join(t.TempDir(), "nftables.conf")
-	if err := os.WriteFile(conf, []byte(debianNftablesConf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reload := time.Now()
-	e.tl.Add("gw1: nft -f nftables.conf (flush ruleset, then a filter table)")
-	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "-f", conf); err != nil {
-		t.Fatalf("nft -f: %v\n%s", err, out)
-	}
+	reload := e.reloadFirewall(gw1)
 	table, err := e.tp.run(gw1, 10*time.Second, "nft", "list", "table", "inet", "gosec")
 	if err != nil {
 		t.Errorf("gosec's table is gone after the firewall reload: %v\n%s", err, table)
@@ -164,15 +156,7 @@ func TestFirewallReloadUnowned(t *testing.T) {
 		t.Fatalf("before the reload, statusall should say the table is not owned, and not missing:\n%s", out)
 	}
 
-	conf := filepath.Join(t.TempDir(), "nftables.conf")
-	if err := os.WriteFile(conf, []byte(debianNftablesConf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reload := time.Now()
-	e.tl.Add("gw1: nft -f nftables.conf (flush ruleset, then a filter table)")
-	if out, err := e.tp.run(gw1, 10*time.Second, "nft", "-f", conf); err != nil {
-		t.Fatalf("nft -f: %v\n%s", err, out)
-	}
+	reload := e.reloadFirewall(gw1)
 	var out string
 	if !wire.WaitFor(5*time.Second, func() bool {
 		out = e.ctl(e.gw1, "statusall")
@@ -194,4 +178,20 @@ func TestFirewallReloadUnowned(t *testing.T) {
 	pr := ping.Stop()
 	e.finish()
 	e.noLoss(pr, reload, time.Now(), "after the firewall reload")
+}
+
+// reloadFirewall loads Debian's default nftables.conf in namespace ns, as
+// `systemctl reload nftables` does, and returns when it did.
+func (e *lcEnv) reloadFirewall(ns string) time.Time {
+	e.t.Helper()
+	conf := filepath.Join(e.t.TempDir(), "nftables.conf")
+	if err := os.WriteFile(conf, []byte(debianNftablesConf), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	at := time.Now()
+	e.tl.Add("%s: nft -f nftables.conf (flush ruleset, then a filter table)", ns[strings.LastIndex(ns, "-")+1:])
+	if out, err := e.tp.run(ns, 10*time.Second, "nft", "-f", conf); err != nil {
+		e.t.Fatalf("nft -f: %v\n%s", err, out)
+	}
+	return at
 }
