@@ -453,10 +453,19 @@ func (s *ringSocket) Close() error {
 }
 
 // setup creates the devices, sockets, routes and filters.
+// notOwnedWarning is what the log and the status say while the daemon
+// does not own its table.
+func notOwnedWarning(table string) string {
+	return fmt.Sprintf("nftables table inet %s is not owned by the daemon (the kernel lacks NFT_TABLE_F_PERSIST, Linux 6.9, or an older gosec left the table): "+
+		"a firewall reload that flushes the ruleset deletes the cleartext drops and guards, which the daemon then restores; "+
+		"on a kernel that has the flag, gosec owns the table from its first start after a clean stop (which deletes the table)", table)
+}
+
 // tableGoneWarning is what the log and the status say when another
-// process deleted the daemon's (unowned) table while it ran.
+// process deleted the daemon's (unowned) table while it ran and it could
+// not be restored.
 func tableGoneWarning(table string) string {
-	return fmt.Sprintf("nftables table inet %s was deleted by another process (a firewall reload that flushes the ruleset?): "+
+	return fmt.Sprintf("nftables table inet %s was deleted by another process (a firewall reload that flushes the ruleset?) and could not be restored: "+
 		"the cleartext drops, the guards and the kernel SPI filter are gone, and conns cannot come up; "+
 		"restart gosec (gosec stop, gosec start) to install it again", table)
 }
@@ -553,8 +562,13 @@ func (d *Daemon) setup() error {
 		}
 	}
 	filter, err := netio.NewFilter(netio.FilterConfig{Table: o.FilterTable, TUN: d.tun.Name(), IKEPorts: []uint16{500, uint16(o.NATTPort)},
-		Mark: o.Mark, Guards: guards, Claim: d.claim, OnGone: func() {
-			d.log.Error(tableGoneWarning(o.FilterTable))
+		Mark: o.Mark, Guards: guards, Claim: d.claim, OnGone: func(restoreErr error) {
+			if restoreErr != nil {
+				d.log.Error(tableGoneWarning(o.FilterTable), "restore_err", restoreErr)
+				return
+			}
+			d.log.Warn(fmt.Sprintf("nftables table inet %s was deleted by another process (a firewall reload that flushes the ruleset?) and restored: "+
+				"its cleartext drops and guards were missing for a moment", o.FilterTable))
 		}, KeepStale: func(conn string) bool {
 			c, ok := d.conns.Conns[conn]
 			return ok && c.Type != "passthrough" && c.Type != "drop"
@@ -564,10 +578,9 @@ func (d *Daemon) setup() error {
 	}
 	d.filter = filter
 	if !filter.Owned() {
-		w := fmt.Sprintf("nftables table inet %s is not owned by the daemon (the kernel lacks NFT_TABLE_F_PERSIST, Linux 6.9, or an older gosec left the table): "+
-			"a firewall reload that flushes the ruleset deletes the cleartext drops and guards; on a kernel that has the flag, gosec owns the table from its first start after a clean stop (which deletes the table)", o.FilterTable)
-		d.warnings = append(d.warnings, w)
-		d.log.Warn(w)
+		// The status says it while it lasts (a restored table may be
+		// owned).
+		d.log.Warn(notOwnedWarning(o.FilterTable))
 	}
 	// The kernel drops ESP, AH and ESP-in-UDP of SPIs no inbound SA holds
 	// (the set starts empty, as the SAD does).

@@ -56,8 +56,10 @@ type cleartextFilter interface {
 	// Owned reports whether the daemon owns the table (netio/nftown.go).
 	Owned() bool
 	// Gone reports whether another process deleted the (unowned) table
-	// while the daemon ran (netio/nftwatch.go).
+	// while the daemon ran and it could not be restored; Restores how
+	// many times it was restored (netio/nftwatch.go).
 	Gone() bool
+	Restores() int
 	Close() error
 }
 

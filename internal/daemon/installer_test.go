@@ -53,6 +53,7 @@ func (f *fakeFilter) Counts() (map[string]netio.FilterCounts, error) {
 func (f *fakeFilter) Close() error                      { return nil }
 func (f *fakeFilter) Owned() bool                       { return true }
 func (f *fakeFilter) Gone() bool                        { return false }
+func (f *fakeFilter) Restores() int                     { return 0 }
 func (f *fakeFilter) guards(name string) []netip.Prefix { return f.conns[name] }
 func (r *fakeRouter) has(p string) bool                 { _, ok := r.routes[netip.MustParsePrefix(p)]; return ok }
 

@@ -80,8 +80,10 @@ type FirewallStatus struct {
 	Owned bool   `json:"owned"`
 	Lock  string `json:"lock,omitempty"`
 	// Missing: another process deleted the (unowned) table while the
-	// daemon ran.
-	Missing bool `json:"missing,omitempty"`
+	// daemon ran and it could not be restored; Restored: how many times
+	// it was deleted so and restored.
+	Missing  bool `json:"missing,omitempty"`
+	Restored int  `json:"restored,omitempty"`
 }
 
 func (f *FirewallStatus) text() string {
@@ -92,6 +94,9 @@ func (f *FirewallStatus) text() string {
 		t = fmt.Sprintf("table inet %s, owned by the daemon (kept through nft flush ruleset, closed to other processes; kept after a crash)", f.Table)
 	} else {
 		t = fmt.Sprintf("table inet %s, NOT owned by the daemon (a ruleset flush deletes it)", f.Table)
+	}
+	if f.Restored > 0 {
+		t += fmt.Sprintf("; deleted by another process and restored %d times", f.Restored)
 	}
 	if f.Lock != "" {
 		return t + fmt.Sprintf("; namespace lock: table inet %s", f.Lock)
@@ -194,9 +199,15 @@ func (d *Daemon) status(all bool) *Status {
 	d.kernelDrops(st)
 	st.RawPaths = d.rawPaths()
 	if d.filter != nil {
-		st.Firewall = &FirewallStatus{Table: d.opts.FilterTable, Owned: d.filter.Owned(), Missing: d.filter.Gone()}
+		st.Firewall = &FirewallStatus{Table: d.opts.FilterTable, Owned: d.filter.Owned(), Missing: d.filter.Gone(), Restored: d.filter.Restores()}
+		if !st.Firewall.Owned {
+			st.Warnings = append(slices.Clip(st.Warnings), notOwnedWarning(d.opts.FilterTable))
+		}
 		if st.Firewall.Missing {
 			st.Warnings = append(slices.Clip(st.Warnings), tableGoneWarning(d.opts.FilterTable))
+		} else if st.Firewall.Restored > 0 {
+			st.Warnings = append(slices.Clip(st.Warnings), fmt.Sprintf("nftables table inet %s was deleted by another process %d times (a firewall reload that flushes the ruleset?) and restored each time; "+
+				"its cleartext drops and guards were missing for a moment then", d.opts.FilterTable, st.Firewall.Restored))
 		}
 		if d.claim != nil && d.claim.Locked() {
 			st.Firewall.Lock = d.claim.Table() + netio.LockTableSuffix

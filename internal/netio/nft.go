@@ -53,10 +53,12 @@ type FilterConfig struct {
 	// into the new table, so protected traffic of a conn that was up before
 	// the crash stays blocked until it is up again or taken down.
 	KeepStale func(conn string) bool
-	// OnGone, if set, is called (once, on a goroutine of its own) when
-	// another process deletes an unowned table while the Filter runs: a
-	// ruleset flush before Linux 6.9 (nftwatch.go). Gone reports it too.
-	OnGone func()
+	// OnGone, if set, is called (on a goroutine of its own) each time
+	// another process deleted an unowned table while the Filter ran (a
+	// ruleset flush before Linux 6.9), after the Filter tried to restore
+	// it, with the restoration's error (nftwatch.go). Gone reports a
+	// table that is still missing, Restores how many came back.
+	OnGone func(restoreErr error)
 	// Claim, if set, is the table's claim taken earlier (ClaimTable with
 	// the same table name), which the Filter takes over; if nil, NewFilter
 	// claims the table itself.
@@ -178,6 +180,13 @@ type Filter struct {
 	// (nil: owned, or the watch could not start); gone is set then.
 	watch *tableWatch
 	gone  atomic.Bool
+	// restores counts the table's restorations (Restore); lastCounts are
+	// the conns' counts as Counts last read them, where a restored
+	// table's counters start.
+	restores   int
+	lastCounts map[string]bankedCounts
+	// restoreHooks run after each Restore the watch makes (onRestore).
+	restoreHooks []func() error
 }
 
 // bankedCounts are what a conn counted on elements it no longer owns,
@@ -204,11 +213,15 @@ func (f *Filter) conn() (*nftables.Conn, error) {
 // other process can change or delete it and `nft flush ruleset` leaves it
 // (nftown.go); false on a kernel without NFT_TABLE_F_PERSIST, or when the
 // table was a stale one of an older gosec.
-func (f *Filter) Owned() bool { return f.owned }
+func (f *Filter) Owned() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.owned
+}
 
 // Gone reports whether another process deleted the (unowned) table while
-// the Filter ran: its drops and guards are gone, and changes to it fail
-// until the daemon starts again (nftwatch.go).
+// the Filter ran and it could not be restored: its drops and guards are
+// gone, and changes to it fail (nftwatch.go).
 func (f *Filter) Gone() bool { return f.gone.Load() }
 
 // NewFilter replaces any stale table of the same name (a crashed daemon's)
@@ -291,6 +304,27 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		c.DelTable(f.table)
 		c.AddTable(f.table)
 	}
+	if err := f.queueTable(c, x); err != nil {
+		return nil, f.abortNew(c, err)
+	}
+	if err := c.Flush(); err != nil {
+		return nil, f.abortNew(c, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err))
+	}
+	x.done()
+	if !f.owned {
+		// Not fatal if it cannot start: the table is as it was before
+		// the watch existed.
+		f.watch, _ = watchTable(f.ns, cfg.Table, portID(f.sess.raw), f.lost)
+	}
+	return f, nil
+}
+
+// queueTable queues the table's contents on c: its sets, the elements of
+// x (a transaction on an empty model), its chains and rules. The table
+// itself is queued (or owned) by the caller. f.sess.mu held, or f not
+// yet shared.
+func (f *Filter) queueTable(c *nftables.Conn, x *filterTxn) error {
+	cfg := f.cfg
 	f.protected = &nftables.Set{Table: f.table, Name: protectedSet, KeyType: nftables.TypeIPAddr, Interval: true, Counter: true,
 		Comment: "gosec: conns' protected prefixes (inbound cleartext drop)"}
 	f.guarded = &nftables.Set{Table: f.table, Name: guardedSet, KeyType: nftables.TypeIPAddr, Interval: true, Counter: true,
@@ -299,11 +333,11 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		Comment: "gosec: which conn holds which guard (carried over a crash)"}
 	for _, s := range []*nftables.Set{f.protected, f.guarded, f.guardConns} {
 		if err := c.AddSet(s, nil); err != nil {
-			return nil, f.abortNew(c, fmt.Errorf("netio: filter: set %s: %w", s.Name, err))
+			return fmt.Errorf("netio: filter: set %s: %w", s.Name, err)
 		}
 	}
 	if err := x.queue(c); err != nil {
-		return nil, f.abortNew(c, err)
+		return err
 	}
 	out := c.AddChain(&nftables.Chain{
 		Name: "output", Table: f.table, Type: nftables.ChainTypeFilter,
@@ -371,21 +405,7 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 			c.AddRule(&nftables.Rule{Table: f.table, Chain: mark, Exprs: setMark, UserData: []byte("gosec:mark")})
 		}
 	}
-	if err := c.Flush(); err != nil {
-		return nil, f.abortNew(c, fmt.Errorf("netio: filter: create table inet %s: %w", cfg.Table, err))
-	}
-	x.done()
-	if !f.owned {
-		// Not fatal if it cannot start: the table is as it was before
-		// the watch existed.
-		f.watch, _ = watchTable(f.ns, cfg.Table, func() {
-			f.gone.Store(true)
-			if cfg.OnGone != nil {
-				cfg.OnGone()
-			}
-		})
-	}
-	return f, nil
+	return nil
 }
 
 // abortNew discards what NewFilter queued and closes what it opened.
@@ -1049,6 +1069,7 @@ func (f *Filter) Counts() (map[string]FilterCounts, error) {
 	}
 	attribute(f.in, in, func(o string, n uint64) { b := sums[o]; b.dropped += int64(n); sums[o] = b })
 	attribute(f.out, out, func(o string, n uint64) { b := sums[o]; b.guarded += int64(n); sums[o] = b })
+	f.lastCounts = sums
 	all := make(map[string]FilterCounts, len(sums))
 	for name, b := range sums {
 		// Never below zero: an element's counter only grows.

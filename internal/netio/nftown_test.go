@@ -3,6 +3,7 @@ package netio
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -378,29 +379,33 @@ func nftIn(ns string) func(args ...string) (string, error) {
 	}
 }
 
-// TestFilterGone: an unowned table (here over a stale one without the
-// flags; before Linux 6.9 always) is watched: another process deleting it
-// (nft flush ruleset) is reported once through OnGone and Gone; the
-// Filter's own Close is not reported. An owned table is not watched.
-func TestFilterGone(t *testing.T) {
+// TestFilterRestore: an unowned table (here over a stale one without the
+// flags; before Linux 6.9 always) is watched. When another process
+// deletes it (nft flush ruleset) the Filter restores it from its model,
+// and the SPI gate its chain, SPIs and ring bypass, and OnGone hears how
+// that went: the guard drops again, conns and SPIs can be added again.
+// On this kernel the restored table is owned. The Filter's own Close is
+// not reported; an owned table is not watched.
+func TestFilterRestore(t *testing.T) {
 	testutil.NeedRoot(t)
 	const table = "gns-fg"
 	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.28.0/24"))
+	g := newGuardProbe(t, p, 7009)
+	host := netip.PrefixFrom(p.BAddr, 32)
 	ns := p.A.NS
 	nft := nftIn(ns)
-	newFilter := func(onGone func()) *Filter {
+	gone := make(chan error, 4)
+	newFilter := func() *Filter {
 		t.Helper()
 		var f *Filter
 		nettest.MustDo(t, ns, func() (err error) {
-			f, err = NewFilter(FilterConfig{Table: table, TUN: "gns-fgtun", OnGone: onGone})
+			f, err = NewFilter(FilterConfig{Table: table, TUN: "gns-fgtun", OnGone: func(err error) { gone <- err }})
 			return err
 		})
 		return f
 	}
-	gone := make(chan struct{}, 4)
-	onGone := func() { gone <- struct{}{} }
 
-	owned := newFilter(onGone)
+	owned := newFilter()
 	if !owned.Owned() || owned.watch != nil {
 		t.Fatalf("owned table: Owned() %v, watched %v; want owned and not watched", owned.Owned(), owned.watch != nil)
 	}
@@ -412,7 +417,7 @@ func TestFilterGone(t *testing.T) {
 	if out, err := nft("add", "table", "inet", table); err != nil {
 		t.Fatalf("nft add table: %v\n%s", err, out)
 	}
-	f := newFilter(onGone)
+	f := newFilter()
 	if f.Owned() || f.watch == nil {
 		t.Fatalf("stale unowned table: Owned() %v, watched %v; want unowned and watched", f.Owned(), f.watch != nil)
 	}
@@ -428,28 +433,114 @@ func TestFilterGone(t *testing.T) {
 	if out, err := nft("add", "table", "inet", table); err != nil {
 		t.Fatalf("nft add table: %v\n%s", err, out)
 	}
-	f = newFilter(onGone)
+	f = newFilter()
 	defer f.Close()
+	if err := f.AddConn("peer", []netip.Prefix{host}); err != nil {
+		t.Fatal(err)
+	}
+	var gate *SPIGate
+	nettest.MustDo(t, ns, func() (err error) {
+		gate, err = NewSPIGate(SPIGateConfig{Filter: f, NATTPort: 4500})
+		return err
+	})
+	defer gate.Close()
+	if err := gate.Admit(0x4242, p.BAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := gate.BypassRing(); err != nil {
+		t.Fatal(err)
+	}
+	if g.send("before the flush") {
+		t.Fatal("the guard is missing before the flush")
+	}
+	if _, err := f.Counts(); err != nil {
+		t.Fatal(err)
+	}
+
 	if out, err := nft("flush", "ruleset"); err != nil {
 		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
 	}
 	select {
-	case <-gone:
+	case err := <-gone:
+		if err != nil {
+			t.Fatalf("restoring the table: %v", err)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the unowned table's deletion was not reported within 5 s")
 	}
-	if !f.Gone() {
-		t.Error("Gone() = false after OnGone")
+	if f.Gone() || f.Restores() != 1 {
+		t.Errorf("after the restore: Gone() %v, Restores() %d; want false, 1", f.Gone(), f.Restores())
 	}
-	if out, err := nft("add", "table", "inet", table); err != nil {
-		t.Fatalf("nft add table: %v\n%s", err, out)
+	if !f.Owned() {
+		t.Error("the restored table is not owned on a kernel with NFT_TABLE_F_PERSIST")
 	}
-	if out, err := nft("delete", "table", "inet", table); err != nil {
-		t.Fatalf("nft delete table: %v\n%s", err, out)
+	readFilterSets(t, f).matchModel(t, f, "after the restore")
+	if g.send("after the restore") {
+		t.Fatal("cleartext left after the table was restored: the guard is missing")
+	}
+	out, err := nft("list", "table", "inet", table)
+	if err != nil {
+		t.Fatalf("nft list table: %v\n%s", err, out)
+	}
+	for _, want := range []string{"chain " + spiGateChain, "chain " + ringBypassChain, "elements = { 16962 }", p.BAddr.String(), "chain guard"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the restored table lacks %q:\n%s", want, out)
+		}
+	}
+	if err := f.AddConn("peer2", []netip.Prefix{netip.MustParsePrefix("192.0.2.128/25")}); err != nil {
+		t.Errorf("AddConn after the restore: %v", err)
+	}
+	if err := gate.Admit(0x4343, p.BAddr); err != nil {
+		t.Errorf("Admit after the restore: %v", err)
+	}
+	if c, err := gate.Counts(); err != nil || c.Admitted != 2 || c.Open {
+		t.Errorf("gate after the restore: %+v, %v; want 2 SPIs admitted, shut", c, err)
+	}
+	readFilterSets(t, f).matchModel(t, f, "after adding to the restored table")
+	gate.Close()
+	f.Close()
+
+	// As before Linux 6.9, where no table can be owned: every flush
+	// deletes it, every deletion is restored, unowned, and the restore's
+	// own transaction is not taken for another deletion.
+	noPersistForTests = true
+	defer func() { noPersistForTests = false }()
+	f = newFilter()
+	defer f.Close()
+	if f.Owned() || f.watch == nil {
+		t.Fatalf("without persist: Owned() %v, watched %v; want unowned and watched", f.Owned(), f.watch != nil)
+	}
+	if err := f.AddConn("peer", []netip.Prefix{host}); err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 2; round++ {
+		if out, err := nft("flush", "ruleset"); err != nil {
+			t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+		}
+		flushed := time.Now()
+		select {
+		case err := <-gone:
+			if err != nil {
+				t.Fatalf("round %d: restoring the table: %v", round, err)
+			}
+			t.Logf("round %d: restored %v after nft flush ruleset returned", round, time.Since(flushed))
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the deletion was not reported within 5 s", round)
+		}
+		if f.Owned() {
+			t.Errorf("round %d: the restored table is owned without persist", round)
+		}
+		readFilterSets(t, f).matchModel(t, f, fmt.Sprintf("without persist, restore %d", round))
+		if g.send(fmt.Sprintf("without persist, restore %d", round)) {
+			t.Fatalf("round %d: the guard is missing after the restore", round)
+		}
 	}
 	select {
-	case <-gone:
-		t.Error("the loss was reported twice")
-	case <-time.After(300 * time.Millisecond):
+	case err := <-gone:
+		t.Errorf("a third deletion reported after two flushes (the restore's own transaction?): %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if n := f.Restores(); n != 2 {
+		t.Errorf("Restores() = %d after two flushes, want 2", n)
 	}
 }

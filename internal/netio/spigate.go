@@ -111,6 +111,8 @@ type SPIGate struct {
 	// why says what failed.
 	open bool
 	why  error
+	// nattPort is the NAT-T port its ESP-in-UDP rule judges (0: none).
+	nattPort uint16
 }
 
 // NewSPIGate adds the gate's set and chain to cfg.Table (replacing any of
@@ -138,57 +140,69 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 			return nil, fmt.Errorf("netio: spi gate: nftables: %w", err)
 		}
 	}
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	nl := sess.c
-	// closeNL undoes the gate's socket on failure (a shared one stays).
-	closeNL := func() {
-		if shared {
-			discardQueued(nl)
-		} else {
-			nl.CloseLasting()
+	// Built with the socket locked; registered with the Filter after,
+	// since the Filter's lock comes before the socket's.
+	g, err := func() (*SPIGate, error) {
+		sess.mu.Lock()
+		defer sess.mu.Unlock()
+		nl := sess.c
+		// closeNL undoes the gate's socket on failure (a shared one stays).
+		closeNL := func() {
+			if shared {
+				discardQueued(nl)
+			} else {
+				nl.CloseLasting()
+			}
 		}
-	}
-	g := &SPIGate{sess: sess, shared: shared, nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}, peers: map[netip.Addr]int{}}
-	g.chain = &nftables.Chain{
-		Name: spiGateChain, Table: g.table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRaw,
-	}
-	g.set = &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger,
-		Comment: "SPIs of the daemon's inbound SAs"}
-	g.peerSet = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr,
-		Comment: "sources of the daemon's inbound SAs (their ESP-in-UDP is judged by the daemon)"}
-	// Add-then-delete clears what a previous gate in this table left,
-	// in the same transaction.
-	nl.AddChain(g.chain)
-	nl.DelChain(g.chain)
-	probe := &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger}
-	if err := nl.AddSet(probe, nil); err != nil {
-		closeNL()
-		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
-	}
-	nl.DelSet(probe)
-	probe = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr}
-	if err := nl.AddSet(probe, nil); err != nil {
-		closeNL()
-		return nil, fmt.Errorf("netio: spi gate: set: %w", err)
-	}
-	nl.DelSet(probe)
-	for _, set := range []*nftables.Set{g.set, g.peerSet} {
-		if err := nl.AddSet(set, nil); err != nil {
+		g := &SPIGate{sess: sess, shared: shared, nl: nl, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: cfg.Table}, refs: spiRefs{}, peers: map[netip.Addr]int{},
+			nattPort: cfg.NATTPort}
+		g.chain = &nftables.Chain{
+			Name: spiGateChain, Table: g.table, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRaw,
+		}
+		g.set = &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger,
+			Comment: "SPIs of the daemon's inbound SAs"}
+		g.peerSet = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr,
+			Comment: "sources of the daemon's inbound SAs (their ESP-in-UDP is judged by the daemon)"}
+		// Add-then-delete clears what a previous gate in this table left,
+		// in the same transaction.
+		nl.AddChain(g.chain)
+		nl.DelChain(g.chain)
+		probe := &nftables.Set{Table: g.table, Name: spiGateSet, KeyType: nftables.TypeInteger}
+		if err := nl.AddSet(probe, nil); err != nil {
 			closeNL()
 			return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 		}
-	}
-	nl.AddChain(g.chain)
-	for _, r := range spiGateRules(g.set, g.peerSet, cfg.NATTPort) {
-		nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
-	}
-	if err := nl.Flush(); err != nil {
-		if !shared {
-			nl.CloseLasting()
+		nl.DelSet(probe)
+		probe = &nftables.Set{Table: g.table, Name: spiGatePeerSet, KeyType: nftables.TypeIPAddr}
+		if err := nl.AddSet(probe, nil); err != nil {
+			closeNL()
+			return nil, fmt.Errorf("netio: spi gate: set: %w", err)
 		}
-		return nil, fmt.Errorf("netio: spi gate: create in table inet %s: %w", cfg.Table, err)
+		nl.DelSet(probe)
+		for _, set := range []*nftables.Set{g.set, g.peerSet} {
+			if err := nl.AddSet(set, nil); err != nil {
+				closeNL()
+				return nil, fmt.Errorf("netio: spi gate: set: %w", err)
+			}
+		}
+		nl.AddChain(g.chain)
+		for _, r := range spiGateRules(g.set, g.peerSet, cfg.NATTPort) {
+			nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
+		}
+		if err := nl.Flush(); err != nil {
+			if !shared {
+				nl.CloseLasting()
+			}
+			return nil, fmt.Errorf("netio: spi gate: create in table inet %s: %w", cfg.Table, err)
+		}
+		return g, nil
+	}()
+	if err != nil {
+		return nil, err
+	}
+	if shared {
+		cfg.Filter.onRestore(g.Restore)
 	}
 	return g, nil
 }

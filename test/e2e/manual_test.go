@@ -240,10 +240,11 @@ type statusAll struct {
 	Conns    []connStatus      `json:"conns"`
 	Drops    map[string]uint64 `json:"drops"`
 	Firewall *struct {
-		Table   string `json:"table"`
-		Owned   bool   `json:"owned"`
-		Lock    string `json:"lock"`
-		Missing bool   `json:"missing"`
+		Table    string `json:"table"`
+		Owned    bool   `json:"owned"`
+		Lock     string `json:"lock"`
+		Missing  bool   `json:"missing"`
+		Restored int    `json:"restored"`
 	} `json:"firewall"`
 }
 
