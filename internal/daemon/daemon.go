@@ -452,7 +452,6 @@ func (s *ringSocket) Close() error {
 	return err
 }
 
-// setup creates the devices, sockets, routes and filters.
 // notOwnedWarning is what the log and the status say while the daemon
 // does not own its table.
 func notOwnedWarning(table string) string {
@@ -470,10 +469,11 @@ func tableGoneWarning(table string) string {
 		"restart gosec (gosec stop, gosec start) to install it again", table)
 }
 
+// setup creates the devices, sockets, routes and filters.
 func (d *Daemon) setup() error {
 	o := d.opts
-	// Claim the firewall table before anything else: an owned table is
-	// the namespace's daemon lock (netio.TableClaim). A second daemon in
+	// Claim the firewall table before anything else: the claim holds the
+	// namespace's daemon lock (netio.TableClaim). A second daemon in
 	// this namespace with another control socket would otherwise take the
 	// first one's routes and rules below for a crashed predecessor's and
 	// remove them, and attach queues to its TUN.

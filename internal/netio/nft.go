@@ -285,8 +285,8 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	// The table is owned already (the claim created it, or adopted a
 	// crashed daemon's, which changes nothing in it: the stale guards
-	// stay in force until the transaction below). The guards are in the very transaction that replaces the table's
-	// contents.
+	// stay in force until the transaction below). The guards are in the
+	// very transaction that replaces the table's contents.
 	x := f.begin()
 	for _, name := range sortedKeys(guards) {
 		x.set(name, &filterConn{remotes: uniquePrefixes(guards[name])})

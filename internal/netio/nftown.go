@@ -128,23 +128,39 @@ func (s *nftSession) newTable(name string, flags uint32) error {
 // its ownership with it. Chains go first: their rules hold the sets.
 // s.mu held.
 func (s *nftSession) clearTable(t *nftables.Table) error {
-	chains, err := s.c.ListChainsOfTableFamily(t.Family)
+	chains, sets, err := s.tableObjects(t)
 	if err != nil {
-		return fmt.Errorf("list chains: %w", err)
+		return err
 	}
-	for _, ch := range chains {
-		if ch.Table.Name == t.Name {
-			s.c.DelChain(&nftables.Chain{Table: t, Name: ch.Name})
-		}
+	for _, name := range chains {
+		s.c.DelChain(&nftables.Chain{Table: t, Name: name})
 	}
-	sets, err := s.c.GetSets(t)
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("list sets: %w", err)
-	}
-	for _, set := range sets {
-		s.c.DelSet(&nftables.Set{Table: t, Name: set.Name})
+	for _, name := range sets {
+		s.c.DelSet(&nftables.Set{Table: t, Name: name})
 	}
 	return nil
+}
+
+// tableObjects lists the names of the chains and sets table t holds.
+// s.mu held.
+func (s *nftSession) tableObjects(t *nftables.Table) (chains, sets []string, err error) {
+	all, err := s.c.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list chains: %w", err)
+	}
+	for _, ch := range all {
+		if ch.Table.Name == t.Name {
+			chains = append(chains, ch.Name)
+		}
+	}
+	ss, err := s.c.GetSets(t)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return nil, nil, fmt.Errorf("list sets: %w", err)
+	}
+	for _, set := range ss {
+		sets = append(sets, set.Name)
+	}
+	return chains, sets, nil
 }
 
 // TableClaim is a daemon's hold on its table, taken before the daemon
@@ -249,20 +265,11 @@ func (c *TableClaim) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: c.name}
-	chains, err := s.c.ListChainsOfTableFamily(t.Family)
+	chains, sets, err := s.tableObjects(t)
 	if err != nil {
-		return fmt.Errorf("netio: table inet %s: list chains: %w", c.name, err)
+		return fmt.Errorf("netio: table inet %s: %w", c.name, err)
 	}
-	for _, ch := range chains {
-		if ch.Table.Name == c.name {
-			return nil
-		}
-	}
-	sets, err := s.c.GetSets(t)
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("netio: table inet %s: list sets: %w", c.name, err)
-	}
-	if len(sets) > 0 {
+	if len(chains) > 0 || len(sets) > 0 {
 		return nil
 	}
 	s.c.DelTable(t)

@@ -24,13 +24,8 @@ import (
 // guard stay; the next Filter adopts the table, keeps the guard and owns
 // it again; Close deletes it.
 func TestFilterOwnedTable(t *testing.T) {
-	testutil.NeedRoot(t)
 	const table = "gns-fo"
-	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.26.0/24"))
-	g := newGuardProbe(t, p, 7007)
-	host := netip.PrefixFrom(p.BAddr, 32)
-	ns := p.A.NS
-	nft := nftIn(ns)
+	p, g, host, ns, nft := newTableLab(t, table, "10.231.26.0/24", 7007)
 	flags := func() uint32 {
 		t.Helper()
 		var fl uint32
@@ -200,13 +195,8 @@ func TestFilterOwnedTable(t *testing.T) {
 // created but leaves a crashed daemon's table, with its guard, when it
 // closes; a Filter takes over a claim on its own table only.
 func TestTableClaim(t *testing.T) {
-	testutil.NeedRoot(t)
 	const table = "gns-tc"
-	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.27.0/24"))
-	g := newGuardProbe(t, p, 7008)
-	host := netip.PrefixFrom(p.BAddr, 32)
-	ns := p.A.NS
-	nft := nftIn(ns)
+	_, g, host, ns, nft := newTableLab(t, table, "10.231.27.0/24", 7008)
 	claim := func(name string) (*TableClaim, error) {
 		var c *TableClaim
 		err := nettest.Do(ns, func() (err error) {
@@ -371,6 +361,16 @@ func TestTableClaim(t *testing.T) {
 	}
 }
 
+// newTableLab is the set-up of the table tests (root): a namespace pair
+// named after the table, with a guard probe on port, the peer's address as
+// a /32 and nft in the first namespace.
+func newTableLab(t *testing.T, table, prefix string, port int) (*nettest.Pair, *guardProbe, netip.Prefix, string, func(args ...string) (string, error)) {
+	t.Helper()
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, table, netip.MustParsePrefix(prefix))
+	return p, newGuardProbe(t, p, port), netip.PrefixFrom(p.BAddr, 32), p.A.NS, nftIn(p.A.NS)
+}
+
 // nftIn runs the nft command in namespace ns.
 func nftIn(ns string) func(args ...string) (string, error) {
 	return func(args ...string) (string, error) {
@@ -387,13 +387,8 @@ func nftIn(ns string) func(args ...string) (string, error) {
 // On this kernel the restored table is owned. The Filter's own Close is
 // not reported; an owned table is not watched.
 func TestFilterRestore(t *testing.T) {
-	testutil.NeedRoot(t)
 	const table = "gns-fg"
-	p := nettest.NewPair(t, table, netip.MustParsePrefix("10.231.28.0/24"))
-	g := newGuardProbe(t, p, 7009)
-	host := netip.PrefixFrom(p.BAddr, 32)
-	ns := p.A.NS
-	nft := nftIn(ns)
+	p, g, host, ns, nft := newTableLab(t, table, "10.231.28.0/24", 7009)
 	gone := make(chan error, 4)
 	newFilter := func() *Filter {
 		t.Helper()

@@ -238,15 +238,11 @@ func (g *SPIGate) Restore() error {
 	}
 	g.nl.AddChain(g.chain)
 	if !g.open {
-		for _, r := range spiGateRules(g.set, g.peerSet, g.nattPort) {
-			g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
-		}
+		g.queueGateRules()
 	}
 	if g.bypass != nil {
 		g.nl.AddChain(g.bypass)
-		for _, r := range ringBypassRules(g.set) {
-			g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.bypass, Exprs: r.exprs, UserData: []byte(ringBypassTag + r.name)})
-		}
+		g.queueBypassRules(g.bypass)
 	}
 	if err := g.nl.Flush(); err != nil {
 		return fmt.Errorf("netio: spi gate: restore in table inet %s: %w", g.table.Name, err)

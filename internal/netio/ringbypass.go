@@ -49,9 +49,7 @@ func (g *SPIGate) BypassRing() error {
 	g.nl.AddChain(ch)
 	g.nl.DelChain(ch)
 	g.nl.AddChain(ch)
-	for _, r := range ringBypassRules(g.set) {
-		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: r.exprs, UserData: []byte(ringBypassTag + r.name)})
-	}
+	g.queueBypassRules(ch)
 	if err := g.nl.Flush(); err != nil {
 		return fmt.Errorf("netio: ring bypass: create in table inet %s: %w", g.table.Name, err)
 	}
@@ -74,6 +72,14 @@ func (g *SPIGate) RemoveBypass() error {
 		return fmt.Errorf("netio: ring bypass: remove: %w", err)
 	}
 	return nil
+}
+
+// queueBypassRules queues the ring bypass's drop rules into ch (the
+// socket's lock held).
+func (g *SPIGate) queueBypassRules(ch *nftables.Chain) {
+	for _, r := range ringBypassRules(g.set) {
+		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: r.exprs, UserData: []byte(ringBypassTag + r.name)})
+	}
 }
 
 // ringBypassRules are BypassRing's drop rules, for ESP and AH.

@@ -187,9 +187,7 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 			}
 		}
 		nl.AddChain(g.chain)
-		for _, r := range spiGateRules(g.set, g.peerSet, cfg.NATTPort) {
-			nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
-		}
+		g.queueGateRules()
 		if err := nl.Flush(); err != nil {
 			if !shared {
 				nl.CloseLasting()
@@ -205,6 +203,14 @@ func NewSPIGate(cfg SPIGateConfig) (*SPIGate, error) {
 		cfg.Filter.onRestore(g.Restore)
 	}
 	return g, nil
+}
+
+// queueGateRules queues the gate's drop rules into its chain (the
+// socket's lock held).
+func (g *SPIGate) queueGateRules() {
+	for _, r := range spiGateRules(g.set, g.peerSet, g.nattPort) {
+		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: g.chain, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
+	}
 }
 
 type gateRule struct {
