@@ -296,12 +296,12 @@ func (c *PacketConn) flush(k int) (int, error) {
 }
 
 // sendFn is the RawConn.Write callback: one sendmmsg of c.count prepared
-// frames from c.off.
+// frames from c.off (a raw system call: see sendmmsg).
 func (c *PacketConn) sendFn(fd uintptr) bool {
-	n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.hdrs[c.off])), uintptr(c.count), 0, 0, 0)
+	n, e := sendmmsg(fd, unsafe.Pointer(&c.hdrs[c.off]), c.count)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}
-	c.n, c.errno = int(n), e
+	c.n, c.errno = n, e
 	return true
 }
