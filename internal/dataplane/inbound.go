@@ -66,7 +66,7 @@ func (p *Plane) inboundUDP(b []byte, from netip.AddrPort, local netip.Addr, scr 
 
 // finishOne finishes one packet and counts it.
 func (p *Plane) finishOne(e *inElem) []byte {
-	inner := p.finishInbound(e.sa, e.inner, e.err, e.full, e.peer)
+	inner := p.finishInbound(e.sa, e.inner, e.err, e.full, e.peer, nil)
 	if inner != nil {
 		e.sa.CountIn(len(inner))
 		p.stats.InPackets.Add(1)
@@ -238,8 +238,9 @@ func (p *Plane) checkReplay(sa *sad.SA, seq uint32, peer netip.Addr) (uint64, bo
 // finishInbound updates the replay window after a good ICV and checks the
 // inner packet against the SA's policy; the caller counts it. The pipeline
 // runs it in its sequential stage, so that the window moves in the order
-// the packets arrived.
-func (p *Plane) finishInbound(sa *sad.SA, inner []byte, err error, full uint64, peer netip.Addr) []byte {
+// the packets arrived. The policy check goes through pc when it is not nil
+// (the stage's own cache: a batch is mostly runs of one flow).
+func (p *Plane) finishInbound(sa *sad.SA, inner []byte, err error, full uint64, peer netip.Addr, pc *spd.Cache) []byte {
 	if err != nil {
 		r := drop.ReasonOf(err)
 		if r == drop.Padding || r == drop.Dummy {
@@ -262,7 +263,7 @@ func (p *Plane) finishInbound(sa *sad.SA, inner []byte, err error, full uint64, 
 		p.dropPkt(sa, drop.Malformed, "inner", peer)
 		return nil
 	}
-	if !p.cfg.SPD.CheckInbound(sa.ReqID, t) {
+	if !pc.CheckInbound(p.cfg.SPD, sa.ReqID, t) {
 		p.dropPkt(sa, drop.PolicyMismatch, "inner", peer)
 		return nil
 	}
@@ -325,6 +326,7 @@ type inSink struct {
 	out [][]byte   // raw: packets in their receive buffers
 	tw  *tunWriter // UDP: copies behind GRO super-buffers
 	run saRun
+	pc  spd.Cache // the inner packets' policy checks
 }
 
 // finish updates replay windows, checks policies, counts and writes the
@@ -337,7 +339,7 @@ func (b *inBatch) finish(s *inSink) {
 		if e.sa == nil {
 			continue
 		}
-		inner := p.finishInbound(e.sa, e.inner, e.err, e.full, e.peer)
+		inner := p.finishInbound(e.sa, e.inner, e.err, e.full, e.peer, &s.pc)
 		if inner == nil {
 			continue
 		}

@@ -38,6 +38,9 @@ type outState struct {
 	reasm *reassembler
 	// fa holds the outer fragments of a single outbound call.
 	fa fragArena
+	// pc answers the policy lookups (a TUN read is mostly runs of one
+	// flow's segments).
+	pc spd.Cache
 }
 
 // fragArena holds the outer fragments of one batch, cut into one buffer
@@ -160,7 +163,7 @@ func (p *Plane) outPrepare(st *outState, j *outJob, b []byte, off, n int, icmp [
 		p.dropPkt(nil, drop.Malformed, "tun", netip.Addr{})
 		return
 	}
-	pol := p.cfg.SPD.Lookup(spd.Out, t)
+	pol := st.pc.Lookup(p.cfg.SPD, spd.Out, t)
 	if pol == nil {
 		// Only traffic that policies cover is routed into the TUN; anything
 		// else fails closed.

@@ -323,3 +323,80 @@ func BenchmarkPath(b *testing.B) {
 var clockStart = time.Unix(1_800_000_000, 0)
 
 var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// TestPolicyChangeMidFlow: the readers' policy caches (spd.Cache) answer
+// a flow's next packet as the SPD stands now: a discard added, an In
+// policy handed to another SA and both undone take effect on the very
+// next packet of the same flow.
+func TestPolicyChangeMidFlow(t *testing.T) {
+	a := newSide(t, gw1, gw2, lan1, lan2, sad.Tunnel, specs()[1], 0x1001, 0x2001, false)
+	src, dst := netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.2.0.2")
+	icmp := make([]byte, netio.TUNHeadroom+netio.FragNeededMax)
+	send := func() outKind {
+		buf, n := icmpPacket(t, src, dst, 10)
+		_, kind, _ := a.p.outbound(&a.outState, buf, netio.Headroom, n, icmp)
+		return kind
+	}
+	var pc spd.Cache
+	seq := uint64(0)
+	receive := func() bool {
+		seq++
+		buf, n := icmpPacket(t, dst, src, 10)
+		return a.p.finishInbound(a.in, buf[netio.Headroom:netio.Headroom+n], nil, seq, gw2, &pc) != nil
+	}
+	var inPol *spd.Policy
+	for _, p := range a.spd.All() {
+		if p.Dir == spd.In {
+			inPol = p
+		}
+	}
+	discard := &spd.Policy{Name: "d", Dir: spd.Out, Action: spd.Discard,
+		Sel: spd.Selector{Local: netip.PrefixFrom(src, 32), Remote: netip.PrefixFrom(dst, 32), LocalPorts: spd.AnyPort, RemotePorts: spd.AnyPort}}
+	var discardID uint64
+	steps := []struct {
+		name   string
+		change func()
+		out    outKind
+		in     bool
+	}{
+		{"as set up", func() {}, outRaw, true},
+		{"discard added", func() {
+			var err error
+			if discardID, err = a.spd.Add(discard); err != nil {
+				t.Fatal(err)
+			}
+		}, outDrop, true},
+		{"In policy handed to another SA", func() {
+			other := *inPol
+			other.ReqID = 2
+			if err := a.spd.Replace(inPol.ID, &other); err != nil {
+				t.Fatal(err)
+			}
+		}, outDrop, false},
+		{"both undone", func() {
+			a.spd.Delete(discardID)
+			back := *inPol
+			if err := a.spd.Replace(inPol.ID, &back); err != nil {
+				t.Fatal(err)
+			}
+		}, outRaw, true},
+	}
+	for _, s := range steps {
+		s.change()
+		for i := 0; i < 3; i++ {
+			if got := send(); got != s.out {
+				t.Fatalf("%s: packet %d: outbound kind %d, want %d", s.name, i, got, s.out)
+			}
+			if got := receive(); got != s.in {
+				t.Fatalf("%s: packet %d: inbound accepted %v, want %v", s.name, i, got, s.in)
+			}
+		}
+	}
+	if a.outState.pc.Hits == 0 || pc.Hits == 0 {
+		t.Errorf("the caches were never hit (out %d, in %d): the test does not exercise them", a.outState.pc.Hits, pc.Hits)
+	}
+	st := a.p.Stats()
+	if st.Drops[drop.Discard.String()] != 6 || st.Drops[drop.PolicyMismatch.String()] != 3 {
+		t.Errorf("drops %v: want 6 discard, 3 policy-mismatch", st.Drops)
+	}
+}
