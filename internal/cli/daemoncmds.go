@@ -92,6 +92,7 @@ func Start(env Env, args []string) int {
 	nofork := fs.Bool("nofork", false, "stay in the foreground (for systemd)")
 	debug := fs.Bool("debug", false, "log at debug level, every dropped packet included (slow), whatever charondebug=/plutodebug= say")
 	logFile := fs.String("log", "", "log file (default: stderr with --nofork, else /var/log/gosec.log)")
+	startTimeout := fs.Duration("start-timeout", 20*time.Second, "how long gosec start waits for the daemon it forked to answer on its control socket; a daemon that has not answered by then is stopped (SIGTERM, then SIGKILL after 15 s), so that a failed start leaves no daemon behind")
 	local := fs.String("local", "", "which side of manually keyed conns is this host: left or right (default: by local addresses)")
 	tunName := fs.String("tun", "gosec0", "name of the TUN device")
 	mtu := fs.Int("mtu", 1500, "MTU of the path to the peers")
@@ -133,8 +134,12 @@ func Start(env Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "gosec start: --log-format must be text or json, not %q\n", *logFormat)
 		return 2
 	}
+	if *startTimeout <= 0 {
+		fmt.Fprintf(env.Stderr, "gosec start: --start-timeout must be positive\n")
+		return 2
+	}
 	if !*nofork && os.Getenv(daemonEnvMarker) == "" {
-		return forkDaemon(env, args, *socket, *logFile)
+		return forkDaemon(env, args, *socket, *logFile, *startTimeout)
 	}
 
 	setProcs(*procs)
@@ -243,7 +248,7 @@ func Start(env Env, args []string) int {
 
 // forkDaemon re-executes gosec detached and waits until its control socket
 // answers, so that scripts can go on at once.
-func forkDaemon(env Env, args []string, socket, logFile string) int {
+func forkDaemon(env Env, args []string, socket, logFile string, timeout time.Duration) int {
 	if logFile == "" {
 		logFile = "/var/log/gosec.log"
 		args = append(args, "--log", logFile)
@@ -275,28 +280,63 @@ func forkDaemon(env Env, args []string, socket, logFile string) int {
 	cmd.Env = append(os.Environ(), daemonEnvMarker+"=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, startErr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	w := startWait{socket: socket, logFile: logFile, timeout: timeout, grace: stopGrace,
+		ready: func() bool { _, err := call(socket, control.Request{Cmd: "ping"}, nil); return err == nil }}
+	return w.run(env, cmd, startErr.Name())
+}
+
+// stopGrace is how long gosec start gives a daemon it stops for not
+// answering in time to exit after SIGTERM (gosec stop waits as long).
+const stopGrace = 15 * time.Second
+
+// startWait is how gosec start waits for the daemon it forked.
+type startWait struct {
+	socket, logFile string
+	timeout         time.Duration // for the control socket to answer
+	grace           time.Duration // after SIGTERM, before SIGKILL
+	ready           func() bool   // the control socket answers
+}
+
+// run starts cmd and waits until the daemon answers (0), exits (1, with
+// what it wrote to startErr) or does not answer within w.timeout (1): then
+// it is stopped, so that a start that failed leaves no daemon that comes
+// up later, or never, behind the administrator's back.
+func (w startWait) run(env Env, cmd *exec.Cmd, startErr string) int {
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(env.Stderr, "gosec start: %v\n", err)
 		return 1
 	}
+	pid := cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	deadline := time.After(20 * time.Second)
+	deadline := time.NewTimer(w.timeout)
+	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-exited:
-			msg, _ := os.ReadFile(startErr.Name())
+			msg, _ := os.ReadFile(startErr)
 			fmt.Fprintf(env.Stderr, "gosec start: the daemon exited during start-up:\n%s", msg)
 			return 1
-		case <-deadline:
-			fmt.Fprintf(env.Stderr, "gosec start: the daemon did not answer on %s within 20 s (see %s)\n", socket, logFile)
+		case <-deadline.C:
+			fmt.Fprintf(env.Stderr, "gosec start: the daemon (pid %d) did not answer on %s within %v: stopping it (see %s)\n", pid, w.socket, w.timeout, w.logFile)
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			grace := time.NewTimer(w.grace)
+			defer grace.Stop()
+			select {
+			case <-exited:
+				fmt.Fprintf(env.Stderr, "gosec start: the daemon stopped\n")
+			case <-grace.C:
+				_ = cmd.Process.Kill()
+				<-exited
+				fmt.Fprintf(env.Stderr, "gosec start: the daemon did not stop within %v of SIGTERM and was killed; what it had set up stays until the next gosec start cleans it up\n", w.grace)
+			}
 			return 1
 		case <-tick.C:
-			if _, err := call(socket, control.Request{Cmd: "ping"}, nil); err == nil {
-				fmt.Fprintf(env.Stdout, "gosec started (pid %d, control socket %s, log %s)\n", cmd.Process.Pid, socket, logFile)
-				cmd.Process.Release()
+			if w.ready() {
+				fmt.Fprintf(env.Stdout, "gosec started (pid %d, control socket %s, log %s)\n", pid, w.socket, w.logFile)
+				_ = cmd.Process.Release()
 				return 0
 			}
 		}
