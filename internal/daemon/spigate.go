@@ -83,6 +83,11 @@ type KernelDropsStatus struct {
 	// prerouting instead of processing them again (present only while
 	// the ring bypass is in place; not in UnknownSPI).
 	RingBypass *uint64 `json:"ring_bypass,omitempty"`
+	// Prerouting counts the unknown-SPI ESP and AH packets (of ESP and AH)
+	// dropped in the ring-bypass chain, before routing: whole packets
+	// for this host (present while that chain is in place); the rest
+	// were dropped at INPUT.
+	Prerouting *uint64 `json:"prerouting,omitempty"`
 	// Off says the filter removed its rules after an error (Error).
 	Off   bool   `json:"off,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -102,8 +107,8 @@ func (d *Daemon) kernelDrops(st *Status) {
 	}
 	k := &KernelDropsStatus{UnknownSPI: c.Total(), ESP: c.ESP, AH: c.AH, UDP: c.UDP, SPIs: c.Admitted, Off: c.Open}
 	if c.Bypassing {
-		n := c.RingBypass
-		k.RingBypass = &n
+		n, p := c.RingBypass, c.Prerouting
+		k.RingBypass, k.Prerouting = &n, &p
 	}
 	if c.Err != nil {
 		k.Error = c.Err.Error()
@@ -137,8 +142,12 @@ func (k *KernelDropsStatus) text() string {
 	if k.Off {
 		return fmt.Sprintf("off after an error (%s); %d unknown-SPI packets dropped before", k.Error, k.UnknownSPI)
 	}
-	s := fmt.Sprintf("%d SPIs let through, %d unknown-SPI packets dropped (ESP %d, AH %d, ESP-in-UDP %d)",
+	s := fmt.Sprintf("%d SPIs let through, %d unknown-SPI packets dropped (ESP %d, AH %d, ESP-in-UDP %d",
 		k.SPIs, k.UnknownSPI, k.ESP, k.AH, k.UDP)
+	if k.Prerouting != nil {
+		s += fmt.Sprintf("; %d of them before routing", *k.Prerouting)
+	}
+	s += ")"
 	if k.RingBypass != nil {
 		s += fmt.Sprintf("; %d received by the ring kept from the IP stack", *k.RingBypass)
 	}

@@ -245,6 +245,14 @@ func TestSPIGateStatus(t *testing.T) {
 	if got, want := k.text(), "3 SPIs let through, 8 unknown-SPI packets dropped (ESP 5, AH 1, ESP-in-UDP 2)"; got != want {
 		t.Fatalf("status line %q, want %q", got, want)
 	}
+	g.counts = netio.SPIGateCounts{ESP: 5, AH: 1, UDP: 2, Admitted: 3, Bypassing: true, RingBypass: 40, Prerouting: 4}
+	k = d.status(true).KernelDrops
+	if k.Prerouting == nil || *k.Prerouting != 4 || k.RingBypass == nil || *k.RingBypass != 40 {
+		t.Fatalf("kernel drops with the ring bypass %+v", k)
+	}
+	if got, want := k.text(), "3 SPIs let through, 8 unknown-SPI packets dropped (ESP 5, AH 1, ESP-in-UDP 2; 4 of them before routing); 40 received by the ring kept from the IP stack"; got != want {
+		t.Fatalf("status line %q, want %q", got, want)
+	}
 	g.counts = netio.SPIGateCounts{ESP: 5, Open: true, Err: errors.New("ENOBUFS")}
 	if got := d.status(true).KernelDrops.text(); got != "off after an error (ENOBUFS); 5 unknown-SPI packets dropped before" {
 		t.Fatalf("status line of an open gate %q", got)

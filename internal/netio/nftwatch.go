@@ -242,7 +242,7 @@ func (g *SPIGate) Restore() error {
 	}
 	if g.bypass != nil {
 		g.nl.AddChain(g.bypass)
-		g.queueBypassRules(g.bypass)
+		g.queueBypassRules(g.bypass, g.open)
 	}
 	if err := g.nl.Flush(); err != nil {
 		return fmt.Errorf("netio: spi gate: restore in table inet %s: %w", g.table.Name, err)

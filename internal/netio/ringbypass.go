@@ -26,10 +26,20 @@ import (
 // (a local destination; a header ip_rcv accepted), with an SPI an inbound
 // SA holds. Fragments are left to the IP stack, which reassembles its own
 // copy for the raw socket's drop-all filter while the ring's fanout
-// reassembles another. Unknown SPIs go on to INPUT, where the gate drops
-// and counts them. On a veth the receiving namespace's input runs in the
-// sending thread, so the saving shows up on the peer's sending path as
-// well. Call it only while the ring is open and remove it (Close, or
+// reassembles another. The same packets with an SPI no inbound SA holds
+// (a forged-SPI flood) are the gate's, and while the gate is shut the
+// chain drops them too, counted as the gate's, so that a flood costs no
+// route lookup and no INPUT traversal (measured with bench-flood: the
+// flood's kernel cost on the receiving gateway 14 % lower, the tunnel's
+// throughput under it from 84 to 95 % of the control's, medians of three
+// interleaved rounds):
+//
+//	meta nfproto ipv4 meta pkttype host ip frag-off & 0x3fff == 0
+//	    meta l4proto esp esp spi != @inbound-spis fib daddr type local counter drop
+//
+// Fragments and ESP-in-UDP still meet the gate at INPUT. On a veth the
+// receiving namespace's input runs in the sending thread, so the saving
+// shows up on the peer's sending path as well. Call it only while the ring is open and remove it (Close, or
 // RemoveBypass) before the ring closes: without the ring these packets
 // are lost.
 func (g *SPIGate) BypassRing() error {
@@ -49,7 +59,7 @@ func (g *SPIGate) BypassRing() error {
 	g.nl.AddChain(ch)
 	g.nl.DelChain(ch)
 	g.nl.AddChain(ch)
-	g.queueBypassRules(ch)
+	g.queueBypassRules(ch, g.open)
 	if err := g.nl.Flush(); err != nil {
 		return fmt.Errorf("netio: ring bypass: create in table inet %s: %w", g.table.Name, err)
 	}
@@ -74,33 +84,59 @@ func (g *SPIGate) RemoveBypass() error {
 	return nil
 }
 
-// queueBypassRules queues the ring bypass's drop rules into ch (the
+// queueBypassRules queues the ring bypass's drop rules into ch, with the
+// gate's early drops of unknown SPIs unless the gate is open (the
 // socket's lock held).
-func (g *SPIGate) queueBypassRules(ch *nftables.Chain) {
+func (g *SPIGate) queueBypassRules(ch *nftables.Chain, open bool) {
 	for _, r := range ringBypassRules(g.set) {
 		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: r.exprs, UserData: []byte(ringBypassTag + r.name)})
+	}
+	if open {
+		return
+	}
+	for _, r := range earlyGateRules(g.set) {
+		g.nl.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: r.exprs, UserData: []byte(spiGateTag + r.name)})
 	}
 }
 
 // ringBypassRules are BypassRing's drop rules, for ESP and AH.
 func ringBypassRules(set *nftables.Set) []gateRule {
-	rule := func(proto byte, spiOff uint32) []expr.Any {
-		return append(fragFieldExprs(), // meta nfproto ipv4, ip frag-off & 0x3fff
-			cmpEq(0, 0),
-			&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
-			cmpEq(unix.PACKET_HOST),
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			cmpEq(proto),
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: spiOff, Len: 4},
-			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
-			&expr.Counter{},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		)
-	}
 	return []gateRule{
-		{"esp", rule(unix.IPPROTO_ESP, 0)},
-		{"ah", rule(unix.IPPROTO_AH, 4)},
+		{"esp", wholeLocalRule(unix.IPPROTO_ESP, 0, set, false)},
+		{"ah", wholeLocalRule(unix.IPPROTO_AH, 4, set, false)},
 	}
+}
+
+// earlyGateRules are the gate's drops in the ring-bypass chain: whole ESP
+// and AH packets for a local address with an SPI not in the set.
+func earlyGateRules(set *nftables.Set) []gateRule {
+	return []gateRule{
+		{earlyESP, wholeLocalRule(unix.IPPROTO_ESP, 0, set, true)},
+		{earlyAH, wholeLocalRule(unix.IPPROTO_AH, 4, set, true)},
+	}
+}
+
+// The early rules' names (after spiGateTag).
+const (
+	earlyESP = "esp-prerouting"
+	earlyAH  = "ah-prerouting"
+)
+
+// wholeLocalRule drops an unfragmented IPv4 packet of proto for this
+// host (link and IP) whose SPI, spiOff octets into its header, is in set
+// (or, with notIn, is not), and counts it.
+func wholeLocalRule(proto byte, spiOff uint32, set *nftables.Set, notIn bool) []expr.Any {
+	return append(fragFieldExprs(), // meta nfproto ipv4, ip frag-off & 0x3fff
+		cmpEq(0, 0),
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+		cmpEq(unix.PACKET_HOST),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		cmpEq(proto),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: spiOff, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: notIn},
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	)
 }

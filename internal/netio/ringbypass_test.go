@@ -140,12 +140,41 @@ func TestRingBypass(t *testing.T) {
 	rawNext(ah, "AH of an admitted SPI, whole then fragmented", 1900)
 	ringNext("AH of an admitted SPI", 320, 1900)
 
+	// Unknown SPIs: a whole packet is the gate's in the bypass chain, a
+	// fragmented one at INPUT (reassembled); neither reaches the raw
+	// socket, the ring (no SPI filter here) takes both.
+	send(packet(iphdr.ProtoESP, unknown, 8, 1600), true)
+	send(packet(iphdr.ProtoAH, unknown, 9, 330), false)
+	send(packet(iphdr.ProtoAH, admitted, 10, 1500), true)
+	rawNext(ah, "unknown SPIs (ESP fragmented, AH whole), then a fragmented admitted AH", 1500)
+	ringNext("unknown SPIs", 1600, 330, 1500)
+
 	c, err := gate.Counts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.Bypassing || c.RingBypass != 2 || c.ESP != 1 || c.AH != 0 {
-		t.Fatalf("counts %+v: want the bypass in place, 2 packets bypassed (ESP and AH whole) and 1 unknown ESP SPI gated", c)
+	if !c.Bypassing || c.RingBypass != 2 || c.ESP != 2 || c.AH != 1 || c.Prerouting != 2 {
+		t.Fatalf("counts %+v: want the bypass in place, 2 packets bypassed (ESP and AH whole), 2 unknown ESP SPIs gated and 1 AH, the 2 whole ones at prerouting", c)
+	}
+
+	// The gate opening (after a set it could not change) takes its early
+	// drops out of the bypass chain and leaves the bypass.
+	func() {
+		gate.mu.Lock()
+		defer gate.mu.Unlock()
+		defer gate.lockNL()()
+		if err := gate.failOpen(errors.New("test")); !errors.Is(err, ErrGateOpened) {
+			t.Fatalf("failOpen: %v", err)
+		}
+	}()
+	send(packet(iphdr.ProtoESP, unknown, 11, 410), false)
+	send(packet(iphdr.ProtoESP, admitted, 12, 420), false)
+	send(packet(iphdr.ProtoESP, unknown, 13, 430), false)
+	rawNext(esp, "ESP of an unknown SPI with the gate open", 410)
+	rawNext(esp, "ESP of an unknown SPI with the gate open, after a bypassed one", 430)
+	ringNext("ESP with the gate open", 410, 420, 430)
+	if c, err := gate.Counts(); err != nil || !c.Open || !c.Bypassing || c.RingBypass != 3 || c.Prerouting != 0 {
+		t.Fatalf("with the gate open: counts %+v, %v; want open, bypassing, 3 bypassed and no early drop rule", c, err)
 	}
 
 	nettest.MustDo(t, p.B.NS, gate.RemoveBypass)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -394,7 +395,31 @@ func (g *SPIGate) failOpen(err error) error {
 			g.mirrorOpen = true
 		}
 	}
+	// The gate's early drops leave the ring-bypass chain; the ring's
+	// bypass stays, with its counters (listed before anything is queued).
+	var bypassRules []*nftables.Rule
+	listErr := error(nil)
+	if g.bypass != nil {
+		bypassRules, listErr = g.nl.GetRules(g.table, g.bypass)
+	}
 	g.nl.FlushChain(g.chain)
+	if g.bypass != nil {
+		if listErr == nil {
+			for _, r := range bypassRules {
+				if strings.HasPrefix(string(r.UserData), spiGateTag) {
+					if listErr = g.nl.DelRule(r); listErr != nil {
+						break
+					}
+				}
+			}
+		}
+		if listErr != nil {
+			// Rebuild the chain without them instead (its counters
+			// start again).
+			g.nl.FlushChain(g.bypass)
+			g.queueBypassRules(g.bypass, true)
+		}
+	}
 	if ferr := g.nl.Flush(); ferr != nil {
 		return fmt.Errorf("netio: spi gate: %w; opening the gate failed too: %v", err, ferr)
 	}
@@ -412,6 +437,10 @@ type SPIGateCounts struct {
 	// in Total: they were not forged. Bypassing says the chain is in place.
 	RingBypass uint64
 	Bypassing  bool
+	// Prerouting counts those of ESP and AH that the gate dropped in the
+	// ring-bypass chain, before routing (whole packets, while the bypass
+	// is in place); the rest met it at INPUT.
+	Prerouting uint64
 	// Admitted is how many SPIs the set holds.
 	Admitted int
 	// Open says the gate removed its rules after a failure (Err says
@@ -456,6 +485,12 @@ func (g *SPIGate) Counts() (SPIGateCounts, error) {
 			out.ESP += n
 		case spiGateTag + "ah":
 			out.AH += n
+		case spiGateTag + earlyESP:
+			out.ESP += n
+			out.Prerouting += n
+		case spiGateTag + earlyAH:
+			out.AH += n
+			out.Prerouting += n
 		case spiGateTag + "udp":
 			out.UDP += n
 		case ringBypassTag + "esp", ringBypassTag + "ah":
