@@ -23,9 +23,10 @@ type gateCounts struct {
 		Drops map[string]uint64 `json:"drops"`
 	} `json:"dataplane"`
 	Kernel *struct {
-		ESP  uint64 `json:"esp"`
-		UDP  uint64 `json:"udp"`
-		SPIs int    `json:"spis"`
+		ESP        uint64  `json:"esp"`
+		UDP        uint64  `json:"udp"`
+		SPIs       int     `json:"spis"`
+		Prerouting *uint64 `json:"prerouting"`
 	} `json:"kernel_drops"`
 	RawPaths *struct {
 		Receive       map[string]string `json:"receive"`
@@ -161,6 +162,16 @@ func TestSPIGate(t *testing.T) {
 	}
 	if got, want := after.Drops["unknown-spi"]-before.Drops["unknown-spi"], sentESP+sentUDP+sentUDPPeer; got != want {
 		t.Errorf("drops by reason count %d unknown-spi, want %d (kernel and data plane together)", got, want)
+	}
+	// With the ring's bypass chain (the default) the forged ESP, whole
+	// packets for gw2, are dropped there, before routing; without it,
+	// at INPUT.
+	if r := after.RawPaths; r != nil && r.Receive["esp"] == "af_packet ring" {
+		if after.Kernel.Prerouting == nil || before.Kernel.Prerouting == nil {
+			t.Errorf("gw2 receives through the ring but its status has no kernel_drops.prerouting")
+		} else if got := *after.Kernel.Prerouting - *before.Kernel.Prerouting; got != sentESP {
+			t.Errorf("gw2's kernel dropped %d forged ESP packets before routing, want all %d", got, sentESP)
+		}
 	}
 	if after.Kernel.SPIs < 1 || after.Kernel.SPIs > 3 {
 		t.Errorf("gw2's filter lets %d SPIs through, want the inbound SAs' (1 to 3 around a rekey)", after.Kernel.SPIs)
