@@ -29,19 +29,18 @@ import (
 // reassembles another. The same packets with an SPI no inbound SA holds
 // (a forged-SPI flood) are the gate's, and while the gate is shut the
 // chain drops them too, counted as the gate's, so that a flood costs no
-// route lookup and no INPUT traversal (measured with bench-flood: the
-// flood's kernel cost on the receiving gateway 14 % lower, the tunnel's
-// throughput under it from 84 to 95 % of the control's, medians of three
-// interleaved rounds):
+// route lookup and no INPUT traversal (bench-flood, interleaved rounds:
+// the flood's kernel cost on the receiving gateway about 13 % lower, the
+// tunnel under it at 85-96 % of the control's throughput against 82-90):
 //
 //	meta nfproto ipv4 meta pkttype host ip frag-off & 0x3fff == 0
 //	    meta l4proto esp esp spi != @inbound-spis fib daddr type local counter drop
 //
 // Fragments and ESP-in-UDP still meet the gate at INPUT. On a veth the
 // receiving namespace's input runs in the sending thread, so the saving
-// shows up on the peer's sending path as well. Call it only while the ring is open and remove it (Close, or
-// RemoveBypass) before the ring closes: without the ring these packets
-// are lost.
+// shows up on the peer's sending path as well. Call it only while the
+// ring is open and remove it (Close, or RemoveBypass) before the ring
+// closes: without the ring these packets are lost.
 func (g *SPIGate) BypassRing() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -65,7 +65,9 @@ const (
 // packet too short to hold an SPI (a NAT-T keepalive, one octet) fails the
 // payload load, which ends the rule without a match: it passes. The set
 // holds every SPI of an inbound SA, whatever its protocol or destination:
-// the daemon's SAD judges those further.
+// the daemon's SAD judges those further. With an RxRing's bypass chain
+// (BypassRing) the gate drops whole ESP and AH packets for this host
+// there already, at prerouting, before the route lookup.
 //
 // The daemon admits an SPI before it adds the inbound SA to its SAD (so
 // before the peer can know of it) and revokes it after it removed the SA;
@@ -397,8 +399,10 @@ func (g *SPIGate) failOpen(err error) error {
 	}
 	// The gate's early drops leave the ring-bypass chain; the ring's
 	// bypass stays, with its counters (listed before anything is queued).
-	var bypassRules []*nftables.Rule
-	listErr := error(nil)
+	var (
+		bypassRules []*nftables.Rule
+		listErr     error
+	)
 	if g.bypass != nil {
 		bypassRules, listErr = g.nl.GetRules(g.table, g.bypass)
 	}
