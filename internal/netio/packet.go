@@ -296,9 +296,9 @@ func (c *PacketConn) flush(k int) (int, error) {
 }
 
 // sendFn is the RawConn.Write callback: one sendmmsg of c.count prepared
-// frames from c.off (a raw system call: see sendmmsg).
+// frames from c.off (a raw system call with one Go proc: see sendmmsg).
 func (c *PacketConn) sendFn(fd uintptr) bool {
-	n, e := sendmmsg(fd, unsafe.Pointer(&c.hdrs[c.off]), c.count)
+	n, e := sendmmsg(fd, unsafe.Pointer(&c.hdrs[c.off]), c.count, c.s.rawSend)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}

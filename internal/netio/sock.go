@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -140,6 +141,9 @@ type sock struct {
 	// dstPort is the port of Msg.To on receive (UDP with RecvDst).
 	dstPort uint16
 	closed  atomic.Bool
+	// rawSend: sendmmsg without the scheduler (see sendmmsg), chosen when
+	// the socket is made: the process ran with one Go proc.
+	rawSend bool
 }
 
 // newSock wraps fd (already non-blocking) for batch I/O.
@@ -150,7 +154,8 @@ func newSock(fd int, name string, rxOOB, txOOB int) (*sock, error) {
 		f.Close()
 		return nil, fmt.Errorf("netio: %s: %w", name, err)
 	}
-	s := &sock{f: f, rc: rc, fd: fd, rx: newBatch(rxOOB), tx: newBatch(txOOB), rxOOB: rxOOB, txOOB: txOOB}
+	s := &sock{f: f, rc: rc, fd: fd, rx: newBatch(rxOOB), tx: newBatch(txOOB), rxOOB: rxOOB, txOOB: txOOB,
+		rawSend: runtime.GOMAXPROCS(0) == 1}
 	s.rx.fn = s.recvFn
 	s.tx.fn = s.sendFn
 	return s, nil
@@ -170,23 +175,30 @@ func (s *sock) ioErr(op string, err error) error {
 	return fmt.Errorf("netio: %s: %w", op, err)
 }
 
-// sendmmsg is one sendmmsg(2) of n messages from hdrs, made as a raw system
-// call (without the Go scheduler's entersyscall and exitsyscall). Every
-// socket of this package is non-blocking, so a send never sleeps in the
-// kernel (a full buffer answers EAGAIN and RawConn.Write waits on the
-// poller), but it can run long: the kernel does the packets' whole output
-// path in the calling thread, and on veth (or any device that delivers
-// inline) the receiver's input as well, often for longer than the 20 us
-// after which Go's sysmon takes the P from a thread in a system call and
-// wakes another thread to run it. On a gateway whose cores are busy, that
-// hand-off buys no parallelism, only thread wake-ups and context switches
-// (and sysmon polling every 20 us). Measured on 2 vCPUs: raw ESP AES-GCM
-// 12-34 % faster through AF_PACKET and 22-45 % through raw sockets
-// (internal/netio/NOTES.md, "The send as a raw system call"). The cost: the
-// daemon's other goroutines on that P wait for the call, microseconds to a
-// few hundred, as they wait for a GC stop-the-world.
-func sendmmsg(fd uintptr, hdrs unsafe.Pointer, n int) (int, unix.Errno) {
-	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(hdrs), uintptr(n), 0, 0, 0)
+// sendmmsg is one sendmmsg(2) of n messages from hdrs. With raw (the
+// process runs with one Go proc) it is a raw system call, without the Go
+// scheduler's entersyscall and exitsyscall. Every socket of this package
+// is non-blocking, so a send never sleeps in the kernel (a full buffer
+// answers EAGAIN and RawConn.Write waits on the poller), but it can run
+// long: the kernel does the packets' whole output path in the calling
+// thread, and on veth (or any device that delivers inline) the receiver's
+// input as well, often for longer than the 20 us after which Go's sysmon
+// takes the P from a thread in a system call and wakes another thread to
+// run it. With a single P on busy cores that hand-off buys no parallelism,
+// only thread wake-ups and context switches (and sysmon polling every
+// 20 us). Measured on 2 vCPUs with one Go proc (the daemon's default
+// there): raw ESP AES-GCM 12-34 % faster through AF_PACKET and 22-45 %
+// through raw sockets. With two Go procs on the same machine the raw call
+// was about 10 % slower, so with several the scheduler keeps its hand-off
+// (internal/netio/NOTES.md, "The send as a raw system call"). The cost
+// with one: the daemon's other goroutines wait for the call, microseconds
+// to a few hundred, as they wait for a GC stop-the-world.
+func sendmmsg(fd uintptr, hdrs unsafe.Pointer, n int, raw bool) (int, unix.Errno) {
+	if raw {
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(hdrs), uintptr(n), 0, 0, 0)
+		return int(r), e
+	}
+	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(hdrs), uintptr(n), 0, 0, 0)
 	return int(r), e
 }
 
@@ -207,7 +219,7 @@ func (s *sock) recvFn(fd uintptr) bool {
 // sendFn is the RawConn.Write callback: one sendmmsg over the prepared slots.
 func (s *sock) sendFn(fd uintptr) bool {
 	b := s.tx
-	n, e := sendmmsg(fd, unsafe.Pointer(&b.hdrs[0]), b.count)
+	n, e := sendmmsg(fd, unsafe.Pointer(&b.hdrs[0]), b.count, s.rawSend)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -399,5 +400,54 @@ func TestNATTWriteIKEFrom(t *testing.T) {
 	}
 	if err := d.WriteIKEFrom([]byte("x"), netip.MustParseAddr("10.231.99.1"), rx.LocalAddr()); err == nil {
 		t.Error("sending from an address the host does not have succeeded")
+	}
+}
+
+// TestRawSendByProcs: a socket made while the process runs with one Go
+// proc sends through the raw system call, one made with more through the
+// scheduler's, and both deliver a batch whole.
+func TestRawSendByProcs(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	for _, procs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("procs=%d", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			rx, err := ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(lo, 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rx.Close()
+			tx, err := ListenUDP(UDPConfig{Addr: netip.AddrPortFrom(lo, 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Close()
+			if want := procs == 1; tx.s.rawSend != want {
+				t.Fatalf("rawSend %v with %d procs, want %v", tx.s.rawSend, procs, want)
+			}
+			out := make([]Msg, 8)
+			for i := range out {
+				out[i] = Msg{Buf: []byte{byte(i), 1, 2, 3}, To: rx.LocalAddr()}
+			}
+			if n, err := tx.Send(out); n != len(out) || err != nil {
+				t.Fatalf("sent %d of %d: %v", n, len(out), err)
+			}
+			got := 0
+			for got < len(out) {
+				in := make([]Msg, 8)
+				for i := range in {
+					in[i] = Msg{Buf: make([]byte, 64)}
+				}
+				n, err := rx.Recv(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range in[:n] {
+					if m.N != 4 || m.Buf[0] != byte(got) {
+						t.Fatalf("datagram %d: %d octets, first %d", got, m.N, m.Buf[0])
+					}
+					got++
+				}
+			}
+		})
 	}
 }
