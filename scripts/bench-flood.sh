@@ -6,7 +6,10 @@
 # A gosec-gosec tunnel (manual keys, AES-128-GCM-16, raw ESP) carries one
 # iperf3 TCP stream lan1 -> lan2; a third namespace on a link of its own to
 # gw2 runs espflood (internal/tools/espflood, built by this script), which
-# sends ESP packets at gw2 in sendmmsg batches from a raw socket:
+# sends ESP packets at gw2 in sendmmsg batches of prebuilt Ethernet frames
+# through an AF_PACKET socket with the qdisc bypassed, as a packet
+# generator does (-R: from a raw IP socket instead, through the flooder's
+# whole IP output path, as before 2026-12-04):
 #   unknown-spi  an SPI gw2 has no SA for (a different one every packet)
 #   bad-icv      the SPI of gw2's inbound SA of the tunnel under test,
 #                sequence numbers ahead of its replay window, garbage ICV
@@ -23,7 +26,7 @@
 # inbound SPIs) and show as unknown-spi with the kernel's share beside it. Then it
 # runs BenchmarkDrop (internal/dataplane) and prints ns/op and allocs/op.
 #
-#   scripts/bench-flood.sh [-n RUNS] [-t SECS] [-r PPS] [-m MODES] [-o FILE] [-b]
+#   scripts/bench-flood.sh [-n RUNS] [-t SECS] [-r PPS] [-m MODES] [-o FILE] [-b] [-R]
 #     -n RUNS   runs per case, the median is reported (default 5)
 #     -t SECS   seconds per iperf3 run; the flood starts 0.5 s before it and
 #               lasts until it ends (default 5)
@@ -32,6 +35,7 @@
 #     -m MODES  space-separated subset of "unknown-spi bad-icv" (default both)
 #     -o FILE   also write the results as a markdown block to FILE
 #     -b        exit 3 when a goal is not met (default: report only)
+#     -R        flood from a raw IP socket instead of AF_PACKET frames
 # Defaults take about 2.5 minutes. Root only. Uses bin/gosec (GOSEC=path
 # overrides; `make bench-flood` builds it first).
 #
@@ -50,12 +54,12 @@ ROOT=$PWD
 . test/interop/lib.sh
 
 log() { printf '%s\n' "$*" >&2; }
-RUNS=5 SECS=5 PPS=100000 MODES="unknown-spi bad-icv" OUT='' BARFAIL=''
+RUNS=5 SECS=5 PPS=100000 MODES="unknown-spi bad-icv" OUT='' BARFAIL='' RAWFLOOD=''
 usage() { awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2; }
-while getopts "n:t:r:m:o:bh" o; do
+while getopts "n:t:r:m:o:bRh" o; do
   case "$o" in
     n) RUNS=$OPTARG ;; t) SECS=$OPTARG ;; r) PPS=$OPTARG ;; m) MODES=$OPTARG ;;
-    o) OUT=$OPTARG ;; b) BARFAIL=1 ;; *) usage ;;
+    o) OUT=$OPTARG ;; b) BARFAIL=1 ;; R) RAWFLOOD=1 ;; *) usage ;;
   esac
 done
 [ -n "$OUT" ] && [[ $OUT != /* ]] && OUT=$ORIG/$OUT
@@ -132,7 +136,11 @@ ip -n "${P}gw2" addr add 198.51.100.1/24 dev atk0
 ip -n "$ATK" link set eth0 up
 ip -n "${P}gw2" link set atk0 up
 ip -n "$ATK" route add default via 198.51.100.1
-ip -n "$ATK" neigh add 198.51.100.3 lladdr 02:00:5e:00:00:99 dev eth0 nud permanent
+CONTROL_MAC=02:00:5e:00:00:99
+ip -n "$ATK" neigh add 198.51.100.3 lladdr $CONTROL_MAC dev eth0 nud permanent
+GW2_MAC=$(ip -n "${P}gw2" -j link show atk0 | jq -r '.[0].address')
+# flood_link DSTMAC: espflood's arguments for AF_PACKET frames (none with -R)
+flood_link() { [ -n "$RAWFLOOD" ] || printf -- '-dev eth0 -dstmac %s' "$1"; }
 
 # ---------------------------------------------------------------- gosec
 {
@@ -190,12 +198,12 @@ run() {
   g1=$(cpu_ticks "${GPID[gw1]}") g2=$(cpu_ticks "${GPID[gw2]}")
   u0=$(drops unknown-spi) i0=$(drops icv) r0=$(rx_atk) k0=$(raw_drops) n0=$(kdrops)
   if [ "$c" != none ]; then
-    local args=(-dst 192.0.2.2 -mode "$c")
+    local args=(-dst 192.0.2.2 -mode "$c" $(flood_link "$GW2_MAC"))
     [ "$c" = bad-icv ] && args+=(-spi "$SA_SPI")
     # control: the same flood to a MAC address gw2 does not own: it costs
     # the flooder and the link the same, and gw2's kernel discards it
     # before IP, so gosec never sees it
-    [ "$c" = control ] && args=(-dst 198.51.100.3 -mode unknown-spi)
+    [ "$c" = control ] && args=(-dst 198.51.100.3 -mode unknown-spi $(flood_link "$CONTROL_MAC"))
     ip netns exec "$ATK" "$TMP/espflood" "${args[@]}" -pps "$PPS" \
       -d "$(awk -v s="$SECS" 'BEGIN {print s + 1.5}')s" >"$TMP/flood.json" 2>"$TMP/flood.err" &
     fpid=$!
@@ -251,7 +259,7 @@ done
 
 # How fast can one flooder go here, with no tunnel traffic? (2 s, unpaced)
 u0=$(drops unknown-spi) r0=$(rx_atk)
-ip netns exec "$ATK" "$TMP/espflood" -dst 192.0.2.2 -mode unknown-spi -pps 0 -d 2s >"$TMP/max.json"
+ip netns exec "$ATK" "$TMP/espflood" -dst 192.0.2.2 -mode unknown-spi $(flood_link "$GW2_MAC") -pps 0 -d 2s >"$TMP/max.json"
 MAX_PPS=$(jq -r '.pps | floor' "$TMP/max.json") MAX_CPU=$(jq -r '100 * .cpu_seconds / .seconds | floor' "$TMP/max.json")
 MAX_SECS=$(jq -r .seconds "$TMP/max.json")
 MAX_RX=$(awk -v n="$(($(rx_atk) - r0))" -v s="$MAX_SECS" 'BEGIN {printf "%.0f", n / s}')
@@ -270,12 +278,14 @@ if [ -n "${GOSEC:-}" ]; then GOSEC_DESC="$GOSEC (work tree at $COMMIT)"; else GO
 BASE=$(med "none|mbit")
 FAILED=0
 RATE_TXT="$PPS packets/s"; [ "$PPS" = 0 ] && RATE_TXT="as fast as the flooder can"
+FLOOD_HOW="sent as prebuilt Ethernet frames through AF_PACKET with the qdisc bypassed"
+[ -n "$RAWFLOOD" ] && FLOOD_HOW="sent from a raw IP socket (-R)"
 {
   echo "### Forged-ESP flood against a gosec gateway (scripts/bench-flood.sh)"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($CPU_MODEL), Linux $(uname -r); gosec $GOSEC_DESC ($(go version "$BIN" 2>/dev/null | awk '{print $NF}' || true))." \
     "Tunnel $PROP, raw ESP, manual keys; one iperf3 TCP stream lan1 -> lan2, ${SECS} s per run, median of $RUNS interleaved runs;" \
-    "flood target: $RATE_TXT at gw2 (192.0.2.2) from a namespace on its own link, ESP packets of $((8 + 124)) bytes after the IP header." \
+    "flood target: $RATE_TXT at gw2 (192.0.2.2) from a namespace on its own link, ESP packets of $((8 + 124)) bytes after the IP header, $FLOOD_HOW." \
     "The flooder, iperf3's sender and receiver and both gateways share the same $(nproc) cores, so the flood's own cost (flooder CPU below) is taken from the tunnel as well;" \
     "load average before the run: $LOAD0. Run took ${ELAPSED} s."
   echo

@@ -15,7 +15,15 @@
 //	             IV, ciphertext and ICV belong: the ICV check fails
 //
 // Packets go out of a raw IPv4 socket for protocol 50 (the kernel builds
-// the IP header) in sendmmsg batches of -batch. -size is the number of ESP
+// the IP header and runs its IP output path for each) in sendmmsg batches
+// of -batch, or, with -dev and -dstmac, as whole prebuilt Ethernet frames
+// through an AF_PACKET socket on that interface with the qdisc bypassed
+// (PACKET_QDISC_BYPASS), as a packet generator (trafgen, pktgen) sends:
+// no route lookup, netfilter or neighbour per packet, so on a machine
+// the flooder shares with what it floods, making the flood costs less of
+// the shared cores and the gateway's share of the cost shows more
+// clearly. -src is then the IPv4 source (default: the interface's first
+// address). -size is the number of ESP
 // bytes after SPI and sequence number; the default 124 is valid for every
 // suite's block and ICV sizes (GCM/ChaCha20: 8 IV + 100 + 16 ICV; CBC with
 // HMAC-SHA1-96: 16 IV + 96 + 12 ICV), so the packet gets as far as the ICV
@@ -58,6 +66,8 @@ const (
 type Config struct {
 	Dst      netip.Addr
 	Src      netip.Addr // local address to bind; zero: the route's
+	Dev      string     // with DstMAC: send Ethernet frames on this interface
+	DstMAC   net.HardwareAddr
 	Mode     Mode
 	SPI      uint32 // first SPI (unknown-spi) or the SA's SPI (bad-icv)
 	Seq      uint32 // first sequence number
@@ -88,6 +98,7 @@ func main() {
 		cfg          Config
 		dst, src     string
 		mode         string
+		dstMAC       string
 		spi, seq     uint64
 		flagsFailure = func(format string, a ...any) {
 			fmt.Fprintf(os.Stderr, "espflood: "+format+"\n", a...)
@@ -97,6 +108,8 @@ func main() {
 	flag.StringVar(&dst, "dst", "", "gateway address to flood (required)")
 	flag.StringVar(&src, "src", "", "local source address (default: the route's)")
 	flag.StringVar(&mode, "mode", string(UnknownSPI), "unknown-spi or bad-icv")
+	flag.StringVar(&cfg.Dev, "dev", "", "send whole Ethernet frames through AF_PACKET on this interface (with -dstmac)")
+	flag.StringVar(&dstMAC, "dstmac", "", "destination MAC address of the frames (with -dev)")
 	flag.Func("spi", "SPI in hex, with or without 0x, as gosec status prints it: the first one (unknown-spi, default f1000000) or the inbound SA's (bad-icv, required)", func(v string) (err error) {
 		spi, err = parseSPI(v)
 		return err
@@ -115,6 +128,14 @@ func main() {
 	if src != "" {
 		if cfg.Src, err = netip.ParseAddr(src); err != nil || !cfg.Src.Is4() {
 			flagsFailure("-src: want an IPv4 address, got %q", src)
+		}
+	}
+	if (cfg.Dev == "") != (dstMAC == "") {
+		flagsFailure("-dev and -dstmac go together")
+	}
+	if dstMAC != "" {
+		if cfg.DstMAC, err = net.ParseMAC(dstMAC); err != nil || len(cfg.DstMAC) != 6 {
+			flagsFailure("-dstmac: want an Ethernet address, got %q", dstMAC)
 		}
 	}
 	cfg.Mode = Mode(mode)
@@ -161,24 +182,26 @@ func parseSPI(v string) (uint64, error) {
 	return n, nil
 }
 
-// batch is a set of prebuilt ESP packets sent with one sendmmsg.
+// batch is a set of prebuilt ESP packets sent with one sendmmsg. bufs
+// are the ESP packets (SPI onwards); with AF_PACKET each lies at the end
+// of its frame, behind the Ethernet and IPv4 headers.
 type batch struct {
 	bufs [][]byte
-	msgs []ipv4.Message
 }
 
-// newBatch builds n packets of 8+size bytes with random bytes after the
-// ESP header, addressed to dst.
-func newBatch(n, size int, dst net.Addr) (*batch, error) {
-	b := &batch{bufs: make([][]byte, n), msgs: make([]ipv4.Message, n)}
+// newBatch builds n packets of 8+size ESP bytes with random bytes after
+// the ESP header, each behind head bytes of room for the headers in front.
+func newBatch(n, size, head int) (*batch, [][]byte, error) {
+	b := &batch{bufs: make([][]byte, n)}
+	whole := make([][]byte, n)
 	for i := range b.bufs {
-		b.bufs[i] = make([]byte, 8+size)
+		whole[i] = make([]byte, head+8+size)
+		b.bufs[i] = whole[i][head:]
 		if _, err := rand.Read(b.bufs[i][8:]); err != nil {
-			return nil, fmt.Errorf("random payload: %w", err)
+			return nil, nil, fmt.Errorf("random payload: %w", err)
 		}
-		b.msgs[i] = ipv4.Message{Buffers: [][]byte{b.bufs[i]}, Addr: dst}
 	}
-	return b, nil
+	return b, whole, nil
 }
 
 // fill writes the SPI and sequence number of packets k, k+1, ... of the
@@ -203,24 +226,11 @@ func (b *batch) fill(mode Mode, spi, seq uint32, k uint64) {
 // ctx is done.
 func Flood(ctx context.Context, cfg Config) (Result, error) {
 	res := Result{Mode: cfg.Mode, Dst: cfg.Dst.String(), SPI: fmt.Sprintf("%#x", cfg.SPI), Size: cfg.Size, TargetPPS: cfg.PPS}
-	laddr := "0.0.0.0"
-	if cfg.Src.IsValid() {
-		laddr = cfg.Src.String()
-	}
-	c, err := net.ListenPacket("ip4:50", laddr)
-	if err != nil {
-		return res, fmt.Errorf("raw ESP socket: %w", err)
-	}
-	defer c.Close()
-	if ic, ok := c.(*net.IPConn); ok {
-		_ = ic.SetWriteBuffer(4 << 20)
-		_ = ic.SetReadBuffer(4096) // nothing is read; keep the queue small
-	}
-	pc := ipv4.NewPacketConn(c)
-	b, err := newBatch(cfg.Batch, cfg.Size, &net.IPAddr{IP: net.IP(cfg.Dst.AsSlice())})
+	send, closeSender, b, err := openSender(cfg)
 	if err != nil {
 		return res, err
 	}
+	defer closeSender()
 	start := time.Now()
 	end := start.Add(cfg.Duration)
 	var k uint64
@@ -238,7 +248,7 @@ func Flood(ctx context.Context, cfg Config) (Result, error) {
 			}
 		}
 		b.fill(cfg.Mode, cfg.SPI, cfg.Seq, k)
-		n, err := pc.WriteBatch(b.msgs, 0)
+		n, err := send()
 		if n > 0 {
 			res.Sent += uint64(n)
 			k += uint64(n)
@@ -248,8 +258,8 @@ func Flood(ctx context.Context, cfg Config) (Result, error) {
 				return res, fmt.Errorf("send: %w", err)
 			}
 			// ENOBUFS and the like: count the batch's unsent rest, go on
-			res.Errors += uint64(len(b.msgs) - n)
-			k += uint64(len(b.msgs) - n)
+			res.Errors += uint64(len(b.bufs) - n)
+			k += uint64(len(b.bufs) - n)
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
@@ -261,4 +271,36 @@ func Flood(ctx context.Context, cfg Config) (Result, error) {
 		res.CPUSeconds = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 	}
 	return res, nil
+}
+
+// openSender opens the socket cfg asks for and builds its batch: send
+// sends the whole batch once and returns how many packets went out.
+func openSender(cfg Config) (send func() (int, error), closeSender func() error, b *batch, err error) {
+	if cfg.Dev != "" {
+		return openPacketSender(cfg)
+	}
+	laddr := "0.0.0.0"
+	if cfg.Src.IsValid() {
+		laddr = cfg.Src.String()
+	}
+	c, err := net.ListenPacket("ip4:50", laddr)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("raw ESP socket: %w", err)
+	}
+	if ic, ok := c.(*net.IPConn); ok {
+		_ = ic.SetWriteBuffer(4 << 20)
+		_ = ic.SetReadBuffer(4096) // nothing is read; keep the queue small
+	}
+	b, pkts, err := newBatch(cfg.Batch, cfg.Size, 0)
+	if err != nil {
+		c.Close()
+		return nil, nil, nil, err
+	}
+	dst := &net.IPAddr{IP: net.IP(cfg.Dst.AsSlice())}
+	msgs := make([]ipv4.Message, len(pkts))
+	for i, p := range pkts {
+		msgs[i] = ipv4.Message{Buffers: [][]byte{p}, Addr: dst}
+	}
+	pc := ipv4.NewPacketConn(c)
+	return func() (int, error) { return pc.WriteBatch(msgs, 0) }, c.Close, b, nil
 }
