@@ -17,15 +17,22 @@
 # scripts/bench-e2e.sh measures as path "null": the same table for a
 # process that does nothing but move the packet.
 #
-#   scripts/bench-pinghops.sh [-n PINGS] [-u | -N]
+# With -T each gateway's TUN device (gosec0; null0 for the relay) is
+# captured as well, and every hop is split where the packet passes it: the
+# kernel's part (LAN link to TUN, TUN to LAN link: routing, nftables, the
+# TUN's queue) and the process's part (from the TUN to the WAN link: woken,
+# read, sealed, sent; from the WAN link to the TUN: the kernel's input,
+# the receive ring, woken, opened, written).
+#
+#   scripts/bench-pinghops.sh [-n PINGS] [-u | -N] [-T]
 # Root only; uses bin/gosec (GOSEC=path overrides); needs tcpdump.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-N=40 ENCAP='' NULL=''
-while getopts "n:uNh" o; do
+N=40 ENCAP='' NULL='' SPLIT=''
+while getopts "n:uNTh" o; do
   case "$o" in
-    n) N=$OPTARG ;; u) ENCAP=1 ;; N) NULL=1 ;;
+    n) N=$OPTARG ;; u) ENCAP=1 ;; N) NULL=1 ;; T) SPLIT=1 ;;
     *) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2 ;;
   esac
 done
@@ -78,6 +85,8 @@ cap() { # cap GW IFACE FILTER
   CAPS+=($!)
 }
 cap gw1 lan0 icmp; cap gw1 wan0 "$wan"; cap gw2 lan0 icmp
+TUNDEV=gosec0; [ -n "$NULL" ] && TUNDEV=null0
+[ -n "$SPLIT" ] && { cap gw1 $TUNDEV icmp; cap gw2 $TUNDEV icmp; }
 sleep 1
 RTT=$(ip netns exec "${P}lan1" ping -c "$N" -i 0.05 -W 2 10.2.0.2 | awk -F/ '/^rtt/ {print $5}')
 sleep 0.5
@@ -88,27 +97,55 @@ path="gosec $(git rev-parse --short HEAD 2>/dev/null || echo '?'), aes128gcm16, 
 [ -n "$NULL" ] && path="the null relay (nulltun, no cryptography)"
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, Linux $(uname -r); $path; $N pings 50 ms apart, ping's average round trip $RTT ms; load average $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
-awk -v dir="$T" 'BEGIN {
-  split("gw1-lan0 gw1-wan0 gw2-lan0", f, " ")
-  for (k = 1; k <= 3; k++) { n[k] = 0; file = dir "/" f[k] ".txt"
-    while ((getline line < file) > 0) { split(line, a, " "); t[k, ++n[k]] = a[1] } }
-  m = n[1]; if (n[2] < m) m = n[2]; if (n[3] < m) m = n[3]; m = int(m / 2)
-  # gw1 lan0: request in, reply out; gw1 wan0: request out, reply in (the
-  # same frames gw2 sees on its end of the veth); gw2 lan0: request out, reply in
-  for (i = 0; i < m; i++) {
-    printf "1 %.1f\n", (t[2, 2*i+1] - t[1, 2*i+1]) * 1e6
-    printf "2 %.1f\n", (t[3, 2*i+1] - t[2, 2*i+1]) * 1e6
-    printf "3 %.1f\n", (t[2, 2*i+2] - t[3, 2*i+2]) * 1e6
-    printf "4 %.1f\n", (t[1, 2*i+2] - t[2, 2*i+2]) * 1e6
-  }
-}' >"$T/hops"
-name=("" "gw1 seals the request (LAN in -> WAN out)" "gw2 opens the request (WAN in -> LAN out)"
-  "gw2 seals the reply (LAN in -> WAN out)" "gw1 opens the reply (WAN in -> LAN out)")
-[ -n "$NULL" ] && name=("" "gw1 relays the request (LAN in -> WAN out)" "gw2 relays the request (WAN in -> LAN out)"
-  "gw2 relays the reply (LAN in -> WAN out)" "gw1 relays the reply (WAN in -> LAN out)")
+if [ -n "$SPLIT" ]; then
+  # gw1 lan0, gw1 wan0, gw2 lan0, gw1 TUN, gw2 TUN: request (odd) and reply
+  # (even) frames in order on each
+  awk -v dir="$T" -v tun="$TUNDEV" 'BEGIN {
+    split("gw1-lan0 gw1-wan0 gw2-lan0 gw1-" tun " gw2-" tun, f, " ")
+    for (k = 1; k <= 5; k++) { n[k] = 0; file = dir "/" f[k] ".txt"
+      while ((getline line < file) > 0) { split(line, a, " "); t[k, ++n[k]] = a[1] } }
+    m = n[1]; for (k = 2; k <= 5; k++) if (n[k] < m) m = n[k]; m = int(m / 2)
+    for (i = 0; i < m; i++) {
+      q = 2*i+1; r = 2*i+2
+      printf "1 %.1f\n", (t[4, q] - t[1, q]) * 1e6
+      printf "2 %.1f\n", (t[2, q] - t[4, q]) * 1e6
+      printf "3 %.1f\n", (t[5, q] - t[2, q]) * 1e6
+      printf "4 %.1f\n", (t[3, q] - t[5, q]) * 1e6
+      printf "5 %.1f\n", (t[5, r] - t[3, r]) * 1e6
+      printf "6 %.1f\n", (t[2, r] - t[5, r]) * 1e6
+      printf "7 %.1f\n", (t[4, r] - t[2, r]) * 1e6
+      printf "8 %.1f\n", (t[1, r] - t[4, r]) * 1e6
+    }
+  }' >"$T/hops"
+  name=("" "gw1 kernel: request LAN in -> TUN" "gw1 process: request TUN -> WAN out"
+    "gw2: request WAN in -> TUN (kernel input, process)" "gw2 kernel: request TUN -> LAN out"
+    "gw2 kernel: reply LAN in -> TUN" "gw2 process: reply TUN -> WAN out"
+    "gw1: reply WAN in -> TUN (kernel input, process)" "gw1 kernel: reply TUN -> LAN out")
+  HOPS=8
+else
+  awk -v dir="$T" 'BEGIN {
+    split("gw1-lan0 gw1-wan0 gw2-lan0", f, " ")
+    for (k = 1; k <= 3; k++) { n[k] = 0; file = dir "/" f[k] ".txt"
+      while ((getline line < file) > 0) { split(line, a, " "); t[k, ++n[k]] = a[1] } }
+    m = n[1]; if (n[2] < m) m = n[2]; if (n[3] < m) m = n[3]; m = int(m / 2)
+    # gw1 lan0: request in, reply out; gw1 wan0: request out, reply in (the
+    # same frames gw2 sees on its end of the veth); gw2 lan0: request out, reply in
+    for (i = 0; i < m; i++) {
+      printf "1 %.1f\n", (t[2, 2*i+1] - t[1, 2*i+1]) * 1e6
+      printf "2 %.1f\n", (t[3, 2*i+1] - t[2, 2*i+1]) * 1e6
+      printf "3 %.1f\n", (t[2, 2*i+2] - t[3, 2*i+2]) * 1e6
+      printf "4 %.1f\n", (t[1, 2*i+2] - t[2, 2*i+2]) * 1e6
+    }
+  }' >"$T/hops"
+  name=("" "gw1 seals the request (LAN in -> WAN out)" "gw2 opens the request (WAN in -> LAN out)"
+    "gw2 seals the reply (LAN in -> WAN out)" "gw1 opens the reply (WAN in -> LAN out)")
+  [ -n "$NULL" ] && name=("" "gw1 relays the request (LAN in -> WAN out)" "gw2 relays the request (WAN in -> LAN out)"
+    "gw2 relays the reply (LAN in -> WAN out)" "gw1 relays the reply (WAN in -> LAN out)")
+  HOPS=4
+fi
 echo "| hop | median (us) | p10 | p90 |"
 echo "|---|--:|--:|--:|"
-for k in 1 2 3 4; do
+for k in $(seq 1 $HOPS); do
   awk -v k=$k '$1 == k {print $2}' "$T/hops" | sort -g |
     awk -v name="${name[$k]}" '{v[NR] = $1} END {
       if (NR == 0) {printf "| %s | n/a | n/a | n/a |\n", name; exit}
