@@ -104,8 +104,10 @@ func buildDeb(t *testing.T) string {
 // listed), and systemctl stop (inactive, Result=success). Skipped (failed
 // under CI=true) when systemd cannot be booted in a container here. A
 // container whose systemd does not come up is tried once more in a fresh
-// one first: on a loaded CI machine a boot once stalled for 60 s (state
-// "", nothing on its console) and the next, seconds later, took 20 s.
+// one first. (Boots that seemed to stall for 60 s, state "" and nothing
+// on the console, twice on a fresh machine, were the script asking
+// nspawn's short-lived outer child instead of the container's init: it
+// now looks for the child that is PID 1 in its own namespace.)
 func TestSystemdNspawn(t *testing.T) {
 	testutil.NeedRoot(t)
 	need(t, "systemd-nspawn", "nsenter", "unshare", "dpkg-deb", "od")

@@ -40,7 +40,20 @@ leader=
 state=
 for i in $(seq 120); do
 	if ! kill -0 $nspawn 2>/dev/null; then break; fi
-	[ -n "$leader" ] || leader=$(cat /proc/$nspawn/task/*/children 2>/dev/null | tr " " "\n" | grep . | head -1 || true)
+	# The container'"'"'s init: the child of nspawn that is PID 1 in a PID
+	# namespace of its own. Looked for again until systemd answers: while
+	# nspawn sets the container up its first child is the "outer child"
+	# (comm systemd-nspawn, in the host'"'"'s PID namespace), which exits
+	# once it has started init; a leader taken from that moment never
+	# answered, and the boot was reported as stalled (state "", twice in
+	# a row on a fresh machine).
+	leader=
+	for c in $(cat /proc/$nspawn/task/*/children 2>/dev/null); do
+		if [ "$(awk "/^NSpid:/ {print \$NF}" /proc/$c/status 2>/dev/null)" = 1 ]; then
+			leader=$c
+			break
+		fi
+	done
 	if [ -n "$leader" ]; then
 		state=$(nsenter --target "$leader" --all systemctl is-system-running 2>/dev/null || true)
 		case "$state" in running|degraded) break ;; esac
