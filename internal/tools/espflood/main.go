@@ -19,9 +19,9 @@
 // of -batch, or, with -dev and -dstmac, as whole prebuilt Ethernet frames
 // through an AF_PACKET socket on that interface with the qdisc bypassed
 // (PACKET_QDISC_BYPASS), as a packet generator (trafgen, pktgen) sends:
-// no route lookup, netfilter or neighbour per packet, so on a machine
-// the flooder shares with what it floods, making the flood costs less of
-// the shared cores and the gateway's share of the cost shows more
+// no route lookup, netfilter or neighbour per packet. On a machine the
+// flooder shares with what it floods, making the flood then takes less of
+// the shared cores, and the gateway's share of the cost shows more
 // clearly. -src is then the IPv4 source (default: the interface's first
 // address). -size is the number of ESP
 // bytes after SPI and sequence number; the default 124 is valid for every
