@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+
+	"github.com/gosec-ipsec/gosec/internal/iphdr"
 )
 
 // TestFill: unknown-spi packets get consecutive SPIs, bad-icv packets the
@@ -92,8 +94,8 @@ func TestPutHeaders(t *testing.T) {
 			t.Errorf("size %d: total length %d", size, binary.BigEndian.Uint16(ip[2:]))
 		case netip.AddrFrom4([4]byte(ip[12:16])) != src || netip.AddrFrom4([4]byte(ip[16:20])) != dst:
 			t.Errorf("size %d: addresses % x", size, ip[12:20])
-		case ipChecksum(ip) != 0:
-			t.Errorf("size %d: header checksum does not verify (%#x)", size, ipChecksum(ip))
+		case iphdr.Checksum(ip) != 0:
+			t.Errorf("size %d: header checksum does not verify (%#x)", size, iphdr.Checksum(ip))
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gosec-ipsec/gosec/internal/iphdr"
 )
 
 // ethIPHeaders is the room in front of each ESP packet in a frame: an
@@ -76,29 +78,7 @@ func putHeaders(f []byte, dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr) 
 	copy(f[0:6], dstMAC)
 	copy(f[6:12], srcMAC)
 	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IP)
-	ip := f[14:ethIPHeaders]
-	ip[0], ip[1] = 0x45, 0
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-14))
-	binary.BigEndian.PutUint16(ip[4:], 0)
-	binary.BigEndian.PutUint16(ip[6:], 0x4000)
-	ip[8], ip[9] = 64, unix.IPPROTO_ESP
-	s4, d4 := src.As4(), dst.As4()
-	copy(ip[12:16], s4[:])
-	copy(ip[16:20], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], 0)
-	binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
-}
-
-// ipChecksum is the Internet checksum of an IPv4 header.
-func ipChecksum(h []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(h); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(h[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
+	iphdr.PutIPv4(f[14:ethIPHeaders], &iphdr.Outer{Src: src.As4(), Dst: dst.As4(), DF: true}, iphdr.ProtoESP, len(f)-14)
 }
 
 // firstIPv4 returns the interface's first IPv4 address.
