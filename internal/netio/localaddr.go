@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -32,6 +33,10 @@ type localAddrs struct {
 	ev   *os.File
 	done chan struct{} // closed by close
 	gone chan struct{} // closed when follow has returned
+
+	// watchMu orders the snapshots given to watcher (setWatcher).
+	watchMu sync.Mutex
+	watcher func(*localSet)
 }
 
 // localSet is one snapshot: single addresses in a map, wider local
@@ -39,6 +44,8 @@ type localAddrs struct {
 type localSet struct {
 	hosts map[[4]byte]struct{}
 	nets  []localNet
+	// links are the interfaces (by index) that hold the single addresses.
+	links map[int]struct{}
 }
 
 type localNet struct{ addr, mask uint32 }
@@ -113,7 +120,7 @@ func (l *localAddrs) reload() error {
 	if err != nil {
 		return fmt.Errorf("local routes: %w", err)
 	}
-	s := &localSet{hosts: make(map[[4]byte]struct{}, len(routes))}
+	s := &localSet{hosts: make(map[[4]byte]struct{}, len(routes)), links: make(map[int]struct{})}
 	for _, r := range routes {
 		if r.Dst == nil {
 			continue
@@ -125,6 +132,7 @@ func (l *localAddrs) reload() error {
 		}
 		if ones == 32 {
 			s.hosts[[4]byte(ip4)] = struct{}{}
+			s.links[r.LinkIndex] = struct{}{}
 			continue
 		}
 		mask := ^uint32(0) << (32 - ones)
@@ -133,8 +141,25 @@ func (l *localAddrs) reload() error {
 		}
 		s.nets = append(s.nets, localNet{addr: binary.BigEndian.Uint32(ip4) & mask, mask: mask})
 	}
+	l.watchMu.Lock()
+	defer l.watchMu.Unlock()
 	l.set.Store(s)
+	if l.watcher != nil {
+		l.watcher(s)
+	}
 	return nil
+}
+
+// setWatcher has fn called with the current snapshot now and with every
+// new one after it is in place, in order, until setWatcher(nil); fn must
+// not call back into l.
+func (l *localAddrs) setWatcher(fn func(*localSet)) {
+	l.watchMu.Lock()
+	defer l.watchMu.Unlock()
+	l.watcher = fn
+	if fn != nil {
+		fn(l.set.Load())
+	}
 }
 
 // follow reloads the set on local route events until close.

@@ -34,6 +34,8 @@ type RingSPIs struct {
 	m    *ebpf.Map
 	prog *ebpf.Program
 	open bool
+	// ingress is the IngressBypass on the map (nil: none).
+	ingress *IngressBypass
 }
 
 // FilterSPIs loads the SPI filter and attaches it to the ring, with an
@@ -94,6 +96,10 @@ func ringSPIProgram(mapFD int, protos []int) asm.Instructions {
 		// __sk_buff.pkt_type (offset 4): addressed to this host.
 		asm.LoadMem(asm.R0, asm.R6, 4, asm.Word),
 		asm.JNE.Imm(asm.R0, unix.PACKET_HOST, "drop"),
+		// __sk_buff.protocol (offset 16, network order): IPv4 (the ring
+		// is bound to every protocol).
+		asm.LoadMem(asm.R0, asm.R6, 16, asm.Word),
+		asm.JNE.Imm(asm.R0, int32(htons(unix.ETH_P_IP)), "drop"),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -191,6 +197,14 @@ func (s *RingSPIs) Open() error {
 	if s.open {
 		return nil
 	}
+	// The map is kept no longer: the ingress bypass goes first, and the
+	// prerouting chain takes over.
+	if s.ingress != nil {
+		if err := s.ingress.Close(); err != nil {
+			return fmt.Errorf("netio: ring SPI filter: %w", err)
+		}
+		s.ingress = nil
+	}
 	var serr error
 	if err := s.r.rc.Control(func(fd uintptr) {
 		serr = attachRingFilter(int(fd), s.r.protos)
@@ -202,6 +216,14 @@ func (s *RingSPIs) Open() error {
 	}
 	s.open = true
 	return nil
+}
+
+// Ingress is the IngressBypass made by BypassIngress (nil: none, or no
+// longer: Open and Close end it).
+func (s *RingSPIs) Ingress() *IngressBypass {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ingress
 }
 
 // Filtering reports whether the SPI filter is in place (not Open).
@@ -219,7 +241,11 @@ func (s *RingSPIs) Close() error {
 	if s.m == nil {
 		return nil
 	}
-	err := errors.Join(s.prog.Close(), s.m.Close())
-	s.m, s.prog = nil, nil
+	var ierr error
+	if s.ingress != nil {
+		ierr = s.ingress.Close()
+	}
+	err := errors.Join(ierr, s.prog.Close(), s.m.Close())
+	s.m, s.prog, s.ingress = nil, nil, nil
 	return err
 }

@@ -1,0 +1,372 @@
+package netio
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// ingressMaxLocals bounds the ingress bypass's map of local addresses; a
+// host with more has packets to the rest dropped at prerouting instead
+// (BypassRing), as without the ingress bypass.
+const ingressMaxLocals = 1 << 12
+
+// The ingress bypass's counters, per CPU, by index.
+const (
+	ingressBypassed = iota // an admitted SPI: the ring took it
+	ingressGateESP         // an unknown SPI, ESP
+	ingressGateAH          // an unknown SPI, AH
+	ingressCounters
+)
+
+// TCX verdicts (include/uapi/linux/bpf.h).
+const (
+	tcxNext = -1
+	tcxDrop = 2
+)
+
+// bpfHdrStartNet is BPF_HDR_START_NET: bpf_skb_load_bytes_relative's
+// offsets from the network header.
+const bpfHdrStartNet = 1
+
+// IngressBypass drops, at tc ingress (TCX), the ESP and AH packets the
+// receive ring has just taken, and those of SPIs no inbound SA holds,
+// before the IP stack sees them. It does what SPIGate.BypassRing's
+// prerouting chain does, for the same packets (IPv4, not a fragment,
+// addressed to this host's link address and to one of its addresses),
+// without the IP stack's input (ip_rcv, the prerouting hook, the
+// nftables interpreter and its route lookup): an eBPF program looks the
+// destination up in a map of this host's addresses and the SPI in the
+// ring's SPI map. On a veth link the receiving gateway's input runs in the
+// sender's thread, so this shortens the sender's path as well.
+//
+// It needs the ring bound to every protocol (RxRing's tap comes before tc
+// ingress; with IPv4 alone it would come after) and is attached to every
+// non-loopback Ethernet interface that holds a local address when it is
+// made. Packets arriving elsewhere (another interface, an address added
+// later on an interface without it, a local prefix wider than one
+// address) and every fragment go on to the prerouting chain as before.
+// The attachments are links the process holds: they end with it, so
+// nothing of it outlives the daemon.
+//
+// It is safe for concurrent use.
+type IngressBypass struct {
+	mu     sync.Mutex
+	prog   *ebpf.Program
+	locals *ebpf.Map // this host's addresses: [4]byte -> 1
+	counts *ebpf.Map // per-CPU array of ingressCounters uint64
+	links  map[string]link.Link
+	inMap  map[[4]byte]struct{} // what locals holds
+	local  *localAddrs
+	err    error // the last failure to update locals
+}
+
+// IngressCounts are the packets an IngressBypass dropped.
+type IngressCounts struct {
+	// Bypassed had an admitted SPI: the ring had taken them.
+	Bypassed uint64
+	// ESP and AH had an SPI no inbound SA holds (the gate's).
+	ESP, AH uint64
+	// Interfaces are those the program is attached to (none after Err).
+	Interfaces []string
+	// Err says why the program was detached (nil: it was not).
+	Err error
+}
+
+// BypassIngress attaches an IngressBypass to the interfaces of the calling
+// thread's namespace (see IngressBypass), dropping what the ring takes
+// and what the gate would drop. Call it only while the SPI filter is in
+// place and the gate shut: Open closes it, and so does Close. It fails
+// where TCX is not available (before Linux 6.6, no CAP_BPF or
+// CAP_SYS_ADMIN), where the ring is bound to IPv4 alone, or where there
+// is no interface to attach to; the prerouting chain then does the work.
+func (s *RingSPIs) BypassIngress() (*IngressBypass, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.m == nil:
+		return nil, fmt.Errorf("netio: ingress bypass: %w", ErrClosed)
+	case s.open:
+		return nil, errors.New("netio: ingress bypass: the ring's SPI filter is open")
+	case !s.r.tapsAll:
+		return nil, errors.New("netio: ingress bypass: the ring is bound to IPv4 alone (it would see packets after tc ingress)")
+	case s.ingress != nil:
+		return s.ingress, nil
+	}
+	b, err := newIngressBypass(s.m, s.r.local, s.r.protos)
+	if err != nil {
+		return nil, err
+	}
+	s.ingress = b
+	return b, nil
+}
+
+func newIngressBypass(spis *ebpf.Map, local *localAddrs, protos []int) (*IngressBypass, error) {
+	locals, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "gosec_locals", Type: ebpf.Hash, KeySize: 4, ValueSize: 1,
+		MaxEntries: ingressMaxLocals, Flags: unix.BPF_F_NO_PREALLOC,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netio: ingress bypass: map of local addresses: %w", err)
+	}
+	counts, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "gosec_ingress_n", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: ingressCounters,
+	})
+	if err != nil {
+		locals.Close()
+		return nil, fmt.Errorf("netio: ingress bypass: counters: %w", err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "gosec_ingress",
+		Type:         ebpf.SchedCLS,
+		License:      "GPL",
+		Instructions: ingressProgram(locals.FD(), spis.FD(), counts.FD(), protos),
+	})
+	if err != nil {
+		counts.Close()
+		locals.Close()
+		return nil, fmt.Errorf("netio: ingress bypass: program: %w", err)
+	}
+	b := &IngressBypass{prog: prog, locals: locals, counts: counts, links: make(map[string]link.Link),
+		inMap: make(map[[4]byte]struct{}), local: local}
+	// The addresses first, then the interfaces: a packet the program
+	// sees finds this host's addresses in place.
+	local.setWatcher(b.syncLocals)
+	set := local.set.Load()
+	if err := b.attach(set); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// attach attaches the program to the non-loopback Ethernet interfaces of
+// the calling thread's namespace that hold one of set's addresses. The
+// interfaces are looked up by name here and attached by index on this
+// thread, so both happen in its namespace.
+func (b *IngressBypass) attach(set *localSet) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return fmt.Errorf("netio: ingress bypass: interfaces: %w", err)
+	}
+	var errs []error
+	for _, ifi := range ifs {
+		if _, ok := set.links[ifi.Index]; !ok || ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
+			continue
+		}
+		if err := attachTCXHere(b, ifi.Index, ifi.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(b.links) == 0 {
+		return errors.Join(append(errs, errors.New("netio: ingress bypass: no Ethernet interface with a local address to attach to"))...)
+	}
+	return nil
+}
+
+// attachTCXHere attaches b's program at tc ingress of interface index of
+// the calling thread's namespace (the caller has it locked).
+func attachTCXHere(b *IngressBypass, index int, name string) error {
+	l, err := link.AttachTCX(link.TCXOptions{Interface: index, Program: b.prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("netio: ingress bypass: attach to %s: %w", name, err)
+	}
+	b.links[name] = l
+	return nil
+}
+
+// syncLocals makes the map of local addresses hold set's single addresses
+// (localAddrs calls it with every new snapshot, in order).
+func (b *IngressBypass) syncLocals(set *localSet) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.locals == nil {
+		return
+	}
+	var errs []error
+	for a := range b.inMap {
+		if _, ok := set.hosts[a]; ok {
+			continue
+		}
+		if err := b.locals.Delete(&a); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete %v: %w", net.IP(a[:]), err))
+			continue
+		}
+		delete(b.inMap, a)
+	}
+	one := uint8(1)
+	for a := range set.hosts {
+		if _, ok := b.inMap[a]; ok {
+			continue
+		}
+		// A full map leaves the rest to the prerouting chain.
+		if err := b.locals.Put(&a, &one); err != nil {
+			if !errors.Is(err, unix.E2BIG) {
+				errs = append(errs, fmt.Errorf("put %v: %w", net.IP(a[:]), err))
+			}
+			continue
+		}
+		b.inMap[a] = struct{}{}
+	}
+	if err := errors.Join(errs...); err != nil {
+		// A map that no longer follows the host's addresses could drop
+		// ESP to an address it gave up (being forwarded now): detach,
+		// the prerouting chain does the work.
+		b.err = fmt.Errorf("netio: ingress bypass: map of local addresses: %w; detached", err)
+		b.detach()
+	}
+}
+
+// detach closes the links (b.mu held): the program runs no more.
+func (b *IngressBypass) detach() {
+	for name, l := range b.links {
+		l.Close()
+		delete(b.links, name)
+	}
+}
+
+// Counts reads the counters, summed over the CPUs.
+func (b *IngressBypass) Counts() (IngressCounts, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var c IngressCounts
+	if b.counts == nil {
+		return c, fmt.Errorf("netio: ingress bypass: %w", ErrClosed)
+	}
+	for _, n := range []struct {
+		key uint32
+		to  *uint64
+	}{{ingressBypassed, &c.Bypassed}, {ingressGateESP, &c.ESP}, {ingressGateAH, &c.AH}} {
+		var per []uint64
+		if err := b.counts.Lookup(&n.key, &per); err != nil {
+			return c, fmt.Errorf("netio: ingress bypass: counters: %w", err)
+		}
+		for _, v := range per {
+			*n.to += v
+		}
+	}
+	for name := range b.links {
+		c.Interfaces = append(c.Interfaces, name)
+	}
+	slices.Sort(c.Interfaces)
+	c.Err = b.err
+	return c, nil
+}
+
+// Close detaches the program from every interface: from its return on,
+// the prerouting chain drops what the ring took.
+func (b *IngressBypass) Close() error {
+	b.local.setWatcher(nil)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.prog == nil {
+		return nil
+	}
+	var errs []error
+	for name, l := range b.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("netio: ingress bypass: detach from %s: %w", name, err))
+		}
+	}
+	errs = append(errs, b.prog.Close(), b.locals.Close(), b.counts.Close())
+	b.prog, b.locals, b.counts, b.links = nil, nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// ingressProgram is the TCX program: r6 holds the skb; the IPv4 header's
+// first 20 octets are copied to fp-24 (its destination at fp-8, the
+// locals map's key), the SPI to fp-28 (the SPI map's key), the counter's
+// index to fp-32. Anything it does not drop goes on (TCX_NEXT).
+func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructions {
+	prog := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		// __sk_buff.protocol (offset 16, network order): IPv4.
+		asm.LoadMem(asm.R0, asm.R6, 16, asm.Word),
+		asm.JNE.Imm(asm.R0, int32(htons(unix.ETH_P_IP)), "next"),
+		// __sk_buff.pkt_type (offset 4): addressed to this host.
+		asm.LoadMem(asm.R0, asm.R6, 4, asm.Word),
+		asm.JNE.Imm(asm.R0, unix.PACKET_HOST, "next"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -24),
+		asm.Mov.Imm(asm.R4, 20),
+		asm.Mov.Imm(asm.R5, bpfHdrStartNet),
+		asm.FnSkbLoadBytesRelative.Call(),
+		asm.JNE.Imm(asm.R0, 0, "next"),
+		// R7: the SPI's offset after the IPv4 header; R8: the counter of
+		// an unknown SPI; by protocol.
+		asm.LoadMem(asm.R1, asm.RFP, -24+9, asm.Byte),
+	}
+	if slices.Contains(protos, unix.IPPROTO_ESP) {
+		prog = append(prog,
+			asm.Mov.Imm(asm.R7, 0),
+			asm.Mov.Imm(asm.R8, ingressGateESP),
+			asm.JEq.Imm(asm.R1, unix.IPPROTO_ESP, "whole"))
+	}
+	if slices.Contains(protos, unix.IPPROTO_AH) {
+		prog = append(prog,
+			asm.Mov.Imm(asm.R7, 4),
+			asm.Mov.Imm(asm.R8, ingressGateAH),
+			asm.JEq.Imm(asm.R1, unix.IPPROTO_AH, "whole"))
+	}
+	return append(prog,
+		asm.Ja.Label("next"),
+		// Not a fragment (MF and the offset clear): fragments go on to
+		// the IP stack, which reassembles its own copy.
+		asm.LoadMem(asm.R1, asm.RFP, -24+6, asm.Byte).WithSymbol("whole"),
+		asm.And.Imm(asm.R1, 0x3f),
+		asm.JNE.Imm(asm.R1, 0, "next"),
+		asm.LoadMem(asm.R1, asm.RFP, -24+7, asm.Byte),
+		asm.JNE.Imm(asm.R1, 0, "next"),
+		// To one of this host's addresses (fp-8: the destination).
+		asm.LoadMapPtr(asm.R1, localsFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -8),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "next"),
+		// The SPI at IHL*4 + R7; too short to hold one: on to the IP
+		// stack, which drops it.
+		asm.LoadMem(asm.R2, asm.RFP, -24, asm.Byte),
+		asm.And.Imm(asm.R2, 0x0f),
+		asm.LSh.Imm(asm.R2, 2),
+		asm.Add.Reg(asm.R2, asm.R7),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -28),
+		asm.Mov.Imm(asm.R4, 4),
+		asm.Mov.Imm(asm.R5, bpfHdrStartNet),
+		asm.FnSkbLoadBytesRelative.Call(),
+		asm.JNE.Imm(asm.R0, 0, "next"),
+		asm.LoadMapPtr(asm.R1, spisFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -28),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "count"),
+		asm.Mov.Imm(asm.R8, ingressBypassed),
+		// Count (R8) and drop.
+		asm.StoreMem(asm.RFP, -32, asm.R8, asm.Word).WithSymbol("count"),
+		asm.LoadMapPtr(asm.R1, countsFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -32),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "drop"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, tcxDrop).WithSymbol("drop"),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("next"),
+		asm.Return(),
+	)
+}
