@@ -102,6 +102,7 @@ func Start(env Env, args []string) int {
 	saveKeys := fs.String("save-keys", "", "write every SA's keys to DIR in Wireshark's formats (ikev1_decryption_table, esp_sa); debugging only")
 	afpacket := fs.Bool("afpacket", true, "send ESP and AH through AF_PACKET on the outgoing Ethernet link with a neighbour cache, the raw sockets only where that cannot be used (default); --afpacket=false sends everything through the raw IPv4 sockets")
 	rxring := fs.Bool("rxring", true, "receive ESP and AH through an AF_PACKET ring instead of the raw IPv4 sockets: the ring takes only the SPIs of inbound SAs (an eBPF filter) and the IP stack then drops at prerouting what it took instead of processing it again (before netfilter INPUT and rp_filter; the raw sockets still hold the protocols so the kernel sends no ICMP protocol-unreachable); --rxring=false receives through the raw sockets")
+	ingressBypass := fs.Bool("ingress-bypass", true, "with --rxring, drop at tc ingress (an eBPF program, TCX: Linux 6.6 and later) the ESP and AH the ring took and those of SPIs no inbound SA holds, before the IP stack sees them, on each Ethernet interface with a local address; --ingress-bypass=false leaves that to the prerouting chain")
 	tunQueues := fs.Int("tun-queues", 0, "TUN queues, each read by its own goroutine and steered per destination prefix so that an SA keeps to one: 0 chooses one per core (at most 4), 1 a single queue")
 	keepWarm := fs.Duration("keep-warm", time.Millisecond, "while packets have flowed within --keep-warm-for, wake the data plane this often, so that a sparse packet (ping, SSH, voice) is handled as fast as one in a stream; 0 turns it off (while on it costs about 3% of a core on our 2-vCPU VMs; nothing once idle)")
 	keepWarmFor := fs.Duration("keep-warm-for", 2*time.Second, "how long after the last packet --keep-warm keeps waking the data plane")
@@ -226,7 +227,7 @@ func Start(env Env, args []string) int {
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log, Levels: levels,
 		SaveKeysDir: *saveKeys, Impair: impairments, Stopping: notifyStopping,
-		RawSocketsOnly: !*afpacket, RxRing: *rxring, CryptoWorkers: *workers, TUNQueues: *tunQueues,
+		RawSocketsOnly: !*afpacket, RxRing: *rxring, IngressBypass: *ingressBypass, CryptoWorkers: *workers, TUNQueues: *tunQueues,
 		KeepWarm: *keepWarm, KeepWarmFor: *keepWarmFor,
 		Started: func(d *daemon.Daemon) error {
 			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {

@@ -64,6 +64,11 @@ type Options struct {
 	// cannot be opened. Off by default: end to end it measured slower
 	// than the raw sockets (internal/netio/NOTES.md).
 	RxRing bool
+	// IngressBypass drops, at tc ingress, the ESP and AH the receive ring
+	// took and those of unknown SPIs, before the IP stack sees them
+	// (netio.IngressBypass), where TCX is available; otherwise, or when
+	// false, the prerouting chain does (netio.SPIGate.BypassRing).
+	IngressBypass bool
 	// CryptoWorkers is the number of goroutines that seal and open in
 	// parallel (dataplane.Config.Workers): 0 chooses by the machine,
 	// a negative value has every reader do its own cryptography.
@@ -389,6 +394,12 @@ func (d *Daemon) ringFilters(gate *netio.SPIGate, ring *netio.RxRing) {
 	}
 	if err := gate.BypassRing(); err != nil {
 		d.log.Warn("AF_PACKET receive ring: the IP stack keeps processing what the ring received", "err", err)
+	}
+	if d.ringSPIs == nil || !d.opts.IngressBypass {
+		return
+	}
+	if _, err := d.ringSPIs.BypassIngress(); err != nil {
+		d.log.Warn("AF_PACKET receive ring: no ingress bypass; the prerouting chain drops what the ring received", "err", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/gosec-ipsec/gosec/internal/drop"
 	"github.com/gosec-ipsec/gosec/internal/netio"
@@ -88,8 +89,25 @@ type KernelDropsStatus struct {
 	// for this host (present while that chain is in place); the rest
 	// were dropped at INPUT.
 	Prerouting *uint64 `json:"prerouting,omitempty"`
+	// Ingress is what the ingress bypass dropped at tc ingress (present
+	// while it is in place), also counted above: ESP and AH of admitted
+	// SPIs in RingBypass, of unknown SPIs in ESP, AH and Prerouting.
+	Ingress *IngressDropsStatus `json:"ingress,omitempty"`
 	// Off says the filter removed its rules after an error (Error).
 	Off   bool   `json:"off,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// IngressDropsStatus is what the ingress bypass (netio.IngressBypass)
+// dropped before the IP stack.
+type IngressDropsStatus struct {
+	// Interfaces are those it is attached to.
+	Interfaces []string `json:"interfaces"`
+	// RingBypass counts ESP and AH of admitted SPIs (the ring took them),
+	// UnknownSPI those of SPIs no inbound SA holds.
+	RingBypass uint64 `json:"ring_bypass"`
+	UnknownSPI uint64 `json:"unknown-spi"`
+	// Error says why it was detached.
 	Error string `json:"error,omitempty"`
 }
 
@@ -113,6 +131,7 @@ func (d *Daemon) kernelDrops(st *Status) {
 	if c.Err != nil {
 		k.Error = c.Err.Error()
 	}
+	d.ingressDrops(k)
 	st.KernelDrops = k
 	// A protocol received through an AF_PACKET ring that takes every
 	// SPI reached the data plane before the gate dropped it (the ring
@@ -151,5 +170,54 @@ func (k *KernelDropsStatus) text() string {
 	if k.RingBypass != nil {
 		s += fmt.Sprintf("; %d received by the ring kept from the IP stack", *k.RingBypass)
 	}
+	if in := k.Ingress; in != nil {
+		if in.Error != "" {
+			s += fmt.Sprintf("; at tc ingress: off after an error (%s)", in.Error)
+		}
+		if len(in.Interfaces) > 0 {
+			s += fmt.Sprintf("; at tc ingress on %s", strings.Join(in.Interfaces, ", "))
+		}
+		s += fmt.Sprintf(": %d kept, %d unknown-SPI", in.RingBypass, in.UnknownSPI)
+	}
 	return s
+}
+
+// ingressDrops adds the ingress bypass's counters (if it is in place) to
+// k's.
+func (d *Daemon) ingressDrops(k *KernelDropsStatus) {
+	if d.ringSPIs == nil {
+		return
+	}
+	ing := d.ringSPIs.Ingress()
+	if ing == nil {
+		return
+	}
+	c, err := ing.Counts()
+	if err != nil {
+		// Reading eBPF maps needs CAP_BPF, which a daemon run with
+		// --user gave up (its SPI filter, and with it the bypass, opens
+		// at the first SA it admits).
+		d.log.Debug("ingress bypass: counters", "err", err)
+		return
+	}
+	addIngress(k, c)
+}
+
+// addIngress adds the ingress bypass's counts c to k's: its own field,
+// and the totals it is part of.
+func addIngress(k *KernelDropsStatus, c netio.IngressCounts) {
+	in := &IngressDropsStatus{Interfaces: c.Interfaces, RingBypass: c.Bypassed, UnknownSPI: c.ESP + c.AH}
+	if c.Err != nil {
+		in.Error = c.Err.Error()
+	}
+	k.Ingress = in
+	k.ESP += c.ESP
+	k.AH += c.AH
+	k.UnknownSPI += c.ESP + c.AH
+	if k.RingBypass != nil {
+		*k.RingBypass += c.Bypassed
+	}
+	if k.Prerouting != nil {
+		*k.Prerouting += c.ESP + c.AH
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -256,5 +257,50 @@ func TestSPIGateStatus(t *testing.T) {
 	g.counts = netio.SPIGateCounts{ESP: 5, Open: true, Err: errors.New("ENOBUFS")}
 	if got := d.status(true).KernelDrops.text(); got != "off after an error (ENOBUFS); 5 unknown-SPI packets dropped before" {
 		t.Fatalf("status line of an open gate %q", got)
+	}
+}
+
+// TestKernelDropsIngress: the ingress bypass's counts join the totals
+// they are part of, and statusall names where they were dropped.
+func TestKernelDropsIngress(t *testing.T) {
+	n := func(v uint64) *uint64 { return &v }
+	for _, tc := range []struct {
+		name   string
+		k      KernelDropsStatus
+		c      netio.IngressCounts
+		want   KernelDropsStatus
+		status string
+	}{{
+		name: "with the prerouting chain",
+		k:    KernelDropsStatus{UnknownSPI: 3, ESP: 2, UDP: 1, SPIs: 2, RingBypass: n(5), Prerouting: n(1)},
+		c:    netio.IngressCounts{Bypassed: 100, ESP: 7, AH: 3, Interfaces: []string{"eth0", "wan0"}},
+		want: KernelDropsStatus{UnknownSPI: 13, ESP: 9, AH: 3, UDP: 1, SPIs: 2, RingBypass: n(105), Prerouting: n(11),
+			Ingress: &IngressDropsStatus{Interfaces: []string{"eth0", "wan0"}, RingBypass: 100, UnknownSPI: 10}},
+		status: "2 SPIs let through, 13 unknown-SPI packets dropped (ESP 9, AH 3, ESP-in-UDP 1; 11 of them before routing); 105 received by the ring kept from the IP stack; at tc ingress on eth0, wan0: 100 kept, 10 unknown-SPI",
+	}, {
+		name: "without it",
+		k:    KernelDropsStatus{SPIs: 1},
+		c:    netio.IngressCounts{Bypassed: 4, AH: 1, Interfaces: []string{"wan0"}},
+		want: KernelDropsStatus{UnknownSPI: 1, AH: 1, SPIs: 1,
+			Ingress: &IngressDropsStatus{Interfaces: []string{"wan0"}, RingBypass: 4, UnknownSPI: 1}},
+		status: "1 SPIs let through, 1 unknown-SPI packets dropped (ESP 0, AH 1, ESP-in-UDP 0); at tc ingress on wan0: 4 kept, 1 unknown-SPI",
+	}, {
+		name: "detached after an error",
+		k:    KernelDropsStatus{SPIs: 1},
+		c:    netio.IngressCounts{Bypassed: 4, Err: errors.New("EPERM")},
+		want: KernelDropsStatus{SPIs: 1,
+			Ingress: &IngressDropsStatus{RingBypass: 4, Error: "EPERM"}},
+		status: "1 SPIs let through, 0 unknown-SPI packets dropped (ESP 0, AH 0, ESP-in-UDP 0); at tc ingress: off after an error (EPERM): 4 kept, 0 unknown-SPI",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := tc.k
+			addIngress(&k, tc.c)
+			if !reflect.DeepEqual(k, tc.want) {
+				t.Fatalf("got %+v (ingress %+v), want %+v (ingress %+v)", k, k.Ingress, tc.want, tc.want.Ingress)
+			}
+			if got := k.text(); got != tc.status {
+				t.Fatalf("status line\n%q, want\n%q", got, tc.status)
+			}
+		})
 	}
 }
