@@ -120,6 +120,13 @@ func TestUnprivilegedDaemon(t *testing.T) {
 				Receive       map[string]string `json:"receive"`
 				RingSPIFilter bool              `json:"ring_spi_filter"`
 			} `json:"raw_paths"`
+			KernelDrops struct {
+				Ingress *struct {
+					Interfaces []string `json:"interfaces"`
+					RingBypass uint64   `json:"ring_bypass"`
+					Error      string   `json:"error"`
+				} `json:"ingress"`
+			} `json:"kernel_drops"`
 		}
 		if err := json.Unmarshal([]byte(d.mustCtl("statusall", "--json")), &st); err != nil {
 			t.Fatal(err)
@@ -127,6 +134,11 @@ func TestUnprivilegedDaemon(t *testing.T) {
 		t.Logf("%s: receive %v, ring SPI filter %v, %d TUN queues, warnings %q", d.ns, st.RawPaths.Receive, st.RawPaths.RingSPIFilter, st.TUNQueues, st.Warnings)
 		if !st.RawPaths.RingSPIFilter || len(st.Warnings) > 0 {
 			t.Errorf("%s: the ring's SPI filter is off after the drop, or warnings: %q", d.ns, st.Warnings)
+		}
+		// The ingress bypass too: its map of local addresses and its
+		// counters are read and changed through the fds it opened.
+		if in := st.KernelDrops.Ingress; in == nil || len(in.Interfaces) == 0 || in.Error != "" || in.RingBypass == 0 {
+			t.Errorf("%s: the ingress bypass is not in place after the drop or kept nothing of the transfer: %+v", d.ns, in)
 		}
 	}
 	first := ikeStatusOf(t, gw1).Conns[0].Children[0].InSPI

@@ -61,6 +61,8 @@ var (
 	guestSkip string // missing prerequisite: the tests skip (fail under CI=true)
 	guestUp   bool
 	bootTime  time.Duration
+	// wireInCounter counts the inbound IPv4 on the tap (wirein_test.go).
+	wireInCounter *wireIn
 )
 
 // prerequisites returns why the guest cannot run here, or "".
@@ -118,6 +120,9 @@ func guest(t *testing.T) *Ctl {
 			return
 		}
 		bootTime = time.Since(start)
+		if wireInCounter, guestErr = attachWireIn(nsName, tapName); guestErr != nil {
+			return
+		}
 		guestCtl, guestErr = DialCtl(filepath.Join(buildDir(), "ctl.sock"))
 		if guestErr == nil {
 			_, guestErr = guestCtl.Check("uname -r")
@@ -160,6 +165,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if guestCtl != nil {
 		guestCtl.Close()
+	}
+	if wireInCounter != nil {
+		wireInCounter.Close()
 	}
 	if guestUp {
 		if out, err := kpeer(time.Minute, "down"); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -300,19 +301,25 @@ func bulkSize() int {
 // wireCount is one nft counter.
 type wireCount struct{ Packets, Bytes uint64 }
 
-// wireCounters reads the nft counters kpeer.sh keeps on the tap (inbound
-// IPv4 at the inet prerouting hook, before gosec's ring-bypass chain drops
-// what its receive ring took, IPv6 at input; outbound at the tap's netdev
-// egress hook, which AF_PACKET sends pass too). They count what the
-// netfilter hooks see: a UDP GSO or GRO buffer (gosec's ESP-in-UDP sends
-// with UDP_SEGMENT) counts once, with all its bytes, and each fragment
-// once.
+// wireCounters reads the counters on the tap: inbound IPv4 from the
+// test's eBPF program at tc ingress (wirein_test.go), inbound IPv6 from
+// kpeer.sh's nft counter at input, outbound from its counters at the
+// tap's netdev egress hook, which AF_PACKET sends pass too. They count
+// packets as the kernel holds them: a UDP GSO or GRO buffer (gosec's
+// ESP-in-UDP sends with UDP_SEGMENT) counts once, with all its bytes, and
+// each fragment once.
 func wireCounters() (map[string]wireCount, error) {
 	m := map[string]wireCount{}
 	for _, table := range [][2]string{{"inet", "gkp"}, {"netdev", "gkpo"}} {
 		if err := readCounters(table[0], table[1], m); err != nil {
 			return nil, err
 		}
+	}
+	if wireInCounter == nil {
+		return nil, errors.New("no inbound wire counter on the tap")
+	}
+	if err := wireInCounter.add(m); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -232,9 +232,6 @@ table netdev gkpo {
   }
 }
 table inet gkp {
-  counter esp_in {}
-  counter ah_in {}
-  counter udp4500_in {}
   counter other_in {}
   chain out {
     type filter hook output priority 0; policy accept;
@@ -242,20 +239,10 @@ table inet gkp {
     oifname "$TAP" ip daddr != $GUEST_IP drop
     oifname "$TAP" meta nfproto ipv6 drop
   }
-  # Inbound IPv4 is counted at prerouting, before gosec's ring-bypass
-  # chain (priority raw, -300) drops what its receive ring took, so
-  # fragments count one by one; a later fragment has no port to read,
-  # and during a case the only UDP the guest sends is ESP-in-UDP.
-  chain wire_in {
-    type filter hook prerouting priority -350; policy accept;
-    iifname != "$TAP" accept
-    meta nfproto != ipv4 accept
-    ip protocol esp counter name esp_in accept
-    ip protocol ah counter name ah_in accept
-    udp dport 4500 counter name udp4500_in accept
-    ip protocol udp ip frag-off & 0x1fff != 0 counter name udp4500_in accept
-    counter name other_in
-  }
+  # Inbound IPv4 is counted by the Go tests' own eBPF program at the
+  # tap's tc ingress (test/kernelpeer/wirein_test.go): gosec's ingress
+  # bypass drops the ESP and AH its receive ring took before any netfilter
+  # hook. IPv6 is counted here.
   chain in {
     type filter hook input priority 0; policy accept;
     iifname "$TAP" ip saddr != $GUEST_IP drop
