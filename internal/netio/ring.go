@@ -80,8 +80,9 @@ const (
 // IngressBypass there can drop what the ring took before the IP stack
 // sees it; it ignores what the host sends) with a classic BPF filter
 // that accepts only IPv4 of Protos, unfragmented, addressed to this
-// host's link address (PACKET_HOST). Where a kernel cannot ignore
-// outgoing packets (before 4.20) it is bound to IPv4 alone. It joins a fanout group of its own with
+// host's link address (PACKET_HOST). Where a kernel cannot have it
+// ignore outgoing packets (PACKET_FANOUT_FLAG_IGNORE_OUTGOING, a recent
+// flag) it is bound to IPv4 alone. It joins a fanout group of its own with
 // PACKET_FANOUT_FLAG_DEFRAG, so the kernel reassembles fragmented IPv4
 // before the filter sees it: Recv returns whole packets as RawConn does.
 // Those reassembly queues are shared by every DEFRAG fanout group of the
@@ -246,10 +247,7 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 		local.close()
 		return failMapped(what, err)
 	}
-	bindProto := uint16(unix.ETH_P_IP)
-	if unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1) == nil {
-		bindProto = unix.ETH_P_ALL
-	}
+	bindProto := uint16(unix.ETH_P_ALL)
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(bindProto)}); err != nil {
 		return failLocal("bind", err)
 	}
@@ -263,9 +261,22 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 	// run the flow dissector on every packet that has no hash yet (veth,
 	// TUN). A group of several sockets would want HASH, to keep each
 	// flow on one of them.
+	//
+	// Bound to every protocol, the group's hook (not the socket's, whose
+	// PACKET_IGNORE_OUTGOING it does not take over) must ignore what the
+	// host sends too: without it every packet sent on any interface is
+	// cloned for it (dev_queue_xmit_nit) and judged by the filter, which
+	// drops it. A kernel without that flag gets the ring bound to
+	// IPv4 alone again.
 	fanout := (unix.PACKET_FANOUT_CPU | unix.PACKET_FANOUT_FLAG_DEFRAG | unix.PACKET_FANOUT_FLAG_UNIQUEID) << 16
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout); err != nil {
-		return failLocal("PACKET_FANOUT with defragmentation", err)
+	if unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout|unix.PACKET_FANOUT_FLAG_IGNORE_OUTGOING<<16) != nil {
+		bindProto = unix.ETH_P_IP
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(bindProto)}); err != nil {
+			return failLocal("bind to IPv4", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout); err != nil {
+			return failLocal("PACKET_FANOUT with defragmentation", err)
+		}
 	}
 	f := os.NewFile(uintptr(fd), fmt.Sprintf("ring-%v", cfg.Protos))
 	rc, err := f.SyscallConn()
