@@ -75,14 +75,9 @@ const (
 // to end it measured slower than the raw socket (NOTES.md), so the daemon
 // uses it only when asked (gosec start --rxring).
 //
-// The socket is bound to every protocol on every interface (ETH_P_ALL,
-// not ETH_P_IP: such a tap sees a packet before tc ingress, so that an
-// IngressBypass there can drop what the ring took before the IP stack
-// sees it; it ignores what the host sends) with a classic BPF filter
-// that accepts only IPv4 of Protos, unfragmented, addressed to this
-// host's link address (PACKET_HOST). Where a kernel cannot have it
-// ignore outgoing packets (PACKET_FANOUT_FLAG_IGNORE_OUTGOING, a recent
-// flag) it is bound to IPv4 alone. It joins a fanout group of its own with
+// The socket is bound to IPv4 on every interface with a classic BPF filter
+// that accepts only Protos, unfragmented, addressed to this host's link
+// address (PACKET_HOST). It joins a fanout group of its own with
 // PACKET_FANOUT_FLAG_DEFRAG, so the kernel reassembles fragmented IPv4
 // before the filter sees it: Recv returns whole packets as RawConn does.
 // Those reassembly queues are shared by every DEFRAG fanout group of the
@@ -120,8 +115,6 @@ type RxRing struct {
 	frames    int
 	frameSize int
 	local     *localAddrs
-	// tapsAll says the socket is bound to ETH_P_ALL (see above).
-	tapsAll bool
 
 	mu   sync.Mutex // one reader at a time; Close waits for it
 	head int
@@ -139,21 +132,14 @@ type RxRing struct {
 }
 
 // skfAdPkttype is SKF_AD_OFF + SKF_AD_PKTTYPE: a classic BPF load from it
-// gives the packet type (PACKET_HOST, ...); skfAdProtocol,
-// SKF_AD_OFF + SKF_AD_PROTOCOL, the link layer's protocol in host order.
-const (
-	skfAdPkttype  = 0xfffff000 + 4
-	skfAdProtocol = 0xfffff000 + 0
-)
+// gives the packet type (PACKET_HOST, ...).
+const skfAdPkttype = 0xfffff000 + 4
 
 // ringFilter accepts IPv4 packets of the protocols that are not fragments
 // (after the fanout's reassembly) and were addressed to this host's link
 // address. Offsets are relative to the IPv4 header (SOCK_DGRAM).
 func ringFilter(protos []int) []unix.SockFilter {
 	f := []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdProtocol}, // A = link-layer protocol
-		// Not IPv4: to the last instruction, drop (set below).
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.ETH_P_IP},
 		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: uint32(iphdr.OffProtocol)}, // A = protocol
 	}
 	for i, p := range protos {
@@ -167,7 +153,7 @@ func ringFilter(protos []int) []unix.SockFilter {
 		}
 		f = append(f, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: left, Jf: jf, K: uint32(p)})
 	}
-	f = append(f,
+	return append(f,
 		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: uint32(iphdr.OffFlagsFrag)}, // A = flags, offset
 		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, Jt: 3, K: 0x3fff},            // MF or offset: drop
 		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdPkttype},               // A = packet type
@@ -175,8 +161,6 @@ func ringFilter(protos []int) []unix.SockFilter {
 		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000},                                  // accept all of it
 		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                        // drop
 	)
-	f[1].Jf = uint8(len(f) - 3)
-	return f
 }
 
 // attachRingFilter makes ringFilter(protos) fd's socket filter (replacing
@@ -247,8 +231,7 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 		local.close()
 		return failMapped(what, err)
 	}
-	bindProto := uint16(unix.ETH_P_ALL)
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(bindProto)}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP)}); err != nil {
 		return failLocal("bind", err)
 	}
 	// A fanout group of one, for its reassembly: a fragment is dropped by
@@ -261,22 +244,9 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 	// run the flow dissector on every packet that has no hash yet (veth,
 	// TUN). A group of several sockets would want HASH, to keep each
 	// flow on one of them.
-	//
-	// Bound to every protocol, the group's hook (not the socket's, whose
-	// PACKET_IGNORE_OUTGOING it does not take over) must ignore what the
-	// host sends too: without it every packet sent on any interface is
-	// cloned for it (dev_queue_xmit_nit) and judged by the filter, which
-	// drops it. A kernel without that flag gets the ring bound to
-	// IPv4 alone again.
 	fanout := (unix.PACKET_FANOUT_CPU | unix.PACKET_FANOUT_FLAG_DEFRAG | unix.PACKET_FANOUT_FLAG_UNIQUEID) << 16
-	if unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout|unix.PACKET_FANOUT_FLAG_IGNORE_OUTGOING<<16) != nil {
-		bindProto = unix.ETH_P_IP
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(bindProto)}); err != nil {
-			return failLocal("bind to IPv4", err)
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout); err != nil {
-			return failLocal("PACKET_FANOUT with defragmentation", err)
-		}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, fanout); err != nil {
+		return failLocal("PACKET_FANOUT with defragmentation", err)
 	}
 	f := os.NewFile(uintptr(fd), fmt.Sprintf("ring-%v", cfg.Protos))
 	rc, err := f.SyscallConn()
@@ -286,8 +256,7 @@ func ListenRing(cfg RingConfig) (*RxRing, error) {
 		local.close()
 		return nil, fmt.Errorf("netio: receive ring %v: %w", cfg.Protos, err)
 	}
-	r := &RxRing{protos: append([]int(nil), cfg.Protos...), f: f, rc: rc, fd: fd, mem: mem, frames: int(req.Frame_nr), frameSize: ringFrameSize, local: local,
-		tapsAll: bindProto == unix.ETH_P_ALL}
+	r := &RxRing{protos: append([]int(nil), cfg.Protos...), f: f, rc: rc, fd: fd, mem: mem, frames: int(req.Frame_nr), frameSize: ringFrameSize, local: local}
 	r.fn = r.drain
 	return r, nil
 }
