@@ -398,8 +398,11 @@ func (d *Daemon) ringFilters(gate *netio.SPIGate, ring *netio.RxRing) {
 	if d.ringSPIs == nil || !d.opts.IngressBypass {
 		return
 	}
-	if _, err := d.ringSPIs.BypassIngress(); err != nil {
+	switch b, err := d.ringSPIs.BypassIngress(); {
+	case b == nil:
 		d.log.Warn("AF_PACKET receive ring: no ingress bypass; the prerouting chain drops what the ring received", "err", err)
+	case err != nil:
+		d.log.Warn("AF_PACKET receive ring: ingress bypass not on every interface; on the others the prerouting chain drops what the ring received", "err", err)
 	}
 }
 

@@ -77,7 +77,8 @@ const (
 //
 // The socket is bound to IPv4 on every interface with a classic BPF filter
 // that accepts only Protos, unfragmented, addressed to this host's link
-// address (PACKET_HOST). It joins a fanout group of its own with
+// address (PACKET_HOST, or PACKET_OTHERHOST with ringMark: what an
+// IngressBypass handed over). It joins a fanout group of its own with
 // PACKET_FANOUT_FLAG_DEFRAG, so the kernel reassembles fragmented IPv4
 // before the filter sees it: Recv returns whole packets as RawConn does.
 // Those reassembly queues are shared by every DEFRAG fanout group of the
@@ -132,8 +133,17 @@ type RxRing struct {
 }
 
 // skfAdPkttype is SKF_AD_OFF + SKF_AD_PKTTYPE: a classic BPF load from it
-// gives the packet type (PACKET_HOST, ...).
-const skfAdPkttype = 0xfffff000 + 4
+// gives the packet type (PACKET_HOST, ...); skfAdMark, SKF_AD_OFF +
+// SKF_AD_MARK, the packet's mark.
+const (
+	skfAdPkttype = 0xfffff000 + 4
+	skfAdMark    = 0xfffff000 + 8
+)
+
+// ringMark is the mark of a packet an IngressBypass handed to the ring:
+// it made the packet PACKET_OTHERHOST, so that the IP stack drops it at
+// once, and marked it so that the ring still takes it.
+const ringMark = 0x5ec1
 
 // ringFilter accepts IPv4 packets of the protocols that are not fragments
 // (after the fanout's reassembly) and were addressed to this host's link
@@ -145,21 +155,24 @@ func ringFilter(protos []int) []unix.SockFilter {
 	for i, p := range protos {
 		// Match: on to the fragment test after the last comparison. No
 		// match: the next comparison; after the last one, drop (the last
-		// instruction, 5 after the fragment test's first).
+		// instruction, 8 after the fragment test's first).
 		left := uint8(len(protos) - 1 - i)
 		jf := uint8(0)
 		if left == 0 {
-			jf = 5
+			jf = 8
 		}
 		f = append(f, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: left, Jf: jf, K: uint32(p)})
 	}
 	return append(f,
 		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: uint32(iphdr.OffFlagsFrag)}, // A = flags, offset
-		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, Jt: 3, K: 0x3fff},            // MF or offset: drop
+		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, Jt: 6, K: 0x3fff},            // MF or offset: drop
 		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdPkttype},               // A = packet type
-		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 1, K: unix.PACKET_HOST},   // not to us: drop
-		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000},                                  // accept all of it
-		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                        // drop
+		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 3, K: unix.PACKET_HOST},   // to us: accept
+		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 3, K: unix.PACKET_OTHERHOST},
+		unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdMark},        // A = mark
+		unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 1, K: ringMark}, // not handed over: drop
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000},                        // accept all of it
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},                              // drop
 	)
 }
 

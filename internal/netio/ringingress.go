@@ -37,25 +37,36 @@ const (
 // offsets from the network header.
 const bpfHdrStartNet = 1
 
-// IngressBypass drops, at tc ingress (TCX), the ESP and AH packets the
-// receive ring has just taken, and those of SPIs no inbound SA holds,
-// before the IP stack sees them. It does what SPIGate.BypassRing's
-// prerouting chain does, for the same packets (IPv4, not a fragment,
-// addressed to this host's link address and to one of its addresses),
-// without the IP stack's input (ip_rcv, the prerouting hook, the
-// nftables interpreter and its route lookup): an eBPF program looks the
+// IngressBypass takes the IP stack's input out of the way of the ESP and
+// AH the receive ring takes, and drops those of SPIs no inbound SA holds,
+// at tc ingress (TCX): what SPIGate.BypassRing's prerouting chain does,
+// for the same packets (IPv4, not a fragment, addressed to this host's
+// link address and to one of its addresses), without the IP stack's input
+// up to that chain (ip_rcv's checks, the prerouting hook, the nftables
+// interpreter and its route lookup). An eBPF program looks the
 // destination up in a map of this host's addresses and the SPI in the
-// ring's SPI map. On a veth link the receiving gateway's input runs in the
-// sender's thread, so this shortens the sender's path as well.
+// ring's SPI map:
 //
-// It needs the ring bound to every protocol (RxRing's tap comes before tc
-// ingress; with IPv4 alone it would come after) and is attached to every
-// non-loopback Ethernet interface that holds a local address when it is
-// made. Packets arriving elsewhere (another interface, an address added
-// later on an interface without it, a local prefix wider than one
-// address) and every fragment go on to the prerouting chain as before.
-// The attachments are links the process holds: they end with it, so
-// nothing of it outlives the daemon.
+//   - an SPI an inbound SA holds: the packet is handed to the ring, which
+//     takes IPv4 after tc ingress: it is made PACKET_OTHERHOST (a frame
+//     for another host, which ip_rcv drops first thing, counted in the
+//     interface's otherhost drops) and marked with ringMark, which the
+//     ring's filters take as addressed to this host;
+//   - an unknown SPI: dropped, counted as the gate's.
+//
+// On a veth link the receiving gateway's input runs in the sender's
+// thread, so this shortens the sender's path as well. The ring stays bound
+// to IPv4, so that it sees each packet once, on the interface the IP
+// stack would take it from (a tap of every protocol sees a packet on a
+// bond's or a bridge's port and again on the bond or bridge).
+//
+// It is attached to every non-loopback Ethernet interface that holds a
+// local address when it is made, and sees packets with a VLAN tag not
+// yet taken off go by. Packets arriving elsewhere (another interface, an
+// address added later on an interface without it, a local prefix wider
+// than one address) and every fragment go on to the prerouting chain as
+// before. The attachments are links the process holds: they end with it,
+// so nothing of it outlives the daemon.
 //
 // It is safe for concurrent use.
 type IngressBypass struct {
@@ -96,17 +107,14 @@ func (s *RingSPIs) BypassIngress() (*IngressBypass, error) {
 		return nil, fmt.Errorf("netio: ingress bypass: %w", ErrClosed)
 	case s.open:
 		return nil, errors.New("netio: ingress bypass: the ring's SPI filter is open")
-	case !s.r.tapsAll:
-		return nil, errors.New("netio: ingress bypass: the ring is bound to IPv4 alone (it would see packets after tc ingress)")
 	case s.ingress != nil:
 		return s.ingress, nil
 	}
 	b, err := newIngressBypass(s.m, s.r.local, s.r.protos)
-	if err != nil {
-		return nil, err
+	if b != nil {
+		s.ingress = b
 	}
-	s.ingress = b
-	return b, nil
+	return b, err
 }
 
 func newIngressBypass(spis *ebpf.Map, local *localAddrs, protos []int) (*IngressBypass, error) {
@@ -140,12 +148,12 @@ func newIngressBypass(spis *ebpf.Map, local *localAddrs, protos []int) (*Ingress
 	// The addresses first, then the interfaces: a packet the program
 	// sees finds this host's addresses in place.
 	local.setWatcher(b.syncLocals)
-	set := local.set.Load()
-	if err := b.attach(set); err != nil {
+	err = b.attach(local.set.Load())
+	if len(b.links) == 0 {
 		b.Close()
 		return nil, err
 	}
-	return b, nil
+	return b, err
 }
 
 // attach attaches the program to the non-loopback Ethernet interfaces of
@@ -169,9 +177,9 @@ func (b *IngressBypass) attach(set *localSet) error {
 		}
 	}
 	if len(b.links) == 0 {
-		return errors.Join(append(errs, errors.New("netio: ingress bypass: no Ethernet interface with a local address to attach to"))...)
+		errs = append(errs, errors.New("netio: ingress bypass: no Ethernet interface with a local address to attach to"))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // attachTCXHere attaches b's program at tc ingress of interface index of
@@ -286,7 +294,8 @@ func (b *IngressBypass) Close() error {
 // ingressProgram is the TCX program: r6 holds the skb; the IPv4 header's
 // first 20 octets are copied to fp-24 (its destination at fp-8, the
 // locals map's key), the SPI to fp-28 (the SPI map's key), the counter's
-// index to fp-32. Anything it does not drop goes on (TCX_NEXT).
+// index to fp-32. Anything it neither hands to the ring nor drops goes on
+// untouched (TCX_NEXT).
 func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructions {
 	prog := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -296,6 +305,10 @@ func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructio
 		// __sk_buff.pkt_type (offset 4): addressed to this host.
 		asm.LoadMem(asm.R0, asm.R6, 4, asm.Word),
 		asm.JNE.Imm(asm.R0, unix.PACKET_HOST, "next"),
+		// __sk_buff.vlan_present (offset 20): a tag not yet taken off
+		// (the VLAN's interface comes next).
+		asm.LoadMem(asm.R0, asm.R6, 20, asm.Word),
+		asm.JNE.Imm(asm.R0, 0, "next"),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -304,6 +317,14 @@ func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructio
 		asm.Mov.Imm(asm.R5, bpfHdrStartNet),
 		asm.FnSkbLoadBytesRelative.Call(),
 		asm.JNE.Imm(asm.R0, 0, "next"),
+		// Version 4, a header of at least 20 octets: R9 its length.
+		asm.LoadMem(asm.R9, asm.RFP, -24, asm.Byte),
+		asm.Mov.Reg(asm.R1, asm.R9),
+		asm.RSh.Imm(asm.R1, 4),
+		asm.JNE.Imm(asm.R1, 4, "next"),
+		asm.And.Imm(asm.R9, 0x0f),
+		asm.JLT.Imm(asm.R9, 5, "next"),
+		asm.LSh.Imm(asm.R9, 2),
 		// R7: the SPI's offset after the IPv4 header; R8: the counter of
 		// an unknown SPI; by protocol.
 		asm.LoadMem(asm.R1, asm.RFP, -24+9, asm.Byte),
@@ -337,9 +358,7 @@ func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructio
 		asm.JEq.Imm(asm.R0, 0, "next"),
 		// The SPI at IHL*4 + R7; too short to hold one: on to the IP
 		// stack, which drops it.
-		asm.LoadMem(asm.R2, asm.RFP, -24, asm.Byte),
-		asm.And.Imm(asm.R2, 0x0f),
-		asm.LSh.Imm(asm.R2, 2),
+		asm.Mov.Reg(asm.R2, asm.R9),
 		asm.Add.Reg(asm.R2, asm.R7),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -352,19 +371,29 @@ func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructio
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -28),
 		asm.FnMapLookupElem.Call(),
+		// R9 from here: the verdict (drop, or on to the ring).
+		asm.Mov.Imm(asm.R9, tcxDrop),
 		asm.JEq.Imm(asm.R0, 0, "count"),
+		// An inbound SA's: handed to the ring (marked, then made
+		// PACKET_OTHERHOST, which the IP stack drops first thing).
+		asm.Mov.Imm(asm.R1, ringMark),
+		asm.StoreMem(asm.R6, 8, asm.R1, asm.Word), // __sk_buff.mark
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, unix.PACKET_OTHERHOST),
+		asm.FnSkbChangeType.Call(),
 		asm.Mov.Imm(asm.R8, ingressBypassed),
-		// Count (R8) and drop.
+		asm.Mov.Imm(asm.R9, tcxNext),
+		// Count (R8), then the verdict (R9).
 		asm.StoreMem(asm.RFP, -32, asm.R8, asm.Word).WithSymbol("count"),
 		asm.LoadMapPtr(asm.R1, countsFD),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -32),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "drop"),
+		asm.JEq.Imm(asm.R0, 0, "verdict"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 		asm.Add.Imm(asm.R1, 1),
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
-		asm.Mov.Imm(asm.R0, tcxDrop).WithSymbol("drop"),
+		asm.Mov.Reg(asm.R0, asm.R9).WithSymbol("verdict"),
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("next"),
 		asm.Return(),

@@ -26,114 +26,17 @@ import (
 // (fragmented, so the stack reassembles it), which has to be its next.
 func TestIngressBypass(t *testing.T) {
 	testutil.NeedRoot(t)
-	p := nettest.NewPair(t, "grx-i", netip.MustParsePrefix("10.231.180.0/24"))
+	l := newIngressLab(t, "grx-i", netip.MustParsePrefix("10.231.180.0/24"), false)
+	p, ing, spis, gate, esp, ah := l.p, l.ing, l.spis, l.gate, l.esp, l.ah
+	const admitted, unknown = ingressAdmitted, 0x200
 	wide := netip.MustParseAddr("10.231.181.5")  // local through a /24 local route
 	later := netip.MustParseAddr("10.231.182.7") // added after the bypass
 	nettest.MustExec(t, p.B.NS, "ip", "route", "add", "local", "10.231.181.0/24", "dev", "lo")
 	for _, dst := range []string{"10.231.181.0/24", "10.231.182.0/24"} {
 		nettest.MustExec(t, p.A.NS, "ip", "route", "add", dst, "via", p.BAddr.String())
 	}
-	ring := openRing(t, p.B.NS, iphdr.ProtoESP, iphdr.ProtoAH)
-	const admitted, unknown = 0x100, 0x200
-	var (
-		f       *Filter
-		gate    *SPIGate
-		spis    *RingSPIs
-		ing     *IngressBypass
-		esp, ah *RawConn
-		tx      *RawConn
-		bMAC    net.HardwareAddr
-		aIndex  int
-	)
-	nettest.MustDo(t, p.B.NS, func() (err error) {
-		if f, err = NewFilter(FilterConfig{TUN: "hf-none"}); err != nil {
-			return err
-		}
-		if gate, err = NewSPIGate(SPIGateConfig{Filter: f}); err != nil {
-			return err
-		}
-		if err := gate.Admit(admitted, p.AAddr); err != nil {
-			return err
-		}
-		if spis, err = ring.FilterSPIs(); err != nil {
-			return err
-		}
-		if err := gate.MirrorTo(spis); err != nil {
-			return err
-		}
-		if err := gate.BypassRing(); err != nil {
-			return err
-		}
-		if ing, err = spis.BypassIngress(); err != nil {
-			return err
-		}
-		if esp, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP}); err != nil {
-			return err
-		}
-		if ah, err = ListenRaw(RawConfig{Proto: iphdr.ProtoAH}); err != nil {
-			return err
-		}
-		ifi, err := net.InterfaceByName(p.B.Name)
-		if err == nil {
-			bMAC = ifi.HardwareAddr
-		}
-		return err
-	})
-	nettest.MustDo(t, p.A.NS, func() (err error) {
-		if tx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP, Buffer: 1 << 20}); err != nil {
-			return err
-		}
-		ifi, err := net.InterfaceByName(p.A.Name)
-		if err == nil {
-			aIndex = ifi.Index
-		}
-		return err
-	})
-	t.Cleanup(func() {
-		for _, c := range []interface{ Close() error }{esp, ah, tx, spis, gate, f} {
-			c.Close()
-		}
-	})
-
-	send := func(dst netip.Addr, proto uint8, spi uint32, i, size int, fragmented bool) {
-		t.Helper()
-		sendPacket(t, tx, spiPacket(p.AAddr, dst, proto, spi, i, size), fragmented)
-	}
-	rawNext := func(c *RawConn, what string, size int) {
-		t.Helper()
-		b := next(t, c.s)
-		if len(b) != size {
-			t.Fatalf("%s: the raw socket's next packet has %d octets, want %d (a dropped packet reached the stack, or none came)", what, len(b), size)
-		}
-	}
-	ringNext := func(what string, sizes ...int) {
-		t.Helper()
-		got := ringRecvN(t, ring, len(sizes), len(sizes), 3*time.Second)
-		for i, m := range got {
-			if m.N != sizes[i] {
-				t.Fatalf("%s: ring packet %d has %d octets, want %d", what, i, m.N, sizes[i])
-			}
-		}
-	}
-	// counts checks the ingress counters and the prerouting chain's.
-	counts := func(what string, bypassed, gateESP, gateAH, prerouting uint64) {
-		t.Helper()
-		ic, err := ing.Counts()
-		if err != nil {
-			t.Fatalf("%s: ingress counts: %v", what, err)
-		}
-		gc, err := gate.Counts()
-		if err != nil {
-			t.Fatalf("%s: gate counts: %v", what, err)
-		}
-		if ic.Bypassed != bypassed || ic.ESP != gateESP || ic.AH != gateAH || gc.RingBypass != prerouting || gc.ESP != 0 || gc.AH != 0 {
-			t.Fatalf("%s: ingress %+v, gate %+v; want ingress %d bypassed, %d ESP and %d AH of unknown SPIs, %d bypassed at prerouting, none gated there",
-				what, ic, gc, bypassed, gateESP, gateAH, prerouting)
-		}
-		if want := []string{p.B.Name}; !slices.Equal(ic.Interfaces, want) {
-			t.Fatalf("%s: attached to %v, want %v", what, ic.Interfaces, want)
-		}
-	}
+	send, rawNext, ringNext, counts := l.send, l.rawNext, l.ringNext, l.counts
+	bMAC, aIndex := l.bMAC, l.aIndex
 
 	send(p.BAddr, iphdr.ProtoESP, admitted, 1, 300, false)
 	send(p.BAddr, iphdr.ProtoESP, admitted, 2, 1800, true)
@@ -224,4 +127,169 @@ func TestIngressBypass(t *testing.T) {
 	sendFrame()
 	send(p.BAddr, iphdr.ProtoESP, admitted, 16, 420, false)
 	ringNext("an IPv4 packet in a frame of another protocol, then ESP, with the classic filter", 420)
+}
+
+// ingressAdmitted is the SPI an ingressLab's gate admits.
+const ingressAdmitted = 0x100
+
+// ingressLab is a namespace pair whose B end receives ESP and AH through a
+// ring with its SPI filter, the gate's prerouting chain and an ingress
+// bypass; A sends through a raw socket.
+type ingressLab struct {
+	t       *testing.T
+	p       *nettest.Pair
+	ring    *RxRing
+	f       *Filter
+	gate    *SPIGate
+	spis    *RingSPIs
+	ing     *IngressBypass
+	esp, ah *RawConn
+	tx      *RawConn
+	// attached is the interface holding B's address; bMAC its address.
+	attached string
+	bMAC     net.HardwareAddr
+	aIndex   int
+}
+
+// newIngressLab makes the pair; bridged puts B's end in a bridge that
+// holds its address instead.
+func newIngressLab(t *testing.T, prefix string, subnet netip.Prefix, bridged bool) *ingressLab {
+	p := nettest.NewPair(t, prefix, subnet)
+	l := &ingressLab{t: t, p: p, attached: p.B.Name}
+	if bridged {
+		l.attached = "gbr0"
+		addr := p.B.Addr.String()
+		for _, argv := range [][]string{
+			{"ip", "link", "add", l.attached, "type", "bridge"},
+			{"ip", "link", "set", p.B.Name, "master", l.attached},
+			{"ip", "addr", "del", addr, "dev", p.B.Name},
+			{"ip", "addr", "add", addr, "dev", l.attached},
+			{"ip", "link", "set", l.attached, "up"},
+		} {
+			nettest.MustExec(t, p.B.NS, argv...)
+		}
+	}
+	l.ring = openRing(t, p.B.NS, iphdr.ProtoESP, iphdr.ProtoAH)
+	nettest.MustDo(t, p.B.NS, func() (err error) {
+		if l.f, err = NewFilter(FilterConfig{TUN: "hf-none"}); err != nil {
+			return err
+		}
+		if l.gate, err = NewSPIGate(SPIGateConfig{Filter: l.f}); err != nil {
+			return err
+		}
+		if err := l.gate.Admit(ingressAdmitted, p.AAddr); err != nil {
+			return err
+		}
+		if l.spis, err = l.ring.FilterSPIs(); err != nil {
+			return err
+		}
+		if err := l.gate.MirrorTo(l.spis); err != nil {
+			return err
+		}
+		if err := l.gate.BypassRing(); err != nil {
+			return err
+		}
+		if l.ing, err = l.spis.BypassIngress(); err != nil {
+			return err
+		}
+		if l.esp, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP}); err != nil {
+			return err
+		}
+		if l.ah, err = ListenRaw(RawConfig{Proto: iphdr.ProtoAH}); err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName(l.attached)
+		if err == nil {
+			l.bMAC = ifi.HardwareAddr
+		}
+		return err
+	})
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		if l.tx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP, Buffer: 1 << 20}); err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName(p.A.Name)
+		if err == nil {
+			l.aIndex = ifi.Index
+		}
+		return err
+	})
+	t.Cleanup(func() {
+		for _, c := range []interface{ Close() error }{l.esp, l.ah, l.tx, l.spis, l.gate, l.f} {
+			c.Close()
+		}
+	})
+	return l
+}
+
+// send sends an ESP or AH packet from A to dst, whole or fragmented.
+func (l *ingressLab) send(dst netip.Addr, proto uint8, spi uint32, i, size int, fragmented bool) {
+	l.t.Helper()
+	sendPacket(l.t, l.tx, spiPacket(l.p.AAddr, dst, proto, spi, i, size), fragmented)
+}
+
+// rawNext: the raw socket's next packet has size octets.
+func (l *ingressLab) rawNext(c *RawConn, what string, size int) {
+	l.t.Helper()
+	b := next(l.t, c.s)
+	if len(b) != size {
+		l.t.Fatalf("%s: the raw socket's next packet has %d octets, want %d (a dropped packet reached the stack, or none came)", what, len(b), size)
+	}
+}
+
+// ringNext: the ring's next packets have these sizes.
+func (l *ingressLab) ringNext(what string, sizes ...int) {
+	l.t.Helper()
+	got := ringRecvN(l.t, l.ring, len(sizes), len(sizes), 3*time.Second)
+	for i, m := range got {
+		if m.N != sizes[i] {
+			l.t.Fatalf("%s: ring packet %d has %d octets, want %d", what, i, m.N, sizes[i])
+		}
+	}
+}
+
+// counts checks the ingress counters and the prerouting chain's.
+func (l *ingressLab) counts(what string, bypassed, gateESP, gateAH, prerouting uint64) {
+	l.t.Helper()
+	ic, err := l.ing.Counts()
+	if err != nil {
+		l.t.Fatalf("%s: ingress counts: %v", what, err)
+	}
+	gc, err := l.gate.Counts()
+	if err != nil {
+		l.t.Fatalf("%s: gate counts: %v", what, err)
+	}
+	if ic.Bypassed != bypassed || ic.ESP != gateESP || ic.AH != gateAH || gc.RingBypass != prerouting || gc.ESP != 0 || gc.AH != 0 {
+		l.t.Fatalf("%s: ingress %+v, gate %+v; want ingress %d bypassed, %d ESP and %d AH of unknown SPIs, %d bypassed at prerouting, none gated there",
+			what, ic, gc, bypassed, gateESP, gateAH, prerouting)
+	}
+	if want := []string{l.attached}; !slices.Equal(ic.Interfaces, want) {
+		l.t.Fatalf("%s: attached to %v, want %v", what, ic.Interfaces, want)
+	}
+}
+
+// TestIngressBypassBridge: with the address on a bridge, the bypass is on
+// the bridge (its port has no address) and the ring sees each packet once
+// (bound to IPv4 it sees the bridge's copy only; a tap of every protocol
+// would see the port's as well). Without it, where br_netfilter runs the
+// IPv4 prerouting hooks on the bridge's port, the prerouting chain must
+// leave the packet alone there (its address is not the port's) so that it
+// reaches the ring on the bridge; the IP stack then processes it too.
+func TestIngressBypassBridge(t *testing.T) {
+	testutil.NeedRoot(t)
+	l := newIngressLab(t, "grx-j", netip.MustParsePrefix("10.231.183.0/24"), true)
+	b := l.p.BAddr
+	l.send(b, iphdr.ProtoESP, ingressAdmitted, 1, 300, false)
+	l.send(b, iphdr.ProtoESP, 0x200, 2, 310, false)
+	l.send(b, iphdr.ProtoESP, ingressAdmitted, 3, 1800, true)
+	l.rawNext(l.esp, "ESP of an admitted then an unknown SPI, then a fragmented admitted one", 1800)
+	l.ringNext("ESP through a bridge", 300, 1800)
+	l.counts("ESP through a bridge", 1, 1, 0, 0)
+
+	if err := l.ing.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l.send(b, iphdr.ProtoESP, ingressAdmitted, 4, 320, false)
+	l.rawNext(l.esp, "ESP through a bridge without the ingress bypass", 320)
+	l.ringNext("ESP through a bridge without the ingress bypass", 320)
 }

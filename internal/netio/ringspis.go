@@ -21,7 +21,7 @@ const ringSPIMax = 1 << 17
 // plane), as the SPIGate keeps them from the raw sockets. It replaces the
 // ring's classic filter and makes the same other tests (protocol, not a
 // fragment after the fanout's reassembly, addressed to this host's link
-// address); a packet too short to hold an SPI is taken, so that the data
+// address or handed over by an IngressBypass); a packet too short to hold an SPI is taken, so that the data
 // plane counts it as malformed. An SPIGate keeps the map in line with its
 // set (MirrorTo).
 // Open goes back to the classic filter (every SPI reaches the ring and the
@@ -93,14 +93,15 @@ func (r *RxRing) FilterSPIs() (*RingSPIs, error) {
 func ringSPIProgram(mapFD int, protos []int) asm.Instructions {
 	prog := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
-		// __sk_buff.pkt_type (offset 4): addressed to this host.
+		// __sk_buff.pkt_type (offset 4): addressed to this host, or
+		// handed over by the ingress bypass (PACKET_OTHERHOST with
+		// ringMark in __sk_buff.mark, offset 8).
 		asm.LoadMem(asm.R0, asm.R6, 4, asm.Word),
-		asm.JNE.Imm(asm.R0, unix.PACKET_HOST, "drop"),
-		// __sk_buff.protocol (offset 16, network order): IPv4 (the ring
-		// is bound to every protocol).
-		asm.LoadMem(asm.R0, asm.R6, 16, asm.Word),
-		asm.JNE.Imm(asm.R0, int32(htons(unix.ETH_P_IP)), "drop"),
-		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.JEq.Imm(asm.R0, unix.PACKET_HOST, "host"),
+		asm.JNE.Imm(asm.R0, unix.PACKET_OTHERHOST, "drop"),
+		asm.LoadMem(asm.R0, asm.R6, 8, asm.Word),
+		asm.JNE.Imm(asm.R0, ringMark, "drop"),
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("host"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.RFP),
 		asm.Add.Imm(asm.R3, -24),
