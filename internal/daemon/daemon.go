@@ -64,8 +64,8 @@ type Options struct {
 	// cannot be opened. Off by default: end to end it measured slower
 	// than the raw sockets (internal/netio/NOTES.md).
 	RxRing bool
-	// IngressBypass drops, at tc ingress, the ESP and AH the receive ring
-	// took and those of unknown SPIs, before the IP stack sees them
+	// IngressBypass keeps, at tc ingress, the ESP and AH the receive
+	// ring takes from the IP stack and drops those of unknown SPIs
 	// (netio.IngressBypass), where TCX is available; otherwise, or when
 	// false, the prerouting chain does (netio.SPIGate.BypassRing).
 	IngressBypass bool

@@ -99,7 +99,7 @@ type KernelDropsStatus struct {
 }
 
 // IngressDropsStatus is what the ingress bypass (netio.IngressBypass)
-// dropped before the IP stack.
+// kept from the IP stack and dropped.
 type IngressDropsStatus struct {
 	// Interfaces are those it is attached to.
 	Interfaces []string `json:"interfaces"`
@@ -194,9 +194,10 @@ func (d *Daemon) ingressDrops(k *KernelDropsStatus) {
 	}
 	c, err := ing.Counts()
 	if err != nil {
-		// Reading eBPF maps needs CAP_BPF, which a daemon run with
-		// --user gave up (its SPI filter, and with it the bypass, opens
-		// at the first SA it admits).
+		// A closed bypass (the SPI filter opened since Ingress), or a
+		// kernel that wants CAP_BPF to read a map through an open fd
+		// from a daemon that gave it up (--user; Linux 6.5 and later do
+		// not, TestUnprivilegedDaemon).
 		d.log.Debug("ingress bypass: counters", "err", err)
 		return
 	}

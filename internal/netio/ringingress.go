@@ -341,15 +341,11 @@ func ingressProgram(localsFD, spisFD, countsFD int, protos []int) asm.Instructio
 			asm.Mov.Imm(asm.R8, ingressGateAH),
 			asm.JEq.Imm(asm.R1, unix.IPPROTO_AH, "whole"))
 	}
+	prog = append(prog, asm.Ja.Label("next"))
+	// Not a fragment: fragments go on to the IP stack, which reassembles
+	// its own copy.
+	prog = append(prog, notFragment(-24, "whole", "next")...)
 	return append(prog,
-		asm.Ja.Label("next"),
-		// Not a fragment (MF and the offset clear): fragments go on to
-		// the IP stack, which reassembles its own copy.
-		asm.LoadMem(asm.R1, asm.RFP, -24+6, asm.Byte).WithSymbol("whole"),
-		asm.And.Imm(asm.R1, 0x3f),
-		asm.JNE.Imm(asm.R1, 0, "next"),
-		asm.LoadMem(asm.R1, asm.RFP, -24+7, asm.Byte),
-		asm.JNE.Imm(asm.R1, 0, "next"),
 		// To one of this host's addresses (fp-8: the destination).
 		asm.LoadMapPtr(asm.R1, localsFD),
 		asm.Mov.Reg(asm.R2, asm.RFP),

@@ -21,9 +21,9 @@ const ringSPIMax = 1 << 17
 // plane), as the SPIGate keeps them from the raw sockets. It replaces the
 // ring's classic filter and makes the same other tests (protocol, not a
 // fragment after the fanout's reassembly, addressed to this host's link
-// address or handed over by an IngressBypass); a packet too short to hold an SPI is taken, so that the data
-// plane counts it as malformed. An SPIGate keeps the map in line with its
-// set (MirrorTo).
+// address or handed over by an IngressBypass); a packet too short to hold
+// an SPI is taken, so that the data plane counts it as malformed. An
+// SPIGate keeps the map in line with its set (MirrorTo).
 // Open goes back to the classic filter (every SPI reaches the ring and the
 // data plane judges it), for when the map cannot be kept.
 //
@@ -121,15 +121,10 @@ func ringSPIProgram(mapFD int, protos []int) asm.Instructions {
 			asm.Mov.Imm(asm.R7, 4),
 			asm.JEq.Imm(asm.R1, unix.IPPROTO_AH, "whole"))
 	}
+	prog = append(prog, asm.Ja.Label("drop"))
+	// Not a fragment: the fanout reassembled what it could.
+	prog = append(prog, notFragment(-24, "whole", "drop")...)
 	return append(prog,
-		asm.Ja.Label("drop"),
-		// Not a fragment: MF and the offset (the low 14 bits of octets
-		// 6-7) clear; the fanout reassembled what it could.
-		asm.LoadMem(asm.R1, asm.RFP, -24+6, asm.Byte).WithSymbol("whole"),
-		asm.And.Imm(asm.R1, 0x3f),
-		asm.JNE.Imm(asm.R1, 0, "drop"),
-		asm.LoadMem(asm.R1, asm.RFP, -24+7, asm.Byte),
-		asm.JNE.Imm(asm.R1, 0, "drop"),
 		// The SPI at IHL*4 + R7.
 		asm.LoadMem(asm.R2, asm.RFP, -24, asm.Byte),
 		asm.And.Imm(asm.R2, 0x0f),
@@ -154,6 +149,19 @@ func ringSPIProgram(mapFD int, protos []int) asm.Instructions {
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("drop"),
 		asm.Return(),
 	)
+}
+
+// notFragment is the test, labelled label, that the IPv4 header copied to
+// the stack at fp+hdr is not a fragment's (MF and the offset, the low 14
+// bits of octets 6-7, clear), jumping to miss if it is; it uses R1.
+func notFragment(hdr int16, label, miss string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, asm.RFP, hdr+6, asm.Byte).WithSymbol(label),
+		asm.And.Imm(asm.R1, 0x3f),
+		asm.JNE.Imm(asm.R1, 0, miss),
+		asm.LoadMem(asm.R1, asm.RFP, hdr+7, asm.Byte),
+		asm.JNE.Imm(asm.R1, 0, miss),
+	}
 }
 
 // spiMapKey is an SPI as the map holds it: the octets on the wire.
