@@ -21,7 +21,7 @@ const ingressMaxLocals = 1 << 12
 
 // The ingress bypass's counters, per CPU, by index.
 const (
-	ingressBypassed = iota // an admitted SPI: the ring took it
+	ingressBypassed = iota // an admitted SPI: handed to the ring
 	ingressGateESP         // an unknown SPI, ESP
 	ingressGateAH          // an unknown SPI, AH
 	ingressCounters
@@ -80,9 +80,10 @@ type IngressBypass struct {
 	err    error // the last failure to update locals
 }
 
-// IngressCounts are the packets an IngressBypass dropped.
+// IngressCounts are the packets an IngressBypass handed to the ring or
+// dropped.
 type IngressCounts struct {
-	// Bypassed had an admitted SPI: the ring had taken them.
+	// Bypassed had an admitted SPI: handed to the ring.
 	Bypassed uint64
 	// ESP and AH had an SPI no inbound SA holds (the gate's).
 	ESP, AH uint64
@@ -93,12 +94,13 @@ type IngressCounts struct {
 }
 
 // BypassIngress attaches an IngressBypass to the interfaces of the calling
-// thread's namespace (see IngressBypass), dropping what the ring takes
-// and what the gate would drop. Call it only while the SPI filter is in
-// place and the gate shut: Open closes it, and so does Close. It fails
-// where TCX is not available (before Linux 6.6, no CAP_BPF or
-// CAP_SYS_ADMIN), where the ring is bound to IPv4 alone, or where there
-// is no interface to attach to; the prerouting chain then does the work.
+// thread's namespace (see IngressBypass), handing the ring what it takes
+// before the IP stack and dropping what the gate would drop. Call it only
+// while the SPI filter is in place and the gate shut: Open closes it, and
+// so does Close. It fails where TCX is not available (before Linux 6.6,
+// no CAP_BPF or CAP_SYS_ADMIN) or where there is no interface to attach
+// to; the prerouting chain then does the work. With a bypass it may also
+// return an error: the interfaces it could not be attached to.
 func (s *RingSPIs) BypassIngress() (*IngressBypass, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -172,25 +174,17 @@ func (b *IngressBypass) attach(set *localSet) error {
 		if _, ok := set.links[ifi.Index]; !ok || ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
 			continue
 		}
-		if err := attachTCXHere(b, ifi.Index, ifi.Name); err != nil {
-			errs = append(errs, err)
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: b.prog, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("netio: ingress bypass: attach to %s: %w", ifi.Name, err))
+			continue
 		}
+		b.links[ifi.Name] = l
 	}
 	if len(b.links) == 0 {
 		errs = append(errs, errors.New("netio: ingress bypass: no Ethernet interface with a local address to attach to"))
 	}
 	return errors.Join(errs...)
-}
-
-// attachTCXHere attaches b's program at tc ingress of interface index of
-// the calling thread's namespace (the caller has it locked).
-func attachTCXHere(b *IngressBypass, index int, name string) error {
-	l, err := link.AttachTCX(link.TCXOptions{Interface: index, Program: b.prog, Attach: ebpf.AttachTCXIngress})
-	if err != nil {
-		return fmt.Errorf("netio: ingress bypass: attach to %s: %w", name, err)
-	}
-	b.links[name] = l
-	return nil
 }
 
 // syncLocals makes the map of local addresses hold set's single addresses
@@ -231,16 +225,22 @@ func (b *IngressBypass) syncLocals(set *localSet) {
 		// ESP to an address it gave up (being forwarded now): detach,
 		// the prerouting chain does the work.
 		b.err = fmt.Errorf("netio: ingress bypass: map of local addresses: %w; detached", err)
-		b.detach()
+		if derr := b.detach(); derr != nil {
+			b.err = errors.Join(b.err, derr)
+		}
 	}
 }
 
 // detach closes the links (b.mu held): the program runs no more.
-func (b *IngressBypass) detach() {
+func (b *IngressBypass) detach() error {
+	var errs []error
 	for name, l := range b.links {
-		l.Close()
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("netio: ingress bypass: detach from %s: %w", name, err))
+		}
 		delete(b.links, name)
 	}
+	return errors.Join(errs...)
 }
 
 // Counts reads the counters, summed over the CPUs.
@@ -272,7 +272,7 @@ func (b *IngressBypass) Counts() (IngressCounts, error) {
 }
 
 // Close detaches the program from every interface: from its return on,
-// the prerouting chain drops what the ring took.
+// the prerouting chain drops what the ring takes.
 func (b *IngressBypass) Close() error {
 	b.local.setWatcher(nil)
 	b.mu.Lock()
@@ -280,15 +280,9 @@ func (b *IngressBypass) Close() error {
 	if b.prog == nil {
 		return nil
 	}
-	var errs []error
-	for name, l := range b.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("netio: ingress bypass: detach from %s: %w", name, err))
-		}
-	}
-	errs = append(errs, b.prog.Close(), b.locals.Close(), b.counts.Close())
-	b.prog, b.locals, b.counts, b.links = nil, nil, nil, nil
-	return errors.Join(errs...)
+	err := errors.Join(b.detach(), b.prog.Close(), b.locals.Close(), b.counts.Close())
+	b.prog, b.locals, b.counts = nil, nil, nil
+	return err
 }
 
 // ingressProgram is the TCX program: r6 holds the skb; the IPv4 header's

@@ -95,12 +95,14 @@ func ringSPIProgram(mapFD int, protos []int) asm.Instructions {
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// __sk_buff.pkt_type (offset 4): addressed to this host, or
 		// handed over by the ingress bypass (PACKET_OTHERHOST with
-		// ringMark in __sk_buff.mark, offset 8).
+		// ringMark in __sk_buff.mark, offset 8), whose program made
+		// every test below already (and more): taken at once.
 		asm.LoadMem(asm.R0, asm.R6, 4, asm.Word),
 		asm.JEq.Imm(asm.R0, unix.PACKET_HOST, "host"),
 		asm.JNE.Imm(asm.R0, unix.PACKET_OTHERHOST, "drop"),
 		asm.LoadMem(asm.R0, asm.R6, 8, asm.Word),
-		asm.JNE.Imm(asm.R0, ringMark, "drop"),
+		asm.JEq.Imm(asm.R0, ringMark, "accept"),
+		asm.Ja.Label("drop"),
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("host"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.RFP),
