@@ -101,8 +101,14 @@ type KernelDropsStatus struct {
 // IngressDropsStatus is what the ingress bypass (netio.IngressBypass)
 // kept from the IP stack and dropped.
 type IngressDropsStatus struct {
-	// Interfaces are those it is attached to.
+	// Interfaces are those it is attached to: every Ethernet interface
+	// holding one of the host's addresses, also those that got one after
+	// the daemon started.
 	Interfaces []string `json:"interfaces"`
+	// NotAttached are the interfaces holding an address that it could not
+	// be attached to, each with the reason: there the prerouting chain
+	// keeps what the ring received from the IP stack.
+	NotAttached []string `json:"not_attached,omitempty"`
 	// RingBypass counts ESP and AH of admitted SPIs (the ring took them),
 	// UnknownSPI those of SPIs no inbound SA holds.
 	RingBypass uint64 `json:"ring_bypass"`
@@ -178,6 +184,9 @@ func (k *KernelDropsStatus) text() string {
 			s += fmt.Sprintf("; at tc ingress on %s", strings.Join(in.Interfaces, ", "))
 		}
 		s += fmt.Sprintf(": %d kept, %d unknown-SPI", in.RingBypass, in.UnknownSPI)
+		if len(in.NotAttached) > 0 {
+			s += fmt.Sprintf("; not attached to %s", strings.Join(in.NotAttached, "; "))
+		}
 	}
 	return s
 }
@@ -207,7 +216,7 @@ func (d *Daemon) ingressDrops(k *KernelDropsStatus) {
 // addIngress adds the ingress bypass's counts c to k's: its own field,
 // and the totals it is part of.
 func addIngress(k *KernelDropsStatus, c netio.IngressCounts) {
-	in := &IngressDropsStatus{Interfaces: c.Interfaces, RingBypass: c.Bypassed, UnknownSPI: c.ESP + c.AH}
+	in := &IngressDropsStatus{Interfaces: c.Interfaces, NotAttached: c.NotAttached, RingBypass: c.Bypassed, UnknownSPI: c.ESP + c.AH}
 	if c.Err != nil {
 		in.Error = c.Err.Error()
 	}

@@ -285,6 +285,13 @@ func TestKernelDropsIngress(t *testing.T) {
 			Ingress: &IngressDropsStatus{Interfaces: []string{"wan0"}, RingBypass: 4, UnknownSPI: 1}},
 		status: "1 SPIs let through, 1 unknown-SPI packets dropped (ESP 0, AH 1, ESP-in-UDP 0); at tc ingress on wan0: 4 kept, 1 unknown-SPI",
 	}, {
+		name: "not attached to an interface",
+		k:    KernelDropsStatus{SPIs: 1},
+		c:    netio.IngressCounts{Bypassed: 4, Interfaces: []string{"wan0"}, NotAttached: []string{"wan1: operation not permitted"}},
+		want: KernelDropsStatus{SPIs: 1,
+			Ingress: &IngressDropsStatus{Interfaces: []string{"wan0"}, NotAttached: []string{"wan1: operation not permitted"}, RingBypass: 4}},
+		status: "1 SPIs let through, 0 unknown-SPI packets dropped (ESP 0, AH 0, ESP-in-UDP 0); at tc ingress on wan0: 4 kept, 0 unknown-SPI; not attached to wan1: operation not permitted",
+	}, {
 		name: "detached after an error",
 		k:    KernelDropsStatus{SPIs: 1},
 		c:    netio.IngressCounts{Bypassed: 4, Err: errors.New("EPERM")},

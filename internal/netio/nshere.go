@@ -2,6 +2,8 @@ package netio
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"runtime"
 
 	"github.com/google/nftables"
@@ -77,4 +79,59 @@ func nftablesHere() (*nftables.Conn, *mdnetlink.Conn, error) {
 		return nil, nil, errors.New("nftables: no lasting socket")
 	}
 	return c, raw, nil
+}
+
+// threadNetNS is the calling thread's network namespace file.
+const threadNetNS = "/proc/thread-self/ns/net"
+
+// openThreadNetNS opens the calling thread's network namespace, for
+// inNetNS.
+func openThreadNetNS() (*os.File, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	f, err := os.Open(threadNetNS)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace: %w", err)
+	}
+	return f, nil
+}
+
+// inNetNS runs fn on a thread in the network namespace ns: the calling
+// goroutine's thread, locked to it while fn runs. A thread already in ns
+// (every thread of a daemon, which runs in one namespace) runs fn as it
+// is; any other enters ns with setns for fn and leaves it again after
+// (CAP_SYS_ADMIN; tests whose goroutines move between threads of
+// different namespaces). A thread that cannot go back stays locked, so
+// that it ends with its goroutine rather than run others in ns.
+func inNetNS(ns *os.File, fn func() error) error {
+	runtime.LockOSThread()
+	var want, here unix.Stat_t
+	if err := unix.Fstat(int(ns.Fd()), &want); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("network namespace: %w", err)
+	}
+	if err := unix.Stat(threadNetNS, &here); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("network namespace: %w", err)
+	}
+	if want.Dev == here.Dev && want.Ino == here.Ino {
+		defer runtime.UnlockOSThread()
+		return fn()
+	}
+	back, err := os.Open(threadNetNS)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("network namespace: %w", err)
+	}
+	defer back.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("network namespace: enter: %w", err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(back.Fd()), unix.CLONE_NEWNET); err != nil {
+		return errors.Join(ferr, fmt.Errorf("network namespace: leave: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }

@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
+	"os"
 	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,24 +61,41 @@ const bpfHdrStartNet = 1
 // stack would take it from (a tap of every protocol sees a packet on a
 // bond's or a bridge's port and again on the bond or bridge).
 //
-// It is attached to every non-loopback Ethernet interface that holds a
-// local address when it is made, and sees packets with a VLAN tag not
-// yet taken off go by. Packets arriving elsewhere (another interface, an
-// address added later on an interface without it, a local prefix wider
-// than one address) and every fragment go on to the prerouting chain as
+// It is attached to every non-loopback Ethernet interface that holds one
+// of this host's addresses: those holding one when it is made, and those
+// that get their first one later (a WAN address from DHCP, an interface
+// made after the daemon started), from the netlink watch of the local
+// table, in the namespace it was made in. It lets packets with a VLAN
+// tag not yet taken off go by. Packets arriving elsewhere (another
+// interface, one it could not be attached to, a local prefix wider than
+// one address) and every fragment go on to the prerouting chain as
 // before. The attachments are links the process holds: they end with it,
-// so nothing of it outlives the daemon.
+// so nothing of it outlives the daemon; an interface that goes away takes
+// its attachment with it.
 //
 // It is safe for concurrent use.
 type IngressBypass struct {
 	mu     sync.Mutex
 	prog   *ebpf.Program
-	locals *ebpf.Map // this host's addresses: [4]byte -> 1
-	counts *ebpf.Map // per-CPU array of ingressCounters uint64
-	links  map[string]link.Link
-	inMap  map[[4]byte]struct{} // what locals holds
-	local  *localAddrs
-	err    error // the last failure to update locals
+	locals *ebpf.Map           // this host's addresses: [4]byte -> 1
+	counts *ebpf.Map           // per-CPU array of ingressCounters uint64
+	links  map[int]ingressLink // by interface index
+	// failed are the interfaces holding a local address that the program
+	// could not be attached to (tried again once they held none).
+	failed map[int]error
+	// skipped are interfaces holding a local address that it is not for
+	// (loopback, not Ethernet).
+	skipped map[int]struct{}
+	inMap   map[[4]byte]struct{} // what locals holds
+	local   *localAddrs
+	ns      *os.File // the network namespace it was made in
+	err     error    // the last failure to update locals
+}
+
+// ingressLink is the program's attachment to one interface.
+type ingressLink struct {
+	name string
+	l    link.Link
 }
 
 // IngressCounts are the packets an IngressBypass handed to the ring or
@@ -89,6 +107,9 @@ type IngressCounts struct {
 	ESP, AH uint64
 	// Interfaces are those the program is attached to (none after Err).
 	Interfaces []string
+	// NotAttached are the interfaces holding a local address that the
+	// program could not be attached to, each with the reason.
+	NotAttached []string
 	// Err says why the program was detached (nil: it was not).
 	Err error
 }
@@ -98,9 +119,11 @@ type IngressCounts struct {
 // before the IP stack and dropping what the gate would drop. Call it only
 // while the SPI filter is in place and the gate shut: Open closes it, and
 // so does Close. It fails where TCX is not available (before Linux 6.6,
-// no CAP_BPF or CAP_SYS_ADMIN) or where there is no interface to attach
-// to; the prerouting chain then does the work. With a bypass it may also
-// return an error: the interfaces it could not be attached to.
+// no CAP_BPF or CAP_SYS_ADMIN, no CAP_NET_ADMIN), that is when it could be
+// attached to none of the interfaces holding a local address; the
+// prerouting chain then does the work. A host with no such interface yet
+// gets a bypass that waits for one. With a bypass it may also return an
+// error: the interfaces it could not be attached to.
 func (s *RingSPIs) BypassIngress() (*IngressBypass, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -145,54 +168,41 @@ func newIngressBypass(spis *ebpf.Map, local *localAddrs, protos []int) (*Ingress
 		locals.Close()
 		return nil, fmt.Errorf("netio: ingress bypass: program: %w", err)
 	}
-	b := &IngressBypass{prog: prog, locals: locals, counts: counts, links: make(map[string]link.Link),
-		inMap: make(map[[4]byte]struct{}), local: local}
-	// The addresses first, then the interfaces: a packet the program
-	// sees finds this host's addresses in place.
-	local.setWatcher(b.syncLocals)
-	err = b.attach(local.set.Load())
-	if len(b.links) == 0 {
-		b.Close()
-		return nil, err
-	}
-	return b, err
-}
-
-// attach attaches the program to the non-loopback Ethernet interfaces of
-// the calling thread's namespace that hold one of set's addresses. The
-// interfaces are looked up by name here and attached by index on this
-// thread, so both happen in its namespace.
-func (b *IngressBypass) attach(set *localSet) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	ifs, err := net.Interfaces()
+	ns, err := openThreadNetNS()
 	if err != nil {
-		return fmt.Errorf("netio: ingress bypass: interfaces: %w", err)
+		prog.Close()
+		counts.Close()
+		locals.Close()
+		return nil, fmt.Errorf("netio: ingress bypass: %w", err)
 	}
+	b := &IngressBypass{prog: prog, locals: locals, counts: counts, links: make(map[int]ingressLink),
+		failed: make(map[int]error), skipped: make(map[int]struct{}), inMap: make(map[[4]byte]struct{}),
+		local: local, ns: ns}
+	// The addresses, then the interfaces (a packet the program sees finds
+	// this host's addresses in place): the current ones now, on this
+	// thread, and every change after it from the watch.
+	local.setWatcher(b.syncLocals)
+	b.mu.Lock()
 	var errs []error
-	for _, ifi := range ifs {
-		if _, ok := set.links[ifi.Index]; !ok || ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
-			continue
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: b.prog, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("netio: ingress bypass: attach to %s: %w", ifi.Name, err))
-			continue
-		}
-		b.links[ifi.Name] = l
+	for _, err := range b.failed {
+		errs = append(errs, fmt.Errorf("netio: ingress bypass: attach to %w", err))
 	}
-	if len(b.links) == 0 {
-		errs = append(errs, errors.New("netio: ingress bypass: no Ethernet interface with a local address to attach to"))
+	attached := len(b.links)
+	b.mu.Unlock()
+	if attached == 0 && len(errs) > 0 {
+		b.Close()
+		return nil, errors.Join(errs...)
 	}
-	return errors.Join(errs...)
+	return b, errors.Join(errs...)
 }
 
-// syncLocals makes the map of local addresses hold set's single addresses
-// (localAddrs calls it with every new snapshot, in order).
+// syncLocals makes the map of local addresses hold set's single addresses,
+// then attaches the program to the interfaces that hold them and that it
+// is not on yet (localAddrs calls it with every new snapshot, in order).
 func (b *IngressBypass) syncLocals(set *localSet) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.locals == nil {
+	if b.locals == nil || b.err != nil {
 		return
 	}
 	var errs []error
@@ -228,17 +238,73 @@ func (b *IngressBypass) syncLocals(set *localSet) {
 		if derr := b.detach(); derr != nil {
 			b.err = errors.Join(b.err, derr)
 		}
+		return
+	}
+	b.attachNew(set)
+}
+
+// attachNew attaches the program to the non-loopback Ethernet interfaces
+// that hold one of set's single addresses and that it is neither on nor
+// failed on, and forgets the attachments of interfaces that went away
+// (b.mu held). The interfaces are looked up through the local table's
+// netlink handle, which is in the bypass's namespace; TCX takes the index
+// in the calling thread's, so the attachment is made on a thread in that
+// namespace (inNetNS).
+func (b *IngressBypass) attachNew(set *localSet) {
+	for i := range b.failed {
+		if _, ok := set.links[i]; !ok {
+			delete(b.failed, i) // tried again when it holds an address
+		}
+	}
+	for i, at := range b.links {
+		if _, ok := set.links[i]; ok {
+			continue
+		}
+		if _, err := b.local.h.LinkByIndex(i); errors.As(err, new(netlink.LinkNotFoundError)) {
+			at.l.Close() // the kernel detached it with the interface
+			delete(b.links, i)
+		}
+	}
+	for i := range set.links {
+		_, on := b.links[i]
+		_, failed := b.failed[i]
+		_, skipped := b.skipped[i]
+		if on || failed || skipped {
+			continue
+		}
+		lk, err := b.local.h.LinkByIndex(i)
+		if err != nil {
+			if !errors.As(err, new(netlink.LinkNotFoundError)) {
+				b.failed[i] = fmt.Errorf("interface %d: %w", i, err)
+			}
+			continue
+		}
+		a := lk.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || len(a.HardwareAddr) != 6 {
+			b.skipped[i] = struct{}{}
+			continue
+		}
+		var l link.Link
+		err = inNetNS(b.ns, func() (err error) {
+			l, err = link.AttachTCX(link.TCXOptions{Interface: i, Program: b.prog, Attach: ebpf.AttachTCXIngress})
+			return err
+		})
+		if err != nil {
+			b.failed[i] = fmt.Errorf("%s: %w", a.Name, err)
+			continue
+		}
+		b.links[i] = ingressLink{name: a.Name, l: l}
 	}
 }
 
 // detach closes the links (b.mu held): the program runs no more.
 func (b *IngressBypass) detach() error {
 	var errs []error
-	for name, l := range b.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("netio: ingress bypass: detach from %s: %w", name, err))
+	for i, at := range b.links {
+		if err := at.l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("netio: ingress bypass: detach from %s: %w", at.name, err))
 		}
-		delete(b.links, name)
+		delete(b.links, i)
 	}
 	return errors.Join(errs...)
 }
@@ -263,10 +329,14 @@ func (b *IngressBypass) Counts() (IngressCounts, error) {
 			*n.to += v
 		}
 	}
-	for name := range b.links {
-		c.Interfaces = append(c.Interfaces, name)
+	for _, at := range b.links {
+		c.Interfaces = append(c.Interfaces, at.name)
 	}
 	slices.Sort(c.Interfaces)
+	for _, err := range b.failed {
+		c.NotAttached = append(c.NotAttached, err.Error())
+	}
+	slices.Sort(c.NotAttached)
 	c.Err = b.err
 	return c, nil
 }
@@ -280,7 +350,7 @@ func (b *IngressBypass) Close() error {
 	if b.prog == nil {
 		return nil
 	}
-	err := errors.Join(b.detach(), b.prog.Close(), b.locals.Close(), b.counts.Close())
+	err := errors.Join(b.detach(), b.prog.Close(), b.locals.Close(), b.counts.Close(), b.ns.Close())
 	b.prog, b.locals, b.counts = nil, nil, nil
 	return err
 }

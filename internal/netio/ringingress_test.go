@@ -149,6 +149,8 @@ type ingressLab struct {
 	attached string
 	bMAC     net.HardwareAddr
 	aIndex   int
+	// interfaces are those the bypass should be on (counts).
+	interfaces []string
 }
 
 // newIngressLab makes the pair; bridged puts B's end in a bridge that
@@ -169,6 +171,7 @@ func newIngressLab(t *testing.T, prefix string, subnet netip.Prefix, bridged boo
 			nettest.MustExec(t, p.B.NS, argv...)
 		}
 	}
+	l.interfaces = []string{l.attached}
 	l.ring = openRing(t, p.B.NS, iphdr.ProtoESP, iphdr.ProtoAH)
 	nettest.MustDo(t, p.B.NS, func() (err error) {
 		if l.f, err = NewFilter(FilterConfig{TUN: "hf-none"}); err != nil {
@@ -263,8 +266,55 @@ func (l *ingressLab) counts(what string, bypassed, gateESP, gateAH, prerouting u
 		l.t.Fatalf("%s: ingress %+v, gate %+v; want ingress %d bypassed, %d ESP and %d AH of unknown SPIs, %d bypassed at prerouting, none gated there",
 			what, ic, gc, bypassed, gateESP, gateAH, prerouting)
 	}
-	if want := []string{l.attached}; !slices.Equal(ic.Interfaces, want) {
-		l.t.Fatalf("%s: attached to %v, want %v", what, ic.Interfaces, want)
+	if !slices.Equal(ic.Interfaces, l.interfaces) || len(ic.NotAttached) > 0 {
+		l.t.Fatalf("%s: attached to %v, not to %v; want %v", what, ic.Interfaces, ic.NotAttached, l.interfaces)
+	}
+}
+
+// waitAttached waits until the bypass is on l.interfaces and no others.
+func (l *ingressLab) waitAttached(what string) {
+	l.t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		ic, err := l.ing.Counts()
+		if err != nil {
+			l.t.Fatalf("%s: ingress counts: %v", what, err)
+		}
+		if slices.Equal(ic.Interfaces, l.interfaces) {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s: after 3 s attached to %v, not to %v; want %v", what, ic.Interfaces, ic.NotAttached, l.interfaces)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestIngressBypassLateInterface: an interface that gets its first
+// address after the bypass was made (a WAN address from DHCP, a link made
+// later) gets the bypass too, from the netlink watch, on the interface of
+// the bypass's namespace whatever thread the watch runs on; one that goes
+// away takes its attachment with it, and made again it is attached again.
+func TestIngressBypassLateInterface(t *testing.T) {
+	testutil.NeedRoot(t)
+	l := newIngressLab(t, "grx-k", netip.MustParsePrefix("10.231.184.0/24"), false)
+	second := netip.MustParseAddr("10.231.185.2")
+	a := nettest.End{Name: "grx-kla", NS: l.p.A.NS, Addr: netip.MustParsePrefix("10.231.185.1/24")}
+	b := nettest.End{Name: "grx-klb", NS: l.p.B.NS, Addr: netip.PrefixFrom(second, 24)}
+	for round, bypassed := range []uint64{1, 2} {
+		nettest.Veth(t, a, b)
+		l.interfaces = []string{b.Name, l.p.B.Name}
+		l.waitAttached("a link made after the bypass")
+		l.send(second, iphdr.ProtoESP, ingressAdmitted, 3*round+1, 300, false)
+		l.send(second, iphdr.ProtoESP, 0x200, 3*round+2, 310, false)
+		l.send(second, iphdr.ProtoESP, ingressAdmitted, 3*round+3, 1800, true)
+		l.rawNext(l.esp, "ESP to the later link: an admitted and an unknown SPI, then a fragmented admitted one", 1800)
+		l.ringNext("ESP to the later link", 300, 1800)
+		l.counts("ESP to the later link", bypassed, bypassed, 0, 0)
+
+		nettest.MustExec(t, b.NS, "ip", "link", "del", b.Name)
+		l.interfaces = []string{l.p.B.Name}
+		l.waitAttached("the later link deleted")
 	}
 }
 

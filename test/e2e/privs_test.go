@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -139,6 +140,39 @@ func TestUnprivilegedDaemon(t *testing.T) {
 		// counters are read and changed through the fds it opened.
 		if in := st.KernelDrops.Ingress; in == nil || len(in.Interfaces) == 0 || in.Error != "" || in.RingBypass == 0 {
 			t.Errorf("%s: the ingress bypass is not in place after the drop or kept nothing of the transfer: %+v", d.ns, in)
+		}
+	}
+	// An interface that gets an address after the drop (a WAN address
+	// from DHCP, a link made later) gets the ingress bypass too:
+	// attached as nobody with CAP_NET_ADMIN alone.
+	for _, argv := range [][]string{
+		{"ip", "link", "add", "gsp-late0", "type", "veth", "peer", "name", "gsp-late1"},
+		{"ip", "addr", "add", "198.51.100.2/24", "dev", "gsp-late0"},
+		{"ip", "link", "set", "gsp-late0", "up"},
+	} {
+		if out, err := tp.run(tp.ns("gw2"), 5*time.Second, argv...); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var st struct {
+			KernelDrops struct {
+				Ingress *struct {
+					Interfaces  []string `json:"interfaces"`
+					NotAttached []string `json:"not_attached"`
+				} `json:"ingress"`
+			} `json:"kernel_drops"`
+		}
+		if err := json.Unmarshal([]byte(gw2.mustCtl("statusall", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		in := st.KernelDrops.Ingress
+		if in != nil && slices.Contains(in.Interfaces, "gsp-late0") && len(in.NotAttached) == 0 {
+			t.Logf("gw2: ingress bypass on %v after an address came on gsp-late0", in.Interfaces)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gw2: gsp-late0 got an address after the privilege drop; 5 s later the ingress bypass is %+v", in)
 		}
 	}
 	first := ikeStatusOf(t, gw1).Conns[0].Children[0].InSPI
