@@ -138,13 +138,19 @@ const metaKeyIIFKIND = expr.MetaKey(26)
 // a bridge such packets go on to INPUT (br_netfilter does not run the
 // hooks a second time) and to the raw socket's drop-all filter; the
 // ingress bypass on the bridge's interface keeps them from the IP stack.
+//
+// The protocol is tested first: every packet the host receives or
+// forwards runs this chain, and for all but ESP and AH that one test ends
+// each rule (it was the fourth, after the fragment and link tests, which
+// most forwarded packets pass).
 func wholeLocalRule(proto byte, spiOff uint32, set *nftables.Set, notIn bool) []expr.Any {
-	return append(fragFieldExprs(), // meta nfproto ipv4, ip frag-off & 0x3fff
+	return append(append([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		cmpEq(proto),
+	}, fragFieldExprs()...), // meta nfproto ipv4, ip frag-off & 0x3fff
 		cmpEq(0, 0),
 		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
 		cmpEq(unix.PACKET_HOST),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		cmpEq(proto),
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: spiOff, Len: 4},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: notIn},
 		&expr.Meta{Key: metaKeyIIFKIND, Register: 1},
