@@ -101,6 +101,7 @@ func Start(env Env, args []string) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	saveKeys := fs.String("save-keys", "", "write every SA's keys to DIR in Wireshark's formats (ikev1_decryption_table, esp_sa); debugging only")
 	afpacket := fs.Bool("afpacket", true, "send ESP and AH through AF_PACKET on the outgoing Ethernet link with a neighbour cache, the raw sockets only where that cannot be used (default); --afpacket=false sends everything through the raw IPv4 sockets")
+	txring := fs.Bool("txring", true, "with --afpacket, write ESP and AH frames into an AF_PACKET TX ring and send each run with one system call (frames larger than a ring slot, 2002 octets of IP, and runs that find the ring full go out with sendmmsg); --txring=false sends everything with sendmmsg")
 	rxring := fs.Bool("rxring", true, "receive ESP and AH through an AF_PACKET ring instead of the raw IPv4 sockets: the ring takes only the SPIs of inbound SAs (an eBPF filter) and the IP stack then drops at prerouting what it took instead of processing it again (before netfilter INPUT and rp_filter; the raw sockets still hold the protocols so the kernel sends no ICMP protocol-unreachable); --rxring=false receives through the raw sockets")
 	ingressBypass := fs.Bool("ingress-bypass", true, "with --rxring, an eBPF program at tc ingress (TCX: Linux 6.6 and later) of each Ethernet interface with a local address hands the ESP and AH of inbound SAs to the ring before the IP stack processes them and drops those of unknown SPIs; --ingress-bypass=false leaves that to the prerouting chain")
 	tunQueues := fs.Int("tun-queues", 0, "TUN queues, each read by its own goroutine and steered per destination prefix so that an SA keeps to one: 0 chooses one per core (at most 4), 1 a single queue")
@@ -227,7 +228,7 @@ func Start(env Env, args []string) int {
 		ConfigPath: cf.Config, SecretsPath: cf.Secrets, Socket: *socket,
 		Local: *local, TUNName: *tunName, WireMTU: *mtu, Debug: *debug, Log: log, Levels: levels,
 		SaveKeysDir: *saveKeys, Impair: impairments, Stopping: notifyStopping,
-		RawSocketsOnly: !*afpacket, RxRing: *rxring, IngressBypass: *ingressBypass, CryptoWorkers: *workers, TUNQueues: *tunQueues,
+		RawSocketsOnly: !*afpacket, NoTxRing: !*txring, RxRing: *rxring, IngressBypass: *ingressBypass, CryptoWorkers: *workers, TUNQueues: *tunQueues,
 		KeepWarm: *keepWarm, KeepWarmFor: *keepWarmFor,
 		Started: func(d *daemon.Daemon) error {
 			if err := startMetrics(ctx, mx, d, *metricsAddr, log); err != nil {

@@ -58,6 +58,9 @@ type Options struct {
 	// outgoing Ethernet link (netio.PacketConn, the default; it falls back
 	// to the raw sockets by itself when AF_PACKET cannot be opened).
 	RawSocketsOnly bool
+	// NoTxRing sends ESP and AH through AF_PACKET with sendmmsg only,
+	// without the TX ring (netio.PacketConfig.NoTxRing).
+	NoTxRing bool
 	// RxRing receives ESP and AH through an AF_PACKET receive ring
 	// (netio.RxRing: before netfilter INPUT and reverse-path filtering)
 	// instead of the raw IPv4 sockets, falling back to them when the ring
@@ -425,7 +428,7 @@ func (d *Daemon) listenESP(cfg netio.RawConfig, withRing bool, ring *netio.RxRin
 // socket as fallback, or the raw socket alone.
 func (d *Daemon) listenSend(cfg netio.RawConfig) (espSocket, error) {
 	if !d.opts.RawSocketsOnly {
-		c, err := netio.ListenPacket(netio.PacketConfig{RawConfig: cfg, Clock: d.opts.Clock, Log: d.log})
+		c, err := netio.ListenPacket(netio.PacketConfig{RawConfig: cfg, Clock: d.opts.Clock, Log: d.log, NoTxRing: d.opts.NoTxRing})
 		if err == nil {
 			return c, nil
 		}

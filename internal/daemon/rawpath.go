@@ -10,8 +10,9 @@ import (
 // ESP-in-UDP) are received and sent.
 type RawPathStatus struct {
 	// Receive and Send name the path per protocol ("esp", "ah"):
-	// "af_packet ring" or "raw socket" for receive, "af_packet" (with
-	// the raw socket for what it cannot send) or "raw socket" for send.
+	// "af_packet ring" or "raw socket" for receive, "af_packet tx ring"
+	// or "af_packet" (sendmmsg; each with the raw socket for what it
+	// cannot send) or "raw socket" for send.
 	Receive map[string]string `json:"receive"`
 	Send    map[string]string `json:"send"`
 	// Ring is the receive ring's counters (one ring for ESP and AH;
@@ -50,6 +51,9 @@ func (d *Daemon) rawPaths() *RawPathStatus {
 		}
 		if pc, ok := tx.(*netio.PacketConn); ok {
 			st.Send[name] = "af_packet"
+			if pc.TxRing() {
+				st.Send[name] = "af_packet tx ring"
+			}
 			ps := pc.Stats()
 			st.SentAFPacket += ps.Packet
 			st.SentRaw += ps.Raw

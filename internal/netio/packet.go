@@ -29,6 +29,9 @@ type PacketConfig struct {
 	// Refresh is how often the next-hop cache is refreshed from the
 	// kernel's routing and neighbour tables; 0 means one second.
 	Refresh time.Duration
+	// NoTxRing sends with sendmmsg only, without the TX ring (see
+	// PacketConn).
+	NoTxRing bool
 }
 
 // PacketConn sends ESP and AH packets through an AF_PACKET socket on the
@@ -56,6 +59,13 @@ type PacketConfig struct {
 //     neighbour entry gone stale (the kernel never sees the AF_PACKET
 //     traffic, so only this makes it re-probe a neighbour that moved).
 //
+// Frames go out through a TX ring (PACKET_TX_RING, see txRing) when the
+// kernel gives the socket one: the frames of a run for one interface are
+// written into its slots and sent with one sendto(2); a frame larger than
+// a slot, and the rest of a run when the ring is full (the device still
+// holds its buffers), go out with sendmmsg, in order. PacketConfig.NoTxRing
+// uses sendmmsg only.
+//
 // As raw_send_hdrinc does, Send writes the total length and header checksum
 // of packets it sends through AF_PACKET, and an IP ID when it is zero with
 // DF clear. Packet captures see the frames (the qdisc is not bypassed, so
@@ -82,6 +92,15 @@ type PacketConn struct {
 	errno syscall.Errno
 	fn    func(fd uintptr) bool
 	ipID  uint16
+
+	// The TX ring (nil: sendmmsg only) on a socket of its own (txs: a
+	// socket with a ring sends only what is in the ring, whatever a
+	// sendmsg passes it), and the run being sent through it.
+	tx   *txRing
+	txs  *sock
+	txSA unix.RawSockaddrLinklayer
+	txK  int
+	txFn func(fd uintptr) bool
 
 	viaPacket, viaRaw atomic.Uint64
 }
@@ -118,15 +137,32 @@ func ListenPacket(cfg PacketConfig) (*PacketConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	var (
+		tx  *txRing
+		txs *sock
+	)
+	if !cfg.NoTxRing {
+		if tx, txs, err = openTxRing(cfg); err != nil && cfg.Log != nil {
+			cfg.Log.Warn("AF_PACKET: no TX ring, sending with sendmmsg", "proto", cfg.Proto, "err", err)
+		}
+	}
+	closeTx := func() {
+		if tx != nil {
+			tx.close()
+			txs.close()
+		}
+	}
 	nl, err := netlinkHere()
 	if err != nil {
 		s.close()
+		closeTx()
 		return nil, fmt.Errorf("netio: AF_PACKET next hops: netlink: %w", err)
 	}
 	raw, err := ListenRaw(cfg.RawConfig)
 	if err != nil {
 		nl.Close()
 		s.close()
+		closeTx()
 		return nil, err
 	}
 	c := &PacketConn{raw: raw, s: s, nl: nl,
@@ -136,6 +172,8 @@ func ListenPacket(cfg PacketConfig) (*PacketConn, error) {
 		names: make([]unix.RawSockaddrLinklayer, MaxBatch),
 	}
 	c.fn = c.sendFn
+	c.tx, c.txs = tx, txs
+	c.txFn = c.kickFn
 	if cfg.Log != nil {
 		c.log = cfg.Log.With("proto", cfg.Proto)
 		c.hops.changed = func(dst netip.Addr, _, h *hop) {
@@ -168,7 +206,27 @@ func (c *PacketConn) Close() error {
 		err = e
 	}
 	c.nl.Close()
+	if c.tx == nil {
+		return err
+	}
+	if e := c.txs.close(); err == nil {
+		err = e
+	}
+	// Closing the sockets ended a Send waiting in them; the ring goes
+	// after the Send holding it.
+	c.mu.Lock()
+	if e := c.tx.close(); err == nil {
+		err = e
+	}
+	c.mu.Unlock()
 	return err
+}
+
+// TxRing reports whether c sends through a TX ring.
+func (c *PacketConn) TxRing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tx != nil && c.tx.mem != nil
 }
 
 // Send sends prebuilt IPv4 packets, as RawConn.Send does: a zero ms[i].To
@@ -180,19 +238,46 @@ func (c *PacketConn) Close() error {
 func (c *PacketConn) Send(ms []Msg) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.tx != nil && c.tx.mem == nil {
+		return 0, fmt.Errorf("netio: AF_PACKET send: %w", ErrClosed)
+	}
 	sent := 0
 	for sent < len(ms) {
-		k, toRaw := c.prepare(ms[sent:])
-		if k > 0 {
-			n, err := c.flush(k)
-			c.viaPacket.Add(uint64(n))
-			sent += n
-			if err != nil {
-				return sent, err
+		toRaw, limit := false, MaxBatch
+		if c.tx != nil {
+			k, why := c.prepareRing(ms[sent:])
+			if k > 0 {
+				n, err := c.flushRing(k)
+				c.viaPacket.Add(uint64(n))
+				sent += n
+				if err != nil {
+					return sent, err
+				}
 			}
+			switch why {
+			case ringNext:
+				continue
+			case ringRaw:
+				toRaw = true
+			case ringTooBig:
+				limit = 1 // that one through sendmmsg, then the ring again
+			}
+			// ringFull: the rest of the batch through sendmmsg.
 		}
 		if !toRaw {
-			continue
+			var k int
+			k, toRaw = c.prepare(ms[sent:], limit)
+			if k > 0 {
+				n, err := c.flush(k)
+				c.viaPacket.Add(uint64(n))
+				sent += n
+				if err != nil {
+					return sent, err
+				}
+			}
+			if !toRaw {
+				continue
+			}
 		}
 		// ms[sent] was judged for the raw socket (judging again could
 		// give another answer: a stale neighbour's probe is taken once);
@@ -235,10 +320,11 @@ func (c *PacketConn) hopFor(m *Msg) *hop {
 }
 
 // prepare fills the batch with the leading run of ms that has AF_PACKET
-// hops and returns its length k; toRaw says that ms[k] was judged for the
-// raw socket (the run did not end at the batch limit or the end of ms).
-func (c *PacketConn) prepare(ms []Msg) (k int, toRaw bool) {
-	for k < len(ms) && k < MaxBatch {
+// hops, at most limit of them, and returns its length k; toRaw says that
+// ms[k] was judged for the raw socket (the run did not end at the limit
+// or the end of ms).
+func (c *PacketConn) prepare(ms []Msg, limit int) (k int, toRaw bool) {
+	for k < len(ms) && k < limit {
 		m := &ms[k]
 		h := c.hopFor(m)
 		if h == nil {
@@ -304,4 +390,102 @@ func (c *PacketConn) sendFn(fd uintptr) bool {
 	}
 	c.n, c.errno = n, e
 	return true
+}
+
+// Why prepareRing ended its run.
+type ringStop int
+
+const (
+	// ringNext: the end of ms or of the batch, or the next packet is for
+	// another interface: judge again from there.
+	ringNext ringStop = iota
+	// ringRaw: the next packet was judged for the raw socket.
+	ringRaw
+	// ringTooBig: the next packet does not fit a slot: sendmmsg.
+	ringTooBig
+	// ringFull: the next slot is still the kernel's: sendmmsg.
+	ringFull
+)
+
+// prepareRing writes the leading run of ms that has AF_PACKET hops on one
+// interface into the TX ring's slots and returns its length k, and why it
+// ended there.
+func (c *PacketConn) prepareRing(ms []Msg) (k int, why ringStop) {
+	for k < len(ms) && k < MaxBatch {
+		m := &ms[k]
+		h := c.hopFor(m)
+		switch {
+		case h == nil:
+			return k, ringRaw
+		case len(h.eth)+len(m.Buf) > txMaxFrame:
+			return k, ringTooBig
+		case k > 0 && int32(h.ifindex) != c.txSA.Ifindex:
+			return k, ringNext
+		}
+		i := c.tx.slot(k)
+		if i < 0 {
+			return k, ringFull
+		}
+		if k == 0 {
+			c.txSA = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: 0x0008, Ifindex: int32(h.ifindex)} // htons(ETH_P_IP)
+		}
+		c.fixHeader(m.Buf)
+		c.tx.put(i, h.eth[:], m.Buf)
+		k++
+	}
+	return k, ringNext
+}
+
+// flushRing sends the k slots prepareRing filled, blocking while the
+// socket's send buffer is full. On error the packet at the returned index
+// was refused (a slot the kernel found malformed, or a buffer the device's
+// queue dropped) and the slots after it are given back unsent.
+func (c *PacketConn) flushRing(k int) (int, error) {
+	c.txK, c.errno = k, 0
+	werr := c.txs.rc.Write(c.txFn)
+	taken := c.tx.taken(k)
+	c.tx.release(taken, k)
+	n := taken
+	switch {
+	case werr != nil:
+		return n, c.txs.ioErr("AF_PACKET TX ring", werr)
+	case c.errno == unix.ENOBUFS && n > 0:
+		// The queue dropped the last one the kernel took.
+		return n - 1, fmt.Errorf("netio: AF_PACKET TX ring: %w", c.errno)
+	case c.errno != 0:
+		return n, fmt.Errorf("netio: AF_PACKET TX ring: %w", c.errno)
+	case n < k:
+		return n, fmt.Errorf("netio: AF_PACKET TX ring: the kernel sent %d of %d frames", n, k)
+	}
+	return n, nil
+}
+
+// kickFn is the RawConn.Write callback of flushRing: sendto until the
+// kernel took all c.txK slots, an error, or EAGAIN (then the netpoller
+// waits for room in the send buffer and calls it again).
+func (c *PacketConn) kickFn(fd uintptr) bool {
+	prev := -1
+	for {
+		e := sendtoRing(fd, &c.txSA, c.txs.rawSend)
+		taken := c.tx.taken(c.txK)
+		switch {
+		case taken == c.txK:
+			return true
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			return false
+		case e != 0:
+			c.errno = e
+			return true
+		case taken > prev:
+			// Some sent, then no buffer for the next (the call
+			// reports success): again, until EAGAIN.
+			prev = taken
+			continue
+		default:
+			c.errno = unix.EIO
+			return true
+		}
+	}
 }

@@ -100,8 +100,8 @@ func (s *pktSender) send(ms []Msg) (int, error) {
 	return int(n), nil
 }
 
-// txRing is a TPACKET_V2 TX ring over an AF_PACKET SOCK_RAW socket.
-type txRing struct {
+// benchTxRing is a TPACKET_V2 TX ring over an AF_PACKET SOCK_RAW socket.
+type benchTxRing struct {
 	fd        int
 	mem       []byte
 	frameSize int
@@ -111,7 +111,7 @@ type txRing struct {
 	sa        unix.RawSockaddrLinklayer
 }
 
-func newTxRing(tb testing.TB, fd, ifindex int, src, dst net.HardwareAddr) *txRing {
+func newBenchTxRing(tb testing.TB, fd, ifindex int, src, dst net.HardwareAddr) *benchTxRing {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
 		tb.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func newTxRing(tb testing.TB, fd, ifindex int, src, dst net.HardwareAddr) *txRin
 	if err != nil {
 		tb.Fatal(err)
 	}
-	r := &txRing{fd: fd, mem: mem, frameSize: int(req.Frame_size), frames: int(req.Frame_nr)}
+	r := &benchTxRing{fd: fd, mem: mem, frameSize: int(req.Frame_size), frames: int(req.Frame_nr)}
 	copy(r.eth[0:6], dst)
 	copy(r.eth[6:12], src)
 	binary.BigEndian.PutUint16(r.eth[12:], unix.ETH_P_IP)
@@ -132,7 +132,7 @@ func newTxRing(tb testing.TB, fd, ifindex int, src, dst net.HardwareAddr) *txRin
 }
 
 // send copies ms into free frames, then kicks the kernel with one sendto.
-func (r *txRing) send(ms []Msg) (int, error) {
+func (r *benchTxRing) send(ms []Msg) (int, error) {
 	const dataOff = unix.SizeofTpacket2Hdr // TPACKET2_HDRLEN - sizeof(sockaddr_ll)
 	queued := 0
 	for i := range ms {
@@ -155,7 +155,7 @@ func (r *txRing) send(ms []Msg) (int, error) {
 	return queued, r.kick()
 }
 
-func (r *txRing) kick() error {
+func (r *benchTxRing) kick() error {
 	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(r.fd), 0, 0, 0, uintptr(unsafe.Pointer(&r.sa)), unix.SizeofSockaddrLinklayer)
 	if e != 0 && e != unix.EAGAIN {
 		return e
@@ -260,7 +260,7 @@ func BenchmarkESPSend(b *testing.B) {
 				})
 				defer unix.Close(fd)
 				if tc == "packet-txring-bypass" {
-					r := newTxRing(b, fd, aIdx, aMAC, bMAC)
+					r := newBenchTxRing(b, fd, aIdx, aMAC, bMAC)
 					defer unix.Munmap(r.mem)
 					send = r.send
 				} else {

@@ -5,10 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gosec-ipsec/gosec/internal/clock"
 	"github.com/gosec-ipsec/gosec/internal/iphdr"
@@ -240,4 +244,172 @@ func TestPacketConnSend(t *testing.T) {
 	if n, err := tx.Send([]Msg{{Buf: big}, build(99, true, 7)}); n != 0 || !errors.Is(err, syscall.EMSGSIZE) {
 		t.Errorf("oversized: %d, %v", n, err)
 	}
+}
+
+// TestPacketConnTxRing: the TX ring sends every frame once and in order,
+// also around the ring's end, and hands over to sendmmsg (which then
+// carries the socket's virtio_net_hdr too) for a packet larger than a
+// slot and for the rest of a run when the ring is full; a send the kernel
+// refuses (the link down) gives every slot back, and the ring goes on
+// after it.
+func TestPacketConnTxRing(t *testing.T) {
+	testutil.NeedRoot(t)
+	p := nettest.NewPair(t, "grg-tx", netip.MustParsePrefix("10.231.90.0/24"))
+	for _, e := range []nettest.End{p.A, p.B} {
+		nettest.MustExec(t, e.NS, "ip", "link", "set", e.Name, "mtu", "2100")
+	}
+	var rx *RawConn
+	nettest.MustDo(t, p.B.NS, func() (err error) {
+		rx, err = ListenRaw(RawConfig{Proto: iphdr.ProtoESP, Buffer: 8 << 20})
+		return err
+	})
+	defer rx.Close()
+	var tx *PacketConn
+	nettest.MustDo(t, p.A.NS, func() (err error) {
+		tx, err = ListenPacket(PacketConfig{RawConfig: RawConfig{Proto: iphdr.ProtoESP}, Refresh: 50 * time.Millisecond})
+		return err
+	})
+	defer tx.Close()
+	if !tx.TxRing() {
+		t.Fatal("no TX ring")
+	}
+	seq := uint32(0)
+	batch := func(n, size int) []Msg {
+		ms := make([]Msg, n)
+		for i := range ms {
+			seq++
+			b := make([]byte, size)
+			iphdr.PutIPv4(b, &iphdr.Outer{Src: p.AAddr.As4(), Dst: p.BAddr.As4(), ID: uint16(seq), DF: true}, iphdr.ProtoESP, size)
+			binary.BigEndian.PutUint32(b[20:], 0x77)
+			binary.BigEndian.PutUint32(b[24:], seq)
+			for j := 28; j < size; j++ {
+				b[j] = byte(seq) + byte(j)
+			}
+			ms[i] = Msg{Buf: b}
+		}
+		return ms
+	}
+	// expect: rx's next packets are ms, whole and in order (those sent
+	// before them and not read yet are passed over).
+	var pending [][]byte
+	expect := func(what string, ms []Msg) {
+		t.Helper()
+		first := binary.BigEndian.Uint32(ms[0].Buf[24:])
+		for i := 0; i < len(ms); {
+			if len(pending) == 0 {
+				pending = recvN(t, rx, 1, 3*time.Second)
+			}
+			g := pending[0]
+			pending = pending[1:]
+			if binary.BigEndian.Uint32(g[24:]) < first {
+				continue
+			}
+			want := ms[i].Buf
+			if len(g) != len(want) || !bytes.Equal(g[20:], want[20:]) {
+				t.Logf("stats %+v", tx.Stats())
+				t.Fatalf("%s: packet %d: %d octets (seq %d), want %d (seq %d)", what, i, len(g),
+					binary.BigEndian.Uint32(g[24:]), len(want), binary.BigEndian.Uint32(want[24:]))
+			}
+			i++
+		}
+	}
+	// send sends ms from one CPU: veth queues what a CPU sends on that
+	// CPU's backlog, so the system calls of one Send made from two CPUs
+	// could arrive out of order whatever Send does.
+	send := func(what string, ms []Msg) {
+		t.Helper()
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var old, one unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &old); err != nil {
+			t.Fatal(err)
+		}
+		for c := range 1024 {
+			if old.IsSet(c) {
+				one.Set(c)
+				break
+			}
+		}
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.SchedSetaffinity(0, &old)
+		if n, err := tx.Send(ms); n != len(ms) || err != nil {
+			t.Fatalf("%s: Send: %d of %d, %v", what, n, len(ms), err)
+		}
+	}
+	// The first through the raw socket: the kernel resolves B.
+	first := batch(1, 200)
+	send("first", first)
+	expect("first", first)
+	waitFor(t, func() bool { return tx.hops.lookup(p.BAddr) != nil })
+
+	// Around the ring's end several times, in batches.
+	before := tx.Stats()
+	var all []Msg
+	for range 2*txFrames/MaxBatch + 3 {
+		ms := batch(MaxBatch, 1400)
+		send("around the ring", ms)
+		all = append(all, ms...)
+		expect("around the ring", ms)
+	}
+	if s := tx.Stats(); s.Packet-before.Packet != uint64(len(all)) || s.Raw != before.Raw {
+		t.Fatalf("around the ring: stats %+v then %+v, want %d through AF_PACKET", before, s, len(all))
+	}
+	tx.mu.Lock()
+	cur := tx.tx.cur
+	tx.mu.Unlock()
+	if want := (len(all)) % txFrames; cur != want {
+		t.Fatalf("around the ring: the ring's cursor at %d, want %d", cur, want)
+	}
+
+	// Larger than a slot (the link's MTU allows it): through sendmmsg,
+	// between two through the ring.
+	ms := append(append(batch(1, 300), batch(1, 2000)...), batch(1, 310)...)
+	send("larger than a slot", ms)
+	expect("larger than a slot", ms)
+	tx.mu.Lock()
+	moved := (tx.tx.cur - cur + txFrames) % txFrames
+	cur = tx.tx.cur
+	tx.mu.Unlock()
+	if moved != 2 {
+		t.Fatalf("larger than a slot: %d slots used, want 2", moved)
+	}
+
+	// The ring full five slots on: the rest of the run through sendmmsg.
+	held := (cur + 5) % txFrames
+	atomic.StoreUint32(tx.tx.status(held), 2) // TP_STATUS_SENDING: still the kernel's
+	ms = batch(20, 1000)
+	send("ring full", ms)
+	expect("ring full", ms)
+	tx.mu.Lock()
+	moved = (tx.tx.cur - cur + txFrames) % txFrames
+	tx.mu.Unlock()
+	atomic.StoreUint32(tx.tx.status(held), tpStatusAvailable)
+	if moved != 5 {
+		t.Fatalf("ring full: %d slots used, want 5", moved)
+	}
+
+	// The link down: refused, every slot given back, nothing left marked.
+	nettest.MustExec(t, p.A.NS, "ip", "link", "set", p.A.Name, "down")
+	if n, err := tx.Send(batch(10, 500)); err == nil {
+		t.Fatalf("link down: Send: %d, no error", n)
+	}
+	tx.mu.Lock()
+	for i := range txFrames {
+		if s := atomic.LoadUint32(tx.tx.status(i)); s == tpStatusSendRequest || s == tpStatusWrongFormat {
+			tx.mu.Unlock()
+			t.Fatalf("link down: slot %d left with status %d", i, s)
+		}
+	}
+	tx.mu.Unlock()
+	nettest.MustExec(t, p.A.NS, "ip", "link", "set", p.A.Name, "up")
+	waitFor(t, func() bool {
+		_, _ = tx.Send(batch(1, 200)) // through the raw socket: the kernel resolves B again
+		time.Sleep(20 * time.Millisecond)
+		return tx.hops.lookup(p.BAddr) != nil
+	})
+	ms = batch(MaxBatch, 1400)
+	send("after the link came back", ms)
+	expect("after the link came back", ms)
 }
