@@ -222,17 +222,15 @@ func (c *PacketConn) Close() error {
 	return err
 }
 
-// TxRing reports whether c sends through a TX ring.
-func (c *PacketConn) TxRing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.tx != nil && c.tx.mem != nil
-}
+// TxRing reports whether c sends through a TX ring (without taking the
+// lock a Send holds while it waits for the socket).
+func (c *PacketConn) TxRing() bool { return c.tx != nil }
 
 // Send sends prebuilt IPv4 packets, as RawConn.Send does: a zero ms[i].To
 // means the destination in the IPv4 header. Runs of packets with a cached
-// Ethernet next hop go out with one sendmmsg on the AF_PACKET socket, the
-// others through the raw socket, in order. It returns how many were sent;
+// Ethernet next hop go out through the TX ring with one sendto, or with
+// one sendmmsg on the AF_PACKET socket, the others through the raw
+// socket, in order. It returns how many were sent;
 // on error ms[n] is the packet refused and the caller may go on with
 // ms[n+1:].
 func (c *PacketConn) Send(ms []Msg) (int, error) {
