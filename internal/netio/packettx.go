@@ -39,12 +39,13 @@ const (
 // Ethernet header, then the packet) into the next free slot and marks it
 // for sending, then one sendto(2) without data has the kernel send every
 // marked slot in order (tpacket_snd). Against sendmmsg this takes away
-// the per-message work of the system call (copying and checking the
-// message header, its two iovecs and its address) and the copy of the
-// packet into the socket buffer: the kernel makes each slot's packet the
-// socket buffer's page fragment, and gives the slot back (status
-// available) when that buffer is freed, after the device sent it (on veth:
-// after the peer's input took it).
+// the per-message work of the system call: copying and checking the
+// message header, its two iovecs and its address. The kernel copies each
+// slot into a socket buffer, linear (a virtio_net_hdr in front of the
+// frame says so: by default it would hang the slot's page on the buffer
+// as a fragment, which measured a quarter slower end to end, NOTES.md),
+// and gives the slot back (status available) when that buffer is freed,
+// after the device sent it (on veth: after the peer's input took it).
 //
 // One sender at a time (PacketConn.mu). The kernel touches the slots only
 // within that sender's sendto and in the buffer's destructor, which
@@ -141,8 +142,9 @@ func (r *txRing) close() error {
 	return err
 }
 
-// sendto is sendto(2) without data, flags MSG_DONTWAIT, to the link-layer
-// address sa: for a TX ring, "send what is marked". raw as for sendmmsg.
+// sendtoRing is sendto(2) without data, flags MSG_DONTWAIT, to the
+// link-layer address sa: for a socket with a TX ring, "send what is
+// marked". raw as for sendmmsg.
 func sendtoRing(fd uintptr, sa *unix.RawSockaddrLinklayer, raw bool) unix.Errno {
 	if raw {
 		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, 0, 0, unix.MSG_DONTWAIT,
