@@ -314,8 +314,9 @@ func TestPacketConnTxRing(t *testing.T) {
 		}
 	}
 	// send sends ms from one CPU: veth queues what a CPU sends on that
-	// CPU's backlog, so the system calls of one Send made from two CPUs
-	// could arrive out of order whatever Send does.
+	// CPU's backlog, so should a backlog's processing be put off, the
+	// system calls of one Send made from two CPUs could arrive out of
+	// order whatever Send does (a precaution; not seen here).
 	send := func(what string, ms []Msg) {
 		t.Helper()
 		runtime.LockOSThread()
