@@ -64,8 +64,9 @@ type Options struct {
 	// RxRing receives ESP and AH through an AF_PACKET receive ring
 	// (netio.RxRing: before netfilter INPUT and reverse-path filtering)
 	// instead of the raw IPv4 sockets, falling back to them when the ring
-	// cannot be opened. Off by default: end to end it measured slower
-	// than the raw sockets (internal/netio/NOTES.md).
+	// cannot be opened. Off in the zero Options; `gosec start` turns it
+	// on (--rxring): with its SPI filter and the bypass of the IP stack
+	// it measured faster than the raw sockets (internal/netio/NOTES.md).
 	RxRing bool
 	// IngressBypass keeps, at tc ingress, the ESP and AH the receive
 	// ring takes from the IP stack and drops those of unknown SPIs

@@ -100,7 +100,10 @@ type PacketConn struct {
 	txs  *sock
 	txSA unix.RawSockaddrLinklayer
 	txK  int
-	txFn func(fd uintptr) bool
+	// txTaken is how many of the run's txK slots the kernel took so far
+	// (kickFn keeps it; flushRing reads it).
+	txTaken int
+	txFn    func(fd uintptr) bool
 
 	viaPacket, viaRaw atomic.Uint64
 }
@@ -130,9 +133,7 @@ func ListenPacket(cfg PacketConfig) (*PacketConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netio: AF_PACKET socket: %w", err)
 	}
-	if cfg.Buffer > 0 && unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, cfg.Buffer) != nil {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, cfg.Buffer)
-	}
+	setSendBuffer(fd, cfg.Buffer)
 	s, err := newSock(fd, fmt.Sprintf("packet-%d", cfg.Proto), 0, 0)
 	if err != nil {
 		return nil, err
@@ -439,11 +440,10 @@ func (c *PacketConn) prepareRing(ms []Msg) (k int, why ringStop) {
 // was refused (a slot the kernel found malformed, or a buffer the device's
 // queue dropped) and the slots after it are given back unsent.
 func (c *PacketConn) flushRing(k int) (int, error) {
-	c.txK, c.errno = k, 0
+	c.txK, c.txTaken, c.errno = k, 0, 0
 	werr := c.txs.rc.Write(c.txFn)
-	taken := c.tx.taken(k)
-	c.tx.release(taken, k)
-	n := taken
+	c.tx.release(c.txTaken, k)
+	n := c.txTaken
 	switch {
 	case werr != nil:
 		return n, c.txs.ioErr("AF_PACKET TX ring", werr)
@@ -465,7 +465,9 @@ func (c *PacketConn) kickFn(fd uintptr) bool {
 	prev := -1
 	for {
 		e := sendtoRing(fd, &c.txSA, c.txs.rawSend)
-		taken := c.tx.taken(c.txK)
+		// A slot once taken is never marked again: count on from there.
+		c.txTaken = c.tx.taken(c.txTaken, c.txK)
+		taken := c.txTaken
 		switch {
 		case taken == c.txK:
 			return true

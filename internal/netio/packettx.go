@@ -67,9 +67,7 @@ func openTxRing(cfg PacketConfig) (*txRing, *sock, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("netio: AF_PACKET TX ring: socket: %w", err)
 	}
-	if cfg.Buffer > 0 && unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, cfg.Buffer) != nil {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, cfg.Buffer)
-	}
+	setSendBuffer(fd, cfg.Buffer)
 	mem, err := mapTxRing(fd)
 	if err != nil {
 		unix.Close(fd)
@@ -157,9 +155,10 @@ func sendtoRing(fd uintptr, sa *unix.RawSockaddrLinklayer, raw bool) unix.Errno 
 }
 
 // taken is how many of the k slots from cur the kernel took (the leading
-// ones no longer marked for sending nor refused).
-func (r *txRing) taken(k int) int {
-	n := 0
+// ones no longer marked for sending nor refused), given that it took the
+// first from of them.
+func (r *txRing) taken(from, k int) int {
+	n := from
 	for n < k {
 		s := atomic.LoadUint32(r.status((r.cur + n) % txFrames))
 		if s == tpStatusSendRequest || s == tpStatusWrongFormat {

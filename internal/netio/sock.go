@@ -419,6 +419,14 @@ func setBuffers(fd, size int) {
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
 	}
+	setSendBuffer(fd, size)
+}
+
+// setSendBuffer raises the send buffer alone, as setBuffers does.
+func setSendBuffer(fd, size int) {
+	if size <= 0 {
+		return
+	}
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, size)
 	}
