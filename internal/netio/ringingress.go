@@ -81,10 +81,11 @@ type IngressBypass struct {
 	counts *ebpf.Map           // per-CPU array of ingressCounters uint64
 	links  map[int]ingressLink // by interface index
 	// failed are the interfaces holding a local address that the program
-	// could not be attached to (tried again once they held none).
-	failed map[int]error
-	// skipped are interfaces holding a local address that it is not for
-	// (loopback, not Ethernet).
+	// could not be attached to, skipped those it is not for (loopback,
+	// not Ethernet); both judged again once they held none (an index
+	// may come back as another interface, moved in from another
+	// namespace).
+	failed  map[int]error
 	skipped map[int]struct{}
 	inMap   map[[4]byte]struct{} // what locals holds
 	local   *localAddrs
@@ -253,7 +254,12 @@ func (b *IngressBypass) syncLocals(set *localSet) {
 func (b *IngressBypass) attachNew(set *localSet) {
 	for i := range b.failed {
 		if _, ok := set.links[i]; !ok {
-			delete(b.failed, i) // tried again when it holds an address
+			delete(b.failed, i)
+		}
+	}
+	for i := range b.skipped {
+		if _, ok := set.links[i]; !ok {
+			delete(b.skipped, i)
 		}
 	}
 	for i, at := range b.links {
