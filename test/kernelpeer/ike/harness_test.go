@@ -52,18 +52,20 @@ func buildDir() string {
 	return filepath.Join(pkgDir(), "build")
 }
 
-// kpikeEnv is the environment of kpike.sh (and through it kpeer.sh).
-func kpikeEnv() []string {
+// kpikeEnv is the environment of kpike.sh (and through it kpeer.sh) for
+// the guest with peer p.
+func kpikeEnv(p *peer) []string {
 	return append(os.Environ(), "NS="+nsName, "TAP="+tapName, "LAN="+lanName,
-		"HOST_IP="+hostIP, "GUEST_IP="+guestIP, "KPIKE_BUILD="+buildDir())
+		"HOST_IP="+hostIP, "GUEST_IP="+guestIP, "KPIKE_BUILD="+buildDir(), "KPIKE_PEER="+p.name)
 }
 
 var (
-	guestOnce sync.Once
-	guestCtl  *kernelpeer.Ctl
-	guestErr  error  // boot failure: the tests fail
-	guestSkip string // missing prerequisite: the tests skip (fail under CI=true)
-	guestUp   bool
+	guestCtl   *kernelpeer.Ctl
+	guestPeer  *peer  // the IKE daemon of the guest that runs (nil: none booted)
+	guestErr   error  // boot failure: the tests fail
+	guestSkip  string // missing prerequisite: the tests skip (fail under CI=true)
+	guestSkipd bool   // prerequisites checked
+	guestUp    bool   // a guest was booted: TestMain takes it down
 )
 
 // prerequisites returns why the guest cannot run here, or "".
@@ -87,52 +89,82 @@ func prerequisites() string {
 }
 
 // kpike runs kpike.sh with this package's names.
-func kpike(timeout time.Duration, args ...string) (string, error) {
+// kpike runs kpike.sh for the guest with peer p.
+func kpike(p *peer, timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(pkgDir(), "kpike.sh"), args...)
-	cmd.Env = kpikeEnv()
+	cmd.Env = kpikeEnv(p)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
-// guest boots the strongSwan guest once per test binary (TestMain takes it
-// down) and returns its control channel.
-func guest(t *testing.T) *kernelpeer.Ctl {
+// guest returns the control channel of the strongSwan guest (guestWith).
+func guest(t *testing.T) *kernelpeer.Ctl { return guestWith(t, strongSwan) }
+
+// guestWith returns the control channel of a guest whose IKE daemon is
+// p's, booting one first unless the running guest has it: the tests of
+// one peer run one after another, so each peer's guest boots once per
+// test binary (TestMain takes the last one down).
+func guestWith(t *testing.T, p *peer) *kernelpeer.Ctl {
 	t.Helper()
 	testutil.NeedRoot(t)
-	guestOnce.Do(func() {
-		if guestSkip = prerequisites(); guestSkip != "" {
-			return
-		}
-		start := time.Now()
-		if out, err := kpike(10*time.Minute, "build"); err != nil {
-			guestErr = fmt.Errorf("kpike.sh build: %v\n%s", err, out)
-			return
-		}
-		built := time.Now()
-		guestUp = true
-		// a fresh guest and namespace, also after a test binary that died
-		if out, err := kpike(time.Minute, "down"); err != nil {
-			guestErr = fmt.Errorf("kpike.sh down: %v\n%s", err, out)
-			return
-		}
-		if out, err := kpike(3*time.Minute, "up"); err != nil {
-			guestErr = fmt.Errorf("kpike.sh up: %v\n%s", err, out)
-			return
-		}
-		t.Logf("guest: build %v, boot %v", built.Sub(start).Round(100*time.Millisecond),
-			time.Since(built).Round(100*time.Millisecond))
-		guestCtl, guestErr = kernelpeer.DialCtl(filepath.Join(buildDir(), "ss", "ctl.sock"))
-		if guestErr == nil {
-			_, guestErr = guestCtl.Check("test -x /usr/lib/ipsec/charon && test -f /etc/kp-ike")
-		}
-	})
+	if !guestSkipd {
+		guestSkipd, guestSkip = true, prerequisites()
+	}
 	testutil.Need(t, guestSkip == "", guestSkip)
+	if guestPeer == p {
+		if guestErr != nil {
+			t.Fatal(guestErr)
+		}
+		return guestCtl
+	}
+	if guestCtl != nil {
+		guestCtl.Run("ike stop")
+		guestCtl.Close()
+		guestCtl = nil
+	}
+	if guestPeer != nil {
+		if out, err := kpike(guestPeer, time.Minute, "down"); err != nil {
+			t.Logf("kpike.sh down (%s guest): %v\n%s", guestPeer.name, err, out)
+		}
+	}
+	guestPeer, guestErr = p, bootGuest(t, p)
 	if guestErr != nil {
 		t.Fatal(guestErr)
 	}
 	return guestCtl
+}
+
+// bootGuest builds p's image and boots a fresh guest with it.
+func bootGuest(t *testing.T, p *peer) error {
+	start := time.Now()
+	if out, err := kpike(p, 10*time.Minute, "build"); err != nil {
+		return fmt.Errorf("kpike.sh build (%s): %v\n%s", p.name, err, out)
+	}
+	built := time.Now()
+	guestUp = true
+	// a fresh guest and namespace, also after a test binary that died
+	if out, err := kpike(p, time.Minute, "down"); err != nil {
+		return fmt.Errorf("kpike.sh down: %v\n%s", err, out)
+	}
+	if out, err := kpike(p, 3*time.Minute, "up"); err != nil {
+		return fmt.Errorf("kpike.sh up (%s): %v\n%s", p.name, err, out)
+	}
+	t.Logf("%s guest: build %v, boot %v", p.name, built.Sub(start).Round(100*time.Millisecond),
+		time.Since(built).Round(100*time.Millisecond))
+	return dialGuest(p)
+}
+
+// dialGuest connects to the control channel of p's guest and checks that
+// the guest runs p's image.
+func dialGuest(p *peer) error {
+	var err error
+	guestCtl, err = kernelpeer.DialCtl(filepath.Join(buildDir(), p.dir, "ctl.sock"))
+	if err == nil {
+		_, err = guestCtl.Check("grep -qx " + p.name + " /etc/kp-ike")
+	}
+	return err
 }
 
 // A guest whose virtio-net transmit path stalls (seen in CI under TCG: the
@@ -188,15 +220,11 @@ func restartGuest(t *testing.T) {
 		guestCtl.Close()
 	}
 	guestCtl = nil
-	if out, err := kpike(3*time.Minute, "restart"); err != nil {
+	if out, err := kpike(guestPeer, 3*time.Minute, "restart"); err != nil {
 		guestErr = fmt.Errorf("kpike.sh restart: %v\n%s", err, out)
 		t.Fatal(guestErr)
 	}
-	guestCtl, guestErr = kernelpeer.DialCtl(filepath.Join(buildDir(), "ss", "ctl.sock"))
-	if guestErr == nil {
-		_, guestErr = guestCtl.Check("test -x /usr/lib/ipsec/charon && test -f /etc/kp-ike")
-	}
-	if guestErr != nil {
+	if guestErr = dialGuest(guestPeer); guestErr != nil {
 		t.Fatal(guestErr)
 	}
 }
@@ -209,7 +237,7 @@ func TestMain(m *testing.M) {
 		guestCtl.Close()
 	}
 	if guestUp {
-		if out, err := kpike(time.Minute, "down"); err != nil {
+		if out, err := kpike(guestPeer, time.Minute, "down"); err != nil {
 			fmt.Fprintf(os.Stderr, "kpike.sh down: %v\n%s", err, out)
 		}
 	}

@@ -15,7 +15,8 @@ import (
 )
 
 // kcase is one conn, negotiated between gosec (192.0.2.1) and the guest's
-// charon (192.0.2.2), with either side initiating.
+// IKE daemon (192.0.2.2; strongSwan's charon, or Libreswan's pluto), with
+// either side initiating.
 type kcase struct {
 	name      string
 	conn      string
@@ -26,8 +27,13 @@ type kcase struct {
 	// what the guest must show: a substring of the CHILD_SA's proposal in
 	// `ike status` and of its `ip -s xfrm state`
 	ssProposal, xfrmAlg string
-	ahLen               int // AH cases: the AH length field (RFC 4302: 32-bit words - 2) on the wire
-	bulk                int // bytes sent each way over TCP (0: none)
+	// the same conn for Libreswan: ike=, phase2alg= and pfs=, and the
+	// conn's "ESP (or AH) algorithm newest:" line in its status
+	lswIKE, lswPhase2 string
+	lswPFS            bool
+	lswNewest         string
+	ahLen             int // AH cases: the AH length field (RFC 4302: 32-bit words - 2) on the wire
+	bulk              int // bytes sent each way over TCP (0: none)
 }
 
 func (k kcase) proto() string {
@@ -37,7 +43,8 @@ func (k kcase) proto() string {
 	return "esp"
 }
 
-// conf is the ipsec.conf of one side in strongSwan syntax, left = local.
+// conf is the ipsec.conf of one side in strongSwan syntax, left = local
+// (gosec's, and the strongSwan guest's).
 func (k kcase) conf(left, right, leftSub, rightSub, extra string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s: gosec (192.0.2.1) <-> strongSwan with the kernel's XFRM (guest 192.0.2.2)\n", k.name)
@@ -66,42 +73,53 @@ func (k kcase) pingTargets() (hostDst string, hostOpts []string, guestDst string
 	return guestIP, nil, hostIP
 }
 
+const lswSHA1 = "ESP algorithm newest: AES_CBC_128-HMAC_SHA1_96; pfsgroup=<N/A>"
+
 var cases = []kcase{
 	{name: "esp-tunnel", conn: "ki-tunnel", typ: "tunnel", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!",
-		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "enc cbc(aes)", bulk: 4 << 20},
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "enc cbc(aes)", bulk: 4 << 20,
+		lswIKE: "aes128-sha1;modp2048", lswPhase2: "aes128-sha1", lswNewest: lswSHA1},
 	{name: "esp-transport", conn: "ki-transport", typ: "transport", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!",
-		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", bulk: 4 << 20},
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", bulk: 4 << 20,
+		lswIKE: "aes128-sha1;modp2048", lswPhase2: "aes128-sha1", lswNewest: lswSHA1},
 	{name: "ah-sha1-transport", conn: "ki-ah", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha1!",
-		ssProposal: "HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", ahLen: 4},
+		ssProposal: "HMAC_SHA1_96", xfrmAlg: "auth-trunc hmac(sha1)", ahLen: 4,
+		lswIKE: "aes128-sha1;modp2048", lswPhase2: "sha1", lswNewest: "AH algorithm newest: HMAC_SHA1_96; pfsgroup=<N/A>"},
 	{name: "ah-sha256-transport", conn: "ki-ah256", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha256!",
-		ssProposal: "HMAC_SHA2_256_128", xfrmAlg: "auth-trunc hmac(sha256)", ahLen: 5},
+		ssProposal: "HMAC_SHA2_256_128", xfrmAlg: "auth-trunc hmac(sha256)", ahLen: 5,
+		lswIKE: "aes128-sha1;modp2048", lswPhase2: "sha2_256", lswNewest: "AH algorithm newest: HMAC_SHA2_256_128; pfsgroup=<N/A>"},
 	{name: "esp-tunnel-pfs", conn: "ki-pfs", typ: "tunnel", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1-modp2048!",
-		ssProposal: "AES_CBC_128/HMAC_SHA1_96/MODP_2048", xfrmAlg: "enc cbc(aes)"},
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96/MODP_2048", xfrmAlg: "enc cbc(aes)",
+		lswIKE: "aes128-sha1;modp2048", lswPhase2: "aes128-sha1;modp2048", lswPFS: true,
+		lswNewest: "ESP algorithm newest: AES_CBC_128-HMAC_SHA1_96; pfsgroup=MODP2048"},
 	{name: "esp-tunnel-gcm", conn: "ki-gcm", typ: "tunnel", ike: "aes128-sha256-ecp256!", esp: "aes128gcm16!",
-		ssProposal: "AES_GCM_16_128", xfrmAlg: "aead rfc4106(gcm(aes))"},
+		ssProposal: "AES_GCM_16_128", xfrmAlg: "aead rfc4106(gcm(aes))",
+		lswIKE: "aes128-sha2_256;dh19", lswPhase2: "aes_gcm128-null", lswNewest: "ESP algorithm newest: AES_GCM_16_128-NONE; pfsgroup=<N/A>"},
 }
 
-// TestKernelIKE negotiates every case with gosec and with the guest
-// initiating, then checks traffic both ways and the counters of both ends,
-// the wire and the teardown by Delete.
-func TestKernelIKE(t *testing.T) {
-	guest(t)
+// TestKernelIKE negotiates every case with gosec and with the guest's
+// strongSwan initiating, then checks traffic both ways and the counters of
+// both ends, the wire and the teardown by Delete.
+func TestKernelIKE(t *testing.T) { testKernelIKE(t, strongSwan) }
+
+func testKernelIKE(t *testing.T, p *peer) {
+	guestWith(t, p)
 	for _, k := range cases {
 		for _, init := range []string{"gosec", "guest"} {
 			runRetrying(t, k.name+"/"+init+"-initiates", func(t *testing.T) {
 				start := time.Now()
-				runCase(t, guest(t), k, init)
+				runCase(t, guestWith(t, p), p, k, init)
 				t.Logf("%s/%s: %v", k.name, init, time.Since(start).Round(100*time.Millisecond))
 			})
 		}
 	}
 }
 
-// prepare starts charon in the guest and gosec in the host namespace, both
-// with k's conn and nothing negotiated yet.
-func prepare(t *testing.T, g *kernelpeer.Ctl, k kcase) *daemon {
+// prepare starts the guest's IKE daemon p and gosec in the host namespace,
+// both with k's conn in p's dialect and nothing negotiated yet.
+func prepare(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase) *daemon {
 	t.Helper()
-	return prepareConfs(t, g, k.conf(hostIP, guestIP, hostNet, guestNet, k.gosecOnly), k.conf(guestIP, hostIP, guestNet, hostNet, ""))
+	return prepareConfs(t, g, p.conf(k, hostIP, guestIP, hostNet, guestNet, k.gosecOnly), p.conf(k, guestIP, hostIP, guestNet, hostNet, ""))
 }
 
 // prepareConfs is prepare with both sides' ipsec.conf given.
@@ -134,9 +152,9 @@ func prepareConfs(t *testing.T, g *kernelpeer.Ctl, gosecConf, guestConf string) 
 		fmt.Sprintf("%s %s : PSK \"%s\"\n", hostIP, guestIP, psk))
 }
 
-// establish negotiates k's conn, initiated by "gosec" or the "guest", and
-// waits until both ends have installed their SAs.
-func establish(t *testing.T, g *kernelpeer.Ctl, d *daemon, k kcase, initiator string) {
+// establish negotiates k's conn, initiated by "gosec" or the "guest" (its
+// IKE daemon p), and waits until both ends have installed their SAs.
+func establish(t *testing.T, g *kernelpeer.Ctl, d *daemon, p *peer, k kcase, initiator string) {
 	t.Helper()
 	if initiator == "gosec" {
 		out, err := d.ctl(60*time.Second, "up", k.conn)
@@ -145,7 +163,7 @@ func establish(t *testing.T, g *kernelpeer.Ctl, d *daemon, k kcase, initiator st
 		}
 	} else {
 		out, err := g.Check("ike up " + k.conn)
-		if err != nil || !strings.Contains(out, "established successfully") {
+		if err != nil || !p.established(out) {
 			t.Fatalf("guest ike up %s: %v\n%s", k.conn, err, out)
 		}
 	}
@@ -164,11 +182,11 @@ func establish(t *testing.T, g *kernelpeer.Ctl, d *daemon, k kcase, initiator st
 	}
 }
 
-func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
-	d := prepare(t, g, k)
+func runCase(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase, initiator string) {
+	d := prepare(t, g, p, k)
 	statBefore := xfrmStat(t, g)
 	pcap := startCapture(t)
-	establish(t, g, d, k, initiator)
+	establish(t, g, d, p, k, initiator)
 
 	// traffic both ways
 	if stall := os.Getenv("KPIKE_STALL_GUEST"); stall != "" && strings.HasPrefix(t.Name(), "TestKernelIKE/"+stall) && !retrying {
@@ -247,8 +265,8 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(ss, "INSTALLED") || !strings.Contains(ss, k.ssProposal) {
-		t.Errorf("charon's CHILD_SA is not INSTALLED with %s:\n%s", k.ssProposal, ss)
+	if ok, want := p.childInstalled(ss, k); !ok {
+		t.Errorf("%s's status does not show %s:\n%s", p.name, want, ss)
 	}
 
 	// gosec: the mirror image of the guest's SAs
@@ -295,9 +313,10 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, k kcase, initiator string) {
 	// the ISAKMP SA goes too, on both ends
 	if !waitFor(10*time.Second, func() bool {
 		out, err := g.Check("ike status")
-		return err == nil && strings.Contains(out, "Security Associations (0 up, 0 connecting)")
+		return err == nil && p.noIKESA(out)
 	}) {
-		t.Errorf("charon still has an IKE_SA after the Delete")
+		out, _ := g.Check("ike status")
+		t.Errorf("%s still has an IKE SA after the Delete:\n%s", p.name, out)
 	}
 	if !waitFor(10*time.Second, func() bool { return d.status(t).isakmp(k.conn) == "" }) {
 		t.Errorf("gosec still has an ISAKMP SA after the Delete:\n%s", d.mustCtl(t, "statusall"))
@@ -445,10 +464,10 @@ func TestKernelIKEAHAlign8(t *testing.T) {
 	g := guest(t)
 	k := kcase{name: "ah-sha256-align8", conn: "ki-ah8", typ: "transport", ike: "aes128-sha1-modp2048!", ah: "sha256!",
 		gosecOnly: "\tah_align=8\n"}
-	d := prepare(t, g, k)
+	d := prepare(t, g, strongSwan, k)
 	before := xfrmStat(t, g)
 	pcap := startCapture(t)
-	establish(t, g, d, k, "gosec")
+	establish(t, g, d, strongSwan, k, "gosec")
 	const pings = 3
 	if err := pingHost(guestIP, pings); err == nil {
 		t.Errorf("ping %s succeeded although gosec sends 8-octet AH to an align4 SA", guestIP)

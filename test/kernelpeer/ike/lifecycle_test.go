@@ -5,7 +5,8 @@ package kpike
 // Delete from either side, a restart of the guest's charon detected by
 // gosec's DPD, and on-demand negotiation (auto=route), each with a ping
 // stream from gosec's LAN address (10.1.0.1) to the guest's (10.2.0.1)
-// and a leak watcher on gki-tap0.
+// and a leak watcher on gki-tap0. The same against Libreswan's pluto,
+// but for the rekey by bytes (TestKernelLifecycleLibreswan).
 //
 // gosec's namespace gets a default route out of the tap for each case, so
 // a packet of 10.1.0.0/24 or 10.2.0.0/24 that gosec fails to protect
@@ -39,15 +40,24 @@ import (
 
 const lcConn = "kl"
 
-// lcConf is one side's ipsec.conf (strongSwan syntax, left = local) of the
-// lifecycle conn: ESP tunnel 10.1.0.0/24 <-> 10.2.0.0/24, with extra
-// keywords in the conn (they override %default's).
-func lcConf(left, right, leftSub, rightSub string, extra []string) string {
+// lcConf is one side's ipsec.conf in p's dialect (left = local) of the
+// lifecycle conn: ESP tunnel 10.1.0.0/24 <-> 10.2.0.0/24, AES-128-CBC/
+// HMAC-SHA1 without PFS, with extra keywords in the conn (they override
+// %default's; the ones the cases use are spelt alike in both dialects).
+func lcConf(p *peer, left, right, leftSub, rightSub string, extra []string) string {
 	var b strings.Builder
-	b.WriteString("# lifecycle: gosec (192.0.2.1) <-> strongSwan with the kernel's XFRM (guest 192.0.2.2)\n")
-	b.WriteString("config setup\n\tuniqueids=no\n\nconn %default\n\tkeyexchange=ikev1\n\tauthby=psk\n" +
-		"\tike=aes128-sha1-modp2048!\n\tesp=aes128-sha1!\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
-		"\tkeyingtries=1\n\tdpdaction=none\n\ttype=tunnel\n\tauto=add\n\n")
+	if p == libreswan {
+		b.WriteString("# lifecycle: gosec (192.0.2.1) <-> Libreswan with the kernel's XFRM (guest 192.0.2.2), Libreswan's syntax\n")
+		b.WriteString("config setup\n\tikev1-policy=accept\n\tdnssec-enable=no\n\tuniqueids=no\n\n" +
+			"conn %default\n\tikev2=no\n\tauthby=secret\n\tike=aes128-sha1;modp2048\n\tphase2=esp\n" +
+			"\tphase2alg=aes128-sha1\n\tpfs=no\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
+			"\tkeyingtries=1\n\ttype=tunnel\n\tauto=add\n\n")
+	} else {
+		b.WriteString("# lifecycle: gosec (192.0.2.1) <-> strongSwan with the kernel's XFRM (guest 192.0.2.2)\n")
+		b.WriteString("config setup\n\tuniqueids=no\n\nconn %default\n\tkeyexchange=ikev1\n\tauthby=psk\n" +
+			"\tike=aes128-sha1-modp2048!\n\tesp=aes128-sha1!\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
+			"\tkeyingtries=1\n\tdpdaction=none\n\ttype=tunnel\n\tauto=add\n\n")
+	}
 	fmt.Fprintf(&b, "conn %s\n\tleft=%s\n\tright=%s\n\tleftsubnet=%s\n\trightsubnet=%s\n", lcConn, left, right, leftSub, rightSub)
 	for _, l := range extra {
 		fmt.Fprintf(&b, "\t%s\n", l)
@@ -58,6 +68,7 @@ func lcConf(left, right, leftSub, rightSub string, extra []string) string {
 // lcEnv is one lifecycle case.
 type lcEnv struct {
 	t      *testing.T
+	p      *peer // the guest's IKE daemon
 	g      *kernelpeer.Ctl
 	d      *daemon
 	tl     *tw.Timeline
@@ -66,16 +77,17 @@ type lcEnv struct {
 	before map[string]uint64 // the guest's xfrm_stat at the start
 }
 
-// newLC starts charon and gosec with the lifecycle conn (each with its
-// extra keywords), routes gosec's namespace by default out of the tap,
-// and starts the leak watcher and an SA monitor of both ends.
-func newLC(t *testing.T, gosecExtra, guestExtra []string) *lcEnv {
+// newLC starts the guest's IKE daemon p and gosec with the lifecycle conn
+// in p's dialect (each with its extra keywords), routes gosec's namespace
+// by default out of the tap, and starts the leak watcher and an SA
+// monitor of both ends.
+func newLC(t *testing.T, p *peer, gosecExtra, guestExtra []string) *lcEnv {
 	t.Helper()
-	g := guest(t)
-	e := &lcEnv{t: t, g: g, tl: &tw.Timeline{}}
-	e.d = prepareConfs(t, g, lcConf(hostIP, guestIP, hostNet, guestNet, gosecExtra),
-		lcConf(guestIP, hostIP, guestNet, hostNet, guestExtra))
-	e.tl.Add("gosec and charon started")
+	g := guestWith(t, p)
+	e := &lcEnv{t: t, p: p, g: g, tl: &tw.Timeline{}}
+	e.d = prepareConfs(t, g, lcConf(p, hostIP, guestIP, hostNet, guestNet, gosecExtra),
+		lcConf(p, guestIP, hostIP, guestNet, hostNet, guestExtra))
+	e.tl.Add("gosec and %s started", p.name)
 	leaksReachTheWire(t)
 	e.before = xfrmStat(t, g)
 	protected := []netip.Prefix{netip.MustParsePrefix(hostNet), netip.MustParsePrefix(guestNet)}
@@ -184,7 +196,12 @@ func (e *lcEnv) up(fromGuest bool) {
 		e.tl.Add("gosec: gosec up %s", lcConn)
 		out, err = e.d.ctl(60*time.Second, "up", lcConn)
 	}
-	if err != nil || !strings.Contains(out, "established successfully") {
+	// gosec up reports "established successfully", as strongSwan's does
+	established := strongSwan.established
+	if fromGuest {
+		established = e.p.established
+	}
+	if err != nil || !established(out) {
 		e.t.Fatalf("up: %v\n%s", err, out)
 	}
 	if !e.pairOnBoth(15 * time.Second) {
@@ -423,27 +440,39 @@ func (s *guestStream) Stop() (int64, error) {
 	return n, nil
 }
 
+// lcCase is one lifecycle case against peer p.
+type lcCase struct {
+	name string
+	run  func(t *testing.T, p *peer)
+}
+
+// lcCases are the lifecycle cases every peer runs.
+var lcCases = []lcCase{
+	{"leak-watcher-control", lcLeakControl},
+	{"rekey-time/gosec-initiates", func(t *testing.T, p *peer) { lcRekeyTime(t, p, false) }},
+	{"rekey-time/guest-initiates", func(t *testing.T, p *peer) { lcRekeyTime(t, p, true) }},
+	{"delete/from-gosec", func(t *testing.T, p *peer) { lcDelete(t, p, false) }},
+	{"delete/from-guest", func(t *testing.T, p *peer) { lcDelete(t, p, true) }},
+	{"dpd-restart", lcDPDRestart},
+	{"on-demand", lcOnDemand},
+}
+
 // TestKernelLifecycle runs the SA lifecycle against charon with the
-// kernel's XFRM (issue 10). Each case checks the wire for leaks both ways.
+// kernel's XFRM (issue 10), with the rekeys by bytes (strongSwan's
+// lifebytes/marginbytes). Each case checks the wire for leaks both ways.
 func TestKernelLifecycle(t *testing.T) {
-	guest(t)
-	for _, c := range []struct {
-		name string
-		run  func(t *testing.T)
-	}{
-		{"leak-watcher-control", lcLeakControl},
-		{"rekey-time/gosec-initiates", func(t *testing.T) { lcRekeyTime(t, false) }},
-		{"rekey-time/guest-initiates", func(t *testing.T) { lcRekeyTime(t, true) }},
-		{"rekey-bytes/gosec-initiates", func(t *testing.T) { lcRekeyBytes(t, false) }},
-		{"rekey-bytes/guest-initiates", func(t *testing.T) { lcRekeyBytes(t, true) }},
-		{"delete/from-gosec", func(t *testing.T) { lcDelete(t, false) }},
-		{"delete/from-guest", func(t *testing.T) { lcDelete(t, true) }},
-		{"dpd-restart", lcDPDRestart},
-		{"on-demand", lcOnDemand},
-	} {
+	cases := append(lcCases[:3:3],
+		lcCase{"rekey-bytes/gosec-initiates", func(t *testing.T, p *peer) { lcRekeyBytes(t, p, false) }},
+		lcCase{"rekey-bytes/guest-initiates", func(t *testing.T, p *peer) { lcRekeyBytes(t, p, true) }})
+	testKernelLifecycle(t, strongSwan, append(cases, lcCases[3:]...))
+}
+
+func testKernelLifecycle(t *testing.T, p *peer, cases []lcCase) {
+	guestWith(t, p)
+	for _, c := range cases {
 		ok := t.Run(c.name, func(t *testing.T) {
 			start := time.Now()
-			c.run(t)
+			c.run(t, p)
 			t.Logf("%s: %v", c.name, time.Since(start).Round(100*time.Millisecond))
 		})
 		// A case that failed on a guest whose network stalled fails (these
@@ -462,13 +491,13 @@ func TestKernelLifecycle(t *testing.T) {
 // fuzz, so it rekeys every 12 s; the responder keeps 1 h so that every
 // rekey comes from the initiator. Three rekeys under a ping stream and a
 // TCP stream: nothing leaks, nothing is lost, the bytes arrive intact.
-func lcRekeyTime(t *testing.T, guestInitiates bool) {
+func lcRekeyTime(t *testing.T, p *peer, guestInitiates bool) {
 	short := []string{"lifetime=20s", "rekeymargin=8s", "rekeyfuzz=0%"}
 	gs, ks := short, []string(nil)
 	if guestInitiates {
 		gs, ks = nil, short
 	}
-	e := newLC(t, gs, ks)
+	e := newLC(t, p, gs, ks)
 	e.up(guestInitiates)
 	ping := e.ping()
 	stream := startGuestStream(t, e.g, 200<<10)
@@ -499,13 +528,13 @@ func lcRekeyTime(t *testing.T, guestInitiates bool) {
 // (strongSwan's keywords on the guest, the same on gosec), so a TCP stream
 // at 300 KiB/s through its SA rekeys it every few seconds. Two rekeys at
 // least; nothing leaks, is lost or damaged.
-func lcRekeyBytes(t *testing.T, guestInitiates bool) {
+func lcRekeyBytes(t *testing.T, p *peer, guestInitiates bool) {
 	bytesLife := []string{"lifebytes=2000000", "marginbytes=1000000", "rekeyfuzz=0%"}
 	gs, ks := bytesLife, []string(nil)
 	if guestInitiates {
 		gs, ks = nil, bytesLife
 	}
-	e := newLC(t, gs, ks)
+	e := newLC(t, p, gs, ks)
 	e.up(guestInitiates)
 	ping := e.ping()
 	stream := startGuestStream(t, e.g, 300<<10)
@@ -532,11 +561,12 @@ func lcRekeyBytes(t *testing.T, guestInitiates bool) {
 	}
 }
 
-// lcDelete: `gosec down` or the guest's `ike down` (stroke down) deletes
-// the SAs; the other side removes its own, and the pings that follow are
-// dropped by gosec (its guard stays), never sent in the clear.
-func lcDelete(t *testing.T, fromGuest bool) {
-	e := newLC(t, nil, nil)
+// lcDelete: `gosec down` or the guest's `ike down` (stroke down, whack
+// --terminate) deletes the SAs; the other side removes its own, and the
+// pings that follow are dropped by gosec (its guard stays), never sent in
+// the clear.
+func lcDelete(t *testing.T, p *peer, fromGuest bool) {
+	e := newLC(t, p, nil, nil)
 	e.up(false)
 	ping := e.ping()
 	time.Sleep(3 * time.Second)
@@ -569,8 +599,10 @@ func lcDelete(t *testing.T, fromGuest bool) {
 	if !gone {
 		t.Errorf("%s still has SAs 10 s after the Delete: %v", other, e.mon.Current(other, ""))
 	}
-	if pol, err := e.g.Check("ip xfrm policy"); err != nil || strings.Contains(pol, hostNet) {
-		t.Errorf("the guest kept policies of the conn after the Delete: %v\n%s", err, pol)
+	if pol, err := e.g.Check("ip xfrm policy"); err != nil {
+		t.Fatal(err)
+	} else if kept := keptPolicies(pol, p.trapAfterDelete); len(kept) > 0 {
+		t.Errorf("the guest kept policies of the conn after the Delete:\n%s", strings.Join(kept, "\n"))
 	}
 	e.noLoss(pr, time.Time{}, down.Add(-time.Second), "before the Delete")
 	if n := pr.RepliedBetween(down.Add(2*time.Second), time.Time{}); n > 0 {
@@ -578,23 +610,23 @@ func lcDelete(t *testing.T, fromGuest bool) {
 	}
 }
 
-// lcDPDRestart: the guest's charon is killed (-9) and its kernel SAs and
-// policies flushed, as a reboot would leave it, then started again; gosec
-// (dpddelay=2s, dpdtimeout=6s, dpdaction=restart) declares the peer dead
-// and negotiates again. Loss is bounded by dpddelay + dpdtimeout, the 1 s
-// the guest stays down, and 5 s for charon's start and Main Mode + Quick
-// Mode in the emulated guest.
-func lcDPDRestart(t *testing.T) {
+// lcDPDRestart: the guest's IKE daemon is killed (-9) and its kernel SAs
+// and policies flushed, as a reboot would leave it, then started again;
+// gosec (dpddelay=2s, dpdtimeout=6s, dpdaction=restart) declares the peer
+// dead and negotiates again. Loss is bounded by dpddelay + dpdtimeout, the
+// 1 s the guest stays down, and 5 s for the daemon's start and Main Mode +
+// Quick Mode in the emulated guest.
+func lcDPDRestart(t *testing.T, p *peer) {
 	const delay, timeout = 2 * time.Second, 6 * time.Second
-	e := newLC(t, []string{"dpddelay=2s", "dpdtimeout=6s", "dpdaction=restart", "keyingtries=%forever"}, nil)
+	e := newLC(t, p, []string{"dpddelay=2s", "dpdtimeout=6s", "dpdaction=restart", "keyingtries=%forever"}, nil)
 	e.up(false)
 	first := e.mon.Current("gosec", "in SA ")
 	ping := e.ping()
 	time.Sleep(3 * time.Second)
 	killed := time.Now()
-	e.tl.Add("guest: kill -9 charon and starter, flush XFRM")
-	if out, err := e.g.Check("kill -9 $(cat /run/starter.charon.pid) $(cat /run/charon.pid); ip xfrm state flush; ip xfrm policy flush"); err != nil {
-		t.Fatalf("killing charon: %v\n%s", err, out)
+	e.tl.Add("guest: kill -9 %s, flush XFRM", p.name)
+	if out, err := e.g.Check(p.kill + "; ip xfrm state flush; ip xfrm policy flush"); err != nil {
+		t.Fatalf("killing %s: %v\n%s", p.name, err, out)
 	}
 	time.Sleep(time.Second)
 	e.tl.Add("guest: ike start")
@@ -611,7 +643,7 @@ func lcDPDRestart(t *testing.T) {
 	e.finish()
 	e.noLoss(pr, time.Time{}, killed.Add(-time.Second), "before the kill")
 	if !renewed {
-		t.Fatalf("no new SA pair on both ends within 30 s of charon's restart (dpdaction=restart): gosec %v, guest %v",
+		t.Fatalf("no new SA pair on both ends within 30 s of %s's restart (dpdaction=restart): gosec %v, guest %v", p.name,
 			e.mon.Current("gosec", ""), e.mon.Current("guest", ""))
 	}
 	lost := pr.LostBetween(killed.Add(-time.Second), time.Time{})
@@ -626,6 +658,24 @@ func lcDPDRestart(t *testing.T) {
 	}
 }
 
+// keptPolicies returns the policies of `ip xfrm policy` (one block each)
+// that name the conn's prefixes, but for on-demand traps (a template
+// without addresses, reqid 0) when trap is set.
+func keptPolicies(pol string, trap bool) []string {
+	var kept []string
+	for _, b := range strings.Split("\n"+pol, "\nsrc ")[1:] {
+		b = "src " + b
+		if !strings.Contains(b, hostNet) {
+			continue
+		}
+		if trap && strings.Contains(b, "tmpl src 0.0.0.0 dst 0.0.0.0") && strings.Contains(b, "reqid 0 ") {
+			continue
+		}
+		kept = append(kept, b)
+	}
+	return kept
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -638,8 +688,8 @@ func contains(list []string, s string) bool {
 // lcOnDemand: gosec's conn is auto=route; nothing is negotiated until the
 // first ping from 10.1.0.1, which brings the tunnel up (held, dropped or
 // delayed, never leaked); from the first answer on nothing is lost.
-func lcOnDemand(t *testing.T) {
-	e := newLC(t, []string{"auto=route"}, nil)
+func lcOnDemand(t *testing.T, p *peer) {
+	e := newLC(t, p, []string{"auto=route"}, nil)
 	time.Sleep(3 * time.Second)
 	if now := e.mon.Current("gosec", ""); len(now) > 0 {
 		t.Errorf("auto=route negotiated before any packet: gosec has %v", now)
@@ -670,13 +720,13 @@ func lcOnDemand(t *testing.T) {
 }
 
 // lcLeakControl shows that the leak watcher sees a leak each way: with no
-// IPsec anywhere (no gosec, charon stopped, the guest's XFRM flushed) a
+// IPsec anywhere (no gosec, the guest's IKE daemon stopped, its XFRM flushed) a
 // ping from 10.1.0.1 to 10.2.0.1 takes the default route out of the tap
 // in the clear and the guest answers in the clear; the watcher must
 // report both. (Its first run found kpeer.sh's nft table dropping such
 // packets before the capture: leaksReachTheWire.)
-func lcLeakControl(t *testing.T) {
-	g := guest(t)
+func lcLeakControl(t *testing.T, p *peer) {
+	g := guestWith(t, p)
 	if _, err := g.Check("ike stop >/dev/null; ip xfrm state flush; ip xfrm policy flush"); err != nil {
 		t.Fatal(err)
 	}
