@@ -34,6 +34,10 @@ type kcase struct {
 	lswNewest         string
 	ahLen             int // AH cases: the AH length field (RFC 4302: 32-bit words - 2) on the wire
 	bulk              int // bytes sent each way over TCP (0: none)
+	// encap forces UDP encapsulation (RFC 3948) on both sides without a
+	// NAT: strongSwan's forceencaps=yes, Libreswan's encapsulation=yes.
+	// IKE moves to UDP 4500 and ESP rides in UDP 4500 both ways.
+	encap bool
 }
 
 func (k kcase) proto() string {
@@ -59,6 +63,9 @@ func (k kcase) conf(left, right, leftSub, rightSub, extra string) string {
 		fmt.Fprintf(&b, "\tesp=%s\n", k.esp)
 	} else {
 		fmt.Fprintf(&b, "\tah=%s\n", k.ah)
+	}
+	if k.encap {
+		b.WriteString("\tforceencaps=yes\n")
 	}
 	fmt.Fprintf(&b, "\ttype=%s\n\tauto=add\n%s", k.typ, extra)
 	return b.String()
@@ -95,6 +102,9 @@ var cases = []kcase{
 	{name: "esp-tunnel-gcm", conn: "ki-gcm", typ: "tunnel", ike: "aes128-sha256-ecp256!", esp: "aes128gcm16!",
 		ssProposal: "AES_GCM_16_128", xfrmAlg: "aead rfc4106(gcm(aes))",
 		lswIKE: "aes128-sha2_256;dh19", lswPhase2: "aes_gcm128-null", lswNewest: "ESP algorithm newest: AES_GCM_16_128-NONE; pfsgroup=<N/A>"},
+	{name: "esp-tunnel-natt", conn: "ki-natt", typ: "tunnel", ike: "aes128-sha1-modp2048!", esp: "aes128-sha1!", encap: true,
+		ssProposal: "AES_CBC_128/HMAC_SHA1_96", xfrmAlg: "enc cbc(aes)", bulk: 4 << 20,
+		lswIKE: "aes128-sha1;modp2048", lswPhase2: "aes128-sha1", lswNewest: lswSHA1},
 }
 
 // TestKernelIKE negotiates every case with gosec and with the guest's
@@ -239,8 +249,12 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase, initiator string
 		case s.Src == guestIP && s.Dst == hostIP:
 			gout = s
 		}
-		if s.Proto != k.proto() || s.Mode != k.typ || s.Encap != "" {
-			t.Errorf("guest SA %08x: proto %s mode %s encap %q, want %s %s and no encap", s.SPI, s.Proto, s.Mode, s.Encap, k.proto(), k.typ)
+		if s.Proto != k.proto() || s.Mode != k.typ {
+			t.Errorf("guest SA %08x: proto %s mode %s, want %s %s", s.SPI, s.Proto, s.Mode, k.proto(), k.typ)
+		}
+		if k.encap && (s.Encap != "espinudp" || s.EncapSport != 4500 || s.EncapDport != 4500) || !k.encap && s.Encap != "" {
+			t.Errorf("guest SA %08x: encap %q %d %d, want %s", s.SPI, s.Encap, s.EncapSport, s.EncapDport,
+				map[bool]string{true: "espinudp 4500 4500", false: "none"}[k.encap])
 		}
 		// charon gives IPv4 AH SAs align4 (XFRM_STATE_ALIGN4): the kernel
 		// then sends and expects RFC 4302's 4-octet form, as gosec does by
@@ -279,15 +293,15 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase, initiator string
 		kern  kernelpeer.XfrmState
 	}{{"in", sin, gout}, {"out", sout, gin}} {
 		spi, _ := strconv.ParseUint(p.gosec.SPI, 16, 32)
-		if uint32(spi) != p.kern.SPI || !strings.EqualFold(p.gosec.Proto, k.proto()) || !strings.EqualFold(p.gosec.Mode, k.typ) || p.gosec.Encap {
+		if uint32(spi) != p.kern.SPI || !strings.EqualFold(p.gosec.Proto, k.proto()) || !strings.EqualFold(p.gosec.Mode, k.typ) || p.gosec.Encap != k.encap {
 			t.Errorf("gosec %s SA %s %s %s encap=%v; the guest's is %08x %s %s", p.dir, p.gosec.SPI, p.gosec.Proto, p.gosec.Mode, p.gosec.Encap, p.kern.SPI, k.proto(), k.typ)
 		}
 		if p.gosec.Packets != p.kern.Packets {
 			t.Errorf("gosec %s SA counted %d packets, the guest's SA %d", p.dir, p.gosec.Packets, p.kern.Packets)
 		}
 	}
-	if st.isakmp(k.conn) == "" || st.ISAKMP[0].NATT {
-		t.Errorf("gosec's ISAKMP SA: %+v, want one without NAT-T (no NAT between the ends)", st.ISAKMP)
+	if st.isakmp(k.conn) == "" || st.ISAKMP[0].NATT != k.encap {
+		t.Errorf("gosec's ISAKMP SA: %+v, want one with NAT-T %v (no NAT between the ends; forced encapsulation: %v)", st.ISAKMP, k.encap, k.encap)
 	}
 	if bad := st.nonzero(); len(bad) > 0 {
 		t.Errorf("gosec drops: %v", bad)
@@ -322,11 +336,21 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase, initiator string
 		t.Errorf("gosec still has an ISAKMP SA after the Delete:\n%s", d.mustCtl(t, "statusall"))
 	}
 
-	// the wire: only raw ESP/AH, one packet per SA packet, the AH length form
+	// the wire: only raw ESP/AH (or, encapsulated, ESP in UDP 4500), one
+	// packet per SA packet, the AH length form
 	w := pcap.stop(t)
 	carrier := map[string]string{"esp": "50", "ah": "51"}[k.proto()]
-	if w.udp4500 != 0 || w.other[hostIP] != 0 || w.other[guestIP] != 0 {
-		t.Errorf("wire: %d UDP/4500 and %v packets of other protocols, want only IKE on 500 and %s", w.udp4500, w.other, k.proto())
+	if k.encap {
+		carrier = "udp-esp"
+		if w.proto[hostIP]["50"]+w.proto[guestIP]["50"] != 0 || w.ike4500 == 0 {
+			t.Errorf("wire: %d raw ESP packets and %d IKE messages on UDP 4500, want none and some (forced encapsulation)",
+				w.proto[hostIP]["50"]+w.proto[guestIP]["50"], w.ike4500)
+		}
+	} else if n := w.ike4500 + w.keepalive + w.proto[hostIP]["udp-esp"] + w.proto[guestIP]["udp-esp"]; n != 0 {
+		t.Errorf("wire: %d packets on UDP 4500, want only IKE on 500 and %s", n, k.proto())
+	}
+	if w.other[hostIP] != 0 || w.other[guestIP] != 0 {
+		t.Errorf("wire: %v packets of other protocols, want only IKE and %s", w.other, k.proto())
 	}
 	if w.proto[hostIP][carrier] != gin.Packets || w.proto[guestIP][carrier] != gout.Packets {
 		t.Errorf("wire: %s %s->%s %d, %s->%s %d; the guest's SAs counted %d in, %d out",
@@ -340,8 +364,8 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase, initiator string
 		}
 	}
 	t.Logf("guest `ip -s xfrm state` before the Delete (keys redacted):\n%s", keyHex.ReplaceAllString(raw, "$1 0x…"))
-	t.Logf("guest SAs in %08x %d pkts, out %08x %d pkts; wire %v, ike/500 %d, AH lengths %v", gin.SPI, gin.Packets,
-		gout.SPI, gout.Packets, w.proto, w.ike, w.ahLen)
+	t.Logf("guest SAs in %08x %d pkts, out %08x %d pkts; wire %v, ike/500 %d, ike/4500 %d, keepalives %d, AH lengths %v", gin.SPI, gin.Packets,
+		gout.SPI, gout.Packets, w.proto, w.ike, w.ike4500, w.keepalive, w.ahLen)
 }
 
 // keyHex matches the key of an `ip xfrm state` algorithm line.
@@ -405,11 +429,13 @@ func startCapture(t *testing.T) *capture {
 
 // wire is what tshark read from a capture, by source address.
 type wire struct {
-	proto   map[string]map[string]uint64 // src -> IP protocol -> packets
-	other   map[string]uint64            // src -> packets that are neither IKE, ESP nor AH
-	ahLen   map[string]map[int]uint64    // src -> AH length field -> packets
-	udp4500 uint64
-	ike     uint64
+	// src -> IP protocol ("50", "51"; "udp-esp": ESP in UDP 4500) -> packets
+	proto     map[string]map[string]uint64
+	other     map[string]uint64         // src -> packets that are neither IKE, ESP nor AH
+	ahLen     map[string]map[int]uint64 // src -> AH length field -> packets
+	ike       uint64                    // IKE on UDP 500
+	ike4500   uint64                    // IKE on UDP 4500 (non-ESP marker)
+	keepalive uint64                    // NAT-T keepalives (one octet) on UDP 4500
 }
 
 func (c *capture) stop(t *testing.T) wire {
@@ -420,14 +446,14 @@ func (c *capture) stop(t *testing.T) wire {
 	c.cmd.Process.Signal(os.Interrupt)
 	c.cmd.Wait()
 	out, err := exec.Command("tshark", "-r", c.file, "-n", "-T", "fields", "-E", "separator=,",
-		"-e", "ip.src", "-e", "ip.proto", "-e", "udp.dstport", "-e", "ah.length").CombinedOutput()
+		"-e", "ip.src", "-e", "ip.proto", "-e", "udp.dstport", "-e", "ah.length", "-e", "esp.spi", "-e", "udp.length").CombinedOutput()
 	if err != nil {
 		t.Fatalf("tshark: %v\n%s", err, out)
 	}
 	w := wire{proto: map[string]map[string]uint64{}, other: map[string]uint64{}, ahLen: map[string]map[int]uint64{}}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		f := strings.Split(line, ",")
-		if len(f) < 4 || f[0] == "" {
+		if len(f) < 6 || f[0] == "" {
 			continue // ARP
 		}
 		src, proto := f[0], f[1]
@@ -446,8 +472,12 @@ func (c *capture) stop(t *testing.T) wire {
 			}
 		case proto == "17" && f[2] == "500":
 			w.ike++
+		case proto == "17" && f[2] == "4500" && f[4] != "":
+			w.proto[src]["udp-esp"]++
+		case proto == "17" && f[2] == "4500" && f[5] == "9":
+			w.keepalive++
 		case proto == "17" && f[2] == "4500":
-			w.udp4500++
+			w.ike4500++
 		default:
 			w.other[src]++
 		}

@@ -84,6 +84,9 @@ var libreswan = &peer{
 			pfs = "yes"
 		}
 		fmt.Fprintf(&b, "\tike=%s\n\tphase2=%s\n\tphase2alg=%s\n\tpfs=%s\n", k.lswIKE, k.proto(), k.lswPhase2, pfs)
+		if k.encap {
+			b.WriteString("\tencapsulation=yes\n")
+		}
 		fmt.Fprintf(&b, "\ttype=%s\n\tauto=add\n%s", k.typ, extra)
 		return b.String()
 	},
@@ -106,6 +109,6 @@ var libreswan = &peer{
 }
 
 var (
-	lswChild = regexp.MustCompile(`#\d+: "[^"]+":500 STATE_QUICK_[IR]2 \(IPsec SA established\)`)
+	lswChild = regexp.MustCompile(`#\d+: "[^"]+":\d+ STATE_QUICK_[IR]2 \(IPsec SA established\)`)
 	lswState = regexp.MustCompile(`#\d+: "[^"]+"`)
 )
