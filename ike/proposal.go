@@ -496,6 +496,38 @@ func p2Suites(c *Conn) []p2Suite {
 	return out
 }
 
+// p2ResponderSuites is what conn c accepts as Quick Mode responder:
+// p2Suites, and when c does not ask for PFS (no pfs=yes, no DH group in
+// esp= or ah=) each of them again with PFS in each of c's phase-1 groups,
+// after them. Libreswan's pfs=no accepts an initiator's PFS the same way,
+// and so its default (pfs=yes, with the phase-1 group) meets a conn
+// written without pfs=, as an administrator moving from Libreswan writes
+// it. Accepting PFS only adds a Diffie-Hellman exchange in a group the
+// conn already takes for phase 1, from a peer that has authenticated; a
+// conn that asks for PFS still refuses an offer without it.
+func p2ResponderSuites(c *Conn) []p2Suite {
+	ours := p2Suites(c)
+	for _, s := range ours {
+		if s.Group != 0 {
+			return ours
+		}
+	}
+	var groups []ikecrypto.Group
+	for _, s := range c.IKE {
+		if g := ikecrypto.Group(s.DH); g != 0 && !slices.Contains(groups, g) {
+			groups = append(groups, g)
+		}
+	}
+	n := len(ours)
+	for _, g := range groups {
+		for _, s := range ours[:n] {
+			s.Group = g
+			ours = append(ours, s)
+		}
+	}
+	return ours
+}
+
 func ahTransformID(i Integ) uint8 {
 	return [...]uint8{0, 2, 3, 5, 6, 7}[i]
 }

@@ -751,7 +751,7 @@ func (e *Engine) quickResponderQM1(p *p1, h isakmp.Header, msg []byte, sum [32]b
 	var encap uint16
 	var firstErr error
 	for _, cand := range cands {
-		ch, s, spi, en, err := selectP2(p2Suites(cand), cand.Mode, sa)
+		ch, s, spi, en, err := selectP2(p2ResponderSuites(cand), cand.Mode, sa)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err

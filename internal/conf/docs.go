@@ -41,7 +41,7 @@ var connDocs = []keywordDoc{
 	{[]string{"ike"}, "PROPOSALS", "Phase-1 proposals, strongSwan (aes128-sha1-modp2048, ! for strict) or Libreswan (aes_cbc_256-sha2_256;dh19) syntax; left-out algorithms take Libreswan's IKEv1 defaults."},
 	{[]string{"esp", "phase2alg"}, "PROPOSALS", "Phase-2 ESP proposals (aes128-sha256, aes256gcm16, FreeS/WAN 3des-md5-96); a DH group in the proposal turns PFS on. phase2alg= is Libreswan's name (AH algorithms with phase2=ah)."},
 	{[]string{"ah", "phase2"}, "PROPOSALS|esp|ah", "ah= gives AH proposals (hmac-md5, sha256); phase2=ah selects AH, phase2=esp ESP."},
-	{[]string{"pfs", "pfsgroup"}, "yes|no, GROUP", "Perfect forward secrecy in Quick Mode and its DH group."},
+	{[]string{"pfs", "pfsgroup"}, "yes|no, GROUP", "Perfect forward secrecy in Quick Mode and its DH group. Without pfs=yes or a group in esp=, gosec proposes no PFS but as responder takes an initiator's PFS in one of the conn's phase-1 groups, as Libreswan's pfs=no does (Libreswan's default is pfs=yes)."},
 	{[]string{"ikelifetime"}, "DURATION", "Lifetime of the ISAKMP SA (1h, 20m, 3600s; seconds without a unit)."},
 	{[]string{"keylife", "lifetime", "salifetime", "ipsec-lifetime"}, "DURATION", "Lifetime of each IPsec SA."},
 	{[]string{"rekey", "rekeymargin", "margintime", "rekeyfuzz"}, "yes|no, DURATION, PERCENT", "Whether SAs are renegotiated before they expire, how long before, and the random increase of the margin."},

@@ -31,6 +31,7 @@ type kcase struct {
 	// conn's "ESP (or AH) algorithm newest:" line in its status
 	lswIKE, lswPhase2 string
 	lswPFS            bool
+	lswPFSDefault     bool // no pfs= on either side (Libreswan's default: yes)
 	lswNewest         string
 	ahLen             int // AH cases: the AH length field (RFC 4302: 32-bit words - 2) on the wire
 	bulk              int // bytes sent each way over TCP (0: none)
