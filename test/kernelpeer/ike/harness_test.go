@@ -88,8 +88,8 @@ func prerequisites() string {
 	return ""
 }
 
-// kpike runs kpike.sh with this package's names.
-// kpike runs kpike.sh for the guest with peer p.
+// kpike runs kpike.sh with this package's names, for the guest with
+// peer p.
 func kpike(p *peer, timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()

@@ -46,18 +46,7 @@ const lcConn = "kl"
 // %default's; the ones the cases use are spelt alike in both dialects).
 func lcConf(p *peer, left, right, leftSub, rightSub string, extra []string) string {
 	var b strings.Builder
-	if p == libreswan {
-		b.WriteString("# lifecycle: gosec (192.0.2.1) <-> Libreswan with the kernel's XFRM (guest 192.0.2.2), Libreswan's syntax\n")
-		b.WriteString("config setup\n\tikev1-policy=accept\n\tdnssec-enable=no\n\tuniqueids=no\n\n" +
-			"conn %default\n\tikev2=no\n\tauthby=secret\n\tike=aes128-sha1;modp2048\n\tphase2=esp\n" +
-			"\tphase2alg=aes128-sha1\n\tpfs=no\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
-			"\tkeyingtries=1\n\ttype=tunnel\n\tauto=add\n\n")
-	} else {
-		b.WriteString("# lifecycle: gosec (192.0.2.1) <-> strongSwan with the kernel's XFRM (guest 192.0.2.2)\n")
-		b.WriteString("config setup\n\tuniqueids=no\n\nconn %default\n\tkeyexchange=ikev1\n\tauthby=psk\n" +
-			"\tike=aes128-sha1-modp2048!\n\tesp=aes128-sha1!\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
-			"\tkeyingtries=1\n\tdpdaction=none\n\ttype=tunnel\n\tauto=add\n\n")
-	}
+	b.WriteString(p.lcDefaults)
 	fmt.Fprintf(&b, "conn %s\n\tleft=%s\n\tright=%s\n\tleftsubnet=%s\n\trightsubnet=%s\n", lcConn, left, right, leftSub, rightSub)
 	for _, l := range extra {
 		fmt.Fprintf(&b, "\t%s\n", l)

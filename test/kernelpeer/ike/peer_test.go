@@ -54,6 +54,10 @@ type peer struct {
 	noIKESA func(status string) bool
 	// kill is the guest command that kills the daemon with SIGKILL.
 	kill string
+	// lcDefaults begins the lifecycle conn's ipsec.conf (lcConf): config
+	// setup and conn %default, ESP AES-128-CBC/HMAC-SHA1 without PFS in
+	// a tunnel, 1 h lifetimes, auto=add.
+	lcDefaults string
 	// trapAfterDelete: after a Delete the daemon leaves an on-demand
 	// trap policy for the conn's prefixes (no SA, a template without
 	// addresses), which the lifecycle's Delete cases accept.
@@ -74,6 +78,10 @@ var strongSwan = &peer{
 		return strings.Contains(status, "Security Associations (0 up, 0 connecting)")
 	},
 	kill: "kill -9 $(cat /run/starter.charon.pid) $(cat /run/charon.pid)",
+	lcDefaults: "# lifecycle: gosec (192.0.2.1) <-> strongSwan with the kernel's XFRM (guest 192.0.2.2)\n" +
+		"config setup\n\tuniqueids=no\n\nconn %default\n\tkeyexchange=ikev1\n\tauthby=psk\n" +
+		"\tike=aes128-sha1-modp2048!\n\tesp=aes128-sha1!\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
+		"\tkeyingtries=1\n\tdpdaction=none\n\ttype=tunnel\n\tauto=add\n\n",
 }
 
 // libreswan is Libreswan 4.10 (Debian 12's), configured as an
@@ -115,6 +123,11 @@ var libreswan = &peer{
 	// whack --status lists each state as `#N: "conn"...`
 	noIKESA: func(status string) bool { return !lswState.MatchString(status) },
 	kill:    "kill -9 $(cat /run/pluto/pluto.pid)",
+	lcDefaults: "# lifecycle: gosec (192.0.2.1) <-> Libreswan with the kernel's XFRM (guest 192.0.2.2), Libreswan's syntax\n" +
+		"config setup\n\tikev1-policy=accept\n\tdnssec-enable=no\n\tuniqueids=no\n\n" +
+		"conn %default\n\tikev2=no\n\tauthby=secret\n\tike=aes128-sha1;modp2048\n\tphase2=esp\n" +
+		"\tphase2alg=aes128-sha1\n\tpfs=no\n\tikelifetime=1h\n\tlifetime=1h\n\trekeymargin=3m\n" +
+		"\tkeyingtries=1\n\ttype=tunnel\n\tauto=add\n\n",
 	// pluto 4.10 puts an IKEv1 conn whose IPsec SA was deleted (by
 	// either side) into "prospective erouted": an outbound trap policy
 	// (template 0.0.0.0, reqid 0), so the guest's next packet to gosec's
