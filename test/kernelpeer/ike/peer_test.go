@@ -3,8 +3,10 @@ package kpike
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestKernelIKELibreswan is TestKernelIKE against Libreswan's pluto in the
@@ -30,7 +32,61 @@ func TestKernelIKELibreswanDefaultPFS(t *testing.T) {
 // TestKernelLifecycleLibreswan is TestKernelLifecycle against Libreswan,
 // without the rekeys by bytes (strongSwan's lifebytes/marginbytes; gosec
 // has no IKEv1 byte lifetime in Libreswan's keywords to meet).
-func TestKernelLifecycleLibreswan(t *testing.T) { testKernelLifecycle(t, libreswan, lcCases) }
+func TestKernelLifecycleLibreswan(t *testing.T) {
+	testKernelLifecycle(t, libreswan, append(lcCases[:len(lcCases):len(lcCases)], lcCase{"dpd-from-guest", lswDPDFromGuest}))
+}
+
+// lswDPDFromGuest: pluto does the dead peer detection (dpddelay=2s,
+// dpdtimeout=10s, dpdaction=restart) and gosec, without DPD of its own,
+// answers its R_U_THERE (RFC 3706). pluto probes only a tunnel that
+// carried nothing in (as RFC 3706 has it), so the tunnel idles for 12 s
+// between two ping streams: pluto sends its probes, counts the
+// acknowledgements (`lastdpd=Ns(seq in:I out:O)` in its status), never
+// declares gosec dead nor restarts, and the pings after it all come back.
+func lswDPDFromGuest(t *testing.T, p *peer) {
+	e := newLC(t, p, nil, []string{"dpddelay=2s", "dpdtimeout=10s", "dpdaction=restart"})
+	e.up(false)
+	if err := pingHost(guestIn, 3, "-I", hostInner); err != nil {
+		t.Fatalf("before the idle time: %v", err)
+	}
+	e.tl.Add("test: idle for 12 s (pluto probes)")
+	pcap := startCapture(t)
+	time.Sleep(12 * time.Second)
+	w := pcap.stop(t)
+	ping := e.ping()
+	time.Sleep(2 * time.Second)
+	pr := ping.Stop()
+	status, err := e.g.Check("ike status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := e.g.Check("ike log")
+	e.finish()
+	e.noLoss(pr, time.Time{}, time.Time{}, "after pluto's probes")
+	m := lswDPD.FindStringSubmatch(status)
+	if m == nil {
+		t.Fatalf("no DPD state in pluto's status (did it take gosec's DPD vendor ID?):\n%s", status)
+	}
+	// "seq in" is pluto's next R_U_THERE sequence number, "out" the one
+	// it still waits for an answer to (0: none); lastdpd is how long ago
+	// the last answer came
+	last, _ := strconv.Atoi(m[1])
+	waiting, _ := strconv.Atoi(m[3])
+	t.Logf("pluto: %s; IKE messages on UDP 500 while idle: %d", m[0], w.ike)
+	if last < 0 || last > 5 {
+		t.Errorf("pluto heard gosec's last R_U_THERE_ACK %d s ago (waiting for seq %d), want within the last two probes:\n%s", last, waiting, status)
+	}
+	// dpddelay 2 s over 12 s: about six probes and their answers
+	if w.ike < 6 {
+		t.Errorf("%d IKE messages on the wire in 12 s of idle tunnel, want at least 3 R_U_THERE and 3 answers", w.ike)
+	}
+	if strings.Contains(log, "DPD") && (strings.Contains(log, "dead") || strings.Contains(log, "timeout")) {
+		t.Errorf("pluto's log tells of a DPD timeout:\n%s", log)
+	}
+	if n := e.mon.Count("gosec", "in SA "); n != 1 {
+		t.Errorf("gosec saw %d inbound SAs, want 1 (no restart)", n)
+	}
+}
 
 // peer is the IKE daemon in the guest: strongSwan's charon or Libreswan's
 // pluto, both with the guest kernel's XFRM (kpike.sh, KPIKE_PEER). Each
@@ -136,6 +192,8 @@ var libreswan = &peer{
 }
 
 var (
+	// pluto's ISAKMP state: `lastdpd=1s(seq in:0 out:6)` (-1 before any)
+	lswDPD   = regexp.MustCompile(`lastdpd=(-?\d+)s\(seq in:(\d+) out:(\d+)\)`)
 	lswChild = regexp.MustCompile(`#\d+: "[^"]+":\d+ STATE_QUICK_[IR]2 \(IPsec SA established\)`)
 	lswState = regexp.MustCompile(`#\d+: "[^"]+"`)
 )
