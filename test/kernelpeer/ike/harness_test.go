@@ -288,6 +288,10 @@ func gosecBinary(t testing.TB) string {
 	return gosecBin
 }
 
+// gosecEstablished says whether the output of `gosec up CONN` reports
+// the conn up (gosec words it as strongSwan's ipsec up does).
+func gosecEstablished(out string) bool { return strings.Contains(out, "established successfully") }
+
 // daemon is gosec running in the host namespace.
 type daemon struct {
 	bin, dir, socket, conf, secrets, log string

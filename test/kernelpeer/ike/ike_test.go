@@ -169,7 +169,7 @@ func establish(t *testing.T, g *kernelpeer.Ctl, d *daemon, p *peer, k kcase, ini
 	t.Helper()
 	if initiator == "gosec" {
 		out, err := d.ctl(60*time.Second, "up", k.conn)
-		if err != nil || !strings.Contains(out, "established successfully") {
+		if err != nil || !gosecEstablished(out) {
 			t.Fatalf("gosec up %s: %v\n%s", k.conn, err, out)
 		}
 	} else {
@@ -288,17 +288,17 @@ func runCase(t *testing.T, g *kernelpeer.Ctl, p *peer, k kcase, initiator string
 	st := d.status(t)
 	sin, _ := st.sa(k.conn, "in")
 	sout, _ := st.sa(k.conn, "out")
-	for _, p := range []struct {
+	for _, m := range []struct {
 		dir   string
 		gosec saStatus
 		kern  kernelpeer.XfrmState
 	}{{"in", sin, gout}, {"out", sout, gin}} {
-		spi, _ := strconv.ParseUint(p.gosec.SPI, 16, 32)
-		if uint32(spi) != p.kern.SPI || !strings.EqualFold(p.gosec.Proto, k.proto()) || !strings.EqualFold(p.gosec.Mode, k.typ) || p.gosec.Encap != k.encap {
-			t.Errorf("gosec %s SA %s %s %s encap=%v; the guest's is %08x %s %s", p.dir, p.gosec.SPI, p.gosec.Proto, p.gosec.Mode, p.gosec.Encap, p.kern.SPI, k.proto(), k.typ)
+		spi, _ := strconv.ParseUint(m.gosec.SPI, 16, 32)
+		if uint32(spi) != m.kern.SPI || !strings.EqualFold(m.gosec.Proto, k.proto()) || !strings.EqualFold(m.gosec.Mode, k.typ) || m.gosec.Encap != k.encap {
+			t.Errorf("gosec %s SA %s %s %s encap=%v; the guest's is %08x %s %s", m.dir, m.gosec.SPI, m.gosec.Proto, m.gosec.Mode, m.gosec.Encap, m.kern.SPI, k.proto(), k.typ)
 		}
-		if p.gosec.Packets != p.kern.Packets {
-			t.Errorf("gosec %s SA counted %d packets, the guest's SA %d", p.dir, p.gosec.Packets, p.kern.Packets)
+		if m.gosec.Packets != m.kern.Packets {
+			t.Errorf("gosec %s SA counted %d packets, the guest's SA %d", m.dir, m.gosec.Packets, m.kern.Packets)
 		}
 	}
 	if st.isakmp(k.conn) == "" || st.ISAKMP[0].NATT != k.encap {

@@ -185,8 +185,7 @@ func (e *lcEnv) up(fromGuest bool) {
 		e.tl.Add("gosec: gosec up %s", lcConn)
 		out, err = e.d.ctl(60*time.Second, "up", lcConn)
 	}
-	// gosec up reports "established successfully", as strongSwan's does
-	established := strongSwan.established
+	established := gosecEstablished
 	if fromGuest {
 		established = e.p.established
 	}
